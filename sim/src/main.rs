@@ -1,0 +1,3 @@
+fn main() {
+    println!("dftpd-sim: the simulator lands with issue 3");
+}

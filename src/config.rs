@@ -1,0 +1,269 @@
+//! Configuration of a master and of a slave: TOML files read with serde.
+//! Every field has a default that works on loopback, so an empty file is a
+//! valid configuration; command-line flags override fields. See
+//! `master.example.toml` and `slave.example.toml` for the commented forms.
+
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("invalid port range '{0}': use LOW-HIGH, e.g. 50000-50999, or 0 for any")]
+    PortRange(String),
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// What PASV/EPSV do when no PRET came first (DESIGN.md, PRET semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PasvWithoutPret {
+    /// The master's own address: listings work, file transfers get a 503
+    /// that names PRET.
+    #[default]
+    Listings,
+    /// DrFTPD's behaviour: PASV itself is refused.
+    Refuse,
+    /// The master relays file bytes between client and slave.
+    Relay,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+    #[serde(default = "default_home")]
+    pub home: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+fn default_home() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MasterConfig {
+    /// FTP control address.
+    pub listen: SocketAddr,
+    /// Where slaves connect.
+    pub link_listen: SocketAddr,
+    /// Shared secret slaves must prove (never logged).
+    pub link_key: String,
+    /// Address the master announces in its own PASV replies; default: the
+    /// local address of the client's control connection.
+    pub pasv_address: Option<IpAddr>,
+    /// Master passive ports (listings, relay), "LOW-HIGH" or "0" for any.
+    pub passive_ports: String,
+    pub pasv_without_pret: PasvWithoutPret,
+    /// May STOR replace an existing file?
+    pub allow_overwrite: bool,
+    /// The master sends a heartbeat this often and expects one from each
+    /// slave; `heartbeat_misses` silent intervals mark the slave offline.
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_misses: u32,
+    /// How long a passive listener waits for the client, and an active
+    /// connection may take.
+    pub data_timeout_ms: u64,
+    /// Idle control connections are closed after this long (421).
+    pub idle_timeout_ms: u64,
+    /// Slaves with less free space than this get no uploads.
+    pub min_free_bytes: u64,
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            listen: ([127, 0, 0, 1], 2121).into(),
+            link_listen: ([127, 0, 0, 1], 2100).into(),
+            link_key: "change-me".into(),
+            pasv_address: None,
+            passive_ports: "50000-50999".into(),
+            pasv_without_pret: PasvWithoutPret::Listings,
+            allow_overwrite: false,
+            heartbeat_interval_ms: 2000,
+            heartbeat_misses: 3,
+            data_timeout_ms: 30_000,
+            idle_timeout_ms: 900_000,
+            min_free_bytes: 0,
+            users: Vec::new(),
+        }
+    }
+}
+
+impl MasterConfig {
+    pub fn passive_range(&self) -> Result<(u16, u16), ConfigError> {
+        parse_port_range(&self.passive_ports)
+    }
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(10))
+    }
+    /// Silence after which a link is declared dead.
+    pub fn heartbeat_deadline(&self) -> Duration {
+        self.heartbeat_interval() * self.heartbeat_misses.max(1)
+    }
+    pub fn data_timeout(&self) -> Duration {
+        Duration::from_millis(self.data_timeout_ms.max(1))
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.max(1))
+    }
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.passive_range()?;
+        if self.link_key.is_empty() {
+            return Err(ConfigError::Invalid("link_key must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlaveConfig {
+    /// Unique name of this slave in the cluster.
+    pub name: String,
+    /// The master's link address.
+    pub master: SocketAddr,
+    pub link_key: String,
+    /// Storage root: every file of this slave lives below it.
+    pub root: PathBuf,
+    /// Local address data listeners bind (never 0.0.0.0 by default: a PASV
+    /// reply must name an address the client can reach).
+    pub data_ip: IpAddr,
+    /// Address announced to clients for PASV; default `data_ip`.
+    pub pasv_address: Option<IpAddr>,
+    pub passive_ports: String,
+    pub data_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_misses: u32,
+    /// Reconnect backoff bounds.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for SlaveConfig {
+    fn default() -> Self {
+        SlaveConfig {
+            name: "slave-1".into(),
+            master: ([127, 0, 0, 1], 2100).into(),
+            link_key: "change-me".into(),
+            root: PathBuf::from("./dftpd-data/slave-1"),
+            data_ip: [127, 0, 0, 1].into(),
+            pasv_address: None,
+            passive_ports: "50000-50999".into(),
+            data_timeout_ms: 30_000,
+            heartbeat_interval_ms: 2000,
+            heartbeat_misses: 3,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+        }
+    }
+}
+
+impl SlaveConfig {
+    pub fn passive_range(&self) -> Result<(u16, u16), ConfigError> {
+        parse_port_range(&self.passive_ports)
+    }
+    pub fn advertised_ip(&self) -> IpAddr {
+        self.pasv_address.unwrap_or(self.data_ip)
+    }
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(10))
+    }
+    pub fn heartbeat_deadline(&self) -> Duration {
+        self.heartbeat_interval() * self.heartbeat_misses.max(1)
+    }
+    pub fn data_timeout(&self) -> Duration {
+        Duration::from_millis(self.data_timeout_ms.max(1))
+    }
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.passive_range()?;
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err(ConfigError::Invalid(
+                "name must be 1 to 64 characters".into(),
+            ));
+        }
+        if self.link_key.is_empty() {
+            return Err(ConfigError::Invalid("link_key must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// "LOW-HIGH", a single port, or "0" (any free port).
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
+    let err = || ConfigError::PortRange(s.to_string());
+    let s = s.trim();
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (a.trim(), b.trim()),
+        None => (s, s),
+    };
+    let lo: u16 = lo.parse().map_err(|_| err())?;
+    let hi: u16 = hi.parse().map_err(|_| err())?;
+    if (lo == 0) != (hi == 0) || hi < lo {
+        return Err(err());
+    }
+    Ok((lo, hi))
+}
+
+pub fn load<T: for<'de> Deserialize<'de>>(path: &std::path::Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_files_are_valid_configs() {
+        let m: MasterConfig = toml::from_str("").unwrap();
+        m.validate().unwrap();
+        assert_eq!(m.listen.port(), 2121);
+        let s: SlaveConfig = toml::from_str("").unwrap();
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        let m: MasterConfig = toml::from_str(include_str!("../master.example.toml")).unwrap();
+        m.validate().unwrap();
+        assert!(!m.users.is_empty());
+        let s: SlaveConfig = toml::from_str(include_str!("../slave.example.toml")).unwrap();
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("50000-50999").unwrap(), (50000, 50999));
+        assert_eq!(parse_port_range("0").unwrap(), (0, 0));
+        assert_eq!(parse_port_range("2000").unwrap(), (2000, 2000));
+        assert!(parse_port_range("9-1").is_err());
+        assert!(parse_port_range("0-5").is_err());
+        assert!(parse_port_range("x").is_err());
+        let bad: Result<MasterConfig, _> = toml::from_str("pasv_without_pret = \"maybe\"");
+        assert!(bad.is_err());
+        let relay: MasterConfig = toml::from_str("pasv_without_pret = \"relay\"").unwrap();
+        assert_eq!(relay.pasv_without_pret, PasvWithoutPret::Relay);
+    }
+}

@@ -1,0 +1,291 @@
+//! The environment seam: everything master and slave logic takes from the
+//! outside world — network, wall clock, randomness — comes through [`Env`],
+//! and a slave's files through [`crate::slave::storage::Storage`].
+//!
+//! Two implementations exist: [`Env::real`] (tokio sockets, the system clock,
+//! OS-seeded randomness), and the simulator's (turmoil sockets, simulated
+//! time, one seed) in the `dftpd-sim` crate. Logic may use tokio's
+//! `AsyncRead`/`AsyncWrite`, `tokio::time` and `tokio::spawn` (turmoil
+//! simulates all three) but never `tokio::net`, `std::fs`, `SystemTime::now`
+//! or an unseeded RNG directly: that is what keeps one seed one trace.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rand::rngs::StdRng;
+use rand::{Rng as _, RngCore, SeedableRng};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A connected byte stream (control, data or link connection).
+pub trait NetStream: AsyncRead + AsyncWrite + Send + Unpin {
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+    fn peer_addr(&self) -> io::Result<SocketAddr>;
+    /// The real TCP socket under this stream, when there is one: the fast
+    /// path (`sendfile(2)`) needs its file descriptor. The simulator has none
+    /// and so takes the copy loop.
+    fn as_tcp(&mut self) -> Option<&mut tokio::net::TcpStream> {
+        None
+    }
+}
+
+pub type BoxStream = Box<dyn NetStream>;
+
+#[async_trait]
+pub trait NetListener: Send + Sync {
+    async fn accept(&self) -> io::Result<(BoxStream, SocketAddr)>;
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+#[async_trait]
+pub trait Net: Send + Sync + 'static {
+    async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn NetListener>>;
+    async fn connect(&self, addr: SocketAddr) -> io::Result<BoxStream>;
+}
+
+/// Wall-clock time, for MDTM, listings and file times. Monotonic time and
+/// sleeping go through `tokio::time`, which the simulator already controls.
+pub trait Clock: Send + Sync + 'static {
+    /// Seconds since the Unix epoch.
+    fn unix_now(&self) -> i64;
+}
+
+/// The world as seen by one master or one slave.
+#[derive(Clone)]
+pub struct Env {
+    pub net: Arc<dyn Net>,
+    pub clock: Arc<dyn Clock>,
+    rng: Arc<Mutex<StdRng>>,
+}
+
+impl Env {
+    pub fn new(net: Arc<dyn Net>, clock: Arc<dyn Clock>, seed: u64) -> Env {
+        Env {
+            net,
+            clock,
+            rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
+        }
+    }
+
+    /// Production: tokio sockets, the system clock, an OS-seeded RNG.
+    pub fn real() -> Env {
+        Env {
+            net: Arc::new(TokioNet),
+            clock: Arc::new(SystemClock),
+            rng: Arc::new(Mutex::new(StdRng::from_entropy())),
+        }
+    }
+
+    pub fn unix_now(&self) -> i64 {
+        self.clock.unix_now()
+    }
+
+    pub fn rng_u64(&self) -> u64 {
+        self.with_rng(|r| r.next_u64())
+    }
+
+    pub fn rng_fill(&self, buf: &mut [u8]) {
+        self.with_rng(|r| r.fill_bytes(buf))
+    }
+
+    /// A uniformly random value in `lo..=hi`.
+    pub fn rng_range(&self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            return lo;
+        }
+        self.with_rng(|r| r.gen_range(lo..=hi))
+    }
+
+    fn with_rng<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
+        // A poisoned lock only means another task panicked mid-draw; the RNG
+        // state is still a valid RNG state.
+        let mut guard = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+}
+
+/// Binds a listener on `ip` at a random port of `range` (inclusive), trying
+/// other ports when one is taken. `range` of `(0, 0)` asks the system for any
+/// free port. Random ports make data-port guessing harder (RFC 2577 §5).
+pub async fn bind_in_range(
+    env: &Env,
+    ip: std::net::IpAddr,
+    range: (u16, u16),
+) -> io::Result<Box<dyn NetListener>> {
+    let (lo, hi) = range;
+    if lo == 0 || hi < lo {
+        return env.net.bind(SocketAddr::new(ip, 0)).await;
+    }
+    let span = u64::from(hi - lo) + 1;
+    let start = env.rng_range(0, span - 1);
+    let attempts = span.min(64);
+    let mut last_err = None;
+    for i in 0..attempts {
+        // Start at a random port, then walk: bounded attempts, no busy loop.
+        let port = lo as u64 + (start + i * 7919) % span;
+        match env.net.bind(SocketAddr::new(ip, port as u16)).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free port")))
+}
+
+/// Accepts one connection from `from` (any peer when `None`) within
+/// `deadline`. Connections from other addresses are dropped and the listener
+/// keeps waiting: a port thief cannot take the transfer (RFC 2577 §5).
+pub async fn accept_from(
+    listener: &dyn NetListener,
+    from: Option<std::net::IpAddr>,
+    deadline: std::time::Duration,
+) -> io::Result<BoxStream> {
+    let wait = async {
+        loop {
+            let (stream, peer) = listener.accept().await?;
+            match from {
+                Some(ip) if peer.ip() != ip => {
+                    tracing::warn!(%peer, expected = %ip, "data connection from a foreign address refused");
+                }
+                _ => return Ok(stream),
+            }
+        }
+    };
+    match tokio::time::timeout(deadline, wait).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no data connection in time",
+        )),
+    }
+}
+
+/// Size of the copy buffer on every path that copies bytes through user
+/// space (relay, the simulator, uploads): large, so a transfer is a few
+/// system calls per MiB rather than hundreds.
+pub const COPY_BUF: usize = 256 * 1024;
+
+/// Copies `r` to `w` until EOF with one reused [`COPY_BUF`] buffer, then
+/// shuts `w` down. Returns the bytes copied.
+pub async fn pump<R, W>(r: &mut R, w: &mut W) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        w.write_all(&buf[..n]).await?;
+        total += n as u64;
+    }
+    w.shutdown().await?;
+    Ok(total)
+}
+
+// ---------------------------------------------------------------------------
+// The real implementation.
+
+pub struct TokioNet;
+
+struct TokioListener(tokio::net::TcpListener);
+
+impl NetStream for tokio::net::TcpStream {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        tokio::net::TcpStream::local_addr(self)
+    }
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        tokio::net::TcpStream::peer_addr(self)
+    }
+    fn as_tcp(&mut self) -> Option<&mut tokio::net::TcpStream> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl NetListener for TokioListener {
+    async fn accept(&self) -> io::Result<(BoxStream, SocketAddr)> {
+        let (s, a) = self.0.accept().await?;
+        s.set_nodelay(true)?;
+        Ok((Box::new(s), a))
+    }
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+#[async_trait]
+impl Net for TokioNet {
+    async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn NetListener>> {
+        // SO_REUSEADDR so a restarted master or slave gets its port back
+        // while old connections sit in TIME_WAIT.
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        Ok(Box::new(TokioListener(socket.listen(1024)?)))
+    }
+    async fn connect(&self, addr: SocketAddr) -> io::Result<BoxStream> {
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(Box::new(s))
+    }
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn unix_now(&self) -> i64 {
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        }
+    }
+}
+
+/// A clock that reads a fixed or manually advanced time (tests).
+pub struct FixedClock(pub std::sync::atomic::AtomicI64);
+
+impl Clock for FixedClock {
+    fn unix_now(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_env_is_deterministic() {
+        let clock = Arc::new(FixedClock(0.into()));
+        let a = Env::new(Arc::new(TokioNet), clock.clone(), 7);
+        let b = Env::new(Arc::new(TokioNet), clock, 7);
+        let xs: Vec<u64> = (0..5).map(|_| a.rng_u64()).collect();
+        let ys: Vec<u64> = (0..5).map(|_| b.rng_u64()).collect();
+        assert_eq!(xs, ys);
+        assert!(a.rng_range(10, 20) >= 10);
+        assert_eq!(a.rng_range(5, 5), 5);
+    }
+
+    #[tokio::test]
+    async fn bind_in_range_picks_a_port_in_range() {
+        let env = Env::real();
+        let l = bind_in_range(&env, "127.0.0.1".parse().unwrap(), (47000, 47999))
+            .await
+            .unwrap();
+        let p = l.local_addr().unwrap().port();
+        assert!((47000..=47999).contains(&p), "{p}");
+        let any = bind_in_range(&env, "127.0.0.1".parse().unwrap(), (0, 0))
+            .await
+            .unwrap();
+        assert_ne!(any.local_addr().unwrap().port(), 0);
+    }
+}

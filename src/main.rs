@@ -1,0 +1,249 @@
+//! The `dftpd` command line: `cluster` (everything on loopback in one
+//! process), `master` and `slave` (separate processes from config files).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use dftpd::cluster::{self, ClusterOptions};
+use dftpd::config::{self, MasterConfig, PasvWithoutPret, SlaveConfig, UserConfig};
+use dftpd::env::Env;
+use dftpd::master::Master;
+use dftpd::slave::storage::DiskStorage;
+
+#[derive(Parser)]
+#[command(
+    name = "dftpd",
+    version,
+    about = "Distributed FTP daemon: one master, many storage slaves"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a master and N slaves on loopback in one process.
+    Cluster {
+        /// FTP control address.
+        #[arg(long, default_value = "127.0.0.1:2121")]
+        listen: SocketAddr,
+        /// Number of slaves (data addresses 127.0.0.11, .12, ...).
+        #[arg(long, default_value_t = 3)]
+        slaves: usize,
+        /// Storage root; slave N stores under DIR/slave-N.
+        #[arg(long, default_value = "./dftpd-data")]
+        data_dir: PathBuf,
+        /// A user as NAME:PASSWORD (repeatable). Without it, a default user
+        /// is created and its password printed.
+        #[arg(long = "user", value_name = "NAME:PASSWORD")]
+        users: Vec<String>,
+        /// Address of the master<->slave link (default: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        link_listen: SocketAddr,
+        /// PASV without PRET: listings, refuse or relay.
+        #[arg(long, default_value = "listings")]
+        pasv_without_pret: String,
+        /// Passive port range for master and slaves.
+        #[arg(long, default_value = "50000-59999")]
+        passive_ports: String,
+        /// Let STOR replace existing files.
+        #[arg(long)]
+        allow_overwrite: bool,
+    },
+    /// Run a master from a config file (see master.example.toml).
+    Master {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `listen` from the config.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run a slave from a config file (see slave.example.toml).
+    Slave {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DFTPD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,dftpd=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn parse_mode(s: &str) -> anyhow::Result<PasvWithoutPret> {
+    Ok(match s {
+        "listings" => PasvWithoutPret::Listings,
+        "refuse" => PasvWithoutPret::Refuse,
+        "relay" => PasvWithoutPret::Relay,
+        other => bail!("--pasv-without-pret: '{other}' is not one of listings, refuse, relay"),
+    })
+}
+
+/// The default user's password: made once, kept in the data directory so a
+/// restarted cluster accepts the same login.
+fn default_user(data_dir: &std::path::Path) -> anyhow::Result<UserConfig> {
+    let file = data_dir.join("default-user.txt");
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        if let Some((name, password)) = text.trim().split_once(':') {
+            return Ok(UserConfig {
+                name: name.into(),
+                password: password.into(),
+                home: "/".into(),
+                admin: true,
+            });
+        }
+    }
+    let env = Env::real();
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let password: String = (0..16)
+        .map(|_| ALPHABET[env.rng_range(0, ALPHABET.len() as u64 - 1) as usize] as char)
+        .collect();
+    std::fs::create_dir_all(data_dir)?;
+    std::fs::write(&file, format!("dftpd:{password}\n"))
+        .with_context(|| format!("writing {}", file.display()))?;
+    Ok(UserConfig {
+        name: "dftpd".into(),
+        password,
+        home: "/".into(),
+        admin: true,
+    })
+}
+
+async fn wait_for_ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Cluster {
+            listen,
+            slaves,
+            data_dir,
+            users,
+            link_listen,
+            pasv_without_pret,
+            passive_ports,
+            allow_overwrite,
+        } => {
+            let mut user_configs = Vec::new();
+            for u in &users {
+                let Some((name, password)) = u.split_once(':') else {
+                    bail!("--user takes NAME:PASSWORD, got '{u}'");
+                };
+                user_configs.push(UserConfig {
+                    name: name.into(),
+                    password: password.into(),
+                    home: "/".into(),
+                    admin: true,
+                });
+            }
+            let printed_user = if user_configs.is_empty() {
+                let u = default_user(&data_dir)?;
+                user_configs.push(u.clone());
+                Some(u)
+            } else {
+                None
+            };
+            config::parse_port_range(&passive_ports)?;
+            let opts = ClusterOptions {
+                listen,
+                link_listen,
+                slaves,
+                data_dir,
+                users: user_configs,
+                pasv_without_pret: parse_mode(&pasv_without_pret)?,
+                passive_ports,
+                allow_overwrite,
+                ..ClusterOptions::default()
+            };
+            let c = cluster::start(opts).await.context("starting the cluster")?;
+            println!(
+                "master ready on {} (slave link {})",
+                c.master.control_addr, c.master.link_addr
+            );
+            for s in &c.slaves {
+                println!(
+                    "{} ready: data address {}, storage {}",
+                    s.name,
+                    s.data_ip,
+                    s.root.display()
+                );
+            }
+            if let Some(u) = printed_user {
+                println!("login: user {} password {}", u.name, u.password);
+            }
+            println!(
+                "cluster ready: ftp://{} (Ctrl-C to stop)",
+                c.master.control_addr
+            );
+            wait_for_ctrl_c().await;
+            c.stop();
+            println!("cluster stopped");
+        }
+        Cmd::Master { config, listen } => {
+            let mut cfg: MasterConfig = match &config {
+                Some(p) => config::load(p)?,
+                None => MasterConfig::default(),
+            };
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            cfg.validate()?;
+            let m = Master::start(Env::real(), cfg)
+                .await
+                .context("starting the master")?;
+            println!(
+                "master ready on {} (slave link {})",
+                m.control_addr, m.link_addr
+            );
+            wait_for_ctrl_c().await;
+            m.stop();
+            println!("master stopped");
+        }
+        Cmd::Slave { config } => {
+            let cfg: SlaveConfig = match &config {
+                Some(p) => config::load(p)?,
+                None => SlaveConfig::default(),
+            };
+            cfg.validate()?;
+            let storage = Arc::new(
+                DiskStorage::new(&cfg.root)
+                    .with_context(|| format!("storage root {}", cfg.root.display()))?,
+            );
+            let (tx, rx) = watch::channel(false);
+            let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+            let name = cfg.name.clone();
+            let ip = cfg.advertised_ip();
+            let task = tokio::spawn(dftpd::slave::run(
+                Env::real(),
+                cfg,
+                storage,
+                rx,
+                Some(ready_tx),
+            ));
+            tokio::select! {
+                _ = ready_rx.recv() => println!("{name} ready: data address {ip}, connected to master"),
+                _ = wait_for_ctrl_c() => { let _ = tx.send(true); return Ok(()); }
+            }
+            wait_for_ctrl_c().await;
+            let _ = tx.send(true);
+            let _ = task.await;
+            println!("{name} stopped");
+        }
+    }
+    Ok(())
+}

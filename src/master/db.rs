@@ -1,0 +1,461 @@
+//! The master's file database: the directory tree every client sees, with
+//! each file's size, time, owner, checksum and the set of slaves holding it.
+//! Directories exist only here; slaves create parent directories on demand.
+//!
+//! A tree of `BTreeMap`s: listings come out sorted, iteration order never
+//! depends on hashing, and a directory rename moves one subtree.
+
+use std::collections::BTreeMap;
+
+use crate::proto::VPath;
+
+/// Index of a slave in the master's registry.
+pub type SlaveId = u16;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub size: u64,
+    pub mtime: i64,
+    pub owner: String,
+    pub group: String,
+    pub crc32: Option<u32>,
+    /// Sorted, no duplicates.
+    pub holders: Vec<SlaveId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DirMeta {
+    pub mtime: i64,
+    pub owner: String,
+    pub group: String,
+    pub children: BTreeMap<String, Node>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    File(FileMeta),
+    Dir(DirMeta),
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        matches!(self, Node::Dir(_))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DbError {
+    #[error("No such file or directory")]
+    NotFound,
+    #[error("Not a directory")]
+    NotADirectory,
+    #[error("Is a directory")]
+    IsADirectory,
+    #[error("File exists")]
+    Exists,
+    #[error("Directory not empty")]
+    NotEmpty,
+    #[error("Cannot move a directory into itself")]
+    IntoItself,
+    #[error("Cannot change the root directory")]
+    Root,
+}
+
+impl DbError {
+    /// RFC 959 reply code for this error.
+    pub fn code(&self) -> u16 {
+        match self {
+            DbError::Exists => 553,
+            _ => 550,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct FileDb {
+    root: DirMeta,
+    files: u64,
+    /// Files held per slave, indexed by `SlaveId`.
+    held: Vec<u64>,
+}
+
+impl FileDb {
+    pub fn new() -> FileDb {
+        FileDb::default()
+    }
+
+    pub fn file_count(&self) -> u64 {
+        self.files
+    }
+
+    pub fn held_by(&self, slave: SlaveId) -> u64 {
+        self.held.get(slave as usize).copied().unwrap_or(0)
+    }
+
+    pub fn root(&self) -> &DirMeta {
+        &self.root
+    }
+
+    pub fn get(&self, path: &VPath) -> Option<&Node> {
+        let mut dir = &self.root;
+        let mut comps = path.components().peekable();
+        if comps.peek().is_none() {
+            return None; // the root has no Node of its own; use dir()
+        }
+        while let Some(c) = comps.next() {
+            let node = dir.children.get(c)?;
+            if comps.peek().is_none() {
+                return Some(node);
+            }
+            match node {
+                Node::Dir(d) => dir = d,
+                Node::File(_) => return None,
+            }
+        }
+        None
+    }
+
+    pub fn dir(&self, path: &VPath) -> Result<&DirMeta, DbError> {
+        if path.is_root() {
+            return Ok(&self.root);
+        }
+        match self.get(path) {
+            Some(Node::Dir(d)) => Ok(d),
+            Some(Node::File(_)) => Err(DbError::NotADirectory),
+            None => Err(DbError::NotFound),
+        }
+    }
+
+    pub fn file(&self, path: &VPath) -> Result<&FileMeta, DbError> {
+        match self.get(path) {
+            Some(Node::File(f)) => Ok(f),
+            Some(Node::Dir(_)) => Err(DbError::IsADirectory),
+            None if path.is_root() => Err(DbError::IsADirectory),
+            None => Err(DbError::NotFound),
+        }
+    }
+
+    fn dir_mut(&mut self, path: &VPath) -> Result<&mut DirMeta, DbError> {
+        let mut dir = &mut self.root;
+        for c in path.components() {
+            match dir.children.get_mut(c) {
+                Some(Node::Dir(d)) => dir = d,
+                Some(Node::File(_)) => return Err(DbError::NotADirectory),
+                None => return Err(DbError::NotFound),
+            }
+        }
+        Ok(dir)
+    }
+
+    fn split(path: &VPath) -> Result<(VPath, &str), DbError> {
+        match (path.parent(), path.file_name()) {
+            (Some(p), Some(n)) => Ok((p, n)),
+            _ => Err(DbError::Root),
+        }
+    }
+
+    pub fn mkdir(&mut self, path: &VPath, owner: &str, now: i64) -> Result<(), DbError> {
+        let (parent, name) = Self::split(path)?;
+        let dir = self.dir_mut(&parent)?;
+        if dir.children.contains_key(name) {
+            return Err(DbError::Exists);
+        }
+        dir.children.insert(
+            name.to_string(),
+            Node::Dir(DirMeta {
+                mtime: now,
+                owner: owner.to_string(),
+                group: owner.to_string(),
+                children: BTreeMap::new(),
+            }),
+        );
+        dir.mtime = now;
+        Ok(())
+    }
+
+    /// Creates `path` and every missing parent; existing directories are fine.
+    pub fn mkdir_all(&mut self, path: &VPath, owner: &str, now: i64) -> Result<(), DbError> {
+        let mut cur = VPath::root();
+        for c in path.components().map(str::to_string).collect::<Vec<_>>() {
+            cur = cur.join(&c).map_err(|_| DbError::NotFound)?;
+            match self.get(&cur) {
+                Some(Node::Dir(_)) => {}
+                Some(Node::File(_)) => return Err(DbError::NotADirectory),
+                None => self.mkdir(&cur, owner, now)?,
+            }
+        }
+        Ok(())
+    }
+
+    pub fn rmdir(&mut self, path: &VPath) -> Result<(), DbError> {
+        let (parent, name) = Self::split(path)?;
+        let dir = self.dir_mut(&parent)?;
+        match dir.children.get(name) {
+            Some(Node::Dir(d)) if d.children.is_empty() => {
+                dir.children.remove(name);
+                Ok(())
+            }
+            Some(Node::Dir(_)) => Err(DbError::NotEmpty),
+            Some(Node::File(_)) => Err(DbError::NotADirectory),
+            None => Err(DbError::NotFound),
+        }
+    }
+
+    /// Records a complete file, replacing any earlier file of that name.
+    /// Returns the replaced file's metadata.
+    pub fn put_file(&mut self, path: &VPath, meta: FileMeta) -> Result<Option<FileMeta>, DbError> {
+        let (parent, name) = Self::split(path)?;
+        let new_holders = meta.holders.clone();
+        let dir = self.dir_mut(&parent)?;
+        dir.mtime = dir.mtime.max(meta.mtime);
+        let old = match dir.children.get(name) {
+            Some(Node::Dir(_)) => return Err(DbError::IsADirectory),
+            Some(Node::File(_)) | None => dir.children.insert(name.to_string(), Node::File(meta)),
+        };
+        let old = match old {
+            Some(Node::File(f)) => {
+                self.count_holders(&f.holders, -1);
+                self.files -= 1;
+                Some(f)
+            }
+            _ => None,
+        };
+        self.count_holders(&new_holders, 1);
+        self.files += 1;
+        Ok(old)
+    }
+
+    pub fn remove_file(&mut self, path: &VPath) -> Result<FileMeta, DbError> {
+        let (parent, name) = Self::split(path)?;
+        let dir = self.dir_mut(&parent)?;
+        match dir.children.get(name) {
+            Some(Node::File(_)) => {}
+            Some(Node::Dir(_)) => return Err(DbError::IsADirectory),
+            None => return Err(DbError::NotFound),
+        }
+        let Some(Node::File(f)) = dir.children.remove(name) else {
+            return Err(DbError::NotFound);
+        };
+        self.count_holders(&f.holders, -1);
+        self.files -= 1;
+        Ok(f)
+    }
+
+    /// Adds `slave` to the holders of an existing file.
+    pub fn add_holder(&mut self, path: &VPath, slave: SlaveId) -> Result<(), DbError> {
+        let f = self.file_mut(path)?;
+        if let Err(pos) = f.holders.binary_search(&slave) {
+            f.holders.insert(pos, slave);
+            self.count_holders(&[slave], 1);
+        }
+        Ok(())
+    }
+
+    /// Removes `slave` from a file's holders; the file itself is dropped when
+    /// no copy is left anywhere. Returns whether the file was dropped.
+    pub fn remove_holder(&mut self, path: &VPath, slave: SlaveId) -> Result<bool, DbError> {
+        let f = self.file_mut(path)?;
+        let Ok(pos) = f.holders.binary_search(&slave) else {
+            return Ok(false);
+        };
+        f.holders.remove(pos);
+        let empty = f.holders.is_empty();
+        self.count_holders(&[slave], -1);
+        if empty {
+            self.remove_file(path)?;
+        }
+        Ok(empty)
+    }
+
+    fn file_mut(&mut self, path: &VPath) -> Result<&mut FileMeta, DbError> {
+        let (parent, name) = Self::split(path)?;
+        match self.dir_mut(&parent)?.children.get_mut(name) {
+            Some(Node::File(f)) => Ok(f),
+            Some(Node::Dir(_)) => Err(DbError::IsADirectory),
+            None => Err(DbError::NotFound),
+        }
+    }
+
+    pub fn set_mtime(&mut self, path: &VPath, mtime: i64) -> Result<(), DbError> {
+        match self.file_mut(path) {
+            Ok(f) => {
+                f.mtime = mtime;
+                Ok(())
+            }
+            Err(DbError::IsADirectory) => {
+                self.dir_mut(path)?.mtime = mtime;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves a file or a whole directory. The target must not exist.
+    pub fn rename(&mut self, from: &VPath, to: &VPath, now: i64) -> Result<(), DbError> {
+        let (from_parent, from_name) = Self::split(from)?;
+        let (to_parent, to_name) = Self::split(to)?;
+        if to.starts_with(from) {
+            return Err(if to == from {
+                DbError::Exists
+            } else {
+                DbError::IntoItself
+            });
+        }
+        // Check everything before changing anything.
+        self.dir(&from_parent)?
+            .children
+            .get(from_name)
+            .ok_or(DbError::NotFound)?;
+        if self.dir(&to_parent)?.children.contains_key(to_name) {
+            return Err(DbError::Exists);
+        }
+        let src = self.dir_mut(&from_parent)?;
+        let Some(node) = src.children.remove(from_name) else {
+            return Err(DbError::NotFound);
+        };
+        src.mtime = now;
+        let dst = self.dir_mut(&to_parent)?;
+        dst.children.insert(to_name.to_string(), node);
+        dst.mtime = now;
+        Ok(())
+    }
+
+    /// Every file at or below `path`, in path order, with its metadata.
+    pub fn files_under(&self, path: &VPath) -> Vec<(VPath, &FileMeta)> {
+        let mut out = Vec::new();
+        if path.is_root() {
+            walk(&self.root, &VPath::root(), &mut out);
+            return out;
+        }
+        match self.get(path) {
+            Some(Node::File(f)) => out.push((path.clone(), f)),
+            Some(Node::Dir(d)) => walk(d, path, &mut out),
+            None => {}
+        }
+        out
+    }
+
+    /// The slaves holding any file at or below `path`, sorted.
+    pub fn holders_under(&self, path: &VPath) -> Vec<SlaveId> {
+        let mut set: Vec<SlaveId> = self
+            .files_under(path)
+            .into_iter()
+            .flat_map(|(_, f)| f.holders.iter().copied())
+            .collect();
+        set.sort_unstable();
+        set.dedup();
+        set
+    }
+
+    fn count_holders(&mut self, holders: &[SlaveId], delta: i64) {
+        for &h in holders {
+            let i = h as usize;
+            if self.held.len() <= i {
+                self.held.resize(i + 1, 0);
+            }
+            self.held[i] = (self.held[i] as i64 + delta).max(0) as u64;
+        }
+    }
+}
+
+fn walk<'a>(dir: &'a DirMeta, at: &VPath, out: &mut Vec<(VPath, &'a FileMeta)>) {
+    for (name, node) in &dir.children {
+        let Ok(p) = at.join(name) else { continue };
+        match node {
+            Node::File(f) => out.push((p, f)),
+            Node::Dir(d) => walk(d, &p, out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> VPath {
+        VPath::parse_absolute(s).unwrap()
+    }
+
+    fn file(size: u64, holders: &[SlaveId]) -> FileMeta {
+        FileMeta {
+            size,
+            mtime: 1,
+            owner: "u".into(),
+            group: "u".into(),
+            crc32: None,
+            holders: holders.to_vec(),
+        }
+    }
+
+    #[test]
+    fn mkdir_put_list_remove() {
+        let mut db = FileDb::new();
+        assert_eq!(db.mkdir(&p("/a/b"), "u", 1), Err(DbError::NotFound));
+        db.mkdir(&p("/a"), "u", 1).unwrap();
+        assert_eq!(db.mkdir(&p("/a"), "u", 1), Err(DbError::Exists));
+        db.put_file(&p("/a/f"), file(3, &[0, 1])).unwrap();
+        assert_eq!(db.file_count(), 1);
+        assert_eq!(db.held_by(1), 1);
+        assert_eq!(db.file(&p("/a/f")).unwrap().size, 3);
+        assert_eq!(db.file(&p("/a")), Err(DbError::IsADirectory));
+        assert_eq!(db.dir(&p("/a/f")).err(), Some(DbError::NotADirectory));
+        assert_eq!(db.rmdir(&p("/a")), Err(DbError::NotEmpty));
+        assert_eq!(db.mkdir(&p("/a/f/x"), "u", 1), Err(DbError::NotADirectory));
+        db.remove_file(&p("/a/f")).unwrap();
+        assert_eq!(db.held_by(1), 0);
+        db.rmdir(&p("/a")).unwrap();
+        assert!(db.root().children.is_empty());
+        assert_eq!(db.rmdir(&VPath::root()), Err(DbError::Root));
+    }
+
+    #[test]
+    fn holders_drop_file_when_last_copy_goes() {
+        let mut db = FileDb::new();
+        db.put_file(&p("/f"), file(3, &[2])).unwrap();
+        db.add_holder(&p("/f"), 0).unwrap();
+        db.add_holder(&p("/f"), 0).unwrap();
+        assert_eq!(db.file(&p("/f")).unwrap().holders, vec![0, 2]);
+        assert!(!db.remove_holder(&p("/f"), 2).unwrap());
+        assert!(db.remove_holder(&p("/f"), 0).unwrap());
+        assert_eq!(db.get(&p("/f")), None);
+        assert_eq!(db.file_count(), 0);
+    }
+
+    #[test]
+    fn rename_moves_subtrees_and_refuses_bad_targets() {
+        let mut db = FileDb::new();
+        db.mkdir_all(&p("/a/b"), "u", 1).unwrap();
+        db.put_file(&p("/a/b/f"), file(1, &[0])).unwrap();
+        db.put_file(&p("/g"), file(1, &[1])).unwrap();
+        assert_eq!(
+            db.rename(&p("/a"), &p("/a/b/c"), 2),
+            Err(DbError::IntoItself)
+        );
+        assert_eq!(db.rename(&p("/a"), &p("/g"), 2), Err(DbError::Exists));
+        assert_eq!(db.rename(&p("/nope"), &p("/x"), 2), Err(DbError::NotFound));
+        db.rename(&p("/a"), &p("/z"), 2).unwrap();
+        assert!(db.file(&p("/z/b/f")).is_ok());
+        assert_eq!(db.holders_under(&VPath::root()), vec![0, 1]);
+        assert_eq!(db.holders_under(&p("/z")), vec![0]);
+        let all: Vec<String> = db
+            .files_under(&VPath::root())
+            .into_iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(all, vec!["/g", "/z/b/f"]);
+    }
+
+    #[test]
+    fn put_file_replaces_and_recounts() {
+        let mut db = FileDb::new();
+        db.put_file(&p("/f"), file(1, &[0])).unwrap();
+        let old = db.put_file(&p("/f"), file(2, &[1])).unwrap();
+        assert_eq!(old.unwrap().holders, vec![0]);
+        assert_eq!((db.held_by(0), db.held_by(1), db.file_count()), (0, 1, 1));
+        db.mkdir(&p("/d"), "u", 1).unwrap();
+        assert_eq!(
+            db.put_file(&p("/d"), file(1, &[0])),
+            Err(DbError::IsADirectory)
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! The slave registry: every slave the master has seen, its state, load and
+//! link handle, and the selection policy that picks a slave for a transfer.
+//!
+//! Selection is one pure function per direction ([`pick_download`],
+//! [`pick_upload`]) over a list of [`Candidate`]s, so the policy is unit
+//! tested without a cluster. "Load" counts transfers running on the slave
+//! plus those planned by PRET and not yet started: two clients that PRET at
+//! the same moment are spread over two slaves.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::db::SlaveId;
+use crate::link::{FileOp, MasterMsg, Request, Response};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlaveState {
+    Offline,
+    /// Connected and authenticated, sending its file list.
+    Remerging,
+    Online,
+}
+
+impl SlaveState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlaveState::Offline => "offline",
+            SlaveState::Remerging => "remerging",
+            SlaveState::Online => "online",
+        }
+    }
+}
+
+/// Pending request replies of one link, keyed by request id. Dropping the
+/// map's senders (link closed) wakes every waiter with an error.
+pub type PendingReplies = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Response>>>>;
+
+/// Handle to send messages to one connected slave.
+#[derive(Clone)]
+pub struct SlaveLink {
+    pub epoch: u64,
+    tx: mpsc::UnboundedSender<MasterMsg>,
+    pending: PendingReplies,
+}
+
+impl SlaveLink {
+    pub fn new(epoch: u64, tx: mpsc::UnboundedSender<MasterMsg>, pending: PendingReplies) -> Self {
+        SlaveLink { epoch, tx, pending }
+    }
+
+    /// Sends a request; the receiver yields its response, or an error when
+    /// the link goes down first.
+    pub fn request(&self, rid: u64, request: Request) -> oneshot::Receiver<Response> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(rid, tx);
+        if self.tx.send(MasterMsg::Request { rid, request }).is_err() {
+            lock(&self.pending).remove(&rid);
+        }
+        rx
+    }
+
+    pub fn send(&self, msg: MasterMsg) {
+        let _ = self.tx.send(msg);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // State behind these locks stays consistent between statements; a panic
+    // elsewhere must not take the whole master down with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct SlaveInfo {
+    pub name: String,
+    pub state: SlaveState,
+    pub link: Option<SlaveLink>,
+    pub data_ip: Option<IpAddr>,
+    pub free: u64,
+    /// Transfers running on this slave (started by the master).
+    pub active: u32,
+    /// PRET plans naming this slave that have not started yet.
+    pub reserved: u32,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub relayed_bytes: u64,
+    /// Changes to apply when it rejoins (it was offline when they happened).
+    pub pending_ops: Vec<FileOp>,
+}
+
+impl SlaveInfo {
+    pub fn is_online(&self) -> bool {
+        self.state == SlaveState::Online && self.link.is_some()
+    }
+    pub fn load(&self) -> u32 {
+        self.active + self.reserved
+    }
+}
+
+#[derive(Default)]
+pub struct SlaveRegistry {
+    slaves: Vec<SlaveInfo>,
+    by_name: BTreeMap<String, SlaveId>,
+    /// Round-robin counter for ties, advanced on every pick.
+    rr: u64,
+    next_epoch: u64,
+}
+
+impl SlaveRegistry {
+    /// The id of `name`, registering it (offline) when new.
+    pub fn id_for(&mut self, name: &str) -> SlaveId {
+        if let Some(&id) = self.by_name.get(name) {
+            return id;
+        }
+        let id = self.slaves.len() as SlaveId;
+        self.slaves.push(SlaveInfo {
+            name: name.to_string(),
+            state: SlaveState::Offline,
+            link: None,
+            data_ip: None,
+            free: 0,
+            active: 0,
+            reserved: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            relayed_bytes: 0,
+            pending_ops: Vec::new(),
+        });
+        self.by_name.insert(name.to_string(), id);
+        id
+    }
+
+    pub fn next_epoch(&mut self) -> u64 {
+        self.next_epoch += 1;
+        self.next_epoch
+    }
+
+    pub fn get(&self, id: SlaveId) -> Option<&SlaveInfo> {
+        self.slaves.get(id as usize)
+    }
+
+    pub fn get_mut(&mut self, id: SlaveId) -> Option<&mut SlaveInfo> {
+        self.slaves.get_mut(id as usize)
+    }
+
+    pub fn name(&self, id: SlaveId) -> &str {
+        self.get(id).map(|s| s.name.as_str()).unwrap_or("?")
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (SlaveId, &SlaveInfo)> {
+        self.slaves
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i as SlaveId, s))
+    }
+
+    pub fn is_online(&self, id: SlaveId) -> bool {
+        self.get(id).is_some_and(SlaveInfo::is_online)
+    }
+
+    pub fn link(&self, id: SlaveId) -> Option<SlaveLink> {
+        self.get(id)
+            .filter(|s| s.is_online())
+            .and_then(|s| s.link.clone())
+    }
+
+    fn candidates(&self, ids: impl Iterator<Item = SlaveId>) -> Vec<Candidate> {
+        ids.filter_map(|id| {
+            let s = self.get(id)?;
+            s.is_online().then_some(Candidate {
+                id,
+                load: s.load(),
+                free: s.free,
+            })
+        })
+        .collect()
+    }
+
+    /// An online holder for a download, or `None` when no copy is online.
+    pub fn choose_download(&mut self, holders: &[SlaveId]) -> Option<SlaveId> {
+        let c = self.candidates(holders.iter().copied());
+        let pick = pick_download(&c, self.rr);
+        self.rr = self.rr.wrapping_add(1);
+        pick
+    }
+
+    pub fn choose_upload(&mut self, min_free: u64) -> Option<SlaveId> {
+        let c = self.candidates(0..self.slaves.len() as SlaveId);
+        let pick = pick_upload(&c, min_free, self.rr);
+        self.rr = self.rr.wrapping_add(1);
+        pick
+    }
+
+    /// Queues `op` for `id` when offline, or sends it now.
+    pub fn apply_op(&mut self, id: SlaveId, op: FileOp) {
+        if let Some(s) = self.get_mut(id) {
+            match (&s.link, s.state) {
+                (Some(link), SlaveState::Online | SlaveState::Remerging) => {
+                    link.send(MasterMsg::Ops(vec![op]))
+                }
+                _ => s.pending_ops.push(op),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: SlaveId,
+    pub load: u32,
+    pub free: u64,
+}
+
+/// Download: among online holders, the least loaded; ties go round robin.
+pub fn pick_download(cands: &[Candidate], rr: u64) -> Option<SlaveId> {
+    let min = cands.iter().map(|c| c.load).min()?;
+    let tied: Vec<&Candidate> = cands.iter().filter(|c| c.load == min).collect();
+    Some(tied[(rr % tied.len() as u64) as usize].id)
+}
+
+/// Upload: among online slaves with more than `min_free` bytes free, the
+/// least loaded; among those, the most free space; ties go round robin.
+pub fn pick_upload(cands: &[Candidate], min_free: u64, rr: u64) -> Option<SlaveId> {
+    let roomy: Vec<&Candidate> = cands.iter().filter(|c| c.free > min_free).collect();
+    let min_load = roomy.iter().map(|c| c.load).min()?;
+    let least: Vec<&&Candidate> = roomy.iter().filter(|c| c.load == min_load).collect();
+    let max_free = least.iter().map(|c| c.free).max()?;
+    let tied: Vec<&&&Candidate> = least.iter().filter(|c| c.free == max_free).collect();
+    Some(tied[(rr % tied.len() as u64) as usize].id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(id: SlaveId, load: u32, free: u64) -> Candidate {
+        Candidate { id, load, free }
+    }
+
+    #[test]
+    fn download_prefers_least_loaded_and_round_robins_ties() {
+        assert_eq!(pick_download(&[], 0), None);
+        let cs = [c(0, 2, 0), c(1, 1, 0), c(2, 1, 0)];
+        assert_eq!(pick_download(&cs, 0), Some(1));
+        assert_eq!(pick_download(&cs, 1), Some(2));
+        assert_eq!(pick_download(&cs, 2), Some(1));
+        assert_eq!(pick_download(&[c(5, 9, 0)], 7), Some(5));
+    }
+
+    #[test]
+    fn upload_needs_room_then_load_then_free_space() {
+        let cs = [c(0, 0, 100), c(1, 0, 500), c(2, 1, 900), c(3, 0, 10)];
+        assert_eq!(pick_upload(&cs, 0, 0), Some(1));
+        // Least loaded wins over most free.
+        assert_eq!(pick_upload(&[c(0, 1, 900), c(1, 0, 5)], 0, 0), Some(1));
+        // Full slaves get nothing.
+        assert_eq!(pick_upload(&[c(0, 0, 10)], 10, 0), None);
+        assert_eq!(pick_upload(&[c(0, 0, 10), c(1, 3, 50)], 10, 0), Some(1));
+        // Exact ties rotate.
+        let tie = [c(0, 0, 5), c(1, 0, 5)];
+        assert_eq!(pick_upload(&tie, 0, 0), Some(0));
+        assert_eq!(pick_upload(&tie, 0, 1), Some(1));
+    }
+
+    #[test]
+    fn registry_only_chooses_online_slaves() {
+        let mut r = SlaveRegistry::default();
+        let a = r.id_for("a");
+        let b = r.id_for("b");
+        assert_eq!(r.id_for("a"), a);
+        assert_eq!(r.choose_download(&[a, b]), None);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let s = r.get_mut(b).unwrap();
+        s.state = SlaveState::Online;
+        s.link = Some(SlaveLink::new(1, tx, Default::default()));
+        s.free = 10;
+        assert_eq!(r.choose_download(&[a, b]), Some(b));
+        assert_eq!(r.choose_upload(0), Some(b));
+        assert_eq!(r.choose_upload(10), None);
+        r.apply_op(
+            a,
+            FileOp::Delete {
+                path: crate::proto::VPath::root(),
+            },
+        );
+        assert_eq!(r.get(a).unwrap().pending_ops.len(), 1);
+    }
+}

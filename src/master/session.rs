@@ -1,0 +1,1409 @@
+//! One FTP control session as a state machine (sans-IO): each command goes
+//! in with the shared [`MasterState`], a decision comes out as an [`Action`]
+//! — a reply, or work for the driver (open a passive endpoint, run a
+//! transfer on a slave, send a listing). The driver reports results back
+//! through [`Session::passive_opened`] and [`Session::transfer_done`].
+//!
+//! Implements RFC 959 §4 and §5.4 replies, RFC 2428 (EPSV/EPRT), RFC 3659
+//! (SIZE, MDTM, REST, MLST/MLSD), RFC 2389 (FEAT/OPTS) and DrFTPD's PRET:
+//! `PRET <verb> <arg>` plans the transfer so the next PASV can name the
+//! slave that will serve it.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::db::{DbError, FileMeta, Node, SlaveId};
+use super::MasterState;
+use crate::config::PasvWithoutPret;
+use crate::link::{FileOp, TransferFailure, TransferOrder, APPEND};
+use crate::proto::listing::{self, ListEntry};
+use crate::proto::reply::quote_path;
+use crate::proto::{addr, Command, EpsvArg, ListArgs, Reply, TransferType, VPath};
+
+/// Where a data connection ends on the server side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Master,
+    Slave(SlaveId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanVerb {
+    Retr,
+    Stor,
+    Appe,
+    Stou,
+    List,
+    Nlst,
+    Mlsd,
+}
+
+impl PlanVerb {
+    fn as_str(self) -> &'static str {
+        match self {
+            PlanVerb::Retr => "RETR",
+            PlanVerb::Stor => "STOR",
+            PlanVerb::Appe => "APPE",
+            PlanVerb::Stou => "STOU",
+            PlanVerb::List => "LIST",
+            PlanVerb::Nlst => "NLST",
+            PlanVerb::Mlsd => "MLSD",
+        }
+    }
+}
+
+/// What a PRET announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub verb: PlanVerb,
+    pub path: Option<VPath>,
+    pub target: Target,
+}
+
+/// The data connection set up by PASV/EPSV/PORT/EPRT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSetup {
+    None,
+    /// A listener is open on `target` for transfer `xfer`.
+    Passive {
+        target: Target,
+        xfer: u64,
+        addr: SocketAddr,
+    },
+    Active(SocketAddr),
+}
+
+/// How a slave transfer's data connection is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The client connects to the slave's listener opened for `xfer`.
+    SlavePassive,
+    /// The slave connects to the client.
+    Active(SocketAddr),
+    /// The client is on the master's listener; the master relays bytes to a
+    /// listener it asks the slave for.
+    Relay,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferJob {
+    pub slave: SlaveId,
+    pub slave_name: String,
+    pub xfer: u64,
+    pub order: TransferOrder,
+    pub route: Route,
+    /// The 150 reply.
+    pub opening: Reply,
+    /// For uploads: where the file is recorded on success.
+    pub upload_path: Option<VPath>,
+}
+
+impl TransferJob {
+    pub fn is_upload(&self) -> bool {
+        matches!(self.order, TransferOrder::Receive { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListingJob {
+    pub bytes: Vec<u8>,
+    pub opening: Reply,
+    /// `None`: the client is on the master's passive listener.
+    pub active: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Reply(Reply),
+    /// Send the reply, then close the connection.
+    Close(Reply),
+    /// Release the current data endpoint, then send the reply.
+    ResetData(Reply),
+    /// Release the current data endpoint, open a passive one on `target`,
+    /// then call [`Session::passive_opened`].
+    OpenPassive {
+        target: Target,
+        xfer: u64,
+        epsv: bool,
+    },
+    /// Release the current data endpoint (the client chose active mode).
+    SetActive(Reply),
+    Transfer(TransferJob),
+    Listing(ListingJob),
+}
+
+/// How a slave transfer ended, as the driver saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferOutcome {
+    Sent {
+        bytes: u64,
+    },
+    Committed {
+        size: u64,
+        mtime: i64,
+        crc32: u32,
+    },
+    Failed(TransferFailure),
+    /// The slave's link went down before the transfer finished.
+    SlaveLost,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Login {
+    NeedUser,
+    NeedPass(String),
+    LoggedIn { user: String, admin: bool },
+}
+
+pub struct Session {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    login: Login,
+    pub cwd: VPath,
+    ttype: TransferType,
+    rest: u64,
+    rnfr: Option<VPath>,
+    plan: Option<Plan>,
+    pub data: DataSetup,
+    epsv_all: bool,
+}
+
+const FEATURES: &[&str] = &[
+    "EPRT",
+    "EPSV",
+    "MDTM",
+    "MFMT",
+    "MLST type*;size*;modify*;perm*;unix.owner*;unix.group*;",
+    "PRET",
+    "REST STREAM",
+    "SIZE",
+    "TVFS",
+    "UTF8",
+];
+
+fn r(code: u16, text: impl Into<String>) -> Action {
+    Action::Reply(Reply::new(code, text))
+}
+
+fn db_reply(e: DbError) -> Action {
+    r(e.code(), e.to_string())
+}
+
+impl Session {
+    pub fn new(id: u64, peer: SocketAddr, local: SocketAddr) -> Session {
+        Session {
+            id,
+            peer,
+            local,
+            login: Login::NeedUser,
+            cwd: VPath::root(),
+            ttype: TransferType::Image,
+            rest: 0,
+            rnfr: None,
+            plan: None,
+            data: DataSetup::None,
+            epsv_all: false,
+        }
+    }
+
+    pub fn greeting() -> Reply {
+        Reply::new(220, "dftpd ready")
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        match &self.login {
+            Login::LoggedIn { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+
+    fn owner(&self) -> String {
+        self.user().unwrap_or("ftp").to_string()
+    }
+
+    fn resolve(&self, arg: &str) -> Result<VPath, Action> {
+        VPath::resolve(&self.cwd, arg).map_err(|e| r(553, format!("{arg}: {e}")))
+    }
+
+    /// Drops any PRET plan, releasing its reservation on the slave.
+    fn clear_plan(&mut self, st: &mut MasterState) {
+        if let Some(Plan {
+            target: Target::Slave(s),
+            ..
+        }) = self.plan.take()
+        {
+            if let Some(info) = st.slaves.get_mut(s) {
+                info.reserved = info.reserved.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The session ends: release what it holds.
+    pub fn close(&mut self, st: &mut MasterState) {
+        self.clear_plan(st);
+        self.data = DataSetup::None;
+        st.sessions.remove(&self.id);
+    }
+
+    fn set_doing(&self, st: &mut MasterState, doing: Option<String>) {
+        if let Some(info) = st.sessions.get_mut(&self.id) {
+            info.doing = doing;
+            info.cwd = self.cwd.to_string();
+            info.user = self.user().map(str::to_string);
+        }
+    }
+
+    pub fn handle(&mut self, cmd: Command, st: &mut MasterState) -> Action {
+        if cmd.needs_login() && self.user().is_none() {
+            return r(530, "Please login with USER and PASS");
+        }
+        let action = self.dispatch(cmd, st);
+        self.set_doing(st, None);
+        action
+    }
+
+    fn dispatch(&mut self, cmd: Command, st: &mut MasterState) -> Action {
+        match cmd {
+            Command::User(name) => {
+                // Always 331, whether the user exists or not (RFC 2577 §6).
+                self.clear_plan(st);
+                self.login = Login::NeedPass(name.clone());
+                r(331, format!("Password required for {name}"))
+            }
+            Command::Pass(pass) => self.pass(pass, st),
+            Command::Quit => Action::Close(Reply::new(221, "Goodbye")),
+            Command::Syst => r(215, "UNIX Type: L8"),
+            Command::Noop => r(200, "NOOP ok"),
+            Command::Feat => {
+                let mut lines = vec!["Features:".to_string()];
+                lines.extend(FEATURES.iter().map(|f| f.to_string()));
+                lines.push("End".into());
+                Action::Reply(Reply::multi(211, lines))
+            }
+            Command::Opts(arg) => {
+                let upper = arg.to_ascii_uppercase();
+                if upper == "UTF8 ON" || upper == "UTF8" {
+                    r(200, "UTF8 mode is always on")
+                } else if upper.starts_with("MLST") {
+                    r(200, "MLST OPTS ok")
+                } else {
+                    r(501, format!("Option not understood: {arg}"))
+                }
+            }
+            Command::Help(_) => Action::Reply(Reply::multi(
+                214,
+                vec![
+                    "The following commands are recognized:".into(),
+                    "ABOR ALLO APPE CDUP CWD DELE EPRT EPSV FEAT HELP LIST MDTM MFMT MKD MLSD"
+                        .into(),
+                    "MLST MODE NLST NOOP OPTS PASS PASV PORT PRET PWD QUIT REST RETR RMD RNFR"
+                        .into(),
+                    "RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE USER XCUP XCWD XMKD XPWD XRMD"
+                        .into(),
+                    "SITE commands: HELP SLAVES WHO".into(),
+                    "Help OK".into(),
+                ],
+            )),
+            Command::Stat(None) => Action::Reply(Reply::multi(
+                211,
+                vec![
+                    "dftpd status:".into(),
+                    format!("Connected from {}", self.peer),
+                    format!("Logged in as {}", self.user().unwrap_or("(nobody)")),
+                    format!(
+                        "TYPE: {}, STRUcture: File, MODE: Stream",
+                        if self.ttype == TransferType::Ascii {
+                            "ASCII"
+                        } else {
+                            "BINARY"
+                        }
+                    ),
+                    format!("PASV without PRET: {:?}", st.config.pasv_without_pret).to_lowercase(),
+                    "End of status".into(),
+                ],
+            )),
+            Command::Stat(Some(arg)) => {
+                let path = match self.resolve(&arg) {
+                    Ok(p) => p,
+                    Err(a) => return a,
+                };
+                match self.entries(st, &path) {
+                    Ok(entries) => {
+                        let now = st.now;
+                        let mut lines = vec![format!("Status of {path}:")];
+                        lines.extend(entries.iter().map(|e| listing::list_line(e, now)));
+                        lines.push("End of status".into());
+                        Action::Reply(Reply::multi(213, lines))
+                    }
+                    Err(e) => db_reply(e),
+                }
+            }
+            Command::Type(t) => {
+                self.ttype = t;
+                match self.ttype {
+                    TransferType::Ascii => r(200, "Type set to A"),
+                    TransferType::Image => r(200, "Type set to I"),
+                }
+            }
+            Command::Mode => r(200, "Mode set to S"),
+            Command::Stru => r(200, "Structure set to F"),
+            Command::Allo => r(202, "No storage allocation necessary"),
+            Command::Pwd => r(
+                257,
+                format!("{} is the current directory", quote_path(self.cwd.as_str())),
+            ),
+            Command::Cwd(arg) => self.cwd(&arg, st),
+            Command::Cdup => self.cwd("..", st),
+            Command::Rest(n) => {
+                self.rest = n;
+                r(
+                    350,
+                    format!("Restarting at {n}. Send STORE or RETRIEVE to initiate transfer"),
+                )
+            }
+            Command::Size(arg) => match self.resolve(&arg) {
+                Ok(p) => match st.db.file(&p) {
+                    Ok(f) => r(213, f.size.to_string()),
+                    Err(e) => db_reply(e),
+                },
+                Err(a) => a,
+            },
+            Command::Mdtm(arg) => match self.resolve(&arg) {
+                Ok(p) => match st.db.file(&p) {
+                    Ok(f) => r(213, listing::mdtm(f.mtime)),
+                    Err(e) => db_reply(e),
+                },
+                Err(a) => a,
+            },
+            Command::Mfmt { time, path } => {
+                let Some(t) = listing::parse_mdtm(&time) else {
+                    return r(501, "Invalid time, use YYYYMMDDHHMMSS");
+                };
+                match self.resolve(&path) {
+                    Ok(p) => match st.db.set_mtime(&p, t) {
+                        Ok(()) => r(213, format!("Modify={time}; {path}")),
+                        Err(e) => db_reply(e),
+                    },
+                    Err(a) => a,
+                }
+            }
+            Command::Mkd(arg) => match self.resolve(&arg) {
+                Ok(p) => {
+                    let now = st.now;
+                    match st.db.mkdir(&p, &self.owner(), now) {
+                        Ok(()) => r(257, format!("{} created", quote_path(p.as_str()))),
+                        Err(e) => db_reply(e),
+                    }
+                }
+                Err(a) => a,
+            },
+            Command::Rmd(arg) => match self.resolve(&arg) {
+                Ok(p)
+                    if p.starts_with(&self.cwd)
+                        && p != VPath::root()
+                        && self.cwd.starts_with(&p) =>
+                {
+                    r(550, "Cannot remove the current directory")
+                }
+                Ok(p) => match st.db.rmdir(&p) {
+                    Ok(()) => {
+                        let ids: Vec<SlaveId> = st
+                            .slaves
+                            .iter()
+                            .filter(|(_, s)| s.is_online())
+                            .map(|(i, _)| i)
+                            .collect();
+                        for id in ids {
+                            st.slaves
+                                .apply_op(id, FileOp::RemoveDir { path: p.clone() });
+                        }
+                        r(250, format!("{} removed", quote_path(p.as_str())))
+                    }
+                    Err(e) => db_reply(e),
+                },
+                Err(a) => a,
+            },
+            Command::Dele(arg) => match self.resolve(&arg) {
+                Ok(p) => match st.db.remove_file(&p) {
+                    Ok(meta) => {
+                        for h in meta.holders {
+                            st.slaves.apply_op(h, FileOp::Delete { path: p.clone() });
+                        }
+                        r(250, format!("{} deleted", quote_path(p.as_str())))
+                    }
+                    Err(e) => db_reply(e),
+                },
+                Err(a) => a,
+            },
+            Command::Rnfr(arg) => match self.resolve(&arg) {
+                Ok(p) if st.db.get(&p).is_some() => {
+                    self.rnfr = Some(p);
+                    r(350, "File exists, ready for destination name")
+                }
+                Ok(_) => {
+                    self.rnfr = None;
+                    r(550, "No such file or directory")
+                }
+                Err(a) => a,
+            },
+            Command::Rnto(arg) => {
+                let Some(from) = self.rnfr.take() else {
+                    return r(503, "Send RNFR first");
+                };
+                let to = match self.resolve(&arg) {
+                    Ok(p) => p,
+                    Err(a) => return a,
+                };
+                let holders = st.db.holders_under(&from);
+                let now = st.now;
+                match st.db.rename(&from, &to, now) {
+                    Ok(()) => {
+                        for h in holders {
+                            st.slaves.apply_op(
+                                h,
+                                FileOp::Rename {
+                                    from: from.clone(),
+                                    to: to.clone(),
+                                },
+                            );
+                        }
+                        if self.cwd.starts_with(&from) {
+                            // Keep the session inside the directory it was in.
+                            if let Some(rest) = self.cwd.strip_prefix(&from) {
+                                let mut p = to.clone();
+                                for c in rest {
+                                    if let Ok(q) = p.join(c) {
+                                        p = q;
+                                    }
+                                }
+                                self.cwd = p;
+                            }
+                        }
+                        r(250, "Rename successful")
+                    }
+                    Err(e) => db_reply(e),
+                }
+            }
+            Command::Site { verb, args } => self.site(&verb, &args, st),
+            Command::Pret(inner) => self.pret(*inner, st),
+            Command::Pasv => self.pasv(false, st),
+            Command::Epsv(EpsvArg::All) => {
+                self.epsv_all = true;
+                r(
+                    200,
+                    "EPSV ALL ok: PORT, EPRT and PASV are refused from now on",
+                )
+            }
+            Command::Epsv(EpsvArg::Proto(p)) if (p == 1) != self.local.is_ipv4() => {
+                r(522, "Network protocol not supported, use (1,2)")
+            }
+            Command::Epsv(_) => self.pasv(true, st),
+            Command::Port(a) => self.port(SocketAddr::V4(a)),
+            Command::Eprt(a) => self.port(a),
+            Command::Abor => {
+                self.rest = 0;
+                Action::ResetData(Reply::new(
+                    225,
+                    "No transfer to abort; data connection closed",
+                ))
+            }
+            Command::Retr(arg) => self.retr(&arg, st),
+            Command::Stor(arg) => self.store(PlanVerb::Stor, Some(&arg), st),
+            Command::Appe(arg) => self.store(PlanVerb::Appe, Some(&arg), st),
+            Command::Stou(arg) => self.store(PlanVerb::Stou, arg.as_deref(), st),
+            Command::List(args) => self.listing(PlanVerb::List, args, st),
+            Command::Nlst(args) => self.listing(PlanVerb::Nlst, args, st),
+            Command::Mlsd(path) => self.listing(
+                PlanVerb::Mlsd,
+                ListArgs {
+                    path,
+                    options: String::new(),
+                },
+                st,
+            ),
+            Command::Mlst(arg) => self.mlst(arg.as_deref(), st),
+            Command::Auth(_) | Command::Pbsz(_) | Command::Prot(_) | Command::Ccc => {
+                r(502, "TLS is not available on this server yet")
+            }
+        }
+    }
+
+    fn pass(&mut self, pass: String, st: &mut MasterState) -> Action {
+        let name = match &self.login {
+            Login::NeedPass(n) => n.clone(),
+            Login::LoggedIn { .. } => return r(503, "Already logged in"),
+            Login::NeedUser => return r(503, "Login with USER first"),
+        };
+        let found = st
+            .config
+            .users
+            .iter()
+            .find(|u| u.name == name && u.password == pass)
+            .cloned();
+        match found {
+            Some(u) => {
+                self.cwd =
+                    VPath::resolve(&VPath::root(), &u.home).unwrap_or_else(|_| VPath::root());
+                if st.db.dir(&self.cwd).is_err() {
+                    self.cwd = VPath::root();
+                }
+                self.login = Login::LoggedIn {
+                    user: u.name.clone(),
+                    admin: u.admin,
+                };
+                tracing::info!(user = %u.name, "logged in");
+                r(230, format!("User {} logged in", u.name))
+            }
+            None => {
+                self.login = Login::NeedUser;
+                tracing::info!(user = %name, "login failed");
+                r(530, "Login incorrect")
+            }
+        }
+    }
+
+    fn cwd(&mut self, arg: &str, st: &mut MasterState) -> Action {
+        let p = match self.resolve(arg) {
+            Ok(p) => p,
+            Err(a) => return a,
+        };
+        match st.db.dir(&p) {
+            Ok(_) => {
+                self.cwd = p;
+                r(250, format!("Directory changed to {}", self.cwd))
+            }
+            Err(e) => db_reply(e),
+        }
+    }
+
+    fn site(&mut self, verb: &str, _args: &str, st: &mut MasterState) -> Action {
+        match verb {
+            "HELP" => Action::Reply(Reply::multi(
+                214,
+                vec![
+                    "SITE commands:".into(),
+                    "SITE SLAVES  each slave: state, free space, files, active transfers".into(),
+                    "SITE WHO     sessions on this master".into(),
+                    "End".into(),
+                ],
+            )),
+            "SLAVES" => {
+                let mut lines = vec![format!("{} slaves:", st.slaves.iter().count())];
+                for (id, s) in st.slaves.iter() {
+                    lines.push(format!(
+                        "{} {} free={} files={} active={} planned={} sent={} received={} relayed={}",
+                        s.name,
+                        s.state.as_str(),
+                        s.free,
+                        st.db.held_by(id),
+                        s.active,
+                        s.reserved,
+                        s.bytes_sent,
+                        s.bytes_received,
+                        s.relayed_bytes
+                    ));
+                }
+                lines.push("End".into());
+                Action::Reply(Reply::multi(200, lines))
+            }
+            "WHO" => {
+                let mut lines = vec![format!("{} sessions:", st.sessions.len())];
+                for (id, s) in &st.sessions {
+                    lines.push(format!(
+                        "#{id} {} from {} in {} {}",
+                        s.user.as_deref().unwrap_or("-"),
+                        s.peer,
+                        s.cwd,
+                        s.doing.as_deref().unwrap_or("idle")
+                    ));
+                }
+                lines.push("End".into());
+                Action::Reply(Reply::multi(200, lines))
+            }
+            _ => r(500, format!("Unknown SITE command {verb}; try SITE HELP")),
+        }
+    }
+
+    fn pret(&mut self, inner: Command, st: &mut MasterState) -> Action {
+        self.clear_plan(st);
+        let (verb, arg) = match &inner {
+            Command::Retr(a) => (PlanVerb::Retr, Some(a.as_str())),
+            Command::Stor(a) => (PlanVerb::Stor, Some(a.as_str())),
+            Command::Appe(a) => (PlanVerb::Appe, Some(a.as_str())),
+            Command::Stou(a) => (PlanVerb::Stou, a.as_deref()),
+            Command::List(a) => (PlanVerb::List, a.path.as_deref()),
+            Command::Nlst(a) => (PlanVerb::Nlst, a.path.as_deref()),
+            Command::Mlsd(a) => (PlanVerb::Mlsd, a.as_deref()),
+            other => return r(504, format!("PRET {} is not supported", other.verb())),
+        };
+        let path = match arg {
+            Some(a) => match self.resolve(a) {
+                Ok(p) => Some(p),
+                Err(e) => return e,
+            },
+            None => None,
+        };
+        let target = match verb {
+            PlanVerb::List | PlanVerb::Nlst | PlanVerb::Mlsd => Target::Master,
+            PlanVerb::Retr => {
+                let p = path.clone().unwrap_or_else(VPath::root);
+                match self.download_slave(&p, st) {
+                    Ok(s) => Target::Slave(s),
+                    Err(a) => return a,
+                }
+            }
+            PlanVerb::Stor | PlanVerb::Appe | PlanVerb::Stou => {
+                match self.upload_slave(verb, path.as_ref(), st) {
+                    Ok(s) => Target::Slave(s),
+                    Err(a) => return a,
+                }
+            }
+        };
+        if let Target::Slave(s) = target {
+            if let Some(info) = st.slaves.get_mut(s) {
+                info.reserved += 1;
+            }
+        }
+        self.plan = Some(Plan { verb, path, target });
+        let text = match (verb, target) {
+            (_, Target::Master) => format!(
+                "OK, planning to use master for upcoming {} transfer",
+                verb.as_str()
+            ),
+            (PlanVerb::Retr, _) => "OK, planning for upcoming download".to_string(),
+            _ => "OK, planning for upcoming upload".to_string(),
+        };
+        // A new plan invalidates any data endpoint opened for the old one.
+        Action::ResetData(Reply::new(200, text))
+    }
+
+    /// An online slave holding `path`, least loaded.
+    fn download_slave(&self, path: &VPath, st: &mut MasterState) -> Result<SlaveId, Action> {
+        let holders = match st.db.file(path) {
+            Ok(f) => f.holders.clone(),
+            Err(e) => return Err(db_reply(e)),
+        };
+        st.slaves.choose_download(&holders).ok_or_else(|| {
+            r(
+                550,
+                format!("{path}: file temporarily unavailable (no online slave holds it)"),
+            )
+        })
+    }
+
+    /// The slave an upload of `path` goes to. Overwriting, appending to or
+    /// resuming an existing file goes to a slave holding it.
+    fn upload_slave(
+        &self,
+        verb: PlanVerb,
+        path: Option<&VPath>,
+        st: &mut MasterState,
+    ) -> Result<SlaveId, Action> {
+        if let Some(p) = path.filter(|_| verb != PlanVerb::Stou) {
+            match p.parent() {
+                Some(parent) if st.db.dir(&parent).is_ok() => {}
+                _ => return Err(r(553, format!("{p}: no such directory"))),
+            }
+            match st.db.get(p) {
+                Some(Node::Dir(_)) => return Err(r(550, format!("{p}: is a directory"))),
+                Some(Node::File(f)) => {
+                    if verb == PlanVerb::Stor && !st.config.allow_overwrite {
+                        return Err(r(
+                            553,
+                            format!("{p}: file exists and overwriting is not allowed"),
+                        ));
+                    }
+                    let holders = f.holders.clone();
+                    return st.slaves.choose_download(&holders).ok_or_else(|| {
+                        r(
+                            550,
+                            format!("{p}: file temporarily unavailable (no online slave holds it)"),
+                        )
+                    });
+                }
+                None => {}
+            }
+        }
+        let min_free = st.config.min_free_bytes;
+        st.slaves.choose_upload(min_free).ok_or_else(|| {
+            r(
+                452,
+                "No slave is available to store the file (all offline or full)",
+            )
+        })
+    }
+
+    fn pasv(&mut self, epsv: bool, st: &mut MasterState) -> Action {
+        if self.epsv_all && !epsv {
+            return r(503, "EPSV ALL is in effect: use EPSV");
+        }
+        match self.plan.as_ref().map(|p| p.target) {
+            Some(Target::Slave(s)) => {
+                if !st.slaves.is_online(s) {
+                    self.clear_plan(st);
+                    return Action::ResetData(Reply::new(
+                        425,
+                        "The slave planned by PRET went offline; send PRET again",
+                    ));
+                }
+                if epsv {
+                    // EPSV carries no address: only usable when the slave
+                    // shares the master's address. Keep the plan, so the
+                    // client's fallback PASV (curl, rclone) still routes.
+                    let same = st.slaves.get(s).and_then(|i| i.data_ip) == Some(self.local.ip());
+                    if !same {
+                        return r(
+                            502,
+                            format!(
+                                "EPSV cannot name slave {}'s address; use PASV",
+                                st.slaves.name(s)
+                            ),
+                        );
+                    }
+                }
+                let xfer = st.next_id();
+                Action::OpenPassive {
+                    target: Target::Slave(s),
+                    xfer,
+                    epsv,
+                }
+            }
+            _ => {
+                if self.plan.is_none() && st.config.pasv_without_pret == PasvWithoutPret::Refuse {
+                    return r(
+                        500,
+                        "You need to use a client supporting PRET (PRE Transfer) to use PASV",
+                    );
+                }
+                let xfer = st.next_id();
+                Action::OpenPassive {
+                    target: Target::Master,
+                    xfer,
+                    epsv,
+                }
+            }
+        }
+    }
+
+    /// The driver opened (or failed to open) the passive endpoint.
+    pub fn passive_opened(
+        &mut self,
+        st: &MasterState,
+        target: Target,
+        xfer: u64,
+        epsv: bool,
+        result: Result<SocketAddr, String>,
+    ) -> Reply {
+        let addr = match result {
+            Ok(a) => a,
+            Err(e) => {
+                self.data = DataSetup::None;
+                return Reply::new(425, format!("Cannot open passive connection: {e}"));
+            }
+        };
+        self.data = DataSetup::Passive { target, xfer, addr };
+        let on = match target {
+            Target::Slave(s) => format!(" on slave {}", st.slaves.name(s)),
+            Target::Master => String::new(),
+        };
+        if epsv {
+            return Reply::new(
+                229,
+                format!(
+                    "Entering Extended Passive Mode {}{on}",
+                    addr::format_epsv(addr.port())
+                ),
+            );
+        }
+        match addr {
+            SocketAddr::V4(a) => Reply::new(
+                227,
+                format!("Entering Passive Mode ({}){on}", addr::format_pasv(a)),
+            ),
+            SocketAddr::V6(_) => {
+                self.data = DataSetup::None;
+                Reply::new(425, "PASV needs an IPv4 address; use EPSV")
+            }
+        }
+    }
+
+    fn port(&mut self, a: SocketAddr) -> Action {
+        if self.epsv_all {
+            return r(503, "EPSV ALL is in effect: use EPSV");
+        }
+        // Bounce protection (RFC 2577 §3): data only to the control peer,
+        // never to a privileged port.
+        if a.ip() != self.peer.ip() {
+            return r(
+                504,
+                "PORT to an address other than yours is refused (RFC 2577)",
+            );
+        }
+        if a.port() < 1024 {
+            return r(504, "PORT to a privileged port is refused (RFC 2577)");
+        }
+        self.data = DataSetup::Active(a);
+        Action::SetActive(Reply::new(200, "PORT command successful"))
+    }
+
+    /// Checks that a data command matches the PRET that planned it. On a
+    /// mismatch the plan and the data endpoint are released.
+    fn check_plan(
+        &mut self,
+        verb: PlanVerb,
+        path: Option<&VPath>,
+        st: &mut MasterState,
+    ) -> Result<Option<Plan>, Action> {
+        let Some(plan) = self.plan.clone() else {
+            return Ok(None);
+        };
+        let verb_ok = plan.verb == verb;
+        let path_ok = match verb {
+            PlanVerb::Retr | PlanVerb::Stor | PlanVerb::Appe => plan.path.as_ref() == path,
+            _ => true,
+        };
+        if verb_ok && path_ok {
+            return Ok(Some(plan));
+        }
+        let announced = match &plan.path {
+            Some(p) => format!("PRET {} {p}", plan.verb.as_str()),
+            None => format!("PRET {}", plan.verb.as_str()),
+        };
+        let got = match path {
+            Some(p) => format!("{} {p}", verb.as_str()),
+            None => verb.as_str().to_string(),
+        };
+        self.clear_plan(st);
+        self.data = DataSetup::None;
+        Err(Action::ResetData(Reply::new(
+            503,
+            format!("{got} does not match {announced}; send PRET again"),
+        )))
+    }
+
+    fn no_data(&self) -> Action {
+        r(503, "Use PRET and PASV, EPSV, PORT or EPRT first")
+    }
+
+    fn needs_pret(&mut self, verb: PlanVerb, st: &mut MasterState) -> Action {
+        self.data = DataSetup::None;
+        self.clear_plan(st);
+        Action::ResetData(Reply::new(
+            503,
+            format!(
+                "{} over PASV needs PRET first: files live on other hosts. Enable PRET in your client (curl --ftp-pret; lftp and rclone send it when FEAT lists PRET) or use active mode (PORT)",
+                verb.as_str()
+            ),
+        ))
+    }
+
+    fn retr(&mut self, arg: &str, st: &mut MasterState) -> Action {
+        let path = match self.resolve(arg) {
+            Ok(p) => p,
+            Err(a) => return a,
+        };
+        if self.data == DataSetup::None {
+            return self.no_data();
+        }
+        let plan = match self.check_plan(PlanVerb::Retr, Some(&path), st) {
+            Ok(p) => p,
+            Err(a) => return a,
+        };
+        let meta = match st.db.file(&path) {
+            Ok(f) => f.clone(),
+            Err(e) => {
+                self.clear_plan(st);
+                return match e {
+                    DbError::NotFound | DbError::IsADirectory => {
+                        Action::ResetData(Reply::new(550, format!("{path}: {e}")))
+                    }
+                    _ => db_reply(e),
+                };
+            }
+        };
+        if self.rest > meta.size {
+            let rest = self.rest;
+            self.rest = 0;
+            return r(
+                554,
+                format!(
+                    "Restart offset {rest} is beyond the end of the file ({})",
+                    meta.size
+                ),
+            );
+        }
+        let (slave, route, xfer) = match self.route(PlanVerb::Retr, plan, Some(&path), st) {
+            Ok(x) => x,
+            Err(a) => return a,
+        };
+        if !meta.holders.contains(&slave) {
+            self.data = DataSetup::None;
+            return Action::ResetData(Reply::new(
+                550,
+                format!("{path}: the planned slave no longer holds the file; send PRET again"),
+            ));
+        }
+        let offset = std::mem::take(&mut self.rest);
+        let name = st.slaves.name(slave).to_string();
+        let mode = if self.ttype == TransferType::Ascii {
+            "ASCII"
+        } else {
+            "BINARY"
+        };
+        let opening = Reply::new(
+            150,
+            format!(
+                "Opening {mode} mode data connection for {path} ({} bytes) on slave {name}",
+                meta.size
+            ),
+        );
+        self.start_job(
+            st,
+            TransferJob {
+                slave,
+                slave_name: name,
+                xfer,
+                order: TransferOrder::Send { path, offset },
+                route,
+                opening,
+                upload_path: None,
+            },
+        )
+    }
+
+    /// Picks the slave and data route for a file transfer, consuming the
+    /// data setup. `plan` is the matching PRET, if any.
+    fn route(
+        &mut self,
+        verb: PlanVerb,
+        plan: Option<Plan>,
+        path: Option<&VPath>,
+        st: &mut MasterState,
+    ) -> Result<(SlaveId, Route, u64), Action> {
+        let planned = plan.and_then(|p| match p.target {
+            Target::Slave(s) => Some(s),
+            Target::Master => None,
+        });
+        let data = std::mem::replace(&mut self.data, DataSetup::None);
+        let fresh = |this: &Self, st: &mut MasterState| -> Result<SlaveId, Action> {
+            if let Some(s) = planned {
+                return Ok(s);
+            }
+            match verb {
+                PlanVerb::Retr => this.download_slave(path.unwrap_or(&VPath::root()), st),
+                _ => this.upload_slave(verb, path, st),
+            }
+        };
+        match data {
+            DataSetup::Passive {
+                target: Target::Slave(s),
+                xfer,
+                ..
+            } => Ok((s, Route::SlavePassive, xfer)),
+            DataSetup::Passive {
+                target: Target::Master,
+                xfer,
+                addr,
+            } => {
+                if st.config.pasv_without_pret != PasvWithoutPret::Relay {
+                    return Err(self.needs_pret(verb, st));
+                }
+                match fresh(self, st) {
+                    Ok(s) => Ok((s, Route::Relay, xfer)),
+                    Err(a) => {
+                        // Keep the master listener: the client may retry.
+                        self.data = DataSetup::Passive {
+                            target: Target::Master,
+                            xfer,
+                            addr,
+                        };
+                        Err(a)
+                    }
+                }
+            }
+            DataSetup::Active(a) => match fresh(self, st) {
+                Ok(s) => Ok((s, Route::Active(a), st.next_id())),
+                Err(e) => {
+                    self.data = DataSetup::Active(a);
+                    Err(e)
+                }
+            },
+            DataSetup::None => Err(self.no_data()),
+        }
+    }
+
+    fn start_job(&mut self, st: &mut MasterState, job: TransferJob) -> Action {
+        // The plan (if any) becomes a running transfer.
+        if let Some(Plan {
+            target: Target::Slave(_),
+            ..
+        }) = self.plan.take()
+        {
+            if let Some(info) = st.slaves.get_mut(job.slave) {
+                info.reserved = info.reserved.saturating_sub(1);
+            }
+        }
+        if let Some(info) = st.slaves.get_mut(job.slave) {
+            info.active += 1;
+        }
+        let doing = match &job.order {
+            TransferOrder::Send { path, .. } => format!("RETR {path} on {}", job.slave_name),
+            TransferOrder::Receive { path, .. } => format!("STOR {path} on {}", job.slave_name),
+        };
+        self.set_doing(st, Some(doing));
+        Action::Transfer(job)
+    }
+
+    fn store(&mut self, verb: PlanVerb, arg: Option<&str>, st: &mut MasterState) -> Action {
+        let mut path = match arg {
+            Some(a) => match self.resolve(a) {
+                Ok(p) => Some(p),
+                Err(e) => return e,
+            },
+            None => None,
+        };
+        if self.data == DataSetup::None {
+            return self.no_data();
+        }
+        let check_path = if verb == PlanVerb::Stou {
+            None
+        } else {
+            path.as_ref()
+        };
+        let plan = match self.check_plan(verb, check_path, st) {
+            Ok(p) => p,
+            Err(a) => return a,
+        };
+        if verb == PlanVerb::Stou {
+            // A unique name in the named directory (or the cwd).
+            let dir = match &path {
+                Some(p) if st.db.dir(p).is_ok() => p.clone(),
+                Some(p) => p.parent().unwrap_or_else(VPath::root),
+                None => self.cwd.clone(),
+            };
+            let mut n = self.id;
+            let unique = loop {
+                let Ok(candidate) = dir.join(&format!("stou.{}.{n}", self.id)) else {
+                    return r(553, "Cannot make a unique name here");
+                };
+                if st.db.get(&candidate).is_none() {
+                    break candidate;
+                }
+                n += 1;
+            };
+            path = Some(unique);
+        }
+        let Some(path) = path else {
+            return r(501, "Missing file name");
+        };
+        if plan.is_none() {
+            // No PRET: the checks PRET would have made happen now.
+            if let Err(a) = self.upload_slave(verb, Some(&path), st).map(|_| ()) {
+                return a;
+            }
+        } else if verb == PlanVerb::Stor && !st.config.allow_overwrite && st.db.get(&path).is_some()
+        {
+            self.clear_plan(st);
+            return Action::ResetData(Reply::new(
+                553,
+                format!("{path}: file exists and overwriting is not allowed"),
+            ));
+        }
+        let offset = match verb {
+            PlanVerb::Appe => Some(APPEND),
+            _ if self.rest > 0 => Some(self.rest),
+            _ => None,
+        };
+        let (slave, route, xfer) = match self.route(verb, plan, Some(&path), st) {
+            Ok(x) => x,
+            Err(a) => return a,
+        };
+        if offset.is_some() {
+            if let Ok(f) = st.db.file(&path) {
+                if !f.holders.contains(&slave) {
+                    self.rest = 0;
+                    return Action::ResetData(Reply::new(
+                        550,
+                        format!(
+                            "{path}: resume must go to a slave holding the file; send PRET again"
+                        ),
+                    ));
+                }
+            }
+        }
+        self.rest = 0;
+        let name = st.slaves.name(slave).to_string();
+        let opening = if verb == PlanVerb::Stou {
+            // RFC 1123 §4.1.2.9: the reply names the file.
+            Reply::new(150, format!("FILE: {}", path.file_name().unwrap_or("")))
+        } else {
+            Reply::new(
+                150,
+                format!("Opening BINARY mode data connection for {path} on slave {name}"),
+            )
+        };
+        self.start_job(
+            st,
+            TransferJob {
+                slave,
+                slave_name: name,
+                xfer,
+                order: TransferOrder::Receive {
+                    path: path.clone(),
+                    offset,
+                },
+                route,
+                opening,
+                upload_path: Some(path),
+            },
+        )
+    }
+
+    /// The driver finished a slave transfer (successfully or not).
+    pub fn transfer_done(
+        &mut self,
+        st: &mut MasterState,
+        job: &TransferJob,
+        outcome: TransferOutcome,
+    ) -> Reply {
+        if let Some(info) = st.slaves.get_mut(job.slave) {
+            info.active = info.active.saturating_sub(1);
+        }
+        self.set_doing(st, None);
+        match outcome {
+            TransferOutcome::Sent { bytes } => {
+                if let Some(info) = st.slaves.get_mut(job.slave) {
+                    info.bytes_sent += bytes;
+                    if job.route == Route::Relay {
+                        info.relayed_bytes += bytes;
+                    }
+                }
+                Reply::new(
+                    226,
+                    format!("Transfer complete, {bytes} bytes from {}", job.slave_name),
+                )
+            }
+            TransferOutcome::Committed { size, mtime, crc32 } => {
+                let Some(path) = job.upload_path.clone() else {
+                    return Reply::new(226, "Transfer complete");
+                };
+                let owner = self.owner();
+                if let Some(parent) = path.parent() {
+                    // The directory may have been removed during the upload.
+                    let _ = st.db.mkdir_all(&parent, &owner, mtime);
+                }
+                let meta = FileMeta {
+                    size,
+                    mtime,
+                    owner: owner.clone(),
+                    group: owner,
+                    crc32: Some(crc32),
+                    holders: vec![job.slave],
+                };
+                match st.db.put_file(&path, meta) {
+                    Ok(old) => {
+                        // Other copies of an overwritten file are stale.
+                        for h in old.map(|o| o.holders).unwrap_or_default() {
+                            if h != job.slave {
+                                st.slaves.apply_op(h, FileOp::Delete { path: path.clone() });
+                            }
+                        }
+                        if let Some(info) = st.slaves.get_mut(job.slave) {
+                            info.bytes_received += size;
+                            if job.route == Route::Relay {
+                                info.relayed_bytes += size;
+                            }
+                        }
+                        Reply::new(
+                            226,
+                            format!(
+                                "Transfer complete, {size} bytes stored on {}",
+                                job.slave_name
+                            ),
+                        )
+                    }
+                    Err(e) => {
+                        // A directory appeared at that name meanwhile.
+                        st.slaves
+                            .apply_op(job.slave, FileOp::Delete { path: path.clone() });
+                        Reply::new(550, format!("{path}: {e}"))
+                    }
+                }
+            }
+            TransferOutcome::Failed(f) => failure_reply(&f, &job.slave_name),
+            TransferOutcome::SlaveLost => Reply::new(
+                426,
+                format!(
+                    "Connection closed; transfer aborted: slave {} went offline",
+                    job.slave_name
+                ),
+            ),
+        }
+    }
+
+    fn listing(&mut self, verb: PlanVerb, args: ListArgs, st: &mut MasterState) -> Action {
+        let path = match args.path.as_deref() {
+            Some(a) => match self.resolve(a) {
+                Ok(p) => p,
+                Err(e) => return e,
+            },
+            None => self.cwd.clone(),
+        };
+        if self.data == DataSetup::None {
+            return self.no_data();
+        }
+        if let Err(a) = self.check_plan(verb, Some(&path), st) {
+            return a;
+        }
+        self.clear_plan(st);
+        let active = match &self.data {
+            DataSetup::Active(a) => Some(*a),
+            DataSetup::Passive {
+                target: Target::Master,
+                ..
+            } => None,
+            DataSetup::Passive { .. } => {
+                self.data = DataSetup::None;
+                return Action::ResetData(Reply::new(
+                    503,
+                    "Listings are served by the master: send PRET LIST, then PASV",
+                ));
+            }
+            DataSetup::None => return self.no_data(),
+        };
+        let entries = match self.entries(st, &path) {
+            Ok(e) => e,
+            Err(e) => return Action::ResetData(Reply::new(e.code(), format!("{path}: {e}"))),
+        };
+        if verb == PlanVerb::Mlsd && st.db.dir(&path).is_err() {
+            return Action::ResetData(Reply::new(501, format!("{path}: not a directory")));
+        }
+        let now = st.now;
+        let mut out = String::new();
+        for e in &entries {
+            match verb {
+                PlanVerb::List => out.push_str(&listing::list_line(e, now)),
+                PlanVerb::Mlsd => out.push_str(&listing::mlsx_facts(e)),
+                _ => match args.path.as_deref() {
+                    Some(a) if st.db.dir(&path).is_ok() => {
+                        out.push_str(a.trim_end_matches('/'));
+                        out.push('/');
+                        out.push_str(&e.name);
+                    }
+                    _ => out.push_str(&e.name),
+                },
+            }
+            out.push_str("\r\n");
+        }
+        self.data = DataSetup::None;
+        Action::Listing(ListingJob {
+            bytes: out.into_bytes(),
+            opening: Reply::new(
+                150,
+                format!(
+                    "Opening ASCII mode data connection for {} of {path}",
+                    verb.as_str()
+                ),
+            ),
+            active,
+        })
+    }
+
+    /// Entries of a directory, or the one entry of a file.
+    fn entries(&self, st: &MasterState, path: &VPath) -> Result<Vec<ListEntry>, DbError> {
+        if let Ok(dir) = st.db.dir(path) {
+            return Ok(dir
+                .children
+                .iter()
+                .map(|(name, n)| entry(name, n))
+                .collect());
+        }
+        match st.db.get(path) {
+            Some(n @ Node::File(_)) => Ok(vec![entry(path.file_name().unwrap_or(""), n)]),
+            _ => Err(DbError::NotFound),
+        }
+    }
+
+    fn mlst(&mut self, arg: Option<&str>, st: &mut MasterState) -> Action {
+        let path = match arg {
+            Some(a) => match self.resolve(a) {
+                Ok(p) => p,
+                Err(e) => return e,
+            },
+            None => self.cwd.clone(),
+        };
+        let e = if path.is_root() {
+            let d = st.db.root();
+            ListEntry {
+                name: "/".into(),
+                is_dir: true,
+                size: 0,
+                mtime: d.mtime,
+                owner: "root".into(),
+                group: "root".into(),
+            }
+        } else {
+            match st.db.get(&path) {
+                Some(n) => {
+                    let mut e = entry(path.as_str(), n);
+                    e.name = path.to_string();
+                    e
+                }
+                None => return r(550, format!("{path}: No such file or directory")),
+            }
+        };
+        Action::Reply(Reply::multi(
+            250,
+            vec![
+                format!("Listing {path}"),
+                format!(" {}", listing::mlsx_facts(&e)),
+                "End".into(),
+            ],
+        ))
+    }
+
+    pub fn peer_ip(&self) -> IpAddr {
+        self.peer.ip()
+    }
+}
+
+fn entry(name: &str, n: &Node) -> ListEntry {
+    match n {
+        Node::File(f) => ListEntry {
+            name: name.to_string(),
+            is_dir: false,
+            size: f.size,
+            mtime: f.mtime,
+            owner: f.owner.clone(),
+            group: f.group.clone(),
+        },
+        Node::Dir(d) => ListEntry {
+            name: name.to_string(),
+            is_dir: true,
+            size: 0,
+            mtime: d.mtime,
+            owner: d.owner.clone(),
+            group: d.group.clone(),
+        },
+    }
+}
+
+/// The reply for a failed slave transfer.
+pub fn failure_reply(f: &TransferFailure, slave: &str) -> Reply {
+    match f {
+        TransferFailure::NoDataConnection(why) => Reply::new(
+            425,
+            format!("Can't open data connection on slave {slave}: {why}"),
+        ),
+        TransferFailure::FileNotFound => {
+            Reply::new(550, format!("File not found on slave {slave}"))
+        }
+        TransferFailure::Storage(why) => {
+            Reply::new(451, format!("Local error on slave {slave}: {why}"))
+        }
+        TransferFailure::Network(why) => {
+            Reply::new(426, format!("Connection closed; transfer aborted: {why}"))
+        }
+        TransferFailure::Aborted => Reply::new(426, "Connection closed; transfer aborted"),
+    }
+}

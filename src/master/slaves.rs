@@ -1,0 +1,413 @@
+//! The master's side of the slave links: accept, authenticate (mutual
+//! HMAC challenge), register, reconcile the slave's file list with the
+//! database (remerge), route replies to waiting sessions, and declare the
+//! slave offline on link loss or `heartbeat_misses` silent intervals.
+//!
+//! Remerge rules (also in ARCHITECTURE.md):
+//! - a file the database lacks is added, held by that slave;
+//! - a file with the recorded size gains that slave as a holder;
+//! - a size conflict keeps the recorded size when another slave holds the
+//!   file (this copy is not used, and logged); when no other slave holds it,
+//!   the slave's size is taken (logged);
+//! - a file recorded on that slave but not reported loses it as a holder,
+//!   and leaves the database when no holder is left;
+//! - renames and deletes made while it was offline were sent in `Welcome`
+//!   and applied by the slave before it listed its files.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use super::db::{FileMeta, Node, SlaveId};
+use super::registry::{lock, PendingReplies, SlaveLink, SlaveState};
+use super::{MasterState, Shared};
+use crate::env::{BoxStream, Env, NetListener};
+use crate::link::{self, auth, LinkError, MasterMsg, RemoteFile, SlaveMsg, PROTOCOL_VERSION};
+use crate::proto::VPath;
+
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub async fn accept_links(
+    env: Env,
+    state: Shared,
+    listener: Box<dyn NetListener>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let span = tracing::info_span!("link", %peer);
+                tokio::spawn(serve_link(env.clone(), state.clone(), stream, peer).instrument(span));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "link accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Valid slave names: short, printable, no spaces (they appear in replies).
+pub fn valid_slave_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+async fn handshake(
+    env: &Env,
+    state: &Shared,
+    stream: &mut BoxStream,
+    peer: SocketAddr,
+) -> Result<(String, std::net::IpAddr), LinkError> {
+    let hello: SlaveMsg = link::read_frame(stream).await?;
+    let SlaveMsg::Hello {
+        version,
+        name,
+        nonce: slave_nonce,
+        data_ip,
+    } = hello
+    else {
+        return Err(LinkError::Handshake("expected Hello".into()));
+    };
+    if version != PROTOCOL_VERSION {
+        let reason =
+            format!("protocol version {version} not supported (master speaks {PROTOCOL_VERSION})");
+        let _ = link::write_frame(
+            stream,
+            &MasterMsg::Refused {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        return Err(LinkError::Handshake(reason));
+    }
+    if !valid_slave_name(&name) {
+        let _ = link::write_frame(
+            stream,
+            &MasterMsg::Refused {
+                reason: "invalid slave name".into(),
+            },
+        )
+        .await;
+        return Err(LinkError::Handshake("invalid slave name".into()));
+    }
+    let key = lock(state).config.link_key.clone();
+    let mut master_nonce = [0u8; 32];
+    env.rng_fill(&mut master_nonce);
+    let proof = auth::master_proof(key.as_bytes(), &slave_nonce, &master_nonce, &name);
+    link::write_frame(
+        stream,
+        &MasterMsg::Challenge {
+            nonce: master_nonce,
+            proof,
+        },
+    )
+    .await?;
+    let SlaveMsg::Auth { mac } = link::read_frame(stream).await? else {
+        return Err(LinkError::Handshake("expected Auth".into()));
+    };
+    if !auth::verify_slave(key.as_bytes(), &slave_nonce, &master_nonce, &name, &mac) {
+        tracing::warn!(%peer, slave = %name, "slave refused: wrong link key");
+        let _ = link::write_frame(
+            stream,
+            &MasterMsg::Refused {
+                reason: "authentication failed".into(),
+            },
+        )
+        .await;
+        return Err(LinkError::Handshake("authentication failed".into()));
+    }
+    Ok((name, data_ip))
+}
+
+async fn serve_link(env: Env, state: Shared, mut stream: BoxStream, peer: SocketAddr) {
+    let (name, data_ip) = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&env, &state, &mut stream, peer),
+    )
+    .await
+    {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "link handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "link handshake timed out");
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let pending: PendingReplies = Arc::new(Mutex::new(Default::default()));
+    let (id, epoch, ops, interval, deadline) = {
+        let mut st = lock(&state);
+        let id = st.slaves.id_for(&name);
+        let epoch = st.slaves.next_epoch();
+        let interval = st.config.heartbeat_interval();
+        let deadline = st.config.heartbeat_deadline();
+        let Some(info) = st.slaves.get_mut(id) else {
+            return;
+        };
+        if info.link.is_some() {
+            tracing::warn!(slave = %name, "slave reconnected; dropping its previous link");
+        }
+        info.link = Some(SlaveLink::new(epoch, tx.clone(), pending.clone()));
+        info.state = SlaveState::Remerging;
+        info.data_ip = Some(data_ip);
+        let ops = std::mem::take(&mut info.pending_ops);
+        (id, epoch, ops, interval, deadline)
+    };
+    tracing::info!(slave = %name, %peer, queued_ops = ops.len(), "slave authenticated, remerging");
+    let (reader, writer) = tokio::io::split(stream);
+    let _ = tx.send(MasterMsg::Welcome { pending: ops });
+    let writer_task = tokio::spawn(write_loop(writer, rx, interval));
+    let end = read_loop(&state, reader, id, &name, &pending, deadline).await;
+    writer_task.abort();
+    {
+        let mut st = lock(&state);
+        if let Some(info) = st.slaves.get_mut(id) {
+            if info.link.as_ref().is_some_and(|l| l.epoch == epoch) {
+                info.link = None;
+                info.state = SlaveState::Offline;
+            }
+        }
+    }
+    // Wake every session waiting on this link: their transfers failed.
+    lock(&pending).clear();
+    tracing::warn!(slave = %name, reason = %end, "slave offline");
+}
+
+async fn write_loop(
+    mut w: tokio::io::WriteHalf<BoxStream>,
+    mut rx: mpsc::UnboundedReceiver<MasterMsg>,
+    interval: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let msg = tokio::select! {
+            biased;
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = tick.tick() => MasterMsg::Heartbeat,
+        };
+        let Ok(frame) = link::encode_frame(&msg) else {
+            continue;
+        };
+        if w.write_all(&frame).await.is_err() {
+            break;
+        }
+        // Batch what is queued before flushing: pipelined orders share one
+        // write when the link is busy.
+        if rx.is_empty() && w.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn read_loop(
+    state: &Shared,
+    mut r: tokio::io::ReadHalf<BoxStream>,
+    id: SlaveId,
+    name: &str,
+    pending: &PendingReplies,
+    deadline: std::time::Duration,
+) -> String {
+    let mut seen: BTreeSet<VPath> = BTreeSet::new();
+    let mut remerged = 0u64;
+    loop {
+        let msg: SlaveMsg = match tokio::time::timeout(deadline, link::read_frame(&mut r)).await {
+            Err(_) => return format!("no heartbeat for {} ms", deadline.as_millis()),
+            Ok(Err(e)) => return e.to_string(),
+            Ok(Ok(m)) => m,
+        };
+        match msg {
+            SlaveMsg::Remerge { files, last } => {
+                let mut st = lock(state);
+                remerged += files.len() as u64;
+                remerge_chunk(&mut st, id, files, &mut seen);
+                if last {
+                    let dropped = remerge_finish(&mut st, id, &seen);
+                    seen.clear();
+                    if let Some(info) = st.slaves.get_mut(id) {
+                        info.state = SlaveState::Online;
+                    }
+                    tracing::info!(slave = %name, files = remerged, dropped, "remerge done, slave online");
+                    remerged = 0;
+                }
+            }
+            SlaveMsg::Status { free, transfers } => {
+                let mut st = lock(state);
+                if let Some(info) = st.slaves.get_mut(id) {
+                    info.free = free;
+                    let _ = transfers;
+                }
+            }
+            SlaveMsg::Reply { rid, response } => {
+                let waiter = lock(pending).remove(&rid);
+                if let Some(w) = waiter {
+                    let _ = w.send(response);
+                }
+            }
+            SlaveMsg::Hello { .. } | SlaveMsg::Auth { .. } => {
+                return "protocol error: handshake message after handshake".into()
+            }
+        }
+    }
+}
+
+/// Reconciles one chunk of a slave's file list (see the module rules).
+pub fn remerge_chunk(
+    st: &mut MasterState,
+    id: SlaveId,
+    files: Vec<RemoteFile>,
+    seen: &mut BTreeSet<VPath>,
+) {
+    let slave = st.slaves.name(id).to_string();
+    for f in files {
+        if f.path.is_root()
+            || f.path
+                .components()
+                .next()
+                .is_some_and(|c| c.starts_with(".dftpd-"))
+        {
+            continue;
+        }
+        match st.db.get(&f.path) {
+            Some(Node::File(meta)) if meta.size == f.size => {
+                let _ = st.db.add_holder(&f.path, id);
+            }
+            Some(Node::File(meta)) => {
+                let others = meta.holders.iter().any(|&h| h != id);
+                if others {
+                    tracing::warn!(%slave, path = %f.path, recorded = meta.size, found = f.size, "size conflict: keeping the recorded size, this copy is not used");
+                    if meta.holders.contains(&id) {
+                        let _ = st.db.remove_holder(&f.path, id);
+                    }
+                    continue;
+                }
+                tracing::warn!(%slave, path = %f.path, recorded = meta.size, found = f.size, "size conflict: only copy, taking the slave's size");
+                let mut m = meta.clone();
+                m.size = f.size;
+                m.crc32 = None;
+                m.holders = vec![id];
+                let _ = st.db.put_file(&f.path, m);
+            }
+            Some(Node::Dir(_)) => {
+                tracing::warn!(%slave, path = %f.path, "slave has a file where the database has a directory; ignored");
+                continue;
+            }
+            None => {
+                if let Some(parent) = f.path.parent() {
+                    if st.db.mkdir_all(&parent, "dftpd", f.mtime).is_err() {
+                        tracing::warn!(%slave, path = %f.path, "slave has a file below a database file; ignored");
+                        continue;
+                    }
+                }
+                let _ = st.db.put_file(
+                    &f.path,
+                    FileMeta {
+                        size: f.size,
+                        mtime: f.mtime,
+                        owner: "dftpd".into(),
+                        group: "dftpd".into(),
+                        crc32: None,
+                        holders: vec![id],
+                    },
+                );
+            }
+        }
+        seen.insert(f.path);
+    }
+}
+
+/// Drops `id` from files it no longer reported. Returns how many.
+pub fn remerge_finish(st: &mut MasterState, id: SlaveId, seen: &BTreeSet<VPath>) -> u64 {
+    let lost: Vec<VPath> = st
+        .db
+        .files_under(&VPath::root())
+        .into_iter()
+        .filter(|(p, m)| m.holders.contains(&id) && !seen.contains(p))
+        .map(|(p, _)| p)
+        .collect();
+    for p in &lost {
+        let _ = st.db.remove_holder(p, id);
+    }
+    lost.len() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MasterConfig;
+
+    fn p(s: &str) -> VPath {
+        VPath::parse_absolute(s).unwrap()
+    }
+
+    fn rf(path: &str, size: u64) -> RemoteFile {
+        RemoteFile {
+            path: p(path),
+            size,
+            mtime: 7,
+        }
+    }
+
+    #[test]
+    fn remerge_adds_reconciles_and_drops() {
+        let mut st = MasterState::new(Arc::new(MasterConfig::default()));
+        let a = st.slaves.id_for("a");
+        let b = st.slaves.id_for("b");
+        let mut seen = BTreeSet::new();
+        remerge_chunk(
+            &mut st,
+            a,
+            vec![rf("/x/1", 10), rf("/x/2", 20), rf("/.dftpd-tmp/9", 1)],
+            &mut seen,
+        );
+        remerge_finish(&mut st, a, &seen);
+        assert_eq!(st.db.file_count(), 2);
+        assert!(st.db.dir(&p("/x")).is_ok());
+        assert!(st.db.get(&p("/.dftpd-tmp")).is_none());
+        // b has /x/1 with the same size, /x/2 with another size.
+        let mut seen = BTreeSet::new();
+        remerge_chunk(&mut st, b, vec![rf("/x/1", 10), rf("/x/2", 99)], &mut seen);
+        remerge_finish(&mut st, b, &seen);
+        assert_eq!(st.db.file(&p("/x/1")).unwrap().holders, vec![a, b]);
+        assert_eq!(st.db.file(&p("/x/2")).unwrap().holders, vec![a]);
+        assert_eq!(st.db.file(&p("/x/2")).unwrap().size, 20);
+        // a comes back having lost /x/2 (its only copy) and /x/1.
+        let mut seen = BTreeSet::new();
+        remerge_chunk(&mut st, a, vec![], &mut seen);
+        assert_eq!(remerge_finish(&mut st, a, &seen), 2);
+        assert!(st.db.get(&p("/x/2")).is_none());
+        assert_eq!(st.db.file(&p("/x/1")).unwrap().holders, vec![b]);
+        // Only copy with another size: the slave's size is taken.
+        let mut seen = BTreeSet::new();
+        remerge_chunk(&mut st, b, vec![rf("/x/1", 11)], &mut seen);
+        assert_eq!(st.db.file(&p("/x/1")).unwrap().size, 11);
+    }
+
+    #[test]
+    fn slave_names() {
+        assert!(valid_slave_name("slave-1.eu_2"));
+        assert!(!valid_slave_name(""));
+        assert!(!valid_slave_name("a b"));
+        assert!(!valid_slave_name(&"x".repeat(65)));
+    }
+}

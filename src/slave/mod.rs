@@ -1,0 +1,510 @@
+//! A slave: connects to the master, proves the shared key (and checks the
+//! master's proof), applies changes queued while it was away, reports its
+//! files (remerge), then executes transfer orders and heartbeats until the
+//! link drops — and reconnects with jittered exponential backoff.
+//!
+//! Each transfer is its own task holding its data listener or stream; link
+//! loss aborts them all (an upload in flight is discarded, never kept as
+//! complete).
+
+pub mod storage;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::config::SlaveConfig;
+use crate::env::{accept_from, bind_in_range, BoxStream, Env, NetListener};
+use crate::link::{
+    self, auth, DataConn, LinkError, MasterMsg, Request, Response, SlaveMsg, TransferFailure,
+    TransferOrder, PROTOCOL_VERSION, REMERGE_CHUNK,
+};
+use storage::{Storage, StorageError};
+
+/// Runs a slave until `shutdown` turns true.
+pub async fn run(
+    env: Env,
+    config: SlaveConfig,
+    storage: Arc<dyn Storage>,
+    mut shutdown: watch::Receiver<bool>,
+    ready: Option<mpsc::UnboundedSender<String>>,
+) {
+    let config = Arc::new(config);
+    let min = Duration::from_millis(config.reconnect_min_ms.max(1));
+    let max = Duration::from_millis(config.reconnect_max_ms.max(config.reconnect_min_ms.max(1)));
+    let mut backoff = min;
+    loop {
+        let span = tracing::info_span!("slave", name = %config.name);
+        let result = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            r = connect_and_serve(&env, &config, &storage, ready.as_ref()).instrument(span) => r,
+        };
+        match result {
+            Ok(()) => backoff = min,
+            Err(e) => tracing::warn!(slave = %config.name, error = %e, "link to master lost"),
+        }
+        // Jitter from the seeded RNG: a restarted master is not hit by every
+        // slave in the same millisecond.
+        let jitter = env.rng_range(0, backoff.as_millis() as u64 / 2);
+        let wait = backoff + Duration::from_millis(jitter);
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+/// Commands to one transfer task.
+enum XferCmd {
+    Order { rid: u64, order: TransferOrder },
+    Commit { rid: u64 },
+}
+
+struct Ctx {
+    env: Env,
+    config: Arc<SlaveConfig>,
+    storage: Arc<dyn Storage>,
+    out: mpsc::UnboundedSender<SlaveMsg>,
+}
+
+async fn connect_and_serve(
+    env: &Env,
+    config: &Arc<SlaveConfig>,
+    storage: &Arc<dyn Storage>,
+    ready: Option<&mpsc::UnboundedSender<String>>,
+) -> Result<(), LinkError> {
+    let mut stream = env.net.connect(config.master).await?;
+    let mut nonce = [0u8; 32];
+    env.rng_fill(&mut nonce);
+    link::write_frame(
+        &mut stream,
+        &SlaveMsg::Hello {
+            version: PROTOCOL_VERSION,
+            name: config.name.clone(),
+            nonce,
+            data_ip: config.advertised_ip(),
+        },
+    )
+    .await?;
+    let key = config.link_key.as_bytes();
+    let challenge = tokio::time::timeout(
+        Duration::from_secs(10),
+        link::read_frame::<_, MasterMsg>(&mut stream),
+    )
+    .await
+    .map_err(|_| LinkError::Handshake("master did not answer".into()))??;
+    let master_nonce = match challenge {
+        MasterMsg::Challenge { nonce: mn, proof } => {
+            if !auth::verify_master(key, &nonce, &mn, &config.name, &proof) {
+                return Err(LinkError::Handshake(
+                    "the master could not prove the link key".into(),
+                ));
+            }
+            mn
+        }
+        MasterMsg::Refused { reason } => {
+            return Err(LinkError::Handshake(format!("refused: {reason}")))
+        }
+        _ => return Err(LinkError::Handshake("expected Challenge".into())),
+    };
+    link::write_frame(
+        &mut stream,
+        &SlaveMsg::Auth {
+            mac: auth::slave_proof(key, &nonce, &master_nonce, &config.name),
+        },
+    )
+    .await?;
+    let pending = match link::read_frame::<_, MasterMsg>(&mut stream).await? {
+        MasterMsg::Welcome { pending } => pending,
+        MasterMsg::Refused { reason } => {
+            return Err(LinkError::Handshake(format!("refused: {reason}")))
+        }
+        _ => return Err(LinkError::Handshake("expected Welcome".into())),
+    };
+    tracing::info!(ops = pending.len(), "authenticated to master");
+    for op in &pending {
+        if let Err(e) = storage.apply(op).await {
+            tracing::warn!(?op, error = %e, "queued change failed");
+        }
+    }
+    match storage.cleanup_temp().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed leftover partial uploads"),
+        Err(e) => tracing::warn!(error = %e, "cannot clean temporary files"),
+    }
+    let files = storage.list().await?;
+    let count = files.len();
+    let free = storage.free_space().await.unwrap_or(0);
+    let (reader, mut writer) = tokio::io::split(stream);
+    // Remerge in chunks: the master reconciles chunk by chunk and keeps
+    // serving sessions in between.
+    let mut chunks = files.chunks(REMERGE_CHUNK).peekable();
+    if chunks.peek().is_none() {
+        link::write_frame(
+            &mut writer,
+            &SlaveMsg::Remerge {
+                files: vec![],
+                last: true,
+            },
+        )
+        .await?;
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        link::write_frame(
+            &mut writer,
+            &SlaveMsg::Remerge {
+                files: chunk.to_vec(),
+                last,
+            },
+        )
+        .await?;
+    }
+    link::write_frame(&mut writer, &SlaveMsg::Status { free, transfers: 0 }).await?;
+    tracing::info!(files = count, free, "remerge sent");
+    if let Some(r) = ready {
+        let _ = r.send(config.name.clone());
+    }
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Ctx {
+        env: env.clone(),
+        config: config.clone(),
+        storage: storage.clone(),
+        out: out_tx,
+    });
+    let writer_task = tokio::spawn(write_loop(writer, out_rx, ctx.clone()));
+    let result = read_loop(ctx, reader).await;
+    writer_task.abort();
+    result
+}
+
+async fn write_loop(
+    mut w: tokio::io::WriteHalf<BoxStream>,
+    mut rx: mpsc::UnboundedReceiver<SlaveMsg>,
+    ctx: Arc<Ctx>,
+) {
+    let mut tick = tokio::time::interval(ctx.config.heartbeat_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let msg = tokio::select! {
+            biased;
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = tick.tick() => SlaveMsg::Status {
+                free: ctx.storage.free_space().await.unwrap_or(0),
+                transfers: 0,
+            },
+        };
+        let Ok(frame) = link::encode_frame(&msg) else {
+            continue;
+        };
+        if w.write_all(&frame).await.is_err() {
+            break;
+        }
+        if rx.is_empty() && w.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn read_loop(ctx: Arc<Ctx>, mut r: tokio::io::ReadHalf<BoxStream>) -> Result<(), LinkError> {
+    let deadline = ctx.config.heartbeat_deadline();
+    // Transfer tasks by id; dropping a sender aborts its task.
+    let mut xfers: BTreeMap<u64, mpsc::UnboundedSender<XferCmd>> = BTreeMap::new();
+    loop {
+        let msg: MasterMsg = match tokio::time::timeout(deadline, link::read_frame(&mut r)).await {
+            Err(_) => {
+                return Err(LinkError::Handshake(format!(
+                    "no heartbeat from master for {} ms",
+                    deadline.as_millis()
+                )))
+            }
+            Ok(r) => r?,
+        };
+        xfers.retain(|_, tx| !tx.is_closed());
+        match msg {
+            MasterMsg::Heartbeat => {}
+            MasterMsg::Ops(ops) => {
+                for op in ops {
+                    if let Err(e) = ctx.storage.apply(&op).await {
+                        tracing::warn!(?op, error = %e, "change failed");
+                    }
+                }
+            }
+            MasterMsg::Abort { xfer } => {
+                xfers.remove(&xfer);
+            }
+            MasterMsg::Request { rid, request } => match request {
+                Request::Listen { xfer, accept_from } => {
+                    let range = ctx.config.passive_range().unwrap_or((0, 0));
+                    match bind_in_range(&ctx.env, ctx.config.data_ip, range).await {
+                        Ok(listener) => {
+                            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+                            let addr = SocketAddr::new(ctx.config.advertised_ip(), port);
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            xfers.insert(xfer, tx);
+                            let _ = ctx.out.send(SlaveMsg::Reply {
+                                rid,
+                                response: Response::Listening { addr },
+                            });
+                            let span = tracing::info_span!("transfer", xfer);
+                            tokio::spawn(
+                                passive_task(ctx.clone(), xfer, listener, accept_from, rx)
+                                    .instrument(span),
+                            );
+                        }
+                        Err(e) => reply(
+                            &ctx,
+                            rid,
+                            Response::Failed(TransferFailure::NoDataConnection(format!(
+                                "cannot listen: {e}"
+                            ))),
+                        ),
+                    }
+                }
+                Request::Transfer { xfer, order, data } => match data {
+                    DataConn::Passive => match xfers.get(&xfer) {
+                        Some(tx) => {
+                            let _ = tx.send(XferCmd::Order { rid, order });
+                        }
+                        None => reply(
+                            &ctx,
+                            rid,
+                            Response::Failed(TransferFailure::NoDataConnection(
+                                "no listener for this transfer".into(),
+                            )),
+                        ),
+                    },
+                    DataConn::Active(addr) => {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        xfers.insert(xfer, tx);
+                        let span = tracing::info_span!("transfer", xfer);
+                        tokio::spawn(
+                            active_task(ctx.clone(), xfer, addr, rid, order, rx).instrument(span),
+                        );
+                    }
+                },
+                Request::Commit { xfer } => match xfers.get(&xfer) {
+                    Some(tx) => {
+                        let _ = tx.send(XferCmd::Commit { rid });
+                    }
+                    None => reply(&ctx, rid, Response::Failed(TransferFailure::Aborted)),
+                },
+            },
+            MasterMsg::Challenge { .. } | MasterMsg::Welcome { .. } | MasterMsg::Refused { .. } => {
+                return Err(LinkError::Handshake(
+                    "handshake message after handshake".into(),
+                ));
+            }
+        }
+    }
+}
+
+fn reply(ctx: &Ctx, rid: u64, response: Response) {
+    let _ = ctx.out.send(SlaveMsg::Reply { rid, response });
+}
+
+async fn passive_task(
+    ctx: Arc<Ctx>,
+    xfer: u64,
+    listener: Box<dyn NetListener>,
+    from: Option<IpAddr>,
+    mut cmds: mpsc::UnboundedReceiver<XferCmd>,
+) {
+    let timeout = ctx.config.data_timeout();
+    let mut order: Option<(u64, TransferOrder)> = None;
+    // The client may connect before or after the order arrives.
+    let stream = {
+        let accept = accept_from(listener.as_ref(), from, timeout);
+        tokio::pin!(accept);
+        loop {
+            tokio::select! {
+                biased;
+                c = cmds.recv() => match c {
+                    Some(XferCmd::Order { rid, order: o }) => order = Some((rid, o)),
+                    Some(XferCmd::Commit { rid }) => reply(&ctx, rid, Response::Failed(TransferFailure::Aborted)),
+                    None => return, // aborted or link lost
+                },
+                s = &mut accept => break s,
+            }
+        }
+    };
+    drop(listener);
+    let stream = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(xfer, error = %e, "no data connection");
+            let rid = match order {
+                Some((rid, _)) => rid,
+                None => match cmds.recv().await {
+                    Some(XferCmd::Order { rid, .. }) | Some(XferCmd::Commit { rid }) => rid,
+                    None => return,
+                },
+            };
+            reply(
+                &ctx,
+                rid,
+                Response::Failed(TransferFailure::NoDataConnection(e.to_string())),
+            );
+            return;
+        }
+    };
+    let (rid, order) = match order {
+        Some(o) => o,
+        None => match cmds.recv().await {
+            Some(XferCmd::Order { rid, order }) => (rid, order),
+            Some(XferCmd::Commit { rid }) => {
+                reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                return;
+            }
+            None => return,
+        },
+    };
+    execute(ctx, xfer, stream, rid, order, cmds).await;
+}
+
+async fn active_task(
+    ctx: Arc<Ctx>,
+    xfer: u64,
+    addr: SocketAddr,
+    rid: u64,
+    order: TransferOrder,
+    cmds: mpsc::UnboundedReceiver<XferCmd>,
+) {
+    let timeout = ctx.config.data_timeout();
+    let stream = match tokio::time::timeout(timeout, ctx.env.net.connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            reply(
+                &ctx,
+                rid,
+                Response::Failed(TransferFailure::NoDataConnection(format!(
+                    "cannot connect to {addr}: {e}"
+                ))),
+            );
+            return;
+        }
+        Err(_) => {
+            reply(
+                &ctx,
+                rid,
+                Response::Failed(TransferFailure::NoDataConnection(format!(
+                    "connect to {addr} timed out"
+                ))),
+            );
+            return;
+        }
+    };
+    execute(ctx, xfer, stream, rid, order, cmds).await;
+}
+
+fn failure(e: StorageError) -> TransferFailure {
+    match e {
+        StorageError::NotFound => TransferFailure::FileNotFound,
+        StorageError::Disk(e) => TransferFailure::Storage(e.to_string()),
+        StorageError::Network(e) => TransferFailure::Network(e.to_string()),
+    }
+}
+
+/// Runs the order on an open data connection. An abort (the master drops
+/// our command channel, or the link goes) cancels it at once.
+async fn execute(
+    ctx: Arc<Ctx>,
+    xfer: u64,
+    mut stream: BoxStream,
+    rid: u64,
+    order: TransferOrder,
+    mut cmds: mpsc::UnboundedReceiver<XferCmd>,
+) {
+    let started = tokio::time::Instant::now();
+    match order {
+        TransferOrder::Send { path, offset } => {
+            let result = tokio::select! {
+                biased;
+                _ = wait_closed(&mut cmds) => {
+                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                    return;
+                }
+                r = ctx.storage.send(&path, offset, &mut stream) => r,
+            };
+            match result {
+                Ok(bytes) => {
+                    tracing::info!(%path, bytes, ms = started.elapsed().as_millis() as u64, "sent");
+                    reply(&ctx, rid, Response::Sent { bytes });
+                }
+                Err(e) => {
+                    tracing::info!(%path, error = %e, "send failed");
+                    reply(&ctx, rid, Response::Failed(failure(e)));
+                }
+            }
+        }
+        TransferOrder::Receive { path, offset } => {
+            let result = tokio::select! {
+                biased;
+                _ = wait_closed(&mut cmds) => None,
+                r = ctx.storage.receive(&path, offset, xfer, &mut stream) => Some(r),
+            };
+            let up = match result {
+                // Aborted mid-way: the temporary file is removed on the
+                // slave's next start if the future was dropped mid-write.
+                None => {
+                    let _ = ctx.storage.cleanup_one(xfer).await;
+                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                    return;
+                }
+                Some(Err(e)) => {
+                    tracing::info!(%path, error = %e, "receive failed");
+                    reply(&ctx, rid, Response::Failed(failure(e)));
+                    return;
+                }
+                Some(Ok(up)) => up,
+            };
+            drop(stream);
+            reply(
+                &ctx,
+                rid,
+                Response::Received {
+                    bytes: up.bytes,
+                    size: up.size,
+                    crc32: up.crc32,
+                },
+            );
+            // Wait for the master's decision.
+            match cmds.recv().await {
+                Some(XferCmd::Commit { rid }) => match ctx.storage.commit(&up).await {
+                    Ok((size, mtime)) => {
+                        tracing::info!(%path, size, ms = started.elapsed().as_millis() as u64, "stored");
+                        reply(&ctx, rid, Response::Committed { size, mtime });
+                    }
+                    Err(e) => {
+                        ctx.storage.discard(&up).await;
+                        reply(&ctx, rid, Response::Failed(failure(e)));
+                    }
+                },
+                Some(XferCmd::Order { rid, .. }) => {
+                    ctx.storage.discard(&up).await;
+                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                }
+                None => {
+                    tracing::info!(%path, "upload discarded (aborted before commit)");
+                    ctx.storage.discard(&up).await;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when the master aborts this transfer (drops the channel).
+async fn wait_closed(cmds: &mut mpsc::UnboundedReceiver<XferCmd>) {
+    while cmds.recv().await.is_some() {}
+}

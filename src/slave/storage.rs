@@ -1,0 +1,481 @@
+//! A slave's storage seam. The transfer-shaped operations ("send this file
+//! range to this stream", "receive this stream into a new file") let the
+//! real implementation use `sendfile(2)` and large buffers while the
+//! simulator copies in memory.
+//!
+//! Uploads are atomic: bytes go to `<root>/.dftpd-tmp/<xfer>`, are synced,
+//! and are renamed into place only on [`Storage::commit`]; a crash leaves at
+//! most a temporary file, removed by [`Storage::cleanup_temp`] at the next
+//! start. Writes into an existing file (REST+STOR, APPE) happen in place.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::env::{BoxStream, COPY_BUF};
+use crate::link::{FileOp, RemoteFile, APPEND};
+use crate::proto::VPath;
+
+pub const TEMP_DIR: &str = ".dftpd-tmp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("file not found")]
+    NotFound,
+    #[error("storage: {0}")]
+    Disk(io::Error),
+    #[error("data connection: {0}")]
+    Network(io::Error),
+}
+
+/// A received upload waiting for commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    pub path: VPath,
+    /// Temporary name relative to the root; `None` for in-place writes.
+    pub temp: Option<String>,
+    /// Bytes that came over the data connection.
+    pub bytes: u64,
+    /// Size of the file once committed.
+    pub size: u64,
+    /// CRC32 of the whole file.
+    pub crc32: u32,
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Every regular file under the root (temporary files excluded).
+    async fn list(&self) -> io::Result<Vec<RemoteFile>>;
+    async fn free_space(&self) -> io::Result<u64>;
+    /// Sends `path` from `offset` to `out`, then shuts `out` down.
+    async fn send(
+        &self,
+        path: &VPath,
+        offset: u64,
+        out: &mut BoxStream,
+    ) -> Result<u64, StorageError>;
+    /// Receives `input` until EOF. `offset` as in [`crate::link::TransferOrder::Receive`].
+    async fn receive(
+        &self,
+        path: &VPath,
+        offset: Option<u64>,
+        xfer: u64,
+        input: &mut BoxStream,
+    ) -> Result<PendingUpload, StorageError>;
+    /// Makes a received upload visible under its name; returns (size, mtime).
+    async fn commit(&self, up: &PendingUpload) -> Result<(u64, i64), StorageError>;
+    async fn discard(&self, up: &PendingUpload);
+    /// Removes the temporary file of transfer `xfer`, if any (an upload
+    /// cancelled mid-write).
+    async fn cleanup_one(&self, xfer: u64);
+    async fn apply(&self, op: &FileOp) -> io::Result<()>;
+    /// Removes leftover temporary files; returns how many.
+    async fn cleanup_temp(&self) -> io::Result<u64>;
+}
+
+/// Files on the local disk below `root`.
+pub struct DiskStorage {
+    root: PathBuf,
+}
+
+impl DiskStorage {
+    pub fn new(root: impl Into<PathBuf>) -> io::Result<DiskStorage> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)?;
+        let root = root.canonicalize()?;
+        Ok(DiskStorage { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Maps a virtual path below the root. `VPath` has no `..`, NUL or
+    /// backslash components, so the result stays inside the root.
+    fn real(&self, p: &VPath) -> PathBuf {
+        let mut out = self.root.clone();
+        for c in p.components() {
+            out.push(c);
+        }
+        out
+    }
+
+    fn temp_path(&self, name: &str) -> PathBuf {
+        self.root.join(TEMP_DIR).join(name)
+    }
+}
+
+fn disk(e: io::Error) -> StorageError {
+    if e.kind() == io::ErrorKind::NotFound {
+        StorageError::NotFound
+    } else {
+        StorageError::Disk(e)
+    }
+}
+
+fn mtime_of(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn walk(root: &Path, dir: &Path, rel: &str, out: &mut Vec<RemoteFile>) -> io::Result<()> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut entries: Vec<_> = rd.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let Ok(name) = e.file_name().into_string() else {
+            tracing::warn!(path = ?e.path(), "skipping a file whose name is not UTF-8");
+            continue;
+        };
+        if rel.is_empty() && name == TEMP_DIR {
+            continue;
+        }
+        let vrel = format!("{rel}/{name}");
+        // symlink_metadata: a symlink planted on the disk is never followed.
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if meta.is_dir() {
+            walk(root, &e.path(), &vrel, out)?;
+        } else if meta.is_file() {
+            match VPath::parse_absolute(&vrel) {
+                Ok(path) => out.push(RemoteFile {
+                    path,
+                    size: meta.len(),
+                    mtime: mtime_of(&meta),
+                }),
+                Err(_) => tracing::warn!(path = %vrel, "skipping a file with an unusable name"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn crc_of_file(path: &Path) -> io::Result<u32> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; COPY_BUF];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finalize());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// `sendfile(2)` from `file` to the socket under tokio's readiness API:
+/// the bytes never enter user space.
+async fn sendfile_all(
+    tcp: &mut tokio::net::TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    end: u64,
+) -> Result<u64, StorageError> {
+    use std::os::fd::AsFd;
+    let mut off = offset as i64;
+    let end = end as i64;
+    let mut sent = 0u64;
+    while off < end {
+        let chunk = ((end - off) as usize).min(1 << 30);
+        tcp.writable().await.map_err(StorageError::Network)?;
+        let r = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            nix::sys::sendfile::sendfile64(tcp.as_fd(), file.as_fd(), Some(&mut off), chunk)
+                .map_err(io::Error::from)
+        });
+        match r {
+            Ok(0) => break, // the file shrank under us
+            Ok(n) => sent += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if matches!(e.raw_os_error(), Some(libc_eio) if libc_eio == nix::libc::EIO) => {
+                return Err(StorageError::Disk(e))
+            }
+            Err(e) => return Err(StorageError::Network(e)),
+        }
+    }
+    Ok(sent)
+}
+
+#[async_trait]
+impl Storage for DiskStorage {
+    async fn list(&self) -> io::Result<Vec<RemoteFile>> {
+        let root = self.root.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            walk(&root, &root, "", &mut out)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn free_space(&self) -> io::Result<u64> {
+        let root = self.root.clone();
+        blocking(move || {
+            let s = nix::sys::statvfs::statvfs(&root).map_err(io::Error::from)?;
+            Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
+        })
+        .await
+    }
+
+    async fn send(
+        &self,
+        path: &VPath,
+        offset: u64,
+        out: &mut BoxStream,
+    ) -> Result<u64, StorageError> {
+        let real = self.real(path);
+        let file = blocking(move || {
+            let f = std::fs::File::open(&real)?;
+            let m = f.metadata()?;
+            if !m.is_file() {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "not a file"));
+            }
+            Ok((f, m.len()))
+        })
+        .await;
+        let (file, len) = file.map_err(disk)?;
+        let sent = if let Some(tcp) = out.as_tcp() {
+            sendfile_all(tcp, &file, offset.min(len), len).await?
+        } else {
+            let mut f = tokio::fs::File::from_std(file);
+            f.seek(io::SeekFrom::Start(offset))
+                .await
+                .map_err(StorageError::Disk)?;
+            let mut buf = vec![0u8; COPY_BUF];
+            let mut sent = 0u64;
+            loop {
+                let n = f.read(&mut buf).await.map_err(StorageError::Disk)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n])
+                    .await
+                    .map_err(StorageError::Network)?;
+                sent += n as u64;
+            }
+            sent
+        };
+        out.shutdown().await.map_err(StorageError::Network)?;
+        Ok(sent)
+    }
+
+    async fn receive(
+        &self,
+        path: &VPath,
+        offset: Option<u64>,
+        xfer: u64,
+        input: &mut BoxStream,
+    ) -> Result<PendingUpload, StorageError> {
+        let (target, temp) = match offset {
+            None => {
+                let name = format!("{xfer}");
+                tokio::fs::create_dir_all(self.root.join(TEMP_DIR))
+                    .await
+                    .map_err(StorageError::Disk)?;
+                (self.temp_path(&name), Some(name))
+            }
+            Some(_) => (self.real(path), None),
+        };
+        let mut file = match offset {
+            None => tokio::fs::File::create(&target)
+                .await
+                .map_err(StorageError::Disk)?,
+            Some(off) => {
+                let mut f = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&target)
+                    .await
+                    .map_err(disk)?;
+                if off == APPEND {
+                    f.seek(io::SeekFrom::End(0))
+                        .await
+                        .map_err(StorageError::Disk)?;
+                } else {
+                    f.set_len(off).await.map_err(StorageError::Disk)?;
+                    f.seek(io::SeekFrom::Start(off))
+                        .await
+                        .map_err(StorageError::Disk)?;
+                }
+                f
+            }
+        };
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut bytes = 0u64;
+        let result: Result<(), StorageError> = async {
+            loop {
+                let n = input.read(&mut buf).await.map_err(StorageError::Network)?;
+                if n == 0 {
+                    break;
+                }
+                file.write_all(&buf[..n])
+                    .await
+                    .map_err(StorageError::Disk)?;
+                hasher.update(&buf[..n]);
+                bytes += n as u64;
+            }
+            file.flush().await.map_err(StorageError::Disk)?;
+            // One sync at the end: the bytes are on disk before the master
+            // is told the upload is complete.
+            file.sync_all().await.map_err(StorageError::Disk)?;
+            Ok(())
+        }
+        .await;
+        drop(file);
+        if let Err(e) = result {
+            if temp.is_some() {
+                let _ = tokio::fs::remove_file(&target).await;
+            }
+            return Err(e);
+        }
+        let (size, crc32) = if temp.is_some() {
+            (bytes, hasher.finalize())
+        } else {
+            let t = target.clone();
+            let size = tokio::fs::metadata(&target)
+                .await
+                .map_err(StorageError::Disk)?
+                .len();
+            (
+                size,
+                blocking(move || crc_of_file(&t))
+                    .await
+                    .map_err(StorageError::Disk)?,
+            )
+        };
+        Ok(PendingUpload {
+            path: path.clone(),
+            temp,
+            bytes,
+            size,
+            crc32,
+        })
+    }
+
+    async fn commit(&self, up: &PendingUpload) -> Result<(u64, i64), StorageError> {
+        let dest = self.real(&up.path);
+        if let Some(name) = &up.temp {
+            let temp = self.temp_path(name);
+            if let Some(parent) = dest.parent() {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(StorageError::Disk)?;
+            }
+            tokio::fs::rename(&temp, &dest)
+                .await
+                .map_err(StorageError::Disk)?;
+            if let Some(parent) = dest.parent().map(Path::to_path_buf) {
+                // Make the rename itself durable.
+                let _ = blocking(move || std::fs::File::open(parent)?.sync_all()).await;
+            }
+        }
+        let meta = tokio::fs::metadata(&dest).await.map_err(disk)?;
+        Ok((meta.len(), mtime_of(&meta)))
+    }
+
+    async fn discard(&self, up: &PendingUpload) {
+        if let Some(name) = &up.temp {
+            let _ = tokio::fs::remove_file(self.temp_path(name)).await;
+        }
+    }
+
+    async fn cleanup_one(&self, xfer: u64) {
+        let _ = tokio::fs::remove_file(self.temp_path(&xfer.to_string())).await;
+    }
+
+    async fn apply(&self, op: &FileOp) -> io::Result<()> {
+        let ignore_missing = |r: io::Result<()>| match r {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        };
+        match op {
+            FileOp::Delete { path } => {
+                ignore_missing(tokio::fs::remove_file(self.real(path)).await)
+            }
+            FileOp::Rename { from, to } => {
+                let dest = self.real(to);
+                if let Some(parent) = dest.parent() {
+                    tokio::fs::create_dir_all(parent).await?;
+                }
+                ignore_missing(tokio::fs::rename(self.real(from), dest).await)
+            }
+            FileOp::RemoveDir { path } => {
+                // Only empty directories; a slave may hold files the
+                // master's directory did not list yet.
+                let _ = tokio::fs::remove_dir(self.real(path)).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn cleanup_temp(&self) -> io::Result<u64> {
+        let dir = self.root.join(TEMP_DIR);
+        blocking(move || {
+            let mut n = 0;
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(e),
+            };
+            for e in rd.flatten() {
+                if std::fs::remove_file(e.path()).is_ok() {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn list_skips_temp_and_symlinks_and_apply_ops() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DiskStorage::new(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/f.bin"), b"hello").unwrap();
+        std::fs::create_dir_all(dir.path().join(TEMP_DIR)).unwrap();
+        std::fs::write(dir.path().join(TEMP_DIR).join("9"), b"partial").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("a/evil")).unwrap();
+        let files = s.list().await.unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path.as_str(), "/a/b/f.bin");
+        assert_eq!(files[0].size, 5);
+        assert_eq!(s.cleanup_temp().await.unwrap(), 1);
+        let from = VPath::parse_absolute("/a/b/f.bin").unwrap();
+        let to = VPath::parse_absolute("/c/g.bin").unwrap();
+        s.apply(&FileOp::Rename {
+            from,
+            to: to.clone(),
+        })
+        .await
+        .unwrap();
+        assert!(dir.path().join("c/g.bin").exists());
+        s.apply(&FileOp::Delete { path: to.clone() }).await.unwrap();
+        s.apply(&FileOp::Delete { path: to }).await.unwrap();
+        assert!(s.list().await.unwrap().is_empty());
+        assert!(s.free_space().await.unwrap() > 0);
+    }
+}
