@@ -27,6 +27,8 @@ pub struct ClusterOptions {
     pub pasv_without_pret: PasvWithoutPret,
     pub passive_ports: String,
     pub allow_overwrite: bool,
+    /// Passive listeners wait this long for the client (master and slaves).
+    pub data_timeout_ms: u64,
     /// The first slave's data address; the next ones count up.
     pub first_slave_ip: Ipv4Addr,
 }
@@ -42,6 +44,7 @@ impl Default for ClusterOptions {
             pasv_without_pret: PasvWithoutPret::Listings,
             passive_ports: "50000-59999".into(),
             allow_overwrite: false,
+            data_timeout_ms: 30_000,
             first_slave_ip: Ipv4Addr::new(127, 0, 0, 11),
         }
     }
@@ -80,6 +83,7 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
         passive_ports: opts.passive_ports.clone(),
         pasv_without_pret: opts.pasv_without_pret,
         allow_overwrite: opts.allow_overwrite,
+        data_timeout_ms: opts.data_timeout_ms,
         users: opts.users.clone(),
         ..MasterConfig::default()
     };
@@ -99,6 +103,7 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
             data_ip: IpAddr::V4(ip),
             pasv_address: None,
             passive_ports: opts.passive_ports.clone(),
+            data_timeout_ms: opts.data_timeout_ms,
             ..SlaveConfig::default()
         };
         let storage = Arc::new(DiskStorage::new(&root)?);

@@ -55,6 +55,9 @@ enum Cmd {
         /// Let STOR replace existing files.
         #[arg(long)]
         allow_overwrite: bool,
+        /// How long a passive listener waits for the client (ms).
+        #[arg(long, default_value_t = 30_000)]
+        data_timeout_ms: u64,
     },
     /// Run a master from a config file (see master.example.toml).
     Master {
@@ -138,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
             pasv_without_pret,
             passive_ports,
             allow_overwrite,
+            data_timeout_ms,
         } => {
             let mut user_configs = Vec::new();
             for u in &users {
@@ -168,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
                 pasv_without_pret: parse_mode(&pasv_without_pret)?,
                 passive_ports,
                 allow_overwrite,
+                data_timeout_ms,
                 ..ClusterOptions::default()
             };
             let c = cluster::start(opts).await.context("starting the cluster")?;

@@ -2,6 +2,11 @@
 //! frames over one TCP connection per slave, a mutual HMAC-SHA256
 //! challenge-response handshake, and heartbeats both ways.
 //!
+//! Handshake: slave `Hello{nonce_s}`, master `Challenge{nonce_m}`, slave
+//! `Auth{mac}` (proving the key first, so a wrong key is refused and logged
+//! by the master), master `Welcome{proof}` or `Refused`; the slave checks
+//! the master's proof before it trusts any order.
+//!
 //! Frame: 4-byte big-endian payload length, then a postcard-encoded
 //! [`SlaveMsg`] or [`MasterMsg`]. A frame longer than [`MAX_FRAME`] or one
 //! that does not decode closes that link with a logged error; it never takes
@@ -168,9 +173,11 @@ pub enum SlaveMsg {
 pub enum MasterMsg {
     Challenge {
         nonce: Nonce,
-        proof: Vec<u8>,
     },
+    /// The slave proved the key; `proof` is the master's own proof, and
+    /// `pending` the changes made while the slave was away.
     Welcome {
+        proof: Vec<u8>,
         pending: Vec<FileOp>,
     },
     Refused {

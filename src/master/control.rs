@@ -230,11 +230,11 @@ impl Driver {
                 };
                 self.send(&reply).await
             }
-            Action::Listing(job) => self.listing(job).await,
+            Action::Listing(job) => self.listing(*job).await,
             Action::Transfer(job) => {
                 let span =
                     tracing::info_span!("transfer", xfer = job.xfer, slave = %job.slave_name);
-                return self.transfer(job).instrument(span).await;
+                return self.transfer(*job).instrument(span).await;
             }
         };
         match result {

@@ -99,9 +99,8 @@ impl FileDb {
     pub fn get(&self, path: &VPath) -> Option<&Node> {
         let mut dir = &self.root;
         let mut comps = path.components().peekable();
-        if comps.peek().is_none() {
-            return None; // the root has no Node of its own; use dir()
-        }
+        // The root has no Node of its own; use dir().
+        comps.peek()?;
         while let Some(c) = comps.next() {
             let node = dir.children.get(c)?;
             if comps.peek().is_none() {

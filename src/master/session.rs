@@ -127,8 +127,8 @@ pub enum Action {
     },
     /// Release the current data endpoint (the client chose active mode).
     SetActive(Reply),
-    Transfer(TransferJob),
-    Listing(ListingJob),
+    Transfer(Box<TransferJob>),
+    Listing(Box<ListingJob>),
 }
 
 /// How a slave transfer ended, as the driver saw it.
@@ -187,6 +187,11 @@ fn r(code: u16, text: impl Into<String>) -> Action {
 
 fn db_reply(e: DbError) -> Action {
     r(e.code(), e.to_string())
+}
+
+/// A database error about `path`, naming it.
+fn path_reply(path: &VPath, e: DbError) -> Action {
+    r(e.code(), format!("{path}: {e}"))
 }
 
 impl Session {
@@ -276,7 +281,8 @@ impl Session {
             Command::Noop => r(200, "NOOP ok"),
             Command::Feat => {
                 let mut lines = vec!["Features:".to_string()];
-                lines.extend(FEATURES.iter().map(|f| f.to_string()));
+                // RFC 2389 §3.2: each feature line starts with one space.
+                lines.extend(FEATURES.iter().map(|f| format!(" {f}")));
                 lines.push("End".into());
                 Action::Reply(Reply::multi(211, lines))
             }
@@ -364,14 +370,14 @@ impl Session {
             Command::Size(arg) => match self.resolve(&arg) {
                 Ok(p) => match st.db.file(&p) {
                     Ok(f) => r(213, f.size.to_string()),
-                    Err(e) => db_reply(e),
+                    Err(e) => path_reply(&p, e),
                 },
                 Err(a) => a,
             },
             Command::Mdtm(arg) => match self.resolve(&arg) {
                 Ok(p) => match st.db.file(&p) {
                     Ok(f) => r(213, listing::mdtm(f.mtime)),
-                    Err(e) => db_reply(e),
+                    Err(e) => path_reply(&p, e),
                 },
                 Err(a) => a,
             },
@@ -392,7 +398,7 @@ impl Session {
                     let now = st.now;
                     match st.db.mkdir(&p, &self.owner(), now) {
                         Ok(()) => r(257, format!("{} created", quote_path(p.as_str()))),
-                        Err(e) => db_reply(e),
+                        Err(e) => path_reply(&p, e),
                     }
                 }
                 Err(a) => a,
@@ -419,7 +425,7 @@ impl Session {
                         }
                         r(250, format!("{} removed", quote_path(p.as_str())))
                     }
-                    Err(e) => db_reply(e),
+                    Err(e) => path_reply(&p, e),
                 },
                 Err(a) => a,
             },
@@ -431,7 +437,7 @@ impl Session {
                         }
                         r(250, format!("{} deleted", quote_path(p.as_str())))
                     }
-                    Err(e) => db_reply(e),
+                    Err(e) => path_reply(&p, e),
                 },
                 Err(a) => a,
             },
@@ -572,7 +578,7 @@ impl Session {
                 self.cwd = p;
                 r(250, format!("Directory changed to {}", self.cwd))
             }
-            Err(e) => db_reply(e),
+            Err(e) => path_reply(&p, e),
         }
     }
 
@@ -681,7 +687,7 @@ impl Session {
     fn download_slave(&self, path: &VPath, st: &mut MasterState) -> Result<SlaveId, Action> {
         let holders = match st.db.file(path) {
             Ok(f) => f.holders.clone(),
-            Err(e) => return Err(db_reply(e)),
+            Err(e) => return Err(path_reply(path, e)),
         };
         st.slaves.choose_download(&holders).ok_or_else(|| {
             r(
@@ -857,7 +863,10 @@ impl Session {
         let Some(plan) = self.plan.clone() else {
             return Ok(None);
         };
-        let verb_ok = plan.verb == verb;
+        // Listings are all served by the master: any listing PRET covers
+        // any listing command (ftplib's nlst after PRET LIST).
+        let listing = |v: PlanVerb| matches!(v, PlanVerb::List | PlanVerb::Nlst | PlanVerb::Mlsd);
+        let verb_ok = plan.verb == verb || (listing(plan.verb) && listing(verb));
         let path_ok = match verb {
             PlanVerb::Retr | PlanVerb::Stor | PlanVerb::Appe => plan.path.as_ref() == path,
             _ => true,
@@ -883,18 +892,6 @@ impl Session {
 
     fn no_data(&self) -> Action {
         r(503, "Use PRET and PASV, EPSV, PORT or EPRT first")
-    }
-
-    fn needs_pret(&mut self, verb: PlanVerb, st: &mut MasterState) -> Action {
-        self.data = DataSetup::None;
-        self.clear_plan(st);
-        Action::ResetData(Reply::new(
-            503,
-            format!(
-                "{} over PASV needs PRET first: files live on other hosts. Enable PRET in your client (curl --ftp-pret; lftp and rclone send it when FEAT lists PRET) or use active mode (PORT)",
-                verb.as_str()
-            ),
-        ))
     }
 
     fn retr(&mut self, arg: &str, st: &mut MasterState) -> Action {
@@ -1006,7 +1003,15 @@ impl Session {
                 addr,
             } => {
                 if st.config.pasv_without_pret != PasvWithoutPret::Relay {
-                    return Err(self.needs_pret(verb, st));
+                    // Keep the listener: clients that connect after sending
+                    // the command (suppaftp, ftplib) then read this reply
+                    // instead of a reset connection.
+                    self.data = DataSetup::Passive {
+                        target: Target::Master,
+                        xfer,
+                        addr,
+                    };
+                    return Err(needs_pret(verb));
                 }
                 match fresh(self, st) {
                     Ok(s) => Ok((s, Route::Relay, xfer)),
@@ -1051,7 +1056,7 @@ impl Session {
             TransferOrder::Receive { path, .. } => format!("STOR {path} on {}", job.slave_name),
         };
         self.set_doing(st, Some(doing));
-        Action::Transfer(job)
+        Action::Transfer(Box::new(job))
     }
 
     fn store(&mut self, verb: PlanVerb, arg: Option<&str>, st: &mut MasterState) -> Action {
@@ -1296,7 +1301,7 @@ impl Session {
             out.push_str("\r\n");
         }
         self.data = DataSetup::None;
-        Action::Listing(ListingJob {
+        Action::Listing(Box::new(ListingJob {
             bytes: out.into_bytes(),
             opening: Reply::new(
                 150,
@@ -1306,7 +1311,7 @@ impl Session {
                 ),
             ),
             active,
-        })
+        }))
     }
 
     /// Entries of a directory, or the one entry of a file.
@@ -1388,6 +1393,17 @@ fn entry(name: &str, n: &Node) -> ListEntry {
     }
 }
 
+/// A file transfer over the master's own passive port (no PRET).
+fn needs_pret(verb: PlanVerb) -> Action {
+    r(
+        503,
+        format!(
+            "{} over PASV needs PRET first: files live on other hosts. Enable PRET in your client (curl --ftp-pret; lftp and rclone send it when FEAT lists PRET) or use active mode (PORT)",
+            verb.as_str()
+        ),
+    )
+}
+
 /// The reply for a failed slave transfer.
 pub fn failure_reply(f: &TransferFailure, slave: &str) -> Reply {
     match f {
@@ -1405,5 +1421,327 @@ pub fn failure_reply(f: &TransferFailure, slave: &str) -> Reply {
             Reply::new(426, format!("Connection closed; transfer aborted: {why}"))
         }
         TransferFailure::Aborted => Reply::new(426, "Connection closed; transfer aborted"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MasterConfig, UserConfig};
+    use crate::master::registry::{SlaveLink, SlaveState};
+    use std::sync::Arc;
+
+    const LOCAL: &str = "127.0.0.1:21";
+    const PEER: &str = "127.0.0.1:40000";
+
+    fn p(s: &str) -> VPath {
+        VPath::parse_absolute(s).unwrap()
+    }
+
+    /// A master with slaves s1 (127.0.0.11, online), s2 (127.0.0.12,
+    /// online) and s3 (offline); /a on s1, /both on s1+s2, /gone on s3.
+    fn state(mode: PasvWithoutPret) -> MasterState {
+        let cfg = MasterConfig {
+            users: vec![UserConfig {
+                name: "u".into(),
+                password: "p".into(),
+                home: "/".into(),
+                admin: false,
+            }],
+            pasv_without_pret: mode,
+            ..MasterConfig::default()
+        };
+        let mut st = MasterState::new(Arc::new(cfg));
+        for (name, ip, free, online) in [
+            ("s1", 11, 100, true),
+            ("s2", 12, 500, true),
+            ("s3", 13, 900, false),
+        ] {
+            let id = st.slaves.id_for(name);
+            let info = st.slaves.get_mut(id).unwrap();
+            info.data_ip = Some(format!("127.0.0.{ip}").parse().unwrap());
+            info.free = free;
+            if online {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                std::mem::forget(rx); // keep the channel open
+                info.link = Some(SlaveLink::new(1, tx, Default::default()));
+                info.state = SlaveState::Online;
+            }
+        }
+        let meta = |size, holders: &[SlaveId]| FileMeta {
+            size,
+            mtime: 0,
+            owner: "u".into(),
+            group: "u".into(),
+            crc32: None,
+            holders: holders.to_vec(),
+        };
+        st.db.put_file(&p("/a"), meta(3, &[0])).unwrap();
+        st.db.put_file(&p("/b"), meta(5, &[0])).unwrap();
+        st.db.put_file(&p("/both"), meta(4, &[0, 1])).unwrap();
+        st.db.put_file(&p("/gone"), meta(4, &[2])).unwrap();
+        st
+    }
+
+    fn session(st: &mut MasterState) -> Session {
+        let mut s = Session::new(1, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+        assert_eq!(
+            text(s.handle(cmd("USER u"), st)),
+            "331 Password required for u"
+        );
+        assert_eq!(text(s.handle(cmd("PASS p"), st)), "230 User u logged in");
+        s
+    }
+
+    fn cmd(line: &str) -> Command {
+        Command::parse(line).unwrap()
+    }
+
+    fn text(a: Action) -> String {
+        match a {
+            Action::Reply(r) | Action::ResetData(r) | Action::SetActive(r) | Action::Close(r) => {
+                r.to_string()
+            }
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// PASV/EPSV through the driver's part: returns the reply.
+    fn passive(s: &mut Session, st: &mut MasterState, line: &str) -> String {
+        match s.handle(cmd(line), st) {
+            Action::OpenPassive { target, xfer, epsv } => {
+                let ip = match target {
+                    Target::Slave(id) => st.slaves.get(id).unwrap().data_ip.unwrap(),
+                    Target::Master => "127.0.0.1".parse().unwrap(),
+                };
+                s.passive_opened(st, target, xfer, epsv, Ok(SocketAddr::new(ip, 50001)))
+                    .to_string()
+            }
+            other => text(other),
+        }
+    }
+
+    #[test]
+    fn login_rules() {
+        let mut st = state(PasvWithoutPret::Listings);
+        let mut s = Session::new(1, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+        assert!(text(s.handle(cmd("PASS p"), &mut st)).starts_with("503"));
+        assert!(text(s.handle(cmd("LIST"), &mut st)).starts_with("530"));
+        // Unknown and known users get the same 331.
+        assert!(text(s.handle(cmd("USER nobody"), &mut st)).starts_with("331"));
+        assert_eq!(
+            text(s.handle(cmd("PASS p"), &mut st)),
+            "530 Login incorrect"
+        );
+        assert!(text(s.handle(cmd("USER u"), &mut st)).starts_with("331"));
+        assert!(text(s.handle(cmd("PASS p"), &mut st)).starts_with("230"));
+        assert!(text(s.handle(cmd("FEAT"), &mut st)).contains("\n PRET\r\n"));
+    }
+
+    #[test]
+    fn pret_retr_pasv_retr_runs_on_the_holder() {
+        let mut st = state(PasvWithoutPret::Listings);
+        let mut s = session(&mut st);
+        assert_eq!(
+            text(s.handle(cmd("PRET RETR a"), &mut st)),
+            "200 OK, planning for upcoming download"
+        );
+        assert_eq!(st.slaves.get(0).unwrap().reserved, 1);
+        assert_eq!(
+            passive(&mut s, &mut st, "PASV"),
+            "227 Entering Passive Mode (127,0,0,11,195,81) on slave s1"
+        );
+        let Action::Transfer(job) = s.handle(cmd("RETR a"), &mut st) else {
+            panic!()
+        };
+        assert_eq!((job.slave, &job.route), (0, &Route::SlavePassive));
+        assert_eq!(
+            job.order,
+            TransferOrder::Send {
+                path: p("/a"),
+                offset: 0
+            }
+        );
+        assert_eq!(
+            (
+                st.slaves.get(0).unwrap().reserved,
+                st.slaves.get(0).unwrap().active
+            ),
+            (0, 1)
+        );
+        let done = s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 3 });
+        assert!(done.to_string().starts_with("226"));
+        assert_eq!(st.slaves.get(0).unwrap().active, 0);
+        // The passive endpoint was used up.
+        assert!(text(s.handle(cmd("RETR a"), &mut st)).starts_with("503"));
+    }
+
+    #[test]
+    fn epsv_after_pret_is_refused_and_the_plan_kept() {
+        let mut st = state(PasvWithoutPret::Listings);
+        let mut s = session(&mut st);
+        s.handle(cmd("PRET RETR a"), &mut st);
+        let r = passive(&mut s, &mut st, "EPSV");
+        assert!(r.starts_with("502 ") && r.contains("use PASV"), "{r}");
+        assert!(passive(&mut s, &mut st, "PASV").contains("(127,0,0,11,"));
+    }
+
+    #[test]
+    fn mismatch_missing_and_offline() {
+        let mut st = state(PasvWithoutPret::Listings);
+        let mut s = session(&mut st);
+        s.handle(cmd("PRET RETR a"), &mut st);
+        passive(&mut s, &mut st, "PASV");
+        let r = text(s.handle(cmd("RETR b"), &mut st));
+        assert_eq!(
+            r,
+            "503 RETR /b does not match PRET RETR /a; send PRET again"
+        );
+        assert_eq!(
+            st.slaves.get(0).unwrap().reserved,
+            0,
+            "reservation released"
+        );
+        assert_eq!(
+            text(s.handle(cmd("PRET RETR nope"), &mut st)),
+            "550 /nope: No such file or directory"
+        );
+        assert!(text(s.handle(cmd("PRET RETR gone"), &mut st)).contains("temporarily unavailable"));
+        assert_eq!(Command::parse("PRET SIZE a").unwrap_err().code(), 504);
+        assert!(
+            text(s.handle(cmd("RETR a"), &mut st)).starts_with("503"),
+            "no PASV yet"
+        );
+    }
+
+    #[test]
+    fn listings_without_pret_work_but_files_need_pret() {
+        let mut st = state(PasvWithoutPret::Listings);
+        let mut s = session(&mut st);
+        assert!(passive(&mut s, &mut st, "PASV").contains("(127,0,0,1,"));
+        let Action::Listing(job) = s.handle(cmd("LIST"), &mut st) else {
+            panic!()
+        };
+        let listing = String::from_utf8(job.bytes).unwrap();
+        assert_eq!(listing.lines().count(), 4);
+        assert!(listing.contains(" both\r\n"));
+        passive(&mut s, &mut st, "PASV");
+        let r = text(s.handle(cmd("RETR a"), &mut st));
+        assert!(r.starts_with("503 RETR over PASV needs PRET"), "{r}");
+        // Active mode needs no PRET: the slave connects out.
+        assert_eq!(
+            text(s.handle(cmd("PORT 127,0,0,1,200,10"), &mut st)),
+            "200 PORT command successful"
+        );
+        let Action::Transfer(job) = s.handle(cmd("RETR a"), &mut st) else {
+            panic!()
+        };
+        assert_eq!(job.route, Route::Active("127.0.0.1:51210".parse().unwrap()));
+    }
+
+    #[test]
+    fn refuse_and_relay_modes() {
+        let mut st = state(PasvWithoutPret::Refuse);
+        let mut s = session(&mut st);
+        assert_eq!(
+            text(s.handle(cmd("PASV"), &mut st)),
+            "500 You need to use a client supporting PRET (PRE Transfer) to use PASV"
+        );
+        let mut st = state(PasvWithoutPret::Relay);
+        let mut s = session(&mut st);
+        passive(&mut s, &mut st, "PASV");
+        let Action::Transfer(job) = s.handle(cmd("RETR both"), &mut st) else {
+            panic!()
+        };
+        assert_eq!(job.route, Route::Relay);
+        let done = s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 4 });
+        assert!(done.to_string().starts_with("226"));
+        assert_eq!(st.slaves.get(job.slave).unwrap().relayed_bytes, 4);
+    }
+
+    #[test]
+    fn uploads_go_to_the_roomiest_slave_and_are_recorded_on_commit() {
+        let mut st = state(PasvWithoutPret::Listings);
+        let mut s = session(&mut st);
+        assert!(
+            text(s.handle(cmd("PRET STOR a"), &mut st)).starts_with("553"),
+            "no overwrite"
+        );
+        assert_eq!(
+            text(s.handle(cmd("PRET STOR new"), &mut st)),
+            "200 OK, planning for upcoming upload"
+        );
+        assert!(
+            passive(&mut s, &mut st, "PASV").contains("(127,0,0,12,"),
+            "s2 has the most free space"
+        );
+        let Action::Transfer(job) = s.handle(cmd("STOR new"), &mut st) else {
+            panic!()
+        };
+        assert!(
+            st.db.get(&p("/new")).is_none(),
+            "nothing listed before commit"
+        );
+        let failed = s.transfer_done(
+            &mut st,
+            &job,
+            TransferOutcome::Failed(TransferFailure::Network("reset".into())),
+        );
+        assert!(failed.to_string().starts_with("426"));
+        assert!(
+            st.db.get(&p("/new")).is_none(),
+            "a failed upload is never recorded"
+        );
+        s.handle(cmd("PRET STOR new"), &mut st);
+        passive(&mut s, &mut st, "PASV");
+        let Action::Transfer(job) = s.handle(cmd("STOR new"), &mut st) else {
+            panic!()
+        };
+        let done = s.transfer_done(
+            &mut st,
+            &job,
+            TransferOutcome::Committed {
+                size: 9,
+                mtime: 5,
+                crc32: 1,
+            },
+        );
+        assert!(done.to_string().starts_with("226"));
+        let f = st.db.file(&p("/new")).unwrap();
+        assert_eq!((f.size, f.holders.clone(), f.crc32), (9, vec![1], Some(1)));
+    }
+
+    #[test]
+    fn changes_reach_offline_holders_later() {
+        let mut st = state(PasvWithoutPret::Listings);
+        let mut s = session(&mut st);
+        assert!(text(s.handle(cmd("RNFR gone"), &mut st)).starts_with("350"));
+        assert!(text(s.handle(cmd("RNTO moved"), &mut st)).starts_with("250"));
+        assert!(text(s.handle(cmd("DELE moved"), &mut st)).starts_with("250"));
+        assert_eq!(
+            st.slaves.get(2).unwrap().pending_ops,
+            vec![
+                FileOp::Rename {
+                    from: p("/gone"),
+                    to: p("/moved")
+                },
+                FileOp::Delete { path: p("/moved") },
+            ]
+        );
+    }
+
+    #[test]
+    fn bounce_order_and_abort() {
+        let mut st = state(PasvWithoutPret::Listings);
+        let mut s = session(&mut st);
+        assert!(text(s.handle(cmd("PORT 10,1,2,3,200,10"), &mut st)).starts_with("504"));
+        assert!(text(s.handle(cmd("PORT 127,0,0,1,0,21"), &mut st)).starts_with("504"));
+        assert!(text(s.handle(cmd("EPRT |1|127.0.0.1|50000|"), &mut st)).starts_with("200"));
+        assert!(text(s.handle(cmd("RNTO x"), &mut st)).starts_with("503"));
+        assert!(text(s.handle(cmd("ABOR"), &mut st)).starts_with("225"));
+        assert!(text(s.handle(cmd("EPSV ALL"), &mut st)).starts_with("200"));
+        assert!(text(s.handle(cmd("PASV"), &mut st)).starts_with("503"));
+        assert!(text(s.handle(cmd("REST 2"), &mut st)).starts_with("350"));
+        assert!(text(s.handle(cmd("QUIT"), &mut st)).starts_with("221"));
     }
 }

@@ -70,7 +70,7 @@ async fn handshake(
     state: &Shared,
     stream: &mut BoxStream,
     peer: SocketAddr,
-) -> Result<(String, std::net::IpAddr), LinkError> {
+) -> Result<(String, std::net::IpAddr, Vec<u8>), LinkError> {
     let hello: SlaveMsg = link::read_frame(stream).await?;
     let SlaveMsg::Hello {
         version,
@@ -106,12 +106,10 @@ async fn handshake(
     let key = lock(state).config.link_key.clone();
     let mut master_nonce = [0u8; 32];
     env.rng_fill(&mut master_nonce);
-    let proof = auth::master_proof(key.as_bytes(), &slave_nonce, &master_nonce, &name);
     link::write_frame(
         stream,
         &MasterMsg::Challenge {
             nonce: master_nonce,
-            proof,
         },
     )
     .await?;
@@ -129,11 +127,12 @@ async fn handshake(
         .await;
         return Err(LinkError::Handshake("authentication failed".into()));
     }
-    Ok((name, data_ip))
+    let proof = auth::master_proof(key.as_bytes(), &slave_nonce, &master_nonce, &name);
+    Ok((name, data_ip, proof))
 }
 
 async fn serve_link(env: Env, state: Shared, mut stream: BoxStream, peer: SocketAddr) {
-    let (name, data_ip) = match tokio::time::timeout(
+    let (name, data_ip, proof) = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake(&env, &state, &mut stream, peer),
     )
@@ -171,7 +170,10 @@ async fn serve_link(env: Env, state: Shared, mut stream: BoxStream, peer: Socket
     };
     tracing::info!(slave = %name, %peer, queued_ops = ops.len(), "slave authenticated, remerging");
     let (reader, writer) = tokio::io::split(stream);
-    let _ = tx.send(MasterMsg::Welcome { pending: ops });
+    let _ = tx.send(MasterMsg::Welcome {
+        proof,
+        pending: ops,
+    });
     let writer_task = tokio::spawn(write_loop(writer, rx, interval));
     let end = read_loop(&state, reader, id, &name, &pending, deadline).await;
     writer_task.abort();

@@ -102,14 +102,7 @@ async fn connect_and_serve(
     .await
     .map_err(|_| LinkError::Handshake("master did not answer".into()))??;
     let master_nonce = match challenge {
-        MasterMsg::Challenge { nonce: mn, proof } => {
-            if !auth::verify_master(key, &nonce, &mn, &config.name, &proof) {
-                return Err(LinkError::Handshake(
-                    "the master could not prove the link key".into(),
-                ));
-            }
-            mn
-        }
+        MasterMsg::Challenge { nonce: mn } => mn,
         MasterMsg::Refused { reason } => {
             return Err(LinkError::Handshake(format!("refused: {reason}")))
         }
@@ -123,7 +116,15 @@ async fn connect_and_serve(
     )
     .await?;
     let pending = match link::read_frame::<_, MasterMsg>(&mut stream).await? {
-        MasterMsg::Welcome { pending } => pending,
+        MasterMsg::Welcome { proof, pending } => {
+            if !auth::verify_master(key, &nonce, &master_nonce, &config.name, &proof) {
+                tracing::error!(master = %config.master, "the master could not prove the link key; not trusting it");
+                return Err(LinkError::Handshake(
+                    "the master could not prove the link key".into(),
+                ));
+            }
+            pending
+        }
         MasterMsg::Refused { reason } => {
             return Err(LinkError::Handshake(format!("refused: {reason}")))
         }

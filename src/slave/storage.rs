@@ -123,7 +123,7 @@ fn mtime_of(meta: &std::fs::Metadata) -> i64 {
         .unwrap_or(0)
 }
 
-fn walk(root: &Path, dir: &Path, rel: &str, out: &mut Vec<RemoteFile>) -> io::Result<()> {
+fn walk(dir: &Path, rel: &str, out: &mut Vec<RemoteFile>) -> io::Result<()> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -145,7 +145,7 @@ fn walk(root: &Path, dir: &Path, rel: &str, out: &mut Vec<RemoteFile>) -> io::Re
             continue;
         };
         if meta.is_dir() {
-            walk(root, &e.path(), &vrel, out)?;
+            walk(&e.path(), &vrel, out)?;
         } else if meta.is_file() {
             match VPath::parse_absolute(&vrel) {
                 Ok(path) => out.push(RemoteFile {
@@ -220,7 +220,7 @@ impl Storage for DiskStorage {
         let root = self.root.clone();
         blocking(move || {
             let mut out = Vec::new();
-            walk(&root, &root, "", &mut out)?;
+            walk(&root, "", &mut out)?;
             Ok(out)
         })
         .await

@@ -1,0 +1,273 @@
+//! Test harness: starts the real `dftpd` binary on loopback (each test its
+//! own data directory and ports), runs real clients against it, and offers a
+//! minimal raw FTP client for exact protocol assertions.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const USER: &str = "u";
+pub const PASS: &str = "p";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dftpd")
+}
+
+/// A running `dftpd cluster` process, killed on drop.
+pub struct ClusterProc {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub stderr_path: PathBuf,
+}
+
+impl ClusterProc {
+    /// Starts a cluster with `extra` flags; `seed` may put files on slave
+    /// disks first (called with the data directory).
+    pub fn start_with(extra: &[&str], seed: impl FnOnce(&Path)) -> ClusterProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        seed(dir.path());
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(bin())
+            .args([
+                "cluster",
+                "--listen",
+                "127.0.0.1:0",
+                "--user",
+                &format!("{USER}:{PASS}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(extra)
+            .env("DFTPD_LOG", "dftpd=debug")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn dftpd");
+        let addr = wait_ready(&mut child, "cluster ready: ftp://", &stderr_path);
+        ClusterProc {
+            child,
+            addr,
+            dir,
+            stderr_path,
+        }
+    }
+
+    pub fn start(extra: &[&str]) -> ClusterProc {
+        Self::start_with(extra, |_| {})
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ftp://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    pub fn slave_root(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("slave-{n}"))
+    }
+
+    /// Which slave (1-based) holds `rel` on its disk.
+    pub fn holders(&self, rel: &str) -> Vec<usize> {
+        (1..=3)
+            .filter(|n| self.slave_root(*n).join(rel).is_file())
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn raw(&self) -> RawFtp {
+        let mut c = RawFtp::connect(self.addr);
+        c.login();
+        c
+    }
+}
+
+impl Drop for ClusterProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the child's stdout until a line starting with `marker`; returns the
+/// address that follows it. Panics (test failure) after 60 s.
+pub fn wait_ready(child: &mut Child, marker: &str, stderr: &Path) -> SocketAddr {
+    wait_line(child, marker, stderr)
+        .parse()
+        .expect("address in ready line")
+}
+
+/// Reads the child's stdout until a line starting with `marker`; returns the
+/// first word after it.
+pub fn wait_line(child: &mut Child, marker: &str, stderr: &Path) -> String {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    let wanted = marker.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix(&wanted) {
+                let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(a) => a,
+        Err(_) => panic!(
+            "dftpd did not print '{marker}' in time; stderr:\n{}",
+            std::fs::read_to_string(stderr).unwrap_or_default()
+        ),
+    }
+}
+
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    // xorshift: reproducible content without a dependency.
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl must be installed (see .ci/run)")
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The server replies curl printed with -v ("< 227 ..." lines).
+pub fn replies(verbose: &str) -> Vec<String> {
+    verbose
+        .lines()
+        .filter_map(|l| l.strip_prefix("< "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The IP of a 227 reply text.
+pub fn pasv_ip(reply: &str) -> Option<String> {
+    let inner = reply.split('(').nth(1)?.split(')').next()?;
+    let parts: Vec<&str> = inner.split(',').collect();
+    (parts.len() == 6).then(|| parts[..4].join("."))
+}
+
+pub fn pasv_addr(reply: &str) -> Option<SocketAddr> {
+    let inner = reply.split('(').nth(1)?.split(')').next()?;
+    let n: Vec<u16> = inner
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    if n.len() != 6 {
+        return None;
+    }
+    let ip = format!("{}.{}.{}.{}", n[0], n[1], n[2], n[3]);
+    format!("{ip}:{}", n[4] * 256 + n[5]).parse().ok()
+}
+
+/// A deliberately small FTP client: one command, one reply, no cleverness.
+pub struct RawFtp {
+    stream: BufReader<TcpStream>,
+}
+
+impl RawFtp {
+    pub fn connect(addr: SocketAddr) -> RawFtp {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut c = RawFtp {
+            stream: BufReader::new(s),
+        };
+        let greeting = c.read_reply();
+        assert!(greeting.starts_with("220"), "{greeting}");
+        c
+    }
+
+    pub fn login(&mut self) {
+        assert!(self.cmd(&format!("USER {USER}")).starts_with("331"));
+        let r = self.cmd(&format!("PASS {PASS}"));
+        assert!(r.starts_with("230"), "{r}");
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).expect("write");
+    }
+
+    /// Sends a command; returns the whole reply (all lines, '\n'-joined).
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        self.read_reply()
+    }
+
+    pub fn read_reply(&mut self) -> String {
+        let mut lines = Vec::new();
+        let mut first = String::new();
+        self.stream.read_line(&mut first).expect("read reply");
+        let first = first.trim_end().to_string();
+        if first.len() >= 4 && first.as_bytes()[3] == b'-' {
+            let code = &first[..3];
+            lines.push(first.clone());
+            loop {
+                let mut l = String::new();
+                if self.stream.read_line(&mut l).unwrap_or(0) == 0 {
+                    break;
+                }
+                let l = l.trim_end().to_string();
+                let end = l.starts_with(code) && l.as_bytes().get(3) == Some(&b' ');
+                lines.push(l);
+                if end {
+                    break;
+                }
+            }
+            return lines.join("\n");
+        }
+        first
+    }
+
+    /// PASV (after an optional PRET); returns the data address.
+    pub fn pasv(&mut self) -> (String, SocketAddr) {
+        let r = self.cmd("PASV");
+        assert!(r.starts_with("227"), "{r}");
+        let a = pasv_addr(&r).expect("227 address");
+        (r, a)
+    }
+
+    /// RETR over an already opened passive address.
+    pub fn retr(&mut self, path: &str, data: SocketAddr) -> (String, Vec<u8>, String) {
+        let mut d = TcpStream::connect(data).expect("data connect");
+        let prelim = self.cmd(&format!("RETR {path}"));
+        let mut buf = Vec::new();
+        if prelim.starts_with("150") {
+            d.read_to_end(&mut buf).expect("read data");
+            let fin = self.read_reply();
+            return (prelim, buf, fin);
+        }
+        (prelim, buf, String::new())
+    }
+
+    pub fn stor(&mut self, path: &str, data: SocketAddr, bytes: &[u8]) -> (String, String) {
+        let mut d = TcpStream::connect(data).expect("data connect");
+        let prelim = self.cmd(&format!("STOR {path}"));
+        if !prelim.starts_with("150") {
+            return (prelim, String::new());
+        }
+        d.write_all(bytes).expect("write data");
+        drop(d);
+        (prelim, self.read_reply())
+    }
+}
