@@ -6,35 +6,47 @@
 //! depends on hashing, and a directory rename moves one subtree.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use smallvec::SmallVec;
 
 use crate::proto::VPath;
 
 /// Index of a slave in the master's registry.
 pub type SlaveId = u16;
 
+/// Slaves holding a file: sorted, no duplicates, inline up to four (no heap
+/// allocation per file in the common case).
+pub type Holders = SmallVec<[SlaveId; 4]>;
+
+/// An owner or group, interned in the database ([`FileDb::intern`]): sites
+/// have few users and millions of files.
+pub type NameId = u32;
+
+/// One file. Kept small: the database holds every file of the site (10M
+/// files in < 2 GB is a goal; see ARCHITECTURE.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileMeta {
     pub size: u64,
     pub mtime: i64,
-    pub owner: String,
-    pub group: String,
+    pub owner: NameId,
+    pub group: NameId,
     pub crc32: Option<u32>,
-    /// Sorted, no duplicates.
-    pub holders: Vec<SlaveId>,
+    pub holders: Holders,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DirMeta {
     pub mtime: i64,
-    pub owner: String,
-    pub group: String,
-    pub children: BTreeMap<String, Node>,
+    pub owner: NameId,
+    pub group: NameId,
+    pub children: BTreeMap<Box<str>, Node>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     File(FileMeta),
-    Dir(DirMeta),
+    Dir(Box<DirMeta>),
 }
 
 impl Node {
@@ -77,11 +89,31 @@ pub struct FileDb {
     files: u64,
     /// Files held per slave, indexed by `SlaveId`.
     held: Vec<u64>,
+    names: Vec<Box<str>>,
+    name_ids: BTreeMap<Box<str>, NameId>,
 }
 
 impl FileDb {
     pub fn new() -> FileDb {
-        FileDb::default()
+        let mut db = FileDb::default();
+        // Id 0 is the site itself (files found on slaves, the root).
+        db.intern("dftpd");
+        db
+    }
+
+    /// The id of an owner or group name, adding it when new.
+    pub fn intern(&mut self, name: &str) -> NameId {
+        if let Some(&id) = self.name_ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as NameId;
+        self.names.push(name.into());
+        self.name_ids.insert(name.into(), id);
+        id
+    }
+
+    pub fn name(&self, id: NameId) -> &str {
+        self.names.get(id as usize).map(|n| &**n).unwrap_or("?")
     }
 
     pub fn file_count(&self) -> u64 {
@@ -155,18 +187,19 @@ impl FileDb {
 
     pub fn mkdir(&mut self, path: &VPath, owner: &str, now: i64) -> Result<(), DbError> {
         let (parent, name) = Self::split(path)?;
+        let owner = self.intern(owner);
         let dir = self.dir_mut(&parent)?;
         if dir.children.contains_key(name) {
             return Err(DbError::Exists);
         }
         dir.children.insert(
-            name.to_string(),
-            Node::Dir(DirMeta {
+            name.into(),
+            Node::Dir(Box::new(DirMeta {
                 mtime: now,
-                owner: owner.to_string(),
-                group: owner.to_string(),
+                owner,
+                group: owner,
                 children: BTreeMap::new(),
-            }),
+            })),
         );
         dir.mtime = now;
         Ok(())
@@ -209,7 +242,7 @@ impl FileDb {
         dir.mtime = dir.mtime.max(meta.mtime);
         let old = match dir.children.get(name) {
             Some(Node::Dir(_)) => return Err(DbError::IsADirectory),
-            Some(Node::File(_)) | None => dir.children.insert(name.to_string(), Node::File(meta)),
+            Some(Node::File(_)) | None => dir.children.insert(name.into(), Node::File(meta)),
         };
         let old = match old {
             Some(Node::File(f)) => {
@@ -314,7 +347,7 @@ impl FileDb {
         };
         src.mtime = now;
         let dst = self.dir_mut(&to_parent)?;
-        dst.children.insert(to_name.to_string(), node);
+        dst.children.insert(to_name.into(), node);
         dst.mtime = now;
         Ok(())
     }
@@ -346,6 +379,29 @@ impl FileDb {
         set
     }
 
+    /// Visits up to `limit` files in path order, starting after `after`
+    /// (`None`: from the start). Returns the visited files held by `slave`,
+    /// and the cursor to continue from (`None` when the walk is complete).
+    /// Lets a caller sweep millions of files in slices, releasing the lock
+    /// between them.
+    pub fn scan_held(
+        &self,
+        slave: SlaveId,
+        after: Option<&VPath>,
+        limit: usize,
+    ) -> (Vec<VPath>, Option<VPath>) {
+        let cursor: Option<Vec<&str>> = after.map(|p| p.components().collect());
+        let mut scan = Scan {
+            slave,
+            left: limit.max(1),
+            held: Vec::new(),
+            last: None,
+        };
+        let stopped = scan.dir(&self.root, &VPath::root(), cursor.as_deref());
+        let next = if stopped { scan.last } else { None };
+        (scan.held, next)
+    }
+
     fn count_holders(&mut self, holders: &[SlaveId], delta: i64) {
         for &h in holders {
             let i = h as usize;
@@ -354,6 +410,54 @@ impl FileDb {
             }
             self.held[i] = (self.held[i] as i64 + delta).max(0) as u64;
         }
+    }
+}
+
+struct Scan {
+    slave: SlaveId,
+    left: usize,
+    held: Vec<VPath>,
+    last: Option<VPath>,
+}
+
+impl Scan {
+    /// Returns true when the limit stopped the walk.
+    fn dir(&mut self, dir: &DirMeta, at: &VPath, cursor: Option<&[&str]>) -> bool {
+        let first = cursor.and_then(|c| c.first().copied());
+        let range = match first {
+            Some(f) => dir
+                .children
+                .range::<str, _>((Bound::Included(f), Bound::Unbounded)),
+            None => dir.children.range::<str, _>(..),
+        };
+        for (name, node) in range {
+            let sub = match (cursor, first) {
+                (Some(c), Some(f)) if f == &**name => Some(&c[1..]),
+                _ => None,
+            };
+            let Ok(path) = at.join(name) else { continue };
+            match node {
+                Node::File(f) => {
+                    if sub.is_some() {
+                        continue; // the cursor itself: visited last time
+                    }
+                    if f.holders.contains(&self.slave) {
+                        self.held.push(path.clone());
+                    }
+                    self.last = Some(path);
+                    self.left -= 1;
+                    if self.left == 0 {
+                        return true;
+                    }
+                }
+                Node::Dir(d) => {
+                    if self.dir(d, &path, sub.filter(|c| !c.is_empty())) {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
     }
 }
 
@@ -379,11 +483,65 @@ mod tests {
         FileMeta {
             size,
             mtime: 1,
-            owner: "u".into(),
-            group: "u".into(),
+            owner: 0,
+            group: 0,
             crc32: None,
-            holders: holders.to_vec(),
+            holders: Holders::from_slice(holders),
         }
+    }
+
+    #[test]
+    fn scan_held_walks_in_slices_and_survives_changes() {
+        let mut db = FileDb::new();
+        for i in 0..50 {
+            let d = format!("/d{}", i % 7);
+            db.mkdir_all(&p(&d), "u", 1).unwrap();
+            db.put_file(&p(&format!("{d}/f{i:02}")), file(1, &[(i % 2) as SlaveId]))
+                .unwrap();
+        }
+        let all: Vec<VPath> = db
+            .files_under(&VPath::root())
+            .into_iter()
+            .filter(|(_, f)| f.holders.contains(&1))
+            .map(|(p, _)| p)
+            .collect();
+        for limit in [1, 3, 8, 100] {
+            let mut got = Vec::new();
+            let mut cursor = None;
+            loop {
+                let (held, next) = db.scan_held(1, cursor.as_ref(), limit);
+                got.extend(held);
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            assert_eq!(got, all, "limit {limit}");
+        }
+        // The cursor's file vanishing between slices does not lose the rest.
+        let (first, cursor) = db.scan_held(1, None, 5);
+        let c = cursor.unwrap();
+        db.remove_file(&c).unwrap();
+        let (rest, _) = db.scan_held(1, Some(&c), 1000);
+        let mut joined = first;
+        joined.extend(rest);
+        let expect: Vec<VPath> = all.into_iter().filter(|x| *x != c).collect();
+        assert_eq!(joined, expect);
+    }
+
+    #[test]
+    fn names_are_interned_and_records_stay_small() {
+        let mut db = FileDb::new();
+        assert_eq!(db.intern("dftpd"), 0);
+        let a = db.intern("alice");
+        assert_eq!(db.intern("alice"), a);
+        assert_eq!(db.name(a), "alice");
+        assert_eq!(db.name(999), "?");
+        assert!(
+            std::mem::size_of::<Node>() <= 64,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
     }
 
     #[test]
@@ -413,7 +571,7 @@ mod tests {
         db.put_file(&p("/f"), file(3, &[2])).unwrap();
         db.add_holder(&p("/f"), 0).unwrap();
         db.add_holder(&p("/f"), 0).unwrap();
-        assert_eq!(db.file(&p("/f")).unwrap().holders, vec![0, 2]);
+        assert_eq!(db.file(&p("/f")).unwrap().holders.as_slice(), &[0, 2]);
         assert!(!db.remove_holder(&p("/f"), 2).unwrap());
         assert!(db.remove_holder(&p("/f"), 0).unwrap());
         assert_eq!(db.get(&p("/f")), None);
@@ -449,7 +607,7 @@ mod tests {
         let mut db = FileDb::new();
         db.put_file(&p("/f"), file(1, &[0])).unwrap();
         let old = db.put_file(&p("/f"), file(2, &[1])).unwrap();
-        assert_eq!(old.unwrap().holders, vec![0]);
+        assert_eq!(old.unwrap().holders.as_slice(), &[0]);
         assert_eq!((db.held_by(0), db.held_by(1), db.file_count()), (0, 1, 1));
         db.mkdir(&p("/d"), "u", 1).unwrap();
         assert_eq!(

@@ -11,7 +11,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::db::{DbError, FileMeta, Node, SlaveId};
+use super::db::{DbError, FileDb, FileMeta, Holders, Node, SlaveId};
 use super::MasterState;
 use crate::config::PasvWithoutPret;
 use crate::link::{FileOp, TransferFailure, TransferOrder, APPEND};
@@ -1197,13 +1197,14 @@ impl Session {
                     // The directory may have been removed during the upload.
                     let _ = st.db.mkdir_all(&parent, &owner, mtime);
                 }
+                let owner = st.db.intern(&owner);
                 let meta = FileMeta {
                     size,
                     mtime,
-                    owner: owner.clone(),
+                    owner,
                     group: owner,
                     crc32: Some(crc32),
-                    holders: vec![job.slave],
+                    holders: Holders::from_slice(&[job.slave]),
                 };
                 match st.db.put_file(&path, meta) {
                     Ok(old) => {
@@ -1320,11 +1321,11 @@ impl Session {
             return Ok(dir
                 .children
                 .iter()
-                .map(|(name, n)| entry(name, n))
+                .map(|(name, n)| entry(&st.db, name, n))
                 .collect());
         }
         match st.db.get(path) {
-            Some(n @ Node::File(_)) => Ok(vec![entry(path.file_name().unwrap_or(""), n)]),
+            Some(n @ Node::File(_)) => Ok(vec![entry(&st.db, path.file_name().unwrap_or(""), n)]),
             _ => Err(DbError::NotFound),
         }
     }
@@ -1350,7 +1351,7 @@ impl Session {
         } else {
             match st.db.get(&path) {
                 Some(n) => {
-                    let mut e = entry(path.as_str(), n);
+                    let mut e = entry(&st.db, path.as_str(), n);
                     e.name = path.to_string();
                     e
                 }
@@ -1372,23 +1373,23 @@ impl Session {
     }
 }
 
-fn entry(name: &str, n: &Node) -> ListEntry {
+fn entry(db: &FileDb, name: &str, n: &Node) -> ListEntry {
     match n {
         Node::File(f) => ListEntry {
             name: name.to_string(),
             is_dir: false,
             size: f.size,
             mtime: f.mtime,
-            owner: f.owner.clone(),
-            group: f.group.clone(),
+            owner: db.name(f.owner).to_string(),
+            group: db.name(f.group).to_string(),
         },
         Node::Dir(d) => ListEntry {
             name: name.to_string(),
             is_dir: true,
             size: 0,
             mtime: d.mtime,
-            owner: d.owner.clone(),
-            group: d.group.clone(),
+            owner: db.name(d.owner).to_string(),
+            group: db.name(d.group).to_string(),
         },
     }
 }
@@ -1471,10 +1472,10 @@ mod tests {
         let meta = |size, holders: &[SlaveId]| FileMeta {
             size,
             mtime: 0,
-            owner: "u".into(),
-            group: "u".into(),
+            owner: 0,
+            group: 0,
             crc32: None,
-            holders: holders.to_vec(),
+            holders: Holders::from_slice(holders),
         };
         st.db.put_file(&p("/a"), meta(3, &[0])).unwrap();
         st.db.put_file(&p("/b"), meta(5, &[0])).unwrap();
@@ -1708,7 +1709,7 @@ mod tests {
         );
         assert!(done.to_string().starts_with("226"));
         let f = st.db.file(&p("/new")).unwrap();
-        assert_eq!((f.size, f.holders.clone(), f.crc32), (9, vec![1], Some(1)));
+        assert_eq!((f.size, f.holders.to_vec(), f.crc32), (9, vec![1], Some(1)));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::db::{FileMeta, Node, SlaveId};
+use super::db::{FileMeta, Holders, Node, SlaveId};
 use super::registry::{lock, PendingReplies, SlaveLink, SlaveState};
 use super::{MasterState, Shared};
 use crate::env::{BoxStream, Env, NetListener};
@@ -240,13 +240,27 @@ async fn read_loop(
         };
         match msg {
             SlaveMsg::Remerge { files, last } => {
-                let mut st = lock(state);
-                remerged += files.len() as u64;
-                remerge_chunk(&mut st, id, files, &mut seen);
+                {
+                    let mut st = lock(state);
+                    remerged += files.len() as u64;
+                    remerge_chunk(&mut st, id, files, &mut seen);
+                }
                 if last {
-                    let dropped = remerge_finish(&mut st, id, &seen);
+                    // Sweep in slices, yielding between them: a slave with
+                    // millions of files must not stall other sessions.
+                    let mut cursor = None;
+                    let mut dropped = 0;
+                    loop {
+                        let (n, next) = remerge_sweep(&mut lock(state), id, &seen, cursor.as_ref());
+                        dropped += n;
+                        match next {
+                            Some(c) => cursor = Some(c),
+                            None => break,
+                        }
+                        tokio::task::yield_now().await;
+                    }
                     seen.clear();
-                    if let Some(info) = st.slaves.get_mut(id) {
+                    if let Some(info) = lock(state).slaves.get_mut(id) {
                         info.state = SlaveState::Online;
                     }
                     tracing::info!(slave = %name, files = remerged, dropped, "remerge done, slave online");
@@ -307,7 +321,7 @@ pub fn remerge_chunk(
                 let mut m = meta.clone();
                 m.size = f.size;
                 m.crc32 = None;
-                m.holders = vec![id];
+                m.holders = Holders::from_slice(&[id]);
                 let _ = st.db.put_file(&f.path, m);
             }
             Some(Node::Dir(_)) => {
@@ -326,10 +340,10 @@ pub fn remerge_chunk(
                     FileMeta {
                         size: f.size,
                         mtime: f.mtime,
-                        owner: "dftpd".into(),
-                        group: "dftpd".into(),
+                        owner: 0,
+                        group: 0,
                         crc32: None,
-                        holders: vec![id],
+                        holders: Holders::from_slice(&[id]),
                     },
                 );
             }
@@ -338,19 +352,40 @@ pub fn remerge_chunk(
     }
 }
 
-/// Drops `id` from files it no longer reported. Returns how many.
-pub fn remerge_finish(st: &mut MasterState, id: SlaveId, seen: &BTreeSet<VPath>) -> u64 {
-    let lost: Vec<VPath> = st
-        .db
-        .files_under(&VPath::root())
-        .into_iter()
-        .filter(|(p, m)| m.holders.contains(&id) && !seen.contains(p))
-        .map(|(p, _)| p)
-        .collect();
-    for p in &lost {
+/// Files visited per slice of the end-of-remerge sweep: the lock is
+/// released between slices, so sessions keep getting replies.
+pub const SWEEP_SLICE: usize = 20_000;
+
+/// One slice of the end-of-remerge sweep: drops `id` from files it no
+/// longer reported, visiting at most `SWEEP_SLICE` files after `cursor`.
+/// Returns how many were dropped and where to continue (`None`: done).
+pub fn remerge_sweep(
+    st: &mut MasterState,
+    id: SlaveId,
+    seen: &BTreeSet<VPath>,
+    cursor: Option<&VPath>,
+) -> (u64, Option<VPath>) {
+    let (held, next) = st.db.scan_held(id, cursor, SWEEP_SLICE);
+    let mut dropped = 0;
+    for p in held.iter().filter(|p| !seen.contains(*p)) {
         let _ = st.db.remove_holder(p, id);
+        dropped += 1;
     }
-    lost.len() as u64
+    (dropped, next)
+}
+
+/// The whole sweep in one go (tests, tools).
+pub fn remerge_finish(st: &mut MasterState, id: SlaveId, seen: &BTreeSet<VPath>) -> u64 {
+    let mut cursor = None;
+    let mut total = 0;
+    loop {
+        let (n, next) = remerge_sweep(st, id, seen, cursor.as_ref());
+        total += n;
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return total,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -390,15 +425,15 @@ mod tests {
         let mut seen = BTreeSet::new();
         remerge_chunk(&mut st, b, vec![rf("/x/1", 10), rf("/x/2", 99)], &mut seen);
         remerge_finish(&mut st, b, &seen);
-        assert_eq!(st.db.file(&p("/x/1")).unwrap().holders, vec![a, b]);
-        assert_eq!(st.db.file(&p("/x/2")).unwrap().holders, vec![a]);
+        assert_eq!(st.db.file(&p("/x/1")).unwrap().holders.as_slice(), &[a, b]);
+        assert_eq!(st.db.file(&p("/x/2")).unwrap().holders.as_slice(), &[a]);
         assert_eq!(st.db.file(&p("/x/2")).unwrap().size, 20);
         // a comes back having lost /x/2 (its only copy) and /x/1.
         let mut seen = BTreeSet::new();
         remerge_chunk(&mut st, a, vec![], &mut seen);
         assert_eq!(remerge_finish(&mut st, a, &seen), 2);
         assert!(st.db.get(&p("/x/2")).is_none());
-        assert_eq!(st.db.file(&p("/x/1")).unwrap().holders, vec![b]);
+        assert_eq!(st.db.file(&p("/x/1")).unwrap().holders.as_slice(), &[b]);
         // Only copy with another size: the slave's size is taken.
         let mut seen = BTreeSet::new();
         remerge_chunk(&mut st, b, vec![rf("/x/1", 11)], &mut seen);
