@@ -281,7 +281,10 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/dftpd"))
     ap.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", default="retr,stor,small,idle,db",
+                    help="comma-separated figures: retr, stor, small, idle, db")
     a = ap.parse_args()
+    only = set(a.only.split(","))
     quick = a.quick
     runs = 1 if quick else a.runs
     big = (4 << 20) if quick else (1 << 30)
@@ -318,31 +321,37 @@ def main():
         v = Vsftpd(vroot)
         d = Dftpd(a.bin, ddir)
         try:
-            # Warm the page cache and both servers.
-            curl_time(dftpd_curl(d.port, "big.bin", ["-o", "/dev/null"]))
-            curl_time(vsftpd_curl(v.port, "big.bin", ["-o", "/dev/null"]))
-            dr, vr = [], []
-            for _ in range(runs):
-                dr.append(big / curl_time(dftpd_curl(d.port, "big.bin", ["-o", "/dev/null"])))
-                vr.append(big / curl_time(vsftpd_curl(v.port, "big.bin", ["-o", "/dev/null"])))
-            rows.append(("large RETR (GB/s)", statistics.median(dr) / 1e9, statistics.median(vr) / 1e9, ">= 1.0x"))
-            ds, vs = [], []
-            for i in range(runs):
-                ds.append(big / curl_time(dftpd_curl(d.port, f"up{i}.bin", ["-T", payload])))
-                vs.append(big / curl_time(vsftpd_curl(v.port, f"up/up{i}.bin", ["-T", payload])))
-            rows.append(("large STOR (GB/s)", statistics.median(ds) / 1e9, statistics.median(vs) / 1e9, ">= 0.9x"))
-            df, vf = [], []
-            for _ in range(runs):
-                df.append(small_files(d.port, names, small_size, clients, True, False))
-                vf.append(small_files(v.port, names, small_size, clients, False, True))
-            rows.append((f"small files ({small_n}x4KiB, {clients} clients, files/s)", statistics.median(df),
-                         statistics.median(vf), ">= 1.0x"))
+            if "retr" in only:
+                # Warm the page cache and both servers.
+                curl_time(dftpd_curl(d.port, "big.bin", ["-o", "/dev/null"]))
+                curl_time(vsftpd_curl(v.port, "big.bin", ["-o", "/dev/null"]))
+                dr, vr = [], []
+                for _ in range(runs):
+                    dr.append(big / curl_time(dftpd_curl(d.port, "big.bin", ["-o", "/dev/null"])))
+                    vr.append(big / curl_time(vsftpd_curl(v.port, "big.bin", ["-o", "/dev/null"])))
+                rows.append(("large RETR (GB/s)", statistics.median(dr) / 1e9, statistics.median(vr) / 1e9,
+                             ">= 1.0x"))
+            if "stor" in only:
+                ds, vs = [], []
+                for i in range(runs):
+                    ds.append(big / curl_time(dftpd_curl(d.port, f"up{i}.bin", ["-T", payload])))
+                    vs.append(big / curl_time(vsftpd_curl(v.port, f"up/up{i}.bin", ["-T", payload])))
+                rows.append(("large STOR (GB/s)", statistics.median(ds) / 1e9, statistics.median(vs) / 1e9,
+                             ">= 0.9x"))
+            if "small" in only:
+                df, vf = [], []
+                for _ in range(runs):
+                    df.append(small_files(d.port, names, small_size, clients, True, False))
+                    vf.append(small_files(v.port, names, small_size, clients, False, True))
+                rows.append((f"small files ({small_n}x4KiB, {clients} clients, files/s)", statistics.median(df),
+                             statistics.median(vf), ">= 1.0x"))
         finally:
             d.stop()
             v.stop()
-        rss, base = idle_sessions(a.bin, idle_n, tmp)
-        rows.append((f"idle sessions: master RSS for {idle_n} (MB)", rss, None, "< 100 MB for 10,000"))
-        for n in db_sizes:
+        if "idle" in only:
+            rss, base = idle_sessions(a.bin, idle_n, tmp)
+            rows.append((f"idle sessions: master RSS for {idle_n} (MB)", rss, None, "< 100 MB for 10,000"))
+        for n in (db_sizes if "db" in only else []):
             rss_mb, p99, remerge, hold = filedb(n, quick)
             rows.append((f"file database {n:,} files: master RSS (MB)", rss_mb, None, "10M in < 2 GB"))
             rows.append((f"file database {n:,} files: PRET p99 during remerge (us)", p99, None, "< 1000 us"))
@@ -358,7 +367,7 @@ def main():
         lines.append(f"| {name} | {dv:,.2f} | {vtxt} | {ratio} | {goal} |")
     table = "\n".join(lines)
     print(table)
-    if not quick and not a.no_results:
+    if not quick and not a.no_results and only == {"retr", "stor", "small", "idle", "db"}:
         header = (f"## {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit()}, "
                   f"{machine()}\n\n")
         path = os.path.join(ROOT, "bench", "RESULTS.md")

@@ -147,6 +147,9 @@ pub struct SlaveConfig {
     /// Address announced to clients for PASV; default `data_ip`.
     pub pasv_address: Option<IpAddr>,
     pub passive_ports: String,
+    /// Passive listeners kept open ahead and reported to the master, so it
+    /// answers PASV without a round trip to this slave (0: none).
+    pub passive_pool: usize,
     pub data_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub heartbeat_misses: u32,
@@ -165,6 +168,7 @@ impl Default for SlaveConfig {
             data_ip: [127, 0, 0, 1].into(),
             pasv_address: None,
             passive_ports: "50000-50999".into(),
+            passive_pool: 8,
             data_timeout_ms: 30_000,
             heartbeat_interval_ms: 2000,
             heartbeat_misses: 3,

@@ -127,10 +127,20 @@ async fn wait_for_ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     init_logging();
     let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("DFTPD_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        rt.worker_threads(n);
+    }
+    rt.enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Cluster {
             listen,

@@ -157,6 +157,12 @@ pub enum SlaveMsg {
         files: Vec<RemoteFile>,
         last: bool,
     },
+    /// Passive listeners opened ahead (token, address): the master hands
+    /// one out on PASV without a round trip and claims it with
+    /// [`MasterMsg::Claim`].
+    Listeners {
+        ready: Vec<(u64, SocketAddr)>,
+    },
     /// Heartbeat with load figures.
     Status {
         free: u64,
@@ -193,6 +199,13 @@ pub enum MasterMsg {
         xfer: u64,
     },
     Ops(Vec<FileOp>),
+    /// Pre-opened listener `token` now serves transfer `xfer` and accepts
+    /// only `accept_from`. Pipelined: no reply; the transfer order follows.
+    Claim {
+        token: u64,
+        xfer: u64,
+        accept_from: Option<IpAddr>,
+    },
     Heartbeat,
 }
 

@@ -92,6 +92,8 @@ pub struct SlaveInfo {
     pub relayed_bytes: u64,
     /// Changes to apply when it rejoins (it was offline when they happened).
     pub pending_ops: Vec<FileOp>,
+    /// Passive listeners the slave opened ahead: (token, address).
+    pub ready_listeners: std::collections::VecDeque<(u64, std::net::SocketAddr)>,
 }
 
 impl SlaveInfo {
@@ -131,6 +133,7 @@ impl SlaveRegistry {
             bytes_received: 0,
             relayed_bytes: 0,
             pending_ops: Vec::new(),
+            ready_listeners: Default::default(),
         });
         self.by_name.insert(name.to_string(), id);
         id

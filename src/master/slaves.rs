@@ -163,6 +163,7 @@ async fn serve_link(env: Env, state: Shared, mut stream: BoxStream, peer: Socket
             tracing::warn!(slave = %name, "slave reconnected; dropping its previous link");
         }
         info.link = Some(SlaveLink::new(epoch, tx.clone(), pending.clone()));
+        info.ready_listeners.clear();
         info.state = SlaveState::Remerging;
         info.data_ip = Some(data_ip);
         let ops = std::mem::take(&mut info.pending_ops);
@@ -183,6 +184,7 @@ async fn serve_link(env: Env, state: Shared, mut stream: BoxStream, peer: Socket
             if info.link.as_ref().is_some_and(|l| l.epoch == epoch) {
                 info.link = None;
                 info.state = SlaveState::Offline;
+                info.ready_listeners.clear();
             }
         }
     }
@@ -265,6 +267,17 @@ async fn read_loop(
                     }
                     tracing::info!(slave = %name, files = remerged, dropped, "remerge done, slave online");
                     remerged = 0;
+                }
+            }
+            SlaveMsg::Listeners { ready } => {
+                let mut st = lock(state);
+                if let Some(info) = st.slaves.get_mut(id) {
+                    // Bounded: a slave cannot make the master hoard addresses.
+                    for l in ready {
+                        if info.ready_listeners.len() < 256 {
+                            info.ready_listeners.push_back(l);
+                        }
+                    }
                 }
             }
             SlaveMsg::Status { free, transfers } => {

@@ -218,10 +218,46 @@ async fn write_loop(
     }
 }
 
+/// Passive listeners opened ahead of any PASV, so the master can answer
+/// PASV without asking (the "hidden hop" of the fast path).
+struct ListenerPool {
+    ready: BTreeMap<u64, Box<dyn NetListener>>,
+    next_token: u64,
+}
+
+impl ListenerPool {
+    /// Opens listeners until `want` are ready; reports the new ones.
+    async fn fill(&mut self, ctx: &Ctx, want: usize) {
+        let range = ctx.config.passive_range().unwrap_or((0, 0));
+        let mut fresh = Vec::new();
+        while self.ready.len() < want {
+            let Ok(l) = bind_in_range(&ctx.env, ctx.config.data_ip, range).await else {
+                break;
+            };
+            let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+            self.next_token += 1;
+            fresh.push((
+                self.next_token,
+                SocketAddr::new(ctx.config.advertised_ip(), port),
+            ));
+            self.ready.insert(self.next_token, l);
+        }
+        if !fresh.is_empty() {
+            let _ = ctx.out.send(SlaveMsg::Listeners { ready: fresh });
+        }
+    }
+}
+
 async fn read_loop(ctx: Arc<Ctx>, mut r: tokio::io::ReadHalf<BoxStream>) -> Result<(), LinkError> {
     let deadline = ctx.config.heartbeat_deadline();
     // Transfer tasks by id; dropping a sender aborts its task.
     let mut xfers: BTreeMap<u64, mpsc::UnboundedSender<XferCmd>> = BTreeMap::new();
+    let mut pool = ListenerPool {
+        ready: BTreeMap::new(),
+        next_token: 0,
+    };
+    let pool_size = ctx.config.passive_pool;
+    pool.fill(&ctx, pool_size).await;
     loop {
         let msg: MasterMsg = match tokio::time::timeout(deadline, link::read_frame(&mut r)).await {
             Err(_) => {
@@ -244,6 +280,21 @@ async fn read_loop(ctx: Arc<Ctx>, mut r: tokio::io::ReadHalf<BoxStream>) -> Resu
             }
             MasterMsg::Abort { xfer } => {
                 xfers.remove(&xfer);
+            }
+            MasterMsg::Claim {
+                token,
+                xfer,
+                accept_from,
+            } => {
+                if let Some(listener) = pool.ready.remove(&token) {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    xfers.insert(xfer, tx);
+                    let span = tracing::info_span!("transfer", xfer);
+                    tokio::spawn(
+                        passive_task(ctx.clone(), xfer, listener, accept_from, rx).instrument(span),
+                    );
+                }
+                pool.fill(&ctx, pool_size).await;
             }
             MasterMsg::Request { rid, request } => match request {
                 Request::Listen { xfer, accept_from } => {
@@ -440,7 +491,7 @@ async fn execute(
             };
             match result {
                 Ok(bytes) => {
-                    tracing::info!(%path, bytes, ms = started.elapsed().as_millis() as u64, "sent");
+                    tracing::debug!(%path, bytes, ms = started.elapsed().as_millis() as u64, "sent");
                     reply(&ctx, rid, Response::Sent { bytes });
                 }
                 Err(e) => {
@@ -484,7 +535,7 @@ async fn execute(
             match cmds.recv().await {
                 Some(XferCmd::Commit { rid }) => match ctx.storage.commit(&up).await {
                     Ok((size, mtime)) => {
-                        tracing::info!(%path, size, ms = started.elapsed().as_millis() as u64, "stored");
+                        tracing::debug!(%path, size, ms = started.elapsed().as_millis() as u64, "stored");
                         reply(&ctx, rid, Response::Committed { size, mtime });
                     }
                     Err(e) => {

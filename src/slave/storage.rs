@@ -241,17 +241,19 @@ impl Storage for DiskStorage {
         offset: u64,
         out: &mut BoxStream,
     ) -> Result<u64, StorageError> {
-        let real = self.real(path);
-        let file = blocking(move || {
-            let f = std::fs::File::open(&real)?;
+        // Opened on this worker thread, not the blocking pool: open + fstat
+        // of a file whose metadata is cached costs microseconds, a hand-off
+        // to the pool costs two thread wake-ups, and small-file rates are
+        // bounded by exactly those (see ARCHITECTURE.md, performance).
+        let open = || -> io::Result<(std::fs::File, u64)> {
+            let f = std::fs::File::open(self.real(path))?;
             let m = f.metadata()?;
             if !m.is_file() {
                 return Err(io::Error::new(io::ErrorKind::NotFound, "not a file"));
             }
             Ok((f, m.len()))
-        })
-        .await;
-        let (file, len) = file.map_err(disk)?;
+        };
+        let (file, len) = open().map_err(disk)?;
         let sent = if let Some(tcp) = out.as_tcp() {
             sendfile_all(tcp, &file, offset.min(len), len).await?
         } else {
