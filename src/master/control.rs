@@ -192,7 +192,8 @@ impl Driver {
 
     async fn send(&mut self, reply: &Reply) -> std::io::Result<()> {
         tracing::debug!(
-            "-> {}",
+            "-> {} {}",
+            reply.code,
             reply.lines.first().map(String::as_str).unwrap_or("")
         );
         self.writer.write_all(reply.to_wire().as_bytes()).await?;
