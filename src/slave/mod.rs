@@ -7,6 +7,7 @@
 //! loss aborts them all (an upload in flight is discarded, never kept as
 //! complete).
 
+pub mod mem;
 pub mod storage;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,763 @@
+//! A scripted FTP client, run as one turmoil host per scenario client.
+//!
+//! The runner hands it [`ClientOp`]s over a channel; it executes them one at
+//! a time and writes what happened into the shared [`Transcript`]: every
+//! reply line, each data connection's size and CRC-32 (and a listing's text),
+//! and any invariant it saw broken (a command without exactly one final
+//! reply, a 226 on RETR whose bytes match no stored copy).
+//!
+//! It is deliberately a plain, strict client: it follows the 227/229 address
+//! it is given, connects the data connection when the server says 1xx (or
+//! earlier on `data connect`), and never retries.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use dftpd::proto::VPath;
+use dftpd::slave::mem::MemDisk;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use turmoil::net::{TcpListener, TcpStream};
+
+use crate::env::{content, crc32};
+use crate::script::{ClientOp, Cut, Payload};
+
+/// How long a client waits for a reply before calling it missing.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a data connection may stall before the client gives up on it.
+pub const DATA_TIMEOUT: Duration = Duration::from_secs(20);
+/// Listings up to this size are copied into the transcript.
+const SHOW_LISTING: usize = 4096;
+const CHUNK: usize = 16 * 1024;
+
+/// An upload as the client attempted it, for the end-of-run check that no
+/// partial upload became visible.
+#[derive(Debug, Clone)]
+pub struct UploadRecord {
+    pub client: String,
+    pub verb: String,
+    pub arg: String,
+    /// The complete content the client meant to store.
+    pub intended: Rc<Vec<u8>>,
+    pub completed: bool,
+}
+
+/// Everything a run records, in the order it happened.
+#[derive(Debug, Default)]
+pub struct Transcript {
+    pub lines: Vec<String>,
+    pub violations: Vec<String>,
+    pub uploads: Vec<UploadRecord>,
+}
+
+pub type SharedTranscript = Rc<RefCell<Transcript>>;
+
+/// What one client host shares with the runner.
+pub struct ClientWorld {
+    pub name: String,
+    pub master: SocketAddr,
+    pub transcript: SharedTranscript,
+    pub disks: Rc<BTreeMap<String, MemDisk>>,
+    /// Operations given and not yet finished.
+    pub pending: Rc<Cell<usize>>,
+    /// Bytes moved on the current (or last) data connection.
+    pub data_bytes: Rc<Cell<u64>>,
+    /// Bumped by the runner whenever the master crashes or restarts: a
+    /// missing reply across a master crash is expected.
+    pub master_epoch: Rc<Cell<u64>>,
+}
+
+struct Control {
+    /// The master's epoch when this connection was made: if the master
+    /// crashed since, a missing reply is expected.
+    epoch: u64,
+    r: OwnedReadHalf,
+    w: OwnedWriteHalf,
+    buf: Vec<u8>,
+}
+
+struct Client {
+    world: ClientWorld,
+    ctrl: Option<Control>,
+    /// Address of the last 227/229 reply.
+    pasv: Option<SocketAddr>,
+    data: Option<TcpStream>,
+    /// A data connection being opened by `data connect`: turmoil completes
+    /// a connect only when the server calls accept (there is no kernel
+    /// backlog), and the master accepts a listing's connection only after
+    /// the command, so the connect runs beside the command, as the
+    /// kernel's handshake would.
+    connecting: Option<(
+        SocketAddr,
+        tokio::task::JoinHandle<std::io::Result<TcpStream>>,
+    )>,
+    listener: Option<TcpListener>,
+    payload: Option<Payload>,
+    read_cut: Option<Cut>,
+    rest: u64,
+}
+
+enum ReplyError {
+    Timeout,
+    Closed,
+}
+
+pub async fn run(
+    world: ClientWorld,
+    mut ops: mpsc::UnboundedReceiver<ClientOp>,
+) -> turmoil::Result {
+    let mut c = Client {
+        world,
+        ctrl: None,
+        pasv: None,
+        data: None,
+        connecting: None,
+        listener: None,
+        payload: None,
+        read_cut: None,
+        rest: 0,
+    };
+    while let Some(op) = ops.recv().await {
+        c.exec(op).await;
+        let p = c.world.pending.get();
+        c.world.pending.set(p.saturating_sub(1));
+    }
+    Ok(())
+}
+
+fn is_final(code: u16) -> bool {
+    (200..600).contains(&code)
+}
+
+/// The code of a reply's last line, `ddd text`.
+fn reply_code(line: &str) -> Option<u16> {
+    let b = line.as_bytes();
+    if b.len() >= 3 && b[..3].iter().all(u8::is_ascii_digit) && (b.len() == 3 || b[3] == b' ') {
+        line[..3].parse().ok()
+    } else {
+        None
+    }
+}
+
+/// `h1,h2,h3,h4,p1,p2` inside the parentheses of a 227 reply.
+pub fn parse_227(text: &str) -> Option<SocketAddr> {
+    let inner = text.split_once('(')?.1.split_once(')')?.0;
+    let n: Vec<u8> = inner
+        .split(',')
+        .map(|x| x.trim().parse().ok())
+        .collect::<Option<Vec<u8>>>()?;
+    if n.len() != 6 {
+        return None;
+    }
+    let ip = IpAddr::from([n[0], n[1], n[2], n[3]]);
+    Some(SocketAddr::new(ip, u16::from(n[4]) << 8 | u16::from(n[5])))
+}
+
+/// `(|||port|)` of a 229 reply.
+pub fn parse_229(text: &str) -> Option<u16> {
+    let inner = text.split_once("(|||")?.1.split_once("|)")?.0;
+    inner.parse().ok()
+}
+
+impl Client {
+    fn log(&self, line: String) {
+        self.world.transcript.borrow_mut().lines.push(line);
+    }
+
+    fn violation(&self, what: String) {
+        let name = &self.world.name;
+        self.log(format!("{name}! INVARIANT: {what}"));
+        self.world
+            .transcript
+            .borrow_mut()
+            .violations
+            .push(format!("{name}: {what}"));
+    }
+
+    async fn exec(&mut self, op: ClientOp) {
+        let name = self.world.name.clone();
+        match op {
+            ClientOp::Connect => {
+                self.log(format!("{name}: connect"));
+                match TcpStream::connect(self.world.master).await {
+                    Ok(s) => {
+                        let (r, w) = s.into_split();
+                        self.ctrl = Some(Control {
+                            epoch: self.world.master_epoch.get(),
+                            r,
+                            w,
+                            buf: Vec::new(),
+                        });
+                        let epoch = self.conn_epoch();
+                        self.next_reply("connect", epoch).await;
+                    }
+                    Err(e) => self.log(format!("{name}! connect failed: {}", e.kind())),
+                }
+            }
+            ClientOp::Close => {
+                self.log(format!("{name}: close"));
+                self.ctrl = None;
+                self.data = None;
+            }
+            ClientOp::Raw(bytes) => {
+                let shown = if bytes.len() > 64 {
+                    format!("{} bytes", bytes.len())
+                } else {
+                    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                };
+                self.log(format!("{name}: raw {shown}"));
+                if self.send_bytes(&bytes).await {
+                    let epoch = self.conn_epoch();
+                    self.next_reply("raw line", epoch).await;
+                }
+            }
+            ClientOp::Command(line) => self.command(line).await,
+            ClientOp::DataConnect => {
+                let Some(addr) = self.pasv else {
+                    self.log(format!("{name}! data connect: no 227/229 address yet"));
+                    return;
+                };
+                self.log(format!("{name}: data connect to {addr}"));
+                let connect = tokio::task::spawn_local(TcpStream::connect(addr));
+                self.connecting = Some((addr, connect));
+            }
+            ClientOp::DataListen => match TcpListener::bind("0.0.0.0:0").await {
+                Ok(l) => {
+                    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+                    self.log(format!("{name}: data listen on port {port}"));
+                    self.listener = Some(l);
+                }
+                Err(e) => self.log(format!("{name}! data listen: {e}")),
+            },
+            ClientOp::DataSend(p) => {
+                self.log(format!(
+                    "{name}: data send {} bytes seed={}{}",
+                    p.size,
+                    p.seed,
+                    p.cut.map(|c| format!(" {c}")).unwrap_or_default()
+                ));
+                self.payload = Some(p);
+            }
+            ClientOp::DataRead(cut) => {
+                self.log(format!("{name}: data read {cut}"));
+                self.read_cut = Some(cut);
+            }
+        }
+    }
+
+    /// The master epoch of the current control connection.
+    fn conn_epoch(&self) -> u64 {
+        self.ctrl
+            .as_ref()
+            .map_or(self.world.master_epoch.get(), |c| c.epoch)
+    }
+
+    /// `$PORT` and `$EPRT` name this client's active listener.
+    fn expand(&self, line: &str) -> String {
+        if !line.contains('$') {
+            return line.to_string();
+        }
+        let ip = turmoil::lookup(self.world.name.as_str());
+        let port = self
+            .listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        let IpAddr::V4(v4) = ip else {
+            return line.to_string();
+        };
+        let o = v4.octets();
+        let port_arg = format!(
+            "{},{},{},{},{},{}",
+            o[0],
+            o[1],
+            o[2],
+            o[3],
+            port >> 8,
+            port & 0xff
+        );
+        line.replace("$PORT", &port_arg)
+            .replace("$EPRT", &format!("|1|{v4}|{port}|"))
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) -> bool {
+        let name = self.world.name.clone();
+        let Some(ctrl) = self.ctrl.as_mut() else {
+            self.log(format!("{name}! not connected"));
+            return false;
+        };
+        let r = async {
+            ctrl.w.write_all(bytes).await?;
+            ctrl.w.flush().await
+        }
+        .await;
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                self.log(format!("{name}! control write failed: {}", e.kind()));
+                self.ctrl = None;
+                false
+            }
+        }
+    }
+
+    /// Reads one reply (all its lines).
+    async fn read_reply(&mut self, wait: Duration) -> Result<(u16, Vec<String>), ReplyError> {
+        let Some(ctrl) = self.ctrl.as_mut() else {
+            return Err(ReplyError::Closed);
+        };
+        let mut lines = Vec::new();
+        let read = async {
+            loop {
+                while let Some(pos) = ctrl.buf.iter().position(|&b| b == b'\n') {
+                    let raw: Vec<u8> = ctrl.buf.drain(..=pos).collect();
+                    let text = String::from_utf8_lossy(&raw)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string();
+                    let code = reply_code(&text);
+                    lines.push(text);
+                    if let Some(code) = code {
+                        return Ok(code);
+                    }
+                }
+                let mut tmp = [0u8; 4096];
+                match ctrl.r.read(&mut tmp).await {
+                    Ok(0) | Err(_) => return Err(ReplyError::Closed),
+                    Ok(n) => ctrl.buf.extend_from_slice(&tmp[..n]),
+                }
+            }
+        };
+        let code = match tokio::time::timeout(wait, read).await {
+            Ok(r) => r,
+            Err(_) => Err(ReplyError::Timeout),
+        };
+        match code {
+            Ok(code) => Ok((code, lines)),
+            Err(e) => {
+                if matches!(e, ReplyError::Closed) {
+                    self.ctrl = None;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn log_reply(&self, lines: &[String]) {
+        for l in lines {
+            self.log(format!("{}< {l}", self.world.name));
+        }
+    }
+
+    /// Reads the next reply (preliminary or final) and logs it. `None` when
+    /// none came.
+    async fn next_reply(&mut self, what: &str, epoch: u64) -> Option<(u16, Vec<String>)> {
+        match self.read_reply(REPLY_TIMEOUT).await {
+            Ok((code, lines)) => {
+                self.log_reply(&lines);
+                if !(100..600).contains(&code) {
+                    self.violation(format!("reply code {code} to {what} is not an FTP code"));
+                    return None;
+                }
+                Some((code, lines))
+            }
+            Err(e) => {
+                self.no_reply(what, e, epoch);
+                None
+            }
+        }
+    }
+
+    /// Reads replies until a final (2xx-5xx) one.
+    async fn final_reply(&mut self, what: &str, epoch: u64) -> Option<(u16, Vec<String>)> {
+        loop {
+            let (code, lines) = self.next_reply(what, epoch).await?;
+            if is_final(code) {
+                return Some((code, lines));
+            }
+        }
+    }
+
+    fn no_reply(&self, what: &str, e: ReplyError, epoch: u64) {
+        let name = &self.world.name;
+        let why = match e {
+            ReplyError::Timeout => format!("no reply within {}s", REPLY_TIMEOUT.as_secs()),
+            ReplyError::Closed => "control connection closed".to_string(),
+        };
+        let master_restarted = self.world.master_epoch.get() != epoch;
+        let quitting = what.eq_ignore_ascii_case("QUIT");
+        if master_restarted {
+            self.log(format!("{name}! {why} (the master went down)"));
+        } else if quitting {
+            self.log(format!("{name}! {why}"));
+        } else {
+            self.violation(format!("{what}: {why}, expected exactly one final reply"));
+        }
+    }
+
+    /// Any reply waiting before we send: the server spoke out of turn.
+    async fn unsolicited(&mut self) {
+        if self.ctrl.as_ref().is_some_and(|c| c.buf.is_empty()) {
+            // Non-blocking check: timeout(0) polls the read once.
+            if let Ok((code, lines)) = self.read_reply(Duration::ZERO).await {
+                self.log_reply(&lines);
+                // 421 (idle timeout, shutdown) may come at any time.
+                if code != 421 {
+                    self.violation(format!("unsolicited reply {code}"));
+                }
+            }
+        }
+    }
+
+    async fn command(&mut self, line: String) {
+        let name = self.world.name.clone();
+        let line = self.expand(&line);
+        self.log(format!("{name}> {line}"));
+        if self.ctrl.is_none() {
+            self.log(format!("{name}! not connected"));
+            return;
+        }
+        self.unsolicited().await;
+        let epoch = self.conn_epoch();
+        let mut wire = line.clone().into_bytes();
+        wire.extend_from_slice(b"\r\n");
+        if !self.send_bytes(&wire).await {
+            return;
+        }
+        let (verb, arg) = match line.split_once(' ') {
+            Some((v, a)) => (v.to_ascii_uppercase(), a.to_string()),
+            None => (line.to_ascii_uppercase(), String::new()),
+        };
+        let Some((code, lines)) = self.next_reply(&verb, epoch).await else {
+            self.reset_data();
+            return;
+        };
+        let text = lines.last().cloned().unwrap_or_default();
+        match (verb.as_str(), code) {
+            ("PASV", 227) => self.pasv = parse_227(&text),
+            ("EPSV", 229) => {
+                self.pasv = parse_229(&text).map(|p| SocketAddr::new(self.world.master.ip(), p))
+            }
+            ("REST", 350) => self.rest = arg.trim().parse().unwrap_or(0),
+            _ => {}
+        }
+        if (100..200).contains(&code) {
+            self.data_phase(&verb, &arg, epoch).await;
+            return;
+        }
+        if verb == "ABOR" && code == 426 {
+            // The aborted transfer's 426, then ABOR's own reply.
+            let _ = self.final_reply("ABOR", epoch).await;
+        }
+        if is_data_verb(&verb) {
+            self.reset_data();
+        }
+    }
+
+    fn reset_data(&mut self) {
+        self.pasv = None;
+        self.data = None;
+        if let Some((_, c)) = self.connecting.take() {
+            c.abort();
+        }
+        self.listener = None;
+        self.payload = None;
+        self.read_cut = None;
+        self.rest = 0;
+    }
+
+    async fn open_data(&mut self) -> Option<TcpStream> {
+        let name = self.world.name.clone();
+        if let Some(s) = self.data.take() {
+            return Some(s);
+        }
+        if let Some((addr, connect)) = self.connecting.take() {
+            return match tokio::time::timeout(DATA_TIMEOUT, connect).await {
+                Ok(Ok(Ok(s))) => Some(s),
+                Ok(Ok(Err(e))) => {
+                    self.log(format!("{name}! data connect to {addr}: {}", e.kind()));
+                    None
+                }
+                Ok(Err(_)) => None,
+                Err(_) => {
+                    self.log(format!("{name}! data connect to {addr} timed out"));
+                    None
+                }
+            };
+        }
+        if let Some(l) = self.listener.take() {
+            return match tokio::time::timeout(DATA_TIMEOUT, l.accept()).await {
+                Ok(Ok((s, peer))) => {
+                    self.log(format!("{name}: data accepted from {peer}"));
+                    Some(s)
+                }
+                Ok(Err(e)) => {
+                    self.log(format!("{name}! data accept: {}", e.kind()));
+                    None
+                }
+                Err(_) => {
+                    self.log(format!("{name}! no active data connection came"));
+                    None
+                }
+            };
+        }
+        if let Some(addr) = self.pasv {
+            return match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    self.log(format!("{name}: data connected to {addr}"));
+                    Some(s)
+                }
+                Err(e) => {
+                    self.log(format!("{name}! data connect to {addr}: {}", e.kind()));
+                    None
+                }
+            };
+        }
+        self.log(format!("{name}! no data connection set up"));
+        None
+    }
+
+    /// Writes one chunk of an upload. A reply on the control connection
+    /// meanwhile (the server gave up on the transfer, e.g. 426 when the
+    /// slave died) ends the upload, as it would for a real client, instead
+    /// of waiting on a peer that will never read again.
+    async fn write_watching_control(
+        &mut self,
+        s: &mut TcpStream,
+        chunk: &[u8],
+    ) -> Result<(), String> {
+        let write = tokio::time::timeout(DATA_TIMEOUT, s.write_all(chunk));
+        let Some(ctrl) = self.ctrl.as_mut() else {
+            return match write.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.kind().to_string()),
+                Err(_) => Err("stalled".into()),
+            };
+        };
+        let mut tmp = [0u8; 1024];
+        tokio::select! {
+            biased;
+            w = write => match w {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.kind().to_string()),
+                Err(_) => Err("stalled".into()),
+            },
+            r = ctrl.r.read(&mut tmp) => match r {
+                Ok(n) if n > 0 => {
+                    ctrl.buf.extend_from_slice(&tmp[..n]);
+                    Err("the server replied during the upload".into())
+                }
+                _ => Err("control connection closed".into()),
+            },
+        }
+    }
+
+    async fn data_phase(&mut self, verb: &str, arg: &str, epoch: u64) {
+        let name = self.world.name.clone();
+        let stream = self.open_data().await;
+        let upload = matches!(verb, "STOR" | "APPE" | "STOU");
+        let mut received = Vec::new();
+        let mut intended = None;
+        // Only a download read to its end can be compared with the file.
+        let mut complete_read = false;
+        let mut cut = None;
+        let mut cut_reached = false;
+        self.world.data_bytes.set(0);
+        if let Some(mut s) = stream {
+            if upload {
+                let p = self.payload.unwrap_or(Payload {
+                    size: 0,
+                    seed: 1,
+                    cut: None,
+                });
+                let data = content(p.seed, p.size);
+                cut = p.cut;
+                let limit = p.cut.map_or(p.size, Cut::at).min(p.size) as usize;
+                let mut sent = 0usize;
+                let mut failed = None;
+                for chunk in data[..limit].chunks(CHUNK) {
+                    match self.write_watching_control(&mut s, chunk).await {
+                        Ok(()) => {
+                            sent += chunk.len();
+                            self.world.data_bytes.set(sent as u64);
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                let _ = s.shutdown().await;
+                drop(s);
+                let how = match failed {
+                    Some(e) => format!(" (failed: {e})"),
+                    None if limit < data.len() => {
+                        cut_reached = true;
+                        " (closed early)".to_string()
+                    }
+                    None => String::new(),
+                };
+                self.log(format!(
+                    "{name}  data: sent {sent} bytes crc32={:08x}{how}",
+                    crc32(&data[..sent])
+                ));
+                intended = Some(Rc::new(data));
+            } else {
+                cut = self.read_cut;
+                let limit = self.read_cut.map_or(u64::MAX, Cut::at);
+                let mut failed = None;
+                let mut tmp = vec![0u8; CHUNK];
+                while (received.len() as u64) < limit {
+                    match tokio::time::timeout(DATA_TIMEOUT, s.read(&mut tmp)).await {
+                        Ok(Ok(0)) => break,
+                        Ok(Ok(n)) => {
+                            let take = (n as u64).min(limit - received.len() as u64) as usize;
+                            received.extend_from_slice(&tmp[..take]);
+                            self.world.data_bytes.set(received.len() as u64);
+                        }
+                        Ok(Err(e)) => {
+                            failed = Some(e.kind().to_string());
+                            break;
+                        }
+                        Err(_) => {
+                            failed = Some("stalled".into());
+                            break;
+                        }
+                    }
+                }
+                drop(s);
+                let how = match failed {
+                    Some(e) => format!(" (failed: {e})"),
+                    None if (received.len() as u64) >= limit => {
+                        cut_reached = true;
+                        " (closed early)".to_string()
+                    }
+                    None => {
+                        complete_read = true;
+                        String::new()
+                    }
+                };
+                self.log(format!(
+                    "{name}  data: received {} bytes crc32={:08x}{how}",
+                    received.len(),
+                    crc32(&received)
+                ));
+                if matches!(verb, "LIST" | "NLST" | "MLSD") && received.len() <= SHOW_LISTING {
+                    for l in String::from_utf8_lossy(&received).lines() {
+                        self.log(format!("{name}  | {l}"));
+                    }
+                }
+            }
+        }
+        let rest = self.rest;
+        self.reset_data();
+        let aborting = cut_reached && matches!(cut, Some(Cut::Abort(_)));
+        if aborting {
+            // RFC 959 §4.1.3: the transfer's reply (426 if it was cut
+            // short, 226 if it had already completed), then ABOR's own.
+            self.log(format!("{name}> ABOR"));
+            if self.send_bytes(b"ABOR\r\n").await {
+                let result = self.final_reply(verb, epoch).await;
+                if let Some(intended) = intended {
+                    let done = result.as_ref().is_some_and(|(code, _)| *code == 226);
+                    self.record_upload(verb, arg, intended, done);
+                }
+                if result.is_some() {
+                    let _ = self.final_reply("ABOR", epoch).await;
+                }
+            }
+            return;
+        }
+        let Some((code, _)) = self.final_reply(verb, epoch).await else {
+            if let Some(intended) = intended {
+                self.record_upload(verb, arg, intended, false);
+            }
+            return;
+        };
+        if let Some(intended) = intended {
+            self.record_upload(verb, arg, intended, code == 226);
+        }
+        if verb == "RETR" && code == 226 && complete_read {
+            self.verify_retr(arg, rest, &received);
+        }
+    }
+
+    fn record_upload(&self, verb: &str, arg: &str, intended: Rc<Vec<u8>>, completed: bool) {
+        self.world
+            .transcript
+            .borrow_mut()
+            .uploads
+            .push(UploadRecord {
+                client: self.world.name.clone(),
+                verb: verb.to_string(),
+                arg: arg.to_string(),
+                intended,
+                completed,
+            });
+    }
+
+    /// A 226 on RETR must have delivered exactly the stored bytes from the
+    /// REST offset: some slave's copy of that path (any path, when the
+    /// argument is relative) must match.
+    fn verify_retr(&self, arg: &str, offset: u64, got: &[u8]) {
+        let want = VPath::parse_absolute(arg.trim()).ok();
+        let crc = crc32(got);
+        let matches = self.world.disks.values().any(|disk| {
+            let d = disk.lock();
+            d.files
+                .iter()
+                .filter(|(p, _)| want.as_ref().is_none_or(|w| *p == w))
+                .any(|(_, f)| {
+                    let start = (offset as usize).min(f.data.len());
+                    let tail = &f.data[start..];
+                    tail.len() == got.len() && crc32(tail) == crc
+                })
+        });
+        if !matches {
+            self.violation(format!(
+                "226 on RETR {arg} delivered {} bytes (crc32 {crc:08x}) that match no stored copy",
+                got.len()
+            ));
+        }
+    }
+}
+
+fn is_data_verb(verb: &str) -> bool {
+    matches!(
+        verb,
+        "RETR" | "STOR" | "APPE" | "STOU" | "LIST" | "NLST" | "MLSD"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passive_replies_parse() {
+        assert_eq!(
+            parse_227("227 Entering Passive Mode (192,168,0,2,195,80) on slave s1"),
+            Some("192.168.0.2:50000".parse().unwrap())
+        );
+        assert_eq!(parse_227("227 nothing"), None);
+        assert_eq!(parse_227("227 (1,2,3)"), None);
+        assert_eq!(
+            parse_229("229 Entering Extended Passive Mode (|||50001|)"),
+            Some(50001)
+        );
+        assert_eq!(parse_229("229 (|||x|)"), None);
+    }
+
+    #[test]
+    fn reply_codes() {
+        assert_eq!(reply_code("226 ok"), Some(226));
+        assert_eq!(reply_code("226"), Some(226));
+        assert_eq!(reply_code("211-Features:"), None);
+        assert_eq!(reply_code(" PRET"), None);
+        assert!(is_final(226) && !is_final(150));
+    }
+}

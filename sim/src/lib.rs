@@ -1,0 +1,18 @@
+//! `dftpd-sim`: a deterministic simulation of a whole dftpd cluster on
+//! turmoil. [`env`] implements dftpd's environment seam on turmoil,
+//! [`script`] parses the scenario language (`scenarios/README.md`),
+//! [`client`] is the scripted FTP client, [`runner`] builds and drives one
+//! simulation per (scenario, seed) and checks the invariants. One scenario
+//! and one seed always give the same transcript, byte for byte.
+
+pub mod client;
+pub mod env;
+pub mod runner;
+pub mod script;
+
+/// Re-exported so `tests/scenarios.rs` can snapshot transcripts without the
+/// root package depending on insta itself.
+pub use insta;
+
+pub use runner::{run, Outcome};
+pub use script::{parse_file, ParseError, Scenario};

@@ -1,0 +1,999 @@
+//! The scenario runner: builds one turmoil simulation per (scenario, seed)
+//! — the real master, one host per slave over a [`MemDisk`] kept outside
+//! the host, one scripted client host per scenario client — then drives the
+//! script step by step from outside the simulation and checks the
+//! invariants.
+//!
+//! Cluster events (slave online/remerging/offline) are read from the
+//! master's own registry: the runner holds the `MasterState` handle the
+//! master host publishes when it starts, and looks at it after every
+//! simulation step (never while the master holds the lock: the lock is
+//! never held across an `.await`, and the runner only runs between steps).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dftpd::config::{MasterConfig, SlaveConfig, UserConfig};
+use dftpd::master::registry::{lock, SlaveState};
+use dftpd::master::{Master, Shared};
+use dftpd::proto::VPath;
+use dftpd::slave::mem::{MemDisk, MemStorage};
+use tokio::sync::{mpsc, watch};
+
+use crate::client::{self, ClientWorld, SharedTranscript, Transcript};
+use crate::env::{content, epoch, sim_env, splitmix, SimClock, EPOCH_SECS};
+use crate::script::{ClientOp, Scenario, SlaveStateWanted, StepKind};
+
+/// The FTP control port and the link port inside the simulation.
+pub const CONTROL_PORT: u16 = 21;
+pub const LINK_PORT: u16 = 2100;
+const LINK_KEY: &str = "sim-link-key";
+/// How long the cluster may take to come up, and to settle at the end.
+const SETTLE: Duration = Duration::from_secs(90);
+/// The longest a foreground client step may take.
+const STEP_LIMIT: Duration = Duration::from_secs(600);
+/// Lower bound of every message's latency.
+const MIN_LATENCY: Duration = Duration::from_millis(1);
+/// Simulated time a run may use in total.
+const SIM_LIMIT: Duration = Duration::from_secs(4 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("config {key}={value}: {msg}")]
+    Config {
+        key: String,
+        value: String,
+        msg: String,
+    },
+}
+
+/// The result of one run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub transcript: String,
+    /// Invariants violated, in the order seen.
+    pub violations: Vec<String>,
+    /// Simulated time the run took.
+    pub sim_time: Duration,
+}
+
+impl Outcome {
+    /// Violations that the scenario did not declare with `expect-violation`,
+    /// plus declared ones that did not happen.
+    pub fn failures(&self, sc: &Scenario) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .violations
+            .iter()
+            .filter(|v| {
+                !sc.expected_violations
+                    .iter()
+                    .any(|e| v.contains(e.as_str()))
+            })
+            .cloned()
+            .collect();
+        for e in &sc.expected_violations {
+            if !self.violations.iter().any(|v| v.contains(e.as_str())) {
+                out.push(format!(
+                    "expected violation '{e}' did not happen (fixed? remove the expect-violation line)"
+                ));
+            }
+        }
+        out
+    }
+}
+
+thread_local! {
+    /// Panics seen while a simulation runs on this thread (a panicking
+    /// tokio task inside a host is otherwise swallowed by its runtime).
+    static PANICS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let recorded = PANICS.with(|p| {
+                if let Some(v) = p.borrow_mut().as_mut() {
+                    v.push(info.to_string());
+                    true
+                } else {
+                    false
+                }
+            });
+            if !recorded {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Builds the master configuration: defaults, the simulation's addresses,
+/// the scenario's users, then its `config key=value` overrides (parsed as
+/// TOML values so the master's own validation applies).
+fn master_config(sc: &Scenario) -> Result<MasterConfig, SetupError> {
+    let base = MasterConfig {
+        listen: ([0, 0, 0, 0], CONTROL_PORT).into(),
+        link_listen: ([0, 0, 0, 0], LINK_PORT).into(),
+        link_key: LINK_KEY.into(),
+        users: sc
+            .topology
+            .users
+            .iter()
+            .map(|u| UserConfig {
+                name: u.name.clone(),
+                password: u.password.clone(),
+                home: u.home.clone(),
+                admin: u.admin,
+            })
+            .collect(),
+        ..MasterConfig::default()
+    };
+    let cfg: MasterConfig = overlay(&base, &sc.topology.master_config)?;
+    cfg.validate().map_err(|e| SetupError::Config {
+        key: "config".into(),
+        value: String::new(),
+        msg: e.to_string(),
+    })?;
+    Ok(cfg)
+}
+
+fn slave_config(
+    sc: &Scenario,
+    master: &MasterConfig,
+    name: &str,
+) -> Result<SlaveConfig, SetupError> {
+    let base = SlaveConfig {
+        name: name.to_string(),
+        master: ([0, 0, 0, 0], LINK_PORT).into(),
+        link_key: LINK_KEY.into(),
+        // The runner fills in the host's own address when it starts.
+        data_ip: [0, 0, 0, 0].into(),
+        heartbeat_interval_ms: master.heartbeat_interval_ms,
+        heartbeat_misses: master.heartbeat_misses,
+        ..SlaveConfig::default()
+    };
+    overlay(&base, &sc.topology.slave_config)
+}
+
+fn overlay<T>(base: &T, overrides: &[(String, String)]) -> Result<T, SetupError>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let err = |k: &str, v: &str, msg: String| SetupError::Config {
+        key: k.to_string(),
+        value: v.to_string(),
+        msg,
+    };
+    let mut table = toml::Table::try_from(base).map_err(|e| err("", "", e.to_string()))?;
+    for (k, v) in overrides {
+        // A TOML value if it is one (numbers, booleans), else a string.
+        let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(v.clone()));
+        table.insert(k.clone(), value);
+    }
+    let text = toml::to_string(&table).map_err(|e| err("", "", e.to_string()))?;
+    toml::from_str(&text).map_err(|e| {
+        let (k, v) = overrides.last().cloned().unwrap_or_default();
+        err(&k, &v, e.message().to_string())
+    })
+}
+
+struct ClientHandle {
+    tx: mpsc::UnboundedSender<ClientOp>,
+    pending: Rc<Cell<usize>>,
+    data_bytes: Rc<Cell<u64>>,
+}
+
+struct Driver<'a> {
+    sim: turmoil::Sim<'a>,
+    sc: &'a Scenario,
+    transcript: SharedTranscript,
+    master_slot: Arc<Mutex<Option<Shared>>>,
+    master_epoch: Rc<Cell<u64>>,
+    clients: BTreeMap<String, ClientHandle>,
+    probe: ClientHandle,
+    probe_transcript: SharedTranscript,
+    disks: Rc<BTreeMap<String, MemDisk>>,
+    crashed: BTreeSet<String>,
+    /// Host pairs (sorted) that are partitioned or held.
+    cut: BTreeSet<(String, String)>,
+    states: BTreeMap<String, &'static str>,
+    /// Running transfers per slave, as last seen.
+    active: BTreeMap<String, u32>,
+    /// Set when the simulation itself failed; the run stops.
+    broken: Option<String>,
+    /// This run's upper latency bound (the lower one is [`MIN_LATENCY`]).
+    max_latency: Duration,
+}
+
+fn pair(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_string(), b.to_string())
+    } else {
+        (b.to_string(), a.to_string())
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}.{:03}s", d.as_secs(), d.subsec_millis())
+}
+
+/// Runs `sc` under `seed`. Never panics on account of the scenario: a
+/// panic anywhere in the simulation becomes a violation.
+pub fn run(sc: &Scenario, seed: u64) -> Outcome {
+    install_panic_hook();
+    PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_inner(sc, seed)));
+    let panics = PANICS.with(|p| p.borrow_mut().take()).unwrap_or_default();
+    let mut outcome = match result {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => Outcome {
+            transcript: format!("# setup failed: {e}\n"),
+            violations: vec![format!("setup: {e}")],
+            sim_time: Duration::ZERO,
+        },
+        Err(_) => Outcome {
+            transcript: String::from("# the simulation panicked\n"),
+            violations: Vec::new(),
+            sim_time: Duration::ZERO,
+        },
+    };
+    for p in panics {
+        let line = format!("panic: {p}");
+        outcome
+            .transcript
+            .push_str(&format!("!! INVARIANT: {line}\n"));
+        outcome.violations.push(line);
+    }
+    outcome
+}
+
+fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
+    let mcfg = master_config(sc)?;
+    let mut slave_cfgs = Vec::new();
+    for s in &sc.topology.slaves {
+        slave_cfgs.push(slave_config(sc, &mcfg, &s.name)?);
+    }
+    // Latency bounds vary with the seed; turmoil draws each message's
+    // latency between them from the same seed.
+    let max_latency = Duration::from_millis(2 + splitmix(seed) % 20);
+    let sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(epoch())
+        .simulation_duration(SIM_LIMIT)
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(MIN_LATENCY)
+        .max_message_latency(max_latency)
+        .enable_random_order()
+        .build();
+    let transcript: SharedTranscript = Rc::new(RefCell::new(Transcript::default()));
+    let mut disks = BTreeMap::new();
+    for s in &sc.topology.slaves {
+        disks.insert(s.name.clone(), MemDisk::new(s.free));
+    }
+    for f in &sc.topology.files {
+        let data = content(f.seed, f.size);
+        for s in &f.slaves {
+            if let Some(d) = disks.get(s) {
+                d.put(f.path.clone(), data.clone(), EPOCH_SECS as i64);
+            }
+        }
+    }
+    let mut d = Driver {
+        sim,
+        sc,
+        transcript: transcript.clone(),
+        master_slot: Arc::new(Mutex::new(None)),
+        master_epoch: Rc::new(Cell::new(0)),
+        clients: BTreeMap::new(),
+        probe: ClientHandle {
+            tx: mpsc::unbounded_channel().0,
+            pending: Rc::new(Cell::new(0)),
+            data_bytes: Rc::new(Cell::new(0)),
+        },
+        probe_transcript: Rc::new(RefCell::new(Transcript::default())),
+        disks: Rc::new(disks),
+        crashed: BTreeSet::new(),
+        cut: BTreeSet::new(),
+        states: BTreeMap::new(),
+        active: BTreeMap::new(),
+        broken: None,
+        max_latency,
+    };
+    d.add_hosts(seed, mcfg, slave_cfgs);
+    d.log(format!(
+        "# scenario {} seed {seed}: {} slaves, {} clients",
+        sc.name,
+        sc.topology.slaves.len(),
+        sc.topology.clients.len()
+    ));
+    d.start();
+    for step in &sc.steps {
+        if d.broken.is_some() {
+            break;
+        }
+        d.exec(step.line, &step.kind);
+    }
+    if d.broken.is_none() {
+        d.finish();
+    }
+    if let Some(b) = d.broken.clone() {
+        d.violation(format!("simulation: {b}"));
+    }
+    let t = transcript.borrow();
+    let mut text = String::new();
+    for l in &t.lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "# end at {}: {} violation(s)\n",
+        secs(d.sim.elapsed()),
+        t.violations.len()
+    ));
+    Ok(Outcome {
+        transcript: text,
+        violations: t.violations.clone(),
+        sim_time: d.sim.elapsed(),
+    })
+}
+
+impl<'a> Driver<'a> {
+    fn log(&self, line: String) {
+        self.transcript.borrow_mut().lines.push(line);
+    }
+
+    fn event(&self, what: String) {
+        self.log(format!("== [{}] {what}", secs(self.sim.elapsed())));
+    }
+
+    fn violation(&self, what: String) {
+        self.log(format!("!! INVARIANT: {what}"));
+        self.transcript.borrow_mut().violations.push(what);
+    }
+
+    fn add_hosts(&mut self, seed: u64, mcfg: MasterConfig, slave_cfgs: Vec<SlaveConfig>) {
+        let slot = self.master_slot.clone();
+        let incarnation = Rc::new(Cell::new(0u64));
+        let mcfg = Arc::new(mcfg);
+        self.sim.host("master", move || {
+            let slot = slot.clone();
+            let cfg = (*mcfg).clone();
+            let n = incarnation.get();
+            incarnation.set(n + 1);
+            async move {
+                let env = sim_env(seed, "master", n);
+                let master = Master::start(env, cfg).await?;
+                *lock(&slot) = Some(master.state.clone());
+                std::future::pending::<()>().await;
+                drop(master);
+                Ok(())
+            }
+        });
+        let master_ip = self.sim.lookup("master");
+        for mut cfg in slave_cfgs {
+            cfg.master = SocketAddr::new(master_ip, LINK_PORT);
+            let disk = self.disks.get(&cfg.name).cloned().unwrap_or_default();
+            let incarnation = Rc::new(Cell::new(0u64));
+            let name = cfg.name.clone();
+            self.sim.host(name.as_str(), move || {
+                let mut cfg = cfg.clone();
+                let disk = disk.clone();
+                let n = incarnation.get();
+                incarnation.set(n + 1);
+                async move {
+                    cfg.data_ip = turmoil::lookup(cfg.name.as_str());
+                    let env = sim_env(seed, &cfg.name, n);
+                    let storage = Arc::new(MemStorage::new(disk, Arc::new(SimClock)));
+                    let (keep, shutdown) = watch::channel(false);
+                    dftpd::slave::run(env, cfg, storage, shutdown, None).await;
+                    drop(keep);
+                    Ok(())
+                }
+            });
+        }
+        let master = SocketAddr::new(master_ip, CONTROL_PORT);
+        let names: Vec<String> = self.sc.topology.clients.iter().cloned().collect();
+        for name in names {
+            let (handle, world, rx) = self.client_world(&name, master, self.transcript.clone());
+            // A host, not a turmoil "client", so that it can be crashed; it
+            // is not restarted (its channel is taken by the first start).
+            let parts = RefCell::new(Some((world, rx)));
+            self.sim.host(name.as_str(), move || {
+                let parts = parts.borrow_mut().take();
+                async move {
+                    match parts {
+                        Some((world, rx)) => client::run(world, rx).await,
+                        None => Ok(()),
+                    }
+                }
+            });
+            self.clients.insert(name, handle);
+        }
+        let (probe, world, rx) = self.client_world("probe", master, self.probe_transcript.clone());
+        self.sim.client("probe", client::run(world, rx));
+        self.probe = probe;
+    }
+
+    fn client_world(
+        &self,
+        name: &str,
+        master: SocketAddr,
+        transcript: SharedTranscript,
+    ) -> (ClientHandle, ClientWorld, mpsc::UnboundedReceiver<ClientOp>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = ClientHandle {
+            tx,
+            pending: Rc::new(Cell::new(0)),
+            data_bytes: Rc::new(Cell::new(0)),
+        };
+        let world = ClientWorld {
+            name: name.to_string(),
+            master,
+            transcript,
+            disks: self.disks.clone(),
+            pending: handle.pending.clone(),
+            data_bytes: handle.data_bytes.clone(),
+            master_epoch: self.master_epoch.clone(),
+        };
+        (handle, world, rx)
+    }
+
+    /// One simulation step, then a look at the master's registry.
+    fn step(&mut self) {
+        if self.broken.is_some() {
+            return;
+        }
+        if let Err(e) = self.sim.step() {
+            self.broken = Some(e.to_string());
+            return;
+        }
+        self.poll_events();
+    }
+
+    /// Steps until `done` holds or `limit` of simulated time passes.
+    /// Returns whether `done` held.
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Self) -> bool) -> bool {
+        let end = self.sim.elapsed() + limit;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if self.broken.is_some() || self.sim.elapsed() >= end {
+                return false;
+            }
+            self.step();
+        }
+    }
+
+    fn master_state(&self) -> Option<Shared> {
+        lock(&self.master_slot).clone()
+    }
+
+    fn slave_state(&self, name: &str) -> &'static str {
+        self.states.get(name).copied().unwrap_or("offline")
+    }
+
+    /// Records what changed in the master's registry since the last look:
+    /// slave states (with the file count a remerge left), and running
+    /// transfers per slave (a transfer's start and end).
+    fn poll_events(&mut self) {
+        let Some(state) = self.master_state() else {
+            return;
+        };
+        let now: Vec<(String, &'static str, u64, u32)> = {
+            let st = lock(&state);
+            st.slaves
+                .iter()
+                .map(|(id, s)| {
+                    let shown = if s.state == SlaveState::Online && s.link.is_none() {
+                        "offline"
+                    } else {
+                        s.state.as_str()
+                    };
+                    (s.name.clone(), shown, st.db.held_by(id), s.active)
+                })
+                .collect()
+        };
+        for (name, s, files, active) in now {
+            if self.states.get(&name) != Some(&s) {
+                self.states.insert(name.clone(), s);
+                if s == "online" {
+                    self.event(format!("slave {name} online ({files} files)"));
+                } else {
+                    self.event(format!("slave {name} {s}"));
+                }
+            }
+            let before = self.active.get(&name).copied().unwrap_or(0);
+            if before != active {
+                self.active.insert(name.clone(), active);
+                self.event(format!("slave {name} transfers {before} -> {active}"));
+            }
+        }
+    }
+
+    fn client_idle(&mut self, name: &str) -> bool {
+        let pending = self.clients.get(name).map_or(0, |c| c.pending.get());
+        pending == 0 || self.crashed.contains(name) || !self.sim.is_host_running(name)
+    }
+
+    fn master_up(&self) -> bool {
+        !self.crashed.contains("master")
+    }
+
+    fn reachable(&self, slave: &str) -> bool {
+        self.master_up()
+            && !self.crashed.contains(slave)
+            && !self.cut.contains(&pair("master", slave))
+    }
+
+    fn all_reachable_online(&self) -> Vec<String> {
+        self.sc
+            .topology
+            .slaves
+            .iter()
+            .filter(|s| self.reachable(&s.name) && self.slave_state(&s.name) != "online")
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    fn start(&mut self) {
+        let ok = self.run_until(SETTLE, |d| d.all_reachable_online().is_empty());
+        if ok {
+            self.event("cluster up".into());
+        } else {
+            let missing = self.all_reachable_online().join(", ");
+            self.violation(format!("cluster did not come up: {missing} not online"));
+        }
+    }
+
+    fn give(&mut self, client: &str, op: ClientOp) {
+        if self.crashed.contains(client) {
+            self.log(format!("{client}! is down (crashed); step skipped"));
+            return;
+        }
+        if let Some(c) = self.clients.get(client) {
+            c.pending.set(c.pending.get() + 1);
+            let _ = c.tx.send(op);
+        }
+    }
+
+    fn wait_clients(&mut self, line: usize, names: &[String]) {
+        let names: Vec<String> = if names.iter().any(|n| n == "all") {
+            self.clients.keys().cloned().collect()
+        } else {
+            names.to_vec()
+        };
+        let ok = self.run_until(STEP_LIMIT, |d| names.iter().all(|n| d.client_idle(n)));
+        if !ok && self.broken.is_none() {
+            self.violation(format!(
+                "line {line}: clients still busy after {}",
+                secs(STEP_LIMIT)
+            ));
+        }
+    }
+
+    fn exec(&mut self, line: usize, kind: &StepKind) {
+        match kind {
+            StepKind::Client {
+                client,
+                op,
+                background,
+            } => {
+                self.give(client, op.clone());
+                if !background {
+                    self.wait_clients(line, std::slice::from_ref(client));
+                }
+            }
+            StepKind::Wait(names) => self.wait_clients(line, names),
+            StepKind::Sleep(d) => {
+                let end = self.sim.elapsed() + *d;
+                self.run_until(*d + Duration::from_millis(1), |s| s.sim.elapsed() >= end);
+            }
+            StepKind::Crash(h) => {
+                self.event(format!("crash {h}"));
+                self.without_latency_variance(|sim| sim.crash(h.as_str()));
+                self.crashed.insert(h.clone());
+                if h == "master" {
+                    *lock(&self.master_slot) = None;
+                    self.master_epoch.set(self.master_epoch.get() + 1);
+                    self.states.clear();
+                    self.active.clear();
+                }
+            }
+            StepKind::Restart(h) => {
+                self.event(format!("restart {h}"));
+                if h == "master" {
+                    *lock(&self.master_slot) = None;
+                    self.master_epoch.set(self.master_epoch.get() + 1);
+                    self.states.clear();
+                    self.active.clear();
+                }
+                self.without_latency_variance(|sim| sim.bounce(h.as_str()));
+                self.crashed.remove(h);
+            }
+            StepKind::Partition(a, b) | StepKind::Hold(a, b) => {
+                let verb = if matches!(kind, StepKind::Partition(..)) {
+                    self.sim.partition(a.as_str(), b.as_str());
+                    "partition"
+                } else {
+                    self.sim.hold(a.as_str(), b.as_str());
+                    "hold"
+                };
+                self.event(format!("{verb} {a} {b}"));
+                self.cut.insert(pair(a, b));
+            }
+            StepKind::Repair(a, b) | StepKind::Release(a, b) => {
+                let verb = if matches!(kind, StepKind::Repair(..)) {
+                    self.sim.repair(a.as_str(), b.as_str());
+                    "repair"
+                } else {
+                    self.sim.release(a.as_str(), b.as_str());
+                    "release"
+                };
+                self.event(format!("{verb} {a} {b}"));
+                self.cut.remove(&pair(a, b));
+            }
+            StepKind::Latency(a, b, lat) => {
+                self.event(format!("latency {a} {b} {}", secs(*lat)));
+                self.sim.set_link_latency(a.as_str(), b.as_str(), *lat);
+            }
+            StepKind::AwaitSlave {
+                slave,
+                state,
+                within,
+            } => {
+                let want = match state {
+                    SlaveStateWanted::Online => "online",
+                    SlaveStateWanted::Offline => "offline",
+                };
+                let start = self.sim.elapsed();
+                let ok = self.run_until(*within, |d| d.slave_state(slave) == want);
+                if ok {
+                    self.event(format!(
+                        "slave {slave} is {want} (waited {})",
+                        secs(self.sim.elapsed() - start)
+                    ));
+                } else {
+                    self.violation(format!(
+                        "line {line}: slave {slave} not {want} within {}",
+                        secs(*within)
+                    ));
+                }
+            }
+            StepKind::AwaitBytes {
+                client,
+                bytes,
+                within,
+            } => {
+                let ok = self.run_until(*within, |d| {
+                    d.clients
+                        .get(client)
+                        .is_some_and(|c| c.data_bytes.get() >= *bytes)
+                });
+                if ok {
+                    self.event(format!("{client} moved {bytes}+ data bytes"));
+                } else {
+                    self.violation(format!(
+                        "line {line}: {client} did not move {bytes} data bytes within {}",
+                        secs(*within)
+                    ));
+                }
+            }
+            StepKind::DiskPut {
+                slave,
+                path,
+                size,
+                seed,
+            } => {
+                if let Some(disk) = self.disks.get(slave) {
+                    let now = (EPOCH_SECS + self.sim.elapsed().as_secs()) as i64;
+                    disk.put(path.clone(), content(*seed, *size), now);
+                }
+                self.event(format!("disk {slave}: put {path} ({size} bytes)"));
+            }
+            StepKind::DiskRemove { slave, path } => {
+                let removed = self.disks.get(slave).is_some_and(|d| d.remove(path));
+                self.event(format!(
+                    "disk {slave}: remove {path}{}",
+                    if removed { "" } else { " (was not there)" }
+                ));
+            }
+            StepKind::ShowDb => self.show_db(),
+            StepKind::ShowSlaves => self.show_slaves(),
+            StepKind::ShowDisk(slave) => self.show_disk(slave),
+        }
+    }
+
+    /// Runs a crash or bounce with every message latency fixed.
+    ///
+    /// Dropping a host's runtime drops its tasks in an order that depends
+    /// on tokio's process-global task ids (`task_id % 4` picks the shard
+    /// shut down first), so the connection closes it sends (FIN/RST) leave
+    /// in an order that differs between runs in one process, or between
+    /// runs on parallel threads. Each message draws its latency from the
+    /// seeded RNG in send order; with min = max latency every draw gives the
+    /// same delay, so the order no longer matters and the run stays a
+    /// function of its seed.
+    fn without_latency_variance(&mut self, f: impl FnOnce(&mut turmoil::Sim<'a>)) {
+        self.sim.set_max_message_latency(MIN_LATENCY);
+        f(&mut self.sim);
+        self.sim.set_max_message_latency(self.max_latency);
+    }
+
+    fn show_db(&self) {
+        let Some(state) = self.master_state() else {
+            self.log("== db: master is down".into());
+            return;
+        };
+        let lines: Vec<String> = {
+            let st = lock(&state);
+            st.db
+                .files_under(&VPath::root())
+                .into_iter()
+                .map(|(p, m)| {
+                    let holders: Vec<&str> = m.holders.iter().map(|&h| st.slaves.name(h)).collect();
+                    format!("== db {p} {} bytes on [{}]", m.size, holders.join(","))
+                })
+                .collect()
+        };
+        if lines.is_empty() {
+            self.log("== db: empty".into());
+        }
+        for l in lines {
+            self.log(l);
+        }
+    }
+
+    fn show_disk(&self, slave: &str) {
+        let Some(disk) = self.disks.get(slave) else {
+            return;
+        };
+        let d = disk.lock();
+        let mut lines = Vec::new();
+        for (p, f) in &d.files {
+            lines.push(format!(
+                "== disk {slave} {p} {} bytes crc32={:08x}",
+                f.data.len(),
+                crate::env::crc32(&f.data)
+            ));
+        }
+        for (name, t) in &d.temp {
+            lines.push(format!(
+                "== disk {slave} (temporary {name}) {} bytes",
+                t.len()
+            ));
+        }
+        if lines.is_empty() {
+            lines.push(format!("== disk {slave}: empty"));
+        }
+        drop(d);
+        for l in lines {
+            self.log(l);
+        }
+    }
+
+    fn show_slaves(&self) {
+        let Some(state) = self.master_state() else {
+            self.log("== slaves: master is down".into());
+            return;
+        };
+        let lines: Vec<String> = {
+            let st = lock(&state);
+            st.slaves
+                .iter()
+                .map(|(id, s)| {
+                    format!(
+                        "== slave {} {} files={} active={} reserved={}",
+                        s.name,
+                        if s.is_online() {
+                            "online"
+                        } else {
+                            s.state.as_str()
+                        },
+                        st.db.held_by(id),
+                        s.active,
+                        s.reserved
+                    )
+                })
+                .collect()
+        };
+        for l in lines {
+            self.log(l);
+        }
+    }
+
+    /// End of script: wait for the clients, let the cluster settle, then
+    /// check what must hold at the end of every run.
+    fn finish(&mut self) {
+        let names: Vec<String> = self.clients.keys().cloned().collect();
+        let ok = self.run_until(STEP_LIMIT, |d| names.iter().all(|n| d.client_idle(n)));
+        if !ok && self.broken.is_none() {
+            self.violation("clients still busy at the end".into());
+        }
+        if !self.master_up() {
+            self.event("end: master is down, cluster checks skipped".into());
+            self.check_uploads();
+            return;
+        }
+        // Every slave the master can reach ends online.
+        let ok = self.run_until(SETTLE, |d| d.all_reachable_online().is_empty());
+        if !ok {
+            let missing = self.all_reachable_online().join(", ");
+            self.violation(format!(
+                "reachable slave(s) {missing} not online {} after the script",
+                secs(SETTLE)
+            ));
+        }
+        // The master still accepts sessions.
+        if !self.cut.iter().any(|(a, b)| a == "probe" || b == "probe") {
+            self.probe.pending.set(2);
+            let _ = self.probe.tx.send(ClientOp::Connect);
+            let _ = self.probe.tx.send(ClientOp::Command("QUIT".into()));
+            let pending = self.probe.pending.clone();
+            self.run_until(STEP_LIMIT, |_| pending.get() == 0);
+            let greeted = self
+                .probe_transcript
+                .borrow()
+                .lines
+                .iter()
+                .any(|l| l.starts_with("probe< 220"));
+            if !greeted {
+                self.violation(
+                    "the master no longer accepts sessions (no 220 for a new client)".into(),
+                );
+            }
+        }
+        self.check_uploads();
+    }
+
+    /// No upload that did not complete is visible: no slave holds a strict
+    /// prefix of what the client meant to store under that name, and the
+    /// master does not list one.
+    fn check_uploads(&self) {
+        let uploads = self.transcript.borrow().uploads.clone();
+        let initial: BTreeSet<&VPath> = self.sc.topology.files.iter().map(|f| &f.path).collect();
+        for up in uploads.iter().filter(|u| !u.completed && u.verb == "STOR") {
+            let Ok(path) = VPath::parse_absolute(up.arg.trim()) else {
+                continue;
+            };
+            let n = up.intended.len();
+            for (slave, disk) in self.disks.iter() {
+                let d = disk.lock();
+                if let Some(f) = d.files.get(&path) {
+                    let k = f.data.len();
+                    if k < n && up.intended[..k] == f.data[..] {
+                        let done_later = uploads
+                            .iter()
+                            .any(|u| u.completed && u.arg.trim() == up.arg.trim());
+                        if !done_later && !initial.contains(&path) {
+                            drop(d);
+                            self.violation(format!(
+                                "partial upload {path} by {} stored complete on slave {slave} ({k} of {n} bytes)",
+                                up.client
+                            ));
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(state) = self.master_state() {
+                let listed = lock(&state).db.file(&path).ok().map(|m| m.size);
+                if let Some(k) = listed {
+                    let done_later = uploads
+                        .iter()
+                        .any(|u| u.completed && u.arg.trim() == up.arg.trim());
+                    if (k as usize) < n && !done_later && !initial.contains(&path) {
+                        self.violation(format!(
+                            "partial upload {path} by {} listed by the master ({k} of {n} bytes)",
+                            up.client
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::parse;
+
+    fn scenario(text: &str) -> Scenario {
+        parse("t", "t.scn", text).unwrap()
+    }
+
+    const LOGIN: &str = "alice: connect\nalice> USER alice\nalice> PASS secret\n";
+
+    #[test]
+    fn a_clean_run_is_deterministic() {
+        let sc = scenario(&format!(
+            "slave s1\nslave s2\nfile s1,s2 /a size=50k\nuser alice secret\n{LOGIN}\
+             alice> PRET RETR /a\nalice> PASV\nalice> RETR /a\nalice> QUIT\n"
+        ));
+        let a = run(&sc, 3);
+        assert!(a.violations.is_empty(), "{}", a.transcript);
+        assert!(a.transcript.contains("alice< 226 "), "{}", a.transcript);
+        assert_eq!(a.transcript, run(&sc, 3).transcript);
+        assert!(a.failures(&sc).is_empty());
+    }
+
+    #[test]
+    fn an_unmet_expectation_is_a_violation() {
+        let sc = scenario("slave s1\nawait slave s1 offline within 1s\n");
+        let o = run(&sc, 0);
+        assert_eq!(o.violations.len(), 1, "{}", o.transcript);
+        assert!(o.violations[0].contains("not offline within 1.000s"));
+        assert_eq!(o.failures(&sc).len(), 1);
+        // Declared, the same violation is expected and passes...
+        let mut declared = sc.clone();
+        declared.expected_violations.push("not offline".into());
+        assert!(o.failures(&declared).is_empty());
+        // ...and a declared violation that does not happen fails.
+        let mut wrong = sc.clone();
+        wrong.expected_violations = vec!["something else".into()];
+        assert_eq!(o.failures(&wrong).len(), 2);
+    }
+
+    #[test]
+    fn a_leaked_partial_upload_is_caught() {
+        // The slave dies mid-STOR; then a prefix of the upload "appears" on
+        // its disk, as a buggy commit would leave it (content() is a stream,
+        // so the first 64k of seed 3 are the upload's first 64k).
+        let sc = scenario(&format!(
+            "slave s1\nuser alice secret\n{LOGIN}\
+             alice> PRET STOR /up\nalice> PASV\nalice: data send 2M seed=3\n\
+             & alice> STOR /up\nawait alice bytes 256k within 30s\ncrash s1\nwait alice\n\
+             disk s1 put /up size=64k seed=3\nrestart s1\nawait slave s1 online within 60s\n"
+        ));
+        let o = run(&sc, 0);
+        let all = o.violations.join("\n");
+        assert!(
+            all.contains("partial upload /up by alice stored complete on slave s1"),
+            "{all}"
+        );
+        assert!(
+            all.contains("partial upload /up by alice listed by the master"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn bad_config_is_a_setup_failure_not_a_panic() {
+        let sc = scenario("slave s1\nconfig no_such_key=1\n");
+        let o = run(&sc, 0);
+        assert_eq!(o.violations.len(), 1);
+        assert!(
+            o.violations[0].starts_with("setup: config no_such_key=1"),
+            "{:?}",
+            o.violations
+        );
+        let sc = scenario("slave s1\nconfig passive_ports=9-1\n");
+        assert!(run(&sc, 0).violations[0].contains("port range"));
+    }
+
+    #[test]
+    fn a_missing_reply_is_a_violation() {
+        // The client's link to the master is held: its command never gets a
+        // reply within the client's patience.
+        let sc = scenario(&format!(
+            "slave s1\nuser alice secret\n{LOGIN}hold master alice\nalice> NOOP\nrelease master alice\n"
+        ));
+        let o = run(&sc, 0);
+        assert!(
+            o.violations
+                .iter()
+                .any(|v| v.contains("NOOP: no reply within 60s")),
+            "{}",
+            o.transcript
+        );
+    }
+}

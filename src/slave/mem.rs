@@ -1,0 +1,519 @@
+//! In-memory slave storage for the simulator and for tests.
+//!
+//! [`MemDisk`] is the "disk": a cheap handle to one shared file map. The
+//! simulator keeps it outside the turmoil host of a slave, so when that host
+//! crashes and restarts, the new [`MemStorage`] sees the files the old one
+//! left, exactly like a real disk: completed files stay, and an upload that
+//! was being written sits in the temporary area until the next start's
+//! [`Storage::cleanup_temp`]. In-place writes (REST+STOR, APPE) land chunk by
+//! chunk, so a crash in the middle leaves a partly written file, as a real
+//! disk would.
+//!
+//! Nothing here sleeps, spawns or blocks: every operation is a short critical
+//! section on a `std::sync::Mutex`, never held across an `.await`.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::storage::{PendingUpload, Storage, StorageError};
+use crate::env::{BoxStream, Clock};
+use crate::link::{FileOp, RemoteFile, APPEND};
+use crate::proto::VPath;
+
+/// Bytes moved per write or read on a data connection: small enough that a
+/// crash or partition lands in the middle of a transfer of a few hundred KiB.
+const CHUNK: usize = 16 * 1024;
+
+/// One stored file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemFile {
+    pub data: Arc<Vec<u8>>,
+    pub mtime: i64,
+}
+
+/// Everything on one simulated disk.
+#[derive(Debug, Default)]
+pub struct DiskState {
+    /// Complete, visible files.
+    pub files: BTreeMap<VPath, MemFile>,
+    /// Uploads being received, by transfer id (the `.dftpd-tmp/<xfer>` of
+    /// [`super::storage::DiskStorage`]).
+    pub temp: BTreeMap<String, Vec<u8>>,
+    /// Total size of the disk; free space is this minus what is stored.
+    pub capacity: u64,
+}
+
+impl DiskState {
+    pub fn used(&self) -> u64 {
+        let files: u64 = self.files.values().map(|f| f.data.len() as u64).sum();
+        let temp: u64 = self.temp.values().map(|t| t.len() as u64).sum();
+        files + temp
+    }
+}
+
+/// A shared handle to one simulated disk; clones see the same files.
+#[derive(Debug, Clone, Default)]
+pub struct MemDisk(Arc<Mutex<DiskState>>);
+
+impl MemDisk {
+    pub fn new(capacity: u64) -> MemDisk {
+        MemDisk(Arc::new(Mutex::new(DiskState {
+            capacity,
+            ..DiskState::default()
+        })))
+    }
+
+    /// The disk's state, for inspection and for placing files before a run.
+    pub fn lock(&self) -> MutexGuard<'_, DiskState> {
+        // The state is consistent between statements; a panicking holder
+        // leaves nothing half-done.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Places a complete file (scenario setup, or a change "behind the
+    /// master's back").
+    pub fn put(&self, path: VPath, data: Vec<u8>, mtime: i64) {
+        self.lock().files.insert(
+            path,
+            MemFile {
+                data: Arc::new(data),
+                mtime,
+            },
+        );
+    }
+
+    pub fn remove(&self, path: &VPath) -> bool {
+        self.lock().files.remove(path).is_some()
+    }
+
+    /// The content of a complete file.
+    pub fn get(&self, path: &VPath) -> Option<Arc<Vec<u8>>> {
+        self.lock().files.get(path).map(|f| f.data.clone())
+    }
+}
+
+/// [`Storage`] over a [`MemDisk`].
+pub struct MemStorage {
+    disk: MemDisk,
+    clock: Arc<dyn Clock>,
+}
+
+impl MemStorage {
+    pub fn new(disk: MemDisk, clock: Arc<dyn Clock>) -> MemStorage {
+        MemStorage { disk, clock }
+    }
+
+    pub fn disk(&self) -> &MemDisk {
+        &self.disk
+    }
+}
+
+fn crc(data: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(data);
+    h.finalize()
+}
+
+/// Where the bytes of a running upload go.
+enum Sink {
+    Temp(String),
+    InPlace(VPath),
+}
+
+#[async_trait]
+impl Storage for MemStorage {
+    async fn list(&self) -> io::Result<Vec<RemoteFile>> {
+        Ok(self
+            .disk
+            .lock()
+            .files
+            .iter()
+            .map(|(path, f)| RemoteFile {
+                path: path.clone(),
+                size: f.data.len() as u64,
+                mtime: f.mtime,
+            })
+            .collect())
+    }
+
+    async fn free_space(&self) -> io::Result<u64> {
+        let d = self.disk.lock();
+        Ok(d.capacity.saturating_sub(d.used()))
+    }
+
+    async fn send(
+        &self,
+        path: &VPath,
+        offset: u64,
+        out: &mut BoxStream,
+    ) -> Result<u64, StorageError> {
+        let data = self.disk.get(path).ok_or(StorageError::NotFound)?;
+        let start = (offset.min(data.len() as u64)) as usize;
+        let mut sent = 0u64;
+        for chunk in data[start..].chunks(CHUNK) {
+            out.write_all(chunk).await.map_err(StorageError::Network)?;
+            sent += chunk.len() as u64;
+        }
+        out.shutdown().await.map_err(StorageError::Network)?;
+        Ok(sent)
+    }
+
+    async fn receive(
+        &self,
+        path: &VPath,
+        offset: Option<u64>,
+        xfer: u64,
+        input: &mut BoxStream,
+    ) -> Result<PendingUpload, StorageError> {
+        let sink = match offset {
+            None => {
+                let name = xfer.to_string();
+                self.disk.lock().temp.insert(name.clone(), Vec::new());
+                Sink::Temp(name)
+            }
+            Some(off) => {
+                let now = self.clock.unix_now();
+                let mut d = self.disk.lock();
+                let f = d.files.get_mut(path).ok_or(StorageError::NotFound)?;
+                if off != APPEND {
+                    let mut data = f.data.as_ref().clone();
+                    data.truncate(off.min(data.len() as u64) as usize);
+                    // REST past the end: the gap reads as zeros, as on disk.
+                    data.resize(off as usize, 0);
+                    f.data = Arc::new(data);
+                }
+                f.mtime = now;
+                Sink::InPlace(path.clone())
+            }
+        };
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut bytes = 0u64;
+        let result: Result<(), StorageError> = async {
+            loop {
+                let n = input.read(&mut buf).await.map_err(StorageError::Network)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let chunk = &buf[..n];
+                let mut d = self.disk.lock();
+                if d.used() + n as u64 > d.capacity {
+                    return Err(StorageError::Disk(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        "disk full",
+                    )));
+                }
+                match &sink {
+                    Sink::Temp(name) => match d.temp.get_mut(name) {
+                        Some(t) => t.extend_from_slice(chunk),
+                        None => {
+                            return Err(StorageError::Disk(io::Error::other(
+                                "temporary file vanished",
+                            )))
+                        }
+                    },
+                    Sink::InPlace(p) => match d.files.get_mut(p) {
+                        Some(f) => Arc::make_mut(&mut f.data).extend_from_slice(chunk),
+                        None => return Err(StorageError::NotFound),
+                    },
+                }
+                drop(d);
+                hasher.update(chunk);
+                bytes += n as u64;
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            if let Sink::Temp(name) = &sink {
+                self.disk.lock().temp.remove(name);
+            }
+            return Err(e);
+        }
+        let (temp, size, crc32) = match sink {
+            Sink::Temp(name) => (Some(name), bytes, hasher.finalize()),
+            Sink::InPlace(p) => {
+                let data = self.disk.get(&p).ok_or(StorageError::NotFound)?;
+                (None, data.len() as u64, crc(&data))
+            }
+        };
+        Ok(PendingUpload {
+            path: path.clone(),
+            temp,
+            bytes,
+            size,
+            crc32,
+        })
+    }
+
+    async fn commit(&self, up: &PendingUpload) -> Result<(u64, i64), StorageError> {
+        let now = self.clock.unix_now();
+        let mut d = self.disk.lock();
+        if let Some(name) = &up.temp {
+            let data = d.temp.remove(name).ok_or_else(|| {
+                StorageError::Disk(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "temporary file vanished",
+                ))
+            })?;
+            d.files.insert(
+                up.path.clone(),
+                MemFile {
+                    data: Arc::new(data),
+                    mtime: now,
+                },
+            );
+        }
+        let f = d.files.get(&up.path).ok_or(StorageError::NotFound)?;
+        Ok((f.data.len() as u64, f.mtime))
+    }
+
+    async fn discard(&self, up: &PendingUpload) {
+        if let Some(name) = &up.temp {
+            self.disk.lock().temp.remove(name);
+        }
+    }
+
+    async fn cleanup_one(&self, xfer: u64) {
+        self.disk.lock().temp.remove(&xfer.to_string());
+    }
+
+    async fn apply(&self, op: &FileOp) -> io::Result<()> {
+        let mut d = self.disk.lock();
+        match op {
+            FileOp::Delete { path } => {
+                d.files.remove(path);
+            }
+            FileOp::Rename { from, to } => {
+                // A directory rename moves every file below it.
+                let moved: Vec<VPath> = d
+                    .files
+                    .keys()
+                    .filter(|p| *p == from || p.starts_with(from))
+                    .cloned()
+                    .collect();
+                for old in moved {
+                    let new = match old.strip_prefix(from) {
+                        Some(rest) if !rest.is_empty() => {
+                            let mut p = to.clone();
+                            for c in rest {
+                                p = p.join(c).map_err(|e| {
+                                    io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+                                })?;
+                            }
+                            p
+                        }
+                        _ => to.clone(),
+                    };
+                    if let Some(f) = d.files.remove(&old) {
+                        d.files.insert(new, f);
+                    }
+                }
+            }
+            // Directories are implicit in the file map.
+            FileOp::RemoveDir { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn cleanup_temp(&self) -> io::Result<u64> {
+        let mut d = self.disk.lock();
+        let n = d.temp.len() as u64;
+        d.temp.clear();
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::FixedClock;
+
+    fn p(s: &str) -> VPath {
+        VPath::parse_absolute(s).unwrap()
+    }
+
+    fn storage(disk: &MemDisk) -> MemStorage {
+        MemStorage::new(disk.clone(), Arc::new(FixedClock(1000.into())))
+    }
+
+    /// A connected pair of in-memory streams.
+    struct Duplex(tokio::io::DuplexStream);
+
+    impl tokio::io::AsyncRead for Duplex {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Duplex {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl crate::env::NetStream for Duplex {
+        fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+            Ok(([127, 0, 0, 1], 1).into())
+        }
+        fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+            Ok(([127, 0, 0, 1], 2).into())
+        }
+    }
+
+    fn pair() -> (BoxStream, BoxStream) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        (Box::new(Duplex(a)), Box::new(Duplex(b)))
+    }
+
+    async fn upload(s: &MemStorage, path: &str, offset: Option<u64>, data: &[u8]) -> PendingUpload {
+        let (mut client, mut server) = pair();
+        let data = data.to_vec();
+        let writer = tokio::spawn(async move {
+            client.write_all(&data).await.unwrap();
+            client.shutdown().await.unwrap();
+        });
+        let up = s.receive(&p(path), offset, 7, &mut server).await.unwrap();
+        writer.await.unwrap();
+        up
+    }
+
+    async fn download(s: &MemStorage, path: &str, offset: u64) -> Result<Vec<u8>, StorageError> {
+        let (mut client, mut server) = pair();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let sent = s.send(&p(path), offset, &mut server).await;
+        drop(server);
+        let got = reader.await.unwrap();
+        sent.map(|n| {
+            assert_eq!(n as usize, got.len());
+            got
+        })
+    }
+
+    #[tokio::test]
+    async fn upload_is_invisible_until_commit_and_survives_a_new_storage() {
+        let disk = MemDisk::new(1 << 20);
+        let s = storage(&disk);
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        let up = upload(&s, "/d/a.bin", None, &data).await;
+        assert_eq!(up.bytes, 50_000);
+        assert_eq!(up.crc32, crc(&data));
+        assert!(s.list().await.unwrap().is_empty(), "listed before commit");
+        assert_eq!(s.free_space().await.unwrap(), (1 << 20) - 50_000);
+        assert_eq!(s.commit(&up).await.unwrap(), (50_000, 1000));
+        // A "restarted" slave sees the same disk.
+        let again = storage(&disk);
+        let files = again.list().await.unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, p("/d/a.bin"));
+        assert_eq!(download(&again, "/d/a.bin", 0).await.unwrap(), data);
+        assert_eq!(
+            download(&again, "/d/a.bin", 49_990).await.unwrap(),
+            &data[49_990..]
+        );
+        assert!(matches!(
+            download(&again, "/nope", 0).await,
+            Err(StorageError::NotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn cleanup_removes_partial_uploads_and_discard_drops_one() {
+        let disk = MemDisk::new(1 << 20);
+        let s = storage(&disk);
+        disk.lock().temp.insert("3".into(), vec![1, 2, 3]);
+        disk.lock().temp.insert("4".into(), vec![1]);
+        s.cleanup_one(4).await;
+        assert_eq!(s.cleanup_temp().await.unwrap(), 1);
+        assert!(disk.lock().temp.is_empty());
+        let up = upload(&s, "/x", None, b"hello").await;
+        s.discard(&up).await;
+        assert!(disk.lock().temp.is_empty());
+        assert!(disk.lock().files.is_empty());
+    }
+
+    #[tokio::test]
+    async fn append_and_rest_write_in_place() {
+        let disk = MemDisk::new(1 << 20);
+        let s = storage(&disk);
+        disk.put(p("/f"), b"hello".to_vec(), 5);
+        let up = upload(&s, "/f", Some(APPEND), b" world").await;
+        assert_eq!(up.temp, None);
+        assert_eq!(up.size, 11);
+        assert_eq!(up.crc32, crc(b"hello world"));
+        assert_eq!(&*disk.get(&p("/f")).unwrap(), b"hello world");
+        let up = upload(&s, "/f", Some(2), b"LP").await;
+        assert_eq!(up.size, 4);
+        assert_eq!(&*disk.get(&p("/f")).unwrap(), b"heLP");
+        assert_eq!(s.commit(&up).await.unwrap().0, 4);
+    }
+
+    #[tokio::test]
+    async fn full_disk_refuses_and_leaves_nothing() {
+        let disk = MemDisk::new(100);
+        let s = storage(&disk);
+        let (mut client, mut server) = pair();
+        let writer = tokio::spawn(async move {
+            let _ = client.write_all(&[7u8; 500]).await;
+            let _ = client.shutdown().await;
+        });
+        let r = s.receive(&p("/big"), None, 1, &mut server).await;
+        assert!(matches!(r, Err(StorageError::Disk(_))), "{r:?}");
+        drop(server);
+        let _ = writer.await;
+        assert_eq!(disk.lock().used(), 0);
+    }
+
+    #[tokio::test]
+    async fn rename_moves_files_and_directories_delete_removes() {
+        let disk = MemDisk::new(1 << 20);
+        let s = storage(&disk);
+        disk.put(p("/a/1"), vec![1], 0);
+        disk.put(p("/a/b/2"), vec![2], 0);
+        disk.put(p("/ab"), vec![3], 0);
+        s.apply(&FileOp::Rename {
+            from: p("/a"),
+            to: p("/z"),
+        })
+        .await
+        .unwrap();
+        let names: Vec<String> = s
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path.to_string())
+            .collect();
+        assert_eq!(names, ["/ab", "/z/1", "/z/b/2"]);
+        s.apply(&FileOp::Delete { path: p("/ab") }).await.unwrap();
+        s.apply(&FileOp::Delete { path: p("/gone") }).await.unwrap();
+        assert_eq!(s.list().await.unwrap().len(), 2);
+    }
+}
