@@ -522,7 +522,9 @@ impl Driver {
                 // Second phase: commit only while the client is still there
                 // and did not abort. A client that died mid-upload leaves a
                 // partial file, which must never be recorded.
-                self.poll_control_closed().await;
+                if self.poll_control_closed().await {
+                    aborted = true;
+                }
                 if aborted || self.closed {
                     link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
                     TransferOutcome::Failed(TransferFailure::Aborted)
@@ -549,14 +551,20 @@ impl Driver {
     }
 
     /// Notices a control connection that closed together with its data
-    /// connection (a killed client) before an upload is committed.
-    async fn poll_control_closed(&mut self) {
+    /// connection (a killed client), or an ABOR, before an upload is
+    /// committed. Returns true when the client sent ABOR.
+    async fn poll_control_closed(&mut self) -> bool {
         if self.closed {
-            return;
+            return false;
         }
         let probe = read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed);
-        if let Ok(Some(l)) = tokio::time::timeout(Duration::from_millis(1), probe).await {
-            self.queued.push_back(l);
+        match tokio::time::timeout(Duration::from_millis(1), probe).await {
+            Ok(Some(Line::Command(t))) if is_abor(&t) => true,
+            Ok(Some(l)) => {
+                self.queued.push_back(l);
+                false
+            }
+            _ => false,
         }
     }
 }

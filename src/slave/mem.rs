@@ -15,11 +15,12 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::storage::{PendingUpload, Storage, StorageError};
+use super::storage::{on_data, PendingUpload, Storage, StorageError};
 use crate::env::{BoxStream, Clock};
 use crate::link::{FileOp, RemoteFile, APPEND};
 use crate::proto::VPath;
@@ -150,15 +151,16 @@ impl Storage for MemStorage {
         path: &VPath,
         offset: u64,
         out: &mut BoxStream,
+        idle: Duration,
     ) -> Result<u64, StorageError> {
         let data = self.disk.get(path).ok_or(StorageError::NotFound)?;
         let start = (offset.min(data.len() as u64)) as usize;
         let mut sent = 0u64;
         for chunk in data[start..].chunks(CHUNK) {
-            out.write_all(chunk).await.map_err(StorageError::Network)?;
+            on_data(idle, out.write_all(chunk)).await?;
             sent += chunk.len() as u64;
         }
-        out.shutdown().await.map_err(StorageError::Network)?;
+        on_data(idle, out.shutdown()).await?;
         Ok(sent)
     }
 
@@ -168,6 +170,7 @@ impl Storage for MemStorage {
         offset: Option<u64>,
         xfer: u64,
         input: &mut BoxStream,
+        idle: Duration,
     ) -> Result<PendingUpload, StorageError> {
         let sink = match offset {
             None => {
@@ -195,7 +198,7 @@ impl Storage for MemStorage {
         let mut bytes = 0u64;
         let result: Result<(), StorageError> = async {
             loop {
-                let n = input.read(&mut buf).await.map_err(StorageError::Network)?;
+                let n = on_data(idle, input.read(&mut buf)).await?;
                 if n == 0 {
                     return Ok(());
                 }
@@ -330,6 +333,8 @@ impl Storage for MemStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const IDLE: Duration = Duration::from_secs(30);
     use crate::env::FixedClock;
 
     fn p(s: &str) -> VPath {
@@ -396,7 +401,10 @@ mod tests {
             client.write_all(&data).await.unwrap();
             client.shutdown().await.unwrap();
         });
-        let up = s.receive(&p(path), offset, 7, &mut server).await.unwrap();
+        let up = s
+            .receive(&p(path), offset, 7, &mut server, IDLE)
+            .await
+            .unwrap();
         writer.await.unwrap();
         up
     }
@@ -408,7 +416,7 @@ mod tests {
             client.read_to_end(&mut got).await.unwrap();
             got
         });
-        let sent = s.send(&p(path), offset, &mut server).await;
+        let sent = s.send(&p(path), offset, &mut server, IDLE).await;
         drop(server);
         let got = reader.await.unwrap();
         sent.map(|n| {
@@ -484,7 +492,7 @@ mod tests {
             let _ = client.write_all(&[7u8; 500]).await;
             let _ = client.shutdown().await;
         });
-        let r = s.receive(&p("/big"), None, 1, &mut server).await;
+        let r = s.receive(&p("/big"), None, 1, &mut server, IDLE).await;
         assert!(matches!(r, Err(StorageError::Disk(_))), "{r:?}");
         drop(server);
         let _ = writer.await;

@@ -488,7 +488,7 @@ async fn execute(
                     reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
                     return;
                 }
-                r = ctx.storage.send(&path, offset, &mut stream) => r,
+                r = ctx.storage.send(&path, offset, &mut stream, ctx.config.data_timeout()) => r,
             };
             match result {
                 Ok(bytes) => {
@@ -505,7 +505,7 @@ async fn execute(
             let result = tokio::select! {
                 biased;
                 _ = wait_closed(&mut cmds) => None,
-                r = ctx.storage.receive(&path, offset, xfer, &mut stream) => Some(r),
+                r = ctx.storage.receive(&path, offset, xfer, &mut stream, ctx.config.data_timeout()) => Some(r),
             };
             let up = match result {
                 // Aborted mid-way: the temporary file is removed on the

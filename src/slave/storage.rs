@@ -8,8 +8,10 @@
 //! most a temporary file, removed by [`Storage::cleanup_temp`] at the next
 //! start. Writes into an existing file (REST+STOR, APPE) happen in place.
 
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -28,6 +30,25 @@ pub enum StorageError {
     Disk(io::Error),
     #[error("data connection: {0}")]
     Network(io::Error),
+}
+
+/// One data-connection operation, bounded by the idle timeout. Every read,
+/// write, writability wait and shutdown on a data connection goes through
+/// this, so "no progress for `idle`" is one rule for every storage.
+pub async fn on_data<T>(
+    idle: Duration,
+    op: impl Future<Output = io::Result<T>>,
+) -> Result<T, StorageError> {
+    match tokio::time::timeout(idle, op).await {
+        Ok(r) => r.map_err(StorageError::Network),
+        Err(_) => Err(StorageError::Network(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "no progress on the data connection for {} ms",
+                idle.as_millis()
+            ),
+        ))),
+    }
 }
 
 /// A received upload waiting for commit.
@@ -55,6 +76,7 @@ pub trait Storage: Send + Sync + 'static {
         path: &VPath,
         offset: u64,
         out: &mut BoxStream,
+        idle: Duration,
     ) -> Result<u64, StorageError>;
     /// Receives `input` until EOF. `offset` as in [`crate::link::TransferOrder::Receive`].
     async fn receive(
@@ -63,6 +85,7 @@ pub trait Storage: Send + Sync + 'static {
         offset: Option<u64>,
         xfer: u64,
         input: &mut BoxStream,
+        idle: Duration,
     ) -> Result<PendingUpload, StorageError>;
     /// Makes a received upload visible under its name; returns (size, mtime).
     async fn commit(&self, up: &PendingUpload) -> Result<(u64, i64), StorageError>;
@@ -189,6 +212,7 @@ async fn sendfile_all(
     file: &std::fs::File,
     offset: u64,
     end: u64,
+    idle: Duration,
 ) -> Result<u64, StorageError> {
     use std::os::fd::AsFd;
     let mut off = offset as i64;
@@ -196,7 +220,7 @@ async fn sendfile_all(
     let mut sent = 0u64;
     while off < end {
         let chunk = ((end - off) as usize).min(1 << 30);
-        tcp.writable().await.map_err(StorageError::Network)?;
+        on_data(idle, tcp.writable()).await?;
         let r = tcp.try_io(tokio::io::Interest::WRITABLE, || {
             nix::sys::sendfile::sendfile64(tcp.as_fd(), file.as_fd(), Some(&mut off), chunk)
                 .map_err(io::Error::from)
@@ -240,6 +264,7 @@ impl Storage for DiskStorage {
         path: &VPath,
         offset: u64,
         out: &mut BoxStream,
+        idle: Duration,
     ) -> Result<u64, StorageError> {
         // Opened on this worker thread, not the blocking pool: open + fstat
         // of a file whose metadata is cached costs microseconds, a hand-off
@@ -255,7 +280,7 @@ impl Storage for DiskStorage {
         };
         let (file, len) = open().map_err(disk)?;
         let sent = if let Some(tcp) = out.as_tcp() {
-            sendfile_all(tcp, &file, offset.min(len), len).await?
+            sendfile_all(tcp, &file, offset.min(len), len, idle).await?
         } else {
             let mut f = tokio::fs::File::from_std(file);
             f.seek(io::SeekFrom::Start(offset))
@@ -268,14 +293,12 @@ impl Storage for DiskStorage {
                 if n == 0 {
                     break;
                 }
-                out.write_all(&buf[..n])
-                    .await
-                    .map_err(StorageError::Network)?;
+                on_data(idle, out.write_all(&buf[..n])).await?;
                 sent += n as u64;
             }
             sent
         };
-        out.shutdown().await.map_err(StorageError::Network)?;
+        on_data(idle, out.shutdown()).await?;
         Ok(sent)
     }
 
@@ -285,6 +308,7 @@ impl Storage for DiskStorage {
         offset: Option<u64>,
         xfer: u64,
         input: &mut BoxStream,
+        idle: Duration,
     ) -> Result<PendingUpload, StorageError> {
         let (target, temp) = match offset {
             None => {
@@ -324,7 +348,7 @@ impl Storage for DiskStorage {
         let mut bytes = 0u64;
         let result: Result<(), StorageError> = async {
             loop {
-                let n = input.read(&mut buf).await.map_err(StorageError::Network)?;
+                let n = on_data(idle, input.read(&mut buf)).await?;
                 if n == 0 {
                     break;
                 }
