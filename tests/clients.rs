@@ -250,3 +250,134 @@ fn rclone_copy_up_down_and_check_agree() {
         "EPSV refused after PRET"
     );
 }
+
+/// ftplib in its default settings (ignores the 227 address; no PRET unless
+/// sent by hand). Prints one line per step; exits non-zero on a mismatch.
+const FTPLIB_DEFAULTS: &str = r#"
+import ftplib, io, sys
+host, port, user, pw, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+payload = bytes(range(256)) * 3000
+name = 'legacy-%s.bin' % mode
+ftp = ftplib.FTP()
+ftp.connect(host, port, timeout=30)
+ftp.login(user, pw)
+if mode == 'active':
+    ftp.set_pasv(False)
+if mode == 'pret':
+    ftp.sendcmd('PRET STOR ' + name)
+try:
+    ftp.storbinary('STOR ' + name, io.BytesIO(payload))
+except ftplib.error_temp as e:
+    print('stor-error', e)
+    sys.exit(0)
+got = io.BytesIO()
+if mode == 'pret':
+    ftp.sendcmd('PRET RETR ' + name)
+ftp.retrbinary('RETR ' + name, got.write)
+assert got.getvalue() == payload, 'bytes differ'
+print('ok', ftp.sendcmd('SITE SLAVES').count('relayed='))
+ftp.quit()
+"#;
+
+fn ftplib_defaults(c: &ClusterProc, mode: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            FTPLIB_DEFAULTS,
+            "127.0.0.1",
+            &c.addr.port().to_string(),
+            USER,
+            PASS,
+            mode,
+        ])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    stdout
+}
+
+#[test]
+fn clients_that_ignore_the_227_address_get_a_425_naming_the_fix() {
+    let c = ClusterProc::start_with(&[], |dir| {
+        std::fs::create_dir_all(dir.join("slave-1")).unwrap();
+        std::fs::write(dir.join("slave-1/f.bin"), b"data").unwrap();
+    });
+    // curl's default since 7.74: it connects to the master's IP.
+    let userpass = format!("{USER}:{PASS}");
+    let down = curl(&[
+        "--ftp-pret",
+        "-v",
+        "-u",
+        &userpass,
+        "-o",
+        "/dev/null",
+        &c.url("f.bin"),
+    ]);
+    assert!(!down.status.success());
+    let rs = replies(&text(&down.stderr));
+    let r425 = rs
+        .iter()
+        .find(|r| r.starts_with("425"))
+        .unwrap_or_else(|| panic!("{rs:?}"));
+    assert!(
+        r425.contains("--no-ftp-skip-pasv-ip") && r425.contains("slave-1"),
+        "{r425}"
+    );
+    // ftplib's default, with PRET sent by hand.
+    let out = ftplib_defaults(&c, "pret");
+    assert!(
+        out.contains("stor-error 425") && out.contains("trust_server_pasv_ipv4_address"),
+        "{out}"
+    );
+    assert!(c.holders("legacy-pret.bin").is_empty(), "nothing stored");
+}
+
+#[test]
+fn relay_mode_serves_legacy_clients_and_clients_that_ignore_the_227_address() {
+    let c = ClusterProc::start(&["--pasv-without-pret", "relay"]);
+    // ftplib defaults, no PRET: PASV names the master, bytes are relayed.
+    let out = ftplib_defaults(&c, "plain");
+    assert!(out.starts_with("ok"), "{out}");
+    // ftplib defaults with PRET: 227 names a slave, ftplib goes to the
+    // master anyway; the master catches it and relays.
+    let out = ftplib_defaults(&c, "pret");
+    assert!(out.starts_with("ok"), "{out}");
+    // curl with --ftp-pret but its default of ignoring the 227 address.
+    let work = tempfile::tempdir().unwrap();
+    let data = random_bytes(900_000, 31);
+    let src = work.path().join("c.bin");
+    std::fs::write(&src, &data).unwrap();
+    let userpass = format!("{USER}:{PASS}");
+    let up = curl(&[
+        "--ftp-pret",
+        "-u",
+        &userpass,
+        "-T",
+        src.to_str().unwrap(),
+        &c.url("c.bin"),
+    ]);
+    assert!(up.status.success(), "{}", text(&up.stderr));
+    let back = work.path().join("back.bin");
+    let down = curl(&[
+        "--ftp-pret",
+        "-u",
+        &userpass,
+        "-o",
+        back.to_str().unwrap(),
+        &c.url("c.bin"),
+    ]);
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    assert!(std::fs::read(&back).unwrap() == data);
+    assert!(c
+        .log()
+        .contains("client ignored the 227 address; relaying through the master"));
+}
+
+#[test]
+fn active_mode_needs_neither_pret_nor_relay() {
+    let c = ClusterProc::start(&[]);
+    let out = ftplib_defaults(&c, "active");
+    assert!(out.starts_with("ok"), "{out}");
+    assert_eq!(c.holders("legacy-active.bin").len(), 1);
+}

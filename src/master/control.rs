@@ -18,6 +18,7 @@ use tracing::Instrument;
 use super::registry::{lock, SlaveLink};
 use super::session::{Action, ListingJob, Route, Session, Target, TransferJob, TransferOutcome};
 use super::{SessionInfo, Shared};
+use crate::config::PasvWithoutPret;
 use crate::env::{accept_from, bind_in_range, pump, BoxStream, Env, NetListener};
 use crate::link::{DataConn, Request, Response, TransferFailure};
 use crate::proto::{Command, Line, LineDecoder, Reply};
@@ -76,7 +77,28 @@ pub async fn accept_sessions(
 enum Endpoint {
     None,
     Master(Box<dyn NetListener>),
-    Slave { xfer: u64, link: SlaveLink },
+    Slave {
+        xfer: u64,
+        link: SlaveLink,
+        /// The address announced in the 227/229 reply.
+        addr: SocketAddr,
+        /// The master's own address at the same port: a client that ignores
+        /// the 227 address (curl's and ftplib's default) lands here.
+        catch: Option<Box<dyn NetListener>>,
+    },
+}
+
+/// The client side of a relayed transfer.
+enum ClientSide {
+    Listener(Box<dyn NetListener>),
+    /// A client caught at the master's address (it ignored the 227 reply).
+    Caught(BoxStream),
+}
+
+enum Attempt {
+    Done(TransferOutcome, bool),
+    /// The client connected to the master instead of the slave.
+    Caught(BoxStream),
 }
 
 struct Driver {
@@ -90,6 +112,10 @@ struct Driver {
     /// Lines read while a transfer was running, handled after it.
     queued: VecDeque<Line>,
     closed: bool,
+    /// A data connection held open until the transfer's final reply is
+    /// sent (a client caught at the wrong address must read the 425 before
+    /// its data connection closes, or it reports a short transfer instead).
+    parked: Option<BoxStream>,
 }
 
 enum Next {
@@ -110,6 +136,7 @@ impl Driver {
             decoder: LineDecoder::new(),
             queued: VecDeque::new(),
             closed: false,
+            parked: None,
         }
     }
 
@@ -201,7 +228,7 @@ impl Driver {
     }
 
     fn release_endpoint(&mut self) {
-        if let Endpoint::Slave { xfer, link } =
+        if let Endpoint::Slave { xfer, link, .. } =
             std::mem::replace(&mut self.endpoint, Endpoint::None)
         {
             link.send(crate::link::MasterMsg::Abort { xfer });
@@ -287,7 +314,13 @@ impl Driver {
                         xfer,
                         accept_from: Some(self.session.peer_ip()),
                     });
-                    self.endpoint = Endpoint::Slave { xfer, link };
+                    let catch = catch_listener(&self.env, self.session.local.ip(), addr).await;
+                    self.endpoint = Endpoint::Slave {
+                        xfer,
+                        link,
+                        addr,
+                        catch,
+                    };
                     return Ok(addr);
                 }
                 let rx = link.request(
@@ -299,7 +332,13 @@ impl Driver {
                 );
                 match tokio::time::timeout(timeout, rx).await {
                     Ok(Ok(Response::Listening { addr })) => {
-                        self.endpoint = Endpoint::Slave { xfer, link };
+                        let catch = catch_listener(&self.env, self.session.local.ip(), addr).await;
+                        self.endpoint = Endpoint::Slave {
+                            xfer,
+                            link,
+                            addr,
+                            catch,
+                        };
                         Ok(addr)
                     }
                     Ok(Ok(Response::Failed(f))) => Err(format!("{f:?}")),
@@ -377,7 +416,11 @@ impl Driver {
         if self.closed {
             return Next::Close;
         }
-        if self.send(&reply).await.is_err() {
+        let sent = self.send(&reply).await;
+        if let Some(mut data) = self.parked.take() {
+            let _ = data.shutdown().await;
+        }
+        if sent.is_err() {
             return Next::Close;
         }
         if aborted {
@@ -396,10 +439,13 @@ impl Driver {
     /// Runs one slave transfer to its end. Returns the outcome and whether
     /// the client sent ABOR.
     async fn run_transfer(&mut self, job: &TransferJob) -> (TransferOutcome, bool) {
-        let (link, timeout) = {
-            let mut st = lock(&self.state);
-            let _ = st.next_id();
-            (st.slaves.link(job.slave), st.config.data_timeout())
+        let (link, timeout, relay_allowed) = {
+            let st = lock(&self.state);
+            (
+                st.slaves.link(job.slave),
+                st.config.data_timeout(),
+                st.config.pasv_without_pret == PasvWithoutPret::Relay,
+            )
         };
         // The passive listener (if any) is consumed by this transfer.
         let endpoint = std::mem::replace(&mut self.endpoint, Endpoint::None);
@@ -407,22 +453,113 @@ impl Driver {
             let _ = self.send(&job.opening).await;
             return (TransferOutcome::SlaveLost, false);
         };
-        let data = match &job.route {
-            Route::SlavePassive => DataConn::Passive,
-            Route::Active(a) => DataConn::Active(*a),
-            Route::Relay => DataConn::Passive,
-        };
-        // Relay: ask the slave for a listener of its own and connect to it.
-        let mut relay = None;
-        if job.route == Route::Relay {
-            let Endpoint::Master(client_listener) = endpoint else {
+        let (client, catch, announced) = match (&job.route, endpoint) {
+            (Route::Relay, Endpoint::Master(l)) => (Some(ClientSide::Listener(l)), None, None),
+            (Route::Relay, _) => {
+                let _ = self.send(&job.opening).await;
                 return (
                     TransferOutcome::Failed(TransferFailure::NoDataConnection(
                         "no passive listener".into(),
                     )),
                     false,
                 );
+            }
+            (_, Endpoint::Slave { catch, addr, .. }) => (None, catch, Some(addr)),
+            _ => (None, None, None),
+        };
+        // curl and ftplib connect right after the 227 reply, so a client
+        // that ignored its address is usually already waiting at the
+        // master's address when the data command comes: answer the command
+        // itself (425, or relay) before any 150.
+        if let Some(l) = catch.as_deref() {
+            if let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, l.accept()).await {
+                if peer.ip() == self.session.peer_ip() {
+                    link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
+                    return self
+                        .caught(job, &link, timeout, relay_allowed, announced, stream, true)
+                        .await;
+                }
+            }
+        }
+        match self.attempt(job, &link, timeout, client, catch, true).await {
+            Attempt::Done(outcome, aborted) => (outcome, aborted),
+            Attempt::Caught(stream) => {
+                self.caught(job, &link, timeout, relay_allowed, announced, stream, false)
+                    .await
+            }
+        }
+    }
+
+    /// The client connected to the master's address instead of the slave's
+    /// (it ignores 227 addresses): relay when allowed, else a 425 that
+    /// names the fix.
+    #[allow(clippy::too_many_arguments)]
+    async fn caught(
+        &mut self,
+        job: &TransferJob,
+        link: &SlaveLink,
+        timeout: Duration,
+        relay_allowed: bool,
+        announced: Option<SocketAddr>,
+        stream: BoxStream,
+        send_opening: bool,
+    ) -> (TransferOutcome, bool) {
+        if relay_allowed {
+            tracing::info!("client ignored the 227 address; relaying through the master");
+            return match self
+                .attempt(
+                    job,
+                    link,
+                    timeout,
+                    Some(ClientSide::Caught(stream)),
+                    None,
+                    send_opening,
+                )
+                .await
+            {
+                Attempt::Done(outcome, aborted) => (outcome, aborted),
+                Attempt::Caught(_) => (
+                    TransferOutcome::Failed(TransferFailure::NoDataConnection(
+                        "relay failed".into(),
+                    )),
+                    false,
+                ),
             };
+        }
+        tracing::info!("client ignored the 227 address; told it how to fix that");
+        self.parked = Some(stream);
+        (
+            TransferOutcome::IgnoredPasvAddress {
+                announced: announced.unwrap_or(self.session.local),
+                used: SocketAddr::new(
+                    self.session.local.ip(),
+                    announced.map(|a| a.port()).unwrap_or(0),
+                ),
+            },
+            false,
+        )
+    }
+
+    /// One try at a slave transfer: sends the order, then waits for the
+    /// slave's answer while watching the control connection (ABOR, loss)
+    /// and, for passive transfers, the master's own address at the slave's
+    /// port (a client that ignored the 227 reply).
+    async fn attempt(
+        &mut self,
+        job: &TransferJob,
+        link: &SlaveLink,
+        timeout: Duration,
+        client: Option<ClientSide>,
+        catch: Option<Box<dyn NetListener>>,
+        send_opening: bool,
+    ) -> Attempt {
+        let data = match &job.route {
+            Route::Active(a) if client.is_none() => DataConn::Active(*a),
+            _ => DataConn::Passive,
+        };
+        // Relay: ask the slave for a listener of its own and connect to it.
+        let mut relay = None;
+        if let Some(client) = client {
             let rid = lock(&self.state).next_id();
             let rx = link.request(
                 rid,
@@ -433,9 +570,9 @@ impl Driver {
             );
             let addr = match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(Response::Listening { addr })) => addr,
-                Ok(Err(_)) => return (TransferOutcome::SlaveLost, false),
+                Ok(Err(_)) => return Attempt::Done(TransferOutcome::SlaveLost, false),
                 _ => {
-                    return (
+                    return Attempt::Done(
                         TransferOutcome::Failed(TransferFailure::NoDataConnection(
                             "slave listener".into(),
                         )),
@@ -448,7 +585,7 @@ impl Driver {
                 Ok(Ok(s)) => s,
                 _ => {
                     link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
-                    return (
+                    return Attempt::Done(
                         TransferOutcome::Failed(TransferFailure::NoDataConnection(
                             "cannot reach the slave".into(),
                         )),
@@ -456,7 +593,7 @@ impl Driver {
                     );
                 }
             };
-            relay = Some((client_listener, slave_stream));
+            relay = Some((client, slave_stream));
         }
         let rid = lock(&self.state).next_id();
         let mut rx = link.request(
@@ -467,15 +604,18 @@ impl Driver {
                 data,
             },
         );
-        if self.send(&job.opening).await.is_err() {
+        if send_opening && self.send(&job.opening).await.is_err() {
             self.closed = true;
         }
         let mut relay_task: Option<tokio::task::JoinHandle<std::io::Result<u64>>> = None;
-        if let Some((client_listener, mut slave_stream)) = relay {
+        if let Some((client, mut slave_stream)) = relay {
             let peer = self.session.peer_ip();
             let upload = job.is_upload();
             relay_task = Some(tokio::spawn(async move {
-                let mut client = accept_from(client_listener.as_ref(), Some(peer), timeout).await?;
+                let mut client = match client {
+                    ClientSide::Listener(l) => accept_from(l.as_ref(), Some(peer), timeout).await?,
+                    ClientSide::Caught(s) => s,
+                };
                 if upload {
                     pump(&mut client, &mut slave_stream).await
                 } else {
@@ -484,6 +624,7 @@ impl Driver {
             }));
         }
         let mut aborted = false;
+        let mut caught: Option<BoxStream> = None;
         let response = loop {
             if self.closed {
                 // Client gone: cancel and wait for the slave to confirm.
@@ -506,8 +647,21 @@ impl Driver {
                     }
                 }
                 r = &mut rx => break r,
+                c = accept_opt(catch.as_deref()), if caught.is_none() => {
+                    if let Ok((stream, peer)) = c {
+                        if peer.ip() == self.session.peer_ip() {
+                            caught = Some(stream);
+                            link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
+                        }
+                    }
+                }
             }
         };
+        if let Some(stream) = caught {
+            if !aborted && !self.closed {
+                return Attempt::Caught(stream);
+            }
+        }
         if let Some(t) = relay_task {
             if aborted || self.closed {
                 t.abort();
@@ -547,7 +701,7 @@ impl Driver {
                 "unexpected answer {other:?}"
             ))),
         };
-        (outcome, aborted)
+        Attempt::Done(outcome, aborted)
     }
 
     /// Notices a control connection that closed together with its data
@@ -566,6 +720,31 @@ impl Driver {
             }
             _ => false,
         }
+    }
+}
+
+/// Binds the master's own address `own` at the port announced for a slave
+/// (best effort: the port may be taken here). Clients that ignore the 227
+/// address connect there; the transfer then says so instead of timing out.
+async fn catch_listener(
+    env: &Env,
+    own: std::net::IpAddr,
+    announced: SocketAddr,
+) -> Option<Box<dyn NetListener>> {
+    if announced.ip() == own {
+        return None;
+    }
+    env.net
+        .bind(SocketAddr::new(own, announced.port()))
+        .await
+        .ok()
+}
+
+/// Accepts on `l`, or never resolves when there is no listener.
+async fn accept_opt(l: Option<&dyn NetListener>) -> std::io::Result<(BoxStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 

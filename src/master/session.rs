@@ -145,6 +145,12 @@ pub enum TransferOutcome {
     Failed(TransferFailure),
     /// The slave's link went down before the transfer finished.
     SlaveLost,
+    /// The client connected to `used` (the master) instead of the
+    /// `announced` slave address: it ignores the address in 227 replies.
+    IgnoredPasvAddress {
+        announced: SocketAddr,
+        used: SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1237,6 +1243,13 @@ impl Session {
                 }
             }
             TransferOutcome::Failed(f) => failure_reply(&f, &job.slave_name),
+            TransferOutcome::IgnoredPasvAddress { announced, used } => Reply::new(
+                425,
+                format!(
+                    "Can't open data connection: your client connected to {used} instead of {announced} (slave {}) from the 227 reply. Make it use that address: curl --no-ftp-skip-pasv-ip; Python ftplib: ftp.trust_server_pasv_ipv4_address = True; or use active mode (PORT)",
+                    job.slave_name
+                ),
+            ),
             TransferOutcome::SlaveLost => Reply::new(
                 426,
                 format!(

@@ -386,7 +386,15 @@ async fn passive_task(
                 c = cmds.recv() => match c {
                     Some(XferCmd::Order { rid, order: o }) => order = Some((rid, o)),
                     Some(XferCmd::Commit { rid }) => reply(&ctx, rid, Response::Failed(TransferFailure::Aborted)),
-                    None => return, // aborted or link lost
+                    None => {
+                        // Aborted (or the link is gone): an order already
+                        // given still gets its answer, or the master would
+                        // wait on it.
+                        if let Some((rid, _)) = order {
+                            reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                        }
+                        return;
+                    }
                 },
                 s = &mut accept => break s,
             }
