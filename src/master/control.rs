@@ -472,7 +472,7 @@ impl Driver {
         // master's address when the data command comes: answer the command
         // itself (425, or relay) before any 150.
         if let Some(l) = catch.as_deref() {
-            if let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, l.accept()).await {
+            if let Some(Ok((stream, peer))) = poll_once(l.accept()) {
                 if peer.ip() == self.session.peer_ip() {
                     link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
                     return self
@@ -738,6 +738,18 @@ async fn catch_listener(
         .bind(SocketAddr::new(own, announced.port()))
         .await
         .ok()
+}
+
+/// Polls `f` exactly once: its value if ready now, else `None`. (Not
+/// `timeout(Duration::ZERO, ..)`: tokio rounds that deadline up to its next
+/// 1 ms timer tick, which cost every RETR a millisecond.)
+fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let f = std::pin::pin!(f);
+    match f.poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
 }
 
 /// Accepts on `l`, or never resolves when there is no listener.

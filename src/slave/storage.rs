@@ -205,6 +205,28 @@ async fn blocking<T: Send + 'static>(
         .map_err(io::Error::other)?
 }
 
+/// Bytes between two writeback kicks during an upload.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// Starts writeback of a just-written range (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`: it queues the I/O and returns). The disk then
+/// works during the upload instead of all at once in the final fsync, which
+/// stays the durability point. A failure only means less overlap.
+fn start_writeback(file: &tokio::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` belongs to `file`, which outlives this call; the call
+    // reads no memory of ours.
+    let _ = unsafe {
+        nix::libc::sync_file_range(
+            fd,
+            offset as nix::libc::off64_t,
+            len as nix::libc::off64_t,
+            nix::libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+}
+
 /// `sendfile(2)` from `file` to the socket under tokio's readiness API:
 /// the bytes never enter user space.
 async fn sendfile_all(
@@ -346,6 +368,7 @@ impl Storage for DiskStorage {
         let mut hasher = crc32fast::Hasher::new();
         let mut buf = vec![0u8; COPY_BUF];
         let mut bytes = 0u64;
+        let mut written_back = 0u64;
         let result: Result<(), StorageError> = async {
             loop {
                 let n = on_data(idle, input.read(&mut buf)).await?;
@@ -357,6 +380,10 @@ impl Storage for DiskStorage {
                     .map_err(StorageError::Disk)?;
                 hasher.update(&buf[..n]);
                 bytes += n as u64;
+                if bytes - written_back >= WRITEBACK_STEP {
+                    start_writeback(&file, written_back, bytes - written_back);
+                    written_back = bytes;
+                }
             }
             file.flush().await.map_err(StorageError::Disk)?;
             // One sync at the end: the bytes are on disk before the master
