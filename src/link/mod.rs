@@ -42,6 +42,10 @@ pub enum LinkError {
     Decode(String),
     #[error("handshake: {0}")]
     Handshake(String),
+    #[error("link silent: {0}")]
+    Silent(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
 }
 
 /// A file as a slave has it on disk.

@@ -632,6 +632,12 @@ impl Session {
                 lines.push("End".into());
                 Action::Reply(Reply::multi(200, lines))
             }
+            // lftp sends SITE CHMOD after uploads; modes are not kept (each
+            // slave's disk has its own), so say exactly that.
+            "CHMOD" => r(
+                502,
+                "SITE CHMOD is not implemented: dftpd does not keep Unix modes",
+            ),
             _ => r(500, format!("Unknown SITE command {verb}; try SITE HELP")),
         }
     }

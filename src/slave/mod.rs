@@ -262,7 +262,7 @@ async fn read_loop(ctx: Arc<Ctx>, mut r: tokio::io::ReadHalf<BoxStream>) -> Resu
     loop {
         let msg: MasterMsg = match tokio::time::timeout(deadline, link::read_frame(&mut r)).await {
             Err(_) => {
-                return Err(LinkError::Handshake(format!(
+                return Err(LinkError::Silent(format!(
                     "no heartbeat from master for {} ms",
                     deadline.as_millis()
                 )))
