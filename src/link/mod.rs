@@ -213,6 +213,44 @@ pub enum MasterMsg {
     Heartbeat,
 }
 
+/// The write side of a link: sends each queued message as a frame, and a
+/// `heartbeat()` message on every `interval` tick. Writes are batched: one
+/// flush when the queue is empty, so pipelined orders share a write when the
+/// link is busy. Ends when the queue closes or a write fails.
+pub async fn write_frames<W, T, F, Fut>(
+    w: &mut W,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    interval: std::time::Duration,
+    mut heartbeat: F,
+) where
+    W: AsyncWrite + Unpin + ?Sized,
+    T: Serialize,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let msg = tokio::select! {
+            biased;
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = tick.tick() => heartbeat().await,
+        };
+        let Ok(frame) = encode_frame(&msg) else {
+            continue;
+        };
+        if w.write_all(&frame).await.is_err() {
+            break;
+        }
+        if rx.is_empty() && w.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
 pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), LinkError>
 where
     W: AsyncWrite + Unpin + ?Sized,

@@ -198,29 +198,7 @@ async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<MasterMsg>,
     interval: std::time::Duration,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let msg = tokio::select! {
-            biased;
-            m = rx.recv() => match m {
-                Some(m) => m,
-                None => break,
-            },
-            _ = tick.tick() => MasterMsg::Heartbeat,
-        };
-        let Ok(frame) = link::encode_frame(&msg) else {
-            continue;
-        };
-        if w.write_all(&frame).await.is_err() {
-            break;
-        }
-        // Batch what is queued before flushing: pipelined orders share one
-        // write when the link is busy.
-        if rx.is_empty() && w.flush().await.is_err() {
-            break;
-        }
-    }
+    link::write_frames(&mut w, &mut rx, interval, || async { MasterMsg::Heartbeat }).await;
     let _ = w.shutdown().await;
 }
 

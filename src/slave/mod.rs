@@ -15,7 +15,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
@@ -193,30 +192,14 @@ async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<SlaveMsg>,
     ctx: Arc<Ctx>,
 ) {
-    let mut tick = tokio::time::interval(ctx.config.heartbeat_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let msg = tokio::select! {
-            biased;
-            m = rx.recv() => match m {
-                Some(m) => m,
-                None => break,
-            },
-            _ = tick.tick() => SlaveMsg::Status {
-                free: ctx.storage.free_space().await.unwrap_or(0),
-                transfers: 0,
-            },
-        };
-        let Ok(frame) = link::encode_frame(&msg) else {
-            continue;
-        };
-        if w.write_all(&frame).await.is_err() {
-            break;
+    let interval = ctx.config.heartbeat_interval();
+    link::write_frames(&mut w, &mut rx, interval, || async {
+        SlaveMsg::Status {
+            free: ctx.storage.free_space().await.unwrap_or(0),
+            transfers: 0,
         }
-        if rx.is_empty() && w.flush().await.is_err() {
-            break;
-        }
-    }
+    })
+    .await;
 }
 
 /// Passive listeners opened ahead of any PASV, so the master can answer
