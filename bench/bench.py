@@ -108,12 +108,13 @@ secure_chroot_dir=/var/run/vsftpd/empty
 
 
 class Dftpd:
-    def __init__(self, binary, data_dir):
+    def __init__(self, binary, data_dir, record=None):
         self.port = free_port()
         self.data_dir = data_dir
+        extra = ["--record", record] if record else []
         self.proc = subprocess.Popen(
             [binary, "cluster", "--listen", f"127.0.0.1:{self.port}", "--data-dir", data_dir,
-             "--user", f"{USER}:{PASSWORD}", "--passive-ports", "45000-49999"],
+             "--user", f"{USER}:{PASSWORD}", "--passive-ports", "45000-49999"] + extra,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             preexec_fn=raise_nofile)
         for line in self.proc.stdout:
@@ -281,6 +282,8 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/dftpd"))
     ap.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--record", metavar="DIR",
+                    help="run dftpd with --record DIR (session recording on) to measure its cost")
     ap.add_argument("--only", default="retr,stor,small,idle,db",
                     help="comma-separated figures: retr, stor, small, idle, db")
     a = ap.parse_args()
@@ -319,7 +322,7 @@ def main():
                 with open(os.path.join(base, name), "wb") as f:
                     f.write(blob)
         v = Vsftpd(vroot)
-        d = Dftpd(a.bin, ddir)
+        d = Dftpd(a.bin, ddir, a.record)
         try:
             if "retr" in only:
                 # Warm the page cache and both servers.

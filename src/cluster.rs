@@ -31,6 +31,8 @@ pub struct ClusterOptions {
     pub data_timeout_ms: u64,
     /// The first slave's data address; the next ones count up.
     pub first_slave_ip: Ipv4Addr,
+    /// Record sessions there (`MasterConfig::record_dir`).
+    pub record_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -46,6 +48,7 @@ impl Default for ClusterOptions {
             allow_overwrite: false,
             data_timeout_ms: 30_000,
             first_slave_ip: Ipv4Addr::new(127, 0, 0, 11),
+            record_dir: None,
         }
     }
 }
@@ -85,6 +88,7 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
         allow_overwrite: opts.allow_overwrite,
         data_timeout_ms: opts.data_timeout_ms,
         users: opts.users.clone(),
+        record_dir: opts.record_dir.clone(),
         ..MasterConfig::default()
     };
     let master = Master::start(env.clone(), master_config).await?;

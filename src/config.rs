@@ -82,6 +82,10 @@ pub struct MasterConfig {
     pub idle_timeout_ms: u64,
     /// Slaves with less free space than this get no uploads.
     pub min_free_bytes: u64,
+    /// When set, every control session is recorded as a replayable
+    /// scenario, `DIR/session-<id>.scn` (`dftpd-sim replay FILE`). Off by
+    /// default; off costs nothing.
+    pub record_dir: Option<PathBuf>,
     pub users: Vec<UserConfig>,
 }
 
@@ -100,6 +104,7 @@ impl Default for MasterConfig {
             data_timeout_ms: 30_000,
             idle_timeout_ms: 900_000,
             min_free_bytes: 0,
+            record_dir: None,
             users: Vec::new(),
         }
     }

@@ -58,6 +58,10 @@ enum Cmd {
         /// How long a passive listener waits for the client (ms).
         #[arg(long, default_value_t = 30_000)]
         data_timeout_ms: u64,
+        /// Record every control session as a replayable scenario,
+        /// DIR/session-<id>.scn (`dftpd-sim replay FILE`).
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
     },
     /// Run a master from a config file (see master.example.toml).
     Master {
@@ -66,6 +70,10 @@ enum Cmd {
         /// Overrides `listen` from the config.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Record every control session as a replayable scenario,
+        /// DIR/session-<id>.scn (overrides `record_dir`).
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
     },
     /// Run a slave from a config file (see slave.example.toml).
     Slave {
@@ -152,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             passive_ports,
             allow_overwrite,
             data_timeout_ms,
+            record,
         } => {
             let mut user_configs = Vec::new();
             for u in &users {
@@ -183,6 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 passive_ports,
                 allow_overwrite,
                 data_timeout_ms,
+                record_dir: record,
                 ..ClusterOptions::default()
             };
             let c = cluster::start(opts).await.context("starting the cluster")?;
@@ -209,13 +219,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             c.stop();
             println!("cluster stopped");
         }
-        Cmd::Master { config, listen } => {
+        Cmd::Master {
+            config,
+            listen,
+            record,
+        } => {
             let mut cfg: MasterConfig = match &config {
                 Some(p) => config::load(p)?,
                 None => MasterConfig::default(),
             };
             if let Some(l) = listen {
                 cfg.listen = l;
+            }
+            if record.is_some() {
+                cfg.record_dir = record;
             }
             cfg.validate()?;
             let m = Master::start(Env::real(), cfg)

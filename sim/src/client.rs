@@ -30,6 +30,8 @@ use crate::script::{ClientOp, Cut, Payload};
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a data connection may stall before the client gives up on it.
 pub const DATA_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `data connect ignore-address` waits before the next step.
+const IGNORED_ADDRESS_HEAD_START: Duration = Duration::from_millis(50);
 /// Listings up to this size are copied into the transcript.
 const SHOW_LISTING: usize = 4096;
 const CHUNK: usize = 16 * 1024;
@@ -216,14 +218,25 @@ impl Client {
                 }
             }
             ClientOp::Command(line) => self.command(line).await,
-            ClientOp::DataConnect => {
-                let Some(addr) = self.pasv else {
+            ClientOp::DataConnect | ClientOp::DataConnectIgnoringAddress => {
+                let Some(mut addr) = self.pasv else {
                     self.log(format!("{name}! data connect: no 227/229 address yet"));
                     return;
                 };
+                if matches!(op, ClientOp::DataConnectIgnoringAddress) {
+                    addr = SocketAddr::new(self.world.master.ip(), addr.port());
+                }
                 self.log(format!("{name}: data connect to {addr}"));
                 let connect = tokio::task::spawn_local(TcpStream::connect(addr));
                 self.connecting = Some((addr, connect));
+                if matches!(op, ClientOp::DataConnectIgnoringAddress) {
+                    // Such a client connects right after the 227 reply, so
+                    // the master finds the connection waiting when the data
+                    // command comes. Here the connection completes only
+                    // when the master accepts it: give it time to arrive
+                    // (more than any message latency) before the command.
+                    tokio::time::sleep(IGNORED_ADDRESS_HEAD_START).await;
+                }
             }
             ClientOp::DataListen => match TcpListener::bind("0.0.0.0:0").await {
                 Ok(l) => {
@@ -261,6 +274,10 @@ impl Client {
         if !line.contains('$') {
             return line.to_string();
         }
+        let line = &line.replace(
+            dftpd::master::record::PASSWORD_PLACEHOLDER,
+            crate::script::REPLAY_PASSWORD,
+        );
         let ip = turmoil::lookup(self.world.name.as_str());
         let port = self
             .listener

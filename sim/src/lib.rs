@@ -2,11 +2,14 @@
 //! turmoil. [`env`] implements dftpd's environment seam on turmoil,
 //! [`script`] parses the scenario language (`scenarios/README.md`),
 //! [`client`] is the scripted FTP client, [`runner`] builds and drives one
-//! simulation per (scenario, seed) and checks the invariants. One scenario
+//! simulation per (scenario, seed) and checks the invariants, [`replay`]
+//! replays a session recorded by a real master (`--record`) and compares
+//! its replies. One scenario
 //! and one seed always give the same transcript, byte for byte.
 
 pub mod client;
 pub mod env;
+pub mod replay;
 pub mod runner;
 pub mod script;
 
@@ -14,5 +17,6 @@ pub mod script;
 /// root package depending on insta itself.
 pub use insta;
 
+pub use replay::{replay_file, Fault, ReplayError, ReplayOptions, ReplayReport};
 pub use runner::{run, Outcome};
 pub use script::{parse_file, ParseError, Scenario};

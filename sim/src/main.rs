@@ -3,6 +3,11 @@
 //! `scenarios/`) under one or many seeds, checks the invariants, prints each
 //! failure with the command that reproduces it, and ends with
 //! `N passed, M failed`. Exits non-zero on any failure.
+//!
+//! `dftpd-sim replay FILE [--seed S] [--trace] [--crash-slave NAME --at T]
+//! [--partition A,B --at T]`: replays a session recorded by a real master
+//! (`--record DIR`), prints the difference between recorded and replayed
+//! replies (nothing when they agree) and exits 1 when there is one.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,7 +25,167 @@ const USAGE: &str =
   --seeds N            run under seeds 0..N
   --check-determinism  run every (scenario, seed) twice and compare transcripts
   --print              print each transcript
+usage: dftpd-sim replay FILE [--seed S] [--trace] [--print] [--crash-slave NAME --at T] [--partition A,B --at T]
+  FILE                 a session recorded with `dftpd master|cluster --record DIR`
+  --trace              print the master's and slaves' tracing events (simulated time)
+  --print              print the replay's transcript
+  --crash-slave NAME   crash that slave at the time given by the following --at
+  --partition A,B      cut the link between hosts A and B (master, a slave, client)
+  --at T               when (after session start), e.g. 1.5s or 1500ms
+  exit status: 0 replies agree, 1 they differ (or an invariant broke), 2 bad input
 environment: RUST_LOG=dftpd=debug shows the cluster's own logs";
+
+struct ReplayArgs {
+    file: PathBuf,
+    opts: dftpd_sim::ReplayOptions,
+    trace: bool,
+    print: bool,
+}
+
+fn parse_replay_args(args: &[String]) -> Result<ReplayArgs, String> {
+    use dftpd_sim::Fault;
+    let mut file = None;
+    let mut opts = dftpd_sim::ReplayOptions::default();
+    let (mut trace, mut print) = (false, false);
+    // A fault waits for its --at.
+    let mut pending: Option<Box<dyn Fn(std::time::Duration) -> Fault>> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--seed" => {
+                let v = value()?;
+                opts.seed = v
+                    .parse()
+                    .map_err(|_| format!("--seed: '{v}' is not a number"))?;
+            }
+            "--trace" => trace = true,
+            "--print" => print = true,
+            "--crash-slave" | "--partition" => {
+                if pending.is_some() {
+                    return Err("each fault needs its --at".into());
+                }
+                let v = value()?.clone();
+                pending = Some(if a == "--crash-slave" {
+                    Box::new(move |at| Fault::CrashSlave {
+                        slave: v.clone(),
+                        at,
+                    })
+                } else {
+                    let (x, y) = v
+                        .split_once(',')
+                        .ok_or(format!("--partition takes A,B, got '{v}'"))?;
+                    let (x, y) = (x.to_string(), y.to_string());
+                    Box::new(move |at| Fault::Partition {
+                        a: x.clone(),
+                        b: y.clone(),
+                        at,
+                    })
+                });
+            }
+            "--at" => {
+                let v = value()?;
+                let at = dftpd_sim::script::parse_duration(v)
+                    .ok_or(format!("--at: invalid duration '{v}' (e.g. 1.5s, 1500ms)"))?;
+                let f = pending
+                    .take()
+                    .ok_or("--at follows --crash-slave or --partition")?;
+                opts.faults.push(f(at));
+            }
+            "-h" | "--help" => return Err(String::new()),
+            s if s.starts_with("--") => return Err(format!("unknown option '{s}'")),
+            p => {
+                if file.replace(PathBuf::from(p)).is_some() {
+                    return Err("replay takes one FILE".into());
+                }
+            }
+        }
+    }
+    if pending.is_some() {
+        return Err("a fault needs --at T".into());
+    }
+    Ok(ReplayArgs {
+        file: file.ok_or("replay needs a FILE")?,
+        opts,
+        trace,
+        print,
+    })
+}
+
+/// Prints simulated time in trace lines: the order of events is the
+/// simulation's, and wall-clock time means nothing there.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "[{}.{:03}s]", t.as_secs(), t.subsec_millis()),
+            None => write!(w, "[-]"),
+        }
+    }
+}
+
+fn replay_main(args: &[String]) -> ExitCode {
+    let r = match parse_replay_args(args) {
+        Ok(r) => r,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("dftpd-sim: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let default = if r.trace { "dftpd=debug" } else { "off" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_timer(SimTime)
+        .with_ansi(false)
+        .with_writer(std::io::stdout)
+        .init();
+    let report = match dftpd_sim::replay_file(&r.file, &r.opts) {
+        Ok(rep) => rep,
+        Err(e) => {
+            eprintln!("dftpd-sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if r.print {
+        print!("{}", report.outcome.transcript);
+    }
+    for l in &report.diff {
+        println!("{l}");
+    }
+    let others: Vec<&String> = report
+        .outcome
+        .violations
+        .iter()
+        .filter(|v| !v.starts_with("replies differ"))
+        .collect();
+    for v in &others {
+        println!("!! {v}");
+    }
+    let _ = std::io::stdout().flush();
+    if report.agrees() && others.is_empty() {
+        eprintln!(
+            "replay of {} agrees (seed {})",
+            r.file.display(),
+            r.opts.seed
+        );
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "replay of {} differs: {} diff line(s), {} violation(s)",
+            r.file.display(),
+            report.diff.len(),
+            others.len()
+        );
+        ExitCode::FAILURE
+    }
+}
 
 struct Options {
     paths: Vec<PathBuf>,
@@ -104,6 +269,10 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("replay") {
+        return replay_main(&args[1..]);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -111,7 +280,6 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match parse_args(&args) {
         Ok(o) => o,
         Err(e) => {

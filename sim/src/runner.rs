@@ -59,6 +59,10 @@ pub struct Outcome {
     pub violations: Vec<String>,
     /// Simulated time the run took.
     pub sim_time: Duration,
+    /// Differences between the scenario's expected replies (`NAME< TEXT`)
+    /// and the ones received, after normalisation; empty when they agree
+    /// or the scenario expects none.
+    pub reply_diff: Vec<String>,
 }
 
 impl Outcome {
@@ -75,6 +79,13 @@ impl Outcome {
             })
             .cloned()
             .collect();
+        if !self.reply_diff.is_empty() {
+            out.push(format!(
+                "replies differ from the expected ones ({} difference line(s)):\n{}",
+                self.reply_diff.len(),
+                self.reply_diff.join("\n")
+            ));
+        }
         for e in &sc.expected_violations {
             if !self.violations.iter().any(|v| v.contains(e.as_str())) {
                 out.push(format!(
@@ -126,7 +137,13 @@ fn master_config(sc: &Scenario) -> Result<MasterConfig, SetupError> {
             .iter()
             .map(|u| UserConfig {
                 name: u.name.clone(),
-                password: u.password.clone(),
+                // A recording's placeholder: the client's `$PASSWORD`
+                // expands to the same value.
+                password: if u.password == dftpd::master::record::PASSWORD_PLACEHOLDER {
+                    crate::script::REPLAY_PASSWORD.to_string()
+                } else {
+                    u.password.clone()
+                },
                 home: u.home.clone(),
                 admin: u.admin,
             })
@@ -211,6 +228,9 @@ struct Driver<'a> {
     broken: Option<String>,
     /// This run's upper latency bound (the lower one is [`MIN_LATENCY`]).
     max_latency: Duration,
+    /// When the script's steps began (the cluster was up): `at` counts
+    /// from here.
+    script_start: Duration,
 }
 
 fn pair(a: &str, b: &str) -> (String, String) {
@@ -238,11 +258,13 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
             transcript: format!("# setup failed: {e}\n"),
             violations: vec![format!("setup: {e}")],
             sim_time: Duration::ZERO,
+            reply_diff: Vec::new(),
         },
         Err(_) => Outcome {
             transcript: String::from("# the simulation panicked\n"),
             violations: Vec::new(),
             sim_time: Duration::ZERO,
+            reply_diff: Vec::new(),
         },
     };
     for p in panics {
@@ -276,7 +298,17 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
     let transcript: SharedTranscript = Rc::new(RefCell::new(Transcript::default()));
     let mut disks = BTreeMap::new();
     for s in &sc.topology.slaves {
-        disks.insert(s.name.clone(), MemDisk::new(s.free));
+        let capacity = match s.avail {
+            // `avail=`: what is free once the declared files are stored.
+            Some(avail) => sc
+                .topology
+                .files
+                .iter()
+                .filter(|f| f.slaves.contains(&s.name))
+                .fold(avail, |c, f| c.saturating_add(f.size)),
+            None => s.free,
+        };
+        disks.insert(s.name.clone(), MemDisk::new(capacity));
     }
     for f in &sc.topology.files {
         let data = content(f.seed, f.size);
@@ -306,6 +338,7 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
         active: BTreeMap::new(),
         broken: None,
         max_latency,
+        script_start: Duration::ZERO,
     };
     d.add_hosts(seed, mcfg, slave_cfgs);
     d.log(format!(
@@ -315,6 +348,7 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
         sc.topology.clients.len()
     ));
     d.start();
+    d.script_start = d.sim.elapsed();
     for step in &sc.steps {
         if d.broken.is_some() {
             break;
@@ -327,11 +361,15 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
     if let Some(b) = d.broken.clone() {
         d.violation(format!("simulation: {b}"));
     }
+    let reply_diff = crate::replay::reply_diff(sc, &transcript.borrow().lines);
     let t = transcript.borrow();
     let mut text = String::new();
     for l in &t.lines {
         text.push_str(l);
         text.push('\n');
+    }
+    for l in &reply_diff {
+        text.push_str(&format!("!! REPLY DIFF {l}\n"));
     }
     text.push_str(&format!(
         "# end at {}: {} violation(s)\n",
@@ -342,6 +380,7 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
         transcript: text,
         violations: t.violations.clone(),
         sim_time: d.sim.elapsed(),
+        reply_diff,
     })
 }
 
@@ -593,6 +632,11 @@ impl<'a> Driver<'a> {
                 }
             }
             StepKind::Wait(names) => self.wait_clients(line, names),
+            StepKind::At(t) => {
+                let end = self.script_start + *t;
+                let left = end.saturating_sub(self.sim.elapsed());
+                self.run_until(left + Duration::from_millis(1), |s| s.sim.elapsed() >= end);
+            }
             StepKind::Sleep(d) => {
                 let end = self.sim.elapsed() + *d;
                 self.run_until(*d + Duration::from_millis(1), |s| s.sim.elapsed() >= end);
@@ -964,6 +1008,36 @@ mod tests {
             all.contains("partial upload /up by alice listed by the master"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn expected_replies_are_checked_and_password_placeholders_resolve() {
+        let text = "slave s1\nuser alice $PASSWORD\nalice: connect\nalice< 220 dftpd ready\n\
+             at 1500ms\nalice> USER alice\nalice< 331 Password required for alice\n\
+             alice> PASS $PASSWORD\nalice< 230 User alice logged in\n";
+        let o = run(&scenario(text), 0);
+        assert!(
+            o.reply_diff.is_empty(),
+            "{:?}\n{}",
+            o.reply_diff,
+            o.transcript
+        );
+        assert!(o.failures(&scenario(text)).is_empty());
+        // `at` counts from the script's start: USER left after 1.5 s.
+        assert!(o.sim_time >= Duration::from_millis(1500));
+        let wrong = text.replace("230 User alice", "230 User bob");
+        let sc = scenario(&wrong);
+        let o = run(&sc, 0);
+        assert_eq!(
+            o.reply_diff[1..],
+            ["-  230 User bob logged in", "+  230 User alice logged in"]
+        );
+        assert!(
+            o.transcript.contains("!! REPLY DIFF t.scn:9: alice\n"),
+            "{}",
+            o.transcript
+        );
+        assert_eq!(o.failures(&sc).len(), 1);
     }
 
     #[test]

@@ -26,7 +26,23 @@ pub struct SlaveDecl {
     pub name: String,
     /// Disk capacity in bytes.
     pub free: u64,
+    /// `avail=SIZE` (recordings): free space once the declared files are
+    /// on the disk; the capacity becomes SIZE plus their sizes.
+    pub avail: Option<u64>,
 }
+
+/// `NAME< TEXT`: a reply line the client is expected to receive, in order
+/// (recordings carry them; see [`crate::replay`] for the comparison).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expectation {
+    pub line: usize,
+    pub client: String,
+    pub text: String,
+}
+
+/// What `$PASSWORD` (in a `user` line and in commands) stands for: a
+/// recording never holds the real password.
+pub const REPLAY_PASSWORD: &str = "replayed-password";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileDecl {
@@ -102,6 +118,9 @@ pub enum ClientOp {
     Raw(Vec<u8>),
     /// Connect the data connection to the last 227/229 address now.
     DataConnect,
+    /// Connect it now to the master's address at the 227/229 port, as
+    /// clients that ignore the 227 address do (curl by default, ftplib).
+    DataConnectIgnoringAddress,
     /// Listen for an active data connection (`$PORT`, `$EPRT` name it).
     DataListen,
     /// Payload of the next upload command.
@@ -130,6 +149,9 @@ pub enum StepKind {
     Wait(Vec<String>),
     /// Let simulated time pass.
     Sleep(Duration),
+    /// `at DURATION`: let simulated time pass until DURATION after the
+    /// script started (the cluster is up); at once if that is past.
+    At(Duration),
     Crash(String),
     Restart(String),
     Partition(String, String),
@@ -186,6 +208,8 @@ pub struct Scenario {
     /// `expect-violation TEXT`: a known defect this scenario demonstrates;
     /// the run passes only if a violation containing TEXT occurs.
     pub expected_violations: Vec<String>,
+    /// `NAME< TEXT` lines, in file order.
+    pub expectations: Vec<Expectation>,
 }
 
 pub fn parse_file(path: &Path) -> Result<Scenario, ParseError> {
@@ -215,13 +239,22 @@ pub fn parse_size(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
-/// Durations: `250ms`, `5s`, `2m`.
+/// Durations: `250ms`, `5s`, `1.5s`, `2m`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if let Some(n) = s.strip_suffix("ms") {
         return n.parse().ok().map(Duration::from_millis);
     }
     if let Some(n) = s.strip_suffix('s') {
+        if let Some((whole, frac)) = n.split_once('.') {
+            // Milliseconds at most: `1.5s`, `0.250s`.
+            if frac.is_empty() || frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let whole: u64 = whole.parse().ok()?;
+            let ms: u64 = format!("{frac:0<3}").parse().ok()?;
+            return Some(Duration::from_secs(whole) + Duration::from_millis(ms));
+        }
         return n.parse().ok().map(Duration::from_secs);
     }
     if let Some(n) = s.strip_suffix('m') {
@@ -319,6 +352,23 @@ fn expand(p: &Parser, line: &str) -> Result<Vec<String>, ParseError> {
         .collect())
 }
 
+/// `NAME< TEXT`: an expected reply line; `#` belongs to the text. Returns
+/// the name and the text (one space after `<` is the separator).
+fn expect_parts(raw: &str) -> Option<(&str, &str)> {
+    let s = raw.trim_start();
+    let at = s.find('<')?;
+    let head = &s[..at];
+    let is_name = !head.is_empty()
+        && head
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !is_name {
+        return None;
+    }
+    let rest = &s[at + 1..];
+    Some((head, rest.strip_prefix(' ').unwrap_or(rest).trim_end()))
+}
+
 /// `[each R] [&] NAME> ...`: a line whose `#` belongs to the command.
 fn is_command_line(raw: &str) -> bool {
     let mut s = raw.trim_start();
@@ -345,10 +395,25 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Scenario, ParseError>
         topology: Topology::default(),
         steps: Vec::new(),
         expected_violations: Vec::new(),
+        expectations: Vec::new(),
     };
     let mut p = Parser { file, line: 0 };
     for (i, raw) in text.lines().enumerate() {
         p.line = i + 1;
+        if !is_command_line(raw) {
+            if let Some((client, text)) = expect_parts(raw) {
+                let client = p.name(client, "client")?;
+                if RESERVED.contains(&client.as_str()) {
+                    return Err(p.err(format!("'{client}' is reserved and cannot be a client")));
+                }
+                sc.expectations.push(Expectation {
+                    line: p.line,
+                    client,
+                    text: text.to_string(),
+                });
+                continue;
+            }
+        }
         // A command line keeps everything after `>`, `#` included.
         let line = if is_command_line(raw) {
             raw.trim()
@@ -407,17 +472,19 @@ fn parse_line(p: &Parser, sc: &mut Scenario, line: &str) -> Result<(), ParseErro
     match words[0] {
         "slave" => {
             if words.len() < 2 || words.len() > 3 {
-                return Err(p.err("usage: slave NAME [free=SIZE]"));
+                return Err(p.err("usage: slave NAME [free=SIZE | avail=SIZE]"));
             }
             let name = p.name(words[1], "slave")?;
             let mut free = 1 << 30;
+            let mut avail = None;
             if let Some(kv) = words.get(2) {
                 match p.key_value(kv)? {
                     ("free", v) => free = p.size(v)?,
+                    ("avail", v) => avail = Some(p.size(v)?),
                     (k, _) => return Err(p.err(format!("unknown slave option '{k}'"))),
                 }
             }
-            sc.topology.slaves.push(SlaveDecl { name, free });
+            sc.topology.slaves.push(SlaveDecl { name, free, avail });
         }
         "file" => {
             if words.len() < 4 {
@@ -505,6 +572,10 @@ fn parse_line(p: &Parser, sc: &mut Scenario, line: &str) -> Result<(), ParseErro
         "sleep" => {
             p.args::<2>(&words, "sleep DURATION")?;
             sc.steps.push(step(StepKind::Sleep(p.duration(words[1])?)));
+        }
+        "at" => {
+            p.args::<2>(&words, "at DURATION")?;
+            sc.steps.push(step(StepKind::At(p.duration(words[1])?)));
         }
         "crash" | "restart" => {
             p.args::<2>(&words, &format!("{} HOST", words[0]))?;
@@ -627,7 +698,7 @@ fn parse_await(p: &Parser, sc: &mut Scenario, words: &[&str]) -> Result<(), Pars
 
 fn parse_client_action(p: &Parser, rest: &str) -> Result<ClientOp, ParseError> {
     let words: Vec<&str> = rest.split_whitespace().collect();
-    let usage = "client actions: connect, close, send-long N, send-hex HEX..., data connect, data listen, data send SIZE [seed=N] [close-after=SIZE | abort-after=SIZE], data read close-after=SIZE | abort-after=SIZE";
+    let usage = "client actions: connect, close, send-long N, send-hex HEX..., data connect [ignore-address], data listen, data send SIZE [seed=N] [close-after=SIZE | abort-after=SIZE], data read close-after=SIZE | abort-after=SIZE";
     match words.as_slice() {
         ["connect"] => Ok(ClientOp::Connect),
         ["close"] => Ok(ClientOp::Close),
@@ -653,6 +724,7 @@ fn parse_client_action(p: &Parser, rest: &str) -> Result<ClientOp, ParseError> {
             Ok(ClientOp::Raw(bytes))
         }
         ["data", "connect"] => Ok(ClientOp::DataConnect),
+        ["data", "connect", "ignore-address"] => Ok(ClientOp::DataConnectIgnoringAddress),
         ["data", "listen"] => Ok(ClientOp::DataListen),
         ["data", "send", size, opts @ ..] => {
             let mut payload = Payload {
@@ -719,6 +791,14 @@ fn check(sc: &Scenario, file: &str) -> Result<(), ParseError> {
                     format!("file {} is on undeclared slave '{s}'", f.path),
                 ));
             }
+        }
+    }
+    for e in &sc.expectations {
+        if !t.clients.contains(&e.client) {
+            return Err(err(
+                e.line,
+                format!("expected reply for '{}', which has no steps", e.client),
+            ));
         }
     }
     let is_host = |n: &str| n == "master" || is_slave(n) || t.clients.contains(n);
@@ -791,6 +871,10 @@ mod tests {
         assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0.025s"), Some(Duration::from_millis(25)));
+        assert_eq!(parse_duration("1.2345s"), None);
+        assert_eq!(parse_duration("1.s"), None);
     }
 
     #[test]
@@ -837,6 +921,42 @@ mod tests {
         ));
         assert_eq!(sc.steps[2].line, 9);
         assert_eq!(sc.steps.len(), 14);
+    }
+
+    #[test]
+    fn recording_statements_parse() {
+        let sc = ok("slave s1 avail=5k
+            user alice $PASSWORD
+            alice: connect
+            alice< 220 dftpd ready
+            at 12ms
+            alice> PASS $PASSWORD
+            alice< 211-Features: # kept
+            alice<  EPRT
+");
+        assert_eq!(sc.topology.slaves[0].avail, Some(5 << 10));
+        assert_eq!(sc.steps[1].kind, StepKind::At(Duration::from_millis(12)));
+        let texts: Vec<(&str, usize)> = sc
+            .expectations
+            .iter()
+            .map(|e| (e.text.as_str(), e.line))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                ("220 dftpd ready", 4),
+                ("211-Features: # kept", 7),
+                (" EPRT", 8)
+            ]
+        );
+        assert!(bad("slave s1
+bob< 200 x
+")
+        .starts_with("t.scn:2: expected reply for 'bob'"));
+        assert!(bad("slave s1
+at soon
+")
+        .starts_with("t.scn:2: invalid duration"));
     }
 
     #[test]

@@ -9,14 +9,18 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
+use super::record::{Header, RecordSink, Recorder};
 use super::registry::{lock, SlaveLink};
-use super::session::{Action, ListingJob, Route, Session, Target, TransferJob, TransferOutcome};
+use super::session::{
+    Action, ListingJob, PlanVerb, Route, Session, Target, TransferJob, TransferOutcome,
+};
 use super::{SessionInfo, Shared};
 use crate::config::PasvWithoutPret;
 use crate::env::{accept_from, bind_in_range, pump, BoxStream, Env, NetListener};
@@ -48,7 +52,7 @@ pub async fn accept_sessions(
             Ok(a) => a,
             Err(_) => continue,
         };
-        let id = {
+        let (id, sink) = {
             let mut st = lock(&state);
             let id = st.next_id();
             st.sessions.insert(
@@ -60,7 +64,7 @@ pub async fn accept_sessions(
                     doing: None,
                 },
             );
-            id
+            (id, st.record.clone())
         };
         let span = tracing::info_span!("session", id, %peer);
         let driver = Driver::new(
@@ -69,7 +73,7 @@ pub async fn accept_sessions(
             stream,
             Session::new(id, peer, local),
         );
-        tokio::spawn(driver.run().instrument(span));
+        tokio::spawn(driver.run(sink).instrument(span));
     }
 }
 
@@ -116,6 +120,15 @@ struct Driver {
     /// sent (a client caught at the wrong address must read the 425 before
     /// its data connection closes, or it reports a short transfer instead).
     parked: Option<BoxStream>,
+    /// The session's recording, when `record_dir` is set (boxed: an idle
+    /// session's future stays small when recording is off).
+    rec: Option<Box<Rec>>,
+}
+
+/// A recording and the instant its session started.
+struct Rec {
+    r: Recorder,
+    start: tokio::time::Instant,
 }
 
 enum Next {
@@ -137,11 +150,40 @@ impl Driver {
             queued: VecDeque::new(),
             closed: false,
             parked: None,
+            rec: None,
         }
     }
 
-    async fn run(mut self) {
+    /// Starts recording if the master records sessions.
+    fn start_recording(&mut self, sink: Option<Arc<dyn RecordSink>>) {
+        let Some(out) = sink.and_then(|s| s.open(self.session.id)) else {
+            return;
+        };
+        let st = lock(&self.state);
+        let h = Header {
+            session: self.session.id,
+            peer: self.session.peer,
+            unix_now: self.env.unix_now(),
+        };
+        self.rec = Some(Box::new(Rec {
+            r: Recorder::start(out, &h, &st),
+            start: tokio::time::Instant::now(),
+        }));
+    }
+
+    /// A `#` note in the recording (built only when recording).
+    fn note(&mut self, text: impl FnOnce(&Self) -> String) {
+        if self.rec.is_some() {
+            let t = text(self);
+            if let Some(rec) = self.rec.as_mut() {
+                rec.r.note(&t);
+            }
+        }
+    }
+
+    async fn run(mut self, sink: Option<Arc<dyn RecordSink>>) {
         tracing::debug!("session opened");
+        self.start_recording(sink);
         if self.send(&Session::greeting()).await.is_ok() {
             self.serve().await;
         }
@@ -149,6 +191,9 @@ impl Driver {
         {
             let mut st = lock(&self.state);
             self.session.close(&mut st);
+        }
+        if let Some(mut rec) = self.rec.take() {
+            rec.r.finish(rec.start.elapsed(), self.closed);
         }
         tracing::debug!("session closed");
     }
@@ -169,6 +214,20 @@ impl Driver {
                     }
                 },
             };
+            if let Some(rec) = self.rec.as_mut() {
+                match &line {
+                    Line::Command(text) => {
+                        rec.r.command(rec.start.elapsed(), text);
+                        if Recorder::names_paths(text) {
+                            let st = lock(&self.state);
+                            rec.r.touch(text, &self.session.cwd, &st);
+                        }
+                    }
+                    Line::Empty => rec.r.command(rec.start.elapsed(), ""),
+                    Line::TooLong => rec.r.note("a command line too long to record"),
+                    Line::NotUtf8 => rec.r.note("a command line that is not UTF-8"),
+                }
+            }
             let reply = match line {
                 Line::Command(text) => match Command::parse(&text) {
                     Ok(cmd) => {
@@ -223,6 +282,9 @@ impl Driver {
             reply.code,
             reply.lines.first().map(String::as_str).unwrap_or("")
         );
+        if let Some(rec) = self.rec.as_mut() {
+            rec.r.reply(reply);
+        }
         self.writer.write_all(reply.to_wire().as_bytes()).await?;
         self.writer.flush().await
     }
@@ -239,7 +301,37 @@ impl Driver {
         let action = {
             let mut st = lock(&self.state);
             st.now = self.env.unix_now();
-            self.session.handle(cmd, &mut st)
+            let verb = cmd.verb();
+            let action = self.session.handle(cmd, &mut st);
+            if let Some(rec) = self.rec.as_mut() {
+                match (verb, self.session.user()) {
+                    ("PASS", Some(user)) => rec.r.logged_in(user, &st),
+                    ("PRET", _) => {
+                        if let Some(plan) = self.session.plan() {
+                            let on = match plan.target {
+                                Target::Master => "the master".to_string(),
+                                Target::Slave(s) => {
+                                    if matches!(
+                                        plan.verb,
+                                        PlanVerb::Stor | PlanVerb::Appe | PlanVerb::Stou
+                                    ) {
+                                        rec.r.upload_decision(Some(st.slaves.name(s)));
+                                    }
+                                    format!("slave {}", st.slaves.name(s))
+                                }
+                            };
+                            rec.r.note(&format!("PRET decision: {on}"));
+                        }
+                    }
+                    _ => {}
+                }
+                if let Action::Transfer(job) = &action {
+                    if job.is_upload() {
+                        rec.r.upload_decision(Some(&job.slave_name));
+                    }
+                }
+            }
+            action
         };
         let result = match action {
             Action::Reply(r) => self.send(&r).await,
@@ -254,6 +346,16 @@ impl Driver {
             Action::OpenPassive { target, xfer, epsv } => {
                 self.release_endpoint();
                 let result = self.open_passive(target, xfer).await;
+                self.note(|d| {
+                    let on = match target {
+                        Target::Master => "the master".to_string(),
+                        Target::Slave(s) => format!("slave {}", lock(&d.state).slaves.name(s)),
+                    };
+                    match &result {
+                        Ok(a) => format!("passive decision: {on} at {a} (transfer {xfer})"),
+                        Err(e) => format!("passive decision: {on} failed: {e}"),
+                    }
+                });
                 let reply = {
                     let st = lock(&self.state);
                     self.session.passive_opened(&st, target, xfer, epsv, result)
@@ -386,6 +488,10 @@ impl Driver {
             data.shutdown().await
         }
         .await;
+        self.note(|_| match &written {
+            Ok(()) => format!("data: listing of {} bytes sent", job.bytes.len()),
+            Err(e) => format!("data: listing failed: {e}"),
+        });
         match written {
             Ok(()) => {
                 self.send(&Reply::new(
@@ -408,6 +514,35 @@ impl Driver {
         let outcome = self.run_transfer(&job).await;
         let (outcome, aborted) = outcome;
         tracing::info!(?outcome, "transfer finished");
+        if let Some(rec) = self.rec.as_mut() {
+            let slave = &job.slave_name;
+            let text = match &outcome {
+                TransferOutcome::Sent { bytes } => {
+                    format!("data: slave {slave} sent {bytes} bytes")
+                }
+                TransferOutcome::Committed { size, crc32, .. } => {
+                    format!("data: slave {slave} stored {size} bytes crc32={crc32:08x}")
+                }
+                TransferOutcome::Failed(f) => format!("data: slave {slave} failed: {f:?}"),
+                TransferOutcome::SlaveLost => format!("data: slave {slave} lost"),
+                TransferOutcome::IgnoredPasvAddress { announced, used } => {
+                    format!("data: the client connected to {used}, not the announced {announced}")
+                }
+            };
+            rec.r.note(&text);
+            if matches!(outcome, TransferOutcome::IgnoredPasvAddress { .. }) {
+                rec.r.ignored_address();
+            }
+            if aborted {
+                rec.r.note("the client sent ABOR during the transfer");
+            }
+            if job.is_upload() {
+                rec.r.upload(match outcome {
+                    TransferOutcome::Committed { size, .. } => Some(size),
+                    _ => None,
+                });
+            }
+        }
         let reply = {
             let mut st = lock(&self.state);
             st.now = self.env.unix_now();

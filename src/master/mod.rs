@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod db;
+pub mod record;
 pub mod registry;
 pub mod session;
 pub mod slaves;
@@ -39,6 +40,8 @@ pub struct MasterState {
     /// Wall-clock seconds, refreshed from the environment by whoever takes
     /// the lock to act (the state never reads a clock itself).
     pub now: i64,
+    /// Where session recordings go (`record_dir`); `None`: not recording.
+    pub record: Option<Arc<dyn record::RecordSink>>,
     next_id: u64,
 }
 
@@ -50,6 +53,7 @@ impl MasterState {
             slaves: SlaveRegistry::default(),
             sessions: BTreeMap::new(),
             now: 0,
+            record: None,
             next_id: 0,
         }
     }
@@ -79,7 +83,14 @@ impl Master {
             .validate()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let config = Arc::new(config);
-        let state: Shared = Arc::new(Mutex::new(MasterState::new(config.clone())));
+        let mut st = MasterState::new(config.clone());
+        if let Some(dir) = &config.record_dir {
+            let sink = record::DirSink::create(dir.clone()).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("record_dir {}: {e}", dir.display()))
+            })?;
+            st.record = Some(Arc::new(sink));
+        }
+        let state: Shared = Arc::new(Mutex::new(st));
         let control = env.net.bind(config.listen).await?;
         let link = env.net.bind(config.link_listen).await?;
         let control_addr = control.local_addr()?;

@@ -228,6 +228,12 @@ impl Session {
         }
     }
 
+    /// The current PRET plan, if any (the session recorder notes where it
+    /// routed the transfer).
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
+    }
+
     fn owner(&self) -> String {
         self.user().unwrap_or("ftp").to_string()
     }

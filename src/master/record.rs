@@ -1,0 +1,797 @@
+//! Session recording (`record_dir`, `--record DIR`): each control session
+//! is written as one scenario file that `dftpd-sim replay` runs in the
+//! simulator. The file is in the scenario language (`scenarios/README.md`):
+//! a header comment, the slice of cluster state the session touched
+//! (`slave`, `file`, `user`, `config` lines: topology may appear anywhere
+//! in a scenario, so a path is declared where the session first uses it),
+//! then per command an `at Nms` line, the command, its replies as
+//! expectation lines (`client< 226 ...`) and `#` notes on PRET/PASV
+//! decisions and data outcomes.
+//!
+//! The [`Recorder`] only formats; where the bytes go is a [`RecordSink`]
+//! (files in a directory in production, a buffer in tests). Recording is
+//! off unless configured, and then costs one `Option` check per event. The
+//! output is buffered in memory and handed to a writer thread in 16 KiB
+//! chunks and at session end: a crash of the master may lose a session's
+//! tail.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::db::{FileMeta, Node};
+use super::MasterState;
+use crate::config::PasvWithoutPret;
+use crate::proto::{Reply, VPath};
+
+/// The client's name in a recording.
+pub const CLIENT: &str = "client";
+/// Stands for the user's password in a recording; the replayer resolves it.
+pub const PASSWORD_PLACEHOLDER: &str = "$PASSWORD";
+/// What a PASS that failed to log in is recorded as (a wrong password in
+/// the replay too, so it fails there as well).
+pub const WRONG_PASSWORD: &str = "<redacted-wrong-password>";
+/// A listed directory declares at most this many of its files.
+const DIR_FILES: usize = 200;
+
+/// Where recordings go: one writer per session.
+pub trait RecordSink: Send + Sync {
+    fn open(&self, session: u64) -> Option<Box<dyn Write + Send>>;
+}
+
+/// Production sink: `DIR/session-<id>.scn` (`session-<id>.<n>.scn` when a
+/// restarted master reuses an id). Sessions only append to a buffer in
+/// memory; full buffers (and the rest at session end) go over a channel to
+/// one writer thread that creates and writes the files, so no session
+/// task ever waits on the file system.
+pub struct DirSink {
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<Chunk>>,
+}
+
+/// Buffered bytes of one session; `last` closes its file.
+struct Chunk {
+    session: u64,
+    bytes: Vec<u8>,
+    last: bool,
+}
+
+/// Bytes handed to the writer thread at a time.
+const CHUNK: usize = 16 << 10;
+
+impl DirSink {
+    pub fn create(dir: PathBuf) -> std::io::Result<DirSink> {
+        std::fs::create_dir_all(&dir)?;
+        let (tx, rx) = std::sync::mpsc::channel::<Chunk>();
+        std::thread::Builder::new()
+            .name("dftpd-record".into())
+            .spawn(move || write_files(&dir, rx))?;
+        Ok(DirSink {
+            tx: std::sync::Mutex::new(tx),
+        })
+    }
+}
+
+/// The writer thread: one open file per recording session.
+fn write_files(dir: &std::path::Path, rx: std::sync::mpsc::Receiver<Chunk>) {
+    let mut open: std::collections::BTreeMap<u64, Option<std::fs::File>> = Default::default();
+    while let Ok(c) = rx.recv() {
+        let file = open
+            .entry(c.session)
+            .or_insert_with(|| create_file(dir, c.session));
+        if let Some(f) = file {
+            if let Err(e) = f.write_all(&c.bytes) {
+                tracing::warn!(session = c.session, error = %e, "session recording: write failed");
+                *file = None;
+            }
+        }
+        if c.last {
+            open.remove(&c.session);
+        }
+    }
+}
+
+fn create_file(dir: &std::path::Path, session: u64) -> Option<std::fs::File> {
+    for n in 0..1000u32 {
+        let name = if n == 0 {
+            format!("session-{session}.scn")
+        } else {
+            format!("session-{session}.{n}.scn")
+        };
+        let path = dir.join(name);
+        match std::fs::File::create_new(&path) {
+            Ok(f) => return Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot record session");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// A session's end of [`DirSink`].
+struct ChunkWriter {
+    session: u64,
+    buf: Vec<u8>,
+    tx: std::sync::mpsc::Sender<Chunk>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self, last: bool) {
+        let bytes = std::mem::take(&mut self.buf);
+        let _ = self.tx.send(Chunk {
+            session: self.session,
+            bytes,
+            last,
+        });
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= CHUNK {
+            self.send(false);
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send(false);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChunkWriter {
+    fn drop(&mut self) {
+        self.send(true);
+    }
+}
+
+impl RecordSink for DirSink {
+    fn open(&self, session: u64) -> Option<Box<dyn Write + Send>> {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Some(Box::new(ChunkWriter {
+            session,
+            buf: Vec::with_capacity(1024),
+            tx,
+        }))
+    }
+}
+
+/// What the header says about a session.
+pub struct Header {
+    pub session: u64,
+    pub peer: SocketAddr,
+    /// Wall-clock seconds at session start.
+    pub unix_now: i64,
+}
+
+/// The lines of one command (or the connect), written when the next one
+/// starts: an upload's payload size is known only at its end, and must
+/// precede the command in the scenario.
+#[derive(Default)]
+struct Entry {
+    prelude: Vec<String>,
+    lines: Vec<String>,
+    /// `Some` for an upload: its size when known.
+    upload: Option<Option<u64>>,
+    /// Index in `lines` of a PASS command, filled in at flush.
+    pass_at: Option<usize>,
+    /// The client connected to the master instead of the 227 address.
+    ignored_address: bool,
+    pass_ok: bool,
+}
+
+/// Formats one session's recording.
+pub struct Recorder {
+    out: Box<dyn Write + Send>,
+    files: BTreeSet<VPath>,
+    dirs: BTreeSet<VPath>,
+    users: BTreeSet<String>,
+    entry: Entry,
+    last_verb: String,
+    /// The slaves at session start (name, free bytes, online), written at
+    /// the session's first upload decision or at its end, whichever comes
+    /// first (see [`Self::upload_decision`]).
+    slaves: Option<Vec<(String, u64, bool)>>,
+    failed: bool,
+    finished: bool,
+}
+
+fn split_verb(text: &str) -> (String, &str) {
+    let text = text.trim_start();
+    match text.split_once(' ') {
+        Some((v, a)) => (v.to_ascii_uppercase(), a.trim()),
+        None => (text.trim_end().to_ascii_uppercase(), ""),
+    }
+}
+
+fn mode_name(m: PasvWithoutPret) -> &'static str {
+    match m {
+        PasvWithoutPret::Listings => "listings",
+        PasvWithoutPret::Refuse => "refuse",
+        PasvWithoutPret::Relay => "relay",
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` from Unix seconds.
+fn iso(t: i64) -> String {
+    let m = crate::proto::listing::mdtm(t);
+    format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &m[0..4],
+        &m[4..6],
+        &m[6..8],
+        &m[8..10],
+        &m[10..12],
+        &m[12..14]
+    )
+}
+
+/// A path the scenario language can carry in a `file` line.
+fn declarable(p: &VPath) -> bool {
+    !p.as_str().contains(|c: char| c.is_whitespace() || c == '#')
+}
+
+impl Recorder {
+    /// Starts a recording: header, the cluster slice every session needs
+    /// (master settings that change replies, the slaves), the connect.
+    pub fn start(out: Box<dyn Write + Send>, h: &Header, st: &MasterState) -> Recorder {
+        let mut r = Recorder {
+            out,
+            files: BTreeSet::new(),
+            dirs: BTreeSet::new(),
+            users: BTreeSet::new(),
+            entry: Entry::default(),
+            last_verb: String::new(),
+            slaves: Some(
+                st.slaves
+                    .iter()
+                    .map(|(_, s)| (s.name.clone(), s.free, s.is_online()))
+                    .collect(),
+            ),
+            failed: false,
+            finished: false,
+        };
+        let mut head = vec![
+            "# dftpd session recording".to_string(),
+            format!("# date: {}", iso(h.unix_now)),
+            format!("# session: {}  peer: {}", h.session, h.peer),
+            format!("# dftpd version: {}", env!("CARGO_PKG_VERSION")),
+            "# replay: dftpd-sim replay THIS_FILE [--seed S] [--trace]".to_string(),
+            "# cluster at session start".to_string(),
+            format!(
+                "config pasv_without_pret={}",
+                mode_name(st.config.pasv_without_pret)
+            ),
+            format!("config allow_overwrite={}", st.config.allow_overwrite),
+        ];
+        if st.config.min_free_bytes > 0 {
+            head.push(format!(
+                "config min_free_bytes={}",
+                st.config.min_free_bytes
+            ));
+        }
+        head.push(format!("{CLIENT}: connect"));
+        r.write_lines(&head);
+        r
+    }
+
+    /// The session's first upload went to `chosen`: now the slaves are
+    /// written, `chosen` with 1 byte more free space than any other online
+    /// slave when it did not already have the most. The master picks the
+    /// roomiest of the least loaded slaves and breaks ties with a counter
+    /// all sessions share, and slaves on one disk report nearly the same
+    /// free space, changing by the second: without this the replay could
+    /// place the upload elsewhere. Later calls do nothing.
+    pub fn upload_decision(&mut self, chosen: Option<&str>) {
+        let Some(slaves) = self.slaves.take() else {
+            return;
+        };
+        let most_other = slaves
+            .iter()
+            .filter(|(n, _, online)| *online && Some(n.as_str()) != chosen)
+            .map(|(_, free, _)| *free)
+            .max()
+            .unwrap_or(0);
+        let mut lines = vec!["# slaves at session start (free space as `avail=`)".to_string()];
+        let mut offline = Vec::new();
+        for (name, free, online) in &slaves {
+            let avail = if Some(name.as_str()) == chosen && *free <= most_other {
+                most_other.saturating_add(1)
+            } else {
+                *free
+            };
+            if *online {
+                lines.push(format!("slave {name} avail={avail}"));
+            } else {
+                lines.push(format!("slave {name} avail={avail}  # offline"));
+                offline.push(name);
+            }
+        }
+        // Offline at session start: crashed once the replay's cluster is
+        // up (the step runs before the client's first command).
+        for name in offline {
+            lines.push(format!("crash {name}"));
+        }
+        self.write_lines(&lines);
+    }
+
+    fn write_lines(&mut self, lines: &[String]) {
+        if self.failed {
+            return;
+        }
+        for l in lines {
+            if let Err(e) = writeln!(self.out, "{l}") {
+                tracing::warn!(error = %e, "session recording failed; stopping it");
+                self.failed = true;
+                return;
+            }
+        }
+    }
+
+    fn flush_entry(&mut self) {
+        let mut e = std::mem::take(&mut self.entry);
+        if let Some(i) = e.pass_at {
+            let pw = if e.pass_ok {
+                PASSWORD_PLACEHOLDER
+            } else {
+                WRONG_PASSWORD
+            };
+            e.lines[i] = format!("{CLIENT}> PASS {pw}");
+        }
+        let mut all = e.prelude;
+        if e.ignored_address {
+            all.push(format!("{CLIENT}: data connect ignore-address"));
+        }
+        if let Some(size) = e.upload {
+            all.insert(0, format!("{CLIENT}: data send {}", size.unwrap_or(0)));
+            if size.is_none() {
+                all.insert(0, "# upload size unknown (the transfer failed)".into());
+            }
+        }
+        all.extend(e.lines);
+        self.write_lines(&all);
+    }
+
+    /// A command line arrives, `at` after session start: starts its entry.
+    /// When [`Self::names_paths`], the driver then calls [`Self::touch`].
+    pub fn command(&mut self, at: Duration, text: &str) {
+        self.flush_entry();
+        let (verb, _) = split_verb(text);
+        let at_line = format!("at {}ms", at.as_millis());
+        let (prelude, line) = match verb.as_str() {
+            "PASS" => {
+                self.entry.pass_at = Some(0);
+                (vec![], format!("{CLIENT}> PASS ****"))
+            }
+            // The client's own address cannot be replayed: the simulated
+            // client listens and names its listener instead.
+            "PORT" => (
+                vec![format!("{CLIENT}: data listen")],
+                format!("{CLIENT}> PORT $PORT"),
+            ),
+            "EPRT" => (
+                vec![format!("{CLIENT}: data listen")],
+                format!("{CLIENT}> EPRT $EPRT"),
+            ),
+            _ => (vec![], format!("{CLIENT}> {text}")),
+        };
+        self.entry.prelude = vec![at_line];
+        self.entry.prelude.extend(prelude);
+        self.entry.lines.push(line);
+        self.last_verb = verb;
+    }
+
+    /// Whether a command may name a path to declare (the driver takes the
+    /// state lock for [`Self::touch`] only then).
+    pub fn names_paths(text: &str) -> bool {
+        let (verb, arg) = split_verb(text);
+        let verb = if verb == "PRET" {
+            split_verb(arg).0
+        } else {
+            verb
+        };
+        matches!(
+            verb.as_str(),
+            "LIST"
+                | "NLST"
+                | "STAT"
+                | "RETR"
+                | "STOR"
+                | "APPE"
+                | "SIZE"
+                | "MDTM"
+                | "DELE"
+                | "RNFR"
+                | "RNTO"
+                | "MLST"
+                | "MLSD"
+                | "CWD"
+                | "RMD"
+                | "MKD"
+                | "MFMT"
+        )
+    }
+
+    /// Declares, as `file` lines, what a command's path argument names as
+    /// it is now: the file, or a directory's files (so listings and CWD
+    /// find it).
+    pub fn touch(&mut self, text: &str, cwd: &VPath, st: &MasterState) {
+        let (verb, arg) = split_verb(text);
+        let (verb, arg) = if verb == "PRET" {
+            split_verb(arg)
+        } else {
+            (verb, arg)
+        };
+        let arg = match verb.as_str() {
+            "LIST" | "NLST" | "STAT" => arg
+                .split_whitespace()
+                .skip_while(|w| w.starts_with('-'))
+                .collect::<Vec<_>>()
+                .join(" "),
+            "RETR" | "STOR" | "APPE" | "SIZE" | "MDTM" | "DELE" | "RNFR" | "RNTO" | "MLST"
+            | "MLSD" | "CWD" | "RMD" | "MKD" | "MFMT" => arg.to_string(),
+            _ => return,
+        };
+        let arg = if verb == "MFMT" {
+            arg.split_once(' ').map_or("", |(_, p)| p).to_string()
+        } else {
+            arg
+        };
+        let path = if arg.is_empty() {
+            cwd.clone()
+        } else {
+            match VPath::resolve(cwd, &arg) {
+                Ok(p) => p,
+                Err(_) => return,
+            }
+        };
+        if let Ok(f) = st.db.file(&path) {
+            self.declare_file(&path, f, st);
+        } else if st.db.dir(&path).is_ok() {
+            self.declare_dir(&path, DIR_FILES, st);
+        } else {
+            // Not there yet: whatever the session later finds under this
+            // name, it made itself (an upload), so it is never declared.
+            self.files.insert(path.clone());
+        }
+        // The parent must exist in the replay too (an upload into it).
+        if let Some(parent) = path.parent() {
+            if !parent.is_root() {
+                self.declare_dir(&parent, 1, st);
+            }
+        }
+    }
+
+    fn declare_dir(&mut self, dir: &VPath, limit: usize, st: &MasterState) {
+        if !self.dirs.insert(dir.clone()) {
+            return;
+        }
+        let Ok(d) = st.db.dir(dir) else { return };
+        let mut n = 0;
+        for (name, node) in &d.children {
+            if n >= limit {
+                break;
+            }
+            if let (Node::File(f), Ok(p)) = (node, dir.join(name)) {
+                self.declare_file(&p, f, st);
+                n += 1;
+            }
+        }
+    }
+
+    fn declare_file(&mut self, path: &VPath, f: &FileMeta, st: &MasterState) {
+        if !self.files.insert(path.clone()) {
+            return;
+        }
+        if f.holders.is_empty() {
+            return;
+        }
+        if !declarable(path) {
+            self.write_lines(&[format!(
+                "# not declarable (blank or '#' in the name): {path:?}"
+            )]);
+            return;
+        }
+        let holders: Vec<&str> = f.holders.iter().map(|&h| st.slaves.name(h)).collect();
+        let crc = f
+            .crc32
+            .map(|c| format!("  # crc32={c:08x}"))
+            .unwrap_or_default();
+        self.write_lines(&[format!(
+            "file {} {path} size={}{crc}",
+            holders.join(","),
+            f.size
+        )]);
+    }
+
+    /// One reply sent to the client.
+    pub fn reply(&mut self, r: &Reply) {
+        for l in r.to_wire().split("\r\n").filter(|l| !l.is_empty()) {
+            self.entry.lines.push(format!("{CLIENT}< {l}"));
+        }
+        if self.entry.pass_at.is_some() && r.code == 230 {
+            self.entry.pass_ok = true;
+        }
+    }
+
+    /// The session logged in as `user`: declare the account, its
+    /// password replaced by the placeholder.
+    pub fn logged_in(&mut self, user: &str, st: &MasterState) {
+        if !self.users.insert(user.to_string()) {
+            return;
+        }
+        let Some(u) = st.config.users.iter().find(|u| u.name == user) else {
+            return;
+        };
+        if u.name.contains(char::is_whitespace) || u.name.is_empty() {
+            return;
+        }
+        let mut line = format!("user {} {PASSWORD_PLACEHOLDER}", u.name);
+        if u.admin {
+            line.push_str(" admin");
+        }
+        if u.home != "/" && !u.home.contains(char::is_whitespace) {
+            line.push_str(&format!(" home={}", u.home));
+        }
+        self.write_lines(&[line]);
+    }
+
+    /// A `#` note in the current entry (decisions, data outcomes).
+    pub fn note(&mut self, text: &str) {
+        self.entry.lines.push(format!("# {text}"));
+    }
+
+    /// The client of the current data command connected to the master's
+    /// address instead of the one in the 227 reply (curl's default): the
+    /// replayed client does the same.
+    pub fn ignored_address(&mut self) {
+        self.entry.ignored_address = true;
+    }
+
+    /// The current command is an upload of `size` bytes (`None`: unknown).
+    pub fn upload(&mut self, size: Option<u64>) {
+        self.entry.upload = Some(size);
+    }
+
+    /// The session ended `at` after its start; `client_closed`: the client
+    /// went away (not after QUIT, not closed by the server).
+    pub fn finish(&mut self, at: Duration, client_closed: bool) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.upload_decision(None);
+        self.flush_entry();
+        let mut tail = Vec::new();
+        if client_closed && self.last_verb != "QUIT" {
+            tail.push(format!("at {}ms", at.as_millis()));
+            tail.push(format!("{CLIENT}: close"));
+        }
+        tail.push(format!("# session ended at {}ms", at.as_millis()));
+        self.write_lines(&tail);
+        if !self.failed {
+            if let Err(e) = self.out.flush() {
+                tracing::warn!(error = %e, "session recording: flush failed");
+            }
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        // A session task cancelled mid-way (master shutdown) still leaves
+        // what it saw.
+        if !self.finished {
+            self.upload_decision(None);
+            self.flush_entry();
+            let _ = self.out.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MasterConfig, UserConfig};
+    use crate::master::db::FileMeta;
+    use std::sync::{Arc, Mutex};
+
+    /// A writer whose bytes the test can read afterwards.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn state() -> MasterState {
+        let cfg = MasterConfig {
+            users: vec![UserConfig {
+                name: "alice".into(),
+                password: "hunter2".into(),
+                home: "/".into(),
+                admin: false,
+            }],
+            ..MasterConfig::default()
+        };
+        let mut st = MasterState::new(Arc::new(cfg));
+        let s1 = st.slaves.id_for("s1");
+        let p = VPath::parse_absolute("/pub/a.bin").unwrap();
+        st.db.mkdir_all(&p.parent().unwrap(), "x", 0).unwrap();
+        let owner = st.db.intern("x");
+        st.db
+            .put_file(
+                &p,
+                FileMeta {
+                    size: 1234,
+                    mtime: 0,
+                    owner,
+                    group: owner,
+                    crc32: Some(0xabcd),
+                    holders: [s1].into_iter().collect(),
+                },
+            )
+            .unwrap();
+        st
+    }
+
+    fn text(b: &Buf) -> String {
+        String::from_utf8(b.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_session_is_recorded_as_a_scenario_with_the_password_redacted() {
+        let st = state();
+        let buf = Buf::default();
+        let h = Header {
+            session: 7,
+            peer: "10.0.0.9:4000".parse().unwrap(),
+            unix_now: 1_700_000_000,
+        };
+        let mut r = Recorder::start(Box::new(buf.clone()), &h, &st);
+        let root = VPath::root();
+        r.reply(&Reply::new(220, "dftpd ready"));
+        r.command(Duration::from_millis(3), "USER alice");
+        r.touch("USER alice", &root, &st);
+        r.reply(&Reply::new(331, "Password required"));
+        r.command(Duration::from_millis(5), "PASS hunter2");
+        r.touch("PASS hunter2", &root, &st);
+        r.reply(&Reply::new(230, "User alice logged in"));
+        r.logged_in("alice", &st);
+        r.command(Duration::from_millis(9), "PRET RETR /pub/a.bin");
+        r.touch("PRET RETR /pub/a.bin", &root, &st);
+        r.reply(&Reply::new(200, "OK"));
+        r.command(Duration::from_millis(12), "STOR /pub/new");
+        r.touch("STOR /pub/new", &root, &st);
+        // Now it exists (the upload committed); naming it again declares
+        // nothing.
+        let mut st = st;
+        let owner = st.db.intern("x");
+        let new = VPath::parse_absolute("/pub/new").unwrap();
+        let meta = FileMeta {
+            size: 10,
+            mtime: 0,
+            owner,
+            group: owner,
+            crc32: None,
+            holders: [0].into_iter().collect(),
+        };
+        st.db.put_file(&new, meta).unwrap();
+        r.touch("SIZE /pub/new", &root, &st);
+        r.reply(&Reply::new(150, "go"));
+        r.note("data: stored 10 bytes");
+        r.upload(Some(10));
+        r.reply(&Reply::new(226, "Transfer complete"));
+        r.command(Duration::from_millis(20), "PASS again");
+        r.touch("PASS again", &root, &st);
+        r.reply(&Reply::new(503, "Already logged in"));
+        r.command(Duration::from_millis(21), "PORT 10,0,0,9,20,1");
+        r.touch("PORT 10,0,0,9,20,1", &root, &st);
+        r.reply(&Reply::new(200, "PORT command successful"));
+        r.finish(Duration::from_millis(30), true);
+        let t = text(&buf);
+        assert!(!t.contains("hunter2"), "{t}");
+        assert!(!t.contains("again"), "{t}");
+        assert!(t.contains("# date: 2023-11-14T22:13:20Z\n"), "{t}");
+        assert!(
+            t.contains("client: connect\nclient< 220 dftpd ready\n"),
+            "{t}"
+        );
+        assert!(t.contains("slave s1 avail=0  # offline\ncrash s1\n"), "{t}");
+        assert!(
+            t.contains("at 5ms\nclient> PASS $PASSWORD\nclient< 230 User alice logged in\n"),
+            "{t}"
+        );
+        assert!(t.contains("user alice $PASSWORD\n"), "{t}");
+        assert!(
+            t.contains("file s1 /pub/a.bin size=1234  # crc32=0000abcd\n"),
+            "{t}"
+        );
+        assert!(t.contains("client: data send 10\nat 12ms\nclient> STOR /pub/new\nclient< 150 go\n# data: stored 10 bytes\nclient< 226 Transfer complete\n"), "{t}");
+        assert!(
+            t.contains(&format!("client> PASS {WRONG_PASSWORD}\n")),
+            "{t}"
+        );
+        assert!(
+            t.contains("client: data listen\nclient> PORT $PORT\n"),
+            "{t}"
+        );
+        assert!(
+            t.ends_with("at 30ms\nclient: close\n# session ended at 30ms\n"),
+            "{t}"
+        );
+        // The file is declared once, however often it is named.
+        assert_eq!(t.matches("file s1 /pub/a.bin").count(), 1);
+        // The session's own upload is never declared as initial state.
+        assert!(!t.contains("/pub/new size"), "{t}");
+    }
+
+    #[test]
+    fn the_dir_sink_writes_one_file_per_session_off_the_session_task() {
+        let dir = std::env::temp_dir().join(format!("dftpd-record-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sink = DirSink::create(dir.clone()).unwrap();
+        for _ in 0..2 {
+            let mut w = sink.open(3).unwrap();
+            for i in 0..5000 {
+                writeln!(w, "line {i}").unwrap();
+            }
+            w.flush().unwrap();
+        }
+        // The second session 3 (a restarted master) gets its own file.
+        let want: String = (0..5000).map(|i| format!("line {i}\n")).collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for name in ["session-3.scn", "session-3.1.scn"] {
+            loop {
+                let got = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+                if got == want {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name}: {} bytes",
+                    got.len()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn multi_line_replies_keep_each_line() {
+        let st = state();
+        let buf = Buf::default();
+        let h = Header {
+            session: 1,
+            peer: "127.0.0.1:1".parse().unwrap(),
+            unix_now: 0,
+        };
+        let mut r = Recorder::start(Box::new(buf.clone()), &h, &st);
+        r.command(Duration::ZERO, "FEAT");
+        r.touch("FEAT", &VPath::root(), &st);
+        r.reply(&Reply::multi(
+            211,
+            vec!["Features:".into(), "PRET".into(), "End".into()],
+        ));
+        r.finish(Duration::from_millis(1), false);
+        let t = text(&buf);
+        assert!(
+            t.contains("client< 211-Features:\nclient< PRET\nclient< 211 End\n"),
+            "{t}"
+        );
+    }
+}
