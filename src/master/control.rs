@@ -416,13 +416,7 @@ impl Driver {
                         xfer,
                         accept_from: Some(self.session.peer_ip()),
                     });
-                    let catch = catch_listener(&self.env, self.session.local.ip(), addr).await;
-                    self.endpoint = Endpoint::Slave {
-                        xfer,
-                        link,
-                        addr,
-                        catch,
-                    };
+                    self.slave_endpoint(xfer, link, addr).await;
                     return Ok(addr);
                 }
                 let rx = link.request(
@@ -434,13 +428,7 @@ impl Driver {
                 );
                 match tokio::time::timeout(timeout, rx).await {
                     Ok(Ok(Response::Listening { addr })) => {
-                        let catch = catch_listener(&self.env, self.session.local.ip(), addr).await;
-                        self.endpoint = Endpoint::Slave {
-                            xfer,
-                            link,
-                            addr,
-                            catch,
-                        };
+                        self.slave_endpoint(xfer, link, addr).await;
                         Ok(addr)
                     }
                     Ok(Ok(Response::Failed(f))) => Err(format!("{f:?}")),
@@ -450,6 +438,18 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Records the slave listener announced at `addr`, with the master's
+    /// catch listener at the same port.
+    async fn slave_endpoint(&mut self, xfer: u64, link: SlaveLink, addr: SocketAddr) {
+        let catch = catch_listener(&self.env, self.session.local.ip(), addr).await;
+        self.endpoint = Endpoint::Slave {
+            xfer,
+            link,
+            addr,
+            catch,
+        };
     }
 
     /// Opens the client side of a master-served data connection.
