@@ -132,6 +132,29 @@ pub async fn bind_in_range(
     Err(last_err.unwrap_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free port")))
 }
 
+/// The next connection on a server's listener, or `None` once `shutdown`
+/// turns true. Accept errors (EMFILE and friends) are logged and backed off
+/// briefly instead of spinning.
+pub async fn next_connection(
+    listener: &dyn NetListener,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<(BoxStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return None,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok(x) => return Some(x),
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Accepts one connection from `from` (any peer when `None`) within
 /// `deadline`. Connections from other addresses are dropped and the listener
 /// keeps waiting: a port thief cannot take the transfer (RFC 2577 §5).

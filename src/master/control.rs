@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::record::{Header, RecordSink, Recorder};
@@ -23,7 +23,7 @@ use super::session::{
 };
 use super::{SessionInfo, Shared};
 use crate::config::PasvWithoutPret;
-use crate::env::{accept_from, bind_in_range, pump, BoxStream, Env, NetListener};
+use crate::env::{accept_from, bind_in_range, next_connection, pump, BoxStream, Env, NetListener};
 use crate::link::{DataConn, Request, Response, TransferFailure};
 use crate::proto::{Command, Line, LineDecoder, Reply};
 
@@ -33,21 +33,7 @@ pub async fn accept_sessions(
     listener: Box<dyn NetListener>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.changed() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = next_connection(listener.as_ref(), &mut shutdown).await {
         let local = match stream.local_addr() {
             Ok(a) => a,
             Err(_) => continue,
@@ -256,24 +242,11 @@ impl Driver {
 
     /// The next line from the client; `None` when the connection closed.
     async fn read_line(&mut self) -> Option<Line> {
-        // Small: it lives in every idle session's future (10,000 sessions
-        // in < 100 MB is a goal); the decoder joins partial lines.
-        let mut buf = [0u8; 512];
-        loop {
-            if let Some(l) = self.decoder.next_line() {
-                return Some(l);
-            }
-            if self.closed {
-                return None;
-            }
-            match self.reader.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    self.closed = true;
-                    return None;
-                }
-                Ok(n) => self.decoder.push(&buf[..n]),
-            }
+        if self.closed {
+            // What the decoder still holds, then the end.
+            return self.decoder.next_line();
         }
+        read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed).await
     }
 
     async fn send(&mut self, reply: &Reply) -> std::io::Result<()> {
@@ -923,6 +896,3 @@ async fn read_line_into(
         }
     }
 }
-
-#[allow(dead_code)]
-fn _assert_send(_: oneshot::Receiver<Response>) {}

@@ -416,11 +416,7 @@ impl Session {
                 Err(a) => a,
             },
             Command::Rmd(arg) => match self.resolve(&arg) {
-                Ok(p)
-                    if p.starts_with(&self.cwd)
-                        && p != VPath::root()
-                        && self.cwd.starts_with(&p) =>
-                {
+                Ok(p) if p == self.cwd && !p.is_root() => {
                     r(550, "Cannot remove the current directory")
                 }
                 Ok(p) => match st.db.rmdir(&p) {

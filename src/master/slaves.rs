@@ -25,7 +25,7 @@ use tracing::Instrument;
 use super::db::{FileMeta, Holders, Node, SlaveId};
 use super::registry::{lock, PendingReplies, SlaveLink, SlaveState};
 use super::{MasterState, Shared};
-use crate::env::{BoxStream, Env, NetListener};
+use crate::env::{next_connection, BoxStream, Env, NetListener};
 use crate::link::{self, auth, LinkError, MasterMsg, RemoteFile, SlaveMsg, PROTOCOL_VERSION};
 use crate::proto::VPath;
 
@@ -37,22 +37,9 @@ pub async fn accept_links(
     listener: Box<dyn NetListener>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.changed() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let span = tracing::info_span!("link", %peer);
-                tokio::spawn(serve_link(env.clone(), state.clone(), stream, peer).instrument(span));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "link accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
+    while let Some((stream, peer)) = next_connection(listener.as_ref(), &mut shutdown).await {
+        let span = tracing::info_span!("link", %peer);
+        tokio::spawn(serve_link(env.clone(), state.clone(), stream, peer).instrument(span));
     }
 }
 
@@ -258,11 +245,10 @@ async fn read_loop(
                     }
                 }
             }
-            SlaveMsg::Status { free, transfers } => {
+            SlaveMsg::Status { free, transfers: _ } => {
                 let mut st = lock(state);
                 if let Some(info) = st.slaves.get_mut(id) {
                     info.free = free;
-                    let _ = transfers;
                 }
             }
             SlaveMsg::Reply { rid, response } => {
