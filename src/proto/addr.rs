@@ -103,7 +103,7 @@ mod tests {
     fn pasv_format() {
         let a = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 11), 50000);
         assert_eq!(format_pasv(a), "127,0,0,11,195,80");
-        let z = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        let z = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); // bind-ok: an encoding test value, nothing binds it
         assert_eq!(format_pasv(z), "0,0,0,0,0,0");
     }
 
@@ -158,7 +158,7 @@ mod tests {
             v4,
             v6,
             "[2001:db8::42]:1".parse().expect("addr"),
-            "0.0.0.0:65535".parse().expect("addr"),
+            "0.0.0.0:65535".parse().expect("addr"), // bind-ok: an encoding test value
         ] {
             assert_eq!(parse_eprt(&format_eprt(a)), Ok(a));
         }

@@ -197,6 +197,9 @@ fn crc_of_file(path: &Path) -> io::Result<u32> {
     }
 }
 
+/// Runs blocking file-system work off the async workers. Only `DiskStorage`
+/// (the real-disk side of the storage seam) uses it; the simulator's slaves
+/// use `MemStorage` and never reach this, so determinism is unaffected.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
