@@ -89,6 +89,7 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
         data_timeout_ms: opts.data_timeout_ms,
         users: opts.users.clone(),
         record_dir: opts.record_dir.clone(),
+        store: Some(opts.data_dir.join("master.redb")),
         ..MasterConfig::default()
     };
     let master = Master::start(env.clone(), master_config).await?;

@@ -86,6 +86,11 @@ pub struct MasterConfig {
     /// scenario, `DIR/session-<id>.scn` (`dftpd-sim replay FILE`). Off by
     /// default; off costs nothing.
     pub record_dir: Option<PathBuf>,
+    /// The metadata store (file database, directories, queued operations
+    /// for offline slaves): a redb file, created when missing. Unset: kept
+    /// in memory only, so a restart rebuilds everything from the slaves'
+    /// remerges and loses empty directories, owners and queued operations.
+    pub store: Option<PathBuf>,
     pub users: Vec<UserConfig>,
 }
 
@@ -105,6 +110,7 @@ impl Default for MasterConfig {
             idle_timeout_ms: 900_000,
             min_free_bytes: 0,
             record_dir: None,
+            store: Some("dftpd-master.redb".into()),
             users: Vec::new(),
         }
     }

@@ -74,6 +74,15 @@ enum Cmd {
         /// DIR/session-<id>.scn (overrides `record_dir`).
         #[arg(long, value_name = "DIR")]
         record: Option<PathBuf>,
+        /// The metadata store file (overrides `store`).
+        #[arg(long, value_name = "FILE")]
+        store: Option<PathBuf>,
+        /// Forget the file database (a lost, stale or unreadable store) and
+        /// rebuild it from the slaves' remerges as they connect. Names and
+        /// slave ids are kept when the store is readable; an unreadable
+        /// store is moved aside to FILE.unreadable-<time>.
+        #[arg(long)]
+        rebuild: bool,
     },
     /// Run a slave from a config file (see slave.example.toml).
     Slave {
@@ -223,6 +232,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             listen,
             record,
+            store,
+            rebuild,
         } => {
             let mut cfg: MasterConfig = match &config {
                 Some(p) => config::load(p)?,
@@ -234,7 +245,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if record.is_some() {
                 cfg.record_dir = record;
             }
+            if store.is_some() {
+                cfg.store = store;
+            }
             cfg.validate()?;
+            if rebuild {
+                let Some(path) = &cfg.store else {
+                    bail!("--rebuild needs a store file (`store` in the config or --store)");
+                };
+                let done = dftpd::master::store::rebuild(path, Env::real().unix_now())?;
+                println!("{done}");
+            }
             let m = Master::start(Env::real(), cfg)
                 .await
                 .context("starting the master")?;

@@ -523,13 +523,19 @@ impl Client {
             };
         }
         if let Some(addr) = self.pasv {
-            return match TcpStream::connect(addr).await {
-                Ok(s) => {
+            // A connect to a host that went down is never answered; real
+            // clients give up after a while, and so does this one.
+            return match tokio::time::timeout(DATA_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
                     self.log(format!("{name}: data connected to {addr}"));
                     Some(s)
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     self.log(format!("{name}! data connect to {addr}: {}", e.kind()));
+                    None
+                }
+                Err(_) => {
+                    self.log(format!("{name}! data connect to {addr}: no answer"));
                     None
                 }
             };

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use dftpd::config::{MasterConfig, SlaveConfig, UserConfig};
 use dftpd::master::registry::{lock, SlaveState};
+use dftpd::master::store::{MetaStore, SharedMemory};
 use dftpd::master::{Master, Shared};
 use dftpd::proto::VPath;
 use dftpd::slave::mem::{MemDisk, MemStorage};
@@ -218,6 +219,8 @@ struct Driver<'a> {
     probe: ClientHandle,
     probe_transcript: SharedTranscript,
     disks: Rc<BTreeMap<String, MemDisk>>,
+    /// The master's metadata store: outlives the master host, like a disk.
+    master_store: SharedMemory,
     crashed: BTreeSet<String>,
     /// Host pairs (sorted) that are partitioned or held.
     cut: BTreeSet<(String, String)>,
@@ -332,6 +335,7 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
         },
         probe_transcript: Rc::new(RefCell::new(Transcript::default())),
         disks: Rc::new(disks),
+        master_store: SharedMemory::new(),
         crashed: BTreeSet::new(),
         cut: BTreeSet::new(),
         states: BTreeMap::new(),
@@ -402,14 +406,17 @@ impl<'a> Driver<'a> {
         let slot = self.master_slot.clone();
         let incarnation = Rc::new(Cell::new(0u64));
         let mcfg = Arc::new(mcfg);
+        let mem = self.master_store.clone();
         self.sim.host("master", move || {
             let slot = slot.clone();
             let cfg = (*mcfg).clone();
             let n = incarnation.get();
             incarnation.set(n + 1);
+            let mem = mem.clone();
             async move {
                 let env = sim_env(seed, "master", n);
-                let master = Master::start(env, cfg).await?;
+                let store = MetaStore::open_memory(&mem)?;
+                let master = Master::start_with_store(env, cfg, store).await?;
                 *lock(&slot) = Some(master.state.clone());
                 std::future::pending::<()>().await;
                 drop(master);
@@ -663,6 +670,10 @@ impl<'a> Driver<'a> {
                 self.without_latency_variance(|sim| sim.bounce(h.as_str()));
                 self.crashed.remove(h);
             }
+            StepKind::WipeStore => {
+                self.event("master store lost (wiped)".into());
+                self.master_store.wipe();
+            }
             StepKind::Partition(a, b) | StepKind::Hold(a, b) => {
                 let verb = if matches!(kind, StepKind::Partition(..)) {
                     self.sim.partition(a.as_str(), b.as_str());
@@ -697,6 +708,7 @@ impl<'a> Driver<'a> {
                 let want = match state {
                     SlaveStateWanted::Online => "online",
                     SlaveStateWanted::Offline => "offline",
+                    SlaveStateWanted::Remerging => "remerging",
                 };
                 let start = self.sim.elapsed();
                 let ok = self.run_until(*within, |d| d.slave_state(slave) == want);
@@ -736,12 +748,26 @@ impl<'a> Driver<'a> {
                 path,
                 size,
                 seed,
+                count,
             } => {
-                if let Some(disk) = self.disks.get(slave) {
-                    let now = (EPOCH_SECS + self.sim.elapsed().as_secs()) as i64;
+                let now = (EPOCH_SECS + self.sim.elapsed().as_secs()) as i64;
+                let Some(disk) = self.disks.get(slave) else {
+                    return;
+                };
+                if *count == 0 {
                     disk.put(path.clone(), content(*seed, *size), now);
+                    self.event(format!("disk {slave}: put {path} ({size} bytes)"));
+                } else {
+                    let data = content(*seed, *size);
+                    for i in 1..=*count {
+                        if let Ok(p) = VPath::parse_absolute(&format!("{path}{i}")) {
+                            disk.put(p, data.clone(), now);
+                        }
+                    }
+                    self.event(format!(
+                        "disk {slave}: put {path}1 .. {path}{count} ({size} bytes each)"
+                    ));
                 }
-                self.event(format!("disk {slave}: put {path} ({size} bytes)"));
             }
             StepKind::DiskRemove { slave, path } => {
                 let removed = self.disks.get(slave).is_some_and(|d| d.remove(path));

@@ -135,6 +135,7 @@ pub enum ClientOp {
 pub enum SlaveStateWanted {
     Online,
     Offline,
+    Remerging,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +155,8 @@ pub enum StepKind {
     At(Duration),
     Crash(String),
     Restart(String),
+    /// The master's metadata store is lost (use while the master is down).
+    WipeStore,
     Partition(String, String),
     Repair(String, String),
     Hold(String, String),
@@ -178,6 +181,8 @@ pub enum StepKind {
         path: VPath,
         size: u64,
         seed: u64,
+        /// `count=N`: N files, PATH1 .. PATHN (one transcript line).
+        count: u64,
     },
     DiskRemove {
         slave: String,
@@ -586,6 +591,13 @@ fn parse_line(p: &Parser, sc: &mut Scenario, line: &str) -> Result<(), ParseErro
                 StepKind::Restart(h)
             }));
         }
+        "wipe-store" => {
+            p.args::<2>(&words, "wipe-store master")?;
+            if words[1] != "master" {
+                return Err(p.err("wipe-store takes 'master'"));
+            }
+            sc.steps.push(step(StepKind::WipeStore));
+        }
         "partition" | "repair" | "hold" | "release" => {
             p.args::<3>(&words, &format!("{} HOST HOST", words[0]))?;
             let a = p.name(words[1], "host")?;
@@ -609,7 +621,7 @@ fn parse_line(p: &Parser, sc: &mut Scenario, line: &str) -> Result<(), ParseErro
         "disk" => {
             if words.len() < 4 {
                 return Err(p.err(
-                    "usage: disk SLAVE put PATH size=SIZE [seed=N] | disk SLAVE remove PATH",
+                    "usage: disk SLAVE put PATH size=SIZE [seed=N] [count=N] | disk SLAVE remove PATH",
                 ));
             }
             let slave = p.name(words[1], "slave")?;
@@ -618,10 +630,17 @@ fn parse_line(p: &Parser, sc: &mut Scenario, line: &str) -> Result<(), ParseErro
                 "put" => {
                     let mut size = None;
                     let mut seed = path_seed(&path);
+                    let mut count = 0;
                     for kv in &words[4..] {
                         match p.key_value(kv)? {
                             ("size", v) => size = Some(p.size(v)?),
                             ("seed", v) => seed = p.number(v, "seed")?,
+                            ("count", v) => {
+                                count = p.number(v, "count")?;
+                                if !(1..=1_000_000).contains(&count) {
+                                    return Err(p.err("count must be 1 to 1000000"));
+                                }
+                            }
                             (k, _) => return Err(p.err(format!("unknown disk option '{k}'"))),
                         }
                     }
@@ -631,6 +650,7 @@ fn parse_line(p: &Parser, sc: &mut Scenario, line: &str) -> Result<(), ParseErro
                         path,
                         size,
                         seed,
+                        count,
                     }));
                 }
                 "remove" => {
@@ -656,9 +676,9 @@ fn parse_line(p: &Parser, sc: &mut Scenario, line: &str) -> Result<(), ParseErro
 }
 
 fn parse_await(p: &Parser, sc: &mut Scenario, words: &[&str]) -> Result<(), ParseError> {
-    // await slave NAME online|offline [within DUR]
+    // await slave NAME online|offline|remerging [within DUR]
     // await CLIENT bytes SIZE [within DUR]
-    let usage = "usage: await slave NAME online|offline [within DURATION] | await CLIENT bytes SIZE [within DURATION]";
+    let usage = "usage: await slave NAME online|offline|remerging [within DURATION] | await CLIENT bytes SIZE [within DURATION]";
     if words.len() != 4 && words.len() != 6 {
         return Err(p.err(usage));
     }
@@ -674,6 +694,7 @@ fn parse_await(p: &Parser, sc: &mut Scenario, words: &[&str]) -> Result<(), Pars
         let state = match words[3] {
             "online" => SlaveStateWanted::Online,
             "offline" => SlaveStateWanted::Offline,
+            "remerging" => SlaveStateWanted::Remerging,
             _ => return Err(p.err(usage)),
         };
         StepKind::AwaitSlave {

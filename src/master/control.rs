@@ -21,6 +21,7 @@ use super::registry::{lock, SlaveLink};
 use super::session::{
     Action, ListingJob, PlanVerb, Route, Session, Target, TransferJob, TransferOutcome,
 };
+use super::store::Durable;
 use super::{SessionInfo, Shared};
 use crate::config::PasvWithoutPret;
 use crate::env::{accept_from, bind_in_range, next_connection, pump, BoxStream, Env, NetListener};
@@ -109,6 +110,10 @@ struct Driver {
     /// The session's recording, when `record_dir` is set (boxed: an idle
     /// session's future stays small when recording is off).
     rec: Option<Box<Rec>>,
+    /// Changes this session made that the store has not confirmed yet: the
+    /// next reply waits for them (a client is never told "done" before the
+    /// change would survive a crash).
+    durable: Option<Durable>,
 }
 
 /// A recording and the instant its session started.
@@ -137,6 +142,7 @@ impl Driver {
             closed: false,
             parked: None,
             rec: None,
+            durable: None,
         }
     }
 
@@ -177,6 +183,7 @@ impl Driver {
         {
             let mut st = lock(&self.state);
             self.session.close(&mut st);
+            let _ = st.flush();
         }
         if let Some(mut rec) = self.rec.take() {
             rec.r.finish(rec.start.elapsed(), self.closed);
@@ -250,6 +257,21 @@ impl Driver {
     }
 
     async fn send(&mut self, reply: &Reply) -> std::io::Result<()> {
+        let failed;
+        let reply = match self.durable.take() {
+            Some(d) => match d.wait().await {
+                Ok(()) => reply,
+                Err(e) => {
+                    tracing::error!(error = %e, "change not saved; refusing the reply");
+                    failed = Reply::new(
+                        451,
+                        "Local error: the change could not be saved to the metadata store",
+                    );
+                    &failed
+                }
+            },
+            None => reply,
+        };
         tracing::debug!(
             "-> {} {}",
             reply.code,
@@ -276,6 +298,9 @@ impl Driver {
             st.now = self.env.unix_now();
             let verb = cmd.verb();
             let action = self.session.handle(cmd, &mut st);
+            if let Some(d) = st.flush() {
+                self.durable = Some(d);
+            }
             if let Some(rec) = self.rec.as_mut() {
                 match (verb, self.session.user()) {
                     ("PASS", Some(user)) => rec.r.logged_in(user, &st),
@@ -519,7 +544,11 @@ impl Driver {
         let reply = {
             let mut st = lock(&self.state);
             st.now = self.env.unix_now();
-            self.session.transfer_done(&mut st, &job, outcome)
+            let reply = self.session.transfer_done(&mut st, &job, outcome);
+            if let Some(d) = st.flush() {
+                self.durable = Some(d);
+            }
+            reply
         };
         if self.closed {
             return Next::Close;

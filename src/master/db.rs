@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::proto::VPath;
@@ -83,6 +84,47 @@ impl DbError {
     }
 }
 
+/// A node as the metadata store keeps it: one record per path, children
+/// found by key order (see `store.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredNode {
+    Dir {
+        mtime: i64,
+        owner: NameId,
+        group: NameId,
+    },
+    File {
+        size: u64,
+        mtime: i64,
+        owner: NameId,
+        group: NameId,
+        crc32: Option<u32>,
+        holders: Vec<SlaveId>,
+    },
+}
+
+/// One change to the master's durable state, in the order it happened.
+/// The database (and the slave registry) append these to a journal while
+/// one is open; the driver hands the journal to the store and waits for it
+/// to be durable before telling a client "done".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// The node at this path is now this (replaces any earlier record).
+    Put(VPath, StoredNode),
+    /// The node at this path and everything below it are gone.
+    Remove(VPath),
+    /// The node at `from` and everything below it moved to `to`.
+    Rename(VPath, VPath),
+    /// An owner/group name got this id.
+    Name(NameId, String),
+    /// A slave name got this id.
+    Slave(SlaveId, String),
+    /// An operation queued for an offline slave, in its queue order.
+    QueueOp(SlaveId, u64, crate::link::FileOp),
+    /// The slave applied every queued operation up to this sequence number.
+    DequeueOps(SlaveId, u64),
+}
+
 #[derive(Debug, Default)]
 pub struct FileDb {
     root: DirMeta,
@@ -91,6 +133,8 @@ pub struct FileDb {
     held: Vec<u64>,
     names: Vec<Box<str>>,
     name_ids: BTreeMap<Box<str>, NameId>,
+    /// Changes not yet handed to the store; `None`: nobody persists them.
+    journal: Option<Vec<Change>>,
 }
 
 impl FileDb {
@@ -101,6 +145,113 @@ impl FileDb {
         db
     }
 
+    /// Starts recording changes for the store ([`FileDb::take_journal`]).
+    pub fn open_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes made since the last call (empty when no journal is open).
+    pub fn take_journal(&mut self) -> Vec<Change> {
+        match &mut self.journal {
+            Some(j) => std::mem::take(j),
+            None => Vec::new(),
+        }
+    }
+
+    fn record(&mut self, c: Change) {
+        if let Some(j) = &mut self.journal {
+            j.push(c);
+        }
+    }
+
+    /// Records the current state of the node at `path` (a `Put`, or a
+    /// `Remove` if it is gone). The root has no record of its own.
+    fn record_node(&mut self, path: &VPath) {
+        if self.journal.is_none() || path.is_root() {
+            return;
+        }
+        let c = match self.get(path) {
+            Some(n) => Change::Put(path.clone(), stored(n)),
+            None => Change::Remove(path.clone()),
+        };
+        self.record(c);
+    }
+
+    /// Rebuilds one node from its store record (loading at start). Parents
+    /// come first in store order; a missing one is created.
+    pub fn load(&mut self, path: &VPath, node: StoredNode) -> Result<(), DbError> {
+        if let Some(parent) = path.parent() {
+            if self.dir(&parent).is_err() {
+                self.mkdir_all(&parent, "dftpd", 0)?;
+            }
+        }
+        let (parent, name) = Self::split(path)?;
+        match node {
+            StoredNode::Dir {
+                mtime,
+                owner,
+                group,
+            } => {
+                let dir = self.dir_mut(&parent)?;
+                match dir.children.get_mut(name) {
+                    Some(Node::Dir(d)) => {
+                        d.mtime = mtime;
+                        d.owner = owner;
+                        d.group = group;
+                    }
+                    Some(Node::File(_)) => return Err(DbError::Exists),
+                    None => {
+                        dir.children.insert(
+                            name.into(),
+                            Node::Dir(Box::new(DirMeta {
+                                mtime,
+                                owner,
+                                group,
+                                children: BTreeMap::new(),
+                            })),
+                        );
+                    }
+                }
+            }
+            StoredNode::File {
+                size,
+                mtime,
+                owner,
+                group,
+                crc32,
+                mut holders,
+            } => {
+                holders.sort_unstable();
+                holders.dedup();
+                let keep = self.dir(&parent)?.mtime;
+                self.put_file(
+                    path,
+                    FileMeta {
+                        size,
+                        mtime,
+                        owner,
+                        group,
+                        crc32,
+                        holders: Holders::from_vec(holders),
+                    },
+                )?;
+                // Loading a file must not make its directory look newer.
+                self.dir_mut(&parent)?.mtime = keep;
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores a name id from the store: ids must come back as they were.
+    pub fn load_name(&mut self, id: NameId, name: &str) {
+        let i = id as usize;
+        if self.names.len() <= i {
+            self.names.resize(i + 1, "?".into());
+        }
+        self.names[i] = name.into();
+        self.name_ids.insert(name.into(), id);
+    }
+
     /// The id of an owner or group name, adding it when new.
     pub fn intern(&mut self, name: &str) -> NameId {
         if let Some(&id) = self.name_ids.get(name) {
@@ -109,6 +260,7 @@ impl FileDb {
         let id = self.names.len() as NameId;
         self.names.push(name.into());
         self.name_ids.insert(name.into(), id);
+        self.record(Change::Name(id, name.to_string()));
         id
     }
 
@@ -202,6 +354,8 @@ impl FileDb {
             })),
         );
         dir.mtime = now;
+        self.record_node(path);
+        self.record_node(&parent);
         Ok(())
     }
 
@@ -225,6 +379,7 @@ impl FileDb {
         match dir.children.get(name) {
             Some(Node::Dir(d)) if d.children.is_empty() => {
                 dir.children.remove(name);
+                self.record(Change::Remove(path.clone()));
                 Ok(())
             }
             Some(Node::Dir(_)) => Err(DbError::NotEmpty),
@@ -254,6 +409,8 @@ impl FileDb {
         };
         self.count_holders(&new_holders, 1);
         self.files += 1;
+        self.record_node(path);
+        self.record_node(&parent);
         Ok(old)
     }
 
@@ -270,6 +427,7 @@ impl FileDb {
         };
         self.count_holders(&f.holders, -1);
         self.files -= 1;
+        self.record(Change::Remove(path.clone()));
         Ok(f)
     }
 
@@ -279,6 +437,7 @@ impl FileDb {
         if let Err(pos) = f.holders.binary_search(&slave) {
             f.holders.insert(pos, slave);
             self.count_holders(&[slave], 1);
+            self.record_node(path);
         }
         Ok(())
     }
@@ -295,6 +454,8 @@ impl FileDb {
         self.count_holders(&[slave], -1);
         if empty {
             self.remove_file(path)?;
+        } else {
+            self.record_node(path);
         }
         Ok(empty)
     }
@@ -310,16 +471,12 @@ impl FileDb {
 
     pub fn set_mtime(&mut self, path: &VPath, mtime: i64) -> Result<(), DbError> {
         match self.file_mut(path) {
-            Ok(f) => {
-                f.mtime = mtime;
-                Ok(())
-            }
-            Err(DbError::IsADirectory) => {
-                self.dir_mut(path)?.mtime = mtime;
-                Ok(())
-            }
-            Err(e) => Err(e),
+            Ok(f) => f.mtime = mtime,
+            Err(DbError::IsADirectory) => self.dir_mut(path)?.mtime = mtime,
+            Err(e) => return Err(e),
         }
+        self.record_node(path);
+        Ok(())
     }
 
     /// Moves a file or a whole directory. The target must not exist.
@@ -349,6 +506,9 @@ impl FileDb {
         let dst = self.dir_mut(&to_parent)?;
         dst.children.insert(to_name.into(), node);
         dst.mtime = now;
+        self.record(Change::Rename(from.clone(), to.clone()));
+        self.record_node(&from_parent);
+        self.record_node(&to_parent);
         Ok(())
     }
 
@@ -458,6 +618,25 @@ impl Scan {
             }
         }
         false
+    }
+}
+
+/// The store record of a node (its children are records of their own).
+pub fn stored(n: &Node) -> StoredNode {
+    match n {
+        Node::Dir(d) => StoredNode::Dir {
+            mtime: d.mtime,
+            owner: d.owner,
+            group: d.group,
+        },
+        Node::File(f) => StoredNode::File {
+            size: f.size,
+            mtime: f.mtime,
+            owner: f.owner,
+            group: f.group,
+            crc32: f.crc32,
+            holders: f.holders.to_vec(),
+        },
     }
 }
 

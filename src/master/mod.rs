@@ -9,6 +9,7 @@ pub mod record;
 pub mod registry;
 pub mod session;
 pub mod slaves;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -42,6 +43,9 @@ pub struct MasterState {
     pub now: i64,
     /// Where session recordings go (`record_dir`); `None`: not recording.
     pub record: Option<Arc<dyn record::RecordSink>>,
+    /// The durable store's writer; `None`: changes are not persisted
+    /// (unit tests).
+    pub store: Option<store::StoreHandle>,
     next_id: u64,
 }
 
@@ -54,8 +58,21 @@ impl MasterState {
             sessions: BTreeMap::new(),
             now: 0,
             record: None,
+            store: None,
             next_id: 0,
         }
+    }
+
+    /// Hands the changes made since the last flush to the store. Await the
+    /// result before telling a client that what it asked for is done.
+    pub fn flush(&mut self) -> Option<store::Durable> {
+        let store = self.store.as_ref()?;
+        let mut changes = self.db.take_journal();
+        changes.extend(self.slaves.take_journal());
+        if changes.is_empty() {
+            return None;
+        }
+        Some(store.submit(changes))
     }
 
     /// A fresh id for sessions, transfers and link requests (one counter:
@@ -77,13 +94,44 @@ pub struct Master {
 }
 
 impl Master {
-    /// Binds the control and link listeners and starts serving.
+    /// Opens the store named in the config (`store`; none: in memory, not
+    /// kept), binds the control and link listeners and starts serving.
     pub async fn start(env: Env, config: MasterConfig) -> std::io::Result<Master> {
+        let store = match &config.store {
+            Some(path) => store::MetaStore::open_file(path),
+            None => store::MetaStore::open_memory(&store::SharedMemory::new()),
+        }
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Master::start_with_store(env, config, store).await
+    }
+
+    /// Like [`Master::start`] with a store opened by the caller (the
+    /// simulator keeps one per master across crashes).
+    pub async fn start_with_store(
+        env: Env,
+        config: MasterConfig,
+        store: store::MetaStore,
+    ) -> std::io::Result<Master> {
         config
             .validate()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let config = Arc::new(config);
         let mut st = MasterState::new(config.clone());
+        let stats = store
+            .load(&mut st)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        tracing::info!(
+            store = store.label(),
+            files = stats.files,
+            dirs = stats.dirs,
+            slaves = stats.slaves,
+            queued_ops = stats.queued_ops,
+            skipped = stats.skipped,
+            "metadata store loaded"
+        );
+        st.db.open_journal();
+        st.slaves.open_journal();
+        st.store = Some(store.start_writer());
         if let Some(dir) = &config.record_dir {
             let sink = record::DirSink::create(dir.clone()).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("record_dir {}: {e}", dir.display()))

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::db::SlaveId;
+use super::db::{Change, SlaveId};
 use crate::link::{FileOp, MasterMsg, Request, Response};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +91,10 @@ pub struct SlaveInfo {
     pub bytes_received: u64,
     pub relayed_bytes: u64,
     /// Changes to apply when it rejoins (it was offline when they happened).
-    pub pending_ops: Vec<FileOp>,
+    /// Operations for this slave made while it was offline, with their
+    /// sequence numbers; kept (and in the store) until a remerge proves
+    /// the slave applied them.
+    pub pending_ops: Vec<(u64, FileOp)>,
     /// Passive listeners the slave opened ahead: (token, address).
     pub ready_listeners: std::collections::VecDeque<(u64, std::net::SocketAddr)>,
 }
@@ -112,14 +115,74 @@ pub struct SlaveRegistry {
     /// Round-robin counter for ties, advanced on every pick.
     rr: u64,
     next_epoch: u64,
+    /// Sequence number of the last queued operation (any slave).
+    op_seq: u64,
+    /// Changes for the store; `None`: nobody persists them.
+    journal: Option<Vec<Change>>,
 }
 
 impl SlaveRegistry {
+    /// Starts recording changes for the store.
+    pub fn open_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    pub fn take_journal(&mut self) -> Vec<Change> {
+        match &mut self.journal {
+            Some(j) => std::mem::take(j),
+            None => Vec::new(),
+        }
+    }
+
+    fn record(&mut self, c: Change) {
+        if let Some(j) = &mut self.journal {
+            j.push(c);
+        }
+    }
+
+    /// Restores a slave's id from the store (ids are kept in the file
+    /// records, so they must come back unchanged).
+    pub fn load_slave(&mut self, id: SlaveId, name: &str) {
+        while self.slaves.len() < id as usize {
+            let filler = format!("?{}", self.slaves.len());
+            self.register(&filler);
+        }
+        if self.slaves.len() == id as usize {
+            self.register(name);
+        }
+    }
+
+    /// Restores an operation queued for an offline slave.
+    pub fn load_op(&mut self, id: SlaveId, seq: u64, op: FileOp) {
+        self.op_seq = self.op_seq.max(seq);
+        if let Some(s) = self.get_mut(id) {
+            s.pending_ops.push((seq, op));
+        }
+    }
+
+    /// The slave has applied its queued operations up to `seq`.
+    pub fn ops_applied(&mut self, id: SlaveId, seq: u64) {
+        let Some(s) = self.slaves.get_mut(id as usize) else {
+            return;
+        };
+        let before = s.pending_ops.len();
+        s.pending_ops.retain(|(n, _)| *n > seq);
+        if s.pending_ops.len() != before {
+            self.record(Change::DequeueOps(id, seq));
+        }
+    }
+
     /// The id of `name`, registering it (offline) when new.
     pub fn id_for(&mut self, name: &str) -> SlaveId {
         if let Some(&id) = self.by_name.get(name) {
             return id;
         }
+        let id = self.register(name);
+        self.record(Change::Slave(id, name.to_string()));
+        id
+    }
+
+    fn register(&mut self, name: &str) -> SlaveId {
         let id = self.slaves.len() as SlaveId;
         self.slaves.push(SlaveInfo {
             name: name.to_string(),
@@ -202,14 +265,17 @@ impl SlaveRegistry {
 
     /// Queues `op` for `id` when offline, or sends it now.
     pub fn apply_op(&mut self, id: SlaveId, op: FileOp) {
-        if let Some(s) = self.get_mut(id) {
-            match (&s.link, s.state) {
-                (Some(link), SlaveState::Online | SlaveState::Remerging) => {
-                    link.send(MasterMsg::Ops(vec![op]))
-                }
-                _ => s.pending_ops.push(op),
-            }
+        let Some(s) = self.slaves.get_mut(id as usize) else {
+            return;
+        };
+        if let (Some(link), SlaveState::Online | SlaveState::Remerging) = (&s.link, s.state) {
+            link.send(MasterMsg::Ops(vec![op]));
+            return;
         }
+        self.op_seq += 1;
+        let seq = self.op_seq;
+        s.pending_ops.push((seq, op.clone()));
+        self.record(Change::QueueOp(id, seq, op));
     }
 }
 

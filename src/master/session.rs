@@ -1743,11 +1743,14 @@ mod tests {
         assert_eq!(
             st.slaves.get(2).unwrap().pending_ops,
             vec![
-                FileOp::Rename {
-                    from: p("/gone"),
-                    to: p("/moved")
-                },
-                FileOp::Delete { path: p("/moved") },
+                (
+                    1,
+                    FileOp::Rename {
+                        from: p("/gone"),
+                        to: p("/moved")
+                    }
+                ),
+                (2, FileOp::Delete { path: p("/moved") }),
             ]
         );
     }

@@ -137,7 +137,7 @@ async fn serve_link(env: Env, state: Shared, mut stream: BoxStream, peer: Socket
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let pending: PendingReplies = Arc::new(Mutex::new(Default::default()));
-    let (id, epoch, ops, interval, deadline) = {
+    let (id, epoch, ops, ops_upto, interval, deadline) = {
         let mut st = lock(&state);
         let id = st.slaves.id_for(&name);
         let epoch = st.slaves.next_epoch();
@@ -153,8 +153,15 @@ async fn serve_link(env: Env, state: Shared, mut stream: BoxStream, peer: Socket
         info.ready_listeners.clear();
         info.state = SlaveState::Remerging;
         info.data_ip = Some(data_ip);
-        let ops = std::mem::take(&mut info.pending_ops);
-        (id, epoch, ops, interval, deadline)
+        // Kept queued (and stored) until this remerge completes: the slave
+        // applies them before listing its files, so a finished remerge
+        // proves they were applied; a link lost before that resends them.
+        let ops: Vec<_> = info.pending_ops.iter().map(|(_, op)| op.clone()).collect();
+        let ops_upto = info.pending_ops.last().map(|(seq, _)| *seq);
+        // A new slave's id must be stored before any file names it; the
+        // store applies batches in order, so no need to wait here.
+        let _ = st.flush();
+        (id, epoch, ops, ops_upto, interval, deadline)
     };
     tracing::info!(slave = %name, %peer, queued_ops = ops.len(), "slave authenticated, remerging");
     let (reader, writer) = tokio::io::split(stream);
@@ -163,7 +170,7 @@ async fn serve_link(env: Env, state: Shared, mut stream: BoxStream, peer: Socket
         pending: ops,
     });
     let writer_task = tokio::spawn(write_loop(writer, rx, interval));
-    let end = read_loop(&state, reader, id, &name, &pending, deadline).await;
+    let end = read_loop(&state, reader, id, &name, &pending, deadline, ops_upto).await;
     writer_task.abort();
     {
         let mut st = lock(&state);
@@ -196,6 +203,7 @@ async fn read_loop(
     name: &str,
     pending: &PendingReplies,
     deadline: std::time::Duration,
+    mut ops_upto: Option<u64>,
 ) -> String {
     let mut seen: BTreeSet<VPath> = BTreeSet::new();
     let mut remerged = 0u64;
@@ -207,10 +215,18 @@ async fn read_loop(
         };
         match msg {
             SlaveMsg::Remerge { files, last } => {
-                {
+                let durable = {
                     let mut st = lock(state);
                     remerged += files.len() as u64;
                     remerge_chunk(&mut st, id, files, &mut seen);
+                    st.flush()
+                };
+                // Waiting for the store here paces the slave's remerge to
+                // what the store can take (the lock is not held).
+                if let Some(d) = durable {
+                    if let Err(e) = d.wait().await {
+                        tracing::error!(slave = %name, error = %e, "remerge not saved");
+                    }
                 }
                 if last {
                     // Sweep in slices, yielding between them: a slave with
@@ -218,8 +234,17 @@ async fn read_loop(
                     let mut cursor = None;
                     let mut dropped = 0;
                     loop {
-                        let (n, next) = remerge_sweep(&mut lock(state), id, &seen, cursor.as_ref());
+                        let (n, next, durable) = {
+                            let mut st = lock(state);
+                            let (n, next) = remerge_sweep(&mut st, id, &seen, cursor.as_ref());
+                            (n, next, st.flush())
+                        };
                         dropped += n;
+                        if let Some(d) = durable {
+                            if let Err(e) = d.wait().await {
+                                tracing::error!(slave = %name, error = %e, "remerge not saved");
+                            }
+                        }
                         match next {
                             Some(c) => cursor = Some(c),
                             None => break,
@@ -227,8 +252,18 @@ async fn read_loop(
                         tokio::task::yield_now().await;
                     }
                     seen.clear();
-                    if let Some(info) = lock(state).slaves.get_mut(id) {
-                        info.state = SlaveState::Online;
+                    let durable = {
+                        let mut st = lock(state);
+                        if let Some(upto) = ops_upto.take() {
+                            st.slaves.ops_applied(id, upto);
+                        }
+                        if let Some(info) = st.slaves.get_mut(id) {
+                            info.state = SlaveState::Online;
+                        }
+                        st.flush()
+                    };
+                    if let Some(d) = durable {
+                        let _ = d.wait().await;
                     }
                     tracing::info!(slave = %name, files = remerged, dropped, "remerge done, slave online");
                     remerged = 0;

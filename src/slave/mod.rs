@@ -21,8 +21,8 @@ use tracing::Instrument;
 use crate::config::SlaveConfig;
 use crate::env::{accept_from, bind_in_range, BoxStream, Env, NetListener};
 use crate::link::{
-    self, auth, DataConn, LinkError, MasterMsg, Request, Response, SlaveMsg, TransferFailure,
-    TransferOrder, PROTOCOL_VERSION, REMERGE_CHUNK,
+    self, auth, DataConn, FileOp, LinkError, MasterMsg, Request, Response, SlaveMsg,
+    TransferFailure, TransferOrder, PROTOCOL_VERSION, REMERGE_CHUNK,
 };
 use storage::{Storage, StorageError};
 
@@ -75,12 +75,38 @@ struct Ctx {
     out: mpsc::UnboundedSender<SlaveMsg>,
 }
 
+async fn write_within<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &SlaveMsg,
+    limit: Duration,
+) -> Result<(), LinkError> {
+    tokio::time::timeout(limit, link::write_frame(w, msg))
+        .await
+        .map_err(|_| {
+            LinkError::Silent(format!("a frame not written in {} ms", limit.as_millis()))
+        })?
+}
+
 async fn connect_and_serve(
     env: &Env,
     config: &Arc<SlaveConfig>,
     storage: &Arc<dyn Storage>,
     ready: Option<&mpsc::UnboundedSender<String>>,
 ) -> Result<(), LinkError> {
+    // Connect, authenticate and receive `Welcome` within the heartbeat
+    // deadline: a handshake cut by a partition would otherwise wait forever
+    // (the simulator's `partition-during-remerge` scenario found this).
+    let limit = config.heartbeat_deadline().max(Duration::from_secs(1));
+    let (stream, pending) = tokio::time::timeout(limit, handshake(env, config))
+        .await
+        .map_err(|_| LinkError::Handshake("no answer from the master in time".into()))??;
+    serve(env, config, storage, ready, stream, pending).await
+}
+
+async fn handshake(
+    env: &Env,
+    config: &Arc<SlaveConfig>,
+) -> Result<(BoxStream, Vec<FileOp>), LinkError> {
     let mut stream = env.net.connect(config.master).await?;
     let mut nonce = [0u8; 32];
     env.rng_fill(&mut nonce);
@@ -130,6 +156,17 @@ async fn connect_and_serve(
         }
         _ => return Err(LinkError::Handshake("expected Welcome".into())),
     };
+    Ok((stream, pending))
+}
+
+async fn serve(
+    env: &Env,
+    config: &Arc<SlaveConfig>,
+    storage: &Arc<dyn Storage>,
+    ready: Option<&mpsc::UnboundedSender<String>>,
+    stream: BoxStream,
+    pending: Vec<FileOp>,
+) -> Result<(), LinkError> {
     tracing::info!(ops = pending.len(), "authenticated to master");
     for op in &pending {
         if let Err(e) = storage.apply(op).await {
@@ -147,29 +184,26 @@ async fn connect_and_serve(
     let (reader, mut writer) = tokio::io::split(stream);
     // Remerge in chunks: the master reconciles chunk by chunk and keeps
     // serving sessions in between.
+    // Each frame must make progress within the heartbeat deadline: a link
+    // partitioned mid-remerge is then given up and retried, not waited on.
+    let deadline = config.heartbeat_deadline();
     let mut chunks = files.chunks(REMERGE_CHUNK).peekable();
     if chunks.peek().is_none() {
-        link::write_frame(
-            &mut writer,
-            &SlaveMsg::Remerge {
-                files: vec![],
-                last: true,
-            },
-        )
-        .await?;
+        let msg = SlaveMsg::Remerge {
+            files: vec![],
+            last: true,
+        };
+        write_within(&mut writer, &msg, deadline).await?;
     }
     while let Some(chunk) = chunks.next() {
-        let last = chunks.peek().is_none();
-        link::write_frame(
-            &mut writer,
-            &SlaveMsg::Remerge {
-                files: chunk.to_vec(),
-                last,
-            },
-        )
-        .await?;
+        let msg = SlaveMsg::Remerge {
+            files: chunk.to_vec(),
+            last: chunks.peek().is_none(),
+        };
+        write_within(&mut writer, &msg, deadline).await?;
     }
-    link::write_frame(&mut writer, &SlaveMsg::Status { free, transfers: 0 }).await?;
+    let msg = SlaveMsg::Status { free, transfers: 0 };
+    write_within(&mut writer, &msg, deadline).await?;
     tracing::info!(files = count, free, "remerge sent");
     if let Some(r) = ready {
         let _ = r.send(config.name.clone());
