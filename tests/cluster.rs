@@ -52,6 +52,17 @@ fn curl_pret_upload_list_download_served_by_the_storing_slave() {
         .find(|r| r.starts_with("227"))
         .expect("227");
     assert_eq!(pasv_ip(pasv).as_deref(), Some(slave_ip.as_str()), "{pasv}");
+    // The checksum the slave reported with the upload, as XCRC and HASH.
+    let mut raw = c.raw();
+    let want = crc32fast::hash(&data);
+    assert_eq!(
+        raw.cmd("XCRC big.bin"),
+        format!("250 XCRC Successful. {want:08X}")
+    );
+    assert_eq!(
+        raw.cmd("HASH big.bin"),
+        format!("213 CRC32 0-{} {want:08x} /big.bin", data.len())
+    );
 
     let list = curl(&[
         "--ftp-pret",
@@ -482,7 +493,8 @@ fn separate_master_and_slave_processes_and_a_wrong_key() {
     std::fs::write(
         &master_toml,
         format!(
-            "listen = \"127.0.0.1:0\"\nlink_listen = \"127.0.0.1:0\"\nlink_key = \"right-key\"\npassive_ports = \"0\"\n[[users]]\nname = \"{USER}\"\npassword = \"{PASS}\"\n"
+            "listen = \"127.0.0.1:0\"\nlink_listen = \"127.0.0.1:0\"\nlink_key = \"right-key\"\npassive_ports = \"0\"\nstore = \"{}\"\n[[users]]\nname = \"{USER}\"\npassword = \"{PASS}\"\n",
+            dir.path().join("master.redb").display()
         ),
     )
     .unwrap();

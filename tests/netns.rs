@@ -282,9 +282,11 @@ fn master_config(lab: &Lab) -> String {
          heartbeat_interval_ms = 500\n\
          heartbeat_misses = 3\n\
          data_timeout_ms = 5000\n\
+         store = \"{}\"\n\
          [[users]]\n\
          name = \"{USER}\"\n\
-         password = \"{PASS}\"\n"
+         password = \"{PASS}\"\n",
+        lab.root("master.redb").display()
     )
 }
 

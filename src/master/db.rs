@@ -394,6 +394,7 @@ impl FileDb {
         let (parent, name) = Self::split(path)?;
         let new_holders = meta.holders.clone();
         let dir = self.dir_mut(&parent)?;
+        let dir_changed = meta.mtime > dir.mtime;
         dir.mtime = dir.mtime.max(meta.mtime);
         let old = match dir.children.get(name) {
             Some(Node::Dir(_)) => return Err(DbError::IsADirectory),
@@ -410,7 +411,9 @@ impl FileDb {
         self.count_holders(&new_holders, 1);
         self.files += 1;
         self.record_node(path);
-        self.record_node(&parent);
+        if dir_changed {
+            self.record_node(&parent);
+        }
         Ok(old)
     }
 

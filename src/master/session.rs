@@ -177,6 +177,7 @@ pub struct Session {
 const FEATURES: &[&str] = &[
     "EPRT",
     "EPSV",
+    "HASH CRC32*",
     "MDTM",
     "MFMT",
     "MLST type*;size*;modify*;perm*;unix.owner*;unix.group*;",
@@ -185,6 +186,7 @@ const FEATURES: &[&str] = &[
     "SIZE",
     "TVFS",
     "UTF8",
+    "XCRC",
 ];
 
 fn r(code: u16, text: impl Into<String>) -> Action {
@@ -280,6 +282,7 @@ impl Session {
     }
 
     fn dispatch(&mut self, cmd: Command, st: &mut MasterState) -> Action {
+        let cmd_verb = cmd.verb();
         match cmd {
             Command::User(name) => {
                 // Always 331, whether the user exists or not (RFC 2577 §6).
@@ -304,6 +307,10 @@ impl Session {
                     r(200, "UTF8 mode is always on")
                 } else if upper.starts_with("MLST") {
                     r(200, "MLST OPTS ok")
+                } else if upper == "HASH" || upper == "HASH CRC32" {
+                    r(200, "CRC32")
+                } else if upper.starts_with("HASH ") {
+                    r(504, "Only CRC32 is available: the checksum slaves report for uploads")
                 } else {
                     r(501, format!("Option not understood: {arg}"))
                 }
@@ -316,7 +323,7 @@ impl Session {
                         .into(),
                     "MLST MODE NLST NOOP OPTS PASS PASV PORT PRET PWD QUIT REST RETR RMD RNFR"
                         .into(),
-                    "RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE USER XCUP XCWD XMKD XPWD XRMD"
+                    "RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE USER XCRC XCUP XCWD XMKD XPWD XRMD HASH"
                         .into(),
                     "SITE commands: HELP SLAVES WHO".into(),
                     "Help OK".into(),
@@ -378,6 +385,30 @@ impl Session {
                     350,
                     format!("Restarting at {n}. Send STORE or RETRIEVE to initiate transfer"),
                 )
+            }
+            Command::Xcrc(arg) | Command::Hash(arg) => {
+                let hash = cmd_verb == "HASH";
+                match self.resolve(&arg) {
+                    Ok(p) => match st.db.file(&p) {
+                        Ok(FileMeta {
+                            crc32: Some(c),
+                            size,
+                            ..
+                        }) if hash => r(213, format!("CRC32 0-{size} {c:08x} {p}")),
+                        Ok(FileMeta { crc32: Some(c), .. }) => {
+                            r(250, format!("XCRC Successful. {c:08X}"))
+                        }
+                        Ok(_) => r(
+                            550,
+                            format!(
+                                "{p}: no checksum recorded (the file was found on a slave's disk, \
+                                 not uploaded through dftpd)"
+                            ),
+                        ),
+                        Err(e) => path_reply(&p, e),
+                    },
+                    Err(a) => a,
+                }
             }
             Command::Size(arg) => match self.resolve(&arg) {
                 Ok(p) => match st.db.file(&p) {
@@ -1768,5 +1799,26 @@ mod tests {
         assert!(text(s.handle(cmd("PASV"), &mut st)).starts_with("503"));
         assert!(text(s.handle(cmd("REST 2"), &mut st)).starts_with("350"));
         assert!(text(s.handle(cmd("QUIT"), &mut st)).starts_with("221"));
+    }
+    #[test]
+    fn xcrc_and_hash_report_the_recorded_checksum() {
+        let mut st = state(PasvWithoutPret::Listings);
+        let mut s = session(&mut st);
+        let mut m = st.db.file(&p("/a")).unwrap().clone();
+        m.crc32 = Some(0x0a1b2c3d);
+        st.db.put_file(&p("/c"), m).unwrap();
+        assert_eq!(
+            text(s.handle(cmd("XCRC /c"), &mut st)),
+            "250 XCRC Successful. 0A1B2C3D"
+        );
+        assert_eq!(
+            text(s.handle(cmd("HASH c"), &mut st)),
+            "213 CRC32 0-3 0a1b2c3d /c"
+        );
+        assert!(text(s.handle(cmd("XCRC /a"), &mut st)).starts_with("550 /a: no checksum"));
+        assert!(text(s.handle(cmd("HASH /nope"), &mut st)).starts_with("550"));
+        assert!(text(s.handle(cmd("OPTS HASH SHA-256"), &mut st)).starts_with("504"));
+        assert_eq!(text(s.handle(cmd("OPTS HASH"), &mut st)), "200 CRC32");
+        assert!(text(s.handle(cmd("FEAT"), &mut st)).contains(" HASH CRC32*"));
     }
 }

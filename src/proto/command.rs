@@ -81,6 +81,10 @@ pub enum Command {
     Rest(u64),
     Size(String),
     Mdtm(String),
+    /// XCRC PATH (DrFTPD, FlashFXP): the file's CRC-32.
+    Xcrc(String),
+    /// HASH PATH (draft-bryan-ftpext-hash): the file's hash, CRC32 here.
+    Hash(String),
     Mfmt {
         /// Exactly 14 digits, already validated as a real date.
         time: String,
@@ -202,6 +206,8 @@ impl Command {
                     .ok_or_else(|| bad("REST", "expected a decimal byte offset"))?,
             ),
             "SIZE" => Command::Size(required("SIZE", arg)?),
+            "XCRC" => Command::Xcrc(required("XCRC", arg)?),
+            "HASH" => Command::Hash(required("HASH", arg)?),
             "MDTM" => Command::Mdtm(required("MDTM", arg)?),
             "MFMT" => parse_mfmt(arg)?,
             "DELE" => Command::Dele(required("DELE", arg)?),
@@ -253,6 +259,8 @@ impl Command {
             Command::Stou(_) => "STOU",
             Command::Rest(_) => "REST",
             Command::Size(_) => "SIZE",
+            Command::Xcrc(_) => "XCRC",
+            Command::Hash(_) => "HASH",
             Command::Mdtm(_) => "MDTM",
             Command::Mfmt { .. } => "MFMT",
             Command::Dele(_) => "DELE",

@@ -113,6 +113,7 @@ impl MemStorage {
     }
 }
 
+#[cfg(test)]
 fn crc(data: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(data);
@@ -120,11 +121,6 @@ fn crc(data: &[u8]) -> u32 {
 }
 
 /// Where the bytes of a running upload go.
-enum Sink {
-    Temp(String),
-    InPlace(VPath),
-}
-
 #[async_trait]
 impl Storage for MemStorage {
     async fn list(&self) -> io::Result<Vec<RemoteFile>> {
@@ -172,28 +168,28 @@ impl Storage for MemStorage {
         input: &mut BoxStream,
         idle: Duration,
     ) -> Result<PendingUpload, StorageError> {
-        let sink = match offset {
-            None => {
-                let name = xfer.to_string();
-                self.disk.lock().temp.insert(name.clone(), Vec::new());
-                Sink::Temp(name)
-            }
+        // Every upload goes to a temporary copy, APPE and REST+STOR too
+        // (copy-on-write): the file as committed stays whole until the
+        // new version is renamed over it, so a crash mid-APPE changes
+        // nothing.
+        let name = xfer.to_string();
+        let start = match offset {
+            None => Vec::new(),
             Some(off) => {
-                let now = self.clock.unix_now();
-                let mut d = self.disk.lock();
-                let f = d.files.get_mut(path).ok_or(StorageError::NotFound)?;
+                let d = self.disk.lock();
+                let f = d.files.get(path).ok_or(StorageError::NotFound)?;
+                let mut data = f.data.as_ref().clone();
                 if off != APPEND {
-                    let mut data = f.data.as_ref().clone();
                     data.truncate(off.min(data.len() as u64) as usize);
                     // REST past the end: the gap reads as zeros, as on disk.
                     data.resize(off as usize, 0);
-                    f.data = Arc::new(data);
                 }
-                f.mtime = now;
-                Sink::InPlace(path.clone())
+                data
             }
         };
-        let mut hasher = crc32fast::Hasher::new();
+        let mut whole = crc32fast::Hasher::new();
+        whole.update(&start);
+        self.disk.lock().temp.insert(name.clone(), start);
         let mut buf = vec![0u8; CHUNK];
         let mut bytes = 0u64;
         let result: Result<(), StorageError> = async {
@@ -210,39 +206,31 @@ impl Storage for MemStorage {
                         "disk full",
                     )));
                 }
-                match &sink {
-                    Sink::Temp(name) => match d.temp.get_mut(name) {
-                        Some(t) => t.extend_from_slice(chunk),
-                        None => {
-                            return Err(StorageError::Disk(io::Error::other(
-                                "temporary file vanished",
-                            )))
-                        }
-                    },
-                    Sink::InPlace(p) => match d.files.get_mut(p) {
-                        Some(f) => Arc::make_mut(&mut f.data).extend_from_slice(chunk),
-                        None => return Err(StorageError::NotFound),
-                    },
+                match d.temp.get_mut(&name) {
+                    Some(t) => t.extend_from_slice(chunk),
+                    None => {
+                        return Err(StorageError::Disk(io::Error::other(
+                            "temporary file vanished",
+                        )))
+                    }
                 }
                 drop(d);
-                hasher.update(chunk);
+                whole.update(chunk);
                 bytes += n as u64;
             }
         }
         .await;
         if let Err(e) = result {
-            if let Sink::Temp(name) = &sink {
-                self.disk.lock().temp.remove(name);
-            }
+            self.disk.lock().temp.remove(&name);
             return Err(e);
         }
-        let (temp, size, crc32) = match sink {
-            Sink::Temp(name) => (Some(name), bytes, hasher.finalize()),
-            Sink::InPlace(p) => {
-                let data = self.disk.get(&p).ok_or(StorageError::NotFound)?;
-                (None, data.len() as u64, crc(&data))
-            }
-        };
+        let size = self
+            .disk
+            .lock()
+            .temp
+            .get(&name)
+            .map_or(0, |t| t.len() as u64);
+        let (temp, crc32) = (Some(name), whole.finalize());
         Ok(PendingUpload {
             path: path.clone(),
             temp,
@@ -468,19 +456,61 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn append_and_rest_write_in_place() {
+    async fn append_and_rest_are_copy_on_write() {
         let disk = MemDisk::new(1 << 20);
         let s = storage(&disk);
         disk.put(p("/f"), b"hello".to_vec(), 5);
         let up = upload(&s, "/f", Some(APPEND), b" world").await;
-        assert_eq!(up.temp, None);
+        assert!(up.temp.is_some());
         assert_eq!(up.size, 11);
         assert_eq!(up.crc32, crc(b"hello world"));
+        // Not committed: the file is untouched.
+        assert_eq!(&*disk.get(&p("/f")).unwrap(), b"hello");
+        assert_eq!(s.commit(&up).await.unwrap().0, 11);
         assert_eq!(&*disk.get(&p("/f")).unwrap(), b"hello world");
         let up = upload(&s, "/f", Some(2), b"LP").await;
         assert_eq!(up.size, 4);
-        assert_eq!(&*disk.get(&p("/f")).unwrap(), b"heLP");
+        s.discard(&up).await;
+        assert_eq!(&*disk.get(&p("/f")).unwrap(), b"hello world");
+        let up = upload(&s, "/f", Some(2), b"LP").await;
         assert_eq!(s.commit(&up).await.unwrap().0, 4);
+        assert_eq!(&*disk.get(&p("/f")).unwrap(), b"heLP");
+        assert!(disk.lock().temp.is_empty());
+    }
+
+    /// The same copy-on-write rule on the real disk storage (its tests
+    /// would need this module's in-memory stream pair).
+    #[tokio::test]
+    async fn disk_append_is_copy_on_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = crate::slave::storage::DiskStorage::new(dir.path()).unwrap();
+        std::fs::write(dir.path().join("f"), b"hello").unwrap();
+        let receive = |offset, data: &'static [u8]| {
+            let s = &s;
+            async move {
+                let (mut client, mut server) = pair();
+                let writer = tokio::spawn(async move {
+                    client.write_all(data).await.unwrap();
+                    client.shutdown().await.unwrap();
+                });
+                let up = s.receive(&p("/f"), offset, 9, &mut server, IDLE).await;
+                writer.await.unwrap();
+                up.unwrap()
+            }
+        };
+        let up = receive(Some(APPEND), b" world").await;
+        assert_eq!((up.size, up.crc32), (11, crc(b"hello world")));
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello");
+        s.discard(&up).await;
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello");
+        let up = receive(Some(APPEND), b" world").await;
+        s.commit(&up).await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello world");
+        let up = receive(Some(2), b"LP").await;
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello world");
+        assert_eq!(s.commit(&up).await.unwrap().0, 4);
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"heLP");
+        assert_eq!(s.cleanup_temp().await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -6,7 +6,9 @@
 //! Uploads are atomic: bytes go to `<root>/.dftpd-tmp/<xfer>`, are synced,
 //! and are renamed into place only on [`Storage::commit`]; a crash leaves at
 //! most a temporary file, removed by [`Storage::cleanup_temp`] at the next
-//! start. Writes into an existing file (REST+STOR, APPE) happen in place.
+//! start. Writes into an existing file (REST+STOR, APPE) are copy-on-write:
+//! the file is copied to the temporary name (copy_file_range, a reflink
+//! where the filesystem can), written there, and renamed over it on commit.
 
 use std::future::Future;
 use std::io;
@@ -55,7 +57,7 @@ pub async fn on_data<T>(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingUpload {
     pub path: VPath,
-    /// Temporary name relative to the root; `None` for in-place writes.
+    /// Temporary name relative to the root (`None`: nothing to rename).
     pub temp: Option<String>,
     /// Bytes that came over the data connection.
     pub bytes: u64,
@@ -335,21 +337,26 @@ impl Storage for DiskStorage {
         input: &mut BoxStream,
         idle: Duration,
     ) -> Result<PendingUpload, StorageError> {
-        let (target, temp) = match offset {
-            None => {
-                let name = format!("{xfer}");
-                tokio::fs::create_dir_all(self.root.join(TEMP_DIR))
-                    .await
-                    .map_err(StorageError::Disk)?;
-                (self.temp_path(&name), Some(name))
-            }
-            Some(_) => (self.real(path), None),
-        };
+        // Every upload goes to a temporary file, APPE and REST+STOR too
+        // (copy-on-write): the committed file stays whole until the new
+        // version is renamed over it, so a crash mid-APPE changes nothing.
+        // `std::fs::copy` uses copy_file_range(2): an in-kernel copy, a
+        // reflink on filesystems that share extents (btrfs, xfs).
+        let name = format!("{xfer}");
+        tokio::fs::create_dir_all(self.root.join(TEMP_DIR))
+            .await
+            .map_err(StorageError::Disk)?;
+        let target = self.temp_path(&name);
+        let temp = Some(name);
         let mut file = match offset {
             None => tokio::fs::File::create(&target)
                 .await
                 .map_err(StorageError::Disk)?,
             Some(off) => {
+                let (src, dst) = (self.real(path), target.clone());
+                blocking(move || std::fs::copy(&src, &dst))
+                    .await
+                    .map_err(disk)?;
                 let mut f = tokio::fs::OpenOptions::new()
                     .write(true)
                     .open(&target)
@@ -402,7 +409,7 @@ impl Storage for DiskStorage {
             }
             return Err(e);
         }
-        let (size, crc32) = if temp.is_some() {
+        let (size, crc32) = if offset.is_none() {
             (bytes, hasher.finalize())
         } else {
             let t = target.clone();
