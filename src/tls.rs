@@ -40,6 +40,39 @@
 //!   which is a per-process cache: on the master's own listing connections,
 //!   never on a slave.
 //!
+//! # Tying a data connection to its control connection
+//!
+//! `handshake_kind() == Some(Resumed)` on a data connection proves only
+//! that the client holds a ticket of this cluster. To tie it to one control
+//! session, accept the control connection with
+//! `TlsAcceptor::accept_with(stream, |c| c.set_resumption_data(&token))`
+//! (a random token per control session), send the token to the slave with
+//! the transfer order, accept the data connection the same way (so the
+//! slave's own tickets carry the token on), and compare
+//! `received_resumption_data()` with it. rustls hands the token back for
+//! TLS 1.3 only: a resumed TLS 1.2 data connection shows `None`.
+//!
+//! # Wiring notes
+//!
+//! - Build each config once per process and share it: `Arc<ServerConfig>`
+//!   holds the session cache and the ticketer that all connections use.
+//!   `TlsAcceptor::from(config.clone()).accept(stream)` on a [`BoxStream`]
+//!   gives a `TlsStream<BoxStream>`, which is a [`NetStream`] again; bound
+//!   the handshake with `tokio::time::timeout`.
+//! - `AUTH TLS`: send and flush 234 first, take the control stream back
+//!   whole (`unsplit`), and drop whatever the line decoder holds past the
+//!   `AUTH` line: bytes pipelined in clear must never run as protected
+//!   commands.
+//! - On a data connection the FTP client is the TLS client in both passive
+//!   and active mode: a slave that dialled out for PORT still accepts.
+//! - End a protected transfer with `shutdown()` (sends `close_notify`). A
+//!   peer that closes without `close_notify` reads as the data, then
+//!   `UnexpectedEof`: decide whether an upload ended that way counts.
+//! - A TLS stream has no `as_tcp`: transfers take the copy loop, not
+//!   `sendfile(2)`.
+//!
+//! # Secrets
+//!
 //! The ticket key is as sensitive as the certificates' private keys: a TLS
 //! 1.2 ticket carries the session's master secret. It must reach the slaves
 //! only over an encrypted link (the TLS link built with
@@ -871,6 +904,25 @@ mod tests {
         tokio::join!(acceptor.accept(s), connector.connect(name, c))
     }
 
+    /// As [`handshake`], the server tagging the sessions it issues tickets
+    /// for with `token` before the handshake starts.
+    async fn tagged_handshake(
+        server: &Arc<ServerConfig>,
+        client: &Arc<ClientConfig>,
+        name: &str,
+        token: &'static [u8],
+    ) -> (ServerTls, ClientTls) {
+        let (c, s) = mem_pair();
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        let acceptor = TlsAcceptor::from(server.clone());
+        let connector = TlsConnector::from(client.clone());
+        let (s, c) = tokio::join!(
+            acceptor.accept_with(s, |conn| conn.set_resumption_data(token)),
+            connector.connect(name, c)
+        );
+        (s.unwrap(), c.unwrap())
+    }
+
     /// One exchange each way. The client's read also takes in the TLS 1.3
     /// tickets the server sent after the handshake.
     async fn ping_pong(server: &mut ServerTls, client: &mut ClientTls) {
@@ -1182,6 +1234,60 @@ mod tests {
             HandshakeKind::Full,
             "stock spent: one more than the tickets sent"
         );
+    }
+
+    #[tokio::test]
+    async fn resumed_tls13_session_carries_the_control_connections_token() {
+        // How a slave can check RFC 4217 §10.2 "same session" across
+        // processes: the master tags the control session, the ticket carries
+        // the tag (sealed), the slave compares it with the tag of the
+        // transfer it was ordered to serve.
+        let key = TicketKey::generate().unwrap();
+        let (_, master) = server(&["master.example"], &key);
+        let (_, slave) = server(&["10.0.0.2"], &key);
+        let client = danger_accept_any_client(TLS13, None);
+        let (mut s, mut c) =
+            tagged_handshake(&master, &client, "master.example", b"control-42").await;
+        ping_pong(&mut s, &mut c).await;
+        assert_eq!(s.get_ref().1.received_resumption_data(), None);
+
+        let (mut s, mut c) =
+            tagged_handshake(&slave, &client, "master.example", b"control-42").await;
+        assert_eq!(
+            s.get_ref().1.received_resumption_data(),
+            Some(&b"control-42"[..])
+        );
+        ping_pong(&mut s, &mut c).await;
+
+        // The slave's own tickets, tagged the same way, carry it on.
+        let (s, _) = handshake(&slave, &client, "master.example").await;
+        assert_eq!(
+            s.unwrap().get_ref().1.received_resumption_data(),
+            Some(&b"control-42"[..])
+        );
+
+        // A client that did not resume shows no tag at all.
+        let stranger = danger_accept_any_client(TLS13, None);
+        let (s, _) = handshake(&slave, &stranger, "master.example").await;
+        assert_eq!(s.unwrap().get_ref().1.received_resumption_data(), None);
+    }
+
+    #[tokio::test]
+    async fn resumed_tls12_session_shows_no_token() {
+        // rustls 0.23 seals the tag into TLS 1.2 tickets too but never hands
+        // it back (only its TLS 1.3 path sets `received_resumption_data`):
+        // over TLS 1.2 a slave can only tell that the client resumed *some*
+        // session of the cluster. Fails, on purpose, if rustls changes that.
+        let key = TicketKey::generate().unwrap();
+        let (_, master) = server(&["master.example"], &key);
+        let (_, slave) = server(&["10.0.0.2"], &key);
+        let client = danger_accept_any_client(TLS12, None);
+        let (mut s, mut c) =
+            tagged_handshake(&master, &client, "master.example", b"control-42").await;
+        ping_pong(&mut s, &mut c).await;
+        let (s, _) = tagged_handshake(&slave, &client, "master.example", b"control-42").await;
+        assert_eq!(s.get_ref().1.handshake_kind(), Some(HandshakeKind::Resumed));
+        assert_eq!(s.get_ref().1.received_resumption_data(), None);
     }
 
     /// Wraps a ticketer and corrupts one byte of every ticket it issues.
