@@ -9,3 +9,4 @@ pub mod link;
 pub mod master;
 pub mod proto;
 pub mod slave;
+pub mod tls;
