@@ -207,7 +207,13 @@ def idle_sessions(binary, n, tmp):
     port = free_port()
     conf = os.path.join(tmp, "idle-master.toml")
     with open(conf, "w") as f:
+        # Thousands of sessions from one address, each logging in: lift the
+        # per-IP limit and make the password hash cheap (this measures
+        # memory per session, not argon2).
         f.write(f'listen = "127.0.0.1:{port}"\nlink_listen = "127.0.0.1:0"\n'
+                f'store = "{os.path.join(tmp, "idle-master.redb")}"\n'
+                f'[guard]\nmax_sessions_per_ip = 0\n'
+                f'[password_cost]\nmemory_kib = 64\niterations = 1\n'
                 f'[[users]]\nname = "{USER}"\npassword = "{PASSWORD}"\n')
     proc = subprocess.Popen([binary, "master", "--config", conf], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, preexec_fn=raise_nofile)

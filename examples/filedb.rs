@@ -90,6 +90,7 @@ fn main() {
             password: "p".into(),
             home: "/".into(),
             admin: false,
+            ..Default::default()
         }],
         ..MasterConfig::default()
     };

@@ -4,6 +4,9 @@
 //! `master.example.toml` and `slave.example.toml` for the commented forms.
 
 use serde::{Deserialize, Serialize};
+
+use crate::master::guard::GuardConfig;
+use crate::master::users::{PasswordCost, PermRule, TlsPolicy};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,18 +43,42 @@ pub enum PasvWithoutPret {
     Relay,
 }
 
+/// A user in the master's config (`[[users]]`). Give `password_hash` (an
+/// argon2id PHC string, `dftpd hash-password`); a plain `password` is
+/// accepted and hashed at start, with a warning.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
     pub password: String,
-    #[serde(default = "default_home")]
+    pub password_hash: Option<String>,
     pub home: String,
-    #[serde(default)]
     pub admin: bool,
+    /// Groups; the first is the primary one.
+    pub groups: Vec<String>,
+    /// May use FXP (PORT/EPRT to another host, CPSV/SSCN).
+    pub fxp: bool,
+    pub tls: TlsPolicy,
+    pub max_sessions: Option<u32>,
+    /// Total bytes this user may upload.
+    pub upload_quota: Option<u64>,
 }
 
-fn default_home() -> String {
-    "/".into()
+impl Default for UserConfig {
+    fn default() -> Self {
+        UserConfig {
+            name: String::new(),
+            password: String::new(),
+            password_hash: None,
+            home: "/".into(),
+            admin: false,
+            groups: Vec::new(),
+            fxp: false,
+            tls: TlsPolicy::Optional,
+            max_sessions: None,
+            upload_quota: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +119,13 @@ pub struct MasterConfig {
     /// remerges and loses empty directories, owners and queued operations.
     pub store: Option<PathBuf>,
     pub users: Vec<UserConfig>,
+    /// Per-path permission rules, first match wins (README, "Users and
+    /// permissions").
+    pub permissions: Vec<PermRule>,
+    /// Brute-force, session and rate limits.
+    pub guard: GuardConfig,
+    /// argon2id cost for hashing passwords.
+    pub password_cost: PasswordCost,
 }
 
 impl Default for MasterConfig {
@@ -112,6 +146,9 @@ impl Default for MasterConfig {
             record_dir: None,
             store: Some("dftpd-master.redb".into()),
             users: Vec::new(),
+            permissions: Vec::new(),
+            guard: GuardConfig::default(),
+            password_cost: PasswordCost::default(),
         }
     }
 }

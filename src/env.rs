@@ -57,6 +57,9 @@ pub struct Env {
     pub net: Arc<dyn Net>,
     pub clock: Arc<dyn Clock>,
     rng: Arc<Mutex<StdRng>>,
+    /// CPU-heavy calls go to tokio's blocking pool (production); the
+    /// simulator runs them inline (no OS threads there).
+    offload: bool,
 }
 
 impl Env {
@@ -65,6 +68,7 @@ impl Env {
             net,
             clock,
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
+            offload: false,
         }
     }
 
@@ -74,6 +78,20 @@ impl Env {
             net: Arc::new(TokioNet),
             clock: Arc::new(SystemClock),
             rng: Arc::new(Mutex::new(StdRng::from_entropy())),
+            offload: true,
+        }
+    }
+
+    /// Runs a CPU-heavy function (password hashing) without stalling the
+    /// runtime's workers in production.
+    pub async fn run_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        if self.offload {
+            tokio::task::spawn_blocking(f).await.ok()
+        } else {
+            Some(f())
         }
     }
 

@@ -84,6 +84,9 @@ enum Cmd {
         #[arg(long)]
         rebuild: bool,
     },
+    /// Print the argon2id hash of a password (read from standard input, one
+    /// line) for `password_hash` in the master's config.
+    HashPassword,
     /// Run a slave from a config file (see slave.example.toml).
     Slave {
         #[arg(long)]
@@ -121,6 +124,7 @@ fn default_user(data_dir: &std::path::Path) -> anyhow::Result<UserConfig> {
                 password: password.into(),
                 home: "/".into(),
                 admin: true,
+                ..Default::default()
             });
         }
     }
@@ -137,6 +141,7 @@ fn default_user(data_dir: &std::path::Path) -> anyhow::Result<UserConfig> {
         password,
         home: "/".into(),
         admin: true,
+        ..Default::default()
     })
 }
 
@@ -181,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     password: password.into(),
                     home: "/".into(),
                     admin: true,
+                    ..Default::default()
                 });
             }
             let printed_user = if user_configs.is_empty() {
@@ -266,6 +272,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             wait_for_ctrl_c().await;
             m.stop();
             println!("master stopped");
+        }
+        Cmd::HashPassword => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                bail!("give the password on standard input");
+            }
+            let mut salt = [0u8; 16];
+            Env::real().rng_fill(&mut salt);
+            let hash = dftpd::master::users::hash_password(
+                password,
+                salt,
+                dftpd::master::users::PasswordCost::default(),
+            )?;
+            println!("{hash}");
         }
         Cmd::Slave { config } => {
             let cfg: SlaveConfig = match &config {

@@ -147,8 +147,11 @@ fn master_config(sc: &Scenario) -> Result<MasterConfig, SetupError> {
                 },
                 home: u.home.clone(),
                 admin: u.admin,
+                ..Default::default()
             })
             .collect(),
+        // Still argon2id, cheap: scenarios log in a lot.
+        password_cost: dftpd::master::users::PasswordCost::FAST,
         ..MasterConfig::default()
     };
     let cfg: MasterConfig = overlay(&base, &sc.topology.master_config)?;

@@ -16,12 +16,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use super::guard::CommandRate;
 use super::record::{Header, RecordSink, Recorder};
 use super::registry::{lock, SlaveLink};
 use super::session::{
-    Action, ListingJob, PlanVerb, Route, Session, Target, TransferJob, TransferOutcome,
+    Action, ListingJob, LoginCheck, PlanVerb, Route, Session, Target, TransferJob, TransferOutcome,
 };
 use super::store::Durable;
+use super::users;
 use super::{SessionInfo, Shared};
 use crate::config::PasvWithoutPret;
 use crate::env::{accept_from, bind_in_range, next_connection, pump, BoxStream, Env, NetListener};
@@ -39,6 +41,25 @@ pub async fn accept_sessions(
             Ok(a) => a,
             Err(_) => continue,
         };
+        let refused = {
+            let mut st = lock(&state);
+            let cfg = st.config.guard.clone();
+            st.limits.open(&cfg, peer.ip()).err()
+        };
+        if let Some(e) = refused {
+            tracing::warn!(%peer, "session refused: {e}");
+            let mut stream = stream;
+            tokio::spawn(async move {
+                let reply = Reply::new(e.code(), e.to_string());
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    stream.write_all(reply.to_wire().as_bytes()),
+                )
+                .await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        }
         let (id, sink) = {
             let mut st = lock(&state);
             let id = st.next_id();
@@ -183,6 +204,8 @@ impl Driver {
         {
             let mut st = lock(&self.state);
             self.session.close(&mut st);
+            let ip = self.session.peer.ip();
+            st.limits.close(ip);
             let _ = st.flush();
         }
         if let Some(mut rec) = self.rec.take() {
@@ -192,21 +215,50 @@ impl Driver {
     }
 
     async fn serve(&mut self) {
-        let idle = lock(&self.state).config.idle_timeout();
+        let (idle, guard, start) = {
+            let st = lock(&self.state);
+            (
+                st.config.idle_timeout(),
+                st.config.guard.clone(),
+                st.mono_ms(),
+            )
+        };
+        let login_by =
+            tokio::time::Instant::now() + Duration::from_millis(guard.login_timeout_ms.max(1));
+        let mut rate = CommandRate::new(&guard, start);
         loop {
+            // Not logged in yet: the login deadline, not the idle timeout.
+            let wait = match self.session.user() {
+                Some(_) => idle,
+                None => idle.min(login_by.saturating_duration_since(tokio::time::Instant::now())),
+            };
             let line = match self.queued.pop_front() {
                 Some(l) => l,
-                None => match tokio::time::timeout(idle, self.read_line()).await {
+                None => match tokio::time::timeout(wait, self.read_line()).await {
                     Ok(Some(l)) => l,
                     Ok(None) => return,
                     Err(_) => {
-                        let _ = self
-                            .send(&Reply::new(421, "Idle timeout, closing control connection"))
-                            .await;
+                        let text = if self.session.user().is_some() {
+                            "Idle timeout, closing control connection"
+                        } else {
+                            "Login timeout, closing control connection"
+                        };
+                        let _ = self.send(&Reply::new(421, text)).await;
                         return;
                     }
                 },
             };
+            let now = lock(&self.state).mono_ms();
+            if !rate.allow(&guard, now) {
+                tracing::warn!("command rate exceeded; closing");
+                let _ = self
+                    .send(&Reply::new(
+                        421,
+                        "Too many commands too fast, closing control connection",
+                    ))
+                    .await;
+                return;
+            }
             if let Some(rec) = self.rec.as_mut() {
                 match &line {
                     Line::Command(text) => {
@@ -224,11 +276,9 @@ impl Driver {
             let reply = match line {
                 Line::Command(text) => match Command::parse(&text) {
                     Ok(cmd) => {
-                        let verb = cmd.verb();
-                        if verb == "PASS" {
-                            tracing::debug!("<- PASS ****");
-                        } else {
-                            tracing::debug!("<- {text}");
+                        match users::redacted(&text) {
+                            Some(safe) => tracing::debug!("<- {safe}"),
+                            None => tracing::debug!("<- {text}"),
                         }
                         match self.perform(cmd).await {
                             Next::Continue => continue,
@@ -297,31 +347,30 @@ impl Driver {
             let mut st = lock(&self.state);
             st.now = self.env.unix_now();
             let verb = cmd.verb();
+            if let Command::Site { verb, .. } = &cmd {
+                if verb == "ADDUSER" || verb == "CHPASS" {
+                    let mut salt = [0u8; 16];
+                    self.env.rng_fill(&mut salt);
+                    st.salt = salt;
+                }
+            }
             let action = self.session.handle(cmd, &mut st);
             if let Some(d) = st.flush() {
                 self.durable = Some(d);
             }
             if let Some(rec) = self.rec.as_mut() {
-                match (verb, self.session.user()) {
-                    ("PASS", Some(user)) => rec.r.logged_in(user, &st),
-                    ("PRET", _) => {
-                        if let Some(plan) = self.session.plan() {
-                            let on = match plan.target {
-                                Target::Master => "the master".to_string(),
-                                Target::Slave(s) => {
-                                    if matches!(
-                                        plan.verb,
-                                        PlanVerb::Stor | PlanVerb::Appe | PlanVerb::Stou
-                                    ) {
-                                        rec.r.upload_decision(Some(st.slaves.name(s)));
-                                    }
-                                    format!("slave {}", st.slaves.name(s))
-                                }
-                            };
-                            rec.r.note(&format!("PRET decision: {on}"));
+                if let (true, Some(plan)) = (verb == "PRET", self.session.plan()) {
+                    let on = match plan.target {
+                        Target::Master => "the master".to_string(),
+                        Target::Slave(s) => {
+                            if matches!(plan.verb, PlanVerb::Stor | PlanVerb::Appe | PlanVerb::Stou)
+                            {
+                                rec.r.upload_decision(Some(st.slaves.name(s)));
+                            }
+                            format!("slave {}", st.slaves.name(s))
                         }
-                    }
-                    _ => {}
+                    };
+                    rec.r.note(&format!("PRET decision: {on}"));
                 }
                 if let Action::Transfer(job) = &action {
                     if job.is_upload() {
@@ -332,6 +381,7 @@ impl Driver {
             action
         };
         let result = match action {
+            Action::CheckPassword(check) => return self.check_password(*check).await,
             Action::Reply(r) => self.send(&r).await,
             Action::Close(r) => {
                 let _ = self.send(&r).await;
@@ -505,6 +555,44 @@ impl Driver {
                 ))
                 .await
             }
+        }
+    }
+
+    /// Verifies a password off the state lock, then answers after the
+    /// delay the guard asks for (failed logins).
+    async fn check_password(&mut self, check: LoginCheck) -> Next {
+        let (hash, password) = (check.hash.clone(), check.password.clone());
+        let verified = self
+            .env
+            .run_blocking(move || users::verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
+        let (action, delay) = {
+            let mut st = lock(&self.state);
+            st.now = self.env.unix_now();
+            let now = st.mono_ms();
+            let result = self.session.login_result(&mut st, &check, verified, now);
+            if let Some(d) = st.flush() {
+                self.durable = Some(d);
+            }
+            if let (Some(rec), Some(user)) = (self.rec.as_mut(), self.session.user()) {
+                rec.r.logged_in(user, &st);
+            }
+            result
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match action {
+            Action::Close(r) => {
+                let _ = self.send(&r).await;
+                Next::Close
+            }
+            Action::Reply(r) => match self.send(&r).await {
+                Ok(()) => Next::Continue,
+                Err(_) => Next::Close,
+            },
+            _ => Next::Continue,
         }
     }
 

@@ -123,6 +123,10 @@ pub enum Change {
     QueueOp(SlaveId, u64, crate::link::FileOp),
     /// The slave applied every queued operation up to this sequence number.
     DequeueOps(SlaveId, u64),
+    /// A user was added or changed (SITE commands, upload accounting).
+    PutUser(crate::master::users::User),
+    /// A user was deleted (kept as a tombstone over the config's users).
+    DeleteUser(String),
 }
 
 #[derive(Debug, Default)]

@@ -5,11 +5,13 @@
 
 pub mod control;
 pub mod db;
+pub mod guard;
 pub mod record;
 pub mod registry;
 pub mod session;
 pub mod slaves;
 pub mod store;
+pub mod users;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -46,12 +48,31 @@ pub struct MasterState {
     /// The durable store's writer; `None`: changes are not persisted
     /// (unit tests).
     pub store: Option<store::StoreHandle>,
+    pub users: users::UserDb,
+    pub login_guard: guard::LoginGuard,
+    pub limits: guard::SessionLimits,
+    /// User changes not yet handed to the store.
+    pub user_changes: Vec<db::Change>,
+    /// Random bytes for a password hash made under the lock (SITE ADDUSER,
+    /// CHPASS); the driver fills it from the environment's RNG first.
+    pub salt: [u8; 16],
+    /// Monotonic origin for the guard's clock ([`MasterState::mono_ms`]).
+    started: tokio::time::Instant,
     next_id: u64,
 }
 
 impl MasterState {
+    /// A state with the config's users hashed with fixed salts (tests and
+    /// tools); [`Master::start`] hashes them again with random salts.
     pub fn new(config: Arc<MasterConfig>) -> MasterState {
+        let users = users_from_config(&config, &mut |i| [i as u8; 16]);
         MasterState {
+            users,
+            login_guard: Default::default(),
+            limits: Default::default(),
+            user_changes: Vec::new(),
+            salt: [0; 16],
+            started: tokio::time::Instant::now(),
             config,
             db: FileDb::new(),
             slaves: SlaveRegistry::default(),
@@ -69,10 +90,28 @@ impl MasterState {
         let store = self.store.as_ref()?;
         let mut changes = self.db.take_journal();
         changes.extend(self.slaves.take_journal());
+        changes.append(&mut self.user_changes);
         if changes.is_empty() {
             return None;
         }
         Some(store.submit(changes))
+    }
+
+    /// Milliseconds since this state was made (simulated time in the
+    /// simulator): the clock of the login guard and the rate limits.
+    pub fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Records a user change for the store.
+    pub fn user_changed(&mut self, name: &str) {
+        let c = match self.users.get(name) {
+            Some(u) => db::Change::PutUser(u.clone()),
+            None => db::Change::DeleteUser(name.to_string()),
+        };
+        if self.store.is_some() {
+            self.user_changes.push(c);
+        }
     }
 
     /// A fresh id for sessions, transfers and link requests (one counter:
@@ -81,6 +120,47 @@ impl MasterState {
         self.next_id += 1;
         self.next_id
     }
+}
+
+/// The config's users, hashed (plain `password` entries are hashed here,
+/// with a warning), and the dummy hash unknown users are verified against.
+pub fn users_from_config(
+    config: &MasterConfig,
+    salt: &mut dyn FnMut(usize) -> [u8; 16],
+) -> users::UserDb {
+    let cost = config.password_cost;
+    let dummy = users::hash_password("no such user", salt(usize::MAX), cost).unwrap_or_default();
+    let mut db = users::UserDb::new(dummy);
+    for (i, u) in config.users.iter().enumerate() {
+        let hash = match &u.password_hash {
+            Some(h) => h.clone(),
+            None => {
+                if !u.password.is_empty() {
+                    tracing::debug!(user = %u.name, "plain-text password in the config, hashed at start");
+                }
+                match users::hash_password(&u.password, salt(i), cost) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::error!(user = %u.name, error = %e, "cannot hash the password; user disabled");
+                        continue;
+                    }
+                }
+            }
+        };
+        db.insert(users::User {
+            name: u.name.clone(),
+            password_hash: hash,
+            groups: u.groups.clone(),
+            home: u.home.clone(),
+            admin: u.admin,
+            fxp: u.fxp,
+            tls: u.tls,
+            max_sessions: u.max_sessions,
+            upload_quota: u.upload_quota,
+            uploaded: 0,
+        });
+    }
+    db
 }
 
 pub type Shared = Arc<Mutex<MasterState>>;
@@ -117,6 +197,14 @@ impl Master {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let config = Arc::new(config);
         let mut st = MasterState::new(config.clone());
+        st.users = users_from_config(&config, &mut |_| {
+            let mut salt = [0u8; 16];
+            env.rng_fill(&mut salt);
+            salt
+        });
+        for u in config.users.iter().filter(|u| u.password_hash.is_none()) {
+            tracing::warn!(user = %u.name, "plain-text password in the config: store password_hash instead (dftpd hash-password)");
+        }
         let stats = store
             .load(&mut st)
             .map_err(|e| std::io::Error::other(e.to_string()))?;

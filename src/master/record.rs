@@ -381,7 +381,10 @@ impl Recorder {
                 vec![format!("{CLIENT}: data listen")],
                 format!("{CLIENT}> EPRT $EPRT"),
             ),
-            _ => (vec![], format!("{CLIENT}> {text}")),
+            _ => match crate::master::users::redacted(text) {
+                Some(safe) => (vec![], format!("{CLIENT}> {safe}")),
+                None => (vec![], format!("{CLIENT}> {text}")),
+            },
         };
         self.entry.prelude = vec![at_line];
         self.entry.prelude.extend(prelude);
@@ -624,6 +627,7 @@ mod tests {
                 password: "hunter2".into(),
                 home: "/".into(),
                 admin: false,
+                ..Default::default()
             }],
             ..MasterConfig::default()
         };

@@ -12,6 +12,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::db::{DbError, FileDb, FileMeta, Holders, Node, SlaveId};
+use super::users::{self, Action as Action2};
 use super::MasterState;
 use crate::config::PasvWithoutPret;
 use crate::link::{FileOp, TransferFailure, TransferOrder, APPEND};
@@ -111,9 +112,31 @@ pub struct ListingJob {
     pub active: Option<SocketAddr>,
 }
 
+/// A password to verify off the state lock (argon2 takes tens of ms).
+#[derive(Clone, PartialEq, Eq)]
+pub struct LoginCheck {
+    pub user: String,
+    pub password: String,
+    /// The user's hash, or the dummy one for an unknown user.
+    pub hash: String,
+}
+
+impl std::fmt::Debug for LoginCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LoginCheck {{ user: {:?}, password: <redacted> }}",
+            self.user
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Reply(Reply),
+    /// Verify the password (`users::verify_password`), then call
+    /// [`Session::login_result`].
+    CheckPassword(Box<LoginCheck>),
     /// Send the reply, then close the connection.
     Close(Reply),
     /// Release the current data endpoint, then send the reply.
@@ -172,6 +195,8 @@ pub struct Session {
     plan: Option<Plan>,
     pub data: DataSetup,
     epsv_all: bool,
+    /// The user's home: nothing outside it can be named.
+    home: VPath,
 }
 
 const FEATURES: &[&str] = &[
@@ -216,6 +241,7 @@ impl Session {
             plan: None,
             data: DataSetup::None,
             epsv_all: false,
+            home: VPath::root(),
         }
     }
 
@@ -240,8 +266,44 @@ impl Session {
         self.user().unwrap_or("ftp").to_string()
     }
 
+    /// The absolute path `arg` names from the current directory; refused
+    /// (550) when it is outside the user's home.
     fn resolve(&self, arg: &str) -> Result<VPath, Action> {
-        VPath::resolve(&self.cwd, arg).map_err(|e| r(553, format!("{arg}: {e}")))
+        let p = VPath::resolve(&self.cwd, arg).map_err(|e| r(553, format!("{arg}: {e}")))?;
+        if !self.home.is_root() && p != self.home && !p.starts_with(&self.home) {
+            return Err(r(
+                550,
+                format!(
+                    "{p}: permission denied (outside your home directory {})",
+                    self.home
+                ),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// Checks the site's permission rules for the logged-in user.
+    fn permit(&self, st: &MasterState, action: Action2, path: &VPath) -> Result<(), Action> {
+        let Some(user) = self.user().and_then(|u| st.users.get(u)) else {
+            return Err(r(530, "Not logged in"));
+        };
+        if users::allows(&st.config.permissions, user, action, path) {
+            Ok(())
+        } else {
+            Err(r(
+                550,
+                format!(
+                    "{path}: permission denied (you may not {} here)",
+                    action.as_str()
+                ),
+            ))
+        }
+    }
+
+    fn is_admin(&self, st: &MasterState) -> bool {
+        self.user()
+            .and_then(|u| st.users.get(u))
+            .is_some_and(|u| u.admin)
     }
 
     /// Drops any PRET plan, releasing its reservation on the slave.
@@ -260,6 +322,9 @@ impl Session {
     /// The session ends: release what it holds.
     pub fn close(&mut self, st: &mut MasterState) {
         self.clear_plan(st);
+        if let Login::LoggedIn { user, .. } = &self.login {
+            st.limits.logout(user);
+        }
         self.data = DataSetup::None;
         st.sessions.remove(&self.id);
     }
@@ -429,6 +494,9 @@ impl Session {
                     return r(501, "Invalid time, use YYYYMMDDHHMMSS");
                 };
                 match self.resolve(&path) {
+                    Ok(p) if self.permit(st, Action2::Overwrite, &p).is_err() => {
+                        self.permit(st, Action2::Overwrite, &p).unwrap_err()
+                    }
                     Ok(p) => match st.db.set_mtime(&p, t) {
                         Ok(()) => r(213, format!("Modify={time}; {path}")),
                         Err(e) => db_reply(e),
@@ -438,6 +506,9 @@ impl Session {
             }
             Command::Mkd(arg) => match self.resolve(&arg) {
                 Ok(p) => {
+                    if let Err(a) = self.permit(st, Action2::Mkdir, &p) {
+                        return a;
+                    }
                     let now = st.now;
                     match st.db.mkdir(&p, &self.owner(), now) {
                         Ok(()) => r(257, format!("{} created", quote_path(p.as_str()))),
@@ -449,6 +520,9 @@ impl Session {
             Command::Rmd(arg) => match self.resolve(&arg) {
                 Ok(p) if p == self.cwd && !p.is_root() => {
                     r(550, "Cannot remove the current directory")
+                }
+                Ok(p) if self.permit(st, Action2::Rmdir, &p).is_err() => {
+                    self.permit(st, Action2::Rmdir, &p).unwrap_err()
                 }
                 Ok(p) => match st.db.rmdir(&p) {
                     Ok(()) => {
@@ -469,6 +543,9 @@ impl Session {
                 Err(a) => a,
             },
             Command::Dele(arg) => match self.resolve(&arg) {
+                Ok(p) if self.permit(st, Action2::Delete, &p).is_err() => {
+                    self.permit(st, Action2::Delete, &p).unwrap_err()
+                }
                 Ok(p) => match st.db.remove_file(&p) {
                     Ok(meta) => {
                         for h in meta.holders {
@@ -481,6 +558,10 @@ impl Session {
                 Err(a) => a,
             },
             Command::Rnfr(arg) => match self.resolve(&arg) {
+                Ok(p) if self.permit(st, Action2::Rename, &p).is_err() => {
+                    self.rnfr = None;
+                    self.permit(st, Action2::Rename, &p).unwrap_err()
+                }
                 Ok(p) if st.db.get(&p).is_some() => {
                     self.rnfr = Some(p);
                     r(350, "File exists, ready for destination name")
@@ -499,6 +580,9 @@ impl Session {
                     Ok(p) => p,
                     Err(a) => return a,
                 };
+                if let Err(a) = self.permit(st, Action2::Rename, &to) {
+                    return a;
+                }
                 let holders = st.db.holders_under(&from);
                 let now = st.now;
                 match st.db.rename(&from, &to, now) {
@@ -543,8 +627,8 @@ impl Session {
                 r(522, "Network protocol not supported, use (1,2)")
             }
             Command::Epsv(_) => self.pasv(true, st),
-            Command::Port(a) => self.port(SocketAddr::V4(a)),
-            Command::Eprt(a) => self.port(a),
+            Command::Port(a) => self.port(SocketAddr::V4(a), st),
+            Command::Eprt(a) => self.port(a, st),
             Command::Abor => {
                 self.rest = 0;
                 Action::ResetData(Reply::new(
@@ -579,32 +663,70 @@ impl Session {
             Login::LoggedIn { .. } => return r(503, "Already logged in"),
             Login::NeedUser => return r(503, "Login with USER first"),
         };
-        let found = st
-            .config
-            .users
-            .iter()
-            .find(|u| u.name == name && u.password == pass)
-            .cloned();
-        match found {
-            Some(u) => {
-                self.cwd =
-                    VPath::resolve(&VPath::root(), &u.home).unwrap_or_else(|_| VPath::root());
-                if st.db.dir(&self.cwd).is_err() {
-                    self.cwd = VPath::root();
-                }
-                self.login = Login::LoggedIn {
-                    user: u.name.clone(),
-                    admin: u.admin,
-                };
-                tracing::info!(user = %u.name, "logged in");
-                r(230, format!("User {} logged in", u.name))
-            }
-            None => {
-                self.login = Login::NeedUser;
-                tracing::info!(user = %name, "login failed");
-                r(530, "Login incorrect")
+        // Every attempt costs one verification, known user or not.
+        let (hash, _known) = st.users.hash_for(&name);
+        Action::CheckPassword(Box::new(LoginCheck {
+            user: name,
+            password: pass,
+            hash,
+        }))
+    }
+
+    /// The password check came back. Returns the reply and how long to wait
+    /// before sending it (failed logins: the same delay for every user name,
+    /// growing with repeated failures).
+    pub fn login_result(
+        &mut self,
+        st: &mut MasterState,
+        check: &LoginCheck,
+        verified: bool,
+        now_ms: u64,
+    ) -> (Action, std::time::Duration) {
+        let ip = self.peer.ip();
+        let name = check.user.clone();
+        let guard = st.config.guard.clone();
+        if let Err(e) = st.login_guard.check(&guard, ip, &name, now_ms) {
+            self.login = Login::NeedUser;
+            tracing::warn!(user = %name, %ip, "login refused: banned after repeated failures");
+            return (
+                Action::Close(Reply::new(e.code(), e.to_string())),
+                Default::default(),
+            );
+        }
+        let user = st.users.get(&name).filter(|_| verified).cloned();
+        let Some(u) = user else {
+            self.login = Login::NeedUser;
+            let delay = st.login_guard.failure(&guard, ip, &name, now_ms);
+            tracing::info!(user = %name, %ip, "login failed");
+            return (r(530, "Login incorrect"), delay);
+        };
+        st.login_guard.success(ip, &name);
+        let limit = u.max_sessions.unwrap_or(guard.max_sessions_per_user);
+        if let Err(e) = st.limits.login(&name, limit) {
+            self.login = Login::NeedUser;
+            return (
+                Action::Close(Reply::new(e.code(), e.to_string())),
+                Default::default(),
+            );
+        }
+        self.home = u.home_path();
+        self.cwd = self.home.clone();
+        if st.db.dir(&self.cwd).is_err() {
+            // A home that does not exist yet is created for the user.
+            let now = st.now;
+            if st.db.mkdir_all(&self.cwd, &u.name, now).is_err() {
+                self.cwd = self.home.clone();
             }
         }
+        self.login = Login::LoggedIn {
+            user: u.name.clone(),
+            admin: u.admin,
+        };
+        tracing::info!(user = %u.name, "logged in");
+        (
+            r(230, format!("User {} logged in", u.name)),
+            Default::default(),
+        )
     }
 
     fn cwd(&mut self, arg: &str, st: &mut MasterState) -> Action {
@@ -612,6 +734,9 @@ impl Session {
             Ok(p) => p,
             Err(a) => return a,
         };
+        if let Err(a) = self.permit(st, Action2::List, &p) {
+            return a;
+        }
         match st.db.dir(&p) {
             Ok(_) => {
                 self.cwd = p;
@@ -621,7 +746,16 @@ impl Session {
         }
     }
 
-    fn site(&mut self, verb: &str, _args: &str, st: &mut MasterState) -> Action {
+    fn site(&mut self, verb: &str, args: &str, st: &mut MasterState) -> Action {
+        if matches!(verb, "ADDUSER" | "DELUSER" | "CHPASS" | "CHGRP") {
+            if !self.is_admin(st) {
+                return r(550, format!("SITE {verb}: permission denied (admins only)"));
+            }
+            return match self.site_user(verb, args, st) {
+                Ok(text) => r(200, text),
+                Err(e) => r(e.code(), e.to_string()),
+            };
+        }
         match verb {
             "HELP" => Action::Reply(Reply::multi(
                 214,
@@ -629,6 +763,10 @@ impl Session {
                     "SITE commands:".into(),
                     "SITE SLAVES  each slave: state, free space, files, active transfers".into(),
                     "SITE WHO     sessions on this master".into(),
+                    "SITE ADDUSER <user> <password> [group]   (admins)".into(),
+                    "SITE DELUSER <user>                      (admins)".into(),
+                    "SITE CHPASS <user> <password>            (admins)".into(),
+                    "SITE CHGRP <user> <group> [group...]     (admins; replaces the groups)".into(),
                     "End".into(),
                 ],
             )),
@@ -672,6 +810,89 @@ impl Session {
                 "SITE CHMOD is not implemented: dftpd does not keep Unix modes",
             ),
             _ => r(500, format!("Unknown SITE command {verb}; try SITE HELP")),
+        }
+    }
+
+    /// SITE ADDUSER / DELUSER / CHPASS / CHGRP (the caller checked that the
+    /// user is an admin). Changes are stored and override the config.
+    fn site_user(
+        &mut self,
+        verb: &str,
+        args: &str,
+        st: &mut MasterState,
+    ) -> Result<String, users::UserError> {
+        use users::UserError;
+        let w = users::words(args);
+        let name = w.first().copied().unwrap_or("");
+        let cost = st.config.password_cost;
+        let salt = st.salt;
+        match (verb, w.len()) {
+            ("ADDUSER", 2 | 3) => {
+                if !users::valid_name(name) {
+                    return Err(UserError::BadName(name.into()));
+                }
+                if let Some(g) = w.get(2).filter(|g| !users::valid_name(g)) {
+                    return Err(UserError::BadName(g.to_string()));
+                }
+                if st.users.get(name).is_some() {
+                    return Err(UserError::Exists(name.into()));
+                }
+                let hash = users::hash_password(w[1], salt, cost)?;
+                st.users.insert(users::User {
+                    name: name.into(),
+                    password_hash: hash,
+                    groups: w.get(2).map(|g| vec![g.to_string()]).unwrap_or_default(),
+                    home: "/".into(),
+                    admin: false,
+                    fxp: false,
+                    tls: users::TlsPolicy::Optional,
+                    max_sessions: None,
+                    upload_quota: None,
+                    uploaded: 0,
+                });
+                st.user_changed(name);
+                tracing::info!(admin = ?self.user(), user = name, "user added");
+                Ok(format!("User {name} added"))
+            }
+            ("DELUSER", 1) => {
+                if Some(name) == self.user() {
+                    return Err(UserError::Usage("SITE DELUSER <user> (not yourself)"));
+                }
+                st.users
+                    .remove(name)
+                    .ok_or_else(|| UserError::Unknown(name.into()))?;
+                st.user_changed(name);
+                tracing::info!(admin = ?self.user(), user = name, "user deleted");
+                Ok(format!("User {name} deleted"))
+            }
+            ("CHPASS", 2) => {
+                let hash = users::hash_password(w[1], salt, cost)?;
+                let u = st
+                    .users
+                    .get_mut(name)
+                    .ok_or_else(|| UserError::Unknown(name.into()))?;
+                u.password_hash = hash;
+                st.user_changed(name);
+                tracing::info!(admin = ?self.user(), user = name, "password changed");
+                Ok(format!("Password of {name} changed"))
+            }
+            ("CHGRP", n) if n >= 2 => {
+                if let Some(g) = w[1..].iter().find(|g| !users::valid_name(g)) {
+                    return Err(UserError::BadName(g.to_string()));
+                }
+                let u = st
+                    .users
+                    .get_mut(name)
+                    .ok_or_else(|| UserError::Unknown(name.into()))?;
+                u.groups = w[1..].iter().map(|g| g.to_string()).collect();
+                let text = format!("Groups of {name}: {}", u.groups.join(" "));
+                st.user_changed(name);
+                Ok(text)
+            }
+            ("ADDUSER", _) => Err(UserError::Usage("SITE ADDUSER <user> <password> [group]")),
+            ("DELUSER", _) => Err(UserError::Usage("SITE DELUSER <user>")),
+            ("CHPASS", _) => Err(UserError::Usage("SITE CHPASS <user> <password>")),
+            _ => Err(UserError::Usage("SITE CHGRP <user> <group> [group...]")),
         }
     }
 
@@ -730,6 +951,7 @@ impl Session {
 
     /// An online slave holding `path`, least loaded.
     fn download_slave(&self, path: &VPath, st: &mut MasterState) -> Result<SlaveId, Action> {
+        self.permit(st, Action2::Download, path)?;
         let holders = match st.db.file(path) {
             Ok(f) => f.holders.clone(),
             Err(e) => return Err(path_reply(path, e)),
@@ -750,6 +972,21 @@ impl Session {
         path: Option<&VPath>,
         st: &mut MasterState,
     ) -> Result<SlaveId, Action> {
+        if let Some(user) = self.user().and_then(|u| st.users.get(u)) {
+            if user.upload_quota.is_some_and(|q| user.uploaded >= q) {
+                return Err(r(
+                    552,
+                    format!(
+                        "Upload quota exceeded ({} of {} bytes used)",
+                        user.uploaded,
+                        user.upload_quota.unwrap_or(0)
+                    ),
+                ));
+            }
+        }
+        if let Some(p) = path {
+            self.permit(st, Action2::Upload, p)?;
+        }
         if let Some(p) = path.filter(|_| verb != PlanVerb::Stou) {
             match p.parent() {
                 Some(parent) if st.db.dir(&parent).is_ok() => {}
@@ -758,6 +995,9 @@ impl Session {
             match st.db.get(p) {
                 Some(Node::Dir(_)) => return Err(r(550, format!("{p}: is a directory"))),
                 Some(Node::File(f)) => {
+                    if verb == PlanVerb::Stor && self.rest == 0 {
+                        self.permit(st, Action2::Overwrite, p)?;
+                    }
                     if verb == PlanVerb::Stor && !st.config.allow_overwrite {
                         return Err(r(
                             553,
@@ -878,13 +1118,18 @@ impl Session {
         }
     }
 
-    fn port(&mut self, a: SocketAddr) -> Action {
+    fn port(&mut self, a: SocketAddr, st: &MasterState) -> Action {
         if self.epsv_all {
             return r(503, "EPSV ALL is in effect: use EPSV");
         }
         // Bounce protection (RFC 2577 §3): data only to the control peer,
-        // never to a privileged port.
-        if a.ip() != self.peer.ip() {
+        // never to a privileged port. Users allowed FXP may name another
+        // host (server-to-server transfers), still not a privileged port.
+        let fxp = self
+            .user()
+            .and_then(|u| st.users.get(u))
+            .is_some_and(|u| u.fxp);
+        if a.ip() != self.peer.ip() && !fxp {
             return r(
                 504,
                 "PORT to an address other than yours is refused (RFC 2577)",
@@ -1253,6 +1498,16 @@ impl Session {
                 };
                 match st.db.put_file(&path, meta) {
                     Ok(old) => {
+                        if let Some(name) = self.user().map(str::to_string) {
+                            let counted = st.users.get_mut(&name).is_some_and(|u| {
+                                u.uploaded = u.uploaded.saturating_add(size);
+                                u.upload_quota.is_some()
+                            });
+                            // Only quota users' counters are worth a write.
+                            if counted {
+                                st.user_changed(&name);
+                            }
+                        }
                         // Other copies of an overwritten file are stale.
                         for h in old.map(|o| o.holders).unwrap_or_default() {
                             if h != job.slave {
@@ -1314,6 +1569,12 @@ impl Session {
             return a;
         }
         self.clear_plan(st);
+        if let Err(a) = self.permit(st, Action2::List, &path) {
+            return match a {
+                Action::Reply(r) => Action::ResetData(r),
+                other => other,
+            };
+        }
         let active = match &self.data {
             DataSetup::Active(a) => Some(*a),
             DataSetup::Passive {
@@ -1500,8 +1761,10 @@ mod tests {
                 password: "p".into(),
                 home: "/".into(),
                 admin: false,
+                ..Default::default()
             }],
             pasv_without_pret: mode,
+            password_cost: users::PasswordCost::FAST,
             ..MasterConfig::default()
         };
         let mut st = MasterState::new(Arc::new(cfg));
@@ -1542,8 +1805,21 @@ mod tests {
             text(s.handle(cmd("USER u"), st)),
             "331 Password required for u"
         );
-        assert_eq!(text(s.handle(cmd("PASS p"), st)), "230 User u logged in");
+        assert_eq!(pass(&mut s, st, "p").0, "230 User u logged in");
         s
+    }
+
+    /// PASS as the driver runs it: verify, then `login_result`.
+    fn pass(s: &mut Session, st: &mut MasterState, pw: &str) -> (String, std::time::Duration) {
+        match s.handle(cmd(&format!("PASS {pw}")), st) {
+            Action::CheckPassword(check) => {
+                let ok = users::verify_password(&check.hash, &check.password);
+                let now = st.mono_ms();
+                let (a, delay) = s.login_result(st, &check, ok, now);
+                (text(a), delay)
+            }
+            other => (text(other), std::time::Duration::ZERO),
+        }
     }
 
     fn cmd(line: &str) -> Command {
@@ -1582,12 +1858,23 @@ mod tests {
         assert!(text(s.handle(cmd("LIST"), &mut st)).starts_with("530"));
         // Unknown and known users get the same 331.
         assert!(text(s.handle(cmd("USER nobody"), &mut st)).starts_with("331"));
-        assert_eq!(
-            text(s.handle(cmd("PASS p"), &mut st)),
-            "530 Login incorrect"
-        );
+        // An unknown user and a wrong password: the same reply, the same
+        // delay, and one verification each (against the dummy hash).
+        let unknown = pass(&mut s, &mut st, "p");
+        assert_eq!(unknown.0, "530 Login incorrect");
         assert!(text(s.handle(cmd("USER u"), &mut st)).starts_with("331"));
-        assert!(text(s.handle(cmd("PASS p"), &mut st)).starts_with("230"));
+        let wrong = pass(&mut s, &mut st, "nope");
+        assert_eq!(wrong, unknown);
+        assert_eq!(wrong.1, std::time::Duration::from_secs(1));
+        assert!(text(s.handle(cmd("USER u"), &mut st)).starts_with("331"));
+        let Action::CheckPassword(check) = s.handle(cmd("PASS p"), &mut st) else {
+            panic!("PASS must ask for a verification");
+        };
+        assert!(format!("{check:?}").contains("<redacted>"));
+        assert!(!format!("{check:?}").contains("\"p\""));
+        let now = st.mono_ms();
+        let (a, d) = s.login_result(&mut st, &check, true, now);
+        assert!(text(a).starts_with("230") && d.is_zero());
         assert!(text(s.handle(cmd("FEAT"), &mut st)).contains("\n PRET\r\n"));
     }
 
@@ -1820,5 +2107,207 @@ mod tests {
         assert!(text(s.handle(cmd("OPTS HASH SHA-256"), &mut st)).starts_with("504"));
         assert_eq!(text(s.handle(cmd("OPTS HASH"), &mut st)), "200 CRC32");
         assert!(text(s.handle(cmd("FEAT"), &mut st)).contains(" HASH CRC32*"));
+    }
+    fn state_with(users: Vec<UserConfig>, perms: &str) -> MasterState {
+        let permissions: Vec<users::PermRule> = if perms.is_empty() {
+            Vec::new()
+        } else {
+            toml::from_str::<std::collections::BTreeMap<String, Vec<users::PermRule>>>(perms)
+                .unwrap()
+                .remove("permissions")
+                .unwrap()
+        };
+        let mut base = state(PasvWithoutPret::Listings);
+        let cfg = MasterConfig {
+            users,
+            permissions,
+            password_cost: users::PasswordCost::FAST,
+            ..(*base.config).clone()
+        };
+        base.users = crate::master::users_from_config(&cfg, &mut |i| [i as u8; 16]);
+        base.config = Arc::new(cfg);
+        base
+    }
+
+    fn user_cfg(name: &str, home: &str, admin: bool, groups: &[&str]) -> UserConfig {
+        UserConfig {
+            name: name.into(),
+            password: "pw".into(),
+            home: home.into(),
+            admin,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn login_as(st: &mut MasterState, name: &str) -> Session {
+        let mut s = Session::new(7, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+        s.handle(cmd(&format!("USER {name}")), st);
+        let (reply, _) = pass(&mut s, st, "pw");
+        assert!(reply.starts_with("230"), "{reply}");
+        s
+    }
+
+    #[test]
+    fn home_directory_confines_every_path() {
+        let mut st = state_with(vec![user_cfg("al", "/home/al", false, &[])], "");
+        let mut s = login_as(&mut st, "al");
+        assert_eq!(
+            text(s.handle(cmd("PWD"), &mut st)),
+            "257 \"/home/al\" is the current directory"
+        );
+        for line in [
+            "CWD ..",
+            "CWD /",
+            "CDUP",
+            "MKD ../x",
+            "MKD /home/al2",
+            "DELE /a",
+            "RNFR /a",
+            "SIZE ../../a",
+            "RETR /a",
+            "PRET RETR /a",
+            "STAT /",
+            "MLST /",
+        ] {
+            let got = text(s.handle(cmd(line), &mut st));
+            assert!(
+                got.starts_with("550") && got.contains("outside your home"),
+                "{line}: {got}"
+            );
+        }
+        assert!(text(s.handle(cmd("MKD sub"), &mut st)).starts_with("257"));
+        assert!(st.db.dir(&p("/home/al/sub")).is_ok());
+        // RNTO out of home is refused too.
+        assert!(text(s.handle(cmd("RNFR sub"), &mut st)).starts_with("350"));
+        assert!(text(s.handle(cmd("RNTO /stolen"), &mut st)).starts_with("550"));
+        assert!(st.db.get(&p("/stolen")).is_none());
+    }
+
+    #[test]
+    fn permission_rules_apply_per_action_and_group() {
+        let perms = r#"
+            [[permissions]]
+            actions = ["delete", "rename", "rmdir"]
+            path = "*"
+            who = ["=ops"]
+            [[permissions]]
+            actions = ["upload", "mkdir"]
+            path = "/incoming/*"
+            who = ["*"]
+            [[permissions]]
+            actions = ["upload", "mkdir"]
+            path = "*"
+            who = ["=ops"]
+            [[permissions]]
+            actions = ["download", "list"]
+            path = "/secret/*"
+            who = ["=ops"]
+        "#;
+        let mut st = state_with(
+            vec![
+                user_cfg("joe", "/", false, &["users"]),
+                user_cfg("olga", "/", false, &["ops"]),
+            ],
+            perms,
+        );
+        st.db.mkdir(&p("/incoming"), "x", 0).unwrap();
+        st.db.mkdir(&p("/secret"), "x", 0).unwrap();
+        let mut joe = login_as(&mut st, "joe");
+        let mut olga = login_as(&mut st, "olga");
+        let denied = |a: Action| text(a).starts_with("550");
+        assert!(denied(joe.handle(cmd("DELE /a"), &mut st)));
+        assert!(denied(joe.handle(cmd("RNFR /a"), &mut st)));
+        assert!(denied(joe.handle(cmd("MKD /elsewhere"), &mut st)));
+        assert!(text(joe.handle(cmd("MKD /incoming/new"), &mut st)).starts_with("257"));
+        assert!(denied(joe.handle(cmd("PRET STOR /up.bin"), &mut st)));
+        assert!(text(joe.handle(cmd("PRET STOR /incoming/up.bin"), &mut st)).starts_with("200"));
+        assert!(denied(joe.handle(cmd("CWD /secret"), &mut st)));
+        assert!(text(joe.handle(cmd("PRET RETR /a"), &mut st)).starts_with("200"));
+        assert!(text(olga.handle(cmd("CWD /secret"), &mut st)).starts_with("250"));
+        assert!(text(olga.handle(cmd("DELE /a"), &mut st)).starts_with("250"));
+        assert!(text(olga.handle(cmd("MKD /elsewhere"), &mut st)).starts_with("257"));
+    }
+
+    #[test]
+    fn site_user_commands_are_for_admins_and_persist_hashed() {
+        let mut st = state_with(
+            vec![
+                user_cfg("root", "/", true, &[]),
+                user_cfg("joe", "/", false, &[]),
+            ],
+            "",
+        );
+        let mut joe = login_as(&mut st, "joe");
+        let got = text(joe.handle(cmd("SITE ADDUSER eve pw"), &mut st));
+        assert_eq!(got, "550 SITE ADDUSER: permission denied (admins only)");
+        let mut root = login_as(&mut st, "root");
+        st.salt = [9; 16];
+        assert_eq!(
+            text(root.handle(cmd("SITE ADDUSER eve s3cret staff"), &mut st)),
+            "200 User eve added"
+        );
+        let eve = st.users.get("eve").unwrap().clone();
+        assert!(eve.password_hash.starts_with("$argon2id$"));
+        assert!(!eve.password_hash.contains("s3cret"));
+        assert_eq!(eve.groups, ["staff"]);
+        assert!(text(root.handle(cmd("SITE ADDUSER eve x"), &mut st)).starts_with("553"));
+        assert!(text(root.handle(cmd("SITE ADDUSER ../x y"), &mut st)).starts_with("553"));
+        assert!(text(root.handle(cmd("SITE ADDUSER onlyname"), &mut st)).starts_with("501"));
+        assert!(text(root.handle(cmd("SITE CHPASS eve n3w"), &mut st)).starts_with("200"));
+        assert!(users::verify_password(
+            &st.users.get("eve").unwrap().password_hash,
+            "n3w"
+        ));
+        assert_eq!(
+            text(root.handle(cmd("SITE CHGRP eve a b"), &mut st)),
+            "200 Groups of eve: a b"
+        );
+        assert!(text(root.handle(cmd("SITE CHPASS nobody x"), &mut st)).starts_with("550"));
+        assert!(text(root.handle(cmd("SITE DELUSER root"), &mut st)).starts_with("501"));
+        assert!(text(root.handle(cmd("SITE DELUSER eve"), &mut st)).starts_with("200"));
+        assert!(st.users.get("eve").is_none());
+        assert!(text(root.handle(cmd("SITE DELUSER eve"), &mut st)).starts_with("550"));
+    }
+
+    #[test]
+    fn repeated_failures_delay_then_ban_and_close() {
+        let mut st = state(PasvWithoutPret::Listings);
+        let mut delays = Vec::new();
+        let mut s = Session::new(1, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+        for _ in 0..5 {
+            s.handle(cmd("USER u"), &mut st);
+            let (reply, d) = pass(&mut s, &mut st, "wrong");
+            assert_eq!(reply, "530 Login incorrect");
+            delays.push(d.as_millis());
+        }
+        assert_eq!(delays, [1000, 1000, 2000, 4000, 8000]);
+        // Banned now: even the right password is refused, and the session closed.
+        s.handle(cmd("USER u"), &mut st);
+        let Action::CheckPassword(check) = s.handle(cmd("PASS p"), &mut st) else {
+            panic!()
+        };
+        let now = st.mono_ms();
+        let (a, _) = s.login_result(&mut st, &check, true, now);
+        assert!(matches!(&a, Action::Close(r) if r.code == 421), "{a:?}");
+    }
+
+    #[test]
+    fn upload_quota_and_fxp_port() {
+        let mut cfgs = vec![
+            user_cfg("q", "/", false, &[]),
+            user_cfg("fx", "/", false, &[]),
+        ];
+        cfgs[0].upload_quota = Some(100);
+        cfgs[1].fxp = true;
+        let mut st = state_with(cfgs, "");
+        let mut q = login_as(&mut st, "q");
+        assert!(text(q.handle(cmd("PRET STOR /f1"), &mut st)).starts_with("200"));
+        st.users.get_mut("q").unwrap().uploaded = 100;
+        assert!(text(q.handle(cmd("PRET STOR /f2"), &mut st)).starts_with("552"));
+        assert!(text(q.handle(cmd("PORT 10,9,9,9,40,0"), &mut st)).starts_with("504"));
+        let mut fx = login_as(&mut st, "fx");
+        assert!(text(fx.handle(cmd("PORT 10,9,9,9,40,0"), &mut st)).starts_with("200"));
+        assert!(text(fx.handle(cmd("PORT 10,9,9,9,0,21"), &mut st)).starts_with("504"));
     }
 }

@@ -37,6 +37,9 @@ const NAMES: TableDefinition<u32, &str> = TableDefinition::new("names");
 const SLAVES: TableDefinition<u16, &str> = TableDefinition::new("slaves");
 const OPS: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("ops");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// User name -> postcard `Option<User>` (`None`: deleted by an admin, a
+/// tombstone over the config's entry).
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
 /// Bumped when the layout changes; a store of another version is refused.
 const SCHEMA_VERSION: u64 = 1;
@@ -64,6 +67,8 @@ pub struct LoadStats {
     pub dirs: u64,
     pub slaves: u64,
     pub queued_ops: u64,
+    /// Users changed by SITE commands (they override the config).
+    pub users: u64,
     /// Records that could not be decoded or placed (logged, skipped).
     pub skipped: u64,
 }
@@ -181,6 +186,7 @@ impl MetaStore {
             tx.open_table(NAMES).map_err(io)?;
             tx.open_table(SLAVES).map_err(io)?;
             tx.open_table(OPS).map_err(io)?;
+            tx.open_table(USERS).map_err(io)?;
             let mut meta = tx.open_table(META).map_err(io)?;
             let version = meta.get("schema").map_err(io)?.map(|v| v.value());
             match version {
@@ -251,6 +257,22 @@ impl MetaStore {
                 }
             }
         }
+        for row in tx.open_table(USERS).map_err(io)?.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            match postcard::from_bytes::<Option<crate::master::users::User>>(v.value()) {
+                Ok(Some(u)) => {
+                    st.users.insert(u);
+                    stats.users += 1;
+                }
+                Ok(None) => {
+                    st.users.remove(k.value());
+                }
+                Err(e) => {
+                    tracing::warn!(user = k.value(), error = %e, "stored user skipped");
+                    stats.skipped += 1;
+                }
+            }
+        }
         for row in tx.open_table(OPS).map_err(io)?.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
             let (slave, seq) = k.value();
@@ -276,6 +298,7 @@ impl MetaStore {
             let mut names = tx.open_table(NAMES).map_err(io)?;
             let mut slaves = tx.open_table(SLAVES).map_err(io)?;
             let mut ops = tx.open_table(OPS).map_err(io)?;
+            let mut users = tx.open_table(USERS).map_err(io)?;
             let mut buf = Vec::new();
             for c in changes {
                 match c {
@@ -322,6 +345,15 @@ impl MetaStore {
                     Change::DequeueOps(slave, seq) => {
                         ops.retain_in((*slave, 0)..=(*slave, *seq), |_, _| false)
                             .map_err(io)?;
+                    }
+                    Change::PutUser(u) => {
+                        let v = postcard::to_allocvec(&Some(u)).map_err(io)?;
+                        users.insert(u.name.as_str(), v.as_slice()).map_err(io)?;
+                    }
+                    Change::DeleteUser(name) => {
+                        let none: Option<crate::master::users::User> = None;
+                        let v = postcard::to_allocvec(&none).map_err(io)?;
+                        users.insert(name.as_str(), v.as_slice()).map_err(io)?;
                     }
                 }
             }
@@ -600,6 +632,43 @@ mod tests {
         let left = &st2.slaves.get(a).unwrap().pending_ops;
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].1, FileOp::Delete { path: p("/2") });
+    }
+
+    #[test]
+    fn stored_users_override_the_config_and_deletions_stick() {
+        let mem = SharedMemory::new();
+        let cfg = MasterConfig {
+            users: vec![
+                crate::config::UserConfig {
+                    name: "cfg".into(),
+                    password: "x".into(),
+                    ..Default::default()
+                },
+                crate::config::UserConfig {
+                    name: "keep".into(),
+                    password: "y".into(),
+                    ..Default::default()
+                },
+            ],
+            password_cost: crate::master::users::PasswordCost::FAST,
+            ..MasterConfig::default()
+        };
+        let store = MetaStore::open_memory(&mem).unwrap();
+        let mut st = MasterState::new(Arc::new(cfg.clone()));
+        let mut added = st.users.get("keep").unwrap().clone();
+        added.name = "added".into();
+        added.uploaded = 42;
+        store
+            .apply(&[Change::PutUser(added), Change::DeleteUser("cfg".into())])
+            .unwrap();
+        drop(store);
+        let store = MetaStore::open_memory(&mem).unwrap();
+        let mut st2 = MasterState::new(Arc::new(cfg));
+        assert_eq!(store.load(&mut st2).unwrap().users, 1);
+        assert!(st2.users.get("cfg").is_none());
+        assert!(st2.users.get("keep").is_some());
+        assert_eq!(st2.users.get("added").unwrap().uploaded, 42);
+        st.users.remove("x");
     }
 
     #[test]

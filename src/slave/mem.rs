@@ -513,6 +513,71 @@ mod tests {
         assert_eq!(s.cleanup_temp().await.unwrap(), 0);
     }
 
+    /// Symlinks planted on a slave's disk never lead a transfer or an
+    /// operation outside the storage root.
+    #[tokio::test]
+    async fn disk_storage_refuses_symlinks_in_paths() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"top secret").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("s")).unwrap();
+        // A planted temporary directory is replaced by a real one.
+        std::os::unix::fs::symlink(
+            outside.path(),
+            dir.path().join(crate::slave::storage::TEMP_DIR),
+        )
+        .unwrap();
+        let s = crate::slave::storage::DiskStorage::new(dir.path()).unwrap();
+        assert!(!dir.path().join(crate::slave::storage::TEMP_DIR).exists());
+        for path in ["/evil/secret", "/s"] {
+            let (mut client, mut server) = pair();
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                let _ = client.read_to_end(&mut got).await;
+                got
+            });
+            let sent = s.send(&p(path), 0, &mut server, IDLE).await;
+            drop(server);
+            assert!(sent.is_err(), "{path} was served");
+            assert!(reader.await.unwrap().is_empty());
+        }
+        // An upload through the symlinked directory is written to the
+        // temporary directory, then refused at commit.
+        let (mut client, mut server) = pair();
+        let w = tokio::spawn(async move {
+            client.write_all(b"x").await.unwrap();
+            client.shutdown().await.unwrap();
+        });
+        let up = s
+            .receive(&p("/evil/new"), None, 3, &mut server, IDLE)
+            .await
+            .unwrap();
+        w.await.unwrap();
+        assert!(s.commit(&up).await.is_err());
+        assert!(!outside.path().join("new").exists());
+        for op in [
+            FileOp::Delete {
+                path: p("/evil/secret"),
+            },
+            FileOp::Rename {
+                from: p("/evil/secret"),
+                to: p("/stolen"),
+            },
+            FileOp::Rename {
+                from: p("/s"),
+                to: p("/evil/x"),
+            },
+        ] {
+            assert!(s.apply(&op).await.is_err(), "{op:?}");
+        }
+        assert_eq!(
+            std::fs::read(outside.path().join("secret")).unwrap(),
+            b"top secret"
+        );
+        assert!(s.list().await.unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn full_disk_refuses_and_leaves_nothing() {
         let disk = MemDisk::new(100);

@@ -110,6 +110,11 @@ impl DiskStorage {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
         let root = root.canonicalize()?;
+        // The temporary directory must be a real directory of ours.
+        let tmp = root.join(TEMP_DIR);
+        if std::fs::symlink_metadata(&tmp).is_ok_and(|m| !m.is_dir()) {
+            std::fs::remove_file(&tmp)?;
+        }
         Ok(DiskStorage { root })
     }
 
@@ -119,12 +124,32 @@ impl DiskStorage {
 
     /// Maps a virtual path below the root. `VPath` has no `..`, NUL or
     /// backslash components, so the result stays inside the root.
-    fn real(&self, p: &VPath) -> PathBuf {
+    ///
+    /// A symbolic link planted on the disk could still lead outside the
+    /// root, so no component may be one: each existing prefix is checked
+    /// with `lstat` (a few cached syscalls per open) and a symlink is
+    /// refused as "permission denied". `list` never reports symlinks either.
+    fn real(&self, p: &VPath) -> io::Result<PathBuf> {
         let mut out = self.root.clone();
+        let mut exists = true;
         for c in p.components() {
             out.push(c);
+            if exists {
+                match std::fs::symlink_metadata(&out) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        tracing::warn!(path = %out.display(), "symlink in a storage path refused");
+                        return Err(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            "symbolic links are not followed",
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => exists = false,
+                    Err(e) => return Err(e),
+                }
+            }
         }
-        out
+        Ok(out)
     }
 
     fn temp_path(&self, name: &str) -> PathBuf {
@@ -298,7 +323,7 @@ impl Storage for DiskStorage {
         // to the pool costs two thread wake-ups, and small-file rates are
         // bounded by exactly those (see ARCHITECTURE.md, performance).
         let open = || -> io::Result<(std::fs::File, u64)> {
-            let f = std::fs::File::open(self.real(path))?;
+            let f = std::fs::File::open(self.real(path)?)?;
             let m = f.metadata()?;
             if !m.is_file() {
                 return Err(io::Error::new(io::ErrorKind::NotFound, "not a file"));
@@ -353,7 +378,7 @@ impl Storage for DiskStorage {
                 .await
                 .map_err(StorageError::Disk)?,
             Some(off) => {
-                let (src, dst) = (self.real(path), target.clone());
+                let (src, dst) = (self.real(path).map_err(disk)?, target.clone());
                 blocking(move || std::fs::copy(&src, &dst))
                     .await
                     .map_err(disk)?;
@@ -434,7 +459,7 @@ impl Storage for DiskStorage {
     }
 
     async fn commit(&self, up: &PendingUpload) -> Result<(u64, i64), StorageError> {
-        let dest = self.real(&up.path);
+        let dest = self.real(&up.path).map_err(disk)?;
         if let Some(name) = &up.temp {
             let temp = self.temp_path(name);
             if let Some(parent) = dest.parent() {
@@ -471,19 +496,20 @@ impl Storage for DiskStorage {
         };
         match op {
             FileOp::Delete { path } => {
-                ignore_missing(tokio::fs::remove_file(self.real(path)).await)
+                ignore_missing(tokio::fs::remove_file(self.real(path)?).await)
             }
             FileOp::Rename { from, to } => {
-                let dest = self.real(to);
+                let dest = self.real(to)?;
+                let src = self.real(from)?;
                 if let Some(parent) = dest.parent() {
                     tokio::fs::create_dir_all(parent).await?;
                 }
-                ignore_missing(tokio::fs::rename(self.real(from), dest).await)
+                ignore_missing(tokio::fs::rename(src, dest).await)
             }
             FileOp::RemoveDir { path } => {
                 // Only empty directories; a slave may hold files the
                 // master's directory did not list yet.
-                let _ = tokio::fs::remove_dir(self.real(path)).await;
+                let _ = tokio::fs::remove_dir(self.real(path)?).await;
                 Ok(())
             }
         }

@@ -1,0 +1,371 @@
+//! Defences against hostile clients that need memory across sessions
+//! (RFC 2577 §5): failed-login delays and temporary bans per IP and per user
+//! name, concurrent-session limits per IP and per user, and a per-session
+//! command rate. Sans-IO: time comes in as milliseconds from the injected
+//! clock; the driver applies the delays and closes connections.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `[guard]` in the master's config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardConfig {
+    /// Failed logins (per IP, and per user name) within `window_ms` before
+    /// a ban; 0 disables delays and bans.
+    pub max_failures: u32,
+    pub window_ms: u64,
+    /// Every failed PASS is answered after this delay (the same whether the
+    /// user exists or not); it doubles from the third failure on, up to
+    /// `max_delay_ms`.
+    pub failure_delay_ms: u64,
+    pub max_delay_ms: u64,
+    pub ban_ms: u64,
+    /// Concurrent control sessions per client IP (0: unlimited).
+    pub max_sessions_per_ip: u32,
+    /// Concurrent sessions per user unless the user sets its own (0: unlimited).
+    pub max_sessions_per_user: u32,
+    /// A session may send this many commands at once, refilled at
+    /// `commands_per_second`; beyond that it is closed (421).
+    pub command_burst: u32,
+    pub commands_per_second: u32,
+    /// A connection must log in within this (421 otherwise).
+    pub login_timeout_ms: u64,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            max_failures: 5,
+            window_ms: 10 * 60_000,
+            failure_delay_ms: 1000,
+            max_delay_ms: 8000,
+            ban_ms: 15 * 60_000,
+            max_sessions_per_ip: 20,
+            max_sessions_per_user: 0,
+            command_burst: 200,
+            commands_per_second: 50,
+            login_timeout_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardError {
+    #[error("Too many failed logins; try again in {0} s")]
+    Banned(u64),
+    #[error("Too many sessions from your address (limit {0})")]
+    TooManyFromIp(u32),
+    #[error("Too many sessions for this user (limit {0})")]
+    TooManyForUser(u32),
+}
+
+impl GuardError {
+    pub fn code(&self) -> u16 {
+        421
+    }
+}
+
+/// Failure history of one key (an IP or a user name).
+#[derive(Debug, Default, Clone)]
+struct Record {
+    failures: VecDeque<u64>,
+    banned_until: u64,
+}
+
+/// Bound on tracked user names: a spray of random names cannot grow the
+/// map without limit (the oldest entries go first).
+const MAX_TRACKED_NAMES: usize = 100_000;
+
+#[derive(Debug, Default)]
+pub struct LoginGuard {
+    ips: BTreeMap<IpAddr, Record>,
+    names: BTreeMap<String, Record>,
+    /// Insertion order of `names`, for eviction.
+    name_order: VecDeque<String>,
+}
+
+impl LoginGuard {
+    /// Refuses a login attempt from a banned IP or for a banned name.
+    pub fn check(
+        &self,
+        cfg: &GuardConfig,
+        ip: IpAddr,
+        user: &str,
+        now: u64,
+    ) -> Result<(), GuardError> {
+        if cfg.max_failures == 0 {
+            return Ok(());
+        }
+        let until = [self.ips.get(&ip), self.names.get(user)]
+            .into_iter()
+            .flatten()
+            .map(|r| r.banned_until)
+            .max()
+            .unwrap_or(0);
+        if until > now {
+            return Err(GuardError::Banned((until - now).div_ceil(1000)));
+        }
+        Ok(())
+    }
+
+    /// Records a failed login; returns how long to wait before the 530.
+    pub fn failure(&mut self, cfg: &GuardConfig, ip: IpAddr, user: &str, now: u64) -> Duration {
+        if cfg.max_failures == 0 {
+            return Duration::ZERO;
+        }
+        let n_ip = bump(self.ips.entry(ip).or_default(), cfg, now);
+        if !self.names.contains_key(user) {
+            if self.name_order.len() >= MAX_TRACKED_NAMES {
+                if let Some(old) = self.name_order.pop_front() {
+                    self.names.remove(&old);
+                }
+            }
+            self.name_order.push_back(user.to_string());
+        }
+        let n_name = bump(self.names.entry(user.to_string()).or_default(), cfg, now);
+        let n = n_ip.max(n_name);
+        let doublings = n.saturating_sub(2).min(16);
+        let delay = cfg
+            .failure_delay_ms
+            .saturating_mul(1 << doublings)
+            .min(cfg.max_delay_ms.max(cfg.failure_delay_ms));
+        Duration::from_millis(delay)
+    }
+
+    /// A successful login clears that IP's and that name's history.
+    pub fn success(&mut self, ip: IpAddr, user: &str) {
+        self.ips.remove(&ip);
+        self.names.remove(user);
+    }
+
+    /// Drops expired records (call now and then).
+    pub fn prune(&mut self, cfg: &GuardConfig, now: u64) {
+        let stale = |r: &Record| {
+            r.banned_until <= now && r.failures.back().is_none_or(|&t| t + cfg.window_ms <= now)
+        };
+        self.ips.retain(|_, r| !stale(r));
+        self.names.retain(|_, r| !stale(r));
+        let names = &self.names;
+        self.name_order.retain(|n| names.contains_key(n));
+    }
+
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.ips.len(), self.names.len())
+    }
+}
+
+/// Adds a failure at `now`; bans at `max_failures` within the window.
+/// Returns the failures within the window.
+fn bump(r: &mut Record, cfg: &GuardConfig, now: u64) -> u32 {
+    while r
+        .failures
+        .front()
+        .is_some_and(|&t| t + cfg.window_ms <= now)
+    {
+        r.failures.pop_front();
+    }
+    r.failures.push_back(now);
+    let n = r.failures.len() as u32;
+    if n >= cfg.max_failures {
+        r.banned_until = now + cfg.ban_ms;
+        r.failures.clear();
+    }
+    n
+}
+
+/// Concurrent sessions per IP and per user.
+#[derive(Debug, Default)]
+pub struct SessionLimits {
+    ips: BTreeMap<IpAddr, u32>,
+    users: BTreeMap<String, u32>,
+}
+
+impl SessionLimits {
+    pub fn open(&mut self, cfg: &GuardConfig, ip: IpAddr) -> Result<(), GuardError> {
+        let n = self.ips.entry(ip).or_default();
+        if cfg.max_sessions_per_ip > 0 && *n >= cfg.max_sessions_per_ip {
+            if *n == 0 {
+                self.ips.remove(&ip);
+            }
+            return Err(GuardError::TooManyFromIp(cfg.max_sessions_per_ip));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    pub fn close(&mut self, ip: IpAddr) {
+        if let Some(n) = self.ips.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.ips.remove(&ip);
+            }
+        }
+    }
+
+    /// `limit`: the user's own, or the global one (0: unlimited).
+    pub fn login(&mut self, user: &str, limit: u32) -> Result<(), GuardError> {
+        let n = self.users.entry(user.to_string()).or_default();
+        if limit > 0 && *n >= limit {
+            if *n == 0 {
+                self.users.remove(user);
+            }
+            return Err(GuardError::TooManyForUser(limit));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    pub fn logout(&mut self, user: &str) {
+        if let Some(n) = self.users.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.users.remove(user);
+            }
+        }
+    }
+}
+
+/// A session's command budget (token bucket).
+#[derive(Debug, Clone)]
+pub struct CommandRate {
+    tokens: f64,
+    last: u64,
+}
+
+impl CommandRate {
+    pub fn new(cfg: &GuardConfig, now: u64) -> CommandRate {
+        CommandRate {
+            tokens: f64::from(cfg.command_burst),
+            last: now,
+        }
+    }
+
+    /// Takes one command; false when the budget is exhausted.
+    pub fn allow(&mut self, cfg: &GuardConfig, now: u64) -> bool {
+        if cfg.command_burst == 0 {
+            return true;
+        }
+        let elapsed = now.saturating_sub(self.last) as f64 / 1000.0;
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * f64::from(cfg.commands_per_second))
+            .min(f64::from(cfg.command_burst));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    #[test]
+    fn failures_grow_the_delay_then_ban_until_it_expires() {
+        let cfg = GuardConfig::default();
+        let mut g = LoginGuard::default();
+        let delays: Vec<u64> = (0..4)
+            .map(|i| g.failure(&cfg, ip(1), "alice", i * 1000).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [1000, 1000, 2000, 4000]);
+        assert!(g.check(&cfg, ip(1), "alice", 4000).is_ok());
+        g.failure(&cfg, ip(1), "alice", 4000);
+        // Fifth failure within the window: banned, for that IP and that name.
+        assert_eq!(
+            g.check(&cfg, ip(1), "bob", 5000),
+            Err(GuardError::Banned(899))
+        );
+        assert!(g.check(&cfg, ip(2), "alice", 5000).is_err());
+        assert!(g.check(&cfg, ip(2), "bob", 5000).is_ok());
+        assert!(g.check(&cfg, ip(1), "bob", 4000 + cfg.ban_ms).is_ok());
+    }
+
+    #[test]
+    fn failures_spread_over_ips_ban_the_name() {
+        let cfg = GuardConfig::default();
+        let mut g = LoginGuard::default();
+        for i in 0..5 {
+            g.failure(&cfg, ip(i), "root", 10);
+        }
+        assert!(g.check(&cfg, ip(99), "root", 20).is_err());
+        assert!(g.check(&cfg, ip(99), "other", 20).is_ok());
+    }
+
+    #[test]
+    fn the_window_forgets_and_success_clears() {
+        let cfg = GuardConfig::default();
+        let mut g = LoginGuard::default();
+        for i in 0..4 {
+            g.failure(&cfg, ip(1), "a", i);
+        }
+        // Outside the window: counting starts again.
+        assert_eq!(
+            g.failure(&cfg, ip(1), "a", cfg.window_ms + 10),
+            Duration::from_millis(1000)
+        );
+        g.success(ip(1), "a");
+        assert_eq!(g.tracked(), (0, 0));
+        let off = GuardConfig {
+            max_failures: 0,
+            ..cfg
+        };
+        assert_eq!(g.failure(&off, ip(1), "a", 0), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_spray_of_names_stays_bounded() {
+        let cfg = GuardConfig::default();
+        let mut g = LoginGuard::default();
+        for i in 0..(MAX_TRACKED_NAMES + 5000) {
+            g.failure(&cfg, ip((i % 200) as u8), &format!("u{i}"), 1);
+        }
+        assert!(g.tracked().1 <= MAX_TRACKED_NAMES);
+        g.prune(&cfg, cfg.ban_ms + cfg.window_ms + 10);
+        assert_eq!(g.tracked(), (0, 0));
+    }
+
+    #[test]
+    fn session_limits() {
+        let cfg = GuardConfig {
+            max_sessions_per_ip: 2,
+            ..GuardConfig::default()
+        };
+        let mut l = SessionLimits::default();
+        assert!(l.open(&cfg, ip(1)).is_ok());
+        assert!(l.open(&cfg, ip(1)).is_ok());
+        assert_eq!(l.open(&cfg, ip(1)), Err(GuardError::TooManyFromIp(2)));
+        assert!(l.open(&cfg, ip(2)).is_ok());
+        l.close(ip(1));
+        assert!(l.open(&cfg, ip(1)).is_ok());
+        assert!(l.login("a", 1).is_ok());
+        assert_eq!(l.login("a", 1), Err(GuardError::TooManyForUser(1)));
+        l.logout("a");
+        assert!(l.login("a", 1).is_ok());
+        assert!(l.login("b", 0).is_ok());
+        assert!(l.login("b", 0).is_ok());
+    }
+
+    #[test]
+    fn command_rate_allows_a_burst_then_refills() {
+        let cfg = GuardConfig {
+            command_burst: 3,
+            commands_per_second: 2,
+            ..GuardConfig::default()
+        };
+        let mut r = CommandRate::new(&cfg, 0);
+        assert!(r.allow(&cfg, 0) && r.allow(&cfg, 0) && r.allow(&cfg, 0));
+        assert!(!r.allow(&cfg, 0));
+        assert!(r.allow(&cfg, 500));
+        assert!(!r.allow(&cfg, 500));
+    }
+}
