@@ -455,22 +455,6 @@ fn mkd_rename_delete_propagate_to_slaves() {
 
 /// A TCP connection from a chosen loopback source address (std has no
 /// bind-before-connect; tokio's TcpSocket does).
-fn connect_from(src: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let stream = rt
-        .block_on(async {
-            let sock = tokio::net::TcpSocket::new_v4()?;
-            sock.bind(format!("{src}:0").parse().unwrap())?;
-            sock.connect(to).await
-        })
-        .expect("connect from a foreign loopback address");
-    let std = stream.into_std().unwrap();
-    std.set_nonblocking(false).unwrap();
-    std
-}
 
 fn wait_until(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {

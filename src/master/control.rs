@@ -475,6 +475,12 @@ impl Driver {
                     },
                 );
                 match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(Response::Listening { addr }))
+                        if !lock(&self.state).slaves.is_own_address(s, addr) =>
+                    {
+                        tracing::warn!(%addr, "slave answered with a foreign listener address");
+                        Err("the slave named a listener on another host".into())
+                    }
                     Ok(Ok(Response::Listening { addr })) => {
                         self.slave_endpoint(xfer, link, addr).await;
                         Ok(addr)
@@ -794,7 +800,11 @@ impl Driver {
                 },
             );
             let addr = match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(Response::Listening { addr })) => addr,
+                Ok(Ok(Response::Listening { addr }))
+                    if lock(&self.state).slaves.is_own_address(job.slave, addr) =>
+                {
+                    addr
+                }
                 Ok(Err(_)) => return Attempt::Done(TransferOutcome::SlaveLost, false),
                 _ => {
                     return Attempt::Done(

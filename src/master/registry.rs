@@ -230,6 +230,13 @@ impl SlaveRegistry {
         self.get(id).is_some_and(SlaveInfo::is_online)
     }
 
+    /// Whether `addr` is on the address slave `id` announced at its
+    /// handshake. A listener elsewhere is refused: a compromised slave must
+    /// not send clients (or the relaying master) to a third host.
+    pub fn is_own_address(&self, id: SlaveId, addr: std::net::SocketAddr) -> bool {
+        self.get(id).and_then(|s| s.data_ip) == Some(addr.ip())
+    }
+
     pub fn link(&self, id: SlaveId) -> Option<SlaveLink> {
         self.get(id)
             .filter(|s| s.is_online())

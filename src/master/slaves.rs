@@ -271,9 +271,15 @@ async fn read_loop(
             }
             SlaveMsg::Listeners { ready } => {
                 let mut st = lock(state);
+                let (own, foreign): (Vec<_>, Vec<_>) = ready
+                    .into_iter()
+                    .partition(|(_, a)| st.slaves.is_own_address(id, *a));
+                if !foreign.is_empty() {
+                    tracing::warn!(slave = %name, count = foreign.len(), "listeners on a foreign address ignored");
+                }
                 if let Some(info) = st.slaves.get_mut(id) {
                     // Bounded: a slave cannot make the master hoard addresses.
-                    for l in ready {
+                    for l in own {
                         if info.ready_listeners.len() < 256 {
                             info.ready_listeners.push_back(l);
                         }

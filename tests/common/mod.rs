@@ -271,3 +271,22 @@ impl RawFtp {
         (prelim, self.read_reply())
     }
 }
+
+/// A TCP connection from another loopback address (`127.0.0.2`, ...): a
+/// foreign peer, for port stealing and per-address limits.
+pub fn connect_from(src: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = rt
+        .block_on(async {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(format!("{src}:0").parse().unwrap())?;
+            sock.connect(to).await
+        })
+        .expect("connect from a foreign loopback address");
+    let std = stream.into_std().unwrap();
+    std.set_nonblocking(false).unwrap();
+    std
+}
