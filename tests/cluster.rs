@@ -453,9 +453,6 @@ fn mkd_rename_delete_propagate_to_slaves() {
     assert!(raw.cmd("RMD /new/e").starts_with("250"));
 }
 
-/// A TCP connection from a chosen loopback source address (std has no
-/// bind-before-connect; tokio's TcpSocket does).
-
 fn wait_until(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {
         if f() {

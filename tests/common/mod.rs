@@ -273,7 +273,8 @@ impl RawFtp {
 }
 
 /// A TCP connection from another loopback address (`127.0.0.2`, ...): a
-/// foreign peer, for port stealing and per-address limits.
+/// foreign peer, for port stealing and per-address limits (std has no
+/// bind-before-connect; tokio's TcpSocket does).
 pub fn connect_from(src: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
