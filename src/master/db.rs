@@ -129,6 +129,29 @@ pub enum Change {
     DeleteUser(String),
 }
 
+/// Changes waiting for the store; closed (recording nothing) until opened,
+/// so tests and tools that never persist pay nothing.
+#[derive(Debug, Default)]
+pub struct Journal(Option<Vec<Change>>);
+
+impl Journal {
+    pub fn open(&mut self) {
+        self.0.get_or_insert_with(Vec::new);
+    }
+    pub fn is_open(&self) -> bool {
+        self.0.is_some()
+    }
+    pub fn record(&mut self, c: Change) {
+        if let Some(j) = &mut self.0 {
+            j.push(c);
+        }
+    }
+    /// The changes recorded since the last call.
+    pub fn take(&mut self) -> Vec<Change> {
+        self.0.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct FileDb {
     root: DirMeta,
@@ -137,8 +160,8 @@ pub struct FileDb {
     held: Vec<u64>,
     names: Vec<Box<str>>,
     name_ids: BTreeMap<Box<str>, NameId>,
-    /// Changes not yet handed to the store; `None`: nobody persists them.
-    journal: Option<Vec<Change>>,
+    /// Changes not yet handed to the store.
+    journal: Journal,
 }
 
 impl FileDb {
@@ -151,27 +174,22 @@ impl FileDb {
 
     /// Starts recording changes for the store ([`FileDb::take_journal`]).
     pub fn open_journal(&mut self) {
-        self.journal.get_or_insert_with(Vec::new);
+        self.journal.open();
     }
 
     /// The changes made since the last call (empty when no journal is open).
     pub fn take_journal(&mut self) -> Vec<Change> {
-        match &mut self.journal {
-            Some(j) => std::mem::take(j),
-            None => Vec::new(),
-        }
+        self.journal.take()
     }
 
     fn record(&mut self, c: Change) {
-        if let Some(j) = &mut self.journal {
-            j.push(c);
-        }
+        self.journal.record(c);
     }
 
     /// Records the current state of the node at `path` (a `Put`, or a
     /// `Remove` if it is gone). The root has no record of its own.
     fn record_node(&mut self, path: &VPath) {
-        if self.journal.is_none() || path.is_root() {
+        if !self.journal.is_open() || path.is_root() {
             return;
         }
         let c = match self.get(path) {

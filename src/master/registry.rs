@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::db::{Change, SlaveId};
+use super::db::{Change, Journal, SlaveId};
 use crate::link::{FileOp, MasterMsg, Request, Response};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,27 +117,22 @@ pub struct SlaveRegistry {
     next_epoch: u64,
     /// Sequence number of the last queued operation (any slave).
     op_seq: u64,
-    /// Changes for the store; `None`: nobody persists them.
-    journal: Option<Vec<Change>>,
+    /// Changes for the store.
+    journal: Journal,
 }
 
 impl SlaveRegistry {
     /// Starts recording changes for the store.
     pub fn open_journal(&mut self) {
-        self.journal.get_or_insert_with(Vec::new);
+        self.journal.open();
     }
 
     pub fn take_journal(&mut self) -> Vec<Change> {
-        match &mut self.journal {
-            Some(j) => std::mem::take(j),
-            None => Vec::new(),
-        }
+        self.journal.take()
     }
 
     fn record(&mut self, c: Change) {
-        if let Some(j) = &mut self.journal {
-            j.push(c);
-        }
+        self.journal.record(c);
     }
 
     /// Restores a slave's id from the store (ids are kept in the file

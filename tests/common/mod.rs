@@ -291,3 +291,13 @@ pub fn connect_from(src: &str, to: std::net::SocketAddr) -> std::net::TcpStream 
     std.set_nonblocking(false).unwrap();
     std
 }
+
+/// A loopback port free right now (for configs that need fixed ports
+/// across a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
