@@ -450,7 +450,7 @@ fn pem_block(label: &str, der: &[u8], out: &mut String) {
 /// master makes one with [`TicketKey::generate`] and sends it to its slaves
 /// (serde: it is meant to travel in a link message — an encrypted one).
 /// `Debug` shows the id only.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TicketKey {
     id: u32,
     secret: [u8; 32],
@@ -1604,7 +1604,10 @@ mod tests {
         );
         let stranger = danger_accept_any_client(TLS13, None);
         let (s, _) = tagged_handshake(&slave, &stranger, "master.example", b"control-1").await;
-        assert_eq!(SessionTie::of(s.get_ref().1, b"control-1"), SessionTie::Full);
+        assert_eq!(
+            SessionTie::of(s.get_ref().1, b"control-1"),
+            SessionTie::Full
+        );
     }
 
     #[tokio::test]
