@@ -704,6 +704,20 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The configuration for data connections: `base` (same certificate,
+/// session cache and ticketer) without TLS 1.3 session tickets. A server
+/// sends those right after the handshake; on an upload the client never
+/// reads them, and a TCP close with unread data sends a reset instead of a
+/// FIN, which can overtake the last bytes and the client's `close_notify`
+/// (curl uploads failed with "connection reset" that way; ProFTPD turns
+/// data-connection tickets off for the same reason). Clients resume data
+/// connections with the tickets of their control connection.
+pub fn data_server_config(base: &Arc<ServerConfig>) -> Arc<ServerConfig> {
+    let mut config = (**base).clone();
+    config.send_tls13_tickets = 0;
+    Arc::new(config)
+}
+
 /// A client that trusts exactly the server certificate `pin` (DER of the
 /// leaf), whatever its names, issuer or validity dates: for the slave's
 /// link to a master whose certificate the operator configured. Handshake
@@ -1636,6 +1650,23 @@ mod tests {
             panic!("an oversized token must be refused")
         };
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn data_config_sends_no_tickets_but_resumes_control_sessions() {
+        let key = TicketKey::generate().unwrap();
+        let (_, master) = server(&["master.example"], &key);
+        let (_, slave) = server(&["10.0.0.2"], &key);
+        let data = data_server_config(&slave);
+        assert_eq!(data.send_tls13_tickets, 0);
+        let client = danger_accept_any_client(TLS13, None);
+        let (s, c) = handshake(&master, &client, "master.example").await;
+        ping_pong(&mut s.unwrap(), &mut c.unwrap()).await;
+        // An upload: the client only writes, and finds nothing unread.
+        assert_eq!(
+            write_only(&data, &client, "master.example").await,
+            HandshakeKind::Resumed
+        );
     }
 
     #[test]

@@ -755,7 +755,7 @@ impl Driver {
             (Some(token), true) => lock(&self.state)
                 .tls
                 .as_ref()
-                .map(|t| (t.server.clone(), token.clone())),
+                .map(|t| (t.data.clone(), token.clone())),
             _ => None,
         };
         let rid = lock(&self.state).next_id();
@@ -960,7 +960,7 @@ impl Driver {
         let Some(tls) = tls else {
             return Err(std::io::Error::other("TLS is not configured"));
         };
-        let secured = crate::tls::accept(&tls.server, stream, Some(token), limit)
+        let secured = crate::tls::accept(&tls.data, stream, Some(token), limit)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
         if crate::tls::SessionTie::of(secured.get_ref().1, token) == crate::tls::SessionTie::Foreign

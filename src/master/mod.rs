@@ -95,7 +95,11 @@ pub type Shared = Arc<Mutex<MasterState>>;
 /// which reaches slaves only over a TLS link (`link_tls`), so their data
 /// connections resume the sessions clients made with the master.
 pub struct MasterTls {
+    /// Control connections and the link.
     pub server: Arc<rustls::ServerConfig>,
+    /// The master's data connections (listings, relay): no TLS 1.3
+    /// tickets (`tls::data_server_config`).
+    pub data: Arc<rustls::ServerConfig>,
     pub ticket_key: TicketKey,
     /// SHA-256 of the certificate, hex: what slaves pin.
     pub fingerprint: String,
@@ -112,6 +116,7 @@ impl MasterTls {
         let ticketer = SharedTicketer::new(&ticket_key, crate::tls::DEFAULT_TICKET_LIFETIME)?;
         let server = crate::tls::server_config(&pair, Arc::new(ticketer))?;
         Ok(Some(Arc::new(MasterTls {
+            data: crate::tls::data_server_config(&server),
             server,
             ticket_key,
             fingerprint: pair.fingerprint_sha256(),

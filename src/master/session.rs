@@ -2022,8 +2022,10 @@ mod tests {
         let pair = CertPair::self_signed(&["127.0.0.1".to_string()]).unwrap();
         let key = TicketKey::generate().unwrap();
         let ticketer = SharedTicketer::new(&key, crate::tls::DEFAULT_TICKET_LIFETIME).unwrap();
+        let server = server_config(&pair, Arc::new(ticketer)).unwrap();
         st.tls = Some(Arc::new(crate::master::MasterTls {
-            server: server_config(&pair, Arc::new(ticketer)).unwrap(),
+            data: crate::tls::data_server_config(&server),
+            server,
             ticket_key: key,
             fingerprint: pair.fingerprint_sha256(),
         }));

@@ -70,7 +70,8 @@ impl SlaveTls {
                 }
             };
             let ticketer = SharedTicketer::new(key, crate::tls::DEFAULT_TICKET_LIFETIME)?;
-            crate::tls::server_config(cert, Arc::new(ticketer))
+            let base = crate::tls::server_config(cert, Arc::new(ticketer))?;
+            Ok::<_, TlsError>(crate::tls::data_server_config(&base))
         })();
         match built {
             Ok(c) => {
