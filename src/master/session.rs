@@ -584,6 +584,16 @@ impl Session {
             Command::Pbsz(size) => self.pbsz(&size),
             Command::Prot(level) => self.prot(&level),
             Command::Ccc => self.ccc(),
+            // FXP (server-to-server) under TLS. Not implemented: PORT and
+            // the data listeners only reach the client's own address
+            // (RFC 2577 bounce protection), so there is no FXP to secure.
+            Command::Sscn(_) | Command::Cpsv => r(
+                502,
+                format!(
+                    "{} is not implemented: dftpd does not do server-to-server (FXP) transfers",
+                    cmd_verb
+                ),
+            ),
         }
     }
 
@@ -2108,6 +2118,8 @@ mod tests {
         assert!(text(s.handle(cmd("USER u"), &mut st)).starts_with("331"));
         assert!(text(s.handle(cmd("PASS p"), &mut st)).starts_with("230"));
         assert!(text(s.handle(cmd("CCC"), &mut st)).starts_with("534"));
+        assert!(text(s.handle(cmd("SSCN ON"), &mut st)).starts_with("502 SSCN"));
+        assert!(text(s.handle(cmd("CPSV"), &mut st)).starts_with("502 CPSV"));
     }
 
     #[test]
