@@ -598,3 +598,31 @@ fn relay_serves_prot_p_clients_without_pret() {
         "the upload was relayed: {slaves}"
     );
 }
+
+/// lftp (GnuTLS) sends AUTH TLS by itself when FEAT offers it and protects
+/// data connections; on the loopback cluster it needs active mode (see
+/// tests/clients.rs), where the slave dials out and is still the TLS server.
+#[test]
+fn lftp_uses_tls_by_itself_in_active_mode() {
+    let c = ClusterProc::start_tls(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let payload = random_bytes(600_000, 9);
+    let src = write_file(work.path(), "l.bin", &payload);
+    let back = work.path().join("back.bin");
+    let script = format!(
+        "set ssl:verify-certificate no; set ftp:passive-mode off; set ftp:ssl-force true; set ftp:ssl-protect-data true; put {} -o l.bin; get l.bin -o {}; quit",
+        src.display(),
+        back.display()
+    );
+    let out = Command::new("lftp")
+        .args(["-d", "-u", &format!("{USER},{PASS}"), "-e", &script])
+        .arg(format!("127.0.0.1:{}", c.addr.port()))
+        .output()
+        .expect("lftp must be installed (see .ci/run)");
+    let log = text(&out.stderr) + &text(&out.stdout);
+    assert!(out.status.success(), "lftp failed:\n{log}");
+    assert!(log.contains("<--- 234 "), "{log}");
+    assert!(log.contains("---> PROT P"), "{log}");
+    assert_eq!(std::fs::read(&back).unwrap(), payload);
+    assert_eq!(c.holders("l.bin").len(), 1);
+}
