@@ -3,9 +3,16 @@
 //! (127.0.0.11, .12, ...) so a PASV reply shows which slave serves, and
 //! storage under `<data-dir>/slave-N/`. The link runs over real loopback TCP:
 //! the same code path as separate processes.
+//!
+//! With `tls` (`dftpd cluster --tls`): one self-signed certificate for
+//! 127.0.0.1, localhost and every slave address, made once under
+//! `<data-dir>/tls/` and reused; the master offers `AUTH TLS` with it, the
+//! slaves serve `PROT P` data connections with it, and the link runs over
+//! TLS with the slaves pinning its fingerprint, so data connections resume
+//! the control session.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +23,8 @@ use crate::env::Env;
 use crate::master::registry::lock;
 use crate::master::Master;
 use crate::slave::storage::DiskStorage;
+use crate::slave::SlaveTls;
+use crate::tls::CertPair;
 
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -33,6 +42,11 @@ pub struct ClusterOptions {
     pub first_slave_ip: Ipv4Addr,
     /// Record sessions there (`MasterConfig::record_dir`).
     pub record_dir: Option<PathBuf>,
+    /// FTPS with a generated certificate (see the module docs).
+    pub tls: bool,
+    /// `MasterConfig::require_tls_control` / `require_tls_data` (need `tls`).
+    pub require_tls_control: bool,
+    pub require_tls_data: bool,
 }
 
 impl Default for ClusterOptions {
@@ -49,6 +63,9 @@ impl Default for ClusterOptions {
             data_timeout_ms: 30_000,
             first_slave_ip: Ipv4Addr::new(127, 0, 0, 11),
             record_dir: None,
+            tls: false,
+            require_tls_control: false,
+            require_tls_data: false,
         }
     }
 }
@@ -60,9 +77,53 @@ pub struct SlaveSummary {
     pub root: PathBuf,
 }
 
+/// The certificate of a `--tls` cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// SHA-256 of the certificate, hex.
+    pub fingerprint: String,
+}
+
+/// The cluster's certificate under `<data-dir>/tls/`: reused when it was
+/// made for the same names, else made (self-signed, rcgen) and written.
+pub fn cluster_certificate(data_dir: &Path, names: &[String]) -> std::io::Result<ClusterTls> {
+    let dir = data_dir.join("tls");
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key, names_file) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("names.txt"),
+    );
+    let wanted = names.join("\n") + "\n";
+    let io = |e: crate::tls::TlsError| std::io::Error::other(e.to_string());
+    let same_names = std::fs::read_to_string(&names_file).is_ok_and(|n| n == wanted);
+    if same_names {
+        if let Ok(pair) = CertPair::load_pem(&cert, &key) {
+            return Ok(ClusterTls {
+                cert,
+                key,
+                fingerprint: pair.fingerprint_sha256(),
+            });
+        }
+    }
+    let pair = CertPair::self_signed(names).map_err(io)?;
+    pair.write_pem(&cert, &key).map_err(io)?;
+    std::fs::write(&names_file, wanted)?;
+    tracing::info!(cert = %cert.display(), "generated a self-signed certificate");
+    Ok(ClusterTls {
+        cert,
+        key,
+        fingerprint: pair.fingerprint_sha256(),
+    })
+}
+
 pub struct Cluster {
     pub master: Master,
     pub slaves: Vec<SlaveSummary>,
+    /// `Some` with `--tls`.
+    pub tls: Option<ClusterTls>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -79,7 +140,23 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
     let mut key = [0u8; 24];
     env.rng_fill(&mut key);
     let link_key: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let slave_ip = |i: usize| Ipv4Addr::from(u32::from(opts.first_slave_ip).wrapping_add(i as u32));
+    let tls = if opts.tls {
+        let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        if !opts.listen.ip().is_unspecified() && !opts.listen.ip().is_loopback() {
+            names.push(opts.listen.ip().to_string());
+        }
+        names.extend((0..opts.slaves).map(|i| slave_ip(i).to_string()));
+        Some(cluster_certificate(&opts.data_dir, &names)?)
+    } else {
+        None
+    };
     let master_config = MasterConfig {
+        tls_cert: tls.as_ref().map(|t| t.cert.clone()),
+        tls_key: tls.as_ref().map(|t| t.key.clone()),
+        link_tls: tls.is_some(),
+        require_tls_control: opts.require_tls_control,
+        require_tls_data: opts.require_tls_data,
         listen: opts.listen,
         link_listen: opts.link_listen,
         link_key: link_key.clone(),
@@ -97,7 +174,7 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let mut slaves = Vec::new();
     for i in 0..opts.slaves {
-        let ip = Ipv4Addr::from(u32::from(opts.first_slave_ip).wrapping_add(i as u32));
+        let ip = slave_ip(i);
         let name = format!("slave-{}", i + 1);
         let root = opts.data_dir.join(&name);
         let config = SlaveConfig {
@@ -109,12 +186,18 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
             pasv_address: None,
             passive_ports: opts.passive_ports.clone(),
             data_timeout_ms: opts.data_timeout_ms,
+            tls_cert: tls.as_ref().map(|t| t.cert.clone()),
+            tls_key: tls.as_ref().map(|t| t.key.clone()),
+            master_cert_pin: tls.as_ref().map(|t| t.fingerprint.clone()),
             ..SlaveConfig::default()
         };
         let storage = Arc::new(DiskStorage::new(&root)?);
-        tokio::spawn(crate::slave::run(
+        let slave_tls =
+            SlaveTls::load(&config).map_err(|e| std::io::Error::other(e.to_string()))?;
+        tokio::spawn(crate::slave::run_with_tls(
             Env::real(),
             config,
+            slave_tls,
             storage,
             shutdown_rx.clone(),
             Some(ready_tx.clone()),
@@ -149,6 +232,33 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
     Ok(Cluster {
         master,
         slaves,
+        tls,
         shutdown,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_certificate_is_reused_for_the_same_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["127.0.0.1".to_string(), "127.0.0.11".to_string()];
+        let first = cluster_certificate(dir.path(), &names).unwrap();
+        let again = cluster_certificate(dir.path(), &names).unwrap();
+        assert_eq!(first.fingerprint, again.fingerprint, "reused");
+        assert_eq!(
+            CertPair::load_pem(&again.cert, &again.key)
+                .unwrap()
+                .fingerprint_sha256(),
+            again.fingerprint
+        );
+        let more = [names.clone(), vec!["127.0.0.12".to_string()]].concat();
+        let other = cluster_certificate(dir.path(), &more).unwrap();
+        assert_ne!(
+            first.fingerprint, other.fingerprint,
+            "new names, new certificate"
+        );
+    }
 }

@@ -118,6 +118,21 @@ pub struct MasterConfig {
     /// in memory only, so a restart rebuilds everything from the slaves'
     /// remerges and loses empty directories, owners and queued operations.
     pub store: Option<PathBuf>,
+    // --- FTPS (RFC 4217) ---------------------------------------------------
+    /// PEM certificate chain (leaf first) of the master: `AUTH TLS` on the
+    /// control connection, its own data connections (listings, relay) and,
+    /// with `link_tls`, the slave link. TLS is offered only when set.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (may be the same file).
+    pub tls_key: Option<PathBuf>,
+    /// Refuse USER/PASS before `AUTH TLS` (530).
+    pub require_tls_control: bool,
+    /// Refuse file transfers and listings under `PROT C` (521).
+    pub require_tls_data: bool,
+    /// The slave link listener speaks TLS with `tls_cert`; slaves must set
+    /// `master_cert_pin`. Only then is the session-ticket key shared with
+    /// the slaves, so that data connections resume the control session.
+    pub link_tls: bool,
     pub users: Vec<UserConfig>,
     /// Per-path permission rules, first match wins (README, "Users and
     /// permissions").
@@ -145,6 +160,11 @@ impl Default for MasterConfig {
             min_free_bytes: 0,
             record_dir: None,
             store: Some("dftpd-master.redb".into()),
+            tls_cert: None,
+            tls_key: None,
+            require_tls_control: false,
+            require_tls_data: false,
+            link_tls: false,
             users: Vec::new(),
             permissions: Vec::new(),
             guard: GuardConfig::default(),
@@ -175,7 +195,41 @@ impl MasterConfig {
         if self.link_key.is_empty() {
             return Err(ConfigError::Invalid("link_key must not be empty".into()));
         }
+        self.validate_tls()
+    }
+
+    /// Whether FTPS is configured (`tls_cert` and `tls_key`).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        cert_and_key(&self.tls_cert, &self.tls_key)?;
+        for (set, name) in [
+            (self.require_tls_control, "require_tls_control"),
+            (self.require_tls_data, "require_tls_data"),
+            (self.link_tls, "link_tls"),
+        ] {
+            if set && !self.tls_enabled() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} needs tls_cert and tls_key"
+                )));
+            }
+        }
         Ok(())
+    }
+}
+
+/// `tls_cert` and `tls_key` come together or not at all.
+fn cert_and_key(cert: &Option<PathBuf>, key: &Option<PathBuf>) -> Result<(), ConfigError> {
+    match (cert, key) {
+        (Some(_), None) => Err(ConfigError::Invalid(
+            "tls_cert is set but tls_key is not".into(),
+        )),
+        (None, Some(_)) => Err(ConfigError::Invalid(
+            "tls_key is set but tls_cert is not".into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -204,6 +258,17 @@ pub struct SlaveConfig {
     /// Reconnect backoff bounds.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    // --- FTPS (RFC 4217) ---------------------------------------------------
+    /// PEM certificate chain of this slave, for encrypted data connections
+    /// (`PROT P`). Without it, `PROT P` transfers to this slave are refused.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (may be the same file).
+    pub tls_key: Option<PathBuf>,
+    /// The master's certificate: its SHA-256 fingerprint in hex (colons
+    /// allowed) or the path of its PEM file. When set, the link runs over
+    /// TLS and accepts exactly that certificate (the master needs
+    /// `link_tls`).
+    pub master_cert_pin: Option<String>,
 }
 
 impl Default for SlaveConfig {
@@ -222,6 +287,9 @@ impl Default for SlaveConfig {
             heartbeat_misses: 3,
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
+            tls_cert: None,
+            tls_key: None,
+            master_cert_pin: None,
         }
     }
 }
@@ -252,7 +320,22 @@ impl SlaveConfig {
         if self.link_key.is_empty() {
             return Err(ConfigError::Invalid("link_key must not be empty".into()));
         }
+        cert_and_key(&self.tls_cert, &self.tls_key)?;
+        if self
+            .master_cert_pin
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "master_cert_pin must not be empty (a SHA-256 fingerprint or a PEM file)".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether this slave can serve `PROT P` data connections.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
     }
 }
 
@@ -317,5 +400,37 @@ mod tests {
         assert!(bad.is_err());
         let relay: MasterConfig = toml::from_str("pasv_without_pret = \"relay\"").unwrap();
         assert_eq!(relay.pasv_without_pret, PasvWithoutPret::Relay);
+    }
+
+    #[test]
+    fn tls_settings_come_with_a_certificate() {
+        let m: MasterConfig = toml::from_str("").unwrap();
+        assert!(!m.tls_enabled() && !m.link_tls && !m.require_tls_control);
+        let ok: MasterConfig = toml::from_str(
+            "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nlink_tls = true\nrequire_tls_data = true",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert!(ok.tls_enabled());
+        for bad in [
+            "tls_cert = \"c.pem\"",
+            "tls_key = \"k.pem\"",
+            "link_tls = true",
+            "require_tls_control = true",
+            "require_tls_data = true",
+        ] {
+            let m: MasterConfig = toml::from_str(bad).unwrap();
+            let err = m.validate().unwrap_err().to_string();
+            assert!(err.contains("tls_"), "{bad}: {err}");
+        }
+        let s: SlaveConfig = toml::from_str("tls_cert = \"c.pem\"").unwrap();
+        assert!(s.validate().is_err());
+        let s: SlaveConfig = toml::from_str("master_cert_pin = \" \"").unwrap();
+        assert!(s.validate().is_err());
+        let s: SlaveConfig =
+            toml::from_str("tls_cert = \"c.pem\"\ntls_key = \"c.pem\"\nmaster_cert_pin = \"ab\"")
+                .unwrap();
+        s.validate().unwrap();
+        assert!(s.tls_enabled());
     }
 }

@@ -14,6 +14,7 @@ use dftpd::config::{self, MasterConfig, PasvWithoutPret, SlaveConfig, UserConfig
 use dftpd::env::Env;
 use dftpd::master::Master;
 use dftpd::slave::storage::DiskStorage;
+use dftpd::slave::SlaveTls;
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +63,16 @@ enum Cmd {
         /// DIR/session-<id>.scn (`dftpd-sim replay FILE`).
         #[arg(long, value_name = "DIR")]
         record: Option<PathBuf>,
+        /// FTPS: a self-signed certificate (made once under DATA_DIR/tls/),
+        /// AUTH TLS on the master, PROT P on the slaves, the link over TLS.
+        #[arg(long)]
+        tls: bool,
+        /// Refuse login before AUTH TLS (needs --tls).
+        #[arg(long, requires = "tls")]
+        require_tls_control: bool,
+        /// Refuse transfers and listings under PROT C (needs --tls).
+        #[arg(long, requires = "tls")]
+        require_tls_data: bool,
     },
     /// Run a master from a config file (see master.example.toml).
     Master {
@@ -175,6 +186,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             allow_overwrite,
             data_timeout_ms,
             record,
+            tls,
+            require_tls_control,
+            require_tls_data,
         } => {
             let mut user_configs = Vec::new();
             for u in &users {
@@ -208,6 +222,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 allow_overwrite,
                 data_timeout_ms,
                 record_dir: record,
+                tls,
+                require_tls_control,
+                require_tls_data,
                 ..ClusterOptions::default()
             };
             let c = cluster::start(opts).await.context("starting the cluster")?;
@@ -221,6 +238,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     s.name,
                     s.data_ip,
                     s.root.display()
+                );
+            }
+            if let Some(t) = &c.tls {
+                println!(
+                    "tls: certificate {} sha256 {} (self-signed: curl -k or --cacert; AUTH TLS on the master, PROT P on the slaves, link over TLS)",
+                    t.cert.display(),
+                    t.fingerprint
                 );
             }
             if let Some(u) = printed_user {
@@ -269,6 +293,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "master ready on {} (slave link {})",
                 m.control_addr, m.link_addr
             );
+            let fingerprint = dftpd::master::registry::lock(&m.state)
+                .tls
+                .as_ref()
+                .map(|t| t.fingerprint.clone());
+            if let Some(fp) = fingerprint {
+                println!("tls: certificate sha256 {fp} (slaves pin it with master_cert_pin)");
+            }
             wait_for_ctrl_c().await;
             m.stop();
             println!("master stopped");
@@ -295,6 +326,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => SlaveConfig::default(),
             };
             cfg.validate()?;
+            let tls = SlaveTls::load(&cfg).context("TLS settings")?;
             let storage = Arc::new(
                 DiskStorage::new(&cfg.root)
                     .with_context(|| format!("storage root {}", cfg.root.display()))?,
@@ -303,9 +335,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
             let name = cfg.name.clone();
             let ip = cfg.advertised_ip();
-            let task = tokio::spawn(dftpd::slave::run(
+            let task = tokio::spawn(dftpd::slave::run_with_tls(
                 Env::real(),
                 cfg,
+                tls,
                 storage,
                 rx,
                 Some(ready_tx),

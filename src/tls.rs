@@ -185,6 +185,8 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
     #[error("session ticket key: {0}")]
     TicketKey(&'static str),
+    #[error("certificate pin {0:?} is neither a SHA-256 fingerprint (64 hex digits) nor an existing PEM file")]
+    BadPin(String),
 }
 
 impl TlsError {
@@ -373,10 +375,7 @@ impl fmt::Debug for CertPair {
 
 /// SHA-256 of a DER certificate, lowercase hex.
 pub fn fingerprint_sha256(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&sha256(der))
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -451,7 +450,7 @@ fn pem_block(label: &str, der: &[u8], out: &mut String) {
 /// master makes one with [`TicketKey::generate`] and sends it to its slaves
 /// (serde: it is meant to travel in a link message — an encrypted one).
 /// `Debug` shows the id only.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TicketKey {
     id: u32,
     secret: [u8; 32],
@@ -705,6 +704,20 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The configuration for data connections: `base` (same certificate,
+/// session cache and ticketer) without TLS 1.3 session tickets. A server
+/// sends those right after the handshake; on an upload the client never
+/// reads them, and a TCP close with unread data sends a reset instead of a
+/// FIN, which can overtake the last bytes and the client's `close_notify`
+/// (curl uploads failed with "connection reset" that way; ProFTPD turns
+/// data-connection tickets off for the same reason). Clients resume data
+/// connections with the tickets of their control connection.
+pub fn data_server_config(base: &Arc<ServerConfig>) -> Arc<ServerConfig> {
+    let mut config = (**base).clone();
+    config.send_tls13_tickets = 0;
+    Arc::new(config)
+}
+
 /// A client that trusts exactly the server certificate `pin` (DER of the
 /// leaf), whatever its names, issuer or validity dates: for the slave's
 /// link to a master whose certificate the operator configured. Handshake
@@ -713,9 +726,17 @@ pub fn server_config(
 /// connector is then only the resumption cache's key (an IP address sends
 /// no SNI).
 pub fn pinned_client_config(pin: Vec<u8>) -> Result<Arc<ClientConfig>, TlsError> {
+    pinned_fingerprint_client_config(sha256(&pin))
+}
+
+/// As [`pinned_client_config`], the certificate named by the SHA-256 of its
+/// DER (what `master_cert_pin` holds, see [`load_pin`]).
+pub fn pinned_fingerprint_client_config(
+    sha256_of_leaf: [u8; 32],
+) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let verifier = Arc::new(PinnedServerCert {
-        pin: CertificateDer::from(pin),
+        pin: sha256_of_leaf,
         provider: provider.clone(),
     });
     let config = ClientConfig::builder_with_provider(provider)
@@ -726,9 +747,55 @@ pub fn pinned_client_config(pin: Vec<u8>) -> Result<Arc<ClientConfig>, TlsError>
     Ok(Arc::new(config))
 }
 
+/// Reads a certificate pin: a SHA-256 fingerprint in hex (64 digits, any
+/// case, colons and spaces allowed: what `openssl x509 -fingerprint
+/// -sha256` and [`CertPair::fingerprint_sha256`] print) or the path of a
+/// PEM file whose first certificate is pinned.
+pub fn load_pin(spec: &str) -> Result<[u8; 32], TlsError> {
+    let spec = spec.trim();
+    let digits: String = spec
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect();
+    if digits.len() == 64 && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            // Checked above: two ASCII hex digits.
+            *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16)
+                .map_err(|_| TlsError::BadPin(spec.to_string()))?;
+        }
+        return Ok(out);
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        return Err(TlsError::BadPin(spec.to_string()));
+    }
+    let pem = read_file("pinned certificate", path)?;
+    match CertificateDer::pem_slice_iter(&pem).next() {
+        Some(Ok(der)) => Ok(sha256(&der)),
+        Some(Err(source)) => Err(TlsError::Pem {
+            what: "pinned certificate",
+            path: path.to_owned(),
+            source,
+        }),
+        None => Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+fn sha256(der: &[u8]) -> [u8; 32] {
+    Sha256::digest(der).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[derive(Debug)]
 struct PinnedServerCert {
-    pin: CertificateDer<'static>,
+    /// SHA-256 of the pinned leaf's DER.
+    pin: [u8; 32],
     provider: Arc<CryptoProvider>,
 }
 
@@ -742,11 +809,11 @@ impl ServerCertVerifier for PinnedServerCert {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         // Certificates are public: a plain comparison leaks nothing.
-        if end_entity.as_ref() == self.pin.as_ref() {
+        if sha256(end_entity.as_ref()) == self.pin {
             return Ok(ServerCertVerified::assertion());
         }
         tracing::warn!(
-            expected = %fingerprint_sha256(&self.pin),
+            expected = %hex(&self.pin),
             presented = %fingerprint_sha256(end_entity),
             "server certificate is not the pinned one"
         );
@@ -813,6 +880,91 @@ impl NetStream for tokio_rustls::client::TlsStream<BoxStream> {
     }
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.get_ref().0.peer_addr()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handshakes with a deadline, and the data connection's tie to its control
+// connection
+
+/// Longest resumption token [`accept`] takes (rustls refuses 32 KiB and
+/// more with a panic; ours are 16 bytes).
+pub const MAX_RESUMPTION_DATA: usize = 256;
+
+/// The server side of a TLS handshake on `stream`, bounded by `limit`.
+/// With `resumption_data`, the tickets this connection issues carry it (see
+/// "Tying a data connection to its control connection" above).
+pub async fn accept(
+    config: &Arc<ServerConfig>,
+    stream: BoxStream,
+    resumption_data: Option<&[u8]>,
+    limit: Duration,
+) -> io::Result<tokio_rustls::server::TlsStream<BoxStream>> {
+    if resumption_data.is_some_and(|d| d.len() > MAX_RESUMPTION_DATA) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "resumption token too long",
+        ));
+    }
+    let tag = resumption_data.map(<[u8]>::to_vec);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+    let handshake = acceptor.accept_with(stream, move |conn| {
+        if let Some(tag) = &tag {
+            conn.set_resumption_data(tag);
+        }
+    });
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no TLS handshake within {} ms", limit.as_millis()),
+        )),
+    }
+}
+
+/// The client side of a TLS handshake on `stream`, bounded by `limit`.
+pub async fn connect(
+    config: &Arc<ClientConfig>,
+    name: ServerName<'static>,
+    stream: BoxStream,
+    limit: Duration,
+) -> io::Result<tokio_rustls::client::TlsStream<BoxStream>> {
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    match tokio::time::timeout(limit, connector.connect(name, stream)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no TLS handshake within {} ms", limit.as_millis()),
+        )),
+    }
+}
+
+/// How an accepted data connection's TLS session relates to the control
+/// session whose token it was accepted with (RFC 4217 §10.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionTie {
+    /// A full handshake: nothing to tell.
+    Full,
+    /// Resumed, and the ticket carried this control session's token.
+    Resumed,
+    /// Resumed a session of the cluster whose ticket carries no token
+    /// (TLS 1.2: rustls does not hand it back).
+    ResumedUntagged,
+    /// Resumed a session of *another* control connection: someone else's
+    /// ticket.
+    Foreign,
+}
+
+impl SessionTie {
+    pub fn of(conn: &rustls::ServerConnection, token: &[u8]) -> SessionTie {
+        if conn.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+            return SessionTie::Full;
+        }
+        match conn.received_resumption_data() {
+            None => SessionTie::ResumedUntagged,
+            Some(t) if t == token => SessionTie::Resumed,
+            Some(_) => SessionTie::Foreign,
+        }
     }
 }
 
@@ -1081,7 +1233,7 @@ mod tests {
                 .unwrap()
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(PinnedServerCert {
-                    pin: pair.cert_der().clone(),
+                    pin: sha256(pair.cert_der()),
                     provider,
                 }))
                 .with_no_client_auth(),
@@ -1441,6 +1593,120 @@ mod tests {
         assert_eq!(&got, b"file");
         let err = s.read(&mut [0u8; 8]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn session_tie_tells_own_foreign_and_full() {
+        let key = TicketKey::generate().unwrap();
+        let (_, master) = server(&["master.example"], &key);
+        let (_, slave) = server(&["10.0.0.2"], &key);
+        let client = danger_accept_any_client(TLS13, None);
+        let (mut s, mut c) =
+            tagged_handshake(&master, &client, "master.example", b"control-1").await;
+        ping_pong(&mut s, &mut c).await;
+        // Resumed with the token it was issued under.
+        let (s, _) = tagged_handshake(&slave, &client, "master.example", b"control-1").await;
+        assert_eq!(
+            SessionTie::of(s.get_ref().1, b"control-1"),
+            SessionTie::Resumed
+        );
+        // The same ticket shown for another control session.
+        let (s, _) = tagged_handshake(&slave, &client, "master.example", b"control-2").await;
+        assert_eq!(
+            SessionTie::of(s.get_ref().1, b"control-2"),
+            SessionTie::Foreign
+        );
+        let stranger = danger_accept_any_client(TLS13, None);
+        let (s, _) = tagged_handshake(&slave, &stranger, "master.example", b"control-1").await;
+        assert_eq!(
+            SessionTie::of(s.get_ref().1, b"control-1"),
+            SessionTie::Full
+        );
+    }
+
+    #[tokio::test]
+    async fn accept_and_connect_helpers_bound_the_handshake() {
+        let key = TicketKey::generate().unwrap();
+        let (pair, server) = server(&["127.0.0.1"], &key);
+        let client = pinned_client_config(pair.cert_der().to_vec()).unwrap();
+        let (c, s) = mem_pair();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let limit = Duration::from_secs(5);
+        let (s, c) = tokio::join!(
+            accept(&server, s, Some(b"tag"), limit),
+            connect(&client, name, c, limit)
+        );
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        ping_pong(&mut s, &mut c).await;
+        // A peer that never speaks: the deadline ends the wait.
+        let (_c, s) = mem_pair();
+        let Err(err) = accept(&server, s, None, Duration::from_millis(20)).await else {
+            panic!("a silent peer must time out")
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // An oversized token is refused, not a panic inside rustls.
+        let (_c, s) = mem_pair();
+        let Err(err) = accept(&server, s, Some(&[0; 40_000]), limit).await else {
+            panic!("an oversized token must be refused")
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn data_config_sends_no_tickets_but_resumes_control_sessions() {
+        let key = TicketKey::generate().unwrap();
+        let (_, master) = server(&["master.example"], &key);
+        let (_, slave) = server(&["10.0.0.2"], &key);
+        let data = data_server_config(&slave);
+        assert_eq!(data.send_tls13_tickets, 0);
+        let client = danger_accept_any_client(TLS13, None);
+        let (s, c) = handshake(&master, &client, "master.example").await;
+        ping_pong(&mut s.unwrap(), &mut c.unwrap()).await;
+        // An upload: the client only writes, and finds nothing unread.
+        assert_eq!(
+            write_only(&data, &client, "master.example").await,
+            HandshakeKind::Resumed
+        );
+    }
+
+    #[test]
+    fn pins_are_fingerprints_or_pem_files() {
+        let pair = CertPair::self_signed(&["127.0.0.1".to_string()]).unwrap();
+        let fp = pair.fingerprint_sha256();
+        let want = sha256(pair.cert_der());
+        assert_eq!(load_pin(&fp).unwrap(), want);
+        // openssl's form: upper case with colons.
+        let colons: Vec<String> = fp
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).to_uppercase())
+            .collect();
+        assert_eq!(load_pin(&colons.join(":")).unwrap(), want);
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        pair.write_pem(&cert, &key).unwrap();
+        assert_eq!(load_pin(cert.to_str().unwrap()).unwrap(), want);
+        assert!(matches!(
+            load_pin(key.to_str().unwrap()),
+            Err(TlsError::NoCertificate { .. })
+        ));
+        for bad in ["", "abcd", &fp[..63], "/no/such/file.pem"] {
+            assert!(matches!(load_pin(bad), Err(TlsError::BadPin(_))), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn fingerprint_pinned_client_accepts_only_that_certificate() {
+        let key = TicketKey::generate().unwrap();
+        let (pair, server) = server(&["127.0.0.1"], &key);
+        let good = pinned_fingerprint_client_config(load_pin(&pair.fingerprint_sha256()).unwrap())
+            .unwrap();
+        let (s, c) = handshake(&server, &good, "127.0.0.1").await;
+        ping_pong(&mut s.unwrap(), &mut c.unwrap()).await;
+        let other = CertPair::self_signed(&["127.0.0.1".to_string()]).unwrap();
+        let bad = pinned_fingerprint_client_config(sha256(other.cert_der())).unwrap();
+        let (_, c) = handshake(&server, &bad, "127.0.0.1").await;
+        assert!(c.is_err());
     }
 
     // --- SharedTicketer, directly ---------------------------------------

@@ -21,7 +21,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::proto::VPath;
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: FTPS (`Hello::data_tls`, `Welcome::ticket_key`, `Transfer::tls`).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame either side accepts. A remerge is sent in chunks well
 /// below this.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -75,6 +76,19 @@ pub enum DataConn {
     Active(SocketAddr),
 }
 
+/// A data connection protected by TLS (`PROT P`, RFC 4217 §9). The slave is
+/// the TLS server whether it listened (PASV) or dialled out (PORT): the FTP
+/// client is always the TLS client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataTls {
+    /// The control session's token (random, per control connection). The
+    /// master tags the sessions of the control connection with it, so a
+    /// TLS 1.3 data connection that resumes one carries it back: the slave
+    /// accepts it only if it matches (someone else's ticket is refused),
+    /// and tags its own tickets with it.
+    pub session_token: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TransferOrder {
     /// Send `path` from byte `offset` (REST).
@@ -99,6 +113,8 @@ pub enum Request {
         xfer: u64,
         order: TransferOrder,
         data: DataConn,
+        /// `Some`: TLS on the data connection.
+        tls: Option<DataTls>,
     },
     /// Second phase of an upload: the client's control connection is still
     /// there, make the received file visible under its name.
@@ -152,6 +168,8 @@ pub enum SlaveMsg {
         nonce: Nonce,
         /// The address this slave announces for passive transfers.
         data_ip: IpAddr,
+        /// This slave has a certificate for `PROT P` data connections.
+        data_tls: bool,
     },
     Auth {
         mac: Vec<u8>,
@@ -189,6 +207,10 @@ pub enum MasterMsg {
     Welcome {
         proof: Vec<u8>,
         pending: Vec<FileOp>,
+        /// The cluster's session-ticket key, so the slave's data
+        /// connections resume sessions made with the master. Sent only
+        /// over a TLS link (`link_tls`): never in clear.
+        ticket_key: Option<crate::tls::TicketKey>,
     },
     Refused {
         reason: String,
@@ -310,6 +332,7 @@ mod tests {
                 name: "s1".into(),
                 nonce: [7; 32],
                 data_ip: [127, 0, 0, 11].into(),
+                data_tls: true,
             },
             SlaveMsg::Remerge {
                 files: vec![RemoteFile {

@@ -27,7 +27,7 @@ use super::users;
 use super::{SessionInfo, Shared};
 use crate::config::PasvWithoutPret;
 use crate::env::{accept_from, bind_in_range, next_connection, pump, BoxStream, Env, NetListener};
-use crate::link::{DataConn, Request, Response, TransferFailure};
+use crate::link::{DataConn, DataTls, Request, Response, TransferFailure};
 use crate::proto::{Command, Line, LineDecoder, Reply};
 
 pub async fn accept_sessions(
@@ -135,6 +135,10 @@ struct Driver {
     /// next reply waits for them (a client is never told "done" before the
     /// change would survive a crash).
     durable: Option<Durable>,
+    /// After `AUTH TLS`: this control session's random token, set as the
+    /// resumption data of its TLS sessions and sent with `PROT P` orders
+    /// (see `tls.rs`, "Tying a data connection to its control connection").
+    tls_token: Option<Vec<u8>>,
 }
 
 /// A recording and the instant its session started.
@@ -164,6 +168,7 @@ impl Driver {
             parked: None,
             rec: None,
             durable: None,
+            tls_token: None,
         }
     }
 
@@ -411,6 +416,7 @@ impl Driver {
                 self.send(&reply).await
             }
             Action::Listing(job) => self.listing(*job).await,
+            Action::StartTls(r) => return self.start_tls(r).await,
             Action::Transfer(job) => {
                 let span =
                     tracing::info_span!("transfer", xfer = job.xfer, slave = %job.slave_name);
@@ -529,7 +535,11 @@ impl Driver {
 
     async fn listing(&mut self, job: ListingJob) -> std::io::Result<()> {
         self.send(&job.opening).await?;
-        let mut data = match self.master_data(job.active).await {
+        let data = match self.master_data(job.active).await {
+            Ok(d) => self.protect_master_data(d).await,
+            Err(e) => Err(e),
+        };
+        let mut data = match data {
             Ok(d) => d,
             Err(e) => {
                 return self
@@ -830,6 +840,22 @@ impl Driver {
             };
             relay = Some((client, slave_stream));
         }
+        // PROT P: the slave is the client's TLS server; relayed, the master
+        // is (the master<->slave leg of a relay stays plain, like the link
+        // without `link_tls`).
+        let tls = match (&self.tls_token, self.session.tls.private, &relay) {
+            (Some(token), true, None) => Some(DataTls {
+                session_token: token.clone(),
+            }),
+            _ => None,
+        };
+        let relay_tls = match (&self.tls_token, self.session.tls.private) {
+            (Some(token), true) => lock(&self.state)
+                .tls
+                .as_ref()
+                .map(|t| (t.data.clone(), token.clone())),
+            _ => None,
+        };
         let rid = lock(&self.state).next_id();
         let mut rx = link.request(
             rid,
@@ -837,6 +863,7 @@ impl Driver {
                 xfer: job.xfer,
                 order: job.order.clone(),
                 data,
+                tls,
             },
         );
         if send_opening && self.send(&job.opening).await.is_err() {
@@ -851,6 +878,10 @@ impl Driver {
                     ClientSide::Listener(l) => accept_from(l.as_ref(), Some(peer), timeout).await?,
                     ClientSide::Caught(s) => s,
                 };
+                if let Some((config, token)) = relay_tls {
+                    client =
+                        Box::new(crate::tls::accept(&config, client, Some(&token), timeout).await?);
+                }
                 if upload {
                     pump(&mut client, &mut slave_stream).await
                 } else {
@@ -955,6 +986,136 @@ impl Driver {
             }
             _ => false,
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// FTPS (RFC 4217) on the control connection and the master's own data
+// connections.
+
+impl Driver {
+    /// `AUTH TLS` accepted: 234 in clear, then the TLS handshake on the
+    /// whole control stream (bounded by `data_timeout`). Bytes the client
+    /// pipelined after the AUTH line came in clear and are dropped: they
+    /// must never run as protected commands. A failed handshake closes the
+    /// connection (its state is unknown).
+    async fn start_tls(&mut self, reply: Reply) -> Next {
+        self.release_endpoint();
+        if self.send(&reply).await.is_err() {
+            return Next::Close;
+        }
+        let (tls, limit) = {
+            let st = lock(&self.state);
+            (st.tls.clone(), st.config.data_timeout())
+        };
+        let Some(tls) = tls else {
+            return Next::Close;
+        };
+        let dropped = self.decoder.buffered() + self.queued.len();
+        if dropped > 0 {
+            tracing::info!(dropped, "discarding plaintext sent after AUTH TLS");
+        }
+        self.decoder = LineDecoder::new();
+        self.queued.clear();
+        let (idle_r, idle_w) = tokio::io::split(Box::new(Detached) as BoxStream);
+        let reader = std::mem::replace(&mut self.reader, idle_r);
+        let writer = std::mem::replace(&mut self.writer, idle_w);
+        let plain = reader.unsplit(writer);
+        let mut token = vec![0u8; 16];
+        self.env.rng_fill(&mut token);
+        match crate::tls::accept(&tls.server, plain, Some(&token), limit).await {
+            Ok(secured) => {
+                tracing::debug!(
+                    version = ?secured.get_ref().1.protocol_version(),
+                    "control connection encrypted"
+                );
+                let (r, w) = tokio::io::split(Box::new(secured) as BoxStream);
+                self.reader = r;
+                self.writer = w;
+                self.tls_token = Some(token);
+                self.note(|_| "control connection encrypted (AUTH TLS)".into());
+                Next::Continue
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "TLS handshake on the control connection failed");
+                self.closed = true;
+                Next::Close
+            }
+        }
+    }
+
+    /// A data connection the master serves itself (listings): TLS server
+    /// side under `PROT P`, tagged with this session's token; a client that
+    /// resumes another control connection's session is refused.
+    async fn protect_master_data(&mut self, stream: BoxStream) -> std::io::Result<BoxStream> {
+        let (Some(token), true) = (&self.tls_token, self.session.tls.private) else {
+            return Ok(stream);
+        };
+        let (tls, limit) = {
+            let st = lock(&self.state);
+            (st.tls.clone(), st.config.data_timeout())
+        };
+        let Some(tls) = tls else {
+            return Err(std::io::Error::other("TLS is not configured"));
+        };
+        let secured = crate::tls::accept(&tls.data, stream, Some(token), limit)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
+        if crate::tls::SessionTie::of(secured.get_ref().1, token) == crate::tls::SessionTie::Foreign
+        {
+            tracing::warn!(
+                "data connection refused: it resumed the TLS session of another control connection"
+            );
+            return Err(std::io::Error::other(
+                "the TLS session of the data connection belongs to another control connection",
+            ));
+        }
+        Ok(Box::new(secured))
+    }
+}
+
+/// Stands in for the control stream while `AUTH TLS` takes it over: reads
+/// end, writes fail.
+struct Detached;
+
+impl tokio::io::AsyncRead for Detached {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Detached {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl crate::env::NetStream for Detached {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Err(std::io::ErrorKind::NotConnected.into())
+    }
+    fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        Err(std::io::ErrorKind::NotConnected.into())
     }
 }
 

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::config::MasterConfig;
 use crate::env::Env;
+use crate::tls::{CertPair, SharedTicketer, TicketKey, TlsError};
 use db::FileDb;
 use registry::SlaveRegistry;
 
@@ -58,6 +59,8 @@ pub struct MasterState {
     pub salt: [u8; 16],
     /// Monotonic origin for the guard's clock ([`MasterState::mono_ms`]).
     started: tokio::time::Instant,
+    /// FTPS, when `tls_cert`/`tls_key` are set (never in the simulator).
+    pub tls: Option<Arc<MasterTls>>,
     next_id: u64,
 }
 
@@ -80,6 +83,7 @@ impl MasterState {
             now: 0,
             record: None,
             store: None,
+            tls: None,
             next_id: 0,
         }
     }
@@ -165,6 +169,41 @@ pub fn users_from_config(
 
 pub type Shared = Arc<Mutex<MasterState>>;
 
+/// FTPS on the master (README, "FTPS"): one rustls server configuration for
+/// the control connections after `AUTH TLS`, the master's own data
+/// connections and the TLS link, built once; and the session-ticket key,
+/// which reaches slaves only over a TLS link (`link_tls`), so their data
+/// connections resume the sessions clients made with the master.
+pub struct MasterTls {
+    /// Control connections and the link.
+    pub server: Arc<rustls::ServerConfig>,
+    /// The master's data connections (listings, relay): no TLS 1.3
+    /// tickets (`tls::data_server_config`).
+    pub data: Arc<rustls::ServerConfig>,
+    pub ticket_key: TicketKey,
+    /// SHA-256 of the certificate, hex: what slaves pin.
+    pub fingerprint: String,
+}
+
+impl MasterTls {
+    /// Loads the certificate named in the config; `None` when TLS is off.
+    pub fn load(config: &MasterConfig) -> Result<Option<Arc<MasterTls>>, TlsError> {
+        let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+            return Ok(None);
+        };
+        let pair = CertPair::load_pem(cert, key)?;
+        let ticket_key = TicketKey::generate()?;
+        let ticketer = SharedTicketer::new(&ticket_key, crate::tls::DEFAULT_TICKET_LIFETIME)?;
+        let server = crate::tls::server_config(&pair, Arc::new(ticketer))?;
+        Ok(Some(Arc::new(MasterTls {
+            data: crate::tls::data_server_config(&server),
+            server,
+            ticket_key,
+            fingerprint: pair.fingerprint_sha256(),
+        })))
+    }
+}
+
 /// A running master: its bound addresses and a way to stop it.
 pub struct Master {
     pub control_addr: SocketAddr,
@@ -195,6 +234,22 @@ impl Master {
         config
             .validate()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let tls = MasterTls::load(&config)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        if let Some(t) = &tls {
+            tracing::info!(
+                sha256 = %t.fingerprint,
+                link_tls = config.link_tls,
+                require_tls_control = config.require_tls_control,
+                require_tls_data = config.require_tls_data,
+                "FTPS offered (AUTH TLS)"
+            );
+            if config.link_tls {
+                tracing::info!("link over TLS: slaves get the session-ticket key, data connections to them resume the control session");
+            } else {
+                tracing::warn!("link_tls is off: the session-ticket key stays on the master, so PROT P data connections to slaves make full TLS handshakes (clients that require session resumption on data connections will fail)");
+            }
+        }
         let config = Arc::new(config);
         let mut st = MasterState::new(config.clone());
         st.users = users_from_config(&config, &mut |_| {
@@ -205,6 +260,7 @@ impl Master {
         for u in config.users.iter().filter(|u| u.password_hash.is_none()) {
             tracing::warn!(user = %u.name, "plain-text password in the config: store password_hash instead (dftpd hash-password)");
         }
+        st.tls = tls;
         let stats = store
             .load(&mut st)
             .map_err(|e| std::io::Error::other(e.to_string()))?;

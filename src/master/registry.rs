@@ -97,6 +97,9 @@ pub struct SlaveInfo {
     pub pending_ops: Vec<(u64, FileOp)>,
     /// Passive listeners the slave opened ahead: (token, address).
     pub ready_listeners: std::collections::VecDeque<(u64, std::net::SocketAddr)>,
+    /// The slave has a certificate for `PROT P` data connections (said in
+    /// its `Hello`).
+    pub data_tls: bool,
 }
 
 impl SlaveInfo {
@@ -192,6 +195,7 @@ impl SlaveRegistry {
             relayed_bytes: 0,
             pending_ops: Vec::new(),
             ready_listeners: Default::default(),
+            data_tls: false,
         });
         self.by_name.insert(name.to_string(), id);
         id

@@ -152,6 +152,10 @@ pub enum Action {
     SetActive(Reply),
     Transfer(Box<TransferJob>),
     Listing(Box<ListingJob>),
+    /// `AUTH TLS` accepted: send the reply (234), then run the TLS
+    /// handshake on the control connection, dropping any bytes the client
+    /// sent past the AUTH line in clear. Release the data endpoint.
+    StartTls(Reply),
 }
 
 /// How a slave transfer ended, as the driver saw it.
@@ -197,6 +201,8 @@ pub struct Session {
     epsv_all: bool,
     /// The user's home: nothing outside it can be named.
     home: VPath,
+    /// FTPS state (RFC 4217): AUTH, PBSZ, PROT.
+    pub tls: TlsState,
 }
 
 const FEATURES: &[&str] = &[
@@ -242,6 +248,7 @@ impl Session {
             data: DataSetup::None,
             epsv_all: false,
             home: VPath::root(),
+            tls: TlsState::default(),
         }
     }
 
@@ -341,6 +348,9 @@ impl Session {
         if cmd.needs_login() && self.user().is_none() {
             return r(530, "Please login with USER and PASS");
         }
+        if let Some(refused) = self.tls_gate(&cmd, st) {
+            return refused;
+        }
         let action = self.dispatch(cmd, st);
         self.set_doing(st, None);
         action
@@ -361,8 +371,11 @@ impl Session {
             Command::Noop => r(200, "NOOP ok"),
             Command::Feat => {
                 let mut lines = vec!["Features:".to_string()];
+                let mut features = FEATURES.to_vec();
+                features.extend(tls_features(st));
+                features.sort_unstable();
                 // RFC 2389 §3.2: each feature line starts with one space.
-                lines.extend(FEATURES.iter().map(|f| format!(" {f}")));
+                lines.extend(features.iter().map(|f| format!(" {f}")));
                 lines.push("End".into());
                 Action::Reply(Reply::multi(211, lines))
             }
@@ -651,9 +664,20 @@ impl Session {
                 st,
             ),
             Command::Mlst(arg) => self.mlst(arg.as_deref(), st),
-            Command::Auth(_) | Command::Pbsz(_) | Command::Prot(_) | Command::Ccc => {
-                r(502, "TLS is not available on this server yet")
-            }
+            Command::Auth(mechanism) => self.auth(&mechanism, st),
+            Command::Pbsz(size) => self.pbsz(&size),
+            Command::Prot(level) => self.prot(&level),
+            Command::Ccc => self.ccc(),
+            // FXP (server-to-server) under TLS. Not implemented: PORT and
+            // the data listeners only reach the client's own address
+            // (RFC 2577 bounce protection), so there is no FXP to secure.
+            Command::Sscn(_) | Command::Cpsv => r(
+                502,
+                format!(
+                    "{} is not implemented: dftpd does not do server-to-server (FXP) transfers",
+                    cmd_verb
+                ),
+            ),
         }
     }
 
@@ -701,6 +725,18 @@ impl Session {
             return (r(530, "Login incorrect"), delay);
         };
         st.login_guard.success(ip, &name);
+        // Checked only once the password is proven: refusing earlier would
+        // tell a guesser which names exist.
+        if u.tls != users::TlsPolicy::Optional && !self.tls.control {
+            self.login = Login::NeedUser;
+            return (
+                r(
+                    530,
+                    "This account requires TLS: send AUTH TLS before logging in",
+                ),
+                Default::default(),
+            );
+        }
         let limit = u.max_sessions.unwrap_or(guard.max_sessions_per_user);
         if let Err(e) = st.limits.login(&name, limit) {
             self.login = Login::NeedUser;
@@ -1328,6 +1364,9 @@ impl Session {
     }
 
     fn start_job(&mut self, st: &mut MasterState, job: TransferJob) -> Action {
+        if let Some(refused) = self.tls_slave_check(st, &job) {
+            return refused;
+        }
         // The plan (if any) becomes a running transfer.
         if let Some(Plan {
             target: Target::Slave(_),
@@ -1683,6 +1722,192 @@ impl Session {
 
     pub fn peer_ip(&self) -> IpAddr {
         self.peer.ip()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// FTPS (RFC 4217, explicit; RFC 2228 AUTH/PBSZ/PROT/CCC)
+//
+// Reply codes chosen (README, "FTPS"):
+// - AUTH when TLS is not configured: 502 (not implemented here; FEAT does
+//   not list it); an unknown mechanism: 504; a second AUTH: 503.
+// - USER/PASS before AUTH under `require_tls_control`: 530 (RFC 4217 §11
+//   allows 530 or 534; 530 is "not logged in", which every client reports
+//   as a failed login and stops, and what vsftpd answers).
+// - A transfer or listing under PROT C with `require_tls_data`: 521 (RFC
+//   4217 §10: "data connection cannot be opened with this PROT setting").
+// - PROT S/E: 536; CCC: 534 (policy: the control connection stays
+//   encrypted); PBSZ/PROT out of order: 503.
+
+/// What RFC 4217 negotiated on one control connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlsState {
+    /// `AUTH TLS` done: the control connection is encrypted.
+    pub control: bool,
+    /// `PBSZ` received after AUTH (always "PBSZ=0" for TLS).
+    pub pbsz: bool,
+    /// `PROT P`: data connections are encrypted.
+    pub private: bool,
+}
+
+/// What a session must protect (`require_tls_control`, `require_tls_data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsRequirement {
+    pub control: bool,
+    pub data: bool,
+}
+
+/// FEAT lines for FTPS: only when the master has a certificate.
+fn tls_features(st: &MasterState) -> &'static [&'static str] {
+    if st.tls.is_some() {
+        &["AUTH TLS", "PBSZ", "PROT"]
+    } else {
+        &[]
+    }
+}
+
+impl Session {
+    /// Whether this session must use TLS on its control connection and on
+    /// its data connections. Today the master's config decides; this is the
+    /// one place a per-user policy would go (the user, if known, is
+    /// `self.user()`; before PASS, the name given to USER).
+    pub fn tls_requirement(&self, st: &MasterState) -> TlsRequirement {
+        // A user's own policy adds to the global one.
+        let policy = self
+            .user()
+            .and_then(|u| st.users.get(u))
+            .map_or(users::TlsPolicy::Optional, |u| u.tls);
+        TlsRequirement {
+            control: st.config.require_tls_control || policy != users::TlsPolicy::Optional,
+            data: st.config.require_tls_data || policy == users::TlsPolicy::ControlAndData,
+        }
+    }
+
+    /// Refuses what the TLS policy forbids before the command runs.
+    fn tls_gate(&mut self, cmd: &Command, st: &mut MasterState) -> Option<Action> {
+        let need = self.tls_requirement(st);
+        if need.control && !self.tls.control && matches!(cmd, Command::User(_) | Command::Pass(_)) {
+            return Some(r(
+                530,
+                "This server requires TLS: send AUTH TLS before logging in (curl --ssl-reqd, lftp set ftp:ssl-force true, FileZilla \"Require explicit FTP over TLS\")",
+            ));
+        }
+        if need.data && !self.tls.private && cmd.is_transfer() {
+            self.clear_plan(st);
+            self.data = DataSetup::None;
+            return Some(Action::ResetData(Reply::new(
+                521,
+                "Data connections must be encrypted: send PBSZ 0 and PROT P",
+            )));
+        }
+        None
+    }
+
+    /// A `PROT P` transfer on a slave that has no certificate.
+    fn tls_slave_check(&mut self, st: &mut MasterState, job: &TransferJob) -> Option<Action> {
+        // Relayed bytes reach the client from the master, which terminates
+        // TLS itself.
+        if !self.tls.private || job.route == Route::Relay {
+            return None;
+        }
+        if st.slaves.get(job.slave).is_some_and(|s| s.data_tls) {
+            return None;
+        }
+        self.clear_plan(st);
+        self.data = DataSetup::None;
+        Some(Action::ResetData(Reply::new(
+            521,
+            format!(
+                "Slave {} has no TLS certificate, so it cannot open a PROT P data connection; use PROT C, or ask the operator to set tls_cert and tls_key on it",
+                job.slave_name
+            ),
+        )))
+    }
+
+    fn auth(&mut self, mechanism: &str, st: &mut MasterState) -> Action {
+        if st.tls.is_none() {
+            return r(
+                502,
+                "AUTH TLS is not available: this server has no TLS certificate (tls_cert, tls_key)",
+            );
+        }
+        if self.tls.control {
+            return r(503, "TLS is already on for this control connection");
+        }
+        // SSL: what curl tries first; TLS-C/TLS-P: old drafts' names.
+        let m = mechanism.to_ascii_uppercase();
+        if !matches!(m.as_str(), "TLS" | "SSL" | "TLS-C" | "TLS-P") {
+            let shown: String = mechanism.chars().take(16).collect();
+            return r(
+                504,
+                format!("AUTH {shown}: unsupported mechanism; use AUTH TLS"),
+            );
+        }
+        // RFC 2228 §3: an accepted AUTH resets the security state and the
+        // login; the user logs in again, protected.
+        self.clear_plan(st);
+        self.data = DataSetup::None;
+        self.rest = 0;
+        if let Login::LoggedIn { user, .. } = &self.login {
+            st.limits.logout(user);
+        }
+        self.login = Login::NeedUser;
+        self.home = VPath::root();
+        self.cwd = VPath::root();
+        self.tls = TlsState {
+            control: true,
+            ..TlsState::default()
+        };
+        Action::StartTls(Reply::new(234, format!("AUTH {m} successful")))
+    }
+
+    fn pbsz(&mut self, size: &str) -> Action {
+        if !self.tls.control {
+            return r(503, "PBSZ needs AUTH TLS first");
+        }
+        if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) {
+            return r(501, "PBSZ takes a decimal size: send PBSZ 0");
+        }
+        // RFC 4217 §9: TLS has no buffer size; any size is answered 0.
+        self.tls.pbsz = true;
+        r(200, "PBSZ=0")
+    }
+
+    fn prot(&mut self, level: &str) -> Action {
+        if !self.tls.control {
+            return r(503, "PROT needs AUTH TLS and PBSZ 0 first");
+        }
+        if !self.tls.pbsz {
+            return r(503, "PROT needs PBSZ 0 first");
+        }
+        match level.to_ascii_uppercase().as_str() {
+            "C" => {
+                self.tls.private = false;
+                r(200, "Protection level set to Clear")
+            }
+            "P" => {
+                self.tls.private = true;
+                r(200, "Protection level set to Private")
+            }
+            "S" | "E" => r(
+                536,
+                format!("PROT {level} is not supported with TLS; use PROT P or PROT C"),
+            ),
+            _ => r(504, "Unknown protection level; use PROT P or PROT C"),
+        }
+    }
+
+    fn ccc(&mut self) -> Action {
+        if !self.tls.control {
+            return r(
+                503,
+                "The control connection is not protected: nothing to clear",
+            );
+        }
+        r(
+            534,
+            "CCC refused by policy: the control connection stays encrypted",
+        )
     }
 }
 
@@ -2148,6 +2373,43 @@ mod tests {
         s
     }
 
+    // --- FTPS -------------------------------------------------------------
+
+    fn with_tls(mut st: MasterState) -> MasterState {
+        use crate::tls::{server_config, CertPair, SharedTicketer, TicketKey};
+        let pair = CertPair::self_signed(&["127.0.0.1".to_string()]).unwrap();
+        let key = TicketKey::generate().unwrap();
+        let ticketer = SharedTicketer::new(&key, crate::tls::DEFAULT_TICKET_LIFETIME).unwrap();
+        let server = server_config(&pair, Arc::new(ticketer)).unwrap();
+        st.tls = Some(Arc::new(crate::master::MasterTls {
+            data: crate::tls::data_server_config(&server),
+            server,
+            ticket_key: key,
+            fingerprint: pair.fingerprint_sha256(),
+        }));
+        for id in 0..3 {
+            st.slaves.get_mut(id).unwrap().data_tls = true;
+        }
+        st
+    }
+
+    fn tls_config(st: &mut MasterState, edit: impl FnOnce(&mut MasterConfig)) {
+        let mut cfg = (*st.config).clone();
+        edit(&mut cfg);
+        st.config = Arc::new(cfg);
+    }
+
+    /// AUTH TLS, login, PBSZ 0 and PROT `level`.
+    fn tls_session(st: &mut MasterState, level: &str) -> Session {
+        let mut s = Session::new(1, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+        assert!(matches!(s.handle(cmd("AUTH TLS"), st), Action::StartTls(_)));
+        assert!(text(s.handle(cmd("USER u"), st)).starts_with("331"));
+        assert!(pass(&mut s, st, "p").0.starts_with("230"));
+        assert_eq!(text(s.handle(cmd("PBSZ 0"), st)), "200 PBSZ=0");
+        assert!(text(s.handle(cmd(&format!("PROT {level}")), st)).starts_with("200"));
+        s
+    }
+
     #[test]
     fn home_directory_confines_every_path() {
         let mut st = state_with(vec![user_cfg("al", "/home/al", false, &[])], "");
@@ -2309,5 +2571,170 @@ mod tests {
         let mut fx = login_as(&mut st, "fx");
         assert!(text(fx.handle(cmd("PORT 10,9,9,9,40,0"), &mut st)).starts_with("200"));
         assert!(text(fx.handle(cmd("PORT 10,9,9,9,0,21"), &mut st)).starts_with("504"));
+    }
+
+    #[test]
+    fn a_user_tls_policy_adds_to_the_global_one() {
+        let mut cfgs = vec![
+            user_cfg("t", "/", false, &[]),
+            user_cfg("d", "/", false, &[]),
+        ];
+        cfgs[0].tls = users::TlsPolicy::Control;
+        cfgs[1].tls = users::TlsPolicy::ControlAndData;
+        let mut st = with_tls(state_with(cfgs, ""));
+        // Without AUTH: the right password still gets 530 for these users.
+        let mut s = Session::new(3, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+        s.handle(cmd("USER t"), &mut st);
+        let (reply, delay) = pass(&mut s, &mut st, "pw");
+        assert!(
+            reply.starts_with("530 This account requires TLS"),
+            "{reply}"
+        );
+        assert!(delay.is_zero());
+        // With AUTH: t may use clear data, d may not.
+        for (name, clear_ok) in [("t", true), ("d", false)] {
+            let mut s = Session::new(4, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+            assert!(matches!(
+                s.handle(cmd("AUTH TLS"), &mut st),
+                Action::StartTls(_)
+            ));
+            s.handle(cmd(&format!("USER {name}")), &mut st);
+            assert!(pass(&mut s, &mut st, "pw").0.starts_with("230"));
+            let need = s.tls_requirement(&st);
+            assert!(need.control);
+            assert_eq!(need.data, !clear_ok, "{name}");
+        }
+    }
+
+    #[test]
+    fn without_a_certificate_auth_is_not_offered() {
+        let mut st = state(PasvWithoutPret::Listings);
+        let mut s = session(&mut st);
+        let r = text(s.handle(cmd("AUTH TLS"), &mut st));
+        assert!(r.starts_with("502 ") && r.contains("tls_cert"), "{r}");
+        let feat = text(s.handle(cmd("FEAT"), &mut st));
+        assert!(!feat.contains("AUTH") && !feat.contains("PROT"), "{feat}");
+        assert!(text(s.handle(cmd("PBSZ 0"), &mut st)).starts_with("503"));
+        assert!(text(s.handle(cmd("PROT P"), &mut st)).starts_with("503"));
+    }
+
+    #[test]
+    fn auth_pbsz_prot_ccc_sequence() {
+        let mut st = with_tls(state(PasvWithoutPret::Listings));
+        let mut s = session(&mut st);
+        let feat = text(s.handle(cmd("FEAT"), &mut st));
+        for f in [" AUTH TLS\r\n", " PBSZ\r\n", " PROT\r\n", " PRET\r\n"] {
+            assert!(feat.contains(f), "{f:?} missing from {feat}");
+        }
+        assert!(
+            feat.find(" AUTH TLS").unwrap() < feat.find(" EPRT").unwrap(),
+            "sorted: {feat}"
+        );
+        assert!(text(s.handle(cmd("PBSZ 0"), &mut st)).starts_with("503"));
+        assert!(text(s.handle(cmd("PROT P"), &mut st)).starts_with("503"));
+        assert!(text(s.handle(cmd("CCC"), &mut st)).starts_with("503"));
+        assert!(text(s.handle(cmd("AUTH KERBEROS_V4"), &mut st)).starts_with("504"));
+        match s.handle(cmd("AUTH ssl"), &mut st) {
+            Action::StartTls(r) => assert_eq!(r.to_string(), "234 AUTH SSL successful"),
+            other => panic!("{other:?}"),
+        }
+        // RFC 2228: an accepted AUTH resets the login.
+        assert!(text(s.handle(cmd("LIST"), &mut st)).starts_with("530"));
+        assert!(text(s.handle(cmd("AUTH TLS"), &mut st)).starts_with("503"));
+        assert!(
+            text(s.handle(cmd("PROT P"), &mut st)).starts_with("503"),
+            "no PBSZ yet"
+        );
+        assert!(text(s.handle(cmd("PBSZ x"), &mut st)).starts_with("501"));
+        assert_eq!(text(s.handle(cmd("PBSZ 1048576"), &mut st)), "200 PBSZ=0");
+        assert!(text(s.handle(cmd("PROT S"), &mut st)).starts_with("536"));
+        assert!(text(s.handle(cmd("PROT E"), &mut st)).starts_with("536"));
+        assert!(text(s.handle(cmd("PROT Q"), &mut st)).starts_with("504"));
+        assert_eq!(
+            text(s.handle(cmd("PROT p"), &mut st)),
+            "200 Protection level set to Private"
+        );
+        assert!(s.tls.private);
+        assert_eq!(
+            text(s.handle(cmd("PROT C"), &mut st)),
+            "200 Protection level set to Clear"
+        );
+        assert!(text(s.handle(cmd("USER u"), &mut st)).starts_with("331"));
+        assert!(pass(&mut s, &mut st, "p").0.starts_with("230"));
+        assert!(text(s.handle(cmd("CCC"), &mut st)).starts_with("534"));
+        assert!(text(s.handle(cmd("SSCN ON"), &mut st)).starts_with("502 SSCN"));
+        assert!(text(s.handle(cmd("CPSV"), &mut st)).starts_with("502 CPSV"));
+    }
+
+    #[test]
+    fn require_tls_control_refuses_login_before_auth() {
+        let mut st = with_tls(state(PasvWithoutPret::Listings));
+        tls_config(&mut st, |c| c.require_tls_control = true);
+        assert!(s_requirement(&st).control);
+        let mut s = Session::new(1, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+        let r = text(s.handle(cmd("USER u"), &mut st));
+        assert!(r.starts_with("530 ") && r.contains("AUTH TLS"), "{r}");
+        assert!(text(s.handle(cmd("PASS p"), &mut st)).starts_with("530"));
+        assert!(text(s.handle(cmd("FEAT"), &mut st)).starts_with("211"));
+        let _ = s.handle(cmd("AUTH TLS"), &mut st);
+        assert!(text(s.handle(cmd("USER u"), &mut st)).starts_with("331"));
+        assert!(pass(&mut s, &mut st, "p").0.starts_with("230"));
+    }
+
+    fn s_requirement(st: &MasterState) -> TlsRequirement {
+        Session::new(1, PEER.parse().unwrap(), LOCAL.parse().unwrap()).tls_requirement(st)
+    }
+
+    #[test]
+    fn require_tls_data_refuses_clear_transfers_with_521() {
+        let mut st = with_tls(state(PasvWithoutPret::Listings));
+        tls_config(&mut st, |c| c.require_tls_data = true);
+        let mut s = tls_session(&mut st, "C");
+        s.handle(cmd("PRET RETR a"), &mut st);
+        passive(&mut s, &mut st, "PASV");
+        match s.handle(cmd("RETR a"), &mut st) {
+            Action::ResetData(r) => assert_eq!(
+                r.to_string(),
+                "521 Data connections must be encrypted: send PBSZ 0 and PROT P"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(st.slaves.get(0).unwrap().reserved, 0, "plan released");
+        assert!(text(s.handle(cmd("LIST"), &mut st)).starts_with("521"));
+        assert!(text(s.handle(cmd("PROT P"), &mut st)).starts_with("200"));
+        s.handle(cmd("PRET RETR a"), &mut st);
+        passive(&mut s, &mut st, "PASV");
+        assert!(matches!(
+            s.handle(cmd("RETR a"), &mut st),
+            Action::Transfer(_)
+        ));
+    }
+
+    #[test]
+    fn prot_p_to_a_slave_without_certificate_is_refused() {
+        let mut st = with_tls(state(PasvWithoutPret::Listings));
+        st.slaves.get_mut(0).unwrap().data_tls = false;
+        let mut s = tls_session(&mut st, "P");
+        s.handle(cmd("PRET RETR a"), &mut st);
+        passive(&mut s, &mut st, "PASV");
+        let r = text(s.handle(cmd("RETR a"), &mut st));
+        assert!(r.starts_with("521 Slave s1 has no TLS certificate"), "{r}");
+        assert_eq!(st.slaves.get(0).unwrap().reserved, 0);
+        assert_eq!(st.slaves.get(0).unwrap().active, 0);
+        // PROT C goes through, and so does PROT P on a slave with one.
+        assert!(text(s.handle(cmd("PROT C"), &mut st)).starts_with("200"));
+        s.handle(cmd("PRET RETR a"), &mut st);
+        passive(&mut s, &mut st, "PASV");
+        assert!(matches!(
+            s.handle(cmd("RETR a"), &mut st),
+            Action::Transfer(_)
+        ));
+        assert!(text(s.handle(cmd("PROT P"), &mut st)).starts_with("200"));
+        s.handle(cmd("PRET RETR both"), &mut st);
+        assert!(passive(&mut s, &mut st, "PASV").contains("(127,0,0,12,"));
+        assert!(matches!(
+            s.handle(cmd("RETR both"), &mut st),
+            Action::Transfer(_)
+        ));
     }
 }

@@ -57,13 +57,14 @@ async fn handshake(
     state: &Shared,
     stream: &mut BoxStream,
     peer: SocketAddr,
-) -> Result<(String, std::net::IpAddr, Vec<u8>), LinkError> {
+) -> Result<(String, std::net::IpAddr, Vec<u8>, bool), LinkError> {
     let hello: SlaveMsg = link::read_frame(stream).await?;
     let SlaveMsg::Hello {
         version,
         name,
         nonce: slave_nonce,
         data_ip,
+        data_tls,
     } = hello
     else {
         return Err(LinkError::Handshake("expected Hello".into()));
@@ -115,11 +116,48 @@ async fn handshake(
         return Err(LinkError::Handshake("authentication failed".into()));
     }
     let proof = auth::master_proof(key.as_bytes(), &slave_nonce, &master_nonce, &name);
-    Ok((name, data_ip, proof))
+    Ok((name, data_ip, proof, data_tls))
 }
 
-async fn serve_link(env: Env, state: Shared, mut stream: BoxStream, peer: SocketAddr) {
-    let (name, data_ip, proof) = match tokio::time::timeout(
+/// With `link_tls` the link is TLS from its first byte (slaves pin the
+/// master's certificate, `master_cert_pin`); the HMAC handshake then runs
+/// inside. Returns the stream and whether it is encrypted, or `None` when
+/// the TLS handshake failed (logged with the peer's address: a slave
+/// without the pin, or pinned to another certificate).
+async fn secure_link(
+    state: &Shared,
+    stream: BoxStream,
+    peer: SocketAddr,
+) -> Option<(BoxStream, bool)> {
+    let tls = {
+        let st = lock(state);
+        if st.config.link_tls {
+            st.tls.clone()
+        } else {
+            None
+        }
+    };
+    let Some(tls) = tls else {
+        return Some((stream, false));
+    };
+    match crate::tls::accept(&tls.server, stream, None, HANDSHAKE_TIMEOUT).await {
+        Ok(s) => Some((Box::new(s), true)),
+        Err(e) => {
+            tracing::warn!(
+                %peer,
+                error = %e,
+                "slave refused: link TLS handshake failed (the slave must set master_cert_pin to this master's certificate)"
+            );
+            None
+        }
+    }
+}
+
+async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr) {
+    let Some((mut stream, encrypted)) = secure_link(&state, stream, peer).await else {
+        return;
+    };
+    let (name, data_ip, proof, data_tls) = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake(&env, &state, &mut stream, peer),
     )
@@ -137,8 +175,14 @@ async fn serve_link(env: Env, state: Shared, mut stream: BoxStream, peer: Socket
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let pending: PendingReplies = Arc::new(Mutex::new(Default::default()));
-    let (id, epoch, ops, ops_upto, interval, deadline) = {
+    let (id, epoch, ops, ops_upto, interval, deadline, ticket_key) = {
         let mut st = lock(&state);
+        // The ticket key opens every TLS session of the cluster: only over
+        // an encrypted link.
+        let ticket_key = match &st.tls {
+            Some(t) if encrypted => Some(t.ticket_key.clone()),
+            _ => None,
+        };
         let id = st.slaves.id_for(&name);
         let epoch = st.slaves.next_epoch();
         let interval = st.config.heartbeat_interval();
@@ -153,6 +197,7 @@ async fn serve_link(env: Env, state: Shared, mut stream: BoxStream, peer: Socket
         info.ready_listeners.clear();
         info.state = SlaveState::Remerging;
         info.data_ip = Some(data_ip);
+        info.data_tls = data_tls;
         // Kept queued (and stored) until this remerge completes: the slave
         // applies them before listing its files, so a finished remerge
         // proves they were applied; a link lost before that resends them.
@@ -161,13 +206,14 @@ async fn serve_link(env: Env, state: Shared, mut stream: BoxStream, peer: Socket
         // A new slave's id must be stored before any file names it; the
         // store applies batches in order, so no need to wait here.
         let _ = st.flush();
-        (id, epoch, ops, ops_upto, interval, deadline)
+        (id, epoch, ops, ops_upto, interval, deadline, ticket_key)
     };
-    tracing::info!(slave = %name, %peer, queued_ops = ops.len(), "slave authenticated, remerging");
+    tracing::info!(slave = %name, %peer, queued_ops = ops.len(), link_tls = encrypted, data_tls, "slave authenticated, remerging");
     let (reader, writer) = tokio::io::split(stream);
     let _ = tx.send(MasterMsg::Welcome {
         proof,
         pending: ops,
+        ticket_key,
     });
     let writer_task = tokio::spawn(write_loop(writer, rx, interval));
     let end = read_loop(&state, reader, id, &name, &pending, deadline, ops_upto).await;

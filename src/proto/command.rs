@@ -106,6 +106,11 @@ pub enum Command {
     Prot(String),
     Auth(String),
     Ccc,
+    /// DrFTPD/glftpd FXP extensions: `SSCN [ON|OFF]` (the server is the TLS
+    /// client on data connections) and `CPSV` (PASV with SSCN for one
+    /// transfer). Parsed so they get a clear 502.
+    Sscn(Option<String>),
+    Cpsv,
 }
 
 /// Why a line is not a usable command; [`ParseError::code`] is the reply.
@@ -220,6 +225,8 @@ impl Command {
             "PROT" => Command::Prot(required_trimmed("PROT", arg)?),
             "AUTH" => Command::Auth(required_trimmed("AUTH", arg)?),
             "CCC" => no_arg("CCC", arg, Command::Ccc)?,
+            "SSCN" => Command::Sscn(optional_path(arg)),
+            "CPSV" => no_arg("CPSV", arg, Command::Cpsv)?,
             _ => return Err(ParseError::Unknown(echo(raw_verb))),
         };
         Ok(cmd)
@@ -274,6 +281,8 @@ impl Command {
             Command::Prot(_) => "PROT",
             Command::Auth(_) => "AUTH",
             Command::Ccc => "CCC",
+            Command::Sscn(_) => "SSCN",
+            Command::Cpsv => "CPSV",
         }
     }
 
@@ -589,6 +598,9 @@ mod tests {
         assert_eq!(ok("ABOR"), Command::Abor);
         assert_eq!(ok("abor "), Command::Abor);
         assert_eq!(ok("CCC"), Command::Ccc);
+        assert_eq!(ok("SSCN ON"), Command::Sscn(Some(s("ON"))));
+        assert_eq!(ok("sscn"), Command::Sscn(None));
+        assert_eq!(ok("CPSV"), Command::Cpsv);
         assert_eq!(ok("ALLO"), Command::Allo);
         assert_eq!(ok("ALLO 1000 R 10"), Command::Allo);
         assert_eq!(ok("allo whatever"), Command::Allo);

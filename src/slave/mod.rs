@@ -15,21 +15,103 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::config::SlaveConfig;
 use crate::env::{accept_from, bind_in_range, BoxStream, Env, NetListener};
 use crate::link::{
-    self, auth, DataConn, FileOp, LinkError, MasterMsg, Request, Response, SlaveMsg,
+    self, auth, DataConn, DataTls, FileOp, LinkError, MasterMsg, Request, Response, SlaveMsg,
     TransferFailure, TransferOrder, PROTOCOL_VERSION, REMERGE_CHUNK,
 };
+use crate::tls::{CertPair, SessionTie, SharedTicketer, TicketKey, TlsError};
 use storage::{Storage, StorageError};
 
-/// Runs a slave until `shutdown` turns true.
+/// FTPS on a slave (README, "FTPS"): its certificate for `PROT P` data
+/// connections and the pinned client for a TLS link. Loaded once at start;
+/// the simulator never sets either.
+#[derive(Clone, Default)]
+pub struct SlaveTls {
+    cert: Option<CertPair>,
+    link: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl SlaveTls {
+    /// Reads `tls_cert`/`tls_key` and `master_cert_pin` (files are read
+    /// here, once).
+    pub fn load(config: &SlaveConfig) -> Result<SlaveTls, TlsError> {
+        let cert = match (&config.tls_cert, &config.tls_key) {
+            (Some(c), Some(k)) => Some(CertPair::load_pem(c, k)?),
+            _ => None,
+        };
+        let link = match &config.master_cert_pin {
+            Some(pin) => Some(crate::tls::pinned_fingerprint_client_config(
+                crate::tls::load_pin(pin)?,
+            )?),
+            None => None,
+        };
+        Ok(SlaveTls { cert, link })
+    }
+
+    /// The data connections' server configuration for one link session:
+    /// with the master's ticket key (sent only over a TLS link) a client
+    /// resumes here the session it made with the master; without it, the
+    /// slave seals its own tickets and clients make a full handshake.
+    fn data_config(&self, master_key: Option<&TicketKey>) -> Option<Arc<rustls::ServerConfig>> {
+        let cert = self.cert.as_ref()?;
+        let built = (|| {
+            let own;
+            let key = match master_key {
+                Some(k) => k,
+                None => {
+                    own = TicketKey::generate()?;
+                    &own
+                }
+            };
+            let ticketer = SharedTicketer::new(key, crate::tls::DEFAULT_TICKET_LIFETIME)?;
+            let base = crate::tls::server_config(cert, Arc::new(ticketer))?;
+            Ok::<_, TlsError>(crate::tls::data_server_config(&base))
+        })();
+        match built {
+            Ok(c) => {
+                if master_key.is_some() {
+                    tracing::info!("data TLS ready: the master's ticket key came over the TLS link, data connections resume control sessions");
+                } else {
+                    tracing::info!("data TLS ready without the master's ticket key (link not encrypted): data connections make full TLS handshakes");
+                }
+                Some(c)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "data TLS unavailable");
+                None
+            }
+        }
+    }
+}
+
+/// Runs a slave until `shutdown` turns true, with the TLS settings of its
+/// config (a certificate that does not load is logged and TLS left off:
+/// use [`SlaveTls::load`] and [`run_with_tls`] to fail at start instead).
 pub async fn run(
     env: Env,
     config: SlaveConfig,
+    storage: Arc<dyn Storage>,
+    shutdown: watch::Receiver<bool>,
+    ready: Option<mpsc::UnboundedSender<String>>,
+) {
+    let tls = SlaveTls::load(&config).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "TLS settings unusable; running without TLS");
+        SlaveTls::default()
+    });
+    run_with_tls(env, config, tls, storage, shutdown, ready).await
+}
+
+/// Runs a slave until `shutdown` turns true.
+pub async fn run_with_tls(
+    env: Env,
+    config: SlaveConfig,
+    tls: SlaveTls,
     storage: Arc<dyn Storage>,
     mut shutdown: watch::Receiver<bool>,
     ready: Option<mpsc::UnboundedSender<String>>,
@@ -43,7 +125,7 @@ pub async fn run(
         let result = tokio::select! {
             biased;
             _ = shutdown.changed() => return,
-            r = connect_and_serve(&env, &config, &storage, ready.as_ref()).instrument(span) => r,
+            r = connect_and_serve(&env, &config, &tls, &storage, ready.as_ref()).instrument(span) => r,
         };
         match result {
             Ok(()) => backoff = min,
@@ -64,8 +146,14 @@ pub async fn run(
 
 /// Commands to one transfer task.
 enum XferCmd {
-    Order { rid: u64, order: TransferOrder },
-    Commit { rid: u64 },
+    Order {
+        rid: u64,
+        order: TransferOrder,
+        tls: Option<DataTls>,
+    },
+    Commit {
+        rid: u64,
+    },
 }
 
 struct Ctx {
@@ -73,6 +161,8 @@ struct Ctx {
     config: Arc<SlaveConfig>,
     storage: Arc<dyn Storage>,
     out: mpsc::UnboundedSender<SlaveMsg>,
+    /// `PROT P` data connections' TLS server; `None`: no certificate.
+    data_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 async fn write_within<W: tokio::io::AsyncWrite + Unpin>(
@@ -90,6 +180,7 @@ async fn write_within<W: tokio::io::AsyncWrite + Unpin>(
 async fn connect_and_serve(
     env: &Env,
     config: &Arc<SlaveConfig>,
+    tls: &SlaveTls,
     storage: &Arc<dyn Storage>,
     ready: Option<&mpsc::UnboundedSender<String>>,
 ) -> Result<(), LinkError> {
@@ -97,17 +188,40 @@ async fn connect_and_serve(
     // deadline: a handshake cut by a partition would otherwise wait forever
     // (the simulator's `partition-during-remerge` scenario found this).
     let limit = config.heartbeat_deadline().max(Duration::from_secs(1));
-    let (stream, pending) = tokio::time::timeout(limit, handshake(env, config))
+    let (stream, pending, ticket_key) = tokio::time::timeout(limit, handshake(env, config, tls))
         .await
         .map_err(|_| LinkError::Handshake("no answer from the master in time".into()))??;
-    serve(env, config, storage, ready, stream, pending).await
+    let data_tls = tls.data_config(ticket_key.as_ref());
+    serve(env, config, storage, ready, stream, pending, data_tls).await
+}
+
+/// With `master_cert_pin`, the link is TLS from its first byte and the
+/// master must present exactly the pinned certificate.
+async fn link_stream(
+    env: &Env,
+    config: &SlaveConfig,
+    tls: &SlaveTls,
+) -> Result<BoxStream, LinkError> {
+    let stream = env.net.connect(config.master).await?;
+    let Some(client) = &tls.link else {
+        return Ok(stream);
+    };
+    let name = rustls::pki_types::ServerName::IpAddress(config.master.ip().into());
+    match crate::tls::connect(client, name, stream, Duration::from_secs(10)).await {
+        Ok(s) => Ok(Box::new(s)),
+        Err(e) => {
+            tracing::error!(master = %config.master, error = %e, "link TLS handshake failed (is master_cert_pin this master's certificate, and link_tls on at the master?)");
+            Err(LinkError::Handshake(format!("link TLS: {e}")))
+        }
+    }
 }
 
 async fn handshake(
     env: &Env,
     config: &Arc<SlaveConfig>,
-) -> Result<(BoxStream, Vec<FileOp>), LinkError> {
-    let mut stream = env.net.connect(config.master).await?;
+    tls: &SlaveTls,
+) -> Result<(BoxStream, Vec<FileOp>, Option<TicketKey>), LinkError> {
+    let mut stream = link_stream(env, config, tls).await?;
     let mut nonce = [0u8; 32];
     env.rng_fill(&mut nonce);
     link::write_frame(
@@ -117,6 +231,7 @@ async fn handshake(
             name: config.name.clone(),
             nonce,
             data_ip: config.advertised_ip(),
+            data_tls: tls.cert.is_some(),
         },
     )
     .await?;
@@ -141,22 +256,33 @@ async fn handshake(
         },
     )
     .await?;
-    let pending = match link::read_frame::<_, MasterMsg>(&mut stream).await? {
-        MasterMsg::Welcome { proof, pending } => {
+    let (pending, ticket_key) = match link::read_frame::<_, MasterMsg>(&mut stream).await? {
+        MasterMsg::Welcome {
+            proof,
+            pending,
+            ticket_key,
+        } => {
             if !auth::verify_master(key, &nonce, &master_nonce, &config.name, &proof) {
                 tracing::error!(master = %config.master, "the master could not prove the link key; not trusting it");
                 return Err(LinkError::Handshake(
                     "the master could not prove the link key".into(),
                 ));
             }
-            pending
+            if ticket_key.is_some() && tls.link.is_none() {
+                // Our master never does this; a key that crossed a plain
+                // link is not a secret any more.
+                tracing::warn!("the master sent its ticket key over a plain link; ignored");
+                (pending, None)
+            } else {
+                (pending, ticket_key)
+            }
         }
         MasterMsg::Refused { reason } => {
             return Err(LinkError::Handshake(format!("refused: {reason}")))
         }
         _ => return Err(LinkError::Handshake("expected Welcome".into())),
     };
-    Ok((stream, pending))
+    Ok((stream, pending, ticket_key))
 }
 
 async fn serve(
@@ -166,6 +292,7 @@ async fn serve(
     ready: Option<&mpsc::UnboundedSender<String>>,
     stream: BoxStream,
     pending: Vec<FileOp>,
+    data_tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<(), LinkError> {
     tracing::info!(ops = pending.len(), "authenticated to master");
     for op in &pending {
@@ -214,6 +341,7 @@ async fn serve(
         config: config.clone(),
         storage: storage.clone(),
         out: out_tx,
+        data_tls,
     });
     let writer_task = tokio::spawn(write_loop(writer, out_rx, ctx.clone()));
     let result = read_loop(ctx, reader).await;
@@ -342,10 +470,15 @@ async fn read_loop(ctx: Arc<Ctx>, mut r: tokio::io::ReadHalf<BoxStream>) -> Resu
                         ),
                     }
                 }
-                Request::Transfer { xfer, order, data } => match data {
+                Request::Transfer {
+                    xfer,
+                    order,
+                    data,
+                    tls,
+                } => match data {
                     DataConn::Passive => match xfers.get(&xfer) {
                         Some(tx) => {
-                            let _ = tx.send(XferCmd::Order { rid, order });
+                            let _ = tx.send(XferCmd::Order { rid, order, tls });
                         }
                         None => reply(
                             &ctx,
@@ -360,7 +493,8 @@ async fn read_loop(ctx: Arc<Ctx>, mut r: tokio::io::ReadHalf<BoxStream>) -> Resu
                         xfers.insert(xfer, tx);
                         let span = tracing::info_span!("transfer", xfer);
                         tokio::spawn(
-                            active_task(ctx.clone(), xfer, addr, rid, order, rx).instrument(span),
+                            active_task(ctx.clone(), xfer, addr, rid, order, tls, rx)
+                                .instrument(span),
                         );
                     }
                 },
@@ -392,7 +526,7 @@ async fn passive_task(
     mut cmds: mpsc::UnboundedReceiver<XferCmd>,
 ) {
     let timeout = ctx.config.data_timeout();
-    let mut order: Option<(u64, TransferOrder)> = None;
+    let mut order: Option<(u64, TransferOrder, Option<DataTls>)> = None;
     // The client may connect before or after the order arrives.
     let stream = {
         let accept = accept_from(listener.as_ref(), from, timeout);
@@ -401,13 +535,13 @@ async fn passive_task(
             tokio::select! {
                 biased;
                 c = cmds.recv() => match c {
-                    Some(XferCmd::Order { rid, order: o }) => order = Some((rid, o)),
+                    Some(XferCmd::Order { rid, order: o, tls }) => order = Some((rid, o, tls)),
                     Some(XferCmd::Commit { rid }) => reply(&ctx, rid, Response::Failed(TransferFailure::Aborted)),
                     None => {
                         // Aborted (or the link is gone): an order already
                         // given still gets its answer, or the master would
                         // wait on it.
-                        if let Some((rid, _)) = order {
+                        if let Some((rid, _, _)) = order {
                             reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
                         }
                         return;
@@ -423,7 +557,7 @@ async fn passive_task(
         Err(e) => {
             tracing::info!(xfer, error = %e, "no data connection");
             let rid = match order {
-                Some((rid, _)) => rid,
+                Some((rid, _, _)) => rid,
                 None => match cmds.recv().await {
                     Some(XferCmd::Order { rid, .. }) | Some(XferCmd::Commit { rid }) => rid,
                     None => return,
@@ -437,10 +571,10 @@ async fn passive_task(
             return;
         }
     };
-    let (rid, order) = match order {
+    let (rid, order, tls) = match order {
         Some(o) => o,
         None => match cmds.recv().await {
-            Some(XferCmd::Order { rid, order }) => (rid, order),
+            Some(XferCmd::Order { rid, order, tls }) => (rid, order, tls),
             Some(XferCmd::Commit { rid }) => {
                 reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
                 return;
@@ -448,7 +582,7 @@ async fn passive_task(
             None => return,
         },
     };
-    execute(ctx, xfer, stream, rid, order, cmds).await;
+    execute(ctx, xfer, stream, rid, order, tls, cmds).await;
 }
 
 async fn active_task(
@@ -457,6 +591,7 @@ async fn active_task(
     addr: SocketAddr,
     rid: u64,
     order: TransferOrder,
+    tls: Option<DataTls>,
     cmds: mpsc::UnboundedReceiver<XferCmd>,
 ) {
     let timeout = ctx.config.data_timeout();
@@ -483,7 +618,43 @@ async fn active_task(
             return;
         }
     };
-    execute(ctx, xfer, stream, rid, order, cmds).await;
+    execute(ctx, xfer, stream, rid, order, tls, cmds).await;
+}
+
+/// The TLS server side of a `PROT P` data connection (the FTP client is
+/// the TLS client, also when this slave dialled out for PORT). A client
+/// that resumes a TLS 1.3 session of another control connection is
+/// refused: it holds someone else's ticket (RFC 4217 §10.2).
+async fn protect(
+    ctx: &Ctx,
+    stream: BoxStream,
+    tls: &DataTls,
+) -> Result<BoxStream, TransferFailure> {
+    let Some(config) = &ctx.data_tls else {
+        return Err(TransferFailure::NoDataConnection(format!(
+            "slave {} has no TLS certificate (tls_cert, tls_key); use PROT C",
+            ctx.config.name
+        )));
+    };
+    let secured = crate::tls::accept(
+        config,
+        stream,
+        Some(&tls.session_token),
+        ctx.config.data_timeout(),
+    )
+    .await
+    .map_err(|e| TransferFailure::NoDataConnection(format!("TLS handshake failed: {e}")))?;
+    let tie = SessionTie::of(secured.get_ref().1, &tls.session_token);
+    if tie == SessionTie::Foreign {
+        tracing::warn!(
+            "data connection refused: it resumed the TLS session of another control connection"
+        );
+        return Err(TransferFailure::NoDataConnection(
+            "the TLS session of the data connection belongs to another control connection".into(),
+        ));
+    }
+    tracing::debug!(?tie, "data connection secured");
+    Ok(Box::new(secured))
 }
 
 fn failure(e: StorageError) -> TransferFailure {
@@ -494,16 +665,40 @@ fn failure(e: StorageError) -> TransferFailure {
     }
 }
 
-/// Runs the order on an open data connection. An abort (the master drops
-/// our command channel, or the link goes) cancels it at once.
+/// Runs the order on an open data connection (after its TLS handshake for
+/// `PROT P`). An abort (the master drops our command channel, or the link
+/// goes) cancels it at once.
 async fn execute(
     ctx: Arc<Ctx>,
     xfer: u64,
-    mut stream: BoxStream,
+    stream: BoxStream,
     rid: u64,
     order: TransferOrder,
+    tls: Option<DataTls>,
     mut cmds: mpsc::UnboundedReceiver<XferCmd>,
 ) {
+    let protected = tls.is_some();
+    let mut stream = match tls {
+        None => stream,
+        Some(tls) => {
+            let secured = tokio::select! {
+                biased;
+                _ = wait_closed(&mut cmds) => {
+                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                    return;
+                }
+                s = protect(&ctx, stream, &tls) => s,
+            };
+            match secured {
+                Ok(s) => s,
+                Err(f) => {
+                    tracing::info!(failure = ?f, "no protected data connection");
+                    reply(&ctx, rid, Response::Failed(f));
+                    return;
+                }
+            }
+        }
+    };
     let started = tokio::time::Instant::now();
     match order {
         TransferOrder::Send { path, offset } => {
@@ -547,6 +742,13 @@ async fn execute(
                 }
                 Some(Ok(up)) => up,
             };
+            if protected {
+                // The client ended with close_notify (else the read above
+                // failed: a TLS upload cut without it counts as truncated).
+                // Answer in kind, so clients that wait for ours (Python's
+                // `unwrap()`) finish cleanly.
+                let _ = storage::on_data(ctx.config.data_timeout(), stream.shutdown()).await;
+            }
             drop(stream);
             reply(
                 &ctx,

@@ -301,3 +301,52 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+// --- FTPS (tests/tls.rs) ----------------------------------------------------
+
+impl ClusterProc {
+    /// `dftpd cluster --tls` with `extra` flags.
+    pub fn start_tls(extra: &[&str]) -> ClusterProc {
+        let mut args = vec!["--tls"];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
+    /// The cluster certificate made by `--tls`.
+    pub fn tls_cert(&self) -> PathBuf {
+        self.dir.path().join("tls/cert.pem")
+    }
+}
+
+/// curl for FTPS against a `--tls` cluster: TLS required, PRET, the 227
+/// address trusted, the self-signed certificate accepted.
+pub fn curl_ftps(args: &[&str]) -> Output {
+    let mut all = vec![
+        "--ftp-ssl-reqd",
+        "--ftp-pret",
+        "--no-ftp-skip-pasv-ip",
+        "-k",
+        "-u",
+    ];
+    let login = format!("{USER}:{PASS}");
+    all.push(&login);
+    all.extend_from_slice(args);
+    curl(&all)
+}
+
+/// Runs a Python 3 script with `args`; panics with its output if it fails.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 must be installed");
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python failed:\n{stdout}\n{}",
+        text(&out.stderr)
+    );
+    stdout
+}

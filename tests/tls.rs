@@ -1,0 +1,628 @@
+//! FTPS end to end (RFC 4217): `dftpd cluster --tls` with curl and Python's
+//! ftplib, the protocol rules over raw sockets (TLS by Python's `ssl`),
+//! resumption of the control session on a slave's data connection, and the
+//! link over TLS refusing slaves that do not pin the master's certificate.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+
+fn write_file(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn curl_ftps_uploads_lists_and_downloads_through_a_slave() {
+    let c = ClusterProc::start_tls(&[]);
+    assert!(c.tls_cert().is_file(), "the certificate is made under tls/");
+    assert!(c.log().contains("FTPS offered"), "{}", c.log());
+    let work = tempfile::tempdir().unwrap();
+    let payload = random_bytes(1_500_000, 41);
+    let src = write_file(work.path(), "up.bin", &payload);
+
+    let out = curl_ftps(&["-v", "-T", src.to_str().unwrap(), &c.url("/")]);
+    let verbose = text(&out.stderr);
+    assert!(out.status.success(), "{verbose}");
+    let r = replies(&verbose);
+    assert!(r.iter().any(|l| l.starts_with("234 ")), "{r:?}");
+    assert!(r.iter().any(|l| l == "200 PBSZ=0"), "{r:?}");
+    assert!(
+        r.iter().any(|l| l == "200 Protection level set to Private"),
+        "{r:?}"
+    );
+    // The data connection went to a slave, encrypted (curl reports the
+    // handshake of the control and of the data connection).
+    let pasv = r.iter().find(|l| l.starts_with("227")).expect("227");
+    let ip = pasv_ip(pasv).unwrap();
+    assert!(ip.starts_with("127.0.0.1") && ip != "127.0.0.1", "{pasv}");
+    assert!(
+        verbose.matches("SSL connection using").count() >= 2,
+        "{verbose}"
+    );
+    assert!(
+        r.iter()
+            .any(|l| l.starts_with("226 Transfer complete, 1500000 bytes stored")),
+        "{r:?}"
+    );
+    let holders = c.holders("up.bin");
+    assert_eq!(holders.len(), 1);
+    assert_eq!(format!("127.0.0.{}", 10 + holders[0]), ip);
+    assert_eq!(
+        std::fs::read(c.slave_root(holders[0]).join("up.bin")).unwrap(),
+        payload
+    );
+
+    let out = curl_ftps(&[&c.url("/")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(" up.bin"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let dst = work.path().join("down.bin");
+    let out = curl_ftps(&["-o", dst.to_str().unwrap(), &c.url("/up.bin")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&dst).unwrap(), payload, "byte-identical");
+}
+
+#[test]
+fn curl_ssl_uses_tls_when_offered_and_falls_back_to_plain_when_not() {
+    let work = tempfile::tempdir().unwrap();
+    let src = write_file(work.path(), "f.txt", b"some bytes\n");
+
+    // --ssl: TLS when the server offers it.
+    let tls = ClusterProc::start_tls(&[]);
+    let login = format!("{USER}:{PASS}");
+    let out = curl(&[
+        "--ssl",
+        "-k",
+        "-v",
+        "--ftp-pret",
+        "--no-ftp-skip-pasv-ip",
+        "-u",
+        &login,
+        "-T",
+        src.to_str().unwrap(),
+        &tls.url("/"),
+    ]);
+    let verbose = text(&out.stderr);
+    assert!(out.status.success(), "{verbose}");
+    assert!(replies(&verbose).iter().any(|l| l.starts_with("234 ")));
+
+    // Without a certificate: AUTH is refused (502), FEAT does not offer it,
+    // --ssl goes on in clear and --ssl-reqd stops before logging in.
+    let plain = ClusterProc::start(&[]);
+    let out = curl(&[
+        "--ssl",
+        "-v",
+        "--ftp-pret",
+        "--no-ftp-skip-pasv-ip",
+        "-u",
+        &login,
+        "-T",
+        src.to_str().unwrap(),
+        &plain.url("/"),
+    ]);
+    let verbose = text(&out.stderr);
+    assert!(out.status.success(), "{verbose}");
+    let r = replies(&verbose);
+    assert!(
+        r.iter()
+            .any(|l| l.starts_with("502 AUTH TLS is not available")),
+        "{r:?}"
+    );
+    assert!(!r.iter().any(|l| l.starts_with("234")), "{r:?}");
+    assert_eq!(plain.holders("f.txt").len(), 1);
+    let out = curl(&[
+        "--ssl-reqd",
+        "-u",
+        &login,
+        "--ftp-pret",
+        &plain.url("/f.txt"),
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    let mut raw = RawFtp::connect(plain.addr);
+    let feat = raw.cmd("FEAT");
+    assert!(!feat.contains("AUTH") && !feat.contains("PBSZ"), "{feat}");
+}
+
+const FTPLIB_TLS: &str = r#"
+import ftplib, io, ssl, sys
+host, port, user, pw, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+payload = open(path, 'rb').read()
+
+class Resuming(ftplib.FTP_TLS):
+    # ftplib (3.11) does not offer the control session on data connections;
+    # FileZilla, curl and lftp do. Do it here and note what happened.
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host,
+                                            session=self.sock.session)
+            self.data_peer = conn.getpeername()[0]
+            self.reused = conn.session_reused
+        return conn, size
+
+def context(version):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE   # the cluster's self-signed certificate
+    ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+for name, version in [('tls1.3', ssl.TLSVersion.TLSv1_3), ('tls1.2', ssl.TLSVersion.TLSv1_2)]:
+    ftp = Resuming(context=context(version))
+    ftp.trust_server_pasv_ipv4_address = True   # the 227 names the slave
+    ftp.connect(host, port, timeout=30)
+    print(ftp.auth())
+    ftp.login(user, pw)
+    print(ftp.prot_p())
+    print(ftp.sendcmd('PRET STOR ' + name))
+    print(ftp.storbinary('STOR ' + name, io.BytesIO(payload)))
+    print(name, 'stor slave', ftp.data_peer, 'resumed', ftp.reused)
+    print(ftp.sendcmd('PRET RETR ' + name))
+    got = io.BytesIO()
+    print(ftp.retrbinary('RETR ' + name, got.write))
+    assert got.getvalue() == payload, 'downloaded bytes differ'
+    print(name, 'retr slave', ftp.data_peer, 'resumed', ftp.reused)
+    print(ftp.sendcmd('PRET LIST'))
+    names = ftp.nlst()
+    print(name, 'list on', ftp.data_peer, 'resumed', ftp.reused, sorted(names))
+    ftp.quit()
+
+# Someone else's session on a data connection: refused by the slave.
+ctx = context(ssl.TLSVersion.TLSv1_3)
+def login():
+    f = ftplib.FTP_TLS(context=ctx)
+    f.trust_server_pasv_ipv4_address = True
+    f.connect(host, port, timeout=30)
+    f.login(user, pw)
+    f.prot_p()
+    f.voidcmd('NOOP')   # reads the session tickets
+    return f
+a, b = login(), login()
+b.sendcmd('PRET RETR tls1.3')
+conn, _ = ftplib.FTP.ntransfercmd(b, 'RETR tls1.3')
+try:
+    data = ctx.wrap_socket(conn, server_hostname=host, session=a.sock.session)
+    got = data.recv(100)
+    print('foreign data bytes', len(got))
+except (OSError, ssl.SSLError) as e:
+    print('foreign data refused', type(e).__name__)
+try:
+    print('foreign reply', b.voidresp())
+except ftplib.Error as e:
+    print('foreign reply', e)
+
+# An upload whose TCP connection ends without TLS close_notify may have
+# been cut by an attacker: it is not stored.
+b.sendcmd('PRET STOR cut.bin')
+conn = b.transfercmd('STOR cut.bin')
+conn.sendall(payload)
+conn.close()   # Python's close sends no close_notify (unwrap() would)
+try:
+    print('cut reply', b.voidresp())
+except ftplib.Error as e:
+    print('cut reply', e)
+b.sendcmd('PRET NLST')
+print('cut listed', 'cut.bin' in b.nlst())
+print('ok')
+"#;
+
+#[test]
+fn python_ftplib_prot_p_resumes_the_control_session_on_the_slave() {
+    let c = ClusterProc::start_tls(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let payload = random_bytes(300_000, 5);
+    let path = write_file(work.path(), "p.bin", &payload);
+    let port = c.addr.port().to_string();
+    let out = python(
+        FTPLIB_TLS,
+        &["127.0.0.1", &port, USER, PASS, path.to_str().unwrap()],
+    );
+    assert!(out.contains("234 AUTH TLS successful"), "{out}");
+    assert!(out.contains("200 Protection level set to Private"), "{out}");
+    for v in ["tls1.3", "tls1.2"] {
+        let holder = c.holders(v);
+        assert_eq!(holder.len(), 1, "{v}");
+        let slave = format!("127.0.0.{}", 10 + holder[0]);
+        assert!(
+            out.contains(&format!("{v} stor slave {slave} resumed True")),
+            "{v}: the upload's data connection resumes at the slave\n{out}"
+        );
+        assert!(
+            out.contains(&format!("{v} retr slave {slave} resumed True")),
+            "{v}: the download's too\n{out}"
+        );
+        assert!(
+            out.contains(&format!("{v} list on 127.0.0.1 resumed True")),
+            "{v}: the master's listing too\n{out}"
+        );
+        assert_eq!(
+            std::fs::read(c.slave_root(holder[0]).join(v)).unwrap(),
+            payload
+        );
+    }
+    // The stolen session: the slave refuses it; the reply says why.
+    assert!(
+        out.contains("foreign reply 425 Can't open data connection on slave")
+            && out.contains("belongs to another control connection"),
+        "{out}"
+    );
+    assert!(!out.contains("foreign data bytes 1"), "{out}");
+    assert!(
+        out.contains("cut reply 426 ") && out.contains("close_notify"),
+        "{out}"
+    );
+    assert!(out.contains("cut listed False"), "{out}");
+    assert!(out.ends_with("ok\n"), "{out}");
+}
+
+/// Raw control connection, upgraded with Python's `ssl` at AUTH: sends each
+/// argument as a command line (`!TLS` does the handshake, `!PIPE a|b` sends
+/// two lines in one write) and prints one reply per command.
+const RAW_TLS: &str = r#"
+import socket, ssl, sys
+host, port = sys.argv[1], int(sys.argv[2])
+sock = socket.create_connection((host, port), timeout=20)
+f = sock.makefile('rb')
+def reply():
+    line = f.readline().decode().rstrip('\r\n')
+    if len(line) > 3 and line[3] == '-':
+        code = line[:3]
+        while True:
+            more = f.readline().decode().rstrip('\r\n')
+            line += '|' + more
+            if more.startswith(code + ' ') or not more:
+                break
+    return line
+print(reply())
+for cmd in sys.argv[3:]:
+    if cmd == '!TLS':
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        sock = ctx.wrap_socket(sock, server_hostname=host)
+        f = sock.makefile('rb')
+        print('TLS', sock.version())
+        continue
+    if cmd.startswith('!PIPE '):
+        lines = cmd[6:].split('|')
+        sock.sendall(b''.join(l.encode() + b'\r\n' for l in lines))
+        print(cmd, '->', reply())
+        continue
+    sock.sendall(cmd.encode() + b'\r\n')
+    print(cmd, '->', reply())
+"#;
+
+fn raw_tls(c: &ClusterProc, cmds: &[&str]) -> String {
+    let port = c.addr.port().to_string();
+    let mut args = vec!["127.0.0.1", port.as_str()];
+    args.extend_from_slice(cmds);
+    python(RAW_TLS, &args)
+}
+
+#[test]
+fn raw_protocol_rules_for_auth_pbsz_prot_and_ccc() {
+    let c = ClusterProc::start_tls(&[]);
+    let login_user = format!("USER {USER}");
+    let login_pass = format!("PASS {PASS}");
+    let pipe = format!("!PIPE AUTH TLS|{login_user}");
+    let out = raw_tls(
+        &c,
+        &[
+            "FEAT",
+            "PROT P",
+            "PBSZ 0",
+            "AUTH GSSAPI",
+            // USER pipelined in clear behind AUTH must not run protected.
+            &pipe,
+            "!TLS",
+            &login_pass,
+            "AUTH TLS",
+            "PROT P",
+            "PBSZ 0",
+            "PROT S",
+            "PROT E",
+            "PROT X",
+            "PROT P",
+            &login_user,
+            &login_pass,
+            "CCC",
+            "NOOP",
+        ],
+    );
+    let want = [
+        "FEAT -> 211-Features:| AUTH TLS|",
+        "PROT P -> 503 ",
+        "PBSZ 0 -> 503 ",
+        "AUTH GSSAPI -> 504 ",
+        "!PIPE AUTH TLS|USER u -> 234 AUTH TLS successful",
+        "TLS TLSv1.3",
+        "PASS p -> 503 Login with USER first",
+        "AUTH TLS -> 503 ",
+        "PROT P -> 503 PROT needs PBSZ 0 first",
+        "PBSZ 0 -> 200 PBSZ=0",
+        "PROT S -> 536 ",
+        "PROT E -> 536 ",
+        "PROT X -> 504 ",
+        "PROT P -> 200 Protection level set to Private",
+        "USER u -> 331 ",
+        "PASS p -> 230 ",
+        "CCC -> 534 ",
+        "NOOP -> 200 ",
+    ];
+    let mut lines = out.lines().skip(1);
+    for w in want {
+        let got = lines.next().unwrap_or("(nothing)");
+        assert!(got.starts_with(w), "expected {w:?}, got {got:?}\n{out}");
+    }
+    assert!(out.contains("| PBSZ|") && out.contains("| PROT|"), "{out}");
+}
+
+#[test]
+fn require_tls_refuses_login_before_auth_and_clear_data() {
+    let c = ClusterProc::start_tls(&["--require-tls-control", "--require-tls-data"]);
+    let mut raw = RawFtp::connect(c.addr);
+    let r = raw.cmd(&format!("USER {USER}"));
+    assert!(r.starts_with("530 ") && r.contains("AUTH TLS"), "{r}");
+    let r = raw.cmd(&format!("PASS {PASS}"));
+    assert!(r.starts_with("530 "), "{r}");
+    let user = format!("USER {USER}");
+    let pass = format!("PASS {PASS}");
+    let out = raw_tls(
+        &c,
+        &[
+            "AUTH TLS", "!TLS", &user, &pass, "PBSZ 0", "PROT C", "PASV", "LIST", "NOOP",
+        ],
+    );
+    assert!(out.contains(&format!("{user} -> 331")), "{out}");
+    assert!(out.contains(&format!("{pass} -> 230")), "{out}");
+    assert!(
+        out.contains("LIST -> 521 Data connections must be encrypted"),
+        "{out}"
+    );
+    assert!(out.contains("NOOP -> 200"), "{out}");
+    // PROT P clients are served.
+    let work = tempfile::tempdir().unwrap();
+    let src = write_file(work.path(), "r.bin", b"required");
+    let out = curl_ftps(&["-T", src.to_str().unwrap(), &c.url("/")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = curl_ftps(&[&c.url("/r.bin")]);
+    assert_eq!(out.stdout, b"required", "{}", text(&out.stderr));
+}
+
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..400 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    false
+}
+
+/// A master with `link_tls` and separate slave processes: slaves with a
+/// wrong pin or none are refused (the master logs their address); a slave
+/// pinning the certificate (by PEM file) joins; it has no certificate of its
+/// own, so PROT P transfers to it get 521 while PROT C ones work.
+#[test]
+fn link_over_tls_refuses_slaves_that_do_not_pin_the_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("m.crt"), dir.path().join("m.key"));
+    let pair = dftpd::tls::CertPair::self_signed(&["127.0.0.1".into()]).unwrap();
+    pair.write_pem(&cert, &key).unwrap();
+    let other = dftpd::tls::CertPair::self_signed(&["127.0.0.1".into()]).unwrap();
+    let master_toml = dir.path().join("master.toml");
+    std::fs::write(
+        &master_toml,
+        format!(
+            "listen = \"127.0.0.1:0\"\nlink_listen = \"127.0.0.1:0\"\nlink_key = \"k\"\npassive_ports = \"0\"\nstore = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nlink_tls = true\n[[users]]\nname = \"{USER}\"\npassword = \"{PASS}\"\n",
+            dir.path().join("master.redb").display(),
+            cert.display(),
+            key.display(),
+        ),
+    )
+    .unwrap();
+    let master_log = dir.path().join("master.log");
+    let mut master = Command::new(bin())
+        .args(["master", "--config"])
+        .arg(&master_toml)
+        .env("DFTPD_LOG", "dftpd=debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&master_log).unwrap())
+        .spawn()
+        .unwrap();
+    let control = wait_ready(&mut master, "master ready on ", &master_log);
+    let _master = Kill(master);
+    let master_text = || std::fs::read_to_string(&master_log).unwrap_or_default();
+    let mut link = None;
+    assert!(wait_until(|| {
+        link = master_text()
+            .lines()
+            .find(|l| l.contains("master listening"))
+            .and_then(|l| l.split("link_addr=").nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .map(str::to_string);
+        link.is_some()
+    }));
+    let link = link.unwrap();
+    let slave = |name: &str, ip: &str, pin: Option<String>| {
+        let toml = dir.path().join(format!("{name}.toml"));
+        let pin = pin
+            .map(|p| format!("master_cert_pin = \"{p}\"\n"))
+            .unwrap_or_default();
+        std::fs::write(
+            &toml,
+            format!(
+                "name = \"{name}\"\nmaster = \"{link}\"\nlink_key = \"k\"\nroot = \"{}\"\ndata_ip = \"{ip}\"\npassive_ports = \"0\"\nreconnect_min_ms = 100\nreconnect_max_ms = 500\n{pin}",
+                dir.path().join(name).display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join(format!("{name}.log"));
+        let child = Command::new(bin())
+            .args(["slave", "--config"])
+            .arg(&toml)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (child, log)
+    };
+
+    // Pinned to another certificate: the slave refuses the master, the
+    // master logs the failed handshake with the slave's address.
+    let (wrong, wrong_log) = slave("wrongpin", "127.0.0.31", Some(other.fingerprint_sha256()));
+    let _wrong = Kill(wrong);
+    assert!(
+        wait_until(|| master_text().contains("slave refused: link TLS handshake failed")),
+        "{}",
+        master_text()
+    );
+    let line = master_text()
+        .lines()
+        .find(|l| l.contains("link TLS handshake failed"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+    assert!(wait_until(|| std::fs::read_to_string(&wrong_log)
+        .unwrap_or_default()
+        .contains("server certificate is not the pinned one")));
+
+    // No pin at all: a plain Hello to a TLS listener.
+    let (plain, _) = slave("nopin", "127.0.0.32", None);
+    let _plain = Kill(plain);
+    assert!(wait_until(|| master_text()
+        .matches("slave refused: link TLS handshake failed")
+        .count()
+        >= 2));
+
+    // The right pin (the certificate's PEM file) joins.
+    let (mut good, good_log) = slave("good", "127.0.0.33", Some(cert.display().to_string()));
+    let _ = wait_line(&mut good, "good ready", &good_log);
+    let _good = Kill(good);
+    let mut raw = RawFtp::connect(control);
+    raw.login();
+    let slaves = raw.cmd("SITE SLAVES");
+    assert!(slaves.contains("good online"), "{slaves}");
+    assert!(
+        !slaves.contains("wrongpin") && !slaves.contains("nopin"),
+        "{slaves}"
+    );
+    assert!(master_text().contains("link_tls=true"), "{}", master_text());
+
+    // "good" has no certificate of its own: PROT P to it is refused with
+    // 521 naming it, PROT C works.
+    let pass = format!("PASS {PASS}");
+    let user = format!("USER {USER}");
+    let port = control.port().to_string();
+    let out = python(
+        RAW_TLS,
+        &[
+            "127.0.0.1",
+            &port,
+            "AUTH TLS",
+            "!TLS",
+            &user,
+            &pass,
+            "PBSZ 0",
+            "PROT P",
+            "PRET STOR x",
+            "PORT 127,0,0,1,200,1",
+            "STOR x",
+        ],
+    );
+    assert!(
+        out.contains("STOR x -> 521 Slave good has no TLS certificate"),
+        "{out}"
+    );
+    assert!(raw.cmd("PRET STOR y.bin").starts_with("200"));
+    let (_, addr) = raw.pasv();
+    let (_, fin) = raw.stor("y.bin", addr, b"clear");
+    assert!(fin.starts_with("226"), "{fin}");
+}
+
+/// `pasv_without_pret = relay` under PROT P: the master terminates TLS for
+/// a client without PRET and relays to the slave; a client that ignores the
+/// 227 address (curl's default) is relayed the same way.
+#[test]
+fn relay_serves_prot_p_clients_without_pret() {
+    let c = ClusterProc::start_tls(&["--pasv-without-pret", "relay"]);
+    let work = tempfile::tempdir().unwrap();
+    let payload = random_bytes(400_000, 77);
+    let src = write_file(work.path(), "rel.bin", &payload);
+    let login = format!("{USER}:{PASS}");
+    let out = curl(&[
+        "--ftp-ssl-reqd",
+        "-k",
+        "-u",
+        &login,
+        "-T",
+        src.to_str().unwrap(),
+        &c.url("/"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(c.holders("rel.bin").len(), 1);
+    // PRET, but the 227 address ignored: caught at the master, relayed.
+    let dst = work.path().join("back.bin");
+    let out = curl(&[
+        "--ftp-ssl-reqd",
+        "--ftp-pret",
+        "-k",
+        "-u",
+        &login,
+        "-o",
+        dst.to_str().unwrap(),
+        &c.url("/rel.bin"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&dst).unwrap(), payload);
+    let slaves = c.raw().cmd("SITE SLAVES");
+    assert!(
+        slaves.contains("relayed=400000"),
+        "the upload was relayed: {slaves}"
+    );
+}
+
+/// lftp (GnuTLS) sends AUTH TLS by itself when FEAT offers it and protects
+/// data connections; on the loopback cluster it needs active mode (see
+/// tests/clients.rs), where the slave dials out and is still the TLS server.
+#[test]
+fn lftp_uses_tls_by_itself_in_active_mode() {
+    let c = ClusterProc::start_tls(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let payload = random_bytes(600_000, 9);
+    let src = write_file(work.path(), "l.bin", &payload);
+    let back = work.path().join("back.bin");
+    let script = format!(
+        "set ssl:verify-certificate no; set ftp:passive-mode off; set ftp:ssl-force true; set ftp:ssl-protect-data true; put {} -o l.bin; get l.bin -o {}; quit",
+        src.display(),
+        back.display()
+    );
+    let out = Command::new("lftp")
+        .args(["-d", "-u", &format!("{USER},{PASS}"), "-e", &script])
+        .arg(format!("127.0.0.1:{}", c.addr.port()))
+        .output()
+        .expect("lftp must be installed (see .ci/run)");
+    let log = text(&out.stderr) + &text(&out.stdout);
+    assert!(out.status.success(), "lftp failed:\n{log}");
+    assert!(log.contains("<--- 234 "), "{log}");
+    assert!(log.contains("---> PROT P"), "{log}");
+    assert_eq!(std::fs::read(&back).unwrap(), payload);
+    assert_eq!(c.holders("l.bin").len(), 1);
+}
