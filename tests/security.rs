@@ -321,6 +321,7 @@ async fn a_rogue_slave_cannot_crash_the_master_or_take_over_files() {
             name: "rogue".into(),
             nonce,
             data_ip: "127.0.0.66".parse().unwrap(),
+            data_tls: false,
         },
     )
     .await
