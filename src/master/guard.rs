@@ -76,6 +76,33 @@ struct Record {
     banned_until: u64,
 }
 
+/// The key an address is counted under: IPv4 as is (also IPv4-mapped
+/// IPv6), IPv6 per /64, since one host commonly owns a whole /64.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut seg = v6.segments();
+                seg[4..].fill(0);
+                IpAddr::V6(seg.into())
+            }
+        },
+    }
+}
+
+/// Longest user name the guard keeps (longer ones are cut): a spray of
+/// long names cannot inflate its memory.
+const MAX_NAME: usize = 64;
+
+fn name_key(user: &str) -> &str {
+    match user.char_indices().nth(MAX_NAME) {
+        Some((i, _)) => &user[..i],
+        None => user,
+    }
+}
+
 /// Bound on tracked user names: a spray of random names cannot grow the
 /// map without limit (the oldest entries go first).
 const MAX_TRACKED_NAMES: usize = 100_000;
@@ -100,6 +127,7 @@ impl LoginGuard {
         if cfg.max_failures == 0 {
             return Ok(());
         }
+        let (ip, user) = (client_key(ip), name_key(user));
         let until = [self.ips.get(&ip), self.names.get(user)]
             .into_iter()
             .flatten()
@@ -117,6 +145,7 @@ impl LoginGuard {
         if cfg.max_failures == 0 {
             return Duration::ZERO;
         }
+        let (ip, user) = (client_key(ip), name_key(user));
         let n_ip = bump(self.ips.entry(ip).or_default(), cfg, now);
         if !self.names.contains_key(user) {
             if self.name_order.len() >= MAX_TRACKED_NAMES {
@@ -138,8 +167,8 @@ impl LoginGuard {
 
     /// A successful login clears that IP's and that name's history.
     pub fn success(&mut self, ip: IpAddr, user: &str) {
-        self.ips.remove(&ip);
-        self.names.remove(user);
+        self.ips.remove(&client_key(ip));
+        self.names.remove(name_key(user));
     }
 
     /// Drops expired records (call now and then).
@@ -186,6 +215,7 @@ pub struct SessionLimits {
 
 impl SessionLimits {
     pub fn open(&mut self, cfg: &GuardConfig, ip: IpAddr) -> Result<(), GuardError> {
+        let ip = client_key(ip);
         let n = self.ips.entry(ip).or_default();
         if cfg.max_sessions_per_ip > 0 && *n >= cfg.max_sessions_per_ip {
             if *n == 0 {
@@ -198,6 +228,7 @@ impl SessionLimits {
     }
 
     pub fn close(&mut self, ip: IpAddr) {
+        let ip = client_key(ip);
         if let Some(n) = self.ips.get_mut(&ip) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -332,6 +363,27 @@ mod tests {
         assert!(g.tracked().1 <= MAX_TRACKED_NAMES);
         g.prune(&cfg, cfg.ban_ms + cfg.window_ms + 10);
         assert_eq!(g.tracked(), (0, 0));
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_long_names_are_cut() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(other));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_key(mapped), ip(1));
+        let cfg = GuardConfig::default();
+        let mut g = LoginGuard::default();
+        for i in 0..5 {
+            g.failure(&cfg, a, &format!("{}{i}", "x".repeat(200)), 0);
+        }
+        // One /64 banned, whatever address of it comes next.
+        assert!(g.check(&cfg, b, "anyone", 1).is_err());
+        assert!(g.check(&cfg, other, "anyone", 1).is_ok());
+        // The five long names differ only past the cut: one name, banned.
+        assert!(g.check(&cfg, other, &"x".repeat(64), 1).is_err());
     }
 
     #[test]

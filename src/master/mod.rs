@@ -1,6 +1,6 @@
 //! The master: FTP control server, file database, slave registry and
 //! transfer planning. [`session`] decides (sans-IO), [`control`] drives one
-//! control connection, [`slaves`] runs the link side, [`Master::run`] ties
+//! control connection, [`slaves`] runs the link side, [`Master::start`] ties
 //! them together on an [`Env`].
 
 pub mod control;

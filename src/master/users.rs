@@ -136,14 +136,26 @@ pub fn hash_password(
         .map_err(|e| UserError::Hash(e.to_string()))
 }
 
-/// Verifies with the parameters stored in `phc`; false for a malformed hash.
+/// Largest argon2 memory cost a stored hash may ask for: a hostile or
+/// corrupt hash must not make the master allocate gigabytes per login.
+pub const MAX_MEMORY_KIB: u32 = 1 << 20;
+
+/// Verifies with the parameters stored in `phc`; false for a malformed hash
+/// or one whose cost is beyond [`MAX_MEMORY_KIB`] / 64 passes.
 pub fn verify_password(phc: &str, password: &str) -> bool {
-    let Ok(hash) = PasswordHash::new(phc) else {
+    let Some(hash) = usable(phc) else {
         return false;
     };
     Argon2::default()
         .verify_password(password.as_bytes(), &hash)
         .is_ok()
+}
+
+/// `phc` parsed, if it is an argon2 hash with a sane cost.
+fn usable(phc: &str) -> Option<PasswordHash> {
+    let hash = PasswordHash::new(phc).ok()?;
+    let params = Params::try_from(&hash).ok()?;
+    (params.m_cost() <= MAX_MEMORY_KIB && params.t_cost() <= 64).then_some(hash)
 }
 
 pub fn valid_name(name: &str) -> bool {
@@ -194,7 +206,10 @@ impl UserDb {
     /// or the dummy one (so an unknown user costs the same time).
     pub fn hash_for(&self, name: &str) -> (String, bool) {
         match self.users.get(name) {
-            Some(u) => (u.password_hash.clone(), true),
+            // A locked or corrupt hash fails at once; verifying the dummy
+            // instead keeps its timing equal to any other failure.
+            Some(u) if usable(&u.password_hash).is_some() => (u.password_hash.clone(), true),
+            Some(_) => (self.dummy.clone(), false),
             None => (self.dummy.clone(), false),
         }
     }
@@ -367,6 +382,9 @@ mod tests {
         assert!(!verify_password(&h, "Secret"));
         assert!(!verify_password("not a hash", "secret"));
         assert!(!verify_password("", ""));
+        // A stored hash asking for 4 TiB of memory is refused, not run.
+        let greedy = h.replace("m=64", "m=4294967295");
+        assert!(!verify_password(&greedy, "secret"));
         // Another salt, another hash.
         assert_ne!(
             h,
