@@ -73,6 +73,13 @@ enum Cmd {
         /// Refuse transfers and listings under PROT C (needs --tls).
         #[arg(long, requires = "tls")]
         require_tls_data: bool,
+        /// Let the --user users do server-to-server transfers (FXP: PORT to
+        /// another host, passive connections from another host, SSCN, CPSV).
+        #[arg(long)]
+        fxp: bool,
+        /// Data address of the first slave; the next ones count up.
+        #[arg(long, default_value = "127.0.0.11")]
+        first_slave_ip: std::net::Ipv4Addr,
     },
     /// Run a master from a config file (see master.example.toml).
     Master {
@@ -189,6 +196,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
             require_tls_control,
             require_tls_data,
+            fxp,
+            first_slave_ip,
         } => {
             let mut user_configs = Vec::new();
             for u in &users {
@@ -200,6 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     password: password.into(),
                     home: "/".into(),
                     admin: true,
+                    fxp,
                     ..Default::default()
                 });
             }
@@ -225,6 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tls,
                 require_tls_control,
                 require_tls_data,
+                first_slave_ip,
                 ..ClusterOptions::default()
             };
             let c = cluster::start(opts).await.context("starting the cluster")?;

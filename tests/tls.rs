@@ -626,3 +626,111 @@ fn lftp_uses_tls_by_itself_in_active_mode() {
     assert_eq!(std::fs::read(&back).unwrap(), payload);
     assert_eq!(c.holders("l.bin").len(), 1);
 }
+
+/// FXP with TLS between two sites, as DrFTPD does it: the client drives
+/// both control connections; one server's slave is the TLS client of the
+/// data connection (SSCN ON, or CPSV), the other's the TLS server. Both
+/// directions; and a user without FXP rights is refused.
+const FXP: &str = r#"
+import ftplib, re, ssl, sys
+host, pa, pb, user, pw = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+def site(port):
+    f = ftplib.FTP_TLS(context=ctx)
+    f.connect(host, port, timeout=30)
+    f.login(user, pw)
+    f.prot_p()
+    f.voidcmd("TYPE I")
+    return f
+a, b = site(pa), site(pb)
+def addr(reply):
+    return re.search(r"\((\d+,\d+,\d+,\d+,\d+,\d+)\)", reply).group(1)
+def fxp(src, dst, name, copy, src_client):
+    # dst listens (TLS server unless CPSV), src connects out (PORT).
+    dst.sendcmd("PRET STOR " + copy)
+    if src_client:
+        print("sscn", src.sendcmd("SSCN ON"))
+        p = dst.sendcmd("PASV")
+    else:
+        print("sscn", src.sendcmd("SSCN OFF"))
+        p = dst.sendcmd("CPSV")
+    print("listen", p)
+    src.sendcmd("PRET RETR " + name)
+    print("port", src.sendcmd("PORT " + addr(p)))
+    dst.putcmd("STOR " + copy)
+    print("dst", dst.getresp())
+    src.putcmd("RETR " + name)
+    print("src", src.getresp())
+    print("src", src.getresp())
+    print("dst", dst.getresp())
+fxp(a, b, "fxp.bin", "fxp.bin", True)
+fxp(b, a, "fxp.bin", "back.bin", False)
+print("done")
+"#;
+
+#[test]
+fn fxp_between_two_sites_with_sscn_and_cpsv() {
+    let data = random_bytes(700_000, 77);
+    let d = data.clone();
+    let a = ClusterProc::start_with(&["--tls", "--fxp", "--slaves", "1"], move |dir| {
+        std::fs::create_dir_all(dir.join("slave-1")).unwrap();
+        std::fs::write(dir.join("slave-1/fxp.bin"), &d).unwrap();
+    });
+    let b = ClusterProc::start_with(
+        &[
+            "--tls",
+            "--fxp",
+            "--slaves",
+            "1",
+            "--first-slave-ip",
+            "127.0.0.31",
+        ],
+        |_| {},
+    );
+    let out = python(
+        FXP,
+        &[
+            "127.0.0.1",
+            &a.addr.port().to_string(),
+            &b.addr.port().to_string(),
+            USER,
+            PASS,
+        ],
+    );
+    assert!(out.contains("sscn 200 SSCN:CLIENT METHOD"), "{out}");
+    assert!(out.contains("sscn 200 SSCN:SERVER METHOD"), "{out}");
+    assert_eq!(out.matches("src 226").count(), 2, "{out}");
+    assert_eq!(out.matches("dst 226").count(), 2, "{out}");
+    // The bytes crossed: B holds A's file, and A got it back under a new name.
+    assert_eq!(b.holders("fxp.bin"), [1]);
+    assert!(std::fs::read(b.slave_root(1).join("fxp.bin")).unwrap() == data);
+    assert!(std::fs::read(a.slave_root(1).join("back.bin")).unwrap() == data);
+
+    // Without --fxp: SSCN ON and CPSV refused, PORT to another host too.
+    let plain = ClusterProc::start_tls(&["--slaves", "1"]);
+    let (user, pass) = (format!("USER {USER}"), format!("PASS {PASS}"));
+    let r = raw_tls(
+        &plain,
+        &[
+            "AUTH TLS",
+            "!TLS",
+            &user,
+            &pass,
+            "PBSZ 0",
+            "PROT P",
+            "SSCN ON",
+            "CPSV",
+            "PORT 127,0,0,31,200,0",
+            "SSCN",
+        ],
+    );
+    assert!(
+        r.contains("550 SSCN ON: server-to-server transfers (FXP) are not allowed"),
+        "{r}"
+    );
+    assert!(r.contains("550 CPSV: server-to-server"), "{r}");
+    assert!(r.contains("504 PORT to an address other than yours"), "{r}");
+    assert!(r.contains("200 SSCN:SERVER METHOD"), "{r}");
+}

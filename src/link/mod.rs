@@ -22,7 +22,7 @@ use crate::proto::VPath;
 
 /// Bumped on any incompatible change to the messages below.
 /// 2: FTPS (`Hello::data_tls`, `Welcome::ticket_key`, `Transfer::tls`).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame either side accepts. A remerge is sent in chunks well
 /// below this.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -87,6 +87,9 @@ pub struct DataTls {
     /// accepts it only if it matches (someone else's ticket is refused),
     /// and tags its own tickets with it.
     pub session_token: Vec<u8>,
+    /// FXP (SSCN ON, CPSV): this slave is the TLS *client* on the data
+    /// connection, whose peer is another FTP server acting as TLS server.
+    pub client: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

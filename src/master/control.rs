@@ -449,15 +449,16 @@ impl Driver {
                 Ok(SocketAddr::new(advertised.unwrap_or(ip), port))
             }
             Target::Slave(s) => {
-                let (link, rid, ready) = {
+                let (link, rid, ready, peer) = {
                     let mut st = lock(&self.state);
+                    let peer = self.session.passive_peer(&st);
                     let rid = st.next_id();
                     let link = st.slaves.link(s);
                     let ready = match (&link, st.slaves.get_mut(s)) {
                         (Some(_), Some(info)) => info.ready_listeners.pop_front(),
                         _ => None,
                     };
-                    (link, rid, ready)
+                    (link, rid, ready, peer)
                 };
                 let link = link.ok_or("the slave went offline")?;
                 if let Some((token, addr)) = ready {
@@ -468,7 +469,7 @@ impl Driver {
                     link.send(crate::link::MasterMsg::Claim {
                         token,
                         xfer,
-                        accept_from: Some(self.session.peer_ip()),
+                        accept_from: peer,
                     });
                     self.slave_endpoint(xfer, link, addr).await;
                     return Ok(addr);
@@ -477,7 +478,7 @@ impl Driver {
                     rid,
                     Request::Listen {
                         xfer,
-                        accept_from: Some(self.session.peer_ip()),
+                        accept_from: peer,
                     },
                 );
                 match tokio::time::timeout(timeout, rx).await {
@@ -846,6 +847,7 @@ impl Driver {
         let tls = match (&self.tls_token, self.session.tls.private, &relay) {
             (Some(token), true, None) => Some(DataTls {
                 session_token: token.clone(),
+                client: self.session.tls.sscn || self.session.tls.cpsv,
             }),
             _ => None,
         };

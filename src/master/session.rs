@@ -628,7 +628,10 @@ impl Session {
             }
             Command::Site { verb, args } => self.site(&verb, &args, st),
             Command::Pret(inner) => self.pret(*inner, st),
-            Command::Pasv => self.pasv(false, st),
+            Command::Pasv => {
+                self.tls.cpsv = false;
+                self.pasv(false, st)
+            }
             Command::Epsv(EpsvArg::All) => {
                 self.epsv_all = true;
                 r(
@@ -639,9 +642,18 @@ impl Session {
             Command::Epsv(EpsvArg::Proto(p)) if (p == 1) != self.local.is_ipv4() => {
                 r(522, "Network protocol not supported, use (1,2)")
             }
-            Command::Epsv(_) => self.pasv(true, st),
-            Command::Port(a) => self.port(SocketAddr::V4(a), st),
-            Command::Eprt(a) => self.port(a, st),
+            Command::Epsv(_) => {
+                self.tls.cpsv = false;
+                self.pasv(true, st)
+            }
+            Command::Port(a) => {
+                self.tls.cpsv = false;
+                self.port(SocketAddr::V4(a), st)
+            }
+            Command::Eprt(a) => {
+                self.tls.cpsv = false;
+                self.port(a, st)
+            }
             Command::Abor => {
                 self.rest = 0;
                 Action::ResetData(Reply::new(
@@ -668,16 +680,17 @@ impl Session {
             Command::Pbsz(size) => self.pbsz(&size),
             Command::Prot(level) => self.prot(&level),
             Command::Ccc => self.ccc(),
-            // FXP (server-to-server) under TLS. Not implemented: PORT and
-            // the data listeners only reach the client's own address
-            // (RFC 2577 bounce protection), so there is no FXP to secure.
-            Command::Sscn(_) | Command::Cpsv => r(
-                502,
-                format!(
-                    "{} is not implemented: dftpd does not do server-to-server (FXP) transfers",
-                    cmd_verb
-                ),
-            ),
+            // FXP (server-to-server) under TLS, as DrFTPD: one of the two
+            // servers must be the TLS client of the data connection.
+            Command::Sscn(arg) => self.sscn(arg.as_deref(), st),
+            Command::Cpsv => {
+                if let Err(a) = self.fxp_allowed(st, "CPSV") {
+                    return a;
+                }
+                let action = self.pasv(false, st);
+                self.tls.cpsv = matches!(action, Action::OpenPassive { .. });
+                action
+            }
         }
     }
 
@@ -1723,6 +1736,54 @@ impl Session {
     pub fn peer_ip(&self) -> IpAddr {
         self.peer.ip()
     }
+
+    /// Who may connect to this session's passive listeners: its client's
+    /// address (port-stealing protection), or anyone for a user allowed
+    /// FXP (the peer is the other server).
+    pub fn passive_peer(&self, st: &MasterState) -> Option<IpAddr> {
+        (!self.may_fxp(st)).then(|| self.peer.ip())
+    }
+
+    fn may_fxp(&self, st: &MasterState) -> bool {
+        self.user()
+            .and_then(|u| st.users.get(u))
+            .is_some_and(|u| u.fxp)
+    }
+
+    fn fxp_allowed(&self, st: &MasterState, verb: &str) -> Result<(), Action> {
+        if self.may_fxp(st) {
+            Ok(())
+        } else {
+            Err(r(
+                550,
+                format!("{verb}: server-to-server transfers (FXP) are not allowed for you"),
+            ))
+        }
+    }
+
+    /// SSCN [ON|OFF] (DrFTPD): which TLS role this server takes on data
+    /// connections.
+    fn sscn(&mut self, arg: Option<&str>, st: &MasterState) -> Action {
+        match arg.map(str::to_ascii_uppercase).as_deref() {
+            None => {}
+            Some("ON") => {
+                if let Err(a) = self.fxp_allowed(st, "SSCN ON") {
+                    return a;
+                }
+                self.tls.sscn = true;
+            }
+            Some("OFF") => self.tls.sscn = false,
+            Some(_) => return r(501, "Usage: SSCN [ON|OFF]"),
+        }
+        r(
+            200,
+            if self.tls.sscn {
+                "SSCN:CLIENT METHOD"
+            } else {
+                "SSCN:SERVER METHOD"
+            },
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1748,6 +1809,12 @@ pub struct TlsState {
     pub pbsz: bool,
     /// `PROT P`: data connections are encrypted.
     pub private: bool,
+    /// `SSCN ON` (FXP): the server side is the TLS client on data
+    /// connections.
+    pub sscn: bool,
+    /// `CPSV`: like PASV, with the server as TLS client for this data
+    /// connection only.
+    pub cpsv: bool,
 }
 
 /// What a session must protect (`require_tls_control`, `require_tls_data`).
@@ -1760,7 +1827,7 @@ pub struct TlsRequirement {
 /// FEAT lines for FTPS: only when the master has a certificate.
 fn tls_features(st: &MasterState) -> &'static [&'static str] {
     if st.tls.is_some() {
-        &["AUTH TLS", "PBSZ", "PROT"]
+        &["AUTH TLS", "CPSV", "PBSZ", "PROT", "SSCN"]
     } else {
         &[]
     }
@@ -2604,6 +2671,48 @@ mod tests {
             assert!(need.control);
             assert_eq!(need.data, !clear_ok, "{name}");
         }
+    }
+
+    #[test]
+    fn sscn_and_cpsv_only_for_fxp_users() {
+        let mut cfgs = vec![
+            user_cfg("fx", "/", false, &[]),
+            user_cfg("no", "/", false, &[]),
+        ];
+        cfgs[0].fxp = true;
+        let mut st = with_tls(state_with(cfgs, ""));
+        let mut fx = login_as(&mut st, "fx");
+        assert_eq!(
+            text(fx.handle(cmd("SSCN"), &mut st)),
+            "200 SSCN:SERVER METHOD"
+        );
+        assert_eq!(
+            text(fx.handle(cmd("SSCN ON"), &mut st)),
+            "200 SSCN:CLIENT METHOD"
+        );
+        assert!(fx.tls.sscn);
+        assert!(text(fx.handle(cmd("SSCN maybe"), &mut st)).starts_with("501"));
+        assert_eq!(
+            text(fx.handle(cmd("SSCN OFF"), &mut st)),
+            "200 SSCN:SERVER METHOD"
+        );
+        assert!(text(fx.handle(cmd("PRET RETR /a"), &mut st)).starts_with("200"));
+        assert!(matches!(
+            fx.handle(cmd("CPSV"), &mut st),
+            Action::OpenPassive { .. }
+        ));
+        assert!(fx.tls.cpsv);
+        assert_eq!(fx.passive_peer(&st), None);
+        let _ = fx.handle(cmd("PASV"), &mut st);
+        assert!(!fx.tls.cpsv);
+        let mut no = login_as(&mut st, "no");
+        assert!(text(no.handle(cmd("SSCN ON"), &mut st)).starts_with("550"));
+        assert!(text(no.handle(cmd("CPSV"), &mut st)).starts_with("550"));
+        assert_eq!(
+            no.passive_peer(&st),
+            Some(PEER.parse::<SocketAddr>().unwrap().ip())
+        );
+        assert!(text(no.handle(cmd("FEAT"), &mut st)).contains(" SSCN"));
     }
 
     #[test]

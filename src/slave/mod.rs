@@ -630,6 +630,24 @@ async fn protect(
     stream: BoxStream,
     tls: &DataTls,
 ) -> Result<BoxStream, TransferFailure> {
+    if tls.client {
+        // FXP: the peer is another FTP server, the TLS server here. Its
+        // certificate cannot be vouched for (see `tls::fxp_client_config`).
+        let config = crate::tls::fxp_client_config()
+            .map_err(|e| TransferFailure::NoDataConnection(e.to_string()))?;
+        let name = match stream.peer_addr() {
+            Ok(a) => rustls::pki_types::ServerName::IpAddress(a.ip().into()),
+            Err(_) => rustls::pki_types::ServerName::try_from("fxp-peer")
+                .map_err(|e| TransferFailure::NoDataConnection(e.to_string()))?,
+        };
+        let secured = crate::tls::connect(&config, name, stream, ctx.config.data_timeout())
+            .await
+            .map_err(|e| {
+                TransferFailure::NoDataConnection(format!("FXP TLS handshake failed: {e}"))
+            })?;
+        tracing::debug!("FXP data connection secured (TLS client side)");
+        return Ok(Box::new(secured));
+    }
     let Some(config) = &ctx.data_tls else {
         return Err(TransferFailure::NoDataConnection(format!(
             "slave {} has no TLS certificate (tls_cert, tls_key); use PROT C",
