@@ -236,7 +236,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 require_tls_control,
                 require_tls_data,
                 first_slave_ip,
-                ..ClusterOptions::default()
             };
             let c = cluster::start(opts).await.context("starting the cluster")?;
             println!(
