@@ -13,7 +13,7 @@ use std::time::Instant;
 use dftpd::config::{MasterConfig, UserConfig};
 use dftpd::link::{RemoteFile, REMERGE_CHUNK};
 use dftpd::master::registry::{lock, SlaveLink, SlaveState};
-use dftpd::master::session::Session;
+use dftpd::master::session::{Action, Session};
 use dftpd::master::slaves::{remerge_chunk, remerge_sweep};
 use dftpd::master::MasterState;
 use dftpd::proto::{Command, VPath};
@@ -133,7 +133,15 @@ fn main() {
     {
         let mut st = lock(&state);
         session.handle(Command::parse("USER u").unwrap(), &mut st);
-        session.handle(Command::parse("PASS p").unwrap(), &mut st);
+        let Action::CheckPassword(check) =
+            session.handle(Command::parse("PASS p").unwrap(), &mut st)
+        else {
+            panic!("PASS must ask for a password check");
+        };
+        let ok = dftpd::master::users::verify_password(&check.hash, &check.password);
+        let now = st.mono_ms();
+        let (reply, _) = session.login_result(&mut st, &check, ok, now);
+        assert!(format!("{reply:?}").contains("230"), "{reply:?}");
     }
     let mut lat = Vec::new();
     let mut x: u64 = 88172645463325252;

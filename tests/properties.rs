@@ -1,9 +1,11 @@
 //! Property tests for the three decoders that face untrusted input: the FTP
 //! command parser and line framing (clients), the path normaliser (clients
 //! and slaves), and the link frame decoder (slaves). None may panic, and
-//! no path may leave the root.
+//! no path may leave the root. Also: no password survives the redaction
+//! used for logs and recordings, and permission globs behave.
 
 use dftpd::link::{decode_payload, read_frame, MasterMsg, SlaveMsg};
+use dftpd::master::users::{allows, redacted, PermRule, TlsPolicy, User};
 use dftpd::proto::{Command, Line, LineDecoder, VPath};
 use proptest::prelude::*;
 
@@ -24,6 +26,7 @@ proptest! {
         verb in prop::sample::select(vec![
             "USER", "PASS", "CWD", "PRET", "PORT", "EPRT", "EPSV", "REST", "TYPE",
             "MODE", "STRU", "LIST", "NLST", "MLSD", "RETR", "STOR", "MFMT", "SITE",
+            "XCRC", "HASH", "SSCN", "CPSV", "AUTH", "PBSZ", "PROT",
         ]),
         arg in "[ -~]{0,80}",
     ) {
@@ -72,5 +75,37 @@ proptest! {
         framed.extend_from_slice(&bytes);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let _ = rt.block_on(async { read_frame::<_, SlaveMsg>(&mut &framed[..]).await });
+    }
+
+    /// A password given with PASS, SITE ADDUSER or SITE CHPASS never
+    /// survives redaction, whatever the spacing and case.
+    #[test]
+    fn passwords_never_survive_redaction(
+        verb in prop::sample::select(vec!["PASS", "pass", "SITE ADDUSER bob", "site chpass bob"]),
+        pw in "[!-~]{6,40}",
+        tail in "( [a-z]{1,8})?",
+    ) {
+        let line = format!("{verb} {pw}{tail}");
+        let safe = redacted(&line);
+        prop_assert!(safe.as_deref().is_some_and(|s| !s.contains(&pw)), "{line} -> {safe:?}");
+    }
+
+    /// Permission globs terminate quickly and agree with a simple
+    /// reference on patterns without stars.
+    #[test]
+    fn permission_globs(pattern in "[/a-c?*]{0,24}", path in "/[a-c/]{0,24}") {
+        let rule = PermRule { actions: vec![], path: pattern.clone(), who: vec!["nobody".into()] };
+        let user = User {
+            name: "u".into(), password_hash: String::new(), groups: vec![], home: "/".into(),
+            admin: false, fxp: false, tls: TlsPolicy::Optional, max_sessions: None,
+            upload_quota: None, uploaded: 0,
+        };
+        let Ok(p) = VPath::parse_absolute(&path) else { return Ok(()) };
+        let allowed = allows(std::slice::from_ref(&rule), &user, dftpd::master::users::Action::List, &p);
+        if !pattern.contains('*') {
+            let same = pattern.len() == p.as_str().len()
+                && pattern.bytes().zip(p.as_str().bytes()).all(|(a, b)| a == b'?' || a == b);
+            prop_assert_eq!(allowed, !same, "{} vs {}", pattern, p);
+        }
     }
 }

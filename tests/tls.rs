@@ -734,3 +734,61 @@ fn fxp_between_two_sites_with_sscn_and_cpsv() {
     assert!(r.contains("504 PORT to an address other than yours"), "{r}");
     assert!(r.contains("200 SSCN:SERVER METHOD"), "{r}");
 }
+
+/// suppaftp with rustls, verifying the cluster's certificate properly (its
+/// names include 127.0.0.1 and every slave address): AUTH TLS, PROT P, a
+/// PRET-routed upload and download through a slave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suppaftp_rustls_verifies_the_certificate_and_moves_files() {
+    use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream};
+    use suppaftp::Status;
+    let c = tokio::task::spawn_blocking(|| ClusterProc::start_tls(&[]))
+        .await
+        .unwrap();
+    let pem = std::fs::read(c.tls_cert()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(
+        std::sync::Arc::new(config),
+    ));
+    let ftp = AsyncRustlsFtpStream::connect(c.addr)
+        .await
+        .expect("connect");
+    let mut ftp = ftp
+        .into_secure(connector, "127.0.0.1")
+        .await
+        .expect("AUTH TLS, PBSZ, PROT P");
+    ftp.login(USER, PASS).await.expect("login");
+    let payload = random_bytes(900_000, 31);
+    ftp.custom_command("PRET STOR r.bin", &[Status::CommandOk])
+        .await
+        .expect("PRET STOR");
+    let mut reader = std::io::Cursor::new(payload.clone());
+    let n = ftp
+        .put_file("r.bin", &mut tokio::io::BufReader::new(&mut reader))
+        .await
+        .expect("STOR over TLS");
+    assert_eq!(n, payload.len() as u64);
+    ftp.custom_command("PRET RETR r.bin", &[Status::CommandOk])
+        .await
+        .expect("PRET RETR");
+    let mut stream = ftp.retr_as_stream("r.bin").await.expect("RETR");
+    let mut got = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut got)
+        .await
+        .unwrap();
+    ftp.finalize_retr_stream(stream).await.expect("226");
+    assert!(got == payload, "downloaded bytes differ");
+    ftp.quit().await.expect("quit");
+    assert_eq!(c.holders("r.bin").len(), 1);
+}

@@ -46,8 +46,8 @@ impl Default for GuardConfig {
             ban_ms: 15 * 60_000,
             max_sessions_per_ip: 20,
             max_sessions_per_user: 0,
-            command_burst: 200,
-            commands_per_second: 50,
+            command_burst: 2000,
+            commands_per_second: 1000,
             login_timeout_ms: 60_000,
         }
     }

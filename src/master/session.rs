@@ -2771,8 +2771,9 @@ mod tests {
         assert!(text(s.handle(cmd("USER u"), &mut st)).starts_with("331"));
         assert!(pass(&mut s, &mut st, "p").0.starts_with("230"));
         assert!(text(s.handle(cmd("CCC"), &mut st)).starts_with("534"));
-        assert!(text(s.handle(cmd("SSCN ON"), &mut st)).starts_with("502 SSCN"));
-        assert!(text(s.handle(cmd("CPSV"), &mut st)).starts_with("502 CPSV"));
+        // u may not FXP (sscn_and_cpsv_only_for_fxp_users has the rest).
+        assert!(text(s.handle(cmd("SSCN ON"), &mut st)).starts_with("550 SSCN ON"));
+        assert!(text(s.handle(cmd("CPSV"), &mut st)).starts_with("550 CPSV"));
     }
 
     #[test]
