@@ -633,7 +633,7 @@ impl SharedTicketer {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
+    SystemTime::now() // seam-ok: ticket expiry; TLS never runs in the simulator
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)

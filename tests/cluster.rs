@@ -453,16 +453,6 @@ fn mkd_rename_delete_propagate_to_slaves() {
     assert!(raw.cmd("RMD /new/e").starts_with("250"));
 }
 
-fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    false
-}
-
 /// `dftpd master` and `dftpd slave` as separate processes from config
 /// files: a slave with the wrong key is refused (and the master logs its
 /// address), the right one joins and serves.

@@ -406,16 +406,6 @@ impl Drop for Kill {
     }
 }
 
-fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..400 {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    false
-}
-
 /// A master with `link_tls` and separate slave processes: slaves with a
 /// wrong pin or none are refused (the master logs their address); a slave
 /// pinning the certificate (by PEM file) joins; it has no certificate of its

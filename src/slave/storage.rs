@@ -230,7 +230,7 @@ fn crc_of_file(path: &Path) -> io::Result<u32> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
+    tokio::task::spawn_blocking(f) // seam-ok: DiskStorage is the real disk; the simulator uses MemStorage
         .await
         .map_err(io::Error::other)?
 }

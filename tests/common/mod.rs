@@ -350,3 +350,15 @@ pub fn python(script: &str, args: &[&str]) -> String {
     );
     stdout
 }
+
+/// Polls `f` every 25 ms for up to 10 s (a condition another process brings
+/// about: a log line, a slave joining).
+pub fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..400 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    false
+}
