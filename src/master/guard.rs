@@ -103,12 +103,18 @@ fn name_key(user: &str) -> &str {
     }
 }
 
-/// Bound on tracked user names: a spray of random names cannot grow the
+const PRUNE_EVERY: u32 = 1024;
+
+/// Bound on tracked user names (and addresses): a spray of random names cannot grow the
 /// map without limit (the oldest entries go first).
 const MAX_TRACKED_NAMES: usize = 100_000;
 
 #[derive(Debug, Default)]
 pub struct LoginGuard {
+    /// Failures since the last [`LoginGuard::prune`]: expired records are
+    /// dropped every [`PRUNE_EVERY`] failures, so an attack from many
+    /// addresses cannot grow the maps for long.
+    since_prune: u32,
     ips: BTreeMap<IpAddr, Record>,
     names: BTreeMap<String, Record>,
     /// Insertion order of `names`, for eviction.
@@ -146,6 +152,22 @@ impl LoginGuard {
             return Duration::ZERO;
         }
         let (ip, user) = (client_key(ip), name_key(user));
+        self.since_prune += 1;
+        if self.since_prune >= PRUNE_EVERY {
+            self.prune(cfg, now);
+        }
+        if self.ips.len() >= MAX_TRACKED_NAMES && !self.ips.contains_key(&ip) {
+            // Still full of live records after pruning: forget the one
+            // whose ban ends first (bans of active attackers survive).
+            let soonest = self
+                .ips
+                .iter()
+                .min_by_key(|(_, r)| (r.banned_until, r.failures.back().copied()))
+                .map(|(k, _)| *k);
+            if let Some(k) = soonest {
+                self.ips.remove(&k);
+            }
+        }
         let n_ip = bump(self.ips.entry(ip).or_default(), cfg, now);
         if !self.names.contains_key(user) {
             if self.name_order.len() >= MAX_TRACKED_NAMES {
@@ -171,8 +193,9 @@ impl LoginGuard {
         self.names.remove(name_key(user));
     }
 
-    /// Drops expired records (call now and then).
+    /// Drops expired records (done every `PRUNE_EVERY` failures).
     pub fn prune(&mut self, cfg: &GuardConfig, now: u64) {
+        self.since_prune = 0;
         let stale = |r: &Record| {
             r.banned_until <= now && r.failures.back().is_none_or(|&t| t + cfg.window_ms <= now)
         };
@@ -363,6 +386,19 @@ mod tests {
         assert!(g.tracked().1 <= MAX_TRACKED_NAMES);
         g.prune(&cfg, cfg.ban_ms + cfg.window_ms + 10);
         assert_eq!(g.tracked(), (0, 0));
+    }
+
+    #[test]
+    fn a_spray_of_addresses_is_pruned_as_it_goes() {
+        let cfg = GuardConfig::default();
+        let mut g = LoginGuard::default();
+        // One failure each from 300k addresses, a minute apart in bursts:
+        // old records expire (window 10 min) and are pruned on the way.
+        for i in 0..300_000u32 {
+            let a = IpAddr::from(i.to_be_bytes());
+            g.failure(&cfg, a, "x", u64::from(i / 1000) * 60_000);
+        }
+        assert!(g.tracked().0 <= MAX_TRACKED_NAMES, "{:?}", g.tracked());
     }
 
     #[test]

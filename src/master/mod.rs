@@ -66,9 +66,13 @@ pub struct MasterState {
 
 impl MasterState {
     /// A state with the config's users hashed with fixed salts (tests and
-    /// tools); [`Master::start`] hashes them again with random salts.
+    /// tools; [`Master::start`] salts them from the environment's RNG).
     pub fn new(config: Arc<MasterConfig>) -> MasterState {
         let users = users_from_config(&config, &mut |i| [i as u8; 16]);
+        MasterState::with_users(config, users)
+    }
+
+    pub fn with_users(config: Arc<MasterConfig>, users: users::UserDb) -> MasterState {
         MasterState {
             users,
             login_guard: Default::default(),
@@ -251,12 +255,12 @@ impl Master {
             }
         }
         let config = Arc::new(config);
-        let mut st = MasterState::new(config.clone());
-        st.users = users_from_config(&config, &mut |_| {
+        let users = users_from_config(&config, &mut |_| {
             let mut salt = [0u8; 16];
             env.rng_fill(&mut salt);
             salt
         });
+        let mut st = MasterState::with_users(config.clone(), users);
         for u in config.users.iter().filter(|u| u.password_hash.is_none()) {
             tracing::warn!(user = %u.name, "plain-text password in the config: store password_hash instead (dftpd hash-password)");
         }
