@@ -458,7 +458,6 @@ fn mkd_rename_delete_propagate_to_slaves() {
 /// address), the right one joins and serves.
 #[test]
 fn separate_master_and_slave_processes_and_a_wrong_key() {
-    use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
     let master_toml = dir.path().join("master.toml");
     std::fs::write(
@@ -470,13 +469,7 @@ fn separate_master_and_slave_processes_and_a_wrong_key() {
     )
     .unwrap();
     let master_log = dir.path().join("master.log");
-    let mut master = Command::new(bin())
-        .args(["master", "--config"])
-        .arg(&master_toml)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&master_log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut master = spawn_config("master", &master_toml, &master_log);
     let control = wait_ready(&mut master, "master ready on ", &master_log);
     // The link address is printed on the same line; read it from the log
     // line instead: "(slave link ADDR)".
@@ -506,25 +499,11 @@ fn separate_master_and_slave_processes_and_a_wrong_key() {
         )
         .unwrap();
         let log = dir.path().join(format!("{name}.log"));
-        let child = Command::new(bin())
-            .args(["slave", "--config"])
-            .arg(&toml)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        (child, log)
+        (spawn_config("slave", &toml, &log), log)
     };
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _master = Kill(master);
+    let _master = KillOnDrop(master);
     let (rogue, rogue_log) = slave("rogue", "wrong-key", "127.0.0.21");
-    let _rogue = Kill(rogue);
+    let _rogue = KillOnDrop(rogue);
     assert!(
         wait_until(|| std::fs::read_to_string(&master_log)
             .unwrap_or_default()
@@ -547,7 +526,7 @@ fn separate_master_and_slave_processes_and_a_wrong_key() {
 
     let (mut good, good_log) = slave("good", "right-key", "127.0.0.22");
     let _ = wait_line(&mut good, "good ready", &good_log);
-    let _good = Kill(good);
+    let _good = KillOnDrop(good);
     let mut raw = RawFtp::connect(control);
     raw.login();
     let slaves = raw.cmd("SITE SLAVES");

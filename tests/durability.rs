@@ -14,46 +14,25 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{bin, curl, free_port, random_bytes, wait_line, RawFtp, PASS, USER};
+use common::{
+    curl, free_port, random_bytes, spawn_config, wait_line, KillOnDrop, RawFtp, PASS, USER,
+};
 
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(dir: &Path, what: &str, config: &Path, marker: &str) -> Proc {
+/// Starts `dftpd master` (`what` begins with "master") or `dftpd slave`
+/// from `config`, logging to DIR/WHAT.log, and waits for its ready line.
+fn spawn(dir: &Path, what: &str, config: &Path, marker: &str) -> KillOnDrop {
     let log = dir.join(format!("{what}.log"));
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
     let role = if what.starts_with("master") {
         "master"
     } else {
         "slave"
     };
-    let mut child = Command::new(bin())
-        .arg(role)
-        .arg("--config")
-        .arg(config)
-        .env("DFTPD_LOG", "dftpd=info")
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn dftpd");
+    let mut child = spawn_config(role, config, &log);
     wait_line(&mut child, marker, &log);
-    Proc { child }
+    KillOnDrop(child)
 }
 
 fn slaves_online(addr: SocketAddr) -> usize {
@@ -156,8 +135,8 @@ fn kill_9_master_mid_uploads_loses_nothing_acknowledged() {
         })
     };
     std::thread::sleep(Duration::from_millis(3500));
-    master.child.kill().unwrap(); // SIGKILL
-    master.child.wait().unwrap();
+    master.0.kill().unwrap(); // SIGKILL
+    master.0.wait().unwrap();
     for t in threads {
         t.join().unwrap();
     }

@@ -8,19 +8,11 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{bin, connect_from, curl, free_port, random_bytes, wait_line, RawFtp};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{
+    connect_from, curl, free_port, random_bytes, spawn_config, wait_line, KillOnDrop, RawFtp,
+};
 
 /// A master (and optionally one slave) from config text; `extra` is
 /// appended to the master's config.
@@ -28,7 +20,7 @@ struct Site {
     dir: tempfile::TempDir,
     control: SocketAddr,
     link: SocketAddr,
-    procs: Vec<Proc>,
+    procs: Vec<KillOnDrop>,
 }
 
 impl Site {
@@ -47,20 +39,13 @@ impl Site {
         )
         .unwrap();
         let log = dir.path().join("master.log");
-        let mut child = Command::new(bin())
-            .args(["master", "--config"])
-            .arg(&cfg)
-            .env("DFTPD_LOG", "dftpd=debug")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_config("master", &cfg, &log);
         wait_line(&mut child, "master ready on", &log);
         Site {
             dir,
             control,
             link,
-            procs: vec![Proc(child)],
+            procs: vec![KillOnDrop(child)],
         }
     }
 
@@ -80,15 +65,9 @@ impl Site {
         )
         .unwrap();
         let log = self.dir.path().join(format!("{name}.log"));
-        let mut child = Command::new(bin())
-            .args(["slave", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_config("slave", &cfg, &log);
         wait_line(&mut child, &format!("{name} ready"), &log);
-        self.procs.push(Proc(child));
+        self.procs.push(KillOnDrop(child));
     }
 
     fn log(&self) -> String {

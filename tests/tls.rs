@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn write_file(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let p = dir.join(name);
@@ -397,15 +397,6 @@ fn require_tls_refuses_login_before_auth_and_clear_data() {
     assert_eq!(out.stdout, b"required", "{}", text(&out.stderr));
 }
 
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A master with `link_tls` and separate slave processes: slaves with a
 /// wrong pin or none are refused (the master logs their address); a slave
 /// pinning the certificate (by PEM file) joins; it has no certificate of its
@@ -429,16 +420,9 @@ fn link_over_tls_refuses_slaves_that_do_not_pin_the_master() {
     )
     .unwrap();
     let master_log = dir.path().join("master.log");
-    let mut master = Command::new(bin())
-        .args(["master", "--config"])
-        .arg(&master_toml)
-        .env("DFTPD_LOG", "dftpd=debug")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&master_log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut master = spawn_config("master", &master_toml, &master_log);
     let control = wait_ready(&mut master, "master ready on ", &master_log);
-    let _master = Kill(master);
+    let _master = KillOnDrop(master);
     let master_text = || std::fs::read_to_string(&master_log).unwrap_or_default();
     let mut link = None;
     assert!(wait_until(|| {
@@ -465,20 +449,13 @@ fn link_over_tls_refuses_slaves_that_do_not_pin_the_master() {
         )
         .unwrap();
         let log = dir.path().join(format!("{name}.log"));
-        let child = Command::new(bin())
-            .args(["slave", "--config"])
-            .arg(&toml)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        (child, log)
+        (spawn_config("slave", &toml, &log), log)
     };
 
     // Pinned to another certificate: the slave refuses the master, the
     // master logs the failed handshake with the slave's address.
     let (wrong, wrong_log) = slave("wrongpin", "127.0.0.31", Some(other.fingerprint_sha256()));
-    let _wrong = Kill(wrong);
+    let _wrong = KillOnDrop(wrong);
     assert!(
         wait_until(|| master_text().contains("slave refused: link TLS handshake failed")),
         "{}",
@@ -496,7 +473,7 @@ fn link_over_tls_refuses_slaves_that_do_not_pin_the_master() {
 
     // No pin at all: a plain Hello to a TLS listener.
     let (plain, _) = slave("nopin", "127.0.0.32", None);
-    let _plain = Kill(plain);
+    let _plain = KillOnDrop(plain);
     assert!(wait_until(|| master_text()
         .matches("slave refused: link TLS handshake failed")
         .count()
@@ -505,7 +482,7 @@ fn link_over_tls_refuses_slaves_that_do_not_pin_the_master() {
     // The right pin (the certificate's PEM file) joins.
     let (mut good, good_log) = slave("good", "127.0.0.33", Some(cert.display().to_string()));
     let _ = wait_line(&mut good, "good ready", &good_log);
-    let _good = Kill(good);
+    let _good = KillOnDrop(good);
     let mut raw = RawFtp::connect(control);
     raw.login();
     let slaves = raw.cmd("SITE SLAVES");

@@ -362,3 +362,33 @@ pub fn wait_until(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// `dftpd ROLE --config CONFIG` (role `master` or `slave`) with stdout piped
+/// (for the ready line: [`wait_line`]) and stderr appended to `log`, at
+/// debug level (tests read the log).
+pub fn spawn_config(role: &str, config: &Path, log: &Path) -> Child {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(bin())
+        .arg(role)
+        .arg("--config")
+        .arg(config)
+        .env("DFTPD_LOG", "dftpd=debug")
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn dftpd")
+}
+
+/// A child process killed (and reaped) when this goes out of scope.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
