@@ -84,37 +84,14 @@ fn python_ftplib_with_pret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suppaftp_tokio_with_custom_pret() {
     use suppaftp::tokio::AsyncFtpStream;
-    use suppaftp::Status;
     let c = ClusterProc::start(&[]);
     let mut ftp = AsyncFtpStream::connect(c.addr).await.expect("connect");
     ftp.login(USER, PASS).await.expect("login");
     let payload = random_bytes(1_200_000, 12);
-
-    let r = ftp
-        .custom_command("PRET STOR s.bin", &[Status::CommandOk])
-        .await
-        .expect("PRET STOR");
     assert_eq!(
-        text(&r.body).trim_end(),
+        suppaftp_round_trip(&mut ftp, "s.bin", &payload).await,
         "200 OK, planning for upcoming upload"
     );
-    let mut reader = std::io::Cursor::new(payload.clone());
-    let n = ftp
-        .put_file("s.bin", &mut tokio::io::BufReader::new(&mut reader))
-        .await
-        .expect("STOR");
-    assert_eq!(n, payload.len() as u64);
-
-    ftp.custom_command("PRET RETR s.bin", &[Status::CommandOk])
-        .await
-        .expect("PRET RETR");
-    let mut stream = ftp.retr_as_stream("s.bin").await.expect("RETR");
-    let mut got = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut got)
-        .await
-        .unwrap();
-    ftp.finalize_retr_stream(stream).await.expect("226");
-    assert!(got == payload, "downloaded bytes differ");
 
     // A RETR without PRET is refused with the PRET hint (suppaftp uses PASV).
     let err = ftp.retr_as_stream("s.bin").await.err().expect("must fail");

@@ -708,7 +708,6 @@ fn fxp_between_two_sites_with_sscn_and_cpsv() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suppaftp_rustls_verifies_the_certificate_and_moves_files() {
     use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream};
-    use suppaftp::Status;
     let c = tokio::task::spawn_blocking(|| ClusterProc::start_tls(&[]))
         .await
         .unwrap();
@@ -737,25 +736,7 @@ async fn suppaftp_rustls_verifies_the_certificate_and_moves_files() {
         .expect("AUTH TLS, PBSZ, PROT P");
     ftp.login(USER, PASS).await.expect("login");
     let payload = random_bytes(900_000, 31);
-    ftp.custom_command("PRET STOR r.bin", &[Status::CommandOk])
-        .await
-        .expect("PRET STOR");
-    let mut reader = std::io::Cursor::new(payload.clone());
-    let n = ftp
-        .put_file("r.bin", &mut tokio::io::BufReader::new(&mut reader))
-        .await
-        .expect("STOR over TLS");
-    assert_eq!(n, payload.len() as u64);
-    ftp.custom_command("PRET RETR r.bin", &[Status::CommandOk])
-        .await
-        .expect("PRET RETR");
-    let mut stream = ftp.retr_as_stream("r.bin").await.expect("RETR");
-    let mut got = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut got)
-        .await
-        .unwrap();
-    ftp.finalize_retr_stream(stream).await.expect("226");
-    assert!(got == payload, "downloaded bytes differ");
+    suppaftp_round_trip(&mut ftp, "r.bin", &payload).await;
     ftp.quit().await.expect("quit");
     assert_eq!(c.holders("r.bin").len(), 1);
 }

@@ -392,3 +392,38 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// With suppaftp (plain or TLS, whatever `ftp` was opened with): PRET STOR
+/// and an upload of `payload` as `name`, then PRET RETR and its download,
+/// which must give the same bytes. Returns the PRET STOR reply.
+pub async fn suppaftp_round_trip<T>(
+    ftp: &mut suppaftp::tokio::ImplAsyncFtpStream<T>,
+    name: &str,
+    payload: &[u8],
+) -> String
+where
+    T: suppaftp::tokio::TokioTlsStream + Send,
+{
+    use suppaftp::Status;
+    let pret = ftp
+        .custom_command(format!("PRET STOR {name}"), &[Status::CommandOk])
+        .await
+        .expect("PRET STOR");
+    let mut reader = std::io::Cursor::new(payload.to_vec());
+    let n = ftp
+        .put_file(name, &mut tokio::io::BufReader::new(&mut reader))
+        .await
+        .expect("STOR");
+    assert_eq!(n, payload.len() as u64);
+    ftp.custom_command(format!("PRET RETR {name}"), &[Status::CommandOk])
+        .await
+        .expect("PRET RETR");
+    let mut stream = ftp.retr_as_stream(name).await.expect("RETR");
+    let mut got = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut got)
+        .await
+        .unwrap();
+    ftp.finalize_retr_stream(stream).await.expect("226");
+    assert!(got == payload, "downloaded bytes differ");
+    text(&pret.body).trim_end().to_string()
+}
