@@ -141,13 +141,7 @@ fn lftp_mirror_up_and_back_keeps_tree_and_times_on_slaves() {
         back.display()
     );
     // Defaults otherwise: lftp tries AUTH TLS first and goes on without it.
-    let out = Command::new("lftp")
-        .args(["-d", "-u", &format!("{USER},{PASS}"), "-e", &script])
-        .arg(format!("127.0.0.1:{}", c.addr.port()))
-        .output()
-        .expect("lftp must be installed (see .ci/run)");
-    let log = text(&out.stderr) + &text(&out.stdout);
-    assert!(out.status.success(), "lftp failed:\n{log}");
+    let log = lftp(c.addr, &script);
     for (name, bytes) in &files {
         let got = std::fs::read(back.join(name)).unwrap_or_default();
         assert!(&got == bytes, "{name} differs after the round trip");

@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 
 fn write_file(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let p = dir.join(name);
@@ -581,13 +580,7 @@ fn lftp_uses_tls_by_itself_in_active_mode() {
         src.display(),
         back.display()
     );
-    let out = Command::new("lftp")
-        .args(["-d", "-u", &format!("{USER},{PASS}"), "-e", &script])
-        .arg(format!("127.0.0.1:{}", c.addr.port()))
-        .output()
-        .expect("lftp must be installed (see .ci/run)");
-    let log = text(&out.stderr) + &text(&out.stdout);
-    assert!(out.status.success(), "lftp failed:\n{log}");
+    let log = lftp(c.addr, &script);
     assert!(log.contains("<--- 234 "), "{log}");
     assert!(log.contains("---> PROT P"), "{log}");
     assert_eq!(std::fs::read(&back).unwrap(), payload);

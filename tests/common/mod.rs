@@ -427,3 +427,17 @@ where
     assert!(got == payload, "downloaded bytes differ");
     text(&pret.body).trim_end().to_string()
 }
+
+/// Runs lftp in debug mode against `addr` with the test user and `script`;
+/// panics with its output unless it succeeds. Returns that output (the
+/// protocol exchange: `---> CMD`, `<--- reply`).
+pub fn lftp(addr: SocketAddr, script: &str) -> String {
+    let out = Command::new("lftp")
+        .args(["-d", "-u", &format!("{USER},{PASS}"), "-e", script])
+        .arg(format!("127.0.0.1:{}", addr.port()))
+        .output()
+        .expect("lftp must be installed (see .ci/run)");
+    let log = text(&out.stderr) + &text(&out.stdout);
+    assert!(out.status.success(), "lftp failed:\n{log}");
+    log
+}
