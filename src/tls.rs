@@ -1173,6 +1173,17 @@ mod tests {
         (pair, config)
     }
 
+    /// A master and a slave (other certificates) sharing one ticket key,
+    /// and a client of `versions` that accepts any certificate.
+    fn master_and_slave(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (Arc<ServerConfig>, Arc<ServerConfig>, Arc<ClientConfig>) {
+        let key = TicketKey::generate().unwrap();
+        let (_, master) = server(&["master.example"], &key);
+        let (_, slave) = server(&["10.0.0.2"], &key);
+        (master, slave, danger_accept_any_client(versions, None))
+    }
+
     fn danger_accept_any_client(
         versions: &[&'static rustls::SupportedProtocolVersion],
         store: Option<Arc<dyn ClientSessionStore>>,
@@ -1308,10 +1319,7 @@ mod tests {
     /// session it made with server A (the master), two configs with
     /// different certificates sharing only the ticket key.
     async fn resumes_across_servers(versions: &[&'static rustls::SupportedProtocolVersion]) {
-        let key = TicketKey::generate().unwrap();
-        let (_, master) = server(&["master.example"], &key);
-        let (_, slave) = server(&["10.0.0.2"], &key);
-        let client = danger_accept_any_client(versions, None);
+        let (master, slave, client) = master_and_slave(versions);
 
         let (s, c) = handshake(&master, &client, "master.example").await;
         let (mut s, mut c) = (s.unwrap(), c.unwrap());
@@ -1373,10 +1381,7 @@ mod tests {
         // An upload per data connection: a TLS 1.3 rustls client never reads
         // there, so each resumption spends a ticket from the control
         // connection's stock.
-        let key = TicketKey::generate().unwrap();
-        let (_, master) = server(&["master.example"], &key);
-        let (_, slave) = server(&["10.0.0.2"], &key);
-        let client = danger_accept_any_client(TLS13, None);
+        let (master, slave, client) = master_and_slave(TLS13);
         let (s, c) = handshake(&master, &client, "master.example").await;
         ping_pong(&mut s.unwrap(), &mut c.unwrap()).await;
         for upload in 0..TLS13_TICKETS_PER_HANDSHAKE {
@@ -1399,10 +1404,7 @@ mod tests {
         // processes: the master tags the control session, the ticket carries
         // the tag (sealed), the slave compares it with the tag of the
         // transfer it was ordered to serve.
-        let key = TicketKey::generate().unwrap();
-        let (_, master) = server(&["master.example"], &key);
-        let (_, slave) = server(&["10.0.0.2"], &key);
-        let client = danger_accept_any_client(TLS13, None);
+        let (master, slave, client) = master_and_slave(TLS13);
         let (mut s, mut c) =
             tagged_handshake(&master, &client, "master.example", b"control-42").await;
         ping_pong(&mut s, &mut c).await;
@@ -1435,10 +1437,7 @@ mod tests {
         // it back (only its TLS 1.3 path sets `received_resumption_data`):
         // over TLS 1.2 a slave can only tell that the client resumed *some*
         // session of the cluster. Fails, on purpose, if rustls changes that.
-        let key = TicketKey::generate().unwrap();
-        let (_, master) = server(&["master.example"], &key);
-        let (_, slave) = server(&["10.0.0.2"], &key);
-        let client = danger_accept_any_client(TLS12, None);
+        let (master, slave, client) = master_and_slave(TLS12);
         let (mut s, mut c) =
             tagged_handshake(&master, &client, "master.example", b"control-42").await;
         ping_pong(&mut s, &mut c).await;
@@ -1602,10 +1601,7 @@ mod tests {
 
     #[tokio::test]
     async fn session_tie_tells_own_foreign_and_full() {
-        let key = TicketKey::generate().unwrap();
-        let (_, master) = server(&["master.example"], &key);
-        let (_, slave) = server(&["10.0.0.2"], &key);
-        let client = danger_accept_any_client(TLS13, None);
+        let (master, slave, client) = master_and_slave(TLS13);
         let (mut s, mut c) =
             tagged_handshake(&master, &client, "master.example", b"control-1").await;
         ping_pong(&mut s, &mut c).await;
