@@ -195,6 +195,15 @@ impl MasterConfig {
         if self.link_key.is_empty() {
             return Err(ConfigError::Invalid("link_key must not be empty".into()));
         }
+        for u in &self.users {
+            // A home that is not a usable path must not fall back to `/`.
+            if let Err(e) = crate::proto::VPath::parse_absolute(&u.home) {
+                return Err(ConfigError::Invalid(format!(
+                    "users.home of {}: '{}' is not usable: {e}",
+                    u.name, u.home
+                )));
+            }
+        }
         self.validate_tls()
     }
 
@@ -386,6 +395,18 @@ mod tests {
         assert!(!m.users.is_empty());
         let s: SlaveConfig = toml::from_str(include_str!("../slave.example.toml")).unwrap();
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn a_home_that_is_not_a_path_is_refused() {
+        for home in ["/.dftpd-tmp", "relative", "/a/../b"] {
+            let m: MasterConfig = toml::from_str(&format!(
+                "[[users]]\nname = \"al\"\npassword = \"x\"\nhome = \"{home}\""
+            ))
+            .unwrap();
+            let err = m.validate().unwrap_err().to_string();
+            assert!(err.contains("users.home of al"), "{home}: {err}");
+        }
     }
 
     #[test]

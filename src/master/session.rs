@@ -18,7 +18,7 @@ use crate::config::PasvWithoutPret;
 use crate::link::{FileOp, TransferFailure, TransferOrder, APPEND};
 use crate::proto::listing::{self, ListEntry};
 use crate::proto::reply::quote_path;
-use crate::proto::{addr, Command, EpsvArg, ListArgs, Reply, TransferType, VPath};
+use crate::proto::{addr, Command, EpsvArg, ListArgs, PathError, Reply, TransferType, VPath};
 
 /// Where a data connection ends on the server side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,7 +276,10 @@ impl Session {
     /// The absolute path `arg` names from the current directory; refused
     /// (550) when it is outside the user's home.
     fn resolve(&self, arg: &str) -> Result<VPath, Action> {
-        let p = VPath::resolve(&self.cwd, arg).map_err(|e| r(553, format!("{arg}: {e}")))?;
+        let p = VPath::resolve(&self.cwd, arg).map_err(|e| match e {
+            PathError::Reserved => r(550, format!("{arg}: permission denied ({e})")),
+            e => r(553, format!("{arg}: {e}")),
+        })?;
         if !self.home.is_root() && p != self.home && !p.starts_with(&self.home) {
             return Err(r(
                 550,

@@ -9,6 +9,11 @@
 //! root like a chroot; paths reported by slaves go through
 //! [`VPath::parse_absolute`], which refuses `..` outright because a slave
 //! has no business producing one.
+//!
+//! One name is reserved: [`RESERVED`] at the top of the tree is where slaves
+//! keep uploads in flight. No `VPath` can name it or anything below it, so no
+//! command, no slave report and no stored record can reach another session's
+//! temporary file: the refusal is in the type, not in each command.
 
 use std::fmt;
 
@@ -18,6 +23,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const MAX_NAME: usize = 255;
 /// Longest whole path, in bytes (the common `PATH_MAX`).
 pub const MAX_PATH: usize = 4096;
+
+/// The top-level name slaves keep their temporary upload files under
+/// (`<root>/.dftpd-tmp/`). No [`VPath`] starts with it.
+pub const RESERVED: &str = ".dftpd-tmp";
 
 /// An absolute, normalised virtual path.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,6 +43,8 @@ pub enum PathError {
     PathTooLong,
     #[error("empty path")]
     Empty,
+    #[error("name reserved by the server")]
+    Reserved,
 }
 
 /// How `..` is treated while building a path.
@@ -124,6 +135,9 @@ impl VPath {
             return Err(PathError::BadChar);
         }
         check_component(name)?;
+        if self.is_root() && name == RESERVED {
+            return Err(PathError::Reserved);
+        }
         let mut s = String::with_capacity(self.0.len() + 1 + name.len());
         if !self.is_root() {
             s.push_str(&self.0);
@@ -186,6 +200,9 @@ fn build<'a>(mut stack: Vec<&'a str>, arg: &'a str, dotdot: DotDot) -> Result<VP
                 stack.push(name);
             }
         }
+    }
+    if stack.first() == Some(&RESERVED) {
+        return Err(PathError::Reserved);
     }
     let mut s = String::new();
     for comp in &stack {
@@ -375,6 +392,32 @@ mod tests {
         assert_eq!(d.join("a\nb"), Err(PathError::BadChar));
         assert_eq!(d.join(&"n".repeat(256)), Err(PathError::NameTooLong));
         assert_eq!(d.join(" spaced ").map(|v| v.0), Ok("/dir/ spaced ".into()));
+    }
+
+    #[test]
+    fn the_reserved_name_cannot_be_built() {
+        for arg in [
+            "/.dftpd-tmp",
+            ".dftpd-tmp",
+            "//.dftpd-tmp/",
+            "/./.dftpd-tmp/5",
+            "/x/../.dftpd-tmp/5",
+            "../../.dftpd-tmp",
+        ] {
+            assert_eq!(res("/", arg), Err(PathError::Reserved), "{arg}");
+        }
+        assert_eq!(res("/", "/.dftpd-tmp/.."), Ok("/".into()));
+        assert_eq!(
+            VPath::parse_absolute("/.dftpd-tmp/1"),
+            Err(PathError::Reserved)
+        );
+        assert_eq!(VPath::root().join(RESERVED), Err(PathError::Reserved));
+        // Only at the top: elsewhere it is an ordinary name.
+        assert!(p("/a").join(RESERVED).is_ok());
+        assert!(res("/", "/a/.dftpd-tmp").is_ok());
+        assert!(res("/", "/.dftpd-tmpx").is_ok());
+        let bytes = postcard::to_allocvec(&"/.dftpd-tmp/3".to_string()).unwrap();
+        assert!(postcard::from_bytes::<VPath>(&bytes).is_err());
     }
 
     #[test]

@@ -3,10 +3,15 @@
 //! real implementation use `sendfile(2)` and large buffers while the
 //! simulator copies in memory.
 //!
-//! Uploads are atomic: bytes go to `<root>/.dftpd-tmp/<xfer>`, are synced,
+//! Uploads are atomic: bytes go to `<root>/.dftpd-tmp/<random>`, are synced,
 //! and are renamed into place only on [`Storage::commit`]; a crash leaves at
 //! most a temporary file, removed by [`Storage::cleanup_temp`] at the next
-//! start. Writes into an existing file (REST+STOR, APPE) are copy-on-write:
+//! start. The temporary directory is on the same file system as the files
+//! (a rename must be atomic) but outside the namespace: no [`VPath`] can
+//! name it ([`crate::proto::path::RESERVED`]), and each temporary name is
+//! 128 random bits, so one session cannot reach another's upload. A
+//! temporary file is removed on every way out of `receive` that does not
+//! hand it on (an error, a cancelled transfer) by [`TempFile`]'s drop. Writes into an existing file (REST+STOR, APPE) are copy-on-write:
 //! the file is copied to the temporary name (copy_file_range, a reflink
 //! where the filesystem can), written there, and renamed over it on commit.
 
@@ -22,7 +27,38 @@ use crate::env::{BoxStream, COPY_BUF};
 use crate::link::{FileOp, RemoteFile, APPEND};
 use crate::proto::VPath;
 
-pub const TEMP_DIR: &str = ".dftpd-tmp";
+pub const TEMP_DIR: &str = crate::proto::path::RESERVED;
+
+/// A fresh temporary name: 128 bits from the OS, never derived from a
+/// transfer id, so nobody can predict it. (The real disk only; the
+/// simulator's `MemStorage` keeps its temporaries in a map no path reaches.)
+fn temp_name() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A temporary file that is removed when dropped, unless [`TempFile::keep`]
+/// hands it on. Every early return and a cancelled (dropped) upload future
+/// clean up after themselves this way.
+struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            // An unlink: microseconds, and only on a failed or cancelled
+            // upload, so it is done in place rather than on the pool.
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -358,7 +394,7 @@ impl Storage for DiskStorage {
         &self,
         path: &VPath,
         offset: Option<u64>,
-        xfer: u64,
+        _xfer: u64,
         input: &mut BoxStream,
         idle: Duration,
     ) -> Result<PendingUpload, StorageError> {
@@ -367,14 +403,18 @@ impl Storage for DiskStorage {
         // version is renamed over it, so a crash mid-APPE changes nothing.
         // `std::fs::copy` uses copy_file_range(2): an in-kernel copy, a
         // reflink on filesystems that share extents (btrfs, xfs).
-        let name = format!("{xfer}");
+        let name = temp_name();
         tokio::fs::create_dir_all(self.root.join(TEMP_DIR))
             .await
             .map_err(StorageError::Disk)?;
         let target = self.temp_path(&name);
+        let guard = TempFile(Some(target.clone()));
         let temp = Some(name);
         let mut file = match offset {
-            None => tokio::fs::File::create(&target)
+            None => tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&target)
                 .await
                 .map_err(StorageError::Disk)?,
             Some(off) => {
@@ -428,12 +468,7 @@ impl Storage for DiskStorage {
         }
         .await;
         drop(file);
-        if let Err(e) = result {
-            if temp.is_some() {
-                let _ = tokio::fs::remove_file(&target).await;
-            }
-            return Err(e);
-        }
+        result?;
         let (size, crc32) = if offset.is_none() {
             (bytes, hasher.finalize())
         } else {
@@ -449,6 +484,7 @@ impl Storage for DiskStorage {
                     .map_err(StorageError::Disk)?,
             )
         };
+        guard.keep();
         Ok(PendingUpload {
             path: path.clone(),
             temp,
@@ -485,8 +521,8 @@ impl Storage for DiskStorage {
         }
     }
 
-    async fn cleanup_one(&self, xfer: u64) {
-        let _ = tokio::fs::remove_file(self.temp_path(&xfer.to_string())).await;
+    async fn cleanup_one(&self, _xfer: u64) {
+        // Nothing to do: a cancelled `receive` removed its file on drop.
     }
 
     async fn apply(&self, op: &FileOp) -> io::Result<()> {
@@ -566,5 +602,64 @@ mod tests {
         s.apply(&FileOp::Delete { path: to }).await.unwrap();
         assert!(s.list().await.unwrap().is_empty());
         assert!(s.free_space().await.unwrap() > 0);
+    }
+
+    async fn tcp_pair() -> (tokio::net::TcpStream, BoxStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (client, Box::new(server))
+    }
+
+    fn temp_names(root: &Path) -> Vec<String> {
+        std::fs::read_dir(root.join(TEMP_DIR))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn temporary_names_are_random_and_never_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DiskStorage::new(dir.path()).unwrap();
+        let path = VPath::parse_absolute("/f.bin").unwrap();
+        let idle = Duration::from_secs(5);
+
+        // A cancelled upload (the transfer's future dropped mid-way).
+        let (mut client, mut server) = tcp_pair().await;
+        client.write_all(b"partial").await.unwrap();
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(200),
+            s.receive(&path, None, 1, &mut server, idle),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the upload should still be running");
+        assert!(
+            temp_names(dir.path()).is_empty(),
+            "a cancelled upload left its file"
+        );
+
+        // An upload that fails before its first byte (APPE to a missing file).
+        let (_client, mut server) = tcp_pair().await;
+        let r = s.receive(&path, Some(APPEND), 2, &mut server, idle).await;
+        assert!(matches!(r, Err(StorageError::NotFound)), "{r:?}");
+        assert!(temp_names(dir.path()).is_empty());
+
+        // A completed one: 128 random bits, not the transfer id.
+        let (mut client, mut server) = tcp_pair().await;
+        client.write_all(b"whole").await.unwrap();
+        drop(client);
+        let up = s.receive(&path, None, 3, &mut server, idle).await.unwrap();
+        let name = up.temp.clone().unwrap();
+        assert_eq!(name.len(), 32, "{name}");
+        assert!(name.parse::<u64>().is_err());
+        assert_eq!(temp_names(dir.path()), vec![name]);
+        s.commit(&up).await.unwrap();
+        assert!(temp_names(dir.path()).is_empty());
+        assert_eq!(std::fs::read(dir.path().join("f.bin")).unwrap(), b"whole");
     }
 }
