@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use dftpd::config::MasterConfig;
 use dftpd::link::{RemoteFile, REMERGE_CHUNK};
-use dftpd::master::slaves::{remerge_chunk, remerge_finish};
+use dftpd::master::link_server::{remerge_chunk, remerge_finish};
 use dftpd::master::store::MetaStore;
 use dftpd::master::MasterState;
 use dftpd::proto::VPath;

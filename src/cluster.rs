@@ -20,7 +20,6 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{MasterConfig, PasvWithoutPret, SlaveConfig, UserConfig};
 use crate::env::Env;
-use crate::master::registry::lock;
 use crate::master::Master;
 use crate::slave::storage::DiskStorage;
 use crate::slave::SlaveTls;
@@ -212,7 +211,7 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let online = {
-            let st = lock(&master.state);
+            let st = master.state.lock();
             st.slaves.iter().filter(|(_, s)| s.is_online()).count()
         };
         if online >= opts.slaves {

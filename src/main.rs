@@ -303,10 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "master ready on {} (slave link {})",
                 m.control_addr, m.link_addr
             );
-            let fingerprint = dftpd::master::registry::lock(&m.state)
-                .tls
-                .as_ref()
-                .map(|t| t.fingerprint.clone());
+            let fingerprint = m.state.tls.as_ref().map(|t| t.fingerprint.clone());
             if let Some(fp) = fingerprint {
                 println!("tls: certificate sha256 {fp} (slaves pin it with master_cert_pin)");
             }

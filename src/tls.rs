@@ -100,7 +100,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme,
 };
-use serde::{Deserialize, Serialize};
+
 use sha2::{Digest, Sha256};
 
 use crate::env::{BoxStream, NetStream};
@@ -445,51 +445,20 @@ fn pem_block(label: &str, der: &[u8], out: &mut String) {
 // ---------------------------------------------------------------------------
 // Session tickets shared across the cluster
 
-/// A session-ticket encryption key: 32 secret bytes and an id that tickets
-/// carry in clear, so a server can tell "not my key" from "forged". The
-/// master makes one with [`TicketKey::generate`] and sends it to its slaves
-/// (serde: it is meant to travel in a link message — an encrypted one).
-/// `Debug` shows the id only.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TicketKey {
-    id: u32,
-    secret: [u8; 32],
-}
+/// The cluster's ticket key (a link message type, so it lives with the
+/// link messages): 32 secret bytes and an id tickets carry in clear.
+pub use crate::link::TicketKey;
 
-impl TicketKey {
-    pub fn new(id: u32, secret: [u8; 32]) -> TicketKey {
-        TicketKey { id, secret }
-    }
-
-    /// A random key with a random id, from the OS generator.
-    pub fn generate() -> Result<TicketKey, TlsError> {
-        let rng = SystemRandom::new();
-        let mut secret = [0u8; 32];
-        let mut id = [0u8; KEY_ID_LEN];
-        rng.fill(&mut secret)
-            .and_then(|()| rng.fill(&mut id))
-            .map_err(|_| TlsError::TicketKey("the system random generator failed"))?;
-        Ok(TicketKey {
-            id: u32::from_be_bytes(id),
-            secret,
-        })
-    }
-
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-
-    pub fn secret(&self) -> &[u8; 32] {
-        &self.secret
-    }
-}
-
-impl fmt::Debug for TicketKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TicketKey")
-            .field("id", &format_args!("{:08x}", self.id))
-            .finish_non_exhaustive()
-    }
+/// A random ticket key with a random id, from the OS generator. The master
+/// makes one at start and sends it to its slaves over a TLS link.
+pub fn new_ticket_key() -> Result<TicketKey, TlsError> {
+    let rng = SystemRandom::new();
+    let mut secret = [0u8; 32];
+    let mut id = [0u8; KEY_ID_LEN];
+    rng.fill(&mut secret)
+        .and_then(|()| rng.fill(&mut id))
+        .map_err(|_| TlsError::TicketKey("the system random generator failed"))?;
+    Ok(TicketKey::new(u32::from_be_bytes(id), secret))
 }
 
 /// One ticket key ready for use.
@@ -500,10 +469,10 @@ struct SealingKey {
 
 impl SealingKey {
     fn new(key: &TicketKey) -> Result<SealingKey, TlsError> {
-        let unbound = aead::UnboundKey::new(TICKET_AEAD, &key.secret)
+        let unbound = aead::UnboundKey::new(TICKET_AEAD, key.secret())
             .map_err(|_| TlsError::TicketKey("the AEAD refused the key"))?;
         Ok(SealingKey {
-            id: key.id.to_be_bytes(),
+            id: key.id().to_be_bytes(),
             key: aead::LessSafeKey::new(unbound),
         })
     }
@@ -560,7 +529,7 @@ impl SharedTicketer {
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
         let old = std::mem::replace(&mut keys.current, next);
         keys.previous = Some(old);
-        tracing::info!(key_id = %format_args!("{:08x}", key.id), "session ticket key rotated");
+        tracing::info!(key_id = %format_args!("{:08x}", key.id()), "session ticket key rotated");
         Ok(())
     }
 
@@ -1178,7 +1147,7 @@ mod tests {
     fn master_and_slave(
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> (Arc<ServerConfig>, Arc<ServerConfig>, Arc<ClientConfig>) {
-        let key = TicketKey::generate().unwrap();
+        let key = new_ticket_key().unwrap();
         let (_, master) = server(&["master.example"], &key);
         let (_, slave) = server(&["10.0.0.2"], &key);
         (master, slave, danger_accept_any_client(versions, None))
@@ -1211,7 +1180,7 @@ mod tests {
 
     #[tokio::test]
     async fn pinned_client_handshakes_and_data_flows_both_ways() {
-        let key = TicketKey::generate().unwrap();
+        let key = new_ticket_key().unwrap();
         let (pair, server) = server(&["127.0.0.1", "master.example"], &key);
         let client = pinned_client_config(pair.cert_der().to_vec()).unwrap();
         let (s, c) = handshake(&server, &client, "127.0.0.1").await;
@@ -1240,7 +1209,7 @@ mod tests {
 
     #[tokio::test]
     async fn pinned_client_works_over_tls12() {
-        let key = TicketKey::generate().unwrap();
+        let key = new_ticket_key().unwrap();
         let (pair, server) = server(&["127.0.0.1"], &key);
         let provider = provider();
         let client = Arc::new(
@@ -1265,7 +1234,7 @@ mod tests {
 
     #[tokio::test]
     async fn client_pinned_to_another_certificate_is_refused() {
-        let key = TicketKey::generate().unwrap();
+        let key = new_ticket_key().unwrap();
         let (_, server) = server(&["127.0.0.1"], &key);
         let other = CertPair::self_signed(&["127.0.0.1".to_string()]).unwrap();
         let client = pinned_client_config(other.cert_der().to_vec()).unwrap();
@@ -1287,7 +1256,7 @@ mod tests {
     async fn self_signed_names_satisfy_a_verifying_client() {
         // An FTP client that trusts the certificate (added to its store)
         // checks the names: IP SAN for an address, DNS SAN for a host name.
-        let key = TicketKey::generate().unwrap();
+        let key = new_ticket_key().unwrap();
         let (pair, server) = server(&["127.0.0.1", "master.example"], &key);
         let mut roots = rustls::RootCertStore::empty();
         roots.add(pair.cert_der().clone()).unwrap();
@@ -1359,8 +1328,8 @@ mod tests {
     #[tokio::test]
     async fn different_ticket_keys_mean_a_full_handshake() {
         for versions in [TLS13, TLS12] {
-            let (_, master) = server(&["master.example"], &TicketKey::generate().unwrap());
-            let (_, slave) = server(&["10.0.0.2"], &TicketKey::generate().unwrap());
+            let (_, master) = server(&["master.example"], &new_ticket_key().unwrap());
+            let (_, slave) = server(&["10.0.0.2"], &new_ticket_key().unwrap());
             let client = danger_accept_any_client(versions, None);
             let (s, c) = handshake(&master, &client, "master.example").await;
             ping_pong(&mut s.unwrap(), &mut c.unwrap()).await;
@@ -1473,7 +1442,7 @@ mod tests {
         // Key id, nonce, sealed state and tag.
         for at in [0, KEY_ID_LEN + 1, KEY_ID_LEN + NONCE_LEN + 3, usize::MAX] {
             for versions in [TLS13, TLS12] {
-                let key = TicketKey::generate().unwrap();
+                let key = new_ticket_key().unwrap();
                 let pair = CertPair::self_signed(&["master.example".to_string()]).unwrap();
                 let master = server_config(&pair, Arc::new(Tampering(ticketer(&key), at))).unwrap();
                 let (_, slave) = server(&["10.0.0.2"], &key);
@@ -1544,7 +1513,7 @@ mod tests {
     #[tokio::test]
     async fn resumption_needs_the_same_sni() {
         for versions in [TLS13, TLS12] {
-            let key = TicketKey::generate().unwrap();
+            let key = new_ticket_key().unwrap();
             let (_, master) = server(&["master.example", "10.0.0.1"], &key);
             let (_, slave) = server(&["10.0.0.2"], &key);
             let resume_at_slave = |control: &'static str, data: &'static str| {
@@ -1584,7 +1553,7 @@ mod tests {
     async fn close_without_close_notify_is_an_unexpected_eof() {
         // What an upload's reader sees from a client that drops TCP without
         // closing TLS: the bytes, then UnexpectedEof instead of a clean end.
-        let key = TicketKey::generate().unwrap();
+        let key = new_ticket_key().unwrap();
         let (pair, server) = server(&["127.0.0.1"], &key);
         let client = pinned_client_config(pair.cert_der().to_vec()).unwrap();
         let (s, c) = handshake(&server, &client, "127.0.0.1").await;
@@ -1627,7 +1596,7 @@ mod tests {
 
     #[tokio::test]
     async fn accept_and_connect_helpers_bound_the_handshake() {
-        let key = TicketKey::generate().unwrap();
+        let key = new_ticket_key().unwrap();
         let (pair, server) = server(&["127.0.0.1"], &key);
         let client = pinned_client_config(pair.cert_der().to_vec()).unwrap();
         let (c, s) = mem_pair();
@@ -1655,7 +1624,7 @@ mod tests {
 
     #[tokio::test]
     async fn data_config_sends_no_tickets_but_resumes_control_sessions() {
-        let key = TicketKey::generate().unwrap();
+        let key = new_ticket_key().unwrap();
         let (_, master) = server(&["master.example"], &key);
         let (_, slave) = server(&["10.0.0.2"], &key);
         let data = data_server_config(&slave);
@@ -1698,7 +1667,7 @@ mod tests {
 
     #[tokio::test]
     async fn fingerprint_pinned_client_accepts_only_that_certificate() {
-        let key = TicketKey::generate().unwrap();
+        let key = new_ticket_key().unwrap();
         let (pair, server) = server(&["127.0.0.1"], &key);
         let good = pinned_fingerprint_client_config(load_pin(&pair.fingerprint_sha256()).unwrap())
             .unwrap();
@@ -1716,7 +1685,7 @@ mod tests {
 
     #[test]
     fn ticket_round_trips_between_ticketers_with_the_same_key() {
-        let key = TicketKey::generate().unwrap();
+        let key = new_ticket_key().unwrap();
         let (a, b) = (ticketer(&key), ticketer(&key));
         let t = a.seal_at(b"session state", NOW).unwrap();
         assert_eq!(
@@ -1731,7 +1700,7 @@ mod tests {
 
     #[test]
     fn ticket_is_refused_under_another_key_or_id() {
-        let key = TicketKey::generate().unwrap();
+        let key = new_ticket_key().unwrap();
         let t = ticketer(&key).seal_at(b"state", NOW).unwrap();
         // Same id, other secret: authentication fails.
         let forged = TicketKey::new(key.id(), [7; 32]);
@@ -1743,7 +1712,7 @@ mod tests {
 
     #[test]
     fn every_corrupted_or_truncated_ticket_is_refused() {
-        let tk = ticketer(&TicketKey::generate().unwrap());
+        let tk = ticketer(&new_ticket_key().unwrap());
         let t = tk.seal_at(b"some session state", NOW).unwrap();
         for i in 0..t.len() {
             let mut bad = t.clone();
@@ -1761,7 +1730,7 @@ mod tests {
 
     #[test]
     fn ticket_expires_after_its_lifetime() {
-        let key = TicketKey::generate().unwrap();
+        let key = new_ticket_key().unwrap();
         let tk = SharedTicketer::new(&key, Duration::from_secs(60)).unwrap();
         let t = tk.seal_at(b"state", NOW).unwrap();
         assert!(tk.open_at(&t, NOW + 59).is_some());

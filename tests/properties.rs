@@ -101,7 +101,7 @@ proptest! {
             upload_quota: None, uploaded: 0,
         };
         let Ok(p) = VPath::parse_absolute(&path) else { return Ok(()) };
-        let allowed = allows(std::slice::from_ref(&rule), &user, dftpd::master::users::Action::List, &p);
+        let allowed = allows(std::slice::from_ref(&rule), &user, dftpd::master::users::Perm::List, &p);
         if !pattern.contains('*') {
             let same = pattern.len() == p.as_str().len()
                 && pattern.bytes().zip(p.as_str().bytes()).all(|(a, b)| a == b'?' || a == b);

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dftpd::config::{MasterConfig, SlaveConfig, UserConfig};
-use dftpd::master::registry::{lock, SlaveState};
+use dftpd::master::lock;
+use dftpd::master::registry::SlaveState;
 use dftpd::master::store::{MetaStore, SharedMemory};
 use dftpd::master::{Master, Shared};
 use dftpd::proto::VPath;
@@ -538,11 +539,11 @@ impl<'a> Driver<'a> {
             return;
         };
         let now: Vec<(String, &'static str, u64, u32)> = {
-            let st = lock(&state);
+            let st = state.lock();
             st.slaves
                 .iter()
                 .map(|(id, s)| {
-                    let shown = if s.state == SlaveState::Online && s.link.is_none() {
+                    let shown = if s.state == SlaveState::Online && !st.links.contains_key(&id) {
                         "offline"
                     } else {
                         s.state.as_str()
@@ -807,7 +808,7 @@ impl<'a> Driver<'a> {
             return;
         };
         let lines: Vec<String> = {
-            let st = lock(&state);
+            let st = state.lock();
             st.db
                 .files_under(&VPath::root())
                 .into_iter()
@@ -859,7 +860,7 @@ impl<'a> Driver<'a> {
             return;
         };
         let lines: Vec<String> = {
-            let st = lock(&state);
+            let st = state.lock();
             st.slaves
                 .iter()
                 .map(|(id, s)| {
@@ -958,7 +959,7 @@ impl<'a> Driver<'a> {
                 }
             }
             if let Some(state) = self.master_state() {
-                let listed = lock(&state).db.file(&path).ok().map(|m| m.size);
+                let listed = state.lock().db.file(&path).ok().map(|m| m.size);
                 if let Some(k) = listed {
                     let done_later = uploads
                         .iter()

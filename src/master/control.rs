@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::guard::CommandRate;
+use super::hub::SlaveLink;
 use super::record::{Header, RecordSink, Recorder};
-use super::registry::{lock, SlaveLink};
 use super::session::{
     Action, ListingJob, LoginCheck, PlanVerb, Route, Session, Target, TransferJob, TransferOutcome,
 };
@@ -42,7 +42,7 @@ pub async fn accept_sessions(
             Err(_) => continue,
         };
         let refused = {
-            let mut st = lock(&state);
+            let mut st = state.lock();
             let cfg = st.config.guard.clone();
             st.limits.open(&cfg, peer.ip()).err()
         };
@@ -61,7 +61,7 @@ pub async fn accept_sessions(
             continue;
         }
         let (id, sink) = {
-            let mut st = lock(&state);
+            let mut st = state.lock();
             let id = st.next_id();
             st.sessions.insert(
                 id,
@@ -72,7 +72,7 @@ pub async fn accept_sessions(
                     doing: None,
                 },
             );
-            (id, st.record.clone())
+            (id, state.record.clone())
         };
         let span = tracing::info_span!("session", id, %peer);
         let driver = Driver::new(
@@ -177,7 +177,7 @@ impl Driver {
         let Some(out) = sink.and_then(|s| s.open(self.session.id)) else {
             return;
         };
-        let st = lock(&self.state);
+        let st = self.state.lock();
         let h = Header {
             session: self.session.id,
             peer: self.session.peer,
@@ -207,11 +207,11 @@ impl Driver {
         }
         self.release_endpoint();
         {
-            let mut st = lock(&self.state);
+            let mut st = self.state.lock();
             self.session.close(&mut st);
             let ip = self.session.peer.ip();
             st.limits.close(ip);
-            let _ = st.flush();
+            let _ = self.state.flush(&mut st);
         }
         if let Some(mut rec) = self.rec.take() {
             rec.r.finish(rec.start.elapsed(), self.closed);
@@ -221,11 +221,11 @@ impl Driver {
 
     async fn serve(&mut self) {
         let (idle, guard, start) = {
-            let st = lock(&self.state);
+            let st = self.state.lock();
             (
                 st.config.idle_timeout(),
                 st.config.guard.clone(),
-                st.mono_ms(),
+                self.state.mono_ms(),
             )
         };
         let login_by =
@@ -253,7 +253,7 @@ impl Driver {
                     }
                 },
             };
-            let now = lock(&self.state).mono_ms();
+            let now = self.state.mono_ms();
             if !rate.allow(&guard, now) {
                 tracing::warn!("command rate exceeded; closing");
                 let _ = self
@@ -269,7 +269,7 @@ impl Driver {
                     Line::Command(text) => {
                         rec.r.command(rec.start.elapsed(), text);
                         if Recorder::names_paths(text) {
-                            let st = lock(&self.state);
+                            let st = self.state.lock();
                             rec.r.touch(text, &self.session.cwd, &st);
                         }
                     }
@@ -349,7 +349,7 @@ impl Driver {
 
     async fn perform(&mut self, cmd: Command) -> Next {
         let action = {
-            let mut st = lock(&self.state);
+            let mut st = self.state.lock();
             st.now = self.env.unix_now();
             let verb = cmd.verb();
             if let Command::Site { verb, .. } = &cmd {
@@ -360,7 +360,7 @@ impl Driver {
                 }
             }
             let action = self.session.handle(cmd, &mut st);
-            if let Some(d) = st.flush() {
+            if let Some(d) = self.state.flush(&mut st) {
                 self.durable = Some(d);
             }
             if let Some(rec) = self.rec.as_mut() {
@@ -402,7 +402,7 @@ impl Driver {
                 self.note(|d| {
                     let on = match target {
                         Target::Master => "the master".to_string(),
-                        Target::Slave(s) => format!("slave {}", lock(&d.state).slaves.name(s)),
+                        Target::Slave(s) => format!("slave {}", d.state.lock().slaves.name(s)),
                     };
                     match &result {
                         Ok(a) => format!("passive decision: {on} at {a} (transfer {xfer})"),
@@ -410,7 +410,7 @@ impl Driver {
                     }
                 });
                 let reply = {
-                    let st = lock(&self.state);
+                    let st = self.state.lock();
                     self.session.passive_opened(&st, target, xfer, epsv, result)
                 };
                 self.send(&reply).await
@@ -431,7 +431,7 @@ impl Driver {
 
     async fn open_passive(&mut self, target: Target, xfer: u64) -> Result<SocketAddr, String> {
         let (range, advertised, timeout) = {
-            let st = lock(&self.state);
+            let st = self.state.lock();
             (
                 st.config.passive_range().unwrap_or((0, 0)),
                 st.config.pasv_address,
@@ -450,10 +450,10 @@ impl Driver {
             }
             Target::Slave(s) => {
                 let (link, rid, ready, peer) = {
-                    let mut st = lock(&self.state);
+                    let mut st = self.state.lock();
                     let peer = self.session.passive_peer(&st);
                     let rid = st.next_id();
-                    let link = st.slaves.link(s);
+                    let link = st.link(s);
                     let ready = match (&link, st.slaves.get_mut(s)) {
                         (Some(_), Some(info)) => info.ready_listeners.pop_front(),
                         _ => None,
@@ -483,7 +483,7 @@ impl Driver {
                 );
                 match tokio::time::timeout(timeout, rx).await {
                     Ok(Ok(Response::Listening { addr }))
-                        if !lock(&self.state).slaves.is_own_address(s, addr) =>
+                        if !self.state.lock().slaves.is_own_address(s, addr) =>
                     {
                         tracing::warn!(%addr, "slave answered with a foreign listener address");
                         Err("the slave named a listener on another host".into())
@@ -515,7 +515,7 @@ impl Driver {
 
     /// Opens the client side of a master-served data connection.
     async fn master_data(&mut self, active: Option<SocketAddr>) -> std::io::Result<BoxStream> {
-        let timeout = lock(&self.state).config.data_timeout();
+        let timeout = self.state.lock().config.data_timeout();
         match active {
             Some(addr) => match tokio::time::timeout(timeout, self.env.net.connect(addr)).await {
                 Ok(r) => r,
@@ -585,11 +585,11 @@ impl Driver {
             .await
             .unwrap_or(false);
         let (action, delay) = {
-            let mut st = lock(&self.state);
+            let mut st = self.state.lock();
             st.now = self.env.unix_now();
-            let now = st.mono_ms();
+            let now = self.state.mono_ms();
             let result = self.session.login_result(&mut st, &check, verified, now);
-            if let Some(d) = st.flush() {
+            if let Some(d) = self.state.flush(&mut st) {
                 self.durable = Some(d);
             }
             if let (Some(rec), Some(user)) = (self.rec.as_mut(), self.session.user()) {
@@ -647,10 +647,10 @@ impl Driver {
             }
         }
         let reply = {
-            let mut st = lock(&self.state);
+            let mut st = self.state.lock();
             st.now = self.env.unix_now();
             let reply = self.session.transfer_done(&mut st, &job, outcome);
-            if let Some(d) = st.flush() {
+            if let Some(d) = self.state.flush(&mut st) {
                 self.durable = Some(d);
             }
             reply
@@ -682,9 +682,9 @@ impl Driver {
     /// the client sent ABOR.
     async fn run_transfer(&mut self, job: &TransferJob) -> (TransferOutcome, bool) {
         let (link, timeout, relay_allowed) = {
-            let st = lock(&self.state);
+            let st = self.state.lock();
             (
-                st.slaves.link(job.slave),
+                st.link(job.slave),
                 st.config.data_timeout(),
                 st.config.pasv_without_pret == PasvWithoutPret::Relay,
             )
@@ -802,7 +802,7 @@ impl Driver {
         // Relay: ask the slave for a listener of its own and connect to it.
         let mut relay = None;
         if let Some(client) = client {
-            let rid = lock(&self.state).next_id();
+            let rid = self.state.lock().next_id();
             let rx = link.request(
                 rid,
                 Request::Listen {
@@ -812,7 +812,7 @@ impl Driver {
             );
             let addr = match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(Response::Listening { addr }))
-                    if lock(&self.state).slaves.is_own_address(job.slave, addr) =>
+                    if self.state.lock().slaves.is_own_address(job.slave, addr) =>
                 {
                     addr
                 }
@@ -852,13 +852,14 @@ impl Driver {
             _ => None,
         };
         let relay_tls = match (&self.tls_token, self.session.tls.private) {
-            (Some(token), true) => lock(&self.state)
+            (Some(token), true) => self
+                .state
                 .tls
                 .as_ref()
                 .map(|t| (t.data.clone(), token.clone())),
             _ => None,
         };
-        let rid = lock(&self.state).next_id();
+        let rid = self.state.lock().next_id();
         let mut rx = link.request(
             rid,
             Request::Transfer {
@@ -951,7 +952,7 @@ impl Driver {
                     link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
                     TransferOutcome::Failed(TransferFailure::Aborted)
                 } else {
-                    let rid = lock(&self.state).next_id();
+                    let rid = self.state.lock().next_id();
                     let rx = link.request(rid, Request::Commit { xfer: job.xfer });
                     match rx.await {
                         Ok(Response::Committed { size, mtime }) => {
@@ -1007,8 +1008,8 @@ impl Driver {
             return Next::Close;
         }
         let (tls, limit) = {
-            let st = lock(&self.state);
-            (st.tls.clone(), st.config.data_timeout())
+            let st = self.state.lock();
+            (self.state.tls.clone(), st.config.data_timeout())
         };
         let Some(tls) = tls else {
             return Next::Close;
@@ -1054,8 +1055,8 @@ impl Driver {
             return Ok(stream);
         };
         let (tls, limit) = {
-            let st = lock(&self.state);
-            (st.tls.clone(), st.config.data_timeout())
+            let st = self.state.lock();
+            (self.state.tls.clone(), st.config.data_timeout())
         };
         let Some(tls) = tls else {
             return Err(std::io::Error::other("TLS is not configured"));

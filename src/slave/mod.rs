@@ -65,7 +65,7 @@ impl SlaveTls {
             let key = match master_key {
                 Some(k) => k,
                 None => {
-                    own = TicketKey::generate()?;
+                    own = crate::tls::new_ticket_key()?;
                     &own
                 }
             };

@@ -8,50 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-/// `[guard]` in the master's config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GuardConfig {
-    /// Failed logins (per IP, and per user name) within `window_ms` before
-    /// a ban; 0 disables delays and bans.
-    pub max_failures: u32,
-    pub window_ms: u64,
-    /// Every failed PASS is answered after this delay (the same whether the
-    /// user exists or not); it doubles from the third failure on, up to
-    /// `max_delay_ms`.
-    pub failure_delay_ms: u64,
-    pub max_delay_ms: u64,
-    pub ban_ms: u64,
-    /// Concurrent control sessions per client IP (0: unlimited).
-    pub max_sessions_per_ip: u32,
-    /// Concurrent sessions per user unless the user sets its own (0: unlimited).
-    pub max_sessions_per_user: u32,
-    /// A session may send this many commands at once, refilled at
-    /// `commands_per_second`; beyond that it is closed (421).
-    pub command_burst: u32,
-    pub commands_per_second: u32,
-    /// A connection must log in within this (421 otherwise).
-    pub login_timeout_ms: u64,
-}
-
-impl Default for GuardConfig {
-    fn default() -> Self {
-        GuardConfig {
-            max_failures: 5,
-            window_ms: 10 * 60_000,
-            failure_delay_ms: 1000,
-            max_delay_ms: 8000,
-            ban_ms: 15 * 60_000,
-            max_sessions_per_ip: 20,
-            max_sessions_per_user: 0,
-            command_burst: 2000,
-            commands_per_second: 1000,
-            login_timeout_ms: 60_000,
-        }
-    }
-}
+pub use crate::config::GuardConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GuardError {

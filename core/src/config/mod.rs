@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::master::guard::GuardConfig;
-use crate::master::users::{PasswordCost, PermRule, TlsPolicy};
+mod policy;
+pub use policy::{GuardConfig, PasswordCost, Perm, PermRule, TlsPolicy};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -390,10 +390,10 @@ mod tests {
 
     #[test]
     fn example_configs_parse() {
-        let m: MasterConfig = toml::from_str(include_str!("../master.example.toml")).unwrap();
+        let m: MasterConfig = toml::from_str(include_str!("../../../master.example.toml")).unwrap();
         m.validate().unwrap();
         assert!(!m.users.is_empty());
-        let s: SlaveConfig = toml::from_str(include_str!("../slave.example.toml")).unwrap();
+        let s: SlaveConfig = toml::from_str(include_str!("../../../slave.example.toml")).unwrap();
         s.validate().unwrap();
     }
 

@@ -12,7 +12,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::db::{DbError, FileDb, FileMeta, Holders, Node, SlaveId};
-use super::users::{self, Action as Action2};
+use super::users::{self, Perm};
 use super::MasterState;
 use crate::config::PasvWithoutPret;
 use crate::link::{FileOp, TransferFailure, TransferOrder, APPEND};
@@ -293,7 +293,7 @@ impl Session {
     }
 
     /// Checks the site's permission rules for the logged-in user.
-    fn permit(&self, st: &MasterState, action: Action2, path: &VPath) -> Result<(), Action> {
+    fn permit(&self, st: &MasterState, action: Perm, path: &VPath) -> Result<(), Action> {
         let Some(user) = self.user().and_then(|u| st.users.get(u)) else {
             return Err(r(530, "Not logged in"));
         };
@@ -510,8 +510,8 @@ impl Session {
                     return r(501, "Invalid time, use YYYYMMDDHHMMSS");
                 };
                 match self.resolve(&path) {
-                    Ok(p) if self.permit(st, Action2::Overwrite, &p).is_err() => {
-                        self.permit(st, Action2::Overwrite, &p).unwrap_err()
+                    Ok(p) if self.permit(st, Perm::Overwrite, &p).is_err() => {
+                        self.permit(st, Perm::Overwrite, &p).unwrap_err()
                     }
                     Ok(p) => match st.db.set_mtime(&p, t) {
                         Ok(()) => r(213, format!("Modify={time}; {path}")),
@@ -522,7 +522,7 @@ impl Session {
             }
             Command::Mkd(arg) => match self.resolve(&arg) {
                 Ok(p) => {
-                    if let Err(a) = self.permit(st, Action2::Mkdir, &p) {
+                    if let Err(a) = self.permit(st, Perm::Mkdir, &p) {
                         return a;
                     }
                     let now = st.now;
@@ -537,8 +537,8 @@ impl Session {
                 Ok(p) if p == self.cwd && !p.is_root() => {
                     r(550, "Cannot remove the current directory")
                 }
-                Ok(p) if self.permit(st, Action2::Rmdir, &p).is_err() => {
-                    self.permit(st, Action2::Rmdir, &p).unwrap_err()
+                Ok(p) if self.permit(st, Perm::Rmdir, &p).is_err() => {
+                    self.permit(st, Perm::Rmdir, &p).unwrap_err()
                 }
                 Ok(p) => match st.db.rmdir(&p) {
                     Ok(()) => {
@@ -559,8 +559,8 @@ impl Session {
                 Err(a) => a,
             },
             Command::Dele(arg) => match self.resolve(&arg) {
-                Ok(p) if self.permit(st, Action2::Delete, &p).is_err() => {
-                    self.permit(st, Action2::Delete, &p).unwrap_err()
+                Ok(p) if self.permit(st, Perm::Delete, &p).is_err() => {
+                    self.permit(st, Perm::Delete, &p).unwrap_err()
                 }
                 Ok(p) => match st.db.remove_file(&p) {
                     Ok(meta) => {
@@ -574,9 +574,9 @@ impl Session {
                 Err(a) => a,
             },
             Command::Rnfr(arg) => match self.resolve(&arg) {
-                Ok(p) if self.permit(st, Action2::Rename, &p).is_err() => {
+                Ok(p) if self.permit(st, Perm::Rename, &p).is_err() => {
                     self.rnfr = None;
-                    self.permit(st, Action2::Rename, &p).unwrap_err()
+                    self.permit(st, Perm::Rename, &p).unwrap_err()
                 }
                 Ok(p) if st.db.get(&p).is_some() => {
                     self.rnfr = Some(p);
@@ -596,7 +596,7 @@ impl Session {
                     Ok(p) => p,
                     Err(a) => return a,
                 };
-                if let Err(a) = self.permit(st, Action2::Rename, &to) {
+                if let Err(a) = self.permit(st, Perm::Rename, &to) {
                     return a;
                 }
                 let holders = st.db.holders_under(&from);
@@ -786,7 +786,7 @@ impl Session {
             Ok(p) => p,
             Err(a) => return a,
         };
-        if let Err(a) = self.permit(st, Action2::List, &p) {
+        if let Err(a) = self.permit(st, Perm::List, &p) {
             return a;
         }
         match st.db.dir(&p) {
@@ -1003,7 +1003,7 @@ impl Session {
 
     /// An online slave holding `path`, least loaded.
     fn download_slave(&self, path: &VPath, st: &mut MasterState) -> Result<SlaveId, Action> {
-        self.permit(st, Action2::Download, path)?;
+        self.permit(st, Perm::Download, path)?;
         let holders = match st.db.file(path) {
             Ok(f) => f.holders.clone(),
             Err(e) => return Err(path_reply(path, e)),
@@ -1037,7 +1037,7 @@ impl Session {
             }
         }
         if let Some(p) = path {
-            self.permit(st, Action2::Upload, p)?;
+            self.permit(st, Perm::Upload, p)?;
         }
         if let Some(p) = path.filter(|_| verb != PlanVerb::Stou) {
             match p.parent() {
@@ -1048,7 +1048,7 @@ impl Session {
                 Some(Node::Dir(_)) => return Err(r(550, format!("{p}: is a directory"))),
                 Some(Node::File(f)) => {
                     if verb == PlanVerb::Stor && self.rest == 0 {
-                        self.permit(st, Action2::Overwrite, p)?;
+                        self.permit(st, Perm::Overwrite, p)?;
                     }
                     if verb == PlanVerb::Stor && !st.config.allow_overwrite {
                         return Err(r(
@@ -1624,7 +1624,7 @@ impl Session {
             return a;
         }
         self.clear_plan(st);
-        if let Err(a) = self.permit(st, Action2::List, &path) {
+        if let Err(a) = self.permit(st, Perm::List, &path) {
             return match a {
                 Action::Reply(r) => Action::ResetData(r),
                 other => other,
@@ -1829,7 +1829,7 @@ pub struct TlsRequirement {
 
 /// FEAT lines for FTPS: only when the master has a certificate.
 fn tls_features(st: &MasterState) -> &'static [&'static str] {
-    if st.tls.is_some() {
+    if st.tls_available {
         &["AUTH TLS", "CPSV", "PBSZ", "PROT", "SSCN"]
     } else {
         &[]
@@ -1895,7 +1895,7 @@ impl Session {
     }
 
     fn auth(&mut self, mechanism: &str, st: &mut MasterState) -> Action {
-        if st.tls.is_none() {
+        if !st.tls_available {
             return r(
                 502,
                 "AUTH TLS is not available: this server has no TLS certificate (tls_cert, tls_key)",
@@ -2037,7 +2037,7 @@ pub fn failure_reply(f: &TransferFailure, slave: &str) -> Reply {
 mod tests {
     use super::*;
     use crate::config::{MasterConfig, UserConfig};
-    use crate::master::registry::{SlaveLink, SlaveState};
+    use crate::master::registry::SlaveState;
     use std::sync::Arc;
 
     const LOCAL: &str = "127.0.0.1:21";
@@ -2073,9 +2073,6 @@ mod tests {
             info.data_ip = Some(format!("127.0.0.{ip}").parse().unwrap());
             info.free = free;
             if online {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                std::mem::forget(rx); // keep the channel open
-                info.link = Some(SlaveLink::new(1, tx, Default::default()));
                 info.state = SlaveState::Online;
             }
         }
@@ -2109,7 +2106,7 @@ mod tests {
         match s.handle(cmd(&format!("PASS {pw}")), st) {
             Action::CheckPassword(check) => {
                 let ok = users::verify_password(&check.hash, &check.password);
-                let now = st.mono_ms();
+                let now = 0;
                 let (a, delay) = s.login_result(st, &check, ok, now);
                 (text(a), delay)
             }
@@ -2167,7 +2164,7 @@ mod tests {
         };
         assert!(format!("{check:?}").contains("<redacted>"));
         assert!(!format!("{check:?}").contains("\"p\""));
-        let now = st.mono_ms();
+        let now = 0;
         let (a, d) = s.login_result(&mut st, &check, true, now);
         assert!(text(a).starts_with("230") && d.is_zero());
         assert!(text(s.handle(cmd("FEAT"), &mut st)).contains("\n PRET\r\n"));
@@ -2446,17 +2443,7 @@ mod tests {
     // --- FTPS -------------------------------------------------------------
 
     fn with_tls(mut st: MasterState) -> MasterState {
-        use crate::tls::{server_config, CertPair, SharedTicketer, TicketKey};
-        let pair = CertPair::self_signed(&["127.0.0.1".to_string()]).unwrap();
-        let key = TicketKey::generate().unwrap();
-        let ticketer = SharedTicketer::new(&key, crate::tls::DEFAULT_TICKET_LIFETIME).unwrap();
-        let server = server_config(&pair, Arc::new(ticketer)).unwrap();
-        st.tls = Some(Arc::new(crate::master::MasterTls {
-            data: crate::tls::data_server_config(&server),
-            server,
-            ticket_key: key,
-            fingerprint: pair.fingerprint_sha256(),
-        }));
+        st.tls_available = true;
         for id in 0..3 {
             st.slaves.get_mut(id).unwrap().data_tls = true;
         }
@@ -2619,7 +2606,7 @@ mod tests {
         let Action::CheckPassword(check) = s.handle(cmd("PASS p"), &mut st) else {
             panic!()
         };
-        let now = st.mono_ms();
+        let now = 0;
         let (a, _) = s.login_result(&mut st, &check, true, now);
         assert!(matches!(&a, Action::Close(r) if r.code == 421), "{a:?}");
     }

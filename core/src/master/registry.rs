@@ -9,12 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-
-use tokio::sync::{mpsc, oneshot};
 
 use super::db::{Change, Journal, SlaveId};
-use crate::link::{FileOp, MasterMsg, Request, Response};
+use crate::link::FileOp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlaveState {
@@ -34,53 +31,11 @@ impl SlaveState {
     }
 }
 
-/// Pending request replies of one link, keyed by request id. Dropping the
-/// map's senders (link closed) wakes every waiter with an error.
-pub type PendingReplies = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Response>>>>;
-
-/// Handle to send messages to one connected slave.
-#[derive(Clone)]
-pub struct SlaveLink {
-    pub epoch: u64,
-    tx: mpsc::UnboundedSender<MasterMsg>,
-    pending: PendingReplies,
-}
-
-impl SlaveLink {
-    pub fn new(epoch: u64, tx: mpsc::UnboundedSender<MasterMsg>, pending: PendingReplies) -> Self {
-        SlaveLink { epoch, tx, pending }
-    }
-
-    /// Sends a request; the receiver yields its response, or an error when
-    /// the link goes down first.
-    pub fn request(&self, rid: u64, request: Request) -> oneshot::Receiver<Response> {
-        let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(rid, tx);
-        if self.tx.send(MasterMsg::Request { rid, request }).is_err() {
-            lock(&self.pending).remove(&rid);
-        }
-        rx
-    }
-
-    pub fn send(&self, msg: MasterMsg) {
-        let _ = self.tx.send(msg);
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // State behind these locks stays consistent between statements; a panic
-    // elsewhere must not take the whole master down with it.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 pub struct SlaveInfo {
     pub name: String,
+    /// Online/remerging only while the driver holds a live link to it
+    /// (the driver's link table and this state change together).
     pub state: SlaveState,
-    pub link: Option<SlaveLink>,
     pub data_ip: Option<IpAddr>,
     pub free: u64,
     /// Transfers running on this slave (started by the master).
@@ -104,7 +59,7 @@ pub struct SlaveInfo {
 
 impl SlaveInfo {
     pub fn is_online(&self) -> bool {
-        self.state == SlaveState::Online && self.link.is_some()
+        self.state == SlaveState::Online
     }
     pub fn load(&self) -> u32 {
         self.active + self.reserved
@@ -122,6 +77,9 @@ pub struct SlaveRegistry {
     op_seq: u64,
     /// Changes for the store.
     journal: Journal,
+    /// Operations for connected slaves, in order, not yet handed to their
+    /// links (the driver drains it under the state lock: [`Self::take_outbox`]).
+    outbox: Vec<(SlaveId, FileOp)>,
 }
 
 impl SlaveRegistry {
@@ -185,7 +143,6 @@ impl SlaveRegistry {
         self.slaves.push(SlaveInfo {
             name: name.to_string(),
             state: SlaveState::Offline,
-            link: None,
             data_ip: None,
             free: 0,
             active: 0,
@@ -236,12 +193,6 @@ impl SlaveRegistry {
         self.get(id).and_then(|s| s.data_ip) == Some(addr.ip())
     }
 
-    pub fn link(&self, id: SlaveId) -> Option<SlaveLink> {
-        self.get(id)
-            .filter(|s| s.is_online())
-            .and_then(|s| s.link.clone())
-    }
-
     fn candidates(&self, ids: impl Iterator<Item = SlaveId>) -> Vec<Candidate> {
         ids.filter_map(|id| {
             let s = self.get(id)?;
@@ -269,19 +220,27 @@ impl SlaveRegistry {
         pick
     }
 
-    /// Queues `op` for `id` when offline, or sends it now.
+    /// Queues `op` for `id` when offline (kept, and stored, until a
+    /// remerge proves it applied), or puts it in the outbox for its link.
     pub fn apply_op(&mut self, id: SlaveId, op: FileOp) {
         let Some(s) = self.slaves.get_mut(id as usize) else {
             return;
         };
-        if let (Some(link), SlaveState::Online | SlaveState::Remerging) = (&s.link, s.state) {
-            link.send(MasterMsg::Ops(vec![op]));
+        if matches!(s.state, SlaveState::Online | SlaveState::Remerging) {
+            self.outbox.push((id, op));
             return;
         }
         self.op_seq += 1;
         let seq = self.op_seq;
         s.pending_ops.push((seq, op.clone()));
         self.record(Change::QueueOp(id, seq, op));
+    }
+}
+
+impl SlaveRegistry {
+    /// Operations for connected slaves since the last call, in order.
+    pub fn take_outbox(&mut self) -> Vec<(SlaveId, FileOp)> {
+        std::mem::take(&mut self.outbox)
     }
 }
 
@@ -350,10 +309,8 @@ mod tests {
         let b = r.id_for("b");
         assert_eq!(r.id_for("a"), a);
         assert_eq!(r.choose_download(&[a, b]), None);
-        let (tx, _rx) = mpsc::unbounded_channel();
         let s = r.get_mut(b).unwrap();
         s.state = SlaveState::Online;
-        s.link = Some(SlaveLink::new(1, tx, Default::default()));
         s.free = 10;
         assert_eq!(r.choose_download(&[a, b]), Some(b));
         assert_eq!(r.choose_upload(0), Some(b));
@@ -365,5 +322,9 @@ mod tests {
             },
         );
         assert_eq!(r.get(a).unwrap().pending_ops.len(), 1);
+        let root = crate::proto::VPath::root();
+        r.apply_op(b, FileOp::Delete { path: root.clone() });
+        assert_eq!(r.take_outbox(), vec![(b, FileOp::Delete { path: root })]);
+        assert!(r.take_outbox().is_empty());
     }
 }

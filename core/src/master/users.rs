@@ -19,6 +19,7 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, PasswordHash, Version};
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::{PasswordCost, Perm, PermRule, TlsPolicy};
 use crate::proto::VPath;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,16 +46,6 @@ impl UserError {
             UserError::Hash(_) => 451,
         }
     }
-}
-
-/// Per-user TLS requirement (FTPS), on top of the global settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TlsPolicy {
-    #[default]
-    Optional,
-    Control,
-    ControlAndData,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,31 +87,6 @@ impl User {
         let home = self.home_path();
         home.is_root() || path == &home || path.starts_with(&home)
     }
-}
-
-/// argon2id cost. Default: OWASP's recommendation (19 MiB, 2 passes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PasswordCost {
-    pub memory_kib: u32,
-    pub iterations: u32,
-}
-
-impl Default for PasswordCost {
-    fn default() -> Self {
-        PasswordCost {
-            memory_kib: Params::DEFAULT_M_COST,
-            iterations: Params::DEFAULT_T_COST,
-        }
-    }
-}
-
-impl PasswordCost {
-    /// For tests and the simulator: still argon2id, a thousand times cheaper.
-    pub const FAST: PasswordCost = PasswordCost {
-        memory_kib: 64,
-        iterations: 1,
-    };
 }
 
 pub fn hash_password(
@@ -215,50 +181,8 @@ impl UserDb {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    List,
-    Download,
-    Upload,
-    Overwrite,
-    Rename,
-    Delete,
-    Mkdir,
-    Rmdir,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::List => "list",
-            Action::Download => "download",
-            Action::Upload => "upload",
-            Action::Overwrite => "overwrite",
-            Action::Rename => "rename",
-            Action::Delete => "delete",
-            Action::Mkdir => "mkdir",
-            Action::Rmdir => "rmdir",
-        }
-    }
-}
-
-/// One permission rule (config `[[permissions]]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PermRule {
-    /// Actions it covers; empty: every action.
-    #[serde(default)]
-    pub actions: Vec<Action>,
-    /// Glob: `*` any characters (also `/`), `?` one; `/dir/*` also matches
-    /// `/dir` itself.
-    pub path: String,
-    /// `*` everyone, `name`, `=group`, `!` before any of them negates.
-    pub who: Vec<String>,
-}
-
 impl PermRule {
-    fn covers(&self, action: Action, path: &str) -> bool {
+    fn covers(&self, action: Perm, path: &str) -> bool {
         (self.actions.is_empty() || self.actions.contains(&action))
             && (glob(&self.path, path)
                 || self
@@ -287,7 +211,7 @@ impl PermRule {
 }
 
 /// Whether `user` may do `action` on `path` under `rules`.
-pub fn allows(rules: &[PermRule], user: &User, action: Action, path: &VPath) -> bool {
+pub fn allows(rules: &[PermRule], user: &User, action: Perm, path: &VPath) -> bool {
     if user.admin {
         return true;
     }
@@ -469,34 +393,19 @@ mod tests {
         let guest = user("gus", &["guests"]);
         let op = user("olga", &["users", "siteops"]);
         let bob = user("bob", &[]);
-        assert!(allows(
-            &rules,
-            &alice,
-            Action::Upload,
-            &p("/incoming/x.zip")
-        ));
-        assert!(allows(&rules, &alice, Action::Mkdir, &p("/incoming")));
-        assert!(!allows(
-            &rules,
-            &guest,
-            Action::Upload,
-            &p("/incoming/x.zip")
-        ));
-        assert!(!allows(
-            &rules,
-            &alice,
-            Action::Delete,
-            &p("/incoming/x.zip")
-        ));
-        assert!(allows(&rules, &op, Action::Delete, &p("/incoming/x.zip")));
+        assert!(allows(&rules, &alice, Perm::Upload, &p("/incoming/x.zip")));
+        assert!(allows(&rules, &alice, Perm::Mkdir, &p("/incoming")));
+        assert!(!allows(&rules, &guest, Perm::Upload, &p("/incoming/x.zip")));
+        assert!(!allows(&rules, &alice, Perm::Delete, &p("/incoming/x.zip")));
+        assert!(allows(&rules, &op, Perm::Delete, &p("/incoming/x.zip")));
         // No rule for downloads outside /private: allowed.
-        assert!(allows(&rules, &guest, Action::Download, &p("/pub/a")));
-        assert!(!allows(&rules, &alice, Action::Download, &p("/private/a")));
-        assert!(!allows(&rules, &alice, Action::List, &p("/private")));
-        assert!(allows(&rules, &bob, Action::List, &p("/private")));
+        assert!(allows(&rules, &guest, Perm::Download, &p("/pub/a")));
+        assert!(!allows(&rules, &alice, Perm::Download, &p("/private/a")));
+        assert!(!allows(&rules, &alice, Perm::List, &p("/private")));
+        assert!(allows(&rules, &bob, Perm::List, &p("/private")));
         let mut admin = user("root", &[]);
         admin.admin = true;
-        assert!(allows(&rules, &admin, Action::Download, &p("/private/a")));
+        assert!(allows(&rules, &admin, Perm::Download, &p("/private/a")));
     }
 
     #[test]

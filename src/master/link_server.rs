@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::db::{FileMeta, Holders, Node, SlaveId};
-use super::registry::{lock, PendingReplies, SlaveLink, SlaveState};
+use super::hub::{lock, PendingReplies, SlaveLink};
+use super::registry::SlaveState;
 use super::{MasterState, Shared};
 use crate::env::{next_connection, BoxStream, Env, NetListener};
 use crate::link::{self, auth, LinkError, MasterMsg, RemoteFile, SlaveMsg, PROTOCOL_VERSION};
@@ -91,7 +92,7 @@ async fn handshake(
         .await;
         return Err(LinkError::Handshake("invalid slave name".into()));
     }
-    let key = lock(state).config.link_key.clone();
+    let key = state.lock().config.link_key.clone();
     let mut master_nonce = [0u8; 32];
     env.rng_fill(&mut master_nonce);
     link::write_frame(
@@ -130,9 +131,9 @@ async fn secure_link(
     peer: SocketAddr,
 ) -> Option<(BoxStream, bool)> {
     let tls = {
-        let st = lock(state);
+        let st = state.lock();
         if st.config.link_tls {
-            st.tls.clone()
+            state.tls.clone()
         } else {
             None
         }
@@ -176,10 +177,10 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
     let (tx, rx) = mpsc::unbounded_channel();
     let pending: PendingReplies = Arc::new(Mutex::new(Default::default()));
     let (id, epoch, ops, ops_upto, interval, deadline, ticket_key) = {
-        let mut st = lock(&state);
+        let mut st = state.lock();
         // The ticket key opens every TLS session of the cluster: only over
         // an encrypted link.
-        let ticket_key = match &st.tls {
+        let ticket_key = match &state.tls {
             Some(t) if encrypted => Some(t.ticket_key.clone()),
             _ => None,
         };
@@ -187,13 +188,13 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
         let epoch = st.slaves.next_epoch();
         let interval = st.config.heartbeat_interval();
         let deadline = st.config.heartbeat_deadline();
+        let link = SlaveLink::new(epoch, tx.clone(), pending.clone());
+        if st.links.insert(id, link).is_some() {
+            tracing::warn!(slave = %name, "slave reconnected; dropping its previous link");
+        }
         let Some(info) = st.slaves.get_mut(id) else {
             return;
         };
-        if info.link.is_some() {
-            tracing::warn!(slave = %name, "slave reconnected; dropping its previous link");
-        }
-        info.link = Some(SlaveLink::new(epoch, tx.clone(), pending.clone()));
         info.ready_listeners.clear();
         info.state = SlaveState::Remerging;
         info.data_ip = Some(data_ip);
@@ -205,7 +206,7 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
         let ops_upto = info.pending_ops.last().map(|(seq, _)| *seq);
         // A new slave's id must be stored before any file names it; the
         // store applies batches in order, so no need to wait here.
-        let _ = st.flush();
+        let _ = state.flush(&mut st);
         (id, epoch, ops, ops_upto, interval, deadline, ticket_key)
     };
     tracing::info!(slave = %name, %peer, queued_ops = ops.len(), link_tls = encrypted, data_tls, "slave authenticated, remerging");
@@ -219,10 +220,10 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
     let end = read_loop(&state, reader, id, &name, &pending, deadline, ops_upto).await;
     writer_task.abort();
     {
-        let mut st = lock(&state);
-        if let Some(info) = st.slaves.get_mut(id) {
-            if info.link.as_ref().is_some_and(|l| l.epoch == epoch) {
-                info.link = None;
+        let mut st = state.lock();
+        if st.links.get(&id).is_some_and(|l| l.epoch == epoch) {
+            st.links.remove(&id);
+            if let Some(info) = st.slaves.get_mut(id) {
                 info.state = SlaveState::Offline;
                 info.ready_listeners.clear();
             }
@@ -262,10 +263,10 @@ async fn read_loop(
         match msg {
             SlaveMsg::Remerge { files, last } => {
                 let durable = {
-                    let mut st = lock(state);
+                    let mut st = state.lock();
                     remerged += files.len() as u64;
                     remerge_chunk(&mut st, id, files, &mut seen);
-                    st.flush()
+                    state.flush(&mut st)
                 };
                 // Waiting for the store here paces the slave's remerge to
                 // what the store can take (the lock is not held).
@@ -281,9 +282,9 @@ async fn read_loop(
                     let mut dropped = 0;
                     loop {
                         let (n, next, durable) = {
-                            let mut st = lock(state);
+                            let mut st = state.lock();
                             let (n, next) = remerge_sweep(&mut st, id, &seen, cursor.as_ref());
-                            (n, next, st.flush())
+                            (n, next, state.flush(&mut st))
                         };
                         dropped += n;
                         if let Some(d) = durable {
@@ -299,14 +300,14 @@ async fn read_loop(
                     }
                     seen.clear();
                     let durable = {
-                        let mut st = lock(state);
+                        let mut st = state.lock();
                         if let Some(upto) = ops_upto.take() {
                             st.slaves.ops_applied(id, upto);
                         }
                         if let Some(info) = st.slaves.get_mut(id) {
                             info.state = SlaveState::Online;
                         }
-                        st.flush()
+                        state.flush(&mut st)
                     };
                     if let Some(d) = durable {
                         let _ = d.wait().await;
@@ -316,7 +317,7 @@ async fn read_loop(
                 }
             }
             SlaveMsg::Listeners { ready } => {
-                let mut st = lock(state);
+                let mut st = state.lock();
                 let (own, foreign): (Vec<_>, Vec<_>) = ready
                     .into_iter()
                     .partition(|(_, a)| st.slaves.is_own_address(id, *a));
@@ -333,7 +334,7 @@ async fn read_loop(
                 }
             }
             SlaveMsg::Status { free, transfers: _ } => {
-                let mut st = lock(state);
+                let mut st = state.lock();
                 if let Some(info) = st.slaves.get_mut(id) {
                     info.free = free;
                 }

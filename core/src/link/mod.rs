@@ -1,0 +1,287 @@
+//! The master<->slave link: versioned serde messages in length-prefixed
+//! frames over one TCP connection per slave, a mutual HMAC-SHA256
+//! challenge-response handshake, and heartbeats both ways.
+//!
+//! Handshake: slave `Hello{nonce_s}`, master `Challenge{nonce_m}`, slave
+//! `Auth{mac}` (proving the key first, so a wrong key is refused and logged
+//! by the master), master `Welcome{proof}` or `Refused`; the slave checks
+//! the master's proof before it trusts any order.
+//!
+//! Frame: 4-byte big-endian payload length, then a postcard-encoded
+//! [`SlaveMsg`] or [`MasterMsg`]. A frame longer than [`MAX_FRAME`] or one
+//! that does not decode closes that link with a logged error; it never takes
+//! the master (or the slave) down.
+//!
+//! This module is the pure part (messages, frame encoding and decoding);
+//! the `dftpd` crate's `link` module reads and writes frames on streams.
+
+pub mod auth;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::proto::VPath;
+
+/// The cluster's TLS session-ticket key: an id (carried in clear in each
+/// ticket, so a server can tell "not my key" from "forged") and a 32-byte
+/// secret. It travels only in [`MasterMsg::Welcome`] over a TLS link.
+/// `Debug` shows the id only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketKey {
+    id: u32,
+    secret: [u8; 32],
+}
+
+impl TicketKey {
+    pub fn new(id: u32, secret: [u8; 32]) -> TicketKey {
+        TicketKey { id, secret }
+    }
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    pub fn secret(&self) -> &[u8; 32] {
+        &self.secret
+    }
+}
+
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketKey")
+            .field("id", &format_args!("{:08x}", self.id))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bumped on any incompatible change to the messages below.
+/// 2: FTPS (`Hello::data_tls`, `Welcome::ticket_key`, `Transfer::tls`).
+pub const PROTOCOL_VERSION: u32 = 3;
+/// Largest frame either side accepts. A remerge is sent in chunks well
+/// below this.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Files per remerge frame.
+pub const REMERGE_CHUNK: usize = 2000;
+
+pub type Nonce = [u8; 32];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("link closed")]
+    Closed,
+    #[error("link i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("undecodable frame: {0}")]
+    Decode(String),
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error("link silent: {0}")]
+    Silent(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// A file as a slave has it on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteFile {
+    pub path: VPath,
+    pub size: u64,
+    pub mtime: i64,
+}
+
+/// Metadata changes the master applies to a slave's disk. Sent at once to an
+/// online holder; queued for an offline one and sent in [`MasterMsg::Welcome`]
+/// when it rejoins, before it lists its files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileOp {
+    Delete { path: VPath },
+    Rename { from: VPath, to: VPath },
+    RemoveDir { path: VPath },
+}
+
+/// How the data connection of a transfer is made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataConn {
+    /// Use the listener opened by the earlier `Listen` of the same transfer.
+    Passive,
+    /// Connect out to the client (PORT/EPRT).
+    Active(SocketAddr),
+}
+
+/// A data connection protected by TLS (`PROT P`, RFC 4217 §9). The slave is
+/// the TLS server whether it listened (PASV) or dialled out (PORT): the FTP
+/// client is always the TLS client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataTls {
+    /// The control session's token (random, per control connection). The
+    /// master tags the sessions of the control connection with it, so a
+    /// TLS 1.3 data connection that resumes one carries it back: the slave
+    /// accepts it only if it matches (someone else's ticket is refused),
+    /// and tags its own tickets with it.
+    pub session_token: Vec<u8>,
+    /// FXP (SSCN ON, CPSV): this slave is the TLS *client* on the data
+    /// connection, whose peer is another FTP server acting as TLS server.
+    pub client: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferOrder {
+    /// Send `path` from byte `offset` (REST).
+    Send { path: VPath, offset: u64 },
+    /// Receive into `path`. `offset`: `None` writes a new file through a
+    /// temporary name; `Some(n)` writes into the existing file from byte `n`
+    /// (REST+STOR), `Some(u64::MAX)` appends (APPE).
+    Receive { path: VPath, offset: Option<u64> },
+}
+
+pub const APPEND: u64 = u64::MAX;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Open a passive listener for transfer `xfer`; accept only a connection
+    /// from `accept_from` (the client's control IP) when set.
+    Listen {
+        xfer: u64,
+        accept_from: Option<IpAddr>,
+    },
+    Transfer {
+        xfer: u64,
+        order: TransferOrder,
+        data: DataConn,
+        /// `Some`: TLS on the data connection.
+        tls: Option<DataTls>,
+    },
+    /// Second phase of an upload: the client's control connection is still
+    /// there, make the received file visible under its name.
+    Commit { xfer: u64 },
+}
+
+/// Why a transfer failed, as the slave saw it. Each maps to one FTP reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferFailure {
+    /// The client never connected (or another host tried to): 425.
+    NoDataConnection(String),
+    /// Not on this slave's disk: 550.
+    FileNotFound,
+    /// Disk error or full: 451/452.
+    Storage(String),
+    /// The data connection broke: 426.
+    Network(String),
+    /// Cancelled by the master (ABOR, or the client left): 426.
+    Aborted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Listening {
+        addr: SocketAddr,
+    },
+    /// A `Send` finished: `bytes` went out.
+    Sent {
+        bytes: u64,
+    },
+    /// A `Receive` has all bytes, synced under a temporary name; waiting for
+    /// `Commit` (or `Abort`).
+    Received {
+        bytes: u64,
+        size: u64,
+        crc32: u32,
+    },
+    Committed {
+        size: u64,
+        mtime: i64,
+    },
+    Failed(TransferFailure),
+}
+
+/// Slave -> master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlaveMsg {
+    Hello {
+        version: u32,
+        name: String,
+        nonce: Nonce,
+        /// The address this slave announces for passive transfers.
+        data_ip: IpAddr,
+        /// This slave has a certificate for `PROT P` data connections.
+        data_tls: bool,
+    },
+    Auth {
+        mac: Vec<u8>,
+    },
+    /// Part of the file list; `last` ends the remerge.
+    Remerge {
+        files: Vec<RemoteFile>,
+        last: bool,
+    },
+    /// Passive listeners opened ahead (token, address): the master hands
+    /// one out on PASV without a round trip and claims it with
+    /// [`MasterMsg::Claim`].
+    Listeners {
+        ready: Vec<(u64, SocketAddr)>,
+    },
+    /// Heartbeat with load figures.
+    Status {
+        free: u64,
+        transfers: u32,
+    },
+    Reply {
+        rid: u64,
+        response: Response,
+    },
+}
+
+/// Master -> slave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MasterMsg {
+    Challenge {
+        nonce: Nonce,
+    },
+    /// The slave proved the key; `proof` is the master's own proof, and
+    /// `pending` the changes made while the slave was away.
+    Welcome {
+        proof: Vec<u8>,
+        pending: Vec<FileOp>,
+        /// The cluster's session-ticket key, so the slave's data
+        /// connections resume sessions made with the master. Sent only
+        /// over a TLS link (`link_tls`): never in clear.
+        ticket_key: Option<TicketKey>,
+    },
+    Refused {
+        reason: String,
+    },
+    Request {
+        rid: u64,
+        request: Request,
+    },
+    /// Cancel transfer `xfer` (or release its unused listener). No reply of
+    /// its own: a running transfer answers its request with `Aborted`.
+    Abort {
+        xfer: u64,
+    },
+    Ops(Vec<FileOp>),
+    /// Pre-opened listener `token` now serves transfer `xfer` and accepts
+    /// only `accept_from`. Pipelined: no reply; the transfer order follows.
+    Claim {
+        token: u64,
+        xfer: u64,
+        accept_from: Option<IpAddr>,
+    },
+    Heartbeat,
+}
+
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, LinkError> {
+    let buf = vec![0u8; 4];
+    let payload = postcard::to_extend(msg, buf).map_err(|e| LinkError::Decode(e.to_string()))?;
+    let len = payload.len() - 4;
+    if len > MAX_FRAME {
+        return Err(LinkError::TooLarge(len));
+    }
+    let mut payload = payload;
+    payload[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(payload)
+}
+
+pub fn decode_payload<T: DeserializeOwned>(buf: &[u8]) -> Result<T, LinkError> {
+    postcard::from_bytes(buf).map_err(|e| LinkError::Decode(e.to_string()))
+}
