@@ -1,0 +1,468 @@
+//! One FTP control session as a state machine (sans-IO): each command goes
+//! in with the shared [`MasterState`], a decision comes out as an [`Action`]
+//! — a reply, or work for the driver (open a passive endpoint, run a
+//! transfer on a slave, send a listing). The driver reports results back
+//! through [`Session::passive_opened`] and [`Session::transfer_done`].
+//!
+//! [`Session::handle`] only dispatches; each concern has its file:
+//! `login` (USER, PASS), `basics` (FEAT, OPTS, TYPE, REST...), `namespace`
+//! (CWD, MKD, RMD, DELE, RNFR/RNTO, SIZE, MDTM, MFMT, XCRC), `planning`
+//! (PRET, PASV, EPSV, PORT, EPRT, slave choice), `transfers` (RETR, STOR,
+//! APPE, STOU and their outcome), `listings` (LIST, NLST, MLSD, MLST, STAT),
+//! `site` (SITE commands), `ftps` (AUTH, PBSZ, PROT, CCC, SSCN, CPSV).
+//!
+//! Implements RFC 959 §4 and §5.4 replies, RFC 2428 (EPSV/EPRT), RFC 3659
+//! (SIZE, MDTM, REST, MLST/MLSD), RFC 2389 (FEAT/OPTS) and DrFTPD's PRET:
+//! `PRET <verb> <arg>` plans the transfer so the next PASV can name the
+//! slave that will serve it.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::db::{DbError, SlaveId};
+use super::users::{self, Perm};
+use super::MasterState;
+use crate::link::{TransferFailure, TransferOrder};
+use crate::proto::{Command, EpsvArg, ListArgs, PathError, Reply, TransferType, VPath};
+
+/// Where a data connection ends on the server side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Master,
+    Slave(SlaveId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanVerb {
+    Retr,
+    Stor,
+    Appe,
+    Stou,
+    List,
+    Nlst,
+    Mlsd,
+}
+
+impl PlanVerb {
+    fn as_str(self) -> &'static str {
+        match self {
+            PlanVerb::Retr => "RETR",
+            PlanVerb::Stor => "STOR",
+            PlanVerb::Appe => "APPE",
+            PlanVerb::Stou => "STOU",
+            PlanVerb::List => "LIST",
+            PlanVerb::Nlst => "NLST",
+            PlanVerb::Mlsd => "MLSD",
+        }
+    }
+}
+
+/// What a PRET announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub verb: PlanVerb,
+    pub path: Option<VPath>,
+    pub target: Target,
+}
+
+/// The data connection set up by PASV/EPSV/PORT/EPRT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSetup {
+    None,
+    /// A listener is open on `target` for transfer `xfer`.
+    Passive {
+        target: Target,
+        xfer: u64,
+        addr: SocketAddr,
+    },
+    Active(SocketAddr),
+}
+
+/// How a slave transfer's data connection is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The client connects to the slave's listener opened for `xfer`.
+    SlavePassive,
+    /// The slave connects to the client.
+    Active(SocketAddr),
+    /// The client is on the master's listener; the master relays bytes to a
+    /// listener it asks the slave for.
+    Relay,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferJob {
+    pub slave: SlaveId,
+    pub slave_name: String,
+    pub xfer: u64,
+    pub order: TransferOrder,
+    pub route: Route,
+    /// The 150 reply.
+    pub opening: Reply,
+    /// For uploads: where the file is recorded on success.
+    pub upload_path: Option<VPath>,
+}
+
+impl TransferJob {
+    pub fn is_upload(&self) -> bool {
+        matches!(self.order, TransferOrder::Receive { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListingJob {
+    pub bytes: Vec<u8>,
+    pub opening: Reply,
+    /// `None`: the client is on the master's passive listener.
+    pub active: Option<SocketAddr>,
+}
+
+/// A password to verify off the state lock (argon2 takes tens of ms).
+#[derive(Clone, PartialEq, Eq)]
+pub struct LoginCheck {
+    pub user: String,
+    pub password: String,
+    /// The user's hash, or the dummy one for an unknown user.
+    pub hash: String,
+}
+
+impl std::fmt::Debug for LoginCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LoginCheck {{ user: {:?}, password: <redacted> }}",
+            self.user
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Reply(Reply),
+    /// Verify the password (`users::verify_password`), then call
+    /// [`Session::login_result`].
+    CheckPassword(Box<LoginCheck>),
+    /// Send the reply, then close the connection.
+    Close(Reply),
+    /// Release the current data endpoint, then send the reply.
+    ResetData(Reply),
+    /// Release the current data endpoint, open a passive one on `target`,
+    /// then call [`Session::passive_opened`].
+    OpenPassive {
+        target: Target,
+        xfer: u64,
+        epsv: bool,
+    },
+    /// Release the current data endpoint (the client chose active mode).
+    SetActive(Reply),
+    Transfer(Box<TransferJob>),
+    Listing(Box<ListingJob>),
+    /// `AUTH TLS` accepted: send the reply (234), then run the TLS
+    /// handshake on the control connection, dropping any bytes the client
+    /// sent past the AUTH line in clear. Release the data endpoint.
+    StartTls(Reply),
+}
+
+/// How a slave transfer ended, as the driver saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferOutcome {
+    Sent {
+        bytes: u64,
+    },
+    Committed {
+        size: u64,
+        mtime: i64,
+        crc32: u32,
+    },
+    Failed(TransferFailure),
+    /// The slave's link went down before the transfer finished.
+    SlaveLost,
+    /// The client connected to `used` (the master) instead of the
+    /// `announced` slave address: it ignores the address in 227 replies.
+    IgnoredPasvAddress {
+        announced: SocketAddr,
+        used: SocketAddr,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Login {
+    NeedUser,
+    NeedPass(String),
+    LoggedIn { user: String, admin: bool },
+}
+
+pub struct Session {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    login: Login,
+    pub cwd: VPath,
+    ttype: TransferType,
+    rest: u64,
+    rnfr: Option<VPath>,
+    plan: Option<Plan>,
+    pub data: DataSetup,
+    epsv_all: bool,
+    /// The user's home: nothing outside it can be named.
+    home: VPath,
+    /// FTPS state (RFC 4217): AUTH, PBSZ, PROT.
+    pub tls: TlsState,
+}
+
+const FEATURES: &[&str] = &[
+    "EPRT",
+    "EPSV",
+    "HASH CRC32*",
+    "MDTM",
+    "MFMT",
+    "MLST type*;size*;modify*;perm*;unix.owner*;unix.group*;",
+    "PRET",
+    "REST STREAM",
+    "SIZE",
+    "TVFS",
+    "UTF8",
+    "XCRC",
+];
+
+fn r(code: u16, text: impl Into<String>) -> Action {
+    Action::Reply(Reply::new(code, text))
+}
+
+fn db_reply(e: DbError) -> Action {
+    r(e.code(), e.to_string())
+}
+
+/// A database error about `path`, naming it.
+fn path_reply(path: &VPath, e: DbError) -> Action {
+    r(e.code(), format!("{path}: {e}"))
+}
+
+mod basics;
+mod ftps;
+mod listings;
+mod login;
+mod namespace;
+mod planning;
+mod site;
+#[cfg(test)]
+mod tests;
+mod transfers;
+
+pub use ftps::{TlsRequirement, TlsState};
+pub use transfers::failure_reply;
+
+impl Session {
+    pub fn new(id: u64, peer: SocketAddr, local: SocketAddr) -> Session {
+        Session {
+            id,
+            peer,
+            local,
+            login: Login::NeedUser,
+            cwd: VPath::root(),
+            ttype: TransferType::Image,
+            rest: 0,
+            rnfr: None,
+            plan: None,
+            data: DataSetup::None,
+            epsv_all: false,
+            home: VPath::root(),
+            tls: TlsState::default(),
+        }
+    }
+
+    pub fn greeting() -> Reply {
+        Reply::new(220, "dftpd ready")
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        match &self.login {
+            Login::LoggedIn { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+
+    /// The current PRET plan, if any (the session recorder notes where it
+    /// routed the transfer).
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
+    }
+
+    fn owner(&self) -> String {
+        self.user().unwrap_or("ftp").to_string()
+    }
+
+    /// The absolute path `arg` names from the current directory; refused
+    /// (550) when it is outside the user's home.
+    fn resolve(&self, arg: &str) -> Result<VPath, Action> {
+        let p = VPath::resolve(&self.cwd, arg).map_err(|e| match e {
+            PathError::Reserved => r(550, format!("{arg}: permission denied ({e})")),
+            e => r(553, format!("{arg}: {e}")),
+        })?;
+        if !self.home.is_root() && p != self.home && !p.starts_with(&self.home) {
+            return Err(r(
+                550,
+                format!(
+                    "{p}: permission denied (outside your home directory {})",
+                    self.home
+                ),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// Checks the site's permission rules for the logged-in user.
+    fn permit(&self, st: &MasterState, action: Perm, path: &VPath) -> Result<(), Action> {
+        let Some(user) = self.user().and_then(|u| st.users.get(u)) else {
+            return Err(r(530, "Not logged in"));
+        };
+        if users::allows(&st.config.permissions, user, action, path) {
+            Ok(())
+        } else {
+            Err(r(
+                550,
+                format!(
+                    "{path}: permission denied (you may not {} here)",
+                    action.as_str()
+                ),
+            ))
+        }
+    }
+
+    fn is_admin(&self, st: &MasterState) -> bool {
+        self.user()
+            .and_then(|u| st.users.get(u))
+            .is_some_and(|u| u.admin)
+    }
+
+    /// Drops any PRET plan, releasing its reservation on the slave.
+    fn clear_plan(&mut self, st: &mut MasterState) {
+        if let Some(Plan {
+            target: Target::Slave(s),
+            ..
+        }) = self.plan.take()
+        {
+            if let Some(info) = st.slaves.get_mut(s) {
+                info.reserved = info.reserved.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The session ends: release what it holds.
+    pub fn close(&mut self, st: &mut MasterState) {
+        self.clear_plan(st);
+        if let Login::LoggedIn { user, .. } = &self.login {
+            st.limits.logout(user);
+        }
+        self.data = DataSetup::None;
+        st.sessions.remove(&self.id);
+    }
+
+    fn set_doing(&self, st: &mut MasterState, doing: Option<String>) {
+        if let Some(info) = st.sessions.get_mut(&self.id) {
+            info.doing = doing;
+            info.cwd = self.cwd.to_string();
+            info.user = self.user().map(str::to_string);
+        }
+    }
+
+    pub fn handle(&mut self, cmd: Command, st: &mut MasterState) -> Action {
+        if cmd.needs_login() && self.user().is_none() {
+            return r(530, "Please login with USER and PASS");
+        }
+        if let Some(refused) = self.tls_gate(&cmd, st) {
+            return refused;
+        }
+        let action = self.dispatch(cmd, st);
+        self.set_doing(st, None);
+        action
+    }
+
+    fn dispatch(&mut self, cmd: Command, st: &mut MasterState) -> Action {
+        match cmd {
+            Command::User(name) => self.user_cmd(name, st),
+            Command::Pass(pass) => self.pass(pass, st),
+            Command::Quit => Action::Close(Reply::new(221, "Goodbye")),
+            Command::Syst => r(215, "UNIX Type: L8"),
+            Command::Noop => r(200, "NOOP ok"),
+            Command::Feat => self.feat(st),
+            Command::Opts(arg) => self.opts(&arg),
+            Command::Help(_) => self.help(),
+            Command::Stat(None) => self.status(st),
+            Command::Stat(Some(arg)) => self.stat_path(&arg, st),
+            Command::Type(t) => self.set_type(t),
+            Command::Mode => r(200, "Mode set to S"),
+            Command::Stru => r(200, "Structure set to F"),
+            Command::Allo => r(202, "No storage allocation necessary"),
+            Command::Pwd => self.pwd(),
+            Command::Cwd(arg) => self.cwd(&arg, st),
+            Command::Cdup => self.cwd("..", st),
+            Command::Rest(n) => self.rest(n),
+            Command::Xcrc(arg) => self.checksum(&arg, false, st),
+            Command::Hash(arg) => self.checksum(&arg, true, st),
+            Command::Size(arg) => self.size(&arg, st),
+            Command::Mdtm(arg) => self.mdtm(&arg, st),
+            Command::Mfmt { time, path } => self.mfmt(&time, &path, st),
+            Command::Mkd(arg) => self.mkd(&arg, st),
+            Command::Rmd(arg) => self.rmd(&arg, st),
+            Command::Dele(arg) => self.dele(&arg, st),
+            Command::Rnfr(arg) => self.rnfr(&arg, st),
+            Command::Rnto(arg) => self.rnto(&arg, st),
+            Command::Site { verb, args } => self.site(&verb, &args, st),
+            Command::Pret(inner) => self.pret(*inner, st),
+            Command::Pasv => {
+                self.tls.cpsv = false;
+                self.pasv(false, st)
+            }
+            Command::Epsv(EpsvArg::All) => {
+                self.epsv_all = true;
+                r(
+                    200,
+                    "EPSV ALL ok: PORT, EPRT and PASV are refused from now on",
+                )
+            }
+            Command::Epsv(EpsvArg::Proto(p)) if (p == 1) != self.local.is_ipv4() => {
+                r(522, "Network protocol not supported, use (1,2)")
+            }
+            Command::Epsv(_) => {
+                self.tls.cpsv = false;
+                self.pasv(true, st)
+            }
+            Command::Port(a) => {
+                self.tls.cpsv = false;
+                self.port(SocketAddr::V4(a), st)
+            }
+            Command::Eprt(a) => {
+                self.tls.cpsv = false;
+                self.port(a, st)
+            }
+            Command::Abor => self.abor(),
+            Command::Retr(arg) => self.retr(&arg, st),
+            Command::Stor(arg) => self.stor(PlanVerb::Stor, Some(&arg), st),
+            Command::Appe(arg) => self.stor(PlanVerb::Appe, Some(&arg), st),
+            Command::Stou(arg) => self.stor(PlanVerb::Stou, arg.as_deref(), st),
+            Command::List(args) => self.listing(PlanVerb::List, args, st),
+            Command::Nlst(args) => self.listing(PlanVerb::Nlst, args, st),
+            Command::Mlsd(path) => self.listing(
+                PlanVerb::Mlsd,
+                ListArgs {
+                    path,
+                    options: String::new(),
+                },
+                st,
+            ),
+            Command::Mlst(arg) => self.mlst(arg.as_deref(), st),
+            Command::Auth(mechanism) => self.auth(&mechanism, st),
+            Command::Pbsz(size) => self.pbsz(&size),
+            Command::Prot(level) => self.prot(&level),
+            Command::Ccc => self.ccc(),
+            // FXP (server-to-server) under TLS, as DrFTPD: one of the two
+            // servers must be the TLS client of the data connection.
+            Command::Sscn(arg) => self.sscn(arg.as_deref(), st),
+            Command::Cpsv => self.cpsv(st),
+        }
+    }
+
+    pub fn peer_ip(&self) -> IpAddr {
+        self.peer.ip()
+    }
+}

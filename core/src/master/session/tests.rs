@@ -1,0 +1,808 @@
+//! Unit tests of the session state machine: commands in, actions out,
+//! no sockets.
+
+use super::*;
+use crate::config::{MasterConfig, PasvWithoutPret, UserConfig};
+use crate::link::FileOp;
+use crate::master::db::{FileMeta, Holders};
+use crate::master::registry::SlaveState;
+use crate::master::users;
+use std::sync::Arc;
+
+const LOCAL: &str = "127.0.0.1:21";
+const PEER: &str = "127.0.0.1:40000";
+
+fn p(s: &str) -> VPath {
+    VPath::parse_absolute(s).unwrap()
+}
+
+/// A master with slaves s1 (127.0.0.11, online), s2 (127.0.0.12,
+/// online) and s3 (offline); /a on s1, /both on s1+s2, /gone on s3.
+fn state(mode: PasvWithoutPret) -> MasterState {
+    let cfg = MasterConfig {
+        users: vec![UserConfig {
+            name: "u".into(),
+            password: "p".into(),
+            home: "/".into(),
+            admin: false,
+            ..Default::default()
+        }],
+        pasv_without_pret: mode,
+        password_cost: users::PasswordCost::FAST,
+        ..MasterConfig::default()
+    };
+    let mut st = MasterState::new(Arc::new(cfg));
+    for (name, ip, free, online) in [
+        ("s1", 11, 100, true),
+        ("s2", 12, 500, true),
+        ("s3", 13, 900, false),
+    ] {
+        let id = st.slaves.id_for(name);
+        let info = st.slaves.get_mut(id).unwrap();
+        info.data_ip = Some(format!("127.0.0.{ip}").parse().unwrap());
+        info.free = free;
+        if online {
+            info.state = SlaveState::Online;
+        }
+    }
+    let meta = |size, holders: &[SlaveId]| FileMeta {
+        size,
+        mtime: 0,
+        owner: 0,
+        group: 0,
+        crc32: None,
+        holders: Holders::from_slice(holders),
+    };
+    st.db.put_file(&p("/a"), meta(3, &[0])).unwrap();
+    st.db.put_file(&p("/b"), meta(5, &[0])).unwrap();
+    st.db.put_file(&p("/both"), meta(4, &[0, 1])).unwrap();
+    st.db.put_file(&p("/gone"), meta(4, &[2])).unwrap();
+    st
+}
+
+fn session(st: &mut MasterState) -> Session {
+    let mut s = Session::new(1, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+    assert_eq!(
+        text(s.handle(cmd("USER u"), st)),
+        "331 Password required for u"
+    );
+    assert_eq!(pass(&mut s, st, "p").0, "230 User u logged in");
+    s
+}
+
+/// PASS as the driver runs it: verify, then `login_result`.
+fn pass(s: &mut Session, st: &mut MasterState, pw: &str) -> (String, std::time::Duration) {
+    match s.handle(cmd(&format!("PASS {pw}")), st) {
+        Action::CheckPassword(check) => {
+            let ok = users::verify_password(&check.hash, &check.password);
+            let now = 0;
+            let (a, delay) = s.login_result(st, &check, ok, now);
+            (text(a), delay)
+        }
+        other => (text(other), std::time::Duration::ZERO),
+    }
+}
+
+fn cmd(line: &str) -> Command {
+    Command::parse(line).unwrap()
+}
+
+fn text(a: Action) -> String {
+    match a {
+        Action::Reply(r) | Action::ResetData(r) | Action::SetActive(r) | Action::Close(r) => {
+            r.to_string()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// PASV/EPSV through the driver's part: returns the reply.
+fn passive(s: &mut Session, st: &mut MasterState, line: &str) -> String {
+    match s.handle(cmd(line), st) {
+        Action::OpenPassive { target, xfer, epsv } => {
+            let ip = match target {
+                Target::Slave(id) => st.slaves.get(id).unwrap().data_ip.unwrap(),
+                Target::Master => "127.0.0.1".parse().unwrap(),
+            };
+            s.passive_opened(st, target, xfer, epsv, Ok(SocketAddr::new(ip, 50001)))
+                .to_string()
+        }
+        other => text(other),
+    }
+}
+
+#[test]
+fn login_rules() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = Session::new(1, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+    assert!(text(s.handle(cmd("PASS p"), &mut st)).starts_with("503"));
+    assert!(text(s.handle(cmd("LIST"), &mut st)).starts_with("530"));
+    // Unknown and known users get the same 331.
+    assert!(text(s.handle(cmd("USER nobody"), &mut st)).starts_with("331"));
+    // An unknown user and a wrong password: the same reply, the same
+    // delay, and one verification each (against the dummy hash).
+    let unknown = pass(&mut s, &mut st, "p");
+    assert_eq!(unknown.0, "530 Login incorrect");
+    assert!(text(s.handle(cmd("USER u"), &mut st)).starts_with("331"));
+    let wrong = pass(&mut s, &mut st, "nope");
+    assert_eq!(wrong, unknown);
+    assert_eq!(wrong.1, std::time::Duration::from_secs(1));
+    assert!(text(s.handle(cmd("USER u"), &mut st)).starts_with("331"));
+    let Action::CheckPassword(check) = s.handle(cmd("PASS p"), &mut st) else {
+        panic!("PASS must ask for a verification");
+    };
+    assert!(format!("{check:?}").contains("<redacted>"));
+    assert!(!format!("{check:?}").contains("\"p\""));
+    let now = 0;
+    let (a, d) = s.login_result(&mut st, &check, true, now);
+    assert!(text(a).starts_with("230") && d.is_zero());
+    assert!(text(s.handle(cmd("FEAT"), &mut st)).contains("\n PRET\r\n"));
+}
+
+#[test]
+fn pret_retr_pasv_retr_runs_on_the_holder() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    assert_eq!(
+        text(s.handle(cmd("PRET RETR a"), &mut st)),
+        "200 OK, planning for upcoming download"
+    );
+    assert_eq!(st.slaves.get(0).unwrap().reserved, 1);
+    assert_eq!(
+        passive(&mut s, &mut st, "PASV"),
+        "227 Entering Passive Mode (127,0,0,11,195,81) on slave s1"
+    );
+    let Action::Transfer(job) = s.handle(cmd("RETR a"), &mut st) else {
+        panic!()
+    };
+    assert_eq!((job.slave, &job.route), (0, &Route::SlavePassive));
+    assert_eq!(
+        job.order,
+        TransferOrder::Send {
+            path: p("/a"),
+            offset: 0
+        }
+    );
+    assert_eq!(
+        (
+            st.slaves.get(0).unwrap().reserved,
+            st.slaves.get(0).unwrap().active
+        ),
+        (0, 1)
+    );
+    let done = s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 3 });
+    assert!(done.to_string().starts_with("226"));
+    assert_eq!(st.slaves.get(0).unwrap().active, 0);
+    // The passive endpoint was used up.
+    assert!(text(s.handle(cmd("RETR a"), &mut st)).starts_with("503"));
+}
+
+#[test]
+fn epsv_after_pret_is_refused_and_the_plan_kept() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    s.handle(cmd("PRET RETR a"), &mut st);
+    let r = passive(&mut s, &mut st, "EPSV");
+    assert!(r.starts_with("502 ") && r.contains("use PASV"), "{r}");
+    assert!(passive(&mut s, &mut st, "PASV").contains("(127,0,0,11,"));
+}
+
+#[test]
+fn mismatch_missing_and_offline() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    s.handle(cmd("PRET RETR a"), &mut st);
+    passive(&mut s, &mut st, "PASV");
+    let r = text(s.handle(cmd("RETR b"), &mut st));
+    assert_eq!(
+        r,
+        "503 RETR /b does not match PRET RETR /a; send PRET again"
+    );
+    assert_eq!(
+        st.slaves.get(0).unwrap().reserved,
+        0,
+        "reservation released"
+    );
+    assert_eq!(
+        text(s.handle(cmd("PRET RETR nope"), &mut st)),
+        "550 /nope: No such file or directory"
+    );
+    assert!(text(s.handle(cmd("PRET RETR gone"), &mut st)).contains("temporarily unavailable"));
+    assert_eq!(Command::parse("PRET SIZE a").unwrap_err().code(), 504);
+    assert!(
+        text(s.handle(cmd("RETR a"), &mut st)).starts_with("503"),
+        "no PASV yet"
+    );
+}
+
+#[test]
+fn listings_without_pret_work_but_files_need_pret() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    assert!(passive(&mut s, &mut st, "PASV").contains("(127,0,0,1,"));
+    let Action::Listing(job) = s.handle(cmd("LIST"), &mut st) else {
+        panic!()
+    };
+    let listing = String::from_utf8(job.bytes).unwrap();
+    assert_eq!(listing.lines().count(), 4);
+    assert!(listing.contains(" both\r\n"));
+    passive(&mut s, &mut st, "PASV");
+    let r = text(s.handle(cmd("RETR a"), &mut st));
+    assert!(r.starts_with("503 RETR over PASV needs PRET"), "{r}");
+    // Active mode needs no PRET: the slave connects out.
+    assert_eq!(
+        text(s.handle(cmd("PORT 127,0,0,1,200,10"), &mut st)),
+        "200 PORT command successful"
+    );
+    let Action::Transfer(job) = s.handle(cmd("RETR a"), &mut st) else {
+        panic!()
+    };
+    assert_eq!(job.route, Route::Active("127.0.0.1:51210".parse().unwrap()));
+}
+
+#[test]
+fn refuse_and_relay_modes() {
+    let mut st = state(PasvWithoutPret::Refuse);
+    let mut s = session(&mut st);
+    assert_eq!(
+        text(s.handle(cmd("PASV"), &mut st)),
+        "500 You need to use a client supporting PRET (PRE Transfer) to use PASV"
+    );
+    let mut st = state(PasvWithoutPret::Relay);
+    let mut s = session(&mut st);
+    passive(&mut s, &mut st, "PASV");
+    let Action::Transfer(job) = s.handle(cmd("RETR both"), &mut st) else {
+        panic!()
+    };
+    assert_eq!(job.route, Route::Relay);
+    let done = s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 4 });
+    assert!(done.to_string().starts_with("226"));
+    assert_eq!(st.slaves.get(job.slave).unwrap().relayed_bytes, 4);
+}
+
+#[test]
+fn uploads_go_to_the_roomiest_slave_and_are_recorded_on_commit() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    assert!(
+        text(s.handle(cmd("PRET STOR a"), &mut st)).starts_with("553"),
+        "no overwrite"
+    );
+    assert_eq!(
+        text(s.handle(cmd("PRET STOR new"), &mut st)),
+        "200 OK, planning for upcoming upload"
+    );
+    assert!(
+        passive(&mut s, &mut st, "PASV").contains("(127,0,0,12,"),
+        "s2 has the most free space"
+    );
+    let Action::Transfer(job) = s.handle(cmd("STOR new"), &mut st) else {
+        panic!()
+    };
+    assert!(
+        st.db.get(&p("/new")).is_none(),
+        "nothing listed before commit"
+    );
+    let failed = s.transfer_done(
+        &mut st,
+        &job,
+        TransferOutcome::Failed(TransferFailure::Network("reset".into())),
+    );
+    assert!(failed.to_string().starts_with("426"));
+    assert!(
+        st.db.get(&p("/new")).is_none(),
+        "a failed upload is never recorded"
+    );
+    s.handle(cmd("PRET STOR new"), &mut st);
+    passive(&mut s, &mut st, "PASV");
+    let Action::Transfer(job) = s.handle(cmd("STOR new"), &mut st) else {
+        panic!()
+    };
+    let done = s.transfer_done(
+        &mut st,
+        &job,
+        TransferOutcome::Committed {
+            size: 9,
+            mtime: 5,
+            crc32: 1,
+        },
+    );
+    assert!(done.to_string().starts_with("226"));
+    let f = st.db.file(&p("/new")).unwrap();
+    assert_eq!((f.size, f.holders.to_vec(), f.crc32), (9, vec![1], Some(1)));
+}
+
+#[test]
+fn changes_reach_offline_holders_later() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    assert!(text(s.handle(cmd("RNFR gone"), &mut st)).starts_with("350"));
+    assert!(text(s.handle(cmd("RNTO moved"), &mut st)).starts_with("250"));
+    assert!(text(s.handle(cmd("DELE moved"), &mut st)).starts_with("250"));
+    assert_eq!(
+        st.slaves.get(2).unwrap().pending_ops,
+        vec![
+            (
+                1,
+                FileOp::Rename {
+                    from: p("/gone"),
+                    to: p("/moved")
+                }
+            ),
+            (2, FileOp::Delete { path: p("/moved") }),
+        ]
+    );
+}
+
+#[test]
+fn bounce_order_and_abort() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    assert!(text(s.handle(cmd("PORT 10,1,2,3,200,10"), &mut st)).starts_with("504"));
+    assert!(text(s.handle(cmd("PORT 127,0,0,1,0,21"), &mut st)).starts_with("504"));
+    assert!(text(s.handle(cmd("EPRT |1|127.0.0.1|50000|"), &mut st)).starts_with("200"));
+    assert!(text(s.handle(cmd("RNTO x"), &mut st)).starts_with("503"));
+    assert!(text(s.handle(cmd("ABOR"), &mut st)).starts_with("225"));
+    assert!(text(s.handle(cmd("EPSV ALL"), &mut st)).starts_with("200"));
+    assert!(text(s.handle(cmd("PASV"), &mut st)).starts_with("503"));
+    assert!(text(s.handle(cmd("REST 2"), &mut st)).starts_with("350"));
+    assert!(text(s.handle(cmd("QUIT"), &mut st)).starts_with("221"));
+}
+#[test]
+fn xcrc_and_hash_report_the_recorded_checksum() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    let mut m = st.db.file(&p("/a")).unwrap().clone();
+    m.crc32 = Some(0x0a1b2c3d);
+    st.db.put_file(&p("/c"), m).unwrap();
+    assert_eq!(
+        text(s.handle(cmd("XCRC /c"), &mut st)),
+        "250 XCRC Successful. 0A1B2C3D"
+    );
+    assert_eq!(
+        text(s.handle(cmd("HASH c"), &mut st)),
+        "213 CRC32 0-3 0a1b2c3d /c"
+    );
+    assert!(text(s.handle(cmd("XCRC /a"), &mut st)).starts_with("550 /a: no checksum"));
+    assert!(text(s.handle(cmd("HASH /nope"), &mut st)).starts_with("550"));
+    assert!(text(s.handle(cmd("OPTS HASH SHA-256"), &mut st)).starts_with("504"));
+    assert_eq!(text(s.handle(cmd("OPTS HASH"), &mut st)), "200 CRC32");
+    assert!(text(s.handle(cmd("FEAT"), &mut st)).contains(" HASH CRC32*"));
+}
+fn state_with(users: Vec<UserConfig>, perms: &str) -> MasterState {
+    let permissions: Vec<users::PermRule> = if perms.is_empty() {
+        Vec::new()
+    } else {
+        toml::from_str::<std::collections::BTreeMap<String, Vec<users::PermRule>>>(perms)
+            .unwrap()
+            .remove("permissions")
+            .unwrap()
+    };
+    let mut base = state(PasvWithoutPret::Listings);
+    let cfg = MasterConfig {
+        users,
+        permissions,
+        password_cost: users::PasswordCost::FAST,
+        ..(*base.config).clone()
+    };
+    base.users = crate::master::users_from_config(&cfg, &mut |i| [i as u8; 16]);
+    base.config = Arc::new(cfg);
+    base
+}
+
+fn user_cfg(name: &str, home: &str, admin: bool, groups: &[&str]) -> UserConfig {
+    UserConfig {
+        name: name.into(),
+        password: "pw".into(),
+        home: home.into(),
+        admin,
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn login_as(st: &mut MasterState, name: &str) -> Session {
+    let mut s = Session::new(7, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+    s.handle(cmd(&format!("USER {name}")), st);
+    let (reply, _) = pass(&mut s, st, "pw");
+    assert!(reply.starts_with("230"), "{reply}");
+    s
+}
+
+// --- FTPS -------------------------------------------------------------
+
+fn with_tls(mut st: MasterState) -> MasterState {
+    st.tls_available = true;
+    for id in 0..3 {
+        st.slaves.get_mut(id).unwrap().data_tls = true;
+    }
+    st
+}
+
+fn tls_config(st: &mut MasterState, edit: impl FnOnce(&mut MasterConfig)) {
+    let mut cfg = (*st.config).clone();
+    edit(&mut cfg);
+    st.config = Arc::new(cfg);
+}
+
+/// AUTH TLS, login, PBSZ 0 and PROT `level`.
+fn tls_session(st: &mut MasterState, level: &str) -> Session {
+    let mut s = Session::new(1, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+    assert!(matches!(s.handle(cmd("AUTH TLS"), st), Action::StartTls(_)));
+    assert!(text(s.handle(cmd("USER u"), st)).starts_with("331"));
+    assert!(pass(&mut s, st, "p").0.starts_with("230"));
+    assert_eq!(text(s.handle(cmd("PBSZ 0"), st)), "200 PBSZ=0");
+    assert!(text(s.handle(cmd(&format!("PROT {level}")), st)).starts_with("200"));
+    s
+}
+
+#[test]
+fn home_directory_confines_every_path() {
+    let mut st = state_with(vec![user_cfg("al", "/home/al", false, &[])], "");
+    let mut s = login_as(&mut st, "al");
+    assert_eq!(
+        text(s.handle(cmd("PWD"), &mut st)),
+        "257 \"/home/al\" is the current directory"
+    );
+    for line in [
+        "CWD ..",
+        "CWD /",
+        "CDUP",
+        "MKD ../x",
+        "MKD /home/al2",
+        "DELE /a",
+        "RNFR /a",
+        "SIZE ../../a",
+        "RETR /a",
+        "PRET RETR /a",
+        "STAT /",
+        "MLST /",
+    ] {
+        let got = text(s.handle(cmd(line), &mut st));
+        assert!(
+            got.starts_with("550") && got.contains("outside your home"),
+            "{line}: {got}"
+        );
+    }
+    assert!(text(s.handle(cmd("MKD sub"), &mut st)).starts_with("257"));
+    assert!(st.db.dir(&p("/home/al/sub")).is_ok());
+    // RNTO out of home is refused too.
+    assert!(text(s.handle(cmd("RNFR sub"), &mut st)).starts_with("350"));
+    assert!(text(s.handle(cmd("RNTO /stolen"), &mut st)).starts_with("550"));
+    assert!(st.db.get(&p("/stolen")).is_none());
+}
+
+#[test]
+fn permission_rules_apply_per_action_and_group() {
+    let perms = r#"
+        [[permissions]]
+        actions = ["delete", "rename", "rmdir"]
+        path = "*"
+        who = ["=ops"]
+        [[permissions]]
+        actions = ["upload", "mkdir"]
+        path = "/incoming/*"
+        who = ["*"]
+        [[permissions]]
+        actions = ["upload", "mkdir"]
+        path = "*"
+        who = ["=ops"]
+        [[permissions]]
+        actions = ["download", "list"]
+        path = "/secret/*"
+        who = ["=ops"]
+    "#;
+    let mut st = state_with(
+        vec![
+            user_cfg("joe", "/", false, &["users"]),
+            user_cfg("olga", "/", false, &["ops"]),
+        ],
+        perms,
+    );
+    st.db.mkdir(&p("/incoming"), "x", 0).unwrap();
+    st.db.mkdir(&p("/secret"), "x", 0).unwrap();
+    let mut joe = login_as(&mut st, "joe");
+    let mut olga = login_as(&mut st, "olga");
+    let denied = |a: Action| text(a).starts_with("550");
+    assert!(denied(joe.handle(cmd("DELE /a"), &mut st)));
+    assert!(denied(joe.handle(cmd("RNFR /a"), &mut st)));
+    assert!(denied(joe.handle(cmd("MKD /elsewhere"), &mut st)));
+    assert!(text(joe.handle(cmd("MKD /incoming/new"), &mut st)).starts_with("257"));
+    assert!(denied(joe.handle(cmd("PRET STOR /up.bin"), &mut st)));
+    assert!(text(joe.handle(cmd("PRET STOR /incoming/up.bin"), &mut st)).starts_with("200"));
+    assert!(denied(joe.handle(cmd("CWD /secret"), &mut st)));
+    assert!(text(joe.handle(cmd("PRET RETR /a"), &mut st)).starts_with("200"));
+    assert!(text(olga.handle(cmd("CWD /secret"), &mut st)).starts_with("250"));
+    assert!(text(olga.handle(cmd("DELE /a"), &mut st)).starts_with("250"));
+    assert!(text(olga.handle(cmd("MKD /elsewhere"), &mut st)).starts_with("257"));
+}
+
+#[test]
+fn site_user_commands_are_for_admins_and_persist_hashed() {
+    let mut st = state_with(
+        vec![
+            user_cfg("root", "/", true, &[]),
+            user_cfg("joe", "/", false, &[]),
+        ],
+        "",
+    );
+    let mut joe = login_as(&mut st, "joe");
+    let got = text(joe.handle(cmd("SITE ADDUSER eve pw"), &mut st));
+    assert_eq!(got, "550 SITE ADDUSER: permission denied (admins only)");
+    let mut root = login_as(&mut st, "root");
+    st.salt = [9; 16];
+    assert_eq!(
+        text(root.handle(cmd("SITE ADDUSER eve s3cret staff"), &mut st)),
+        "200 User eve added"
+    );
+    let eve = st.users.get("eve").unwrap().clone();
+    assert!(eve.password_hash.starts_with("$argon2id$"));
+    assert!(!eve.password_hash.contains("s3cret"));
+    assert_eq!(eve.groups, ["staff"]);
+    assert!(text(root.handle(cmd("SITE ADDUSER eve x"), &mut st)).starts_with("553"));
+    assert!(text(root.handle(cmd("SITE ADDUSER ../x y"), &mut st)).starts_with("553"));
+    assert!(text(root.handle(cmd("SITE ADDUSER onlyname"), &mut st)).starts_with("501"));
+    assert!(text(root.handle(cmd("SITE CHPASS eve n3w"), &mut st)).starts_with("200"));
+    assert!(users::verify_password(
+        &st.users.get("eve").unwrap().password_hash,
+        "n3w"
+    ));
+    assert_eq!(
+        text(root.handle(cmd("SITE CHGRP eve a b"), &mut st)),
+        "200 Groups of eve: a b"
+    );
+    assert!(text(root.handle(cmd("SITE CHPASS nobody x"), &mut st)).starts_with("550"));
+    assert!(text(root.handle(cmd("SITE DELUSER root"), &mut st)).starts_with("501"));
+    assert!(text(root.handle(cmd("SITE DELUSER eve"), &mut st)).starts_with("200"));
+    assert!(st.users.get("eve").is_none());
+    assert!(text(root.handle(cmd("SITE DELUSER eve"), &mut st)).starts_with("550"));
+}
+
+#[test]
+fn repeated_failures_delay_then_ban_and_close() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut delays = Vec::new();
+    let mut s = Session::new(1, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+    for _ in 0..5 {
+        s.handle(cmd("USER u"), &mut st);
+        let (reply, d) = pass(&mut s, &mut st, "wrong");
+        assert_eq!(reply, "530 Login incorrect");
+        delays.push(d.as_millis());
+    }
+    assert_eq!(delays, [1000, 1000, 2000, 4000, 8000]);
+    // Banned now: even the right password is refused, and the session closed.
+    s.handle(cmd("USER u"), &mut st);
+    let Action::CheckPassword(check) = s.handle(cmd("PASS p"), &mut st) else {
+        panic!()
+    };
+    let now = 0;
+    let (a, _) = s.login_result(&mut st, &check, true, now);
+    assert!(matches!(&a, Action::Close(r) if r.code == 421), "{a:?}");
+}
+
+#[test]
+fn upload_quota_and_fxp_port() {
+    let mut cfgs = vec![
+        user_cfg("q", "/", false, &[]),
+        user_cfg("fx", "/", false, &[]),
+    ];
+    cfgs[0].upload_quota = Some(100);
+    cfgs[1].fxp = true;
+    let mut st = state_with(cfgs, "");
+    let mut q = login_as(&mut st, "q");
+    assert!(text(q.handle(cmd("PRET STOR /f1"), &mut st)).starts_with("200"));
+    st.users.get_mut("q").unwrap().uploaded = 100;
+    assert!(text(q.handle(cmd("PRET STOR /f2"), &mut st)).starts_with("552"));
+    assert!(text(q.handle(cmd("PORT 10,9,9,9,40,0"), &mut st)).starts_with("504"));
+    let mut fx = login_as(&mut st, "fx");
+    assert!(text(fx.handle(cmd("PORT 10,9,9,9,40,0"), &mut st)).starts_with("200"));
+    assert!(text(fx.handle(cmd("PORT 10,9,9,9,0,21"), &mut st)).starts_with("504"));
+}
+
+#[test]
+fn a_user_tls_policy_adds_to_the_global_one() {
+    let mut cfgs = vec![
+        user_cfg("t", "/", false, &[]),
+        user_cfg("d", "/", false, &[]),
+    ];
+    cfgs[0].tls = users::TlsPolicy::Control;
+    cfgs[1].tls = users::TlsPolicy::ControlAndData;
+    let mut st = with_tls(state_with(cfgs, ""));
+    // Without AUTH: the right password still gets 530 for these users.
+    let mut s = Session::new(3, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+    s.handle(cmd("USER t"), &mut st);
+    let (reply, delay) = pass(&mut s, &mut st, "pw");
+    assert!(
+        reply.starts_with("530 This account requires TLS"),
+        "{reply}"
+    );
+    assert!(delay.is_zero());
+    // With AUTH: t may use clear data, d may not.
+    for (name, clear_ok) in [("t", true), ("d", false)] {
+        let mut s = Session::new(4, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+        assert!(matches!(
+            s.handle(cmd("AUTH TLS"), &mut st),
+            Action::StartTls(_)
+        ));
+        s.handle(cmd(&format!("USER {name}")), &mut st);
+        assert!(pass(&mut s, &mut st, "pw").0.starts_with("230"));
+        let need = s.tls_requirement(&st);
+        assert!(need.control);
+        assert_eq!(need.data, !clear_ok, "{name}");
+    }
+}
+
+#[test]
+fn sscn_and_cpsv_only_for_fxp_users() {
+    let mut cfgs = vec![
+        user_cfg("fx", "/", false, &[]),
+        user_cfg("no", "/", false, &[]),
+    ];
+    cfgs[0].fxp = true;
+    let mut st = with_tls(state_with(cfgs, ""));
+    let mut fx = login_as(&mut st, "fx");
+    assert_eq!(
+        text(fx.handle(cmd("SSCN"), &mut st)),
+        "200 SSCN:SERVER METHOD"
+    );
+    assert_eq!(
+        text(fx.handle(cmd("SSCN ON"), &mut st)),
+        "200 SSCN:CLIENT METHOD"
+    );
+    assert!(fx.tls.sscn);
+    assert!(text(fx.handle(cmd("SSCN maybe"), &mut st)).starts_with("501"));
+    assert_eq!(
+        text(fx.handle(cmd("SSCN OFF"), &mut st)),
+        "200 SSCN:SERVER METHOD"
+    );
+    assert!(text(fx.handle(cmd("PRET RETR /a"), &mut st)).starts_with("200"));
+    assert!(matches!(
+        fx.handle(cmd("CPSV"), &mut st),
+        Action::OpenPassive { .. }
+    ));
+    assert!(fx.tls.cpsv);
+    assert_eq!(fx.passive_peer(&st), None);
+    let _ = fx.handle(cmd("PASV"), &mut st);
+    assert!(!fx.tls.cpsv);
+    let mut no = login_as(&mut st, "no");
+    assert!(text(no.handle(cmd("SSCN ON"), &mut st)).starts_with("550"));
+    assert!(text(no.handle(cmd("CPSV"), &mut st)).starts_with("550"));
+    assert_eq!(
+        no.passive_peer(&st),
+        Some(PEER.parse::<SocketAddr>().unwrap().ip())
+    );
+    assert!(text(no.handle(cmd("FEAT"), &mut st)).contains(" SSCN"));
+}
+
+#[test]
+fn without_a_certificate_auth_is_not_offered() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    let r = text(s.handle(cmd("AUTH TLS"), &mut st));
+    assert!(r.starts_with("502 ") && r.contains("tls_cert"), "{r}");
+    let feat = text(s.handle(cmd("FEAT"), &mut st));
+    assert!(!feat.contains("AUTH") && !feat.contains("PROT"), "{feat}");
+    assert!(text(s.handle(cmd("PBSZ 0"), &mut st)).starts_with("503"));
+    assert!(text(s.handle(cmd("PROT P"), &mut st)).starts_with("503"));
+}
+
+#[test]
+fn auth_pbsz_prot_ccc_sequence() {
+    let mut st = with_tls(state(PasvWithoutPret::Listings));
+    let mut s = session(&mut st);
+    let feat = text(s.handle(cmd("FEAT"), &mut st));
+    for f in [" AUTH TLS\r\n", " PBSZ\r\n", " PROT\r\n", " PRET\r\n"] {
+        assert!(feat.contains(f), "{f:?} missing from {feat}");
+    }
+    assert!(
+        feat.find(" AUTH TLS").unwrap() < feat.find(" EPRT").unwrap(),
+        "sorted: {feat}"
+    );
+    assert!(text(s.handle(cmd("PBSZ 0"), &mut st)).starts_with("503"));
+    assert!(text(s.handle(cmd("PROT P"), &mut st)).starts_with("503"));
+    assert!(text(s.handle(cmd("CCC"), &mut st)).starts_with("503"));
+    assert!(text(s.handle(cmd("AUTH KERBEROS_V4"), &mut st)).starts_with("504"));
+    match s.handle(cmd("AUTH ssl"), &mut st) {
+        Action::StartTls(r) => assert_eq!(r.to_string(), "234 AUTH SSL successful"),
+        other => panic!("{other:?}"),
+    }
+    // RFC 2228: an accepted AUTH resets the login.
+    assert!(text(s.handle(cmd("LIST"), &mut st)).starts_with("530"));
+    assert!(text(s.handle(cmd("AUTH TLS"), &mut st)).starts_with("503"));
+    assert!(
+        text(s.handle(cmd("PROT P"), &mut st)).starts_with("503"),
+        "no PBSZ yet"
+    );
+    assert!(text(s.handle(cmd("PBSZ x"), &mut st)).starts_with("501"));
+    assert_eq!(text(s.handle(cmd("PBSZ 1048576"), &mut st)), "200 PBSZ=0");
+    assert!(text(s.handle(cmd("PROT S"), &mut st)).starts_with("536"));
+    assert!(text(s.handle(cmd("PROT E"), &mut st)).starts_with("536"));
+    assert!(text(s.handle(cmd("PROT Q"), &mut st)).starts_with("504"));
+    assert_eq!(
+        text(s.handle(cmd("PROT p"), &mut st)),
+        "200 Protection level set to Private"
+    );
+    assert!(s.tls.private);
+    assert_eq!(
+        text(s.handle(cmd("PROT C"), &mut st)),
+        "200 Protection level set to Clear"
+    );
+    assert!(text(s.handle(cmd("USER u"), &mut st)).starts_with("331"));
+    assert!(pass(&mut s, &mut st, "p").0.starts_with("230"));
+    assert!(text(s.handle(cmd("CCC"), &mut st)).starts_with("534"));
+    // u may not FXP (sscn_and_cpsv_only_for_fxp_users has the rest).
+    assert!(text(s.handle(cmd("SSCN ON"), &mut st)).starts_with("550 SSCN ON"));
+    assert!(text(s.handle(cmd("CPSV"), &mut st)).starts_with("550 CPSV"));
+}
+
+#[test]
+fn require_tls_control_refuses_login_before_auth() {
+    let mut st = with_tls(state(PasvWithoutPret::Listings));
+    tls_config(&mut st, |c| c.require_tls_control = true);
+    assert!(s_requirement(&st).control);
+    let mut s = Session::new(1, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+    let r = text(s.handle(cmd("USER u"), &mut st));
+    assert!(r.starts_with("530 ") && r.contains("AUTH TLS"), "{r}");
+    assert!(text(s.handle(cmd("PASS p"), &mut st)).starts_with("530"));
+    assert!(text(s.handle(cmd("FEAT"), &mut st)).starts_with("211"));
+    let _ = s.handle(cmd("AUTH TLS"), &mut st);
+    assert!(text(s.handle(cmd("USER u"), &mut st)).starts_with("331"));
+    assert!(pass(&mut s, &mut st, "p").0.starts_with("230"));
+}
+
+fn s_requirement(st: &MasterState) -> TlsRequirement {
+    Session::new(1, PEER.parse().unwrap(), LOCAL.parse().unwrap()).tls_requirement(st)
+}
+
+#[test]
+fn require_tls_data_refuses_clear_transfers_with_521() {
+    let mut st = with_tls(state(PasvWithoutPret::Listings));
+    tls_config(&mut st, |c| c.require_tls_data = true);
+    let mut s = tls_session(&mut st, "C");
+    s.handle(cmd("PRET RETR a"), &mut st);
+    passive(&mut s, &mut st, "PASV");
+    match s.handle(cmd("RETR a"), &mut st) {
+        Action::ResetData(r) => assert_eq!(
+            r.to_string(),
+            "521 Data connections must be encrypted: send PBSZ 0 and PROT P"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(st.slaves.get(0).unwrap().reserved, 0, "plan released");
+    assert!(text(s.handle(cmd("LIST"), &mut st)).starts_with("521"));
+    assert!(text(s.handle(cmd("PROT P"), &mut st)).starts_with("200"));
+    s.handle(cmd("PRET RETR a"), &mut st);
+    passive(&mut s, &mut st, "PASV");
+    assert!(matches!(
+        s.handle(cmd("RETR a"), &mut st),
+        Action::Transfer(_)
+    ));
+}
+
+#[test]
+fn prot_p_to_a_slave_without_certificate_is_refused() {
+    let mut st = with_tls(state(PasvWithoutPret::Listings));
+    st.slaves.get_mut(0).unwrap().data_tls = false;
+    let mut s = tls_session(&mut st, "P");
+    s.handle(cmd("PRET RETR a"), &mut st);
+    passive(&mut s, &mut st, "PASV");
+    let r = text(s.handle(cmd("RETR a"), &mut st));
+    assert!(r.starts_with("521 Slave s1 has no TLS certificate"), "{r}");
+    assert_eq!(st.slaves.get(0).unwrap().reserved, 0);
+    assert_eq!(st.slaves.get(0).unwrap().active, 0);
+    // PROT C goes through, and so does PROT P on a slave with one.
+    assert!(text(s.handle(cmd("PROT C"), &mut st)).starts_with("200"));
+    s.handle(cmd("PRET RETR a"), &mut st);
+    passive(&mut s, &mut st, "PASV");
+    assert!(matches!(
+        s.handle(cmd("RETR a"), &mut st),
+        Action::Transfer(_)
+    ));
+    assert!(text(s.handle(cmd("PROT P"), &mut st)).starts_with("200"));
+    s.handle(cmd("PRET RETR both"), &mut st);
+    assert!(passive(&mut s, &mut st, "PASV").contains("(127,0,0,12,"));
+    assert!(matches!(
+        s.handle(cmd("RETR both"), &mut st),
+        Action::Transfer(_)
+    ));
+}
