@@ -23,11 +23,12 @@ use super::session::{
     Action, ListingJob, LoginCheck, PlanVerb, Route, Session, Target, TransferJob, TransferOutcome,
 };
 use super::store::Durable;
+use super::transfer::{Event, RelayClient, Step, TransferMachine};
 use super::users;
 use super::{SessionInfo, Shared};
 use crate::config::PasvWithoutPret;
 use crate::env::{accept_from, bind_in_range, next_connection, pump, BoxStream, Env, NetListener};
-use crate::link::{DataConn, DataTls, Request, Response, TransferFailure};
+use crate::link::{DataTls, Request, Response};
 use crate::proto::{Command, Line, LineDecoder, Reply};
 
 pub async fn accept_sessions(
@@ -104,12 +105,6 @@ enum Endpoint {
 enum ClientSide {
     Listener(Box<dyn NetListener>),
     /// A client caught at the master's address (it ignored the 227 reply).
-    Caught(BoxStream),
-}
-
-enum Attempt {
-    Done(TransferOutcome, bool),
-    /// The client connected to the master instead of the slave.
     Caught(BoxStream),
 }
 
@@ -678,8 +673,9 @@ impl Driver {
         Next::Continue
     }
 
-    /// Runs one slave transfer to its end. Returns the outcome and whether
-    /// the client sent ABOR.
+    /// Runs one slave transfer to its end by performing the transfer
+    /// machine's steps. Returns the outcome and whether the client sent
+    /// ABOR.
     async fn run_transfer(&mut self, job: &TransferJob) -> (TransferOutcome, bool) {
         let (link, timeout, relay_allowed) = {
             let st = self.state.lock();
@@ -690,166 +686,249 @@ impl Driver {
             )
         };
         // The passive listener (if any) is consumed by this transfer.
-        let endpoint = std::mem::replace(&mut self.endpoint, Endpoint::None);
-        let Some(link) = link else {
-            let _ = self.send(&job.opening).await;
-            return (TransferOutcome::SlaveLost, false);
-        };
-        let (client, catch, announced) = match (&job.route, endpoint) {
-            (Route::Relay, Endpoint::Master(l)) => (Some(ClientSide::Listener(l)), None, None),
-            (Route::Relay, _) => {
-                let _ = self.send(&job.opening).await;
-                return (
-                    TransferOutcome::Failed(TransferFailure::NoDataConnection(
-                        "no passive listener".into(),
-                    )),
-                    false,
-                );
-            }
-            (_, Endpoint::Slave { catch, addr, .. }) => (None, catch, Some(addr)),
-            _ => (None, None, None),
+        let (master_listener, catch, announced) =
+            match std::mem::replace(&mut self.endpoint, Endpoint::None) {
+                Endpoint::Master(l) => (Some(l), None, None),
+                Endpoint::Slave { catch, addr, .. } => (None, catch, Some(addr)),
+                Endpoint::None => (None, None, None),
+            };
+        let mut m = TransferMachine::new(job, relay_allowed, announced, self.session.local);
+        let mut io = TransferIo {
+            link,
+            master_listener,
+            caught: None,
+            slave_stream: None,
+            relay: None,
+            response: None,
         };
         // curl and ftplib connect right after the 227 reply, so a client
         // that ignored its address is usually already waiting at the
         // master's address when the data command comes: answer the command
         // itself (425, or relay) before any 150.
-        if let Some(l) = catch.as_deref() {
-            if let Some(Ok((stream, peer))) = poll_once(l.accept()) {
-                if peer.ip() == self.session.peer_ip() {
-                    link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
-                    return self
-                        .caught(job, &link, timeout, relay_allowed, announced, stream, true)
-                        .await;
+        let mut caught_now = false;
+        if io.link.is_some() && job.route != Route::Relay {
+            if let Some(l) = catch.as_deref() {
+                if let Some(Ok((stream, peer))) = poll_once(l.accept()) {
+                    if peer.ip() == self.session.peer_ip() {
+                        io.caught = Some(stream);
+                        caught_now = true;
+                    }
                 }
             }
         }
-        match self.attempt(job, &link, timeout, client, catch, true).await {
-            Attempt::Done(outcome, aborted) => (outcome, aborted),
-            Attempt::Caught(stream) => {
-                self.caught(job, &link, timeout, relay_allowed, announced, stream, false)
-                    .await
+        let mut steps = m.start(io.link.is_some(), io.master_listener.is_some(), caught_now);
+        loop {
+            let mut event = None;
+            for step in steps {
+                if let Some(e) = self.perform_step(step, job, &mut io, timeout).await {
+                    match e {
+                        StepResult::Event(e) => event = Some(e),
+                        StepResult::Finish(outcome, aborted) => return (outcome, aborted),
+                    }
+                }
             }
-        }
-    }
-
-    /// The client connected to the master's address instead of the slave's
-    /// (it ignores 227 addresses): relay when allowed, else a 425 that
-    /// names the fix.
-    #[allow(clippy::too_many_arguments)]
-    async fn caught(
-        &mut self,
-        job: &TransferJob,
-        link: &SlaveLink,
-        timeout: Duration,
-        relay_allowed: bool,
-        announced: Option<SocketAddr>,
-        stream: BoxStream,
-        send_opening: bool,
-    ) -> (TransferOutcome, bool) {
-        if relay_allowed {
-            tracing::info!("client ignored the 227 address; relaying through the master");
-            return match self
-                .attempt(
-                    job,
-                    link,
-                    timeout,
-                    Some(ClientSide::Caught(stream)),
-                    None,
-                    send_opening,
-                )
-                .await
-            {
-                Attempt::Done(outcome, aborted) => (outcome, aborted),
-                Attempt::Caught(_) => (
-                    TransferOutcome::Failed(TransferFailure::NoDataConnection(
-                        "relay failed".into(),
-                    )),
-                    false,
-                ),
+            let event = match event {
+                Some(e) => e,
+                None => {
+                    self.next_event(&mut io, catch.as_deref(), m.watching(), m.may_catch())
+                        .await
+                }
             };
+            steps = m.on(event);
         }
-        tracing::info!("client ignored the 227 address; told it how to fix that");
-        self.parked = Some(stream);
-        (
-            TransferOutcome::IgnoredPasvAddress {
-                announced: announced.unwrap_or(self.session.local),
-                used: SocketAddr::new(
-                    self.session.local.ip(),
-                    announced.map(|a| a.port()).unwrap_or(0),
-                ),
-            },
-            false,
-        )
     }
 
-    /// One try at a slave transfer: sends the order, then waits for the
-    /// slave's answer while watching the control connection (ABOR, loss)
-    /// and, for passive transfers, the master's own address at the slave's
-    /// port (a client that ignored the 227 reply).
-    async fn attempt(
+    /// Performs one step of the transfer machine. Steps that find
+    /// something out at once (the relay's setup, the control probe) return
+    /// the event for the machine.
+    async fn perform_step(
         &mut self,
+        step: Step,
         job: &TransferJob,
-        link: &SlaveLink,
+        io: &mut TransferIo,
         timeout: Duration,
-        client: Option<ClientSide>,
-        catch: Option<Box<dyn NetListener>>,
-        send_opening: bool,
-    ) -> Attempt {
-        let data = match &job.route {
-            Route::Active(a) if client.is_none() => DataConn::Active(*a),
-            _ => DataConn::Passive,
+    ) -> Option<StepResult> {
+        let abort = |io: &TransferIo| {
+            if let Some(link) = &io.link {
+                link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
+            }
         };
-        // Relay: ask the slave for a listener of its own and connect to it.
-        let mut relay = None;
-        if let Some(client) = client {
-            let rid = self.state.lock().next_id();
-            let rx = link.request(
-                rid,
-                Request::Listen {
-                    xfer: job.xfer,
-                    accept_from: None,
-                },
-            );
-            let addr = match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(Response::Listening { addr }))
-                    if self.state.lock().slaves.is_own_address(job.slave, addr) =>
-                {
-                    addr
+        match step {
+            Step::Order(data) => {
+                // PROT P: the slave is the client's TLS server; relayed, the
+                // master is (the master<->slave leg of a relay stays plain,
+                // like the link without `link_tls`).
+                let tls = match (
+                    &self.tls_token,
+                    self.session.tls.private,
+                    io.slave_stream.is_some() || io.relay.is_some(),
+                ) {
+                    (Some(token), true, false) => Some(DataTls {
+                        session_token: token.clone(),
+                        client: self.session.tls.sscn || self.session.tls.cpsv,
+                    }),
+                    _ => None,
+                };
+                let rid = self.state.lock().next_id();
+                if let Some(link) = &io.link {
+                    io.response = Some(link.request(
+                        rid,
+                        Request::Transfer {
+                            xfer: job.xfer,
+                            order: job.order.clone(),
+                            data,
+                            tls,
+                        },
+                    ));
                 }
-                Ok(Err(_)) => return Attempt::Done(TransferOutcome::SlaveLost, false),
-                _ => {
-                    return Attempt::Done(
-                        TransferOutcome::Failed(TransferFailure::NoDataConnection(
-                            "slave listener".into(),
-                        )),
-                        false,
-                    )
+            }
+            Step::Reply(r) => {
+                if self.send(&r).await.is_err() {
+                    self.closed = true;
                 }
-            };
-            let slave_stream = match tokio::time::timeout(timeout, self.env.net.connect(addr)).await
-            {
-                Ok(Ok(s)) => s,
-                _ => {
-                    link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
-                    return Attempt::Done(
-                        TransferOutcome::Failed(TransferFailure::NoDataConnection(
-                            "cannot reach the slave".into(),
-                        )),
-                        false,
-                    );
+            }
+            Step::AbortSlave => abort(io),
+            Step::SetUpRelay(client) => {
+                if client == RelayClient::Caught {
+                    tracing::info!("client ignored the 227 address; relaying through the master");
                 }
-            };
-            relay = Some((client, slave_stream));
+                return Some(StepResult::Event(self.set_up_relay(job, io, timeout).await));
+            }
+            Step::StartRelay => self.start_relay(job, io, timeout),
+            Step::EndRelay { cancel } => {
+                if let Some(t) = io.relay.take() {
+                    if cancel {
+                        t.abort();
+                    }
+                    let _ = t.await;
+                }
+            }
+            Step::ProbeControl => return Some(StepResult::Event(self.probe_control().await)),
+            Step::Commit => {
+                let rid = self.state.lock().next_id();
+                if let Some(link) = &io.link {
+                    io.response = Some(link.request(rid, Request::Commit { xfer: job.xfer }));
+                }
+            }
+            Step::Park => self.parked = io.caught.take(),
+            Step::Finish { outcome, aborted } => {
+                if matches!(outcome, TransferOutcome::IgnoredPasvAddress { .. }) {
+                    tracing::info!("client ignored the 227 address; told it how to fix that");
+                }
+                return Some(StepResult::Finish(outcome, aborted));
+            }
         }
-        // PROT P: the slave is the client's TLS server; relayed, the master
-        // is (the master<->slave leg of a relay stays plain, like the link
-        // without `link_tls`).
-        let tls = match (&self.tls_token, self.session.tls.private, &relay) {
-            (Some(token), true, None) => Some(DataTls {
-                session_token: token.clone(),
-                client: self.session.tls.sscn || self.session.tls.cpsv,
-            }),
-            _ => None,
+        None
+    }
+
+    /// Waits for what the transfer machine needs next: the slave's answer,
+    /// and, while the transfer runs, the control connection (ABOR, loss)
+    /// and the master's own address at the slave's port (a client that
+    /// ignored the 227 reply).
+    async fn next_event(
+        &mut self,
+        io: &mut TransferIo,
+        catch: Option<&dyn NetListener>,
+        watch_control: bool,
+        watch_catch: bool,
+    ) -> Event {
+        loop {
+            let control = watch_control && !self.closed;
+            let catching = watch_catch && !self.closed;
+            tokio::select! {
+                biased;
+                line = read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed), if control => {
+                    match line {
+                        Some(Line::Command(t)) if is_abor(&t) => return Event::Abor,
+                        Some(l) => self.queued.push_back(l),
+                        None => return Event::ControlClosed,
+                    }
+                }
+                r = async {
+                    match io.response.as_mut() {
+                        Some(rx) => rx.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    io.response = None;
+                    return match r {
+                        Ok(r) => Event::Slave(r),
+                        Err(_) => Event::SlaveLost,
+                    };
+                }
+                c = accept_opt(catch), if catching => {
+                    if let Ok((stream, peer)) = c {
+                        if peer.ip() == self.session.peer_ip() {
+                            io.caught = Some(stream);
+                            return Event::Caught;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Relay: asks the slave for a listener of its own and connects to it.
+    async fn set_up_relay(
+        &mut self,
+        job: &TransferJob,
+        io: &mut TransferIo,
+        timeout: Duration,
+    ) -> Event {
+        let Some(link) = io.link.clone() else {
+            return Event::RelayFailed {
+                listening: false,
+                lost: true,
+            };
+        };
+        let rid = self.state.lock().next_id();
+        let rx = link.request(
+            rid,
+            Request::Listen {
+                xfer: job.xfer,
+                accept_from: None,
+            },
+        );
+        let addr = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Response::Listening { addr }))
+                if self.state.lock().slaves.is_own_address(job.slave, addr) =>
+            {
+                addr
+            }
+            Ok(Err(_)) => {
+                return Event::RelayFailed {
+                    listening: false,
+                    lost: true,
+                }
+            }
+            _ => {
+                return Event::RelayFailed {
+                    listening: false,
+                    lost: false,
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, self.env.net.connect(addr)).await {
+            Ok(Ok(s)) => {
+                io.slave_stream = Some(s);
+                Event::RelayReady
+            }
+            _ => Event::RelayFailed {
+                listening: true,
+                lost: false,
+            },
+        }
+    }
+
+    /// Starts moving bytes between the client and the slave's listener.
+    fn start_relay(&mut self, job: &TransferJob, io: &mut TransferIo, timeout: Duration) {
+        let Some(mut slave_stream) = io.slave_stream.take() else {
+            return;
+        };
+        let client = match (io.caught.take(), io.master_listener.take()) {
+            (Some(s), _) => ClientSide::Caught(s),
+            (None, Some(l)) => ClientSide::Listener(l),
+            (None, None) => return,
         };
         let relay_tls = match (&self.tls_token, self.session.tls.private) {
             (Some(token), true) => self
@@ -859,137 +938,63 @@ impl Driver {
                 .map(|t| (t.data.clone(), token.clone())),
             _ => None,
         };
-        let rid = self.state.lock().next_id();
-        let mut rx = link.request(
-            rid,
-            Request::Transfer {
-                xfer: job.xfer,
-                order: job.order.clone(),
-                data,
-                tls,
-            },
-        );
-        if send_opening && self.send(&job.opening).await.is_err() {
-            self.closed = true;
-        }
-        let mut relay_task: Option<tokio::task::JoinHandle<std::io::Result<u64>>> = None;
-        if let Some((client, mut slave_stream)) = relay {
-            let peer = self.session.peer_ip();
-            let upload = job.is_upload();
-            relay_task = Some(tokio::spawn(async move {
-                let mut client = match client {
-                    ClientSide::Listener(l) => accept_from(l.as_ref(), Some(peer), timeout).await?,
-                    ClientSide::Caught(s) => s,
-                };
-                if let Some((config, token)) = relay_tls {
-                    client =
-                        Box::new(crate::tls::accept(&config, client, Some(&token), timeout).await?);
-                }
-                if upload {
-                    pump(&mut client, &mut slave_stream).await
-                } else {
-                    pump(&mut slave_stream, &mut client).await
-                }
-            }));
-        }
-        let mut aborted = false;
-        let mut caught: Option<BoxStream> = None;
-        let response = loop {
-            if self.closed {
-                // Client gone: cancel and wait for the slave to confirm.
-                link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
-                match (&mut rx).await {
-                    Ok(r) => break Ok(r),
-                    Err(e) => break Err(e),
-                }
+        let peer = self.session.peer_ip();
+        let upload = job.is_upload();
+        io.relay = Some(tokio::spawn(async move {
+            let mut client = match client {
+                ClientSide::Listener(l) => accept_from(l.as_ref(), Some(peer), timeout).await?,
+                ClientSide::Caught(s) => s,
+            };
+            if let Some((config, token)) = relay_tls {
+                client =
+                    Box::new(crate::tls::accept(&config, client, Some(&token), timeout).await?);
             }
-            tokio::select! {
-                biased;
-                line = read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed) => {
-                    match line {
-                        Some(Line::Command(t)) if is_abor(&t) => {
-                            aborted = true;
-                            link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
-                        }
-                        Some(l) => self.queued.push_back(l),
-                        None => {}
-                    }
-                }
-                r = &mut rx => break r,
-                c = accept_opt(catch.as_deref()), if caught.is_none() => {
-                    if let Ok((stream, peer)) = c {
-                        if peer.ip() == self.session.peer_ip() {
-                            caught = Some(stream);
-                            link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
-                        }
-                    }
-                }
+            if upload {
+                pump(&mut client, &mut slave_stream).await
+            } else {
+                pump(&mut slave_stream, &mut client).await
             }
-        };
-        if let Some(stream) = caught {
-            if !aborted && !self.closed {
-                return Attempt::Caught(stream);
-            }
-        }
-        if let Some(t) = relay_task {
-            if aborted || self.closed {
-                t.abort();
-            }
-            let _ = t.await;
-        }
-        let outcome = match response {
-            Err(_) => TransferOutcome::SlaveLost,
-            Ok(Response::Sent { bytes }) => TransferOutcome::Sent { bytes },
-            Ok(Response::Failed(f)) => TransferOutcome::Failed(f),
-            Ok(Response::Received { crc32, .. }) => {
-                // Second phase: commit only while the client is still there
-                // and did not abort. A client that died mid-upload leaves a
-                // partial file, which must never be recorded.
-                if self.poll_control_closed().await {
-                    aborted = true;
-                }
-                if aborted || self.closed {
-                    link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
-                    TransferOutcome::Failed(TransferFailure::Aborted)
-                } else {
-                    let rid = self.state.lock().next_id();
-                    let rx = link.request(rid, Request::Commit { xfer: job.xfer });
-                    match rx.await {
-                        Ok(Response::Committed { size, mtime }) => {
-                            TransferOutcome::Committed { size, mtime, crc32 }
-                        }
-                        Ok(Response::Failed(f)) => TransferOutcome::Failed(f),
-                        Ok(_) => TransferOutcome::Failed(TransferFailure::Storage(
-                            "unexpected answer".into(),
-                        )),
-                        Err(_) => TransferOutcome::SlaveLost,
-                    }
-                }
-            }
-            Ok(other) => TransferOutcome::Failed(TransferFailure::Storage(format!(
-                "unexpected answer {other:?}"
-            ))),
-        };
-        Attempt::Done(outcome, aborted)
+        }));
     }
 
     /// Notices a control connection that closed together with its data
     /// connection (a killed client), or an ABOR, before an upload is
-    /// committed. Returns true when the client sent ABOR.
-    async fn poll_control_closed(&mut self) -> bool {
+    /// committed.
+    async fn probe_control(&mut self) -> Event {
         if self.closed {
-            return false;
+            return Event::ControlClosed;
         }
         let probe = read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed);
         match tokio::time::timeout(Duration::from_millis(1), probe).await {
-            Ok(Some(Line::Command(t))) if is_abor(&t) => true,
+            Ok(Some(Line::Command(t))) if is_abor(&t) => Event::Abor,
             Ok(Some(l)) => {
                 self.queued.push_back(l);
-                false
+                Event::ControlAlive
             }
-            _ => false,
+            Ok(None) => Event::ControlClosed,
+            Err(_) => Event::ControlAlive,
         }
     }
+}
+
+/// The IO side of one running transfer: what the machine's steps open and
+/// the driver holds until the transfer ends.
+struct TransferIo {
+    link: Option<SlaveLink>,
+    /// The client's passive listener on the master (relay route).
+    master_listener: Option<Box<dyn NetListener>>,
+    /// A client caught at the master's address.
+    caught: Option<BoxStream>,
+    /// The relay's connection to the slave's listener.
+    slave_stream: Option<BoxStream>,
+    relay: Option<tokio::task::JoinHandle<std::io::Result<u64>>>,
+    /// The answer awaited from the slave (order or commit).
+    response: Option<tokio::sync::oneshot::Receiver<Response>>,
+}
+
+enum StepResult {
+    Event(Event),
+    Finish(TransferOutcome, bool),
 }
 
 // ---------------------------------------------------------------------------

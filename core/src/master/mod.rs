@@ -10,6 +10,7 @@ pub mod db;
 pub mod guard;
 pub mod registry;
 pub mod session;
+pub mod transfer;
 pub mod users;
 
 use std::collections::BTreeMap;

@@ -237,7 +237,47 @@ impl SlaveRegistry {
     }
 }
 
+/// Load accounting: the registry owns `reserved`, `active` and the byte
+/// counters; sessions only say what happened.
 impl SlaveRegistry {
+    /// A PRET planned a transfer on `id` (selection counts it as load until
+    /// the transfer starts or the plan is dropped).
+    pub fn reserve(&mut self, id: SlaveId) {
+        if let Some(s) = self.get_mut(id) {
+            s.reserved += 1;
+        }
+    }
+
+    /// A plan on `id` was dropped without a transfer.
+    pub fn unreserve(&mut self, id: SlaveId) {
+        if let Some(s) = self.get_mut(id) {
+            s.reserved = s.reserved.saturating_sub(1);
+        }
+    }
+
+    /// A transfer starts on `id`; `planned`: it consumes a PRET reservation.
+    pub fn start_transfer(&mut self, id: SlaveId, planned: bool) {
+        if let Some(s) = self.get_mut(id) {
+            if planned {
+                s.reserved = s.reserved.saturating_sub(1);
+            }
+            s.active += 1;
+        }
+    }
+
+    /// A transfer on `id` ended, having moved `sent` bytes to a client and
+    /// stored `received` bytes; `relayed`: the master carried them.
+    pub fn finish_transfer(&mut self, id: SlaveId, sent: u64, received: u64, relayed: bool) {
+        if let Some(s) = self.get_mut(id) {
+            s.active = s.active.saturating_sub(1);
+            s.bytes_sent += sent;
+            s.bytes_received += received;
+            if relayed {
+                s.relayed_bytes += sent + received;
+            }
+        }
+    }
+
     /// Operations for connected slaves since the last call, in order.
     pub fn take_outbox(&mut self) -> Vec<(SlaveId, FileOp)> {
         std::mem::take(&mut self.outbox)

@@ -341,9 +341,7 @@ impl Session {
             ..
         }) = self.plan.take()
         {
-            if let Some(info) = st.slaves.get_mut(s) {
-                info.reserved = info.reserved.saturating_sub(1);
-            }
+            st.slaves.unreserve(s);
         }
     }
 

@@ -50,9 +50,7 @@ impl Session {
             }
         };
         if let Target::Slave(s) = target {
-            if let Some(info) = st.slaves.get_mut(s) {
-                info.reserved += 1;
-            }
+            st.slaves.reserve(s);
         }
         self.plan = Some(Plan { verb, path, target });
         let text = match (verb, target) {

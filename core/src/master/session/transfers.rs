@@ -90,18 +90,14 @@ impl Session {
             return refused;
         }
         // The plan (if any) becomes a running transfer.
-        if let Some(Plan {
-            target: Target::Slave(_),
-            ..
-        }) = self.plan.take()
-        {
-            if let Some(info) = st.slaves.get_mut(job.slave) {
-                info.reserved = info.reserved.saturating_sub(1);
-            }
-        }
-        if let Some(info) = st.slaves.get_mut(job.slave) {
-            info.active += 1;
-        }
+        let planned = matches!(
+            self.plan.take(),
+            Some(Plan {
+                target: Target::Slave(_),
+                ..
+            })
+        );
+        st.slaves.start_transfer(job.slave, planned);
         let doing = match &job.order {
             TransferOrder::Send { path, .. } => format!("RETR {path} on {}", job.slave_name),
             TransferOrder::Receive { path, .. } => format!("STOR {path} on {}", job.slave_name),
@@ -227,18 +223,11 @@ impl Session {
         job: &TransferJob,
         outcome: TransferOutcome,
     ) -> Reply {
-        if let Some(info) = st.slaves.get_mut(job.slave) {
-            info.active = info.active.saturating_sub(1);
-        }
         self.set_doing(st, None);
-        match outcome {
+        let (mut sent, mut received) = (0, 0);
+        let reply = match outcome {
             TransferOutcome::Sent { bytes } => {
-                if let Some(info) = st.slaves.get_mut(job.slave) {
-                    info.bytes_sent += bytes;
-                    if job.route == Route::Relay {
-                        info.relayed_bytes += bytes;
-                    }
-                }
+                sent = bytes;
                 Reply::new(
                     226,
                     format!("Transfer complete, {bytes} bytes from {}", job.slave_name),
@@ -246,6 +235,7 @@ impl Session {
             }
             TransferOutcome::Committed { size, mtime, crc32 } => {
                 let Some(path) = job.upload_path.clone() else {
+                    st.slaves.finish_transfer(job.slave, 0, 0, false);
                     return Reply::new(226, "Transfer complete");
                 };
                 let owner = self.owner();
@@ -280,12 +270,7 @@ impl Session {
                                 st.slaves.apply_op(h, FileOp::Delete { path: path.clone() });
                             }
                         }
-                        if let Some(info) = st.slaves.get_mut(job.slave) {
-                            info.bytes_received += size;
-                            if job.route == Route::Relay {
-                                info.relayed_bytes += size;
-                            }
-                        }
+                        received = size;
                         Reply::new(
                             226,
                             format!(
@@ -317,7 +302,10 @@ impl Session {
                     job.slave_name
                 ),
             ),
-        }
+        };
+        st.slaves
+            .finish_transfer(job.slave, sent, received, job.route == Route::Relay);
+        reply
     }
 }
 

@@ -1,0 +1,544 @@
+//! The transfer machine: one slave transfer, from the order to the outcome
+//! that becomes the client's final reply. Sans-IO: the driver feeds it
+//! [`Event`]s (the slave's answers, ABOR, the control connection closing,
+//! a client caught at the master's address, the relay's legs) and performs
+//! the [`Step`]s it returns (link requests, the 150 reply, the relay).
+//!
+//! ```text
+//!  start ──▶ [RelaySetup] ──RelayReady──▶ Running ──Sent/Failed/lost──▶ Done
+//!    │                                      │
+//!    └──────────── Order + 150 ────────────▶│ Received
+//!                                           ▼
+//!                                        Probing ──alive──▶ Committing ──▶ Done
+//!                                           └──ABOR/closed──▶ Done (aborted)
+//! ```
+//!
+//! Decisions made here, not in the driver:
+//! - an upload is committed only after the slave has it all, the control
+//!   connection is still open and no ABOR came (two-phase upload);
+//! - a client that connected to the master's address instead of the slave's
+//!   (it ignores 227 addresses) is relayed when relaying is allowed, else
+//!   answered with a 425 that names the fix;
+//! - ABOR or a lost control connection cancel the slave's side, and the
+//!   slave's answer is still awaited (every order gets exactly one answer).
+
+use std::net::SocketAddr;
+
+use super::session::{Route, TransferJob, TransferOutcome};
+use crate::link::{DataConn, Response, TransferFailure};
+use crate::proto::Reply;
+
+/// The client's side of a relayed transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayClient {
+    /// The client will connect to the master's own passive listener.
+    Listener,
+    /// The client is already connected, caught at the master's address.
+    Caught,
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Send the transfer order on the link.
+    Order(DataConn),
+    /// Write this reply (the 150) to the client.
+    Reply(Reply),
+    /// Cancel the slave's side of this transfer (`MasterMsg::Abort`).
+    AbortSlave,
+    /// Relay: ask the slave for a listener, connect to it, then report
+    /// [`Event::RelayReady`] or [`Event::RelayFailed`].
+    SetUpRelay(RelayClient),
+    /// Start moving bytes between the relay's two legs.
+    StartRelay,
+    /// Stop the relay (cancel it when `cancel`, else let it finish) and
+    /// wait for it.
+    EndRelay { cancel: bool },
+    /// Look at the control connection once before committing, then report
+    /// [`Event::ControlAlive`], [`Event::Abor`] or [`Event::ControlClosed`].
+    ProbeControl,
+    /// Second phase of an upload: ask the slave to commit.
+    Commit,
+    /// Hold the caught data connection open until the final reply is sent
+    /// (a client must read the 425 before its data connection closes).
+    Park,
+    /// The transfer is over. `aborted`: the client sent ABOR (it gets ABOR's
+    /// own 226 after the transfer's reply).
+    Finish {
+        outcome: TransferOutcome,
+        aborted: bool,
+    },
+}
+
+/// What happened, as the driver saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The slave answered the order or the commit.
+    Slave(Response),
+    /// The slave's link went down.
+    SlaveLost,
+    /// The client sent ABOR.
+    Abor,
+    /// The control connection closed.
+    ControlClosed,
+    /// The probe before a commit found the control connection open.
+    ControlAlive,
+    /// The client connected to the master's address at the announced port.
+    Caught,
+    /// Both legs of the relay are connected.
+    RelayReady,
+    /// The relay could not be set up. `listening`: the slave had opened a
+    /// listener for it (which must be released).
+    RelayFailed { listening: bool, lost: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    RelaySetup,
+    Running,
+    Probing { crc32: u32 },
+    Committing { crc32: u32 },
+    Done,
+}
+
+/// One slave transfer in progress.
+#[derive(Debug)]
+pub struct TransferMachine {
+    route: Route,
+    opening: Reply,
+    relay_allowed: bool,
+    /// The slave address announced in the 227/229 reply (passive routes).
+    announced: Option<SocketAddr>,
+    /// The control connection's local address (the master's own address).
+    local: SocketAddr,
+    phase: Phase,
+    opening_sent: bool,
+    relaying: bool,
+    aborted: bool,
+    control_closed: bool,
+    /// A client was caught mid-transfer; the slave's side is being aborted.
+    caught: bool,
+}
+
+impl TransferMachine {
+    pub fn new(
+        job: &TransferJob,
+        relay_allowed: bool,
+        announced: Option<SocketAddr>,
+        local: SocketAddr,
+    ) -> TransferMachine {
+        TransferMachine {
+            route: job.route.clone(),
+            opening: job.opening.clone(),
+            relay_allowed,
+            announced,
+            local,
+            phase: Phase::Running,
+            opening_sent: false,
+            relaying: false,
+            aborted: false,
+            control_closed: false,
+            caught: false,
+        }
+    }
+
+    /// The first steps. `link_up`: the slave's link is there;
+    /// `master_listener`: the client's passive listener is the master's own
+    /// (relay route); `caught_now`: a client already waits at the master's
+    /// address (it ignored the 227 reply and connected at once).
+    pub fn start(&mut self, link_up: bool, master_listener: bool, caught_now: bool) -> Vec<Step> {
+        if !link_up {
+            return self.finish_with_opening(TransferOutcome::SlaveLost);
+        }
+        if self.route == Route::Relay {
+            if !master_listener {
+                return self.finish_with_opening(TransferOutcome::Failed(
+                    TransferFailure::NoDataConnection("no passive listener".into()),
+                ));
+            }
+            self.relaying = true;
+            self.phase = Phase::RelaySetup;
+            return vec![Step::SetUpRelay(RelayClient::Listener)];
+        }
+        if caught_now {
+            let mut steps = vec![Step::AbortSlave];
+            steps.extend(self.client_caught());
+            return steps;
+        }
+        let data = match &self.route {
+            Route::Active(a) => DataConn::Active(*a),
+            _ => DataConn::Passive,
+        };
+        self.opening_sent = true;
+        vec![Step::Order(data), Step::Reply(self.opening.clone())]
+    }
+
+    /// Whether the driver should read the control connection (ABOR, loss)
+    /// and watch the master's catch address now.
+    pub fn watching(&self) -> bool {
+        self.phase == Phase::Running
+    }
+
+    /// Whether a caught client may still be reported.
+    pub fn may_catch(&self) -> bool {
+        self.phase == Phase::Running && !self.caught && !self.relaying
+    }
+
+    /// Whether the transfer goes through the master (for the counters).
+    pub fn relaying(&self) -> bool {
+        self.relaying
+    }
+
+    pub fn on(&mut self, event: Event) -> Vec<Step> {
+        match (self.phase, event) {
+            (Phase::Done, _) => Vec::new(),
+            (Phase::RelaySetup, Event::RelayReady) => {
+                self.phase = Phase::Running;
+                let mut steps = vec![Step::Order(DataConn::Passive)];
+                if !self.opening_sent {
+                    self.opening_sent = true;
+                    steps.push(Step::Reply(self.opening.clone()));
+                }
+                steps.push(Step::StartRelay);
+                steps
+            }
+            (Phase::RelaySetup, Event::RelayFailed { listening, lost }) => {
+                let outcome = if lost {
+                    TransferOutcome::SlaveLost
+                } else if listening {
+                    TransferOutcome::Failed(TransferFailure::NoDataConnection(
+                        "cannot reach the slave".into(),
+                    ))
+                } else {
+                    TransferOutcome::Failed(TransferFailure::NoDataConnection(
+                        "slave listener".into(),
+                    ))
+                };
+                let mut steps = Vec::new();
+                if listening {
+                    steps.push(Step::AbortSlave);
+                }
+                steps.push(self.finish(outcome));
+                steps
+            }
+            (Phase::Running, Event::Abor) => {
+                self.aborted = true;
+                vec![Step::AbortSlave]
+            }
+            (Phase::Running, Event::ControlClosed) => {
+                // The client is gone: cancel, then wait for the slave to
+                // confirm.
+                self.control_closed = true;
+                vec![Step::AbortSlave]
+            }
+            (Phase::Running, Event::Caught) if self.may_catch() => {
+                self.caught = true;
+                vec![Step::AbortSlave]
+            }
+            (Phase::Running, Event::Slave(_)) if self.caught && !self.gone() => {
+                // The slave's side was cancelled for a client that ignored
+                // the 227 address: serve that client instead.
+                self.client_caught()
+            }
+            (Phase::Running, Event::Slave(response)) => self.answered(response),
+            (Phase::Running, Event::SlaveLost) => self.end(TransferOutcome::SlaveLost),
+            (Phase::Probing { .. }, Event::Abor) => {
+                self.aborted = true;
+                self.cancel_commit()
+            }
+            (Phase::Probing { .. }, Event::ControlClosed) => {
+                self.control_closed = true;
+                self.cancel_commit()
+            }
+            (Phase::Probing { crc32 }, Event::ControlAlive) => {
+                if self.gone() {
+                    return self.cancel_commit();
+                }
+                self.phase = Phase::Committing { crc32 };
+                vec![Step::Commit]
+            }
+            (Phase::Committing { crc32 }, Event::Slave(response)) => {
+                let outcome = match response {
+                    Response::Committed { size, mtime } => {
+                        TransferOutcome::Committed { size, mtime, crc32 }
+                    }
+                    Response::Failed(f) => TransferOutcome::Failed(f),
+                    _ => TransferOutcome::Failed(TransferFailure::Storage(
+                        "unexpected answer".into(),
+                    )),
+                };
+                vec![self.finish(outcome)]
+            }
+            (Phase::Committing { .. }, Event::SlaveLost) => {
+                vec![self.finish(TransferOutcome::SlaveLost)]
+            }
+            // Anything else cannot happen in that phase; ignore it.
+            _ => Vec::new(),
+        }
+    }
+
+    /// ABOR came or the client left.
+    fn gone(&self) -> bool {
+        self.aborted || self.control_closed
+    }
+
+    /// The slave answered a running transfer.
+    fn answered(&mut self, response: Response) -> Vec<Step> {
+        match response {
+            Response::Sent { bytes } => self.end(TransferOutcome::Sent { bytes }),
+            Response::Failed(f) => self.end(TransferOutcome::Failed(f)),
+            Response::Received { crc32, .. } => {
+                // Second phase: commit only while the client is still there
+                // and did not abort. A client that died mid-upload leaves a
+                // partial file, which must never be recorded.
+                self.phase = Phase::Probing { crc32 };
+                let mut steps = self.end_relay();
+                if self.gone() {
+                    steps.extend(self.cancel_commit());
+                } else {
+                    steps.push(Step::ProbeControl);
+                }
+                steps
+            }
+            other => self.end(TransferOutcome::Failed(TransferFailure::Storage(format!(
+                "unexpected answer {other:?}"
+            )))),
+        }
+    }
+
+    fn cancel_commit(&mut self) -> Vec<Step> {
+        vec![
+            Step::AbortSlave,
+            self.finish(TransferOutcome::Failed(TransferFailure::Aborted)),
+        ]
+    }
+
+    /// The client connected to the master's address instead of the slave's.
+    fn client_caught(&mut self) -> Vec<Step> {
+        self.caught = false;
+        if self.relay_allowed {
+            self.relaying = true;
+            self.phase = Phase::RelaySetup;
+            return vec![Step::SetUpRelay(RelayClient::Caught)];
+        }
+        let announced = self.announced.unwrap_or(self.local);
+        let used = SocketAddr::new(self.local.ip(), self.announced.map_or(0, |a| a.port()));
+        vec![
+            Step::Park,
+            self.finish(TransferOutcome::IgnoredPasvAddress { announced, used }),
+        ]
+    }
+
+    fn end_relay(&self) -> Vec<Step> {
+        if self.relaying {
+            vec![Step::EndRelay {
+                cancel: self.gone(),
+            }]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn end(&mut self, outcome: TransferOutcome) -> Vec<Step> {
+        let mut steps = self.end_relay();
+        steps.push(self.finish(outcome));
+        steps
+    }
+
+    fn finish_with_opening(&mut self, outcome: TransferOutcome) -> Vec<Step> {
+        self.opening_sent = true;
+        vec![Step::Reply(self.opening.clone()), self.finish(outcome)]
+    }
+
+    fn finish(&mut self, outcome: TransferOutcome) -> Step {
+        self.phase = Phase::Done;
+        Step::Finish {
+            outcome,
+            aborted: self.aborted,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::TransferOrder;
+    use crate::proto::VPath;
+
+    fn job(route: Route, upload: bool) -> TransferJob {
+        let path = VPath::parse_absolute("/f").unwrap();
+        TransferJob {
+            slave: 0,
+            slave_name: "s1".into(),
+            xfer: 7,
+            order: if upload {
+                TransferOrder::Receive {
+                    path: path.clone(),
+                    offset: None,
+                }
+            } else {
+                TransferOrder::Send { path, offset: 0 }
+            },
+            route,
+            opening: Reply::new(150, "Opening"),
+            upload_path: None,
+        }
+    }
+
+    fn local() -> SocketAddr {
+        "127.0.0.1:21".parse().unwrap()
+    }
+
+    fn announced() -> Option<SocketAddr> {
+        Some("127.0.0.11:5000".parse().unwrap())
+    }
+
+    fn machine(route: Route, upload: bool, relay: bool) -> TransferMachine {
+        TransferMachine::new(&job(route, upload), relay, announced(), local())
+    }
+
+    fn finish(steps: &[Step]) -> Option<(TransferOutcome, bool)> {
+        steps.iter().find_map(|s| match s {
+            Step::Finish { outcome, aborted } => Some((outcome.clone(), *aborted)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_download_orders_then_opens_then_finishes() {
+        let mut m = machine(Route::SlavePassive, false, false);
+        let s = m.start(true, false, false);
+        assert_eq!(s[0], Step::Order(DataConn::Passive));
+        assert!(matches!(s[1], Step::Reply(ref r) if r.code == 150));
+        assert!(m.watching());
+        let s = m.on(Event::Slave(Response::Sent { bytes: 5 }));
+        assert_eq!(
+            finish(&s),
+            Some((TransferOutcome::Sent { bytes: 5 }, false))
+        );
+        assert!(!m.watching());
+        assert!(m.on(Event::Abor).is_empty(), "nothing after the end");
+    }
+
+    #[test]
+    fn an_upload_is_committed_only_after_the_probe() {
+        let mut m = machine(
+            Route::Active("127.0.0.1:4000".parse().unwrap()),
+            true,
+            false,
+        );
+        let s = m.start(true, false, false);
+        assert_eq!(
+            s[0],
+            Step::Order(DataConn::Active("127.0.0.1:4000".parse().unwrap()))
+        );
+        let s = m.on(Event::Slave(Response::Received {
+            bytes: 3,
+            size: 3,
+            crc32: 9,
+        }));
+        assert_eq!(s, vec![Step::ProbeControl]);
+        assert_eq!(m.on(Event::ControlAlive), vec![Step::Commit]);
+        let s = m.on(Event::Slave(Response::Committed { size: 3, mtime: 1 }));
+        assert_eq!(
+            finish(&s),
+            Some((
+                TransferOutcome::Committed {
+                    size: 3,
+                    mtime: 1,
+                    crc32: 9
+                },
+                false
+            ))
+        );
+    }
+
+    #[test]
+    fn abor_or_a_closed_control_connection_never_commits() {
+        for event in [Event::Abor, Event::ControlClosed] {
+            // During the transfer.
+            let mut m = machine(Route::SlavePassive, true, false);
+            m.start(true, false, false);
+            assert_eq!(m.on(event.clone()), vec![Step::AbortSlave]);
+            let s = m.on(Event::Slave(Response::Received {
+                bytes: 1,
+                size: 1,
+                crc32: 1,
+            }));
+            assert!(!s.contains(&Step::Commit));
+            let (outcome, aborted) = finish(&s).unwrap();
+            assert_eq!(outcome, TransferOutcome::Failed(TransferFailure::Aborted));
+            assert_eq!(aborted, event == Event::Abor);
+            // Seen only by the probe.
+            let mut m = machine(Route::SlavePassive, true, false);
+            m.start(true, false, false);
+            m.on(Event::Slave(Response::Received {
+                bytes: 1,
+                size: 1,
+                crc32: 1,
+            }));
+            let s = m.on(event.clone());
+            assert_eq!(s[0], Step::AbortSlave);
+            assert_eq!(
+                finish(&s).unwrap().0,
+                TransferOutcome::Failed(TransferFailure::Aborted)
+            );
+        }
+    }
+
+    #[test]
+    fn a_caught_client_gets_the_fix_or_is_relayed() {
+        // At once, no relay: no 150, the connection parked, a 425 outcome.
+        let mut m = machine(Route::SlavePassive, false, false);
+        let s = m.start(true, false, true);
+        assert_eq!(s[0], Step::AbortSlave);
+        assert_eq!(s[1], Step::Park);
+        assert!(!s.iter().any(|x| matches!(x, Step::Reply(_))));
+        assert!(matches!(
+            finish(&s).unwrap().0,
+            TransferOutcome::IgnoredPasvAddress { .. }
+        ));
+        // Mid-transfer, relay allowed: abort, wait for the slave, relay.
+        let mut m = machine(Route::SlavePassive, false, true);
+        m.start(true, false, false);
+        assert_eq!(m.on(Event::Caught), vec![Step::AbortSlave]);
+        assert!(!m.may_catch());
+        let s = m.on(Event::Slave(Response::Failed(TransferFailure::Aborted)));
+        assert_eq!(s, vec![Step::SetUpRelay(RelayClient::Caught)]);
+        let s = m.on(Event::RelayReady);
+        // The 150 was already sent: only the order and the relay.
+        assert_eq!(s, vec![Step::Order(DataConn::Passive), Step::StartRelay]);
+        assert!(m.relaying());
+        let s = m.on(Event::Slave(Response::Sent { bytes: 9 }));
+        assert_eq!(s[0], Step::EndRelay { cancel: false });
+        assert_eq!(finish(&s).unwrap().0, TransferOutcome::Sent { bytes: 9 });
+    }
+
+    #[test]
+    fn relay_setup_failures_and_a_lost_link() {
+        let mut m = machine(Route::Relay, false, true);
+        assert_eq!(
+            m.start(true, false, false).last(),
+            Some(&Step::Finish {
+                outcome: TransferOutcome::Failed(TransferFailure::NoDataConnection(
+                    "no passive listener".into()
+                )),
+                aborted: false
+            })
+        );
+        let mut m = machine(Route::Relay, false, true);
+        assert_eq!(
+            m.start(true, true, false),
+            vec![Step::SetUpRelay(RelayClient::Listener)]
+        );
+        let s = m.on(Event::RelayFailed {
+            listening: true,
+            lost: false,
+        });
+        assert_eq!(s[0], Step::AbortSlave);
+        let mut m = machine(Route::SlavePassive, false, false);
+        let s = m.start(false, false, false);
+        assert!(matches!(s[0], Step::Reply(_)));
+        assert_eq!(finish(&s).unwrap().0, TransferOutcome::SlaveLost);
+    }
+}
