@@ -57,7 +57,7 @@ pub struct Env {
     pub net: Arc<dyn Net>,
     pub clock: Arc<dyn Clock>,
     rng: Arc<Mutex<StdRng>>,
-    /// CPU-heavy calls go to tokio's blocking pool (production); the
+    /// CPU-heavy calls go to the bounded [`CpuPool`] (production); the
     /// simulator runs them inline (no OS threads there).
     offload: bool,
 }
@@ -83,13 +83,15 @@ impl Env {
     }
 
     /// Runs a CPU-heavy function (password hashing) without stalling the
-    /// runtime's workers in production.
+    /// runtime's workers in production: on the bounded [`CpuPool`], so at
+    /// most a few run at once however many sessions ask; the others wait
+    /// in its queue (a closure each, a few hundred bytes).
     pub async fn run_blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
         if self.offload {
-            tokio::task::spawn_blocking(f).await.ok()
+            CpuPool::global().run(f).await
         } else {
             Some(f())
         }
@@ -300,6 +302,92 @@ impl Clock for FixedClock {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of worker threads for CPU-heavy work (argon2 password
+/// verification and hashing, 19 MiB of memory each at the default cost).
+/// `spawn_blocking` would run every waiting login at once (up to 512
+/// threads: 400 simultaneous PASS once took the master to 7.5 GB), so
+/// concurrency is bounded by the number of cores (at most 4); waiting jobs
+/// cost only their closure. Production only: the simulator runs such work
+/// inline.
+pub struct CpuPool {
+    tx: Mutex<std::sync::mpsc::Sender<Job>>,
+    threads: usize,
+}
+
+impl CpuPool {
+    /// The process's pool, started on first use.
+    pub fn global() -> &'static CpuPool {
+        static POOL: std::sync::OnceLock<CpuPool> = std::sync::OnceLock::new();
+        POOL.get_or_init(|| {
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .clamp(1, 4);
+            CpuPool::start(threads)
+        })
+    }
+
+    fn start(threads: usize) -> CpuPool {
+        // glibc raises its mmap threshold after the first large free, and
+        // then keeps argon2's 19 MiB blocks in per-thread arenas for good.
+        // A fixed threshold of 1 MiB keeps large blocks in mmap, so they go
+        // back to the system as soon as a verification ends.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only sets an allocator parameter.
+        unsafe {
+            nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 1 << 20);
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("dftpd-cpu-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    };
+                    job();
+                })
+                .expect("cannot start a CPU worker thread");
+        }
+        CpuPool {
+            tx: Mutex::new(tx),
+            threads,
+        }
+    }
+
+    /// How many jobs run at once.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f` on a worker; `None` if it panicked.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(r.ok());
+        });
+        if self
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .is_err()
+        {
+            return None;
+        }
+        rx.await.ok().flatten()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,5 +416,32 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(any.local_addr().unwrap().port(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_cpu_pool_bounds_concurrency_and_survives_a_panic() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let pool = CpuPool::start(2);
+        let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let jobs: Vec<_> = (0..12)
+            .map(|i| {
+                let (now, max) = (now.clone(), max.clone());
+                pool.run(move || {
+                    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(n, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    i
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for j in jobs {
+            got.push(j.await.unwrap());
+        }
+        assert_eq!(got, (0..12).collect::<Vec<_>>());
+        assert!(max.load(Ordering::SeqCst) <= 2, "{max:?}");
+        assert_eq!(pool.run(|| panic!("boom")).await, None::<()>);
+        assert_eq!(pool.run(|| 7).await, Some(7), "the pool outlives a panic");
     }
 }

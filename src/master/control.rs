@@ -20,7 +20,8 @@ use super::guard::CommandRate;
 use super::hub::SlaveLink;
 use super::record::{Header, RecordSink, Recorder};
 use super::session::{
-    Action, ListingJob, LoginCheck, PlanVerb, Route, Session, Target, TransferJob, TransferOutcome,
+    Action, HashJob, ListingJob, LoginCheck, PlanVerb, Route, Session, Target, TransferJob,
+    TransferOutcome,
 };
 use super::store::Durable;
 use super::transfer::{Event, RelayClient, Step, TransferMachine};
@@ -347,13 +348,6 @@ impl Driver {
             let mut st = self.state.lock();
             st.now = self.env.unix_now();
             let verb = cmd.verb();
-            if let Command::Site { verb, .. } = &cmd {
-                if verb == "ADDUSER" || verb == "CHPASS" {
-                    let mut salt = [0u8; 16];
-                    self.env.rng_fill(&mut salt);
-                    st.salt = salt;
-                }
-            }
             let action = self.session.handle(cmd, &mut st);
             if let Some(d) = self.state.flush(&mut st) {
                 self.durable = Some(d);
@@ -382,6 +376,10 @@ impl Driver {
         };
         let result = match action {
             Action::CheckPassword(check) => return self.check_password(*check).await,
+            Action::HashPassword(job) => {
+                let reply = self.hash_password(*job).await;
+                self.send(&reply).await
+            }
             Action::Reply(r) => self.send(&r).await,
             Action::Close(r) => {
                 let _ = self.send(&r).await;
@@ -567,6 +565,28 @@ impl Driver {
                 ))
                 .await
             }
+        }
+    }
+
+    /// Hashes a new password (SITE ADDUSER, CHPASS) off the state lock,
+    /// then lets the session apply it.
+    async fn hash_password(&mut self, job: HashJob) -> Reply {
+        let mut salt = [0u8; 16];
+        self.env.rng_fill(&mut salt);
+        let (password, cost) = (job.password.clone(), job.cost);
+        let hash = self
+            .env
+            .run_blocking(move || users::hash_password(&password, salt, cost))
+            .await
+            .unwrap_or_else(|| Err(users::UserError::Hash("the hashing task failed".into())));
+        let mut st = self.state.lock();
+        let action = self.session.password_hashed(&mut st, &job, hash);
+        if let Some(d) = self.state.flush(&mut st) {
+            self.durable = Some(d);
+        }
+        match action {
+            Action::Reply(r) => r,
+            other => Reply::new(451, format!("unexpected {other:?}")),
         }
     }
 

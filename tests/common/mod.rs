@@ -81,6 +81,10 @@ impl ClusterProc {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn raw(&self) -> RawFtp {
         let mut c = RawFtp::connect(self.addr);
         c.login();
@@ -290,6 +294,16 @@ pub fn connect_from(src: &str, to: std::net::SocketAddr) -> std::net::TcpStream 
     let std = stream.into_std().unwrap();
     std.set_nonblocking(false).unwrap();
     std
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A loopback port free right now (for configs that need fixed ports

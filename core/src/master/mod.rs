@@ -50,9 +50,6 @@ pub struct MasterState {
     /// User changes not yet taken by the driver for the store (recorded
     /// only once [`MasterState::open_journals`] was called).
     user_changes: Option<Vec<db::Change>>,
-    /// Random bytes for a password hash made under the lock (SITE ADDUSER,
-    /// CHPASS); the driver fills it from the environment's RNG first.
-    pub salt: [u8; 16],
     /// FTPS is configured on this master (AUTH TLS is offered).
     pub tls_available: bool,
     next_id: u64,
@@ -77,7 +74,6 @@ impl MasterState {
             slaves: SlaveRegistry::default(),
             sessions: BTreeMap::new(),
             now: 0,
-            salt: [0; 16],
             tls_available: false,
             next_id: 0,
         }

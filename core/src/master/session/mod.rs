@@ -141,6 +141,9 @@ pub enum Action {
     /// Verify the password (`users::verify_password`), then call
     /// [`Session::login_result`].
     CheckPassword(Box<LoginCheck>),
+    /// Hash a new password (SITE ADDUSER, CHPASS), then call
+    /// [`Session::password_hashed`].
+    HashPassword(Box<HashJob>),
     /// Send the reply, then close the connection.
     Close(Reply),
     /// Release the current data endpoint, then send the reply.
@@ -249,6 +252,7 @@ mod tests;
 mod transfers;
 
 pub use ftps::{TlsRequirement, TlsState};
+pub use site::{HashJob, PasswordChange};
 pub use transfers::failure_reply;
 
 impl Session {

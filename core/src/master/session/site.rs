@@ -12,7 +12,8 @@ impl Session {
                 return r(550, format!("SITE {verb}: permission denied (admins only)"));
             }
             return match self.site_user(verb, args, st) {
-                Ok(text) => r(200, text),
+                Ok(UserOutcome::Done(text)) => r(200, text),
+                Ok(UserOutcome::Hash(job)) => Action::HashPassword(Box::new(job)),
                 Err(e) => r(e.code(), e.to_string()),
             };
         }
@@ -74,18 +75,19 @@ impl Session {
     }
 
     /// SITE ADDUSER / DELUSER / CHPASS / CHGRP (the caller checked that the
-    /// user is an admin). Changes are stored and override the config.
+    /// user is an admin). Changes are stored and override the config. A new
+    /// password is hashed by the driver, off the state lock
+    /// ([`Action::HashPassword`], then [`Session::password_hashed`]).
     fn site_user(
         &mut self,
         verb: &str,
         args: &str,
         st: &mut MasterState,
-    ) -> Result<String, users::UserError> {
+    ) -> Result<UserOutcome, users::UserError> {
         use users::UserError;
         let w = users::words(args);
         let name = w.first().copied().unwrap_or("");
         let cost = st.config.password_cost;
-        let salt = st.salt;
         match (verb, w.len()) {
             ("ADDUSER", 2 | 3) => {
                 if !users::valid_name(name) {
@@ -97,22 +99,14 @@ impl Session {
                 if st.users.get(name).is_some() {
                     return Err(UserError::Exists(name.into()));
                 }
-                let hash = users::hash_password(w[1], salt, cost)?;
-                st.users.insert(users::User {
-                    name: name.into(),
-                    password_hash: hash,
-                    groups: w.get(2).map(|g| vec![g.to_string()]).unwrap_or_default(),
-                    home: "/".into(),
-                    admin: false,
-                    fxp: false,
-                    tls: users::TlsPolicy::Optional,
-                    max_sessions: None,
-                    upload_quota: None,
-                    uploaded: 0,
-                });
-                st.user_changed(name);
-                tracing::info!(admin = ?self.user(), user = name, "user added");
-                Ok(format!("User {name} added"))
+                Ok(UserOutcome::Hash(HashJob {
+                    change: PasswordChange::Add {
+                        name: name.into(),
+                        group: w.get(2).map(|g| g.to_string()),
+                    },
+                    password: w[1].to_string(),
+                    cost,
+                }))
             }
             ("DELUSER", 1) => {
                 if Some(name) == self.user() {
@@ -123,18 +117,17 @@ impl Session {
                     .ok_or_else(|| UserError::Unknown(name.into()))?;
                 st.user_changed(name);
                 tracing::info!(admin = ?self.user(), user = name, "user deleted");
-                Ok(format!("User {name} deleted"))
+                Ok(UserOutcome::Done(format!("User {name} deleted")))
             }
             ("CHPASS", 2) => {
-                let hash = users::hash_password(w[1], salt, cost)?;
-                let u = st
-                    .users
-                    .get_mut(name)
-                    .ok_or_else(|| UserError::Unknown(name.into()))?;
-                u.password_hash = hash;
-                st.user_changed(name);
-                tracing::info!(admin = ?self.user(), user = name, "password changed");
-                Ok(format!("Password of {name} changed"))
+                if st.users.get(name).is_none() {
+                    return Err(UserError::Unknown(name.into()));
+                }
+                Ok(UserOutcome::Hash(HashJob {
+                    change: PasswordChange::Set { name: name.into() },
+                    password: w[1].to_string(),
+                    cost,
+                }))
             }
             ("CHGRP", n) if n >= 2 => {
                 if let Some(g) = w[1..].iter().find(|g| !users::valid_name(g)) {
@@ -147,12 +140,97 @@ impl Session {
                 u.groups = w[1..].iter().map(|g| g.to_string()).collect();
                 let text = format!("Groups of {name}: {}", u.groups.join(" "));
                 st.user_changed(name);
-                Ok(text)
+                Ok(UserOutcome::Done(text))
             }
             ("ADDUSER", _) => Err(UserError::Usage("SITE ADDUSER <user> <password> [group]")),
             ("DELUSER", _) => Err(UserError::Usage("SITE DELUSER <user>")),
             ("CHPASS", _) => Err(UserError::Usage("SITE CHPASS <user> <password>")),
             _ => Err(UserError::Usage("SITE CHGRP <user> <group> [group...]")),
         }
+    }
+
+    /// The driver hashed the password of a SITE ADDUSER or CHPASS: apply
+    /// the change (checked again: another admin may have acted meanwhile).
+    pub fn password_hashed(
+        &mut self,
+        st: &mut MasterState,
+        job: &HashJob,
+        hash: Result<String, users::UserError>,
+    ) -> Action {
+        use users::UserError;
+        let hash = match hash {
+            Ok(h) => h,
+            Err(e) => return r(e.code(), e.to_string()),
+        };
+        let done = match &job.change {
+            PasswordChange::Add { name, group } => {
+                if st.users.get(name).is_some() {
+                    Err(UserError::Exists(name.clone()))
+                } else {
+                    st.users.insert(users::User {
+                        name: name.clone(),
+                        password_hash: hash,
+                        groups: group.iter().cloned().collect(),
+                        home: "/".into(),
+                        admin: false,
+                        fxp: false,
+                        tls: users::TlsPolicy::Optional,
+                        max_sessions: None,
+                        upload_quota: None,
+                        uploaded: 0,
+                    });
+                    st.user_changed(name);
+                    tracing::info!(admin = ?self.user(), user = %name, "user added");
+                    Ok(format!("User {name} added"))
+                }
+            }
+            PasswordChange::Set { name } => match st.users.get_mut(name) {
+                Some(u) => {
+                    u.password_hash = hash;
+                    st.user_changed(name);
+                    tracing::info!(admin = ?self.user(), user = %name, "password changed");
+                    Ok(format!("Password of {name} changed"))
+                }
+                None => Err(UserError::Unknown(name.clone())),
+            },
+        };
+        match done {
+            Ok(text) => r(200, text),
+            Err(e) => r(e.code(), e.to_string()),
+        }
+    }
+}
+
+enum UserOutcome {
+    Done(String),
+    Hash(HashJob),
+}
+
+/// Which account a new password is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordChange {
+    /// SITE ADDUSER: a new user, with an optional primary group.
+    Add { name: String, group: Option<String> },
+    /// SITE CHPASS.
+    Set { name: String },
+}
+
+/// A password to hash off the state lock (argon2 takes tens of ms): the
+/// driver draws a salt, hashes with `cost`, and calls
+/// [`Session::password_hashed`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct HashJob {
+    pub change: PasswordChange,
+    pub password: String,
+    pub cost: users::PasswordCost,
+}
+
+impl std::fmt::Debug for HashJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "HashJob {{ change: {:?}, password: <redacted> }}",
+            self.change
+        )
     }
 }

@@ -517,6 +517,18 @@ fn permission_rules_apply_per_action_and_group() {
     assert!(text(olga.handle(cmd("MKD /elsewhere"), &mut st)).starts_with("257"));
 }
 
+/// A SITE user command as the driver runs it: hash off the lock, then
+/// `password_hashed`.
+fn site_user(s: &mut Session, st: &mut MasterState, line: &str) -> Action {
+    match s.handle(cmd(line), st) {
+        Action::HashPassword(job) => {
+            let hash = users::hash_password(&job.password, [9; 16], job.cost);
+            s.password_hashed(st, &job, hash)
+        }
+        other => other,
+    }
+}
+
 #[test]
 fn site_user_commands_are_for_admins_and_persist_hashed() {
     let mut st = state_with(
@@ -530,19 +542,28 @@ fn site_user_commands_are_for_admins_and_persist_hashed() {
     let got = text(joe.handle(cmd("SITE ADDUSER eve pw"), &mut st));
     assert_eq!(got, "550 SITE ADDUSER: permission denied (admins only)");
     let mut root = login_as(&mut st, "root");
-    st.salt = [9; 16];
+    // The session never hashes under the lock: it asks the driver to.
+    assert!(matches!(
+        root.handle(cmd("SITE ADDUSER eve s3cret staff"), &mut st),
+        Action::HashPassword(_)
+    ));
+    assert!(st.users.get("eve").is_none());
     assert_eq!(
-        text(root.handle(cmd("SITE ADDUSER eve s3cret staff"), &mut st)),
+        text(site_user(
+            &mut root,
+            &mut st,
+            "SITE ADDUSER eve s3cret staff"
+        )),
         "200 User eve added"
     );
     let eve = st.users.get("eve").unwrap().clone();
     assert!(eve.password_hash.starts_with("$argon2id$"));
     assert!(!eve.password_hash.contains("s3cret"));
     assert_eq!(eve.groups, ["staff"]);
-    assert!(text(root.handle(cmd("SITE ADDUSER eve x"), &mut st)).starts_with("553"));
+    assert!(text(site_user(&mut root, &mut st, "SITE ADDUSER eve x")).starts_with("553"));
     assert!(text(root.handle(cmd("SITE ADDUSER ../x y"), &mut st)).starts_with("553"));
     assert!(text(root.handle(cmd("SITE ADDUSER onlyname"), &mut st)).starts_with("501"));
-    assert!(text(root.handle(cmd("SITE CHPASS eve n3w"), &mut st)).starts_with("200"));
+    assert!(text(site_user(&mut root, &mut st, "SITE CHPASS eve n3w")).starts_with("200"));
     assert!(users::verify_password(
         &st.users.get("eve").unwrap().password_hash,
         "n3w"
