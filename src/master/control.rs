@@ -18,15 +18,15 @@ use tracing::Instrument;
 
 use super::guard::CommandRate;
 use super::hub::SlaveLink;
+use super::observe::{BadLine, SessionEvent, SessionObserver};
 use super::record::{Header, RecordSink, Recorder};
 use super::session::{
-    Action, HashJob, ListingJob, LoginCheck, PlanVerb, Route, Session, Target, TransferJob,
-    TransferOutcome,
+    Action, HashJob, ListingJob, LoginCheck, Route, Session, Target, TransferJob, TransferOutcome,
 };
 use super::store::Durable;
 use super::transfer::{Event, RelayClient, Step, TransferMachine};
 use super::users;
-use super::{SessionInfo, Shared};
+use super::{Hub, MasterState, SessionInfo, Shared};
 use crate::config::PasvWithoutPret;
 use crate::env::{accept_from, bind_in_range, next_connection, pump, BoxStream, Env, NetListener};
 use crate::link::{DataTls, Request, Response};
@@ -87,6 +87,31 @@ pub async fn accept_sessions(
     }
 }
 
+/// A session's observers; publishing to none costs nothing.
+#[derive(Default)]
+struct Observers(Vec<Box<dyn SessionObserver>>);
+
+impl Observers {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Publishes `event` (the state lock is held by the caller).
+    fn emit(&mut self, st: &MasterState, event: &SessionEvent<'_>) {
+        for o in &mut self.0 {
+            o.on(event, st);
+        }
+    }
+
+    /// Publishes `event`, taking the state lock only if someone listens.
+    fn emit_locked(&mut self, hub: &Hub, event: &SessionEvent<'_>) {
+        if !self.0.is_empty() {
+            let core = hub.lock();
+            self.emit(&core, event);
+        }
+    }
+}
+
 /// The server side of the current data connection.
 enum Endpoint {
     None,
@@ -124,9 +149,11 @@ struct Driver {
     /// sent (a client caught at the wrong address must read the 425 before
     /// its data connection closes, or it reports a short transfer instead).
     parked: Option<BoxStream>,
-    /// The session's recording, when `record_dir` is set (boxed: an idle
-    /// session's future stays small when recording is off).
-    rec: Option<Box<Rec>>,
+    /// Who watches this session (the recorder when `record_dir` is set):
+    /// every event goes to all of them; none, nothing is built.
+    observers: Observers,
+    /// When the session started (event times are relative to it).
+    started: tokio::time::Instant,
     /// Changes this session made that the store has not confirmed yet: the
     /// next reply waits for them (a client is never told "done" before the
     /// change would survive a crash).
@@ -135,12 +162,6 @@ struct Driver {
     /// resumption data of its TLS sessions and sent with `PROT P` orders
     /// (see `tls.rs`, "Tying a data connection to its control connection").
     tls_token: Option<Vec<u8>>,
-}
-
-/// A recording and the instant its session started.
-struct Rec {
-    r: Recorder,
-    start: tokio::time::Instant,
 }
 
 enum Next {
@@ -162,42 +183,39 @@ impl Driver {
             queued: VecDeque::new(),
             closed: false,
             parked: None,
-            rec: None,
+            observers: Observers::default(),
+            started: tokio::time::Instant::now(),
             durable: None,
             tls_token: None,
         }
     }
 
-    /// Starts recording if the master records sessions.
-    fn start_recording(&mut self, sink: Option<Arc<dyn RecordSink>>) {
-        let Some(out) = sink.and_then(|s| s.open(self.session.id)) else {
-            return;
-        };
-        let st = self.state.lock();
-        let h = Header {
+    /// Attaches the session's observers: the recorder if the master
+    /// records sessions.
+    fn attach_observers(&mut self, sink: Option<Arc<dyn RecordSink>>) {
+        let unix_now = self.env.unix_now();
+        if let Some(out) = sink.and_then(|s| s.open(self.session.id)) {
+            let st = self.state.lock();
+            let h = Header {
+                session: self.session.id,
+                peer: self.session.peer,
+                unix_now,
+            };
+            self.observers
+                .0
+                .push(Box::new(Recorder::start(out, &h, &st)));
+        }
+        let opened = SessionEvent::Opened {
             session: self.session.id,
             peer: self.session.peer,
-            unix_now: self.env.unix_now(),
+            unix_now,
         };
-        self.rec = Some(Box::new(Rec {
-            r: Recorder::start(out, &h, &st),
-            start: tokio::time::Instant::now(),
-        }));
-    }
-
-    /// A `#` note in the recording (built only when recording).
-    fn note(&mut self, text: impl FnOnce(&Self) -> String) {
-        if self.rec.is_some() {
-            let t = text(self);
-            if let Some(rec) = self.rec.as_mut() {
-                rec.r.note(&t);
-            }
-        }
+        self.observers.emit_locked(&self.state, &opened);
     }
 
     async fn run(mut self, sink: Option<Arc<dyn RecordSink>>) {
         tracing::debug!("session opened");
-        self.start_recording(sink);
+        self.attach_observers(sink);
         if self.send(&Session::greeting()).await.is_ok() {
             self.serve().await;
         }
@@ -209,9 +227,11 @@ impl Driver {
             st.limits.close(ip);
             let _ = self.state.flush(&mut st);
         }
-        if let Some(mut rec) = self.rec.take() {
-            rec.r.finish(rec.start.elapsed(), self.closed);
-        }
+        let closed = SessionEvent::Closed {
+            at: self.started.elapsed(),
+            client_closed: self.closed,
+        };
+        self.observers.emit_locked(&self.state, &closed);
         tracing::debug!("session closed");
     }
 
@@ -260,19 +280,16 @@ impl Driver {
                     .await;
                 return;
             }
-            if let Some(rec) = self.rec.as_mut() {
-                match &line {
-                    Line::Command(text) => {
-                        rec.r.command(rec.start.elapsed(), text);
-                        if Recorder::names_paths(text) {
-                            let st = self.state.lock();
-                            rec.r.touch(text, &self.session.cwd, &st);
-                        }
-                    }
-                    Line::Empty => rec.r.command(rec.start.elapsed(), ""),
-                    Line::TooLong => rec.r.note("a command line too long to record"),
-                    Line::NotUtf8 => rec.r.note("a command line that is not UTF-8"),
-                }
+            if !self.observers.is_empty() {
+                let at = self.started.elapsed();
+                let cwd = &self.session.cwd;
+                let event = match &line {
+                    Line::Command(text) => SessionEvent::Command { at, text, cwd },
+                    Line::Empty => SessionEvent::Command { at, text: "", cwd },
+                    Line::TooLong => SessionEvent::BadLine(BadLine::TooLong),
+                    Line::NotUtf8 => SessionEvent::BadLine(BadLine::NotUtf8),
+                };
+                self.observers.emit_locked(&self.state, &event);
             }
             let reply = match line {
                 Line::Command(text) => match Command::parse(&text) {
@@ -328,9 +345,8 @@ impl Driver {
             reply.code,
             reply.lines.first().map(String::as_str).unwrap_or("")
         );
-        if let Some(rec) = self.rec.as_mut() {
-            rec.r.reply(reply);
-        }
+        self.observers
+            .emit_locked(&self.state, &SessionEvent::Reply(reply));
         self.writer.write_all(reply.to_wire().as_bytes()).await?;
         self.writer.flush().await
     }
@@ -352,24 +368,13 @@ impl Driver {
             if let Some(d) = self.state.flush(&mut st) {
                 self.durable = Some(d);
             }
-            if let Some(rec) = self.rec.as_mut() {
+            if !self.observers.is_empty() {
                 if let (true, Some(plan)) = (verb == "PRET", self.session.plan()) {
-                    let on = match plan.target {
-                        Target::Master => "the master".to_string(),
-                        Target::Slave(s) => {
-                            if matches!(plan.verb, PlanVerb::Stor | PlanVerb::Appe | PlanVerb::Stou)
-                            {
-                                rec.r.upload_decision(Some(st.slaves.name(s)));
-                            }
-                            format!("slave {}", st.slaves.name(s))
-                        }
-                    };
-                    rec.r.note(&format!("PRET decision: {on}"));
+                    self.observers.emit(&st, &SessionEvent::Planned(plan));
                 }
                 if let Action::Transfer(job) = &action {
-                    if job.is_upload() {
-                        rec.r.upload_decision(Some(&job.slave_name));
-                    }
+                    self.observers
+                        .emit(&st, &SessionEvent::TransferStarted(job));
                 }
             }
             action
@@ -392,16 +397,14 @@ impl Driver {
             Action::OpenPassive { target, xfer, epsv } => {
                 self.release_endpoint();
                 let result = self.open_passive(target, xfer).await;
-                self.note(|d| {
-                    let on = match target {
-                        Target::Master => "the master".to_string(),
-                        Target::Slave(s) => format!("slave {}", d.state.lock().slaves.name(s)),
-                    };
-                    match &result {
-                        Ok(a) => format!("passive decision: {on} at {a} (transfer {xfer})"),
-                        Err(e) => format!("passive decision: {on} failed: {e}"),
-                    }
-                });
+                self.observers.emit_locked(
+                    &self.state,
+                    &SessionEvent::PassiveOpened {
+                        target,
+                        xfer,
+                        result: &result,
+                    },
+                );
                 let reply = {
                     let st = self.state.lock();
                     self.session.passive_opened(&st, target, xfer, epsv, result)
@@ -546,10 +549,14 @@ impl Driver {
             data.shutdown().await
         }
         .await;
-        self.note(|_| match &written {
-            Ok(()) => format!("data: listing of {} bytes sent", job.bytes.len()),
-            Err(e) => format!("data: listing failed: {e}"),
-        });
+        if !self.observers.is_empty() {
+            let why = written.as_ref().err().map(|e| e.to_string());
+            let event = SessionEvent::ListingSent(match &why {
+                None => Ok(job.bytes.len()),
+                Some(e) => Err(e.as_str()),
+            });
+            self.observers.emit_locked(&self.state, &event);
+        }
         match written {
             Ok(()) => {
                 self.send(&Reply::new(
@@ -607,8 +614,8 @@ impl Driver {
             if let Some(d) = self.state.flush(&mut st) {
                 self.durable = Some(d);
             }
-            if let (Some(rec), Some(user)) = (self.rec.as_mut(), self.session.user()) {
-                rec.r.logged_in(user, &st);
+            if let Some(user) = self.session.user() {
+                self.observers.emit(&st, &SessionEvent::LoggedIn { user });
             }
             result
         };
@@ -629,38 +636,17 @@ impl Driver {
     }
 
     async fn transfer(&mut self, job: TransferJob) -> Next {
+        let started = tokio::time::Instant::now();
         let outcome = self.run_transfer(&job).await;
         let (outcome, aborted) = outcome;
         tracing::info!(?outcome, "transfer finished");
-        if let Some(rec) = self.rec.as_mut() {
-            let slave = &job.slave_name;
-            let text = match &outcome {
-                TransferOutcome::Sent { bytes } => {
-                    format!("data: slave {slave} sent {bytes} bytes")
-                }
-                TransferOutcome::Committed { size, crc32, .. } => {
-                    format!("data: slave {slave} stored {size} bytes crc32={crc32:08x}")
-                }
-                TransferOutcome::Failed(f) => format!("data: slave {slave} failed: {f:?}"),
-                TransferOutcome::SlaveLost => format!("data: slave {slave} lost"),
-                TransferOutcome::IgnoredPasvAddress { announced, used } => {
-                    format!("data: the client connected to {used}, not the announced {announced}")
-                }
-            };
-            rec.r.note(&text);
-            if matches!(outcome, TransferOutcome::IgnoredPasvAddress { .. }) {
-                rec.r.ignored_address();
-            }
-            if aborted {
-                rec.r.note("the client sent ABOR during the transfer");
-            }
-            if job.is_upload() {
-                rec.r.upload(match outcome {
-                    TransferOutcome::Committed { size, .. } => Some(size),
-                    _ => None,
-                });
-            }
-        }
+        let finished = SessionEvent::TransferFinished {
+            job: &job,
+            outcome: &outcome,
+            aborted,
+            duration: started.elapsed(),
+        };
+        self.observers.emit_locked(&self.state, &finished);
         let reply = {
             let mut st = self.state.lock();
             st.now = self.env.unix_now();
@@ -1061,7 +1047,8 @@ impl Driver {
                 self.reader = r;
                 self.writer = w;
                 self.tls_token = Some(token);
-                self.note(|_| "control connection encrypted (AUTH TLS)".into());
+                self.observers
+                    .emit_locked(&self.state, &SessionEvent::TlsStarted);
                 Next::Continue
             }
             Err(e) => {

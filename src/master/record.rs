@@ -22,6 +22,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::db::{FileMeta, Node};
+use super::observe::{BadLine, SessionEvent, SessionObserver};
+use super::session::{PlanVerb, Target, TransferOutcome};
 use super::MasterState;
 use crate::config::PasvWithoutPret;
 use crate::proto::{Reply, VPath};
@@ -596,6 +598,101 @@ impl Drop for Recorder {
             self.upload_decision(None);
             self.flush_entry();
             let _ = self.out.flush();
+        }
+    }
+}
+
+/// The recorder watches a session through its events (the driver has no
+/// other hook for it): each event becomes lines of the scenario.
+impl SessionObserver for Recorder {
+    fn on(&mut self, event: &SessionEvent<'_>, st: &MasterState) {
+        match event {
+            // The header is written by `start`.
+            SessionEvent::Opened { .. } => {}
+            SessionEvent::Command { at, text, cwd } => {
+                self.command(*at, text);
+                if Recorder::names_paths(text) {
+                    self.touch(text, cwd, st);
+                }
+            }
+            SessionEvent::BadLine(BadLine::TooLong) => {
+                self.note("a command line too long to record")
+            }
+            SessionEvent::BadLine(BadLine::NotUtf8) => {
+                self.note("a command line that is not UTF-8")
+            }
+            SessionEvent::Reply(r) => self.reply(r),
+            SessionEvent::Planned(plan) => {
+                let on = match plan.target {
+                    Target::Master => "the master".to_string(),
+                    Target::Slave(s) => {
+                        if matches!(plan.verb, PlanVerb::Stor | PlanVerb::Appe | PlanVerb::Stou) {
+                            self.upload_decision(Some(st.slaves.name(s)));
+                        }
+                        format!("slave {}", st.slaves.name(s))
+                    }
+                };
+                self.note(&format!("PRET decision: {on}"));
+            }
+            SessionEvent::PassiveOpened {
+                target,
+                xfer,
+                result,
+            } => {
+                let on = match target {
+                    Target::Master => "the master".to_string(),
+                    Target::Slave(s) => format!("slave {}", st.slaves.name(*s)),
+                };
+                self.note(&match result {
+                    Ok(a) => format!("passive decision: {on} at {a} (transfer {xfer})"),
+                    Err(e) => format!("passive decision: {on} failed: {e}"),
+                });
+            }
+            SessionEvent::TransferStarted(job) => {
+                if job.is_upload() {
+                    self.upload_decision(Some(&job.slave_name));
+                }
+            }
+            SessionEvent::TransferFinished {
+                job,
+                outcome,
+                aborted,
+                ..
+            } => {
+                let slave = &job.slave_name;
+                self.note(&match outcome {
+                    TransferOutcome::Sent { bytes } => {
+                        format!("data: slave {slave} sent {bytes} bytes")
+                    }
+                    TransferOutcome::Committed { size, crc32, .. } => {
+                        format!("data: slave {slave} stored {size} bytes crc32={crc32:08x}")
+                    }
+                    TransferOutcome::Failed(f) => format!("data: slave {slave} failed: {f:?}"),
+                    TransferOutcome::SlaveLost => format!("data: slave {slave} lost"),
+                    TransferOutcome::IgnoredPasvAddress { announced, used } => format!(
+                        "data: the client connected to {used}, not the announced {announced}"
+                    ),
+                });
+                if matches!(outcome, TransferOutcome::IgnoredPasvAddress { .. }) {
+                    self.ignored_address();
+                }
+                if *aborted {
+                    self.note("the client sent ABOR during the transfer");
+                }
+                if job.is_upload() {
+                    self.upload(match outcome {
+                        TransferOutcome::Committed { size, .. } => Some(*size),
+                        _ => None,
+                    });
+                }
+            }
+            SessionEvent::ListingSent(result) => self.note(&match result {
+                Ok(n) => format!("data: listing of {n} bytes sent"),
+                Err(e) => format!("data: listing failed: {e}"),
+            }),
+            SessionEvent::LoggedIn { user } => self.logged_in(user, st),
+            SessionEvent::TlsStarted => self.note("control connection encrypted (AUTH TLS)"),
+            SessionEvent::Closed { at, client_closed } => self.finish(*at, *client_closed),
         }
     }
 }

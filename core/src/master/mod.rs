@@ -8,6 +8,7 @@
 
 pub mod db;
 pub mod guard;
+pub mod observe;
 pub mod registry;
 pub mod session;
 pub mod transfer;

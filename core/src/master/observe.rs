@@ -1,0 +1,74 @@
+//! What a control session did, as events for observers: the session
+//! recorder (`record_dir`), and anything else that watches sessions
+//! (metrics, the transfer log). The driver publishes every event through
+//! one call; observers never change what the session decides.
+//!
+//! Events borrow what they describe, so publishing costs nothing when no
+//! observer is attached (the driver checks first).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::session::{Plan, Target, TransferJob, TransferOutcome};
+use super::MasterState;
+use crate::proto::{Reply, VPath};
+
+/// Why a line from the client was not a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadLine {
+    TooLong,
+    NotUtf8,
+}
+
+#[derive(Debug)]
+pub enum SessionEvent<'a> {
+    /// The session started: its id, the client's address, the wall clock.
+    Opened {
+        session: u64,
+        peer: SocketAddr,
+        unix_now: i64,
+    },
+    /// A command line arrived `at` after the session started (empty for an
+    /// empty line); `cwd` is the directory it is resolved against.
+    Command {
+        at: Duration,
+        text: &'a str,
+        cwd: &'a VPath,
+    },
+    /// A line that is not a command.
+    BadLine(BadLine),
+    /// A reply was sent.
+    Reply(&'a Reply),
+    /// PRET planned a transfer.
+    Planned(&'a Plan),
+    /// PASV/EPSV opened (or failed to open) a passive endpoint.
+    PassiveOpened {
+        target: Target,
+        xfer: u64,
+        result: &'a Result<SocketAddr, String>,
+    },
+    /// A data command became a transfer on a slave.
+    TransferStarted(&'a TransferJob),
+    /// The transfer ended. `aborted`: the client sent ABOR during it.
+    TransferFinished {
+        job: &'a TransferJob,
+        outcome: &'a TransferOutcome,
+        aborted: bool,
+        duration: Duration,
+    },
+    /// A listing was sent (`Ok(bytes)`) or failed.
+    ListingSent(Result<usize, &'a str>),
+    /// The login succeeded.
+    LoggedIn { user: &'a str },
+    /// AUTH TLS: the control connection is encrypted from now on.
+    TlsStarted,
+    /// The session ended `at` after its start; `client_closed`: the client
+    /// went away (not after QUIT, not closed by the server).
+    Closed { at: Duration, client_closed: bool },
+}
+
+/// Something that watches sessions. Called by the driver with the state
+/// lock held: keep it short, and never block.
+pub trait SessionObserver: Send {
+    fn on(&mut self, event: &SessionEvent<'_>, st: &MasterState);
+}
