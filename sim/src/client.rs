@@ -18,12 +18,10 @@ use std::time::Duration;
 
 use dftpd::proto::VPath;
 use dftpd::slave::mem::MemDisk;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
-use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use turmoil::net::{TcpListener, TcpStream};
 
-use crate::env::{content, crc32};
+use crate::env::{content, crc32, SimListener, SimStream};
 use crate::script::{ClientOp, Cut, Payload};
 
 /// How long a client waits for a reply before calling it missing.
@@ -77,8 +75,8 @@ struct Control {
     /// The master's epoch when this connection was made: if the master
     /// crashed since, a missing reply is expected.
     epoch: u64,
-    r: OwnedReadHalf,
-    w: OwnedWriteHalf,
+    r: ReadHalf<SimStream>,
+    w: WriteHalf<SimStream>,
     buf: Vec<u8>,
 }
 
@@ -87,7 +85,7 @@ struct Client {
     ctrl: Option<Control>,
     /// Address of the last 227/229 reply.
     pasv: Option<SocketAddr>,
-    data: Option<TcpStream>,
+    data: Option<SimStream>,
     /// A data connection being opened by `data connect`: turmoil completes
     /// a connect only when the server calls accept (there is no kernel
     /// backlog), and the master accepts a listing's connection only after
@@ -95,9 +93,9 @@ struct Client {
     /// kernel's handshake would.
     connecting: Option<(
         SocketAddr,
-        tokio::task::JoinHandle<std::io::Result<TcpStream>>,
+        tokio::task::JoinHandle<std::io::Result<SimStream>>,
     )>,
-    listener: Option<TcpListener>,
+    listener: Option<SimListener>,
     payload: Option<Payload>,
     read_cut: Option<Cut>,
     rest: u64,
@@ -185,9 +183,9 @@ impl Client {
         match op {
             ClientOp::Connect => {
                 self.log(format!("{name}: connect"));
-                match TcpStream::connect(self.world.master).await {
+                match SimStream::connect(self.world.master).await {
                     Ok(s) => {
-                        let (r, w) = s.into_split();
+                        let (r, w) = tokio::io::split(s);
                         self.ctrl = Some(Control {
                             epoch: self.world.master_epoch.get(),
                             r,
@@ -227,7 +225,7 @@ impl Client {
                     addr = SocketAddr::new(self.world.master.ip(), addr.port());
                 }
                 self.log(format!("{name}: data connect to {addr}"));
-                let connect = tokio::task::spawn_local(TcpStream::connect(addr));
+                let connect = tokio::task::spawn_local(SimStream::connect(addr));
                 self.connecting = Some((addr, connect));
                 if matches!(op, ClientOp::DataConnectIgnoringAddress) {
                     // Such a client connects right after the 227 reply, so
@@ -238,14 +236,16 @@ impl Client {
                     tokio::time::sleep(IGNORED_ADDRESS_HEAD_START).await;
                 }
             }
-            ClientOp::DataListen => match TcpListener::bind("0.0.0.0:0").await {
-                Ok(l) => {
-                    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
-                    self.log(format!("{name}: data listen on port {port}"));
-                    self.listener = Some(l);
+            ClientOp::DataListen => {
+                match SimListener::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await {
+                    Ok(l) => {
+                        let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+                        self.log(format!("{name}: data listen on port {port}"));
+                        self.listener = Some(l);
+                    }
+                    Err(e) => self.log(format!("{name}! data listen: {e}")),
                 }
-                Err(e) => self.log(format!("{name}! data listen: {e}")),
-            },
+            }
             ClientOp::DataSend(p) => {
                 self.log(format!(
                     "{name}: data send {} bytes seed={}{}",
@@ -487,7 +487,7 @@ impl Client {
         self.rest = 0;
     }
 
-    async fn open_data(&mut self) -> Option<TcpStream> {
+    async fn open_data(&mut self) -> Option<SimStream> {
         let name = self.world.name.clone();
         if let Some(s) = self.data.take() {
             return Some(s);
@@ -525,7 +525,7 @@ impl Client {
         if let Some(addr) = self.pasv {
             // A connect to a host that went down is never answered; real
             // clients give up after a while, and so does this one.
-            return match tokio::time::timeout(DATA_TIMEOUT, TcpStream::connect(addr)).await {
+            return match tokio::time::timeout(DATA_TIMEOUT, SimStream::connect(addr)).await {
                 Ok(Ok(s)) => {
                     self.log(format!("{name}: data connected to {addr}"));
                     Some(s)
@@ -550,7 +550,7 @@ impl Client {
     /// of waiting on a peer that will never read again.
     async fn write_watching_control(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut SimStream,
         chunk: &[u8],
     ) -> Result<(), String> {
         let write = tokio::time::timeout(DATA_TIMEOUT, s.write_all(chunk));

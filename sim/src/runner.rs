@@ -26,7 +26,7 @@ use dftpd::slave::mem::{MemDisk, MemStorage};
 use tokio::sync::{mpsc, watch};
 
 use crate::client::{self, ClientWorld, SharedTranscript, Transcript};
-use crate::env::{content, epoch, sim_env, splitmix, SimClock, EPOCH_SECS};
+use crate::env::{content, epoch, sim_env, splitmix, SimClock, EPOCH_SECS, TCP_CAPACITY};
 use crate::script::{ClientOp, Scenario, SlaveStateWanted, StepKind};
 
 /// The FTP control port and the link port inside the simulation.
@@ -299,6 +299,9 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(MIN_LATENCY)
         .max_message_latency(max_latency)
+        // One slot more than a `SimStream` ever has in flight: a FIN always
+        // finds room in the receive queue (see `env::WINDOW`).
+        .tcp_capacity(TCP_CAPACITY)
         .enable_random_order()
         .build();
     let transcript: SharedTranscript = Rc::new(RefCell::new(Transcript::default()));
