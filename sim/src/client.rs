@@ -4,7 +4,8 @@
 //! a time and writes what happened into the shared [`Transcript`]: every
 //! reply line, each data connection's size and CRC-32 (and a listing's text),
 //! and any invariant it saw broken (a command without exactly one final
-//! reply, a 226 on RETR whose bytes match no stored copy).
+//! reply, a 226 on RETR whose bytes match no stored copy, a 226 on a
+//! download whose data connection never ended).
 //!
 //! It is deliberately a plain, strict client: it follows the 227/229 address
 //! it is given, connects the data connection when the server says 1xx (or
@@ -66,6 +67,10 @@ pub struct ClientWorld {
     pub pending: Rc<Cell<usize>>,
     /// Bytes moved on the current (or last) data connection.
     pub data_bytes: Rc<Cell<u64>>,
+    /// Bumped by the runner whenever a partition or hold names this
+    /// client: a data connection may then stall without the product being
+    /// at fault.
+    pub link_faults: Rc<Cell<u64>>,
     /// Bumped by the runner whenever the master crashes or restarts: a
     /// missing reply across a master crash is expected.
     pub master_epoch: Rc<Cell<u64>>,
@@ -589,6 +594,9 @@ impl Client {
         let mut complete_read = false;
         let mut cut = None;
         let mut cut_reached = false;
+        // A download whose data connection went silent without its EOF.
+        let mut stalled = None;
+        let link_faults = self.world.link_faults.get();
         self.world.data_bytes.set(0);
         if let Some(mut s) = stream {
             if upload {
@@ -648,6 +656,7 @@ impl Client {
                         }
                         Err(_) => {
                             failed = Some("stalled".into());
+                            stalled = Some(received.len());
                             break;
                         }
                     }
@@ -706,6 +715,16 @@ impl Client {
         }
         if verb == "RETR" && code == 226 && complete_read {
             self.verify_retr(arg, rest, &received);
+        }
+        if let Some(n) = stalled {
+            // The server says the transfer is complete, so it closed the
+            // data connection; only a cut link excuses an EOF that never
+            // came (the simulated network never loses a FIN otherwise).
+            if code == 226 && self.world.link_faults.get() == link_faults {
+                self.violation(format!(
+                    "226 on {verb} {arg}, but its data connection stayed open after {n} bytes"
+                ));
+            }
         }
     }
 

@@ -210,6 +210,7 @@ struct ClientHandle {
     tx: mpsc::UnboundedSender<ClientOp>,
     pending: Rc<Cell<usize>>,
     data_bytes: Rc<Cell<u64>>,
+    link_faults: Rc<Cell<u64>>,
 }
 
 struct Driver<'a> {
@@ -338,6 +339,7 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
             tx: mpsc::unbounded_channel().0,
             pending: Rc::new(Cell::new(0)),
             data_bytes: Rc::new(Cell::new(0)),
+            link_faults: Rc::new(Cell::new(0)),
         },
         probe_transcript: Rc::new(RefCell::new(Transcript::default())),
         disks: Rc::new(disks),
@@ -485,6 +487,7 @@ impl<'a> Driver<'a> {
             tx,
             pending: Rc::new(Cell::new(0)),
             data_bytes: Rc::new(Cell::new(0)),
+            link_faults: Rc::new(Cell::new(0)),
         };
         let world = ClientWorld {
             name: name.to_string(),
@@ -493,6 +496,7 @@ impl<'a> Driver<'a> {
             disks: self.disks.clone(),
             pending: handle.pending.clone(),
             data_bytes: handle.data_bytes.clone(),
+            link_faults: handle.link_faults.clone(),
             master_epoch: self.master_epoch.clone(),
         };
         (handle, world, rx)
@@ -690,6 +694,11 @@ impl<'a> Driver<'a> {
                 };
                 self.event(format!("{verb} {a} {b}"));
                 self.cut.insert(pair(a, b));
+                for c in [a, b] {
+                    if let Some(c) = self.clients.get(c) {
+                        c.link_faults.set(c.link_faults.get() + 1);
+                    }
+                }
             }
             StepKind::Repair(a, b) | StepKind::Release(a, b) => {
                 let verb = if matches!(kind, StepKind::Repair(..)) {
