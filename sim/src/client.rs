@@ -4,7 +4,8 @@
 //! a time and writes what happened into the shared [`Transcript`]: every
 //! reply line, each data connection's size and CRC-32 (and a listing's text),
 //! and any invariant it saw broken (a command without exactly one final
-//! reply, a 226 on RETR whose bytes match no stored copy).
+//! reply, a 226 on RETR whose bytes match no stored copy, a 226 on a
+//! download whose data connection never ended).
 //!
 //! It is deliberately a plain, strict client: it follows the 227/229 address
 //! it is given, connects the data connection when the server says 1xx (or
@@ -18,12 +19,10 @@ use std::time::Duration;
 
 use dftpd::proto::VPath;
 use dftpd::slave::mem::MemDisk;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
-use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use turmoil::net::{TcpListener, TcpStream};
 
-use crate::env::{content, crc32};
+use crate::env::{content, crc32, SimListener, SimStream};
 use crate::script::{ClientOp, Cut, Payload};
 
 /// How long a client waits for a reply before calling it missing.
@@ -68,6 +67,10 @@ pub struct ClientWorld {
     pub pending: Rc<Cell<usize>>,
     /// Bytes moved on the current (or last) data connection.
     pub data_bytes: Rc<Cell<u64>>,
+    /// Bumped by the runner whenever a partition or hold names this
+    /// client: a data connection may then stall without the product being
+    /// at fault.
+    pub link_faults: Rc<Cell<u64>>,
     /// Bumped by the runner whenever the master crashes or restarts: a
     /// missing reply across a master crash is expected.
     pub master_epoch: Rc<Cell<u64>>,
@@ -77,8 +80,8 @@ struct Control {
     /// The master's epoch when this connection was made: if the master
     /// crashed since, a missing reply is expected.
     epoch: u64,
-    r: OwnedReadHalf,
-    w: OwnedWriteHalf,
+    r: ReadHalf<SimStream>,
+    w: WriteHalf<SimStream>,
     buf: Vec<u8>,
 }
 
@@ -87,7 +90,7 @@ struct Client {
     ctrl: Option<Control>,
     /// Address of the last 227/229 reply.
     pasv: Option<SocketAddr>,
-    data: Option<TcpStream>,
+    data: Option<SimStream>,
     /// A data connection being opened by `data connect`: turmoil completes
     /// a connect only when the server calls accept (there is no kernel
     /// backlog), and the master accepts a listing's connection only after
@@ -95,9 +98,9 @@ struct Client {
     /// kernel's handshake would.
     connecting: Option<(
         SocketAddr,
-        tokio::task::JoinHandle<std::io::Result<TcpStream>>,
+        tokio::task::JoinHandle<std::io::Result<SimStream>>,
     )>,
-    listener: Option<TcpListener>,
+    listener: Option<SimListener>,
     payload: Option<Payload>,
     read_cut: Option<Cut>,
     rest: u64,
@@ -185,9 +188,9 @@ impl Client {
         match op {
             ClientOp::Connect => {
                 self.log(format!("{name}: connect"));
-                match TcpStream::connect(self.world.master).await {
+                match SimStream::connect(self.world.master).await {
                     Ok(s) => {
-                        let (r, w) = s.into_split();
+                        let (r, w) = tokio::io::split(s);
                         self.ctrl = Some(Control {
                             epoch: self.world.master_epoch.get(),
                             r,
@@ -227,7 +230,7 @@ impl Client {
                     addr = SocketAddr::new(self.world.master.ip(), addr.port());
                 }
                 self.log(format!("{name}: data connect to {addr}"));
-                let connect = tokio::task::spawn_local(TcpStream::connect(addr));
+                let connect = tokio::task::spawn_local(SimStream::connect(addr));
                 self.connecting = Some((addr, connect));
                 if matches!(op, ClientOp::DataConnectIgnoringAddress) {
                     // Such a client connects right after the 227 reply, so
@@ -238,14 +241,16 @@ impl Client {
                     tokio::time::sleep(IGNORED_ADDRESS_HEAD_START).await;
                 }
             }
-            ClientOp::DataListen => match TcpListener::bind("0.0.0.0:0").await {
-                Ok(l) => {
-                    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
-                    self.log(format!("{name}: data listen on port {port}"));
-                    self.listener = Some(l);
+            ClientOp::DataListen => {
+                match SimListener::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await {
+                    Ok(l) => {
+                        let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+                        self.log(format!("{name}: data listen on port {port}"));
+                        self.listener = Some(l);
+                    }
+                    Err(e) => self.log(format!("{name}! data listen: {e}")),
                 }
-                Err(e) => self.log(format!("{name}! data listen: {e}")),
-            },
+            }
             ClientOp::DataSend(p) => {
                 self.log(format!(
                     "{name}: data send {} bytes seed={}{}",
@@ -487,7 +492,7 @@ impl Client {
         self.rest = 0;
     }
 
-    async fn open_data(&mut self) -> Option<TcpStream> {
+    async fn open_data(&mut self) -> Option<SimStream> {
         let name = self.world.name.clone();
         if let Some(s) = self.data.take() {
             return Some(s);
@@ -525,7 +530,7 @@ impl Client {
         if let Some(addr) = self.pasv {
             // A connect to a host that went down is never answered; real
             // clients give up after a while, and so does this one.
-            return match tokio::time::timeout(DATA_TIMEOUT, TcpStream::connect(addr)).await {
+            return match tokio::time::timeout(DATA_TIMEOUT, SimStream::connect(addr)).await {
                 Ok(Ok(s)) => {
                     self.log(format!("{name}: data connected to {addr}"));
                     Some(s)
@@ -550,7 +555,7 @@ impl Client {
     /// of waiting on a peer that will never read again.
     async fn write_watching_control(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut SimStream,
         chunk: &[u8],
     ) -> Result<(), String> {
         let write = tokio::time::timeout(DATA_TIMEOUT, s.write_all(chunk));
@@ -589,6 +594,9 @@ impl Client {
         let mut complete_read = false;
         let mut cut = None;
         let mut cut_reached = false;
+        // A download whose data connection went silent without its EOF.
+        let mut stalled = None;
+        let link_faults = self.world.link_faults.get();
         self.world.data_bytes.set(0);
         if let Some(mut s) = stream {
             if upload {
@@ -648,6 +656,7 @@ impl Client {
                         }
                         Err(_) => {
                             failed = Some("stalled".into());
+                            stalled = Some(received.len());
                             break;
                         }
                     }
@@ -706,6 +715,16 @@ impl Client {
         }
         if verb == "RETR" && code == 226 && complete_read {
             self.verify_retr(arg, rest, &received);
+        }
+        if let Some(n) = stalled {
+            // The server says the transfer is complete, so it closed the
+            // data connection; only a cut link excuses an EOF that never
+            // came (the simulated network never loses a FIN otherwise).
+            if code == 226 && self.world.link_faults.get() == link_faults {
+                self.violation(format!(
+                    "226 on {verb} {arg}, but its data connection stayed open after {n} bytes"
+                ));
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use dftpd::slave::mem::{MemDisk, MemStorage};
 use tokio::sync::{mpsc, watch};
 
 use crate::client::{self, ClientWorld, SharedTranscript, Transcript};
-use crate::env::{content, epoch, sim_env, splitmix, SimClock, EPOCH_SECS};
+use crate::env::{content, epoch, sim_env, splitmix, SimClock, EPOCH_SECS, TCP_CAPACITY};
 use crate::script::{ClientOp, Scenario, SlaveStateWanted, StepKind};
 
 /// The FTP control port and the link port inside the simulation.
@@ -211,6 +211,7 @@ struct ClientHandle {
     tx: mpsc::UnboundedSender<ClientOp>,
     pending: Rc<Cell<usize>>,
     data_bytes: Rc<Cell<u64>>,
+    link_faults: Rc<Cell<u64>>,
 }
 
 struct Driver<'a> {
@@ -300,6 +301,9 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(MIN_LATENCY)
         .max_message_latency(max_latency)
+        // One slot more than a `SimStream` ever has in flight: a FIN always
+        // finds room in the receive queue (see `env::WINDOW`).
+        .tcp_capacity(TCP_CAPACITY)
         .enable_random_order()
         .build();
     let transcript: SharedTranscript = Rc::new(RefCell::new(Transcript::default()));
@@ -336,6 +340,7 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
             tx: mpsc::unbounded_channel().0,
             pending: Rc::new(Cell::new(0)),
             data_bytes: Rc::new(Cell::new(0)),
+            link_faults: Rc::new(Cell::new(0)),
         },
         probe_transcript: Rc::new(RefCell::new(Transcript::default())),
         disks: Rc::new(disks),
@@ -483,6 +488,7 @@ impl<'a> Driver<'a> {
             tx,
             pending: Rc::new(Cell::new(0)),
             data_bytes: Rc::new(Cell::new(0)),
+            link_faults: Rc::new(Cell::new(0)),
         };
         let world = ClientWorld {
             name: name.to_string(),
@@ -491,6 +497,7 @@ impl<'a> Driver<'a> {
             disks: self.disks.clone(),
             pending: handle.pending.clone(),
             data_bytes: handle.data_bytes.clone(),
+            link_faults: handle.link_faults.clone(),
             master_epoch: self.master_epoch.clone(),
         };
         (handle, world, rx)
@@ -688,6 +695,11 @@ impl<'a> Driver<'a> {
                 };
                 self.event(format!("{verb} {a} {b}"));
                 self.cut.insert(pair(a, b));
+                for c in [a, b] {
+                    if let Some(c) = self.clients.get(c) {
+                        c.link_faults.set(c.link_faults.get() + 1);
+                    }
+                }
             }
             StepKind::Repair(a, b) | StepKind::Release(a, b) => {
                 let verb = if matches!(kind, StepKind::Repair(..)) {
