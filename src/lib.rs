@@ -7,6 +7,7 @@ pub mod config;
 pub mod env;
 pub mod link;
 pub mod master;
+pub mod ops;
 pub mod proto;
 pub mod slave;
 pub mod tls;

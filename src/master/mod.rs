@@ -6,6 +6,7 @@
 pub mod control;
 pub mod db;
 pub mod guard;
+pub mod lifecycle;
 pub mod record;
 pub mod registry;
 pub mod session;
