@@ -27,10 +27,12 @@ use std::time::Duration;
 
 use super::registry::{lock, SlaveState};
 use super::users::{self, User};
-use super::{Master, MasterTls};
+use super::{Master, MasterTls, Shared};
 use crate::config::{ConfigError, MasterConfig, UserConfig};
 use crate::env::Env;
+use crate::ops::admin::{self, AdminService};
 use crate::ops::metrics::{Metrics, SlaveStatus};
+use crate::ops::{Ops, OpsError, XferLog};
 use crate::tls::{CertPair, SharedTicketer, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -296,39 +298,89 @@ impl Master {
         }
     }
 
+    /// Opens what `admin_listen` and `xferlog` ask for: the admin listener
+    /// (readiness and the read metrics wired to this master) and the
+    /// transfer log.
+    pub async fn start_ops(
+        &self,
+        admin_listen: Option<std::net::SocketAddr>,
+        xferlog: Option<&std::path::Path>,
+    ) -> Result<Ops, OpsError> {
+        let metrics = Arc::new(Metrics::new());
+        let xferlog = match xferlog {
+            Some(p) => Some(Arc::new(XferLog::open(p)?)),
+            None => None,
+        };
+        let admin = match admin_listen {
+            Some(addr) => {
+                let (ready, observed) = (self.state.clone(), self.state.clone());
+                let service = AdminService {
+                    metrics: metrics.clone(),
+                    ready: Arc::new(move || readiness(&ready)),
+                    refresh: Some(Arc::new(move |m: &Metrics| observe(&observed, m))),
+                };
+                Some(admin::start(addr, service).await?)
+            }
+            None => None,
+        };
+        Ok(Ops {
+            metrics,
+            xferlog,
+            admin,
+        })
+    }
+
     /// `/ready`: the store is open (it is, from [`Master::start`] on) and
     /// at least one slave is online.
     pub fn readiness(&self) -> Result<(), String> {
-        let st = lock(&self.state);
-        if st.store.is_none() {
-            return Err("metadata store not open".into());
-        }
-        let total = st.slaves.iter().count();
-        if st.slaves.iter().any(|(_, s)| s.is_online()) {
-            Ok(())
-        } else {
-            Err(format!("no slave online (0 of {total} known)"))
-        }
+        readiness(&self.state)
     }
 
     /// Sets the metrics that are read from the master's state: sessions,
     /// each slave's state and free space, and (until the transfer hook
     /// feeds them) the byte counters from the registry's totals.
     pub fn observe(&self, metrics: &Metrics) {
-        let st = lock(&self.state);
-        metrics.set_sessions(st.sessions.len());
-        for (_, s) in st.slaves.iter() {
-            if s.name.starts_with('?') {
-                continue; // a filler id from the store, not a slave
-            }
-            let status = match s.state {
-                SlaveState::Online if s.link.is_some() => SlaveStatus::Online,
-                SlaveState::Remerging => SlaveStatus::Remerging,
-                _ => SlaveStatus::Offline,
-            };
-            metrics.set_slave(&s.name, status, s.free);
-            metrics.sync_slave_totals(&s.name, s.bytes_sent, s.bytes_received, s.relayed_bytes);
-        }
+        observe(&self.state, metrics)
+    }
+}
+
+/// [`Master::readiness`] of a master's shared state.
+fn readiness(state: &Shared) -> Result<(), String> {
+    let st = lock(state);
+    if st.store.is_none() {
+        return Err("metadata store not open".into());
+    }
+    let known = st
+        .slaves
+        .iter()
+        .filter(|(_, s)| !is_filler(&s.name))
+        .count();
+    if st.slaves.iter().any(|(_, s)| s.is_online()) {
+        Ok(())
+    } else {
+        Err(format!("no slave online (0 of {known} known)"))
+    }
+}
+
+/// A slave id the registry filled in while loading the store (`?N`), not
+/// a slave anyone named.
+fn is_filler(name: &str) -> bool {
+    name.starts_with('?')
+}
+
+/// [`Master::observe`] of a master's shared state.
+fn observe(state: &Shared, metrics: &Metrics) {
+    let st = lock(state);
+    metrics.set_sessions(st.sessions.len());
+    for (_, s) in st.slaves.iter().filter(|(_, s)| !is_filler(&s.name)) {
+        let status = match s.state {
+            SlaveState::Online if s.link.is_some() => SlaveStatus::Online,
+            SlaveState::Remerging => SlaveStatus::Remerging,
+            _ => SlaveStatus::Offline,
+        };
+        metrics.set_slave(&s.name, status, s.free);
+        // Until the transfer hook calls Metrics::transfer_done.
+        metrics.sync_slave_totals(&s.name, s.bytes_sent, s.bytes_received, s.relayed_bytes);
     }
 }
 

@@ -59,6 +59,24 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
         .map_err(|source| AdminError::Bind { addr, source })
 }
 
+/// A running admin listener; it stops when this is dropped.
+pub struct AdminHandle {
+    pub addr: SocketAddr,
+    _stop: watch::Sender<bool>,
+}
+
+/// Binds `addr` and serves `service` there until the handle is dropped.
+pub async fn start(addr: SocketAddr, service: AdminService) -> Result<AdminHandle, AdminError> {
+    let listener = bind(addr).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| AdminError::Bind { addr, source })?;
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(serve(listener, service, rx));
+    tracing::info!(%addr, "admin listener: /metrics, /health, /ready");
+    Ok(AdminHandle { addr, _stop: stop })
+}
+
 /// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,

@@ -23,3 +23,34 @@ pub mod xferlog;
 
 pub use metrics::{Direction, Metrics, SlaveStatus};
 pub use xferlog::{XferLog, XferRecord};
+
+use std::sync::Arc;
+
+/// What a running master has for operations: its metrics, its transfer
+/// log and its admin listener (running while this lives).
+pub struct Ops {
+    pub metrics: Arc<Metrics>,
+    pub xferlog: Option<Arc<XferLog>>,
+    pub admin: Option<admin::AdminHandle>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    XferLog(#[from] xferlog::XferLogError),
+}
+
+impl Ops {
+    /// Opens the transfer log again by name (after a rotation); logs the
+    /// outcome.
+    pub fn reopen_logs(&self) {
+        if let Some(x) = &self.xferlog {
+            match x.reopen() {
+                Ok(()) => tracing::info!(path = %x.path().display(), "transfer log reopened"),
+                Err(e) => tracing::warn!("{e}; still writing to the old file"),
+            }
+        }
+    }
+}

@@ -61,12 +61,14 @@ pub enum PreflightError {
     RootNotDir(PathBuf),
 }
 
-/// How a check treats addresses that are in use: an error before a start;
-/// a warning for `--check` (the running server may hold them).
+/// How a check treats listen addresses: in use is an error before a start
+/// and a warning for `--check` (the running server may hold them); a
+/// reload (SIGHUP) does not look at them (they need a restart anyway).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Start,
     Check,
+    Reload,
 }
 
 /// Checks a master's config. `Ok` carries warnings to log.
@@ -80,12 +82,19 @@ pub fn check_master(cfg: &MasterConfig, mode: Mode) -> Result<Vec<String>, Prefl
                 .to_string(),
         );
     }
+    if mode != Mode::Reload {
+        check_listen_addrs(&master_addrs(cfg), mode, &mut warnings)?;
+    }
+    Ok(warnings)
+}
+
+/// The addresses a master binds, by config field.
+pub fn master_addrs(cfg: &MasterConfig) -> Vec<(&'static str, SocketAddr)> {
     let mut addrs = vec![("listen", cfg.listen), ("link_listen", cfg.link_listen)];
     if let Some(a) = cfg.admin_listen {
         addrs.push(("admin_listen", a));
     }
-    check_listen_addrs(&addrs, mode, &mut warnings)?;
-    Ok(warnings)
+    addrs
 }
 
 /// Checks a slave's config (not its link to the master). `Ok` carries
