@@ -451,8 +451,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let label = config_label(config.as_deref());
             let cfg = load()?;
             if check {
-                let warnings = preflight::check_master(&cfg, Mode::Check)
-                    .with_context(|| label.clone())?;
+                let warnings =
+                    preflight::check_master(&cfg, Mode::Check).with_context(|| label.clone())?;
                 dftpd::master::MasterTls::load(&cfg)
                     .with_context(|| format!("{label}: tls_cert/tls_key"))?;
                 for w in warnings {

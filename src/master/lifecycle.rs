@@ -94,6 +94,9 @@ impl std::fmt::Display for ReloadReport {
     }
 }
 
+/// After the last transfer of a drain ends, time for its 226 to be sent.
+const FINAL_REPLY_SETTLE: Duration = Duration::from_millis(250);
+
 /// Fields bound when the master starts.
 const RESTART_ONLY: [&str; 6] = [
     "listen",
@@ -289,11 +292,18 @@ impl Master {
     pub async fn drain(&self, grace: Duration) -> u32 {
         self.stop();
         let deadline = tokio::time::Instant::now() + grace;
+        let mut waited = false;
         loop {
             let running = self.running_transfers();
+            if running == 0 && waited {
+                // A transfer is counted out just before its final reply is
+                // written: give that reply time to reach the client.
+                tokio::time::sleep(FINAL_REPLY_SETTLE).await;
+            }
             if running == 0 || tokio::time::Instant::now() >= deadline {
                 return running;
             }
+            waited = true;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
