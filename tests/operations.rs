@@ -530,3 +530,40 @@ fn every_command_line_option_has_a_description() {
         "{out}"
     );
 }
+
+#[test]
+fn systemd_is_told_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify");
+    let rx = UnixDatagram::bind(&socket).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let log = dir.path().join("stderr.log");
+    let user = format!("{USER}:{PASS}");
+    let mut child = Command::new(bin())
+        .args(["cluster", "--listen", "127.0.0.1:0", "--slaves", "1"])
+        .args(["--user", &user, "--data-dir"])
+        .arg(dir.path())
+        .env("NOTIFY_SOCKET", &socket)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    read_banner(&mut child, "cluster ready: ftp://", &log);
+    let mut proc = KillOnDrop(child);
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = rx.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    assert!(
+        ready.contains(&format!("MAINPID={}", proc.0.id())),
+        "{ready}"
+    );
+    send_signal(&proc.0, "TERM");
+    let stopping = next();
+    assert!(stopping.starts_with("STOPPING=1"), "{stopping}");
+    assert_eq!(wait_exit(&mut proc.0, 30).and_then(|s| s.code()), Some(0));
+}
