@@ -506,15 +506,12 @@ pub fn read_banner(child: &mut Child, marker: &str, stderr: &Path) -> Banner {
     }
 }
 
-/// `kill -SIG pid`.
+/// Sends the signal named `sig` (`"HUP"`, `"TERM"`, `"INT"`, ...) to the
+/// child, as `kill -SIG pid` would.
 pub fn send_signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "kill -{sig} failed");
+    use nix::sys::signal::{kill, Signal};
+    let signal: Signal = format!("SIG{sig}").parse().expect("a signal name");
+    kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("kill");
 }
 
 /// Waits up to `secs` for the child to exit.
