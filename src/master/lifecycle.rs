@@ -11,8 +11,8 @@
 //! up; the session-ticket key is kept, so resumption keeps working), and
 //! every other field that is read per command. Fields bound at start
 //! (`listen`, `link_listen`, `store`, `record_dir`, `link_tls`,
-//! `admin_listen`) keep their running value and are named in the report as
-//! needing a restart. A config that does not validate is refused whole.
+//! `admin_listen`, `xferlog`) keep their running value and are named in
+//! the report as needing a restart. A config that does not validate is refused whole.
 //!
 //! Users follow the rule applied at start, where users changed with SITE
 //! commands (kept in the store) win over the config: a user whose entry
@@ -98,13 +98,14 @@ impl std::fmt::Display for ReloadReport {
 const FINAL_REPLY_SETTLE: Duration = Duration::from_millis(250);
 
 /// Fields bound when the master starts.
-const RESTART_ONLY: [&str; 6] = [
+const RESTART_ONLY: [&str; 7] = [
     "listen",
     "link_listen",
     "store",
     "record_dir",
     "link_tls",
     "admin_listen",
+    "xferlog",
 ];
 
 /// Whether `u` is still what config entry `c` made of it (`uploaded`
@@ -160,6 +161,7 @@ impl Master {
         new.record_dir = old.record_dir.clone();
         new.link_tls = old.link_tls;
         new.admin_listen = old.admin_listen;
+        new.xferlog = old.xferlog.clone();
         // link_tls kept means its requirement must still hold.
         new.validate()?;
 

@@ -42,7 +42,35 @@ pub enum OpsError {
     XferLog(#[from] xferlog::XferLogError),
 }
 
+/// Reports one finished transfer everywhere it is counted: the metrics
+/// (a completed transfer with its bytes and duration, or a failed one) and
+/// the transfer log (one line, complete or incomplete). The one call the
+/// session code makes when a transfer's final reply is decided; either
+/// sink may be absent.
+pub fn transfer_finished(
+    metrics: Option<&Metrics>,
+    xferlog: Option<&XferLog>,
+    r: &XferRecord<'_>,
+    relayed: bool,
+) {
+    if let Some(m) = metrics {
+        if r.complete {
+            m.transfer_done(r.direction, r.slave, r.bytes, r.duration, relayed);
+        } else {
+            m.transfer_failed(r.direction, r.slave);
+        }
+    }
+    if let Some(x) = xferlog {
+        x.write(r);
+    }
+}
+
 impl Ops {
+    /// [`transfer_finished`] with this master's sinks.
+    pub fn transfer_finished(&self, r: &XferRecord<'_>, relayed: bool) {
+        transfer_finished(Some(&self.metrics), self.xferlog.as_deref(), r, relayed);
+    }
+
     /// Opens the transfer log again by name (after a rotation); logs the
     /// outcome.
     pub fn reopen_logs(&self) {

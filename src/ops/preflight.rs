@@ -59,6 +59,8 @@ pub enum PreflightError {
     MissingRoot(PathBuf),
     #[error("root {0} is not a directory")]
     RootNotDir(PathBuf),
+    #[error("{field}: directory {} does not exist", dir.display())]
+    MissingDir { field: &'static str, dir: PathBuf },
 }
 
 /// How a check treats listen addresses: in use is an error before a start
@@ -81,6 +83,11 @@ pub fn check_master(cfg: &MasterConfig, mode: Mode) -> Result<Vec<String>, Prefl
             "no [[users]] in the config: only users kept in the store (SITE ADDUSER) can log in"
                 .to_string(),
         );
+    }
+    for (field, path) in [("store", &cfg.store), ("xferlog", &cfg.xferlog)] {
+        if let Some(dir) = path.as_deref().and_then(existing_parent_missing) {
+            return Err(PreflightError::MissingDir { field, dir });
+        }
     }
     if mode != Mode::Reload {
         check_listen_addrs(&master_addrs(cfg), mode, &mut warnings)?;
@@ -143,6 +150,12 @@ pub fn check_slave(cfg: &SlaveConfig, mode: Mode) -> Result<Vec<String>, Preflig
         Err(_) => return Err(PreflightError::MissingRoot(cfg.root.clone())),
     }
     Ok(warnings)
+}
+
+/// The directory a file would be created in, when it does not exist.
+fn existing_parent_missing(file: &std::path::Path) -> Option<PathBuf> {
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty())?;
+    (!dir.is_dir()).then(|| dir.to_path_buf())
 }
 
 fn check_key(key: &str, warnings: &mut Vec<String>) -> Result<(), PreflightError> {
@@ -303,6 +316,13 @@ mod tests {
             e.starts_with("listen and link_listen are the same address"),
             "{e}"
         );
+
+        c.listen = "127.0.0.1:0".parse().unwrap();
+        c.link_listen = "127.0.0.1:0".parse().unwrap();
+        c.xferlog = Some("/nonexistent-dir/xferlog".into());
+        let e = check_master(&c, Mode::Check).unwrap_err().to_string();
+        assert_eq!(e, "xferlog: directory /nonexistent-dir does not exist");
+        c.xferlog = None;
 
         c.listen = "192.0.2.1:21".parse().unwrap();
         c.link_listen = "127.0.0.1:0".parse().unwrap();
