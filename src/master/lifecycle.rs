@@ -140,7 +140,7 @@ impl Master {
     /// Applies `new` (already read and with command-line overrides
     /// applied) to the running master; see the module docs. Hashes plain
     /// passwords and may verify some: call it off the runtime's workers
-    /// (`spawn_blocking`). On error nothing changed.
+    /// (a blocking thread). On error nothing changed.
     pub fn reload(&self, env: &Env, mut new: MasterConfig) -> Result<ReloadReport, ReloadError> {
         new.validate()?;
         let (old, old_tls) = {
