@@ -1,8 +1,9 @@
 //! Namespace changes at INFO, one event per change with the user, the
 //! client's address and the paths, under the target `dftpd::audit` (filter
 //! them with `DFTPD_LOG=dftpd::audit=info`; with `--log-format json` each
-//! is one JSON object). The session calls [`namespace`] once the change is
-//! durable (after the store's commit), never for a refused command.
+//! is one JSON object). The session calls [`namespace`] when it makes the
+//! change (its reply then waits for the store's commit), never for a
+//! refused command.
 
 use std::net::IpAddr;
 
