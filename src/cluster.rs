@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{MasterConfig, PasvWithoutPret, SlaveConfig, UserConfig};
 use crate::env::Env;
 use crate::master::Master;
+use crate::ops::Ops;
 use crate::slave::storage::DiskStorage;
 use crate::slave::SlaveTls;
 use crate::tls::CertPair;
@@ -46,6 +47,10 @@ pub struct ClusterOptions {
     /// `MasterConfig::require_tls_control` / `require_tls_data` (need `tls`).
     pub require_tls_control: bool,
     pub require_tls_data: bool,
+    /// The admin listener (`/metrics`, `/health`, `/ready`); `None`: off.
+    pub admin_listen: Option<SocketAddr>,
+    /// The transfer log; `None`: off.
+    pub xferlog: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -65,6 +70,8 @@ impl Default for ClusterOptions {
             tls: false,
             require_tls_control: false,
             require_tls_data: false,
+            admin_listen: Some(([127, 0, 0, 1], 0).into()),
+            xferlog: Some(PathBuf::from("./dftpd-data/xferlog")),
         }
     }
 }
@@ -123,6 +130,8 @@ pub struct Cluster {
     pub slaves: Vec<SlaveSummary>,
     /// `Some` with `--tls`.
     pub tls: Option<ClusterTls>,
+    /// Metrics, transfer log and admin listener.
+    pub ops: Ops,
     shutdown: watch::Sender<bool>,
 }
 
@@ -130,6 +139,15 @@ impl Cluster {
     pub fn stop(&self) {
         self.master.stop();
         let _ = self.shutdown.send(true);
+    }
+
+    /// A graceful stop: no new connections, running transfers finish
+    /// within `grace`, then the slaves stop. Returns the transfers that
+    /// were still running (0: none was cut).
+    pub async fn drain(&self, grace: Duration) -> u32 {
+        let left = self.master.drain(grace).await;
+        self.stop();
+        left
     }
 }
 
@@ -166,9 +184,15 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
         users: opts.users.clone(),
         record_dir: opts.record_dir.clone(),
         store: Some(opts.data_dir.join("master.redb")),
+        admin_listen: opts.admin_listen,
+        xferlog: opts.xferlog.clone(),
         ..MasterConfig::default()
     };
     let master = Master::start(env.clone(), master_config).await?;
+    let ops = master
+        .start_ops(opts.admin_listen, opts.xferlog.as_deref())
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let mut slaves = Vec::new();
@@ -188,6 +212,7 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
             tls_cert: tls.as_ref().map(|t| t.cert.clone()),
             tls_key: tls.as_ref().map(|t| t.key.clone()),
             master_cert_pin: tls.as_ref().map(|t| t.fingerprint.clone()),
+            create_root: true,
             ..SlaveConfig::default()
         };
         let storage = Arc::new(DiskStorage::new(&root)?);
@@ -232,6 +257,7 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
         master,
         slaves,
         tls,
+        ops,
         shutdown,
     })
 }

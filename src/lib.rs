@@ -14,5 +14,6 @@ pub mod cluster;
 pub mod env;
 pub mod link;
 pub mod master;
+pub mod ops;
 pub mod slave;
 pub mod tls;

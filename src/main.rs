@@ -1,18 +1,31 @@
 //! The `dftpd` command line: `cluster` (everything on loopback in one
 //! process), `master` and `slave` (separate processes from config files).
+//!
+//! Every long-running command handles signals the way a service manager
+//! expects (README, "Running it in production"): SIGHUP reloads the master's
+//! config and reopens the transfer log, SIGTERM and SIGINT stop gracefully
+//! (no new connections, running transfers finish within the grace period,
+//! exit 0; a second signal stops at once), and systemd is told when the
+//! service is ready (`Type=notify`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
 use dftpd::cluster::{self, ClusterOptions};
 use dftpd::config::{self, MasterConfig, PasvWithoutPret, SlaveConfig, UserConfig};
 use dftpd::env::Env;
 use dftpd::master::Master;
+use dftpd::ops::drain::CountingStorage;
+use dftpd::ops::preflight::{self, Mode};
+use dftpd::ops::{notify, Ops};
 use dftpd::slave::storage::DiskStorage;
 use dftpd::slave::SlaveTls;
 
@@ -23,8 +36,18 @@ use dftpd::slave::SlaveTls;
     about = "Distributed FTP daemon: one master, many storage slaves"
 )]
 struct Cli {
+    /// Log format on standard error: `text`, or `json` (one JSON object a
+    /// line). The level comes from DFTPD_LOG (default: warn,dftpd=info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -80,10 +103,25 @@ enum Cmd {
         /// Data address of the first slave; the next ones count up.
         #[arg(long, default_value = "127.0.0.11")]
         first_slave_ip: std::net::Ipv4Addr,
+        /// Admin HTTP listener: /metrics (Prometheus), /health, /ready.
+        /// Default: a free port on loopback (printed at start).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        admin_listen: SocketAddr,
+        /// No admin listener.
+        #[arg(long)]
+        no_admin: bool,
+        /// Transfer log in the xferlog format (default: DATA_DIR/xferlog).
+        #[arg(long, value_name = "FILE")]
+        xferlog: Option<PathBuf>,
+        /// On SIGTERM/Ctrl-C: how long running transfers may go on (ms).
+        #[arg(long, default_value_t = config::DEFAULT_SHUTDOWN_GRACE_MS)]
+        shutdown_grace_ms: u64,
     },
     /// Run a master from a config file (see master.example.toml).
     Master {
-        #[arg(long)]
+        /// The master's config file (TOML, see master.example.toml).
+        /// Without it: the defaults, which refuse to start (link_key).
+        #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Overrides `listen` from the config.
         #[arg(long)]
@@ -101,25 +139,38 @@ enum Cmd {
         /// store is moved aside to FILE.unreadable-<time>.
         #[arg(long)]
         rebuild: bool,
+        /// Check the config (fields, key, TLS files, addresses) and exit:
+        /// 0 when it is usable, 1 with the error.
+        #[arg(long)]
+        check: bool,
     },
     /// Print the argon2id hash of a password (read from standard input, one
     /// line) for `password_hash` in the master's config.
     HashPassword,
     /// Run a slave from a config file (see slave.example.toml).
     Slave {
-        #[arg(long)]
+        /// The slave's config file (TOML, see slave.example.toml).
+        #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Check the config (fields, key, data_ip, root, TLS files) and
+        /// exit: 0 when it is usable, 1 with the error.
+        #[arg(long)]
+        check: bool,
     },
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DFTPD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,dftpd=info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
 }
 
 fn parse_mode(s: &str) -> anyhow::Result<PasvWithoutPret> {
@@ -131,19 +182,26 @@ fn parse_mode(s: &str) -> anyhow::Result<PasvWithoutPret> {
     })
 }
 
-/// The default user's password: made once, kept in the data directory so a
-/// restarted cluster accepts the same login.
-fn default_user(data_dir: &std::path::Path) -> anyhow::Result<UserConfig> {
+/// The default user's password: made once, kept in the data directory
+/// (readable by its owner only) so a restarted cluster accepts the same
+/// login.
+fn default_user(data_dir: &Path) -> anyhow::Result<UserConfig> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let file = data_dir.join("default-user.txt");
+    let user = |name: &str, password: &str| UserConfig {
+        name: name.into(),
+        password: password.into(),
+        home: "/".into(),
+        admin: true,
+        ..Default::default()
+    };
     if let Ok(text) = std::fs::read_to_string(&file) {
         if let Some((name, password)) = text.trim().split_once(':') {
-            return Ok(UserConfig {
-                name: name.into(),
-                password: password.into(),
-                home: "/".into(),
-                admin: true,
-                ..Default::default()
-            });
+            // Made world-readable by an older version: close it.
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("chmod 600 {}", file.display()))?;
+            return Ok(user(name, password));
         }
     }
     let env = Env::real();
@@ -152,24 +210,83 @@ fn default_user(data_dir: &std::path::Path) -> anyhow::Result<UserConfig> {
         .map(|_| ALPHABET[env.rng_range(0, ALPHABET.len() as u64 - 1) as usize] as char)
         .collect();
     std::fs::create_dir_all(data_dir)?;
-    std::fs::write(&file, format!("dftpd:{password}\n"))
+    let _ = std::fs::remove_file(&file);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .and_then(|mut f| f.write_all(format!("dftpd:{password}\n").as_bytes()))
         .with_context(|| format!("writing {}", file.display()))?;
-    Ok(UserConfig {
-        name: "dftpd".into(),
-        password,
-        home: "/".into(),
-        admin: true,
-        ..Default::default()
-    })
+    Ok(user("dftpd", &password))
 }
 
-async fn wait_for_ctrl_c() {
-    let _ = tokio::signal::ctrl_c().await;
+/// What a signal asks of a running service.
+enum Ask {
+    Reload,
+    Stop(&'static str),
 }
 
-fn main() -> anyhow::Result<()> {
-    init_logging();
+/// SIGHUP, SIGTERM and SIGINT, handled from start on (a SIGHUP never
+/// kills the process).
+struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    async fn next(&mut self) -> Ask {
+        tokio::select! {
+            _ = self.hup.recv() => Ask::Reload,
+            _ = self.term.recv() => Ask::Stop("SIGTERM"),
+            _ = self.int.recv() => Ask::Stop("SIGINT"),
+        }
+    }
+
+    /// Runs `drain` unless a second SIGTERM/SIGINT comes first (then
+    /// `None`: stop now). SIGHUP meanwhile is ignored.
+    async fn drain<F: std::future::Future<Output = u32>>(&mut self, drain: F) -> Option<u32> {
+        tokio::pin!(drain);
+        loop {
+            tokio::select! {
+                left = &mut drain => return Some(left),
+                ask = self.next() => match ask {
+                    Ask::Reload => tracing::info!("SIGHUP while stopping: ignored"),
+                    Ask::Stop(sig) => {
+                        tracing::warn!("{sig} again: stopping now");
+                        return None;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Logs how a graceful stop went.
+fn log_drained(outcome: Option<u32>, grace: Duration) {
+    match outcome {
+        Some(0) => tracing::info!("no transfer running; stopping"),
+        Some(n) => tracing::warn!(
+            running = n,
+            "grace period of {} ms over: cutting the transfers still running",
+            grace.as_millis()
+        ),
+        None => {}
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = std::env::var("DFTPD_THREADS")
         .ok()
@@ -177,11 +294,23 @@ fn main() -> anyhow::Result<()> {
     {
         rt.worker_threads(n);
     }
-    rt.enable_all().build()?.block_on(run(cli))
+    let result = rt
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(cli.command)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Once, on one line: the context chain joined with ": ".
+            eprintln!("dftpd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
         Cmd::Cluster {
             listen,
             slaves,
@@ -198,7 +327,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             require_tls_data,
             fxp,
             first_slave_ip,
+            admin_listen,
+            no_admin,
+            xferlog,
+            shutdown_grace_ms,
         } => {
+            let mut signals = Signals::install()?;
             let mut user_configs = Vec::new();
             for u in &users {
                 let Some((name, password)) = u.split_once(':') else {
@@ -213,6 +347,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ..Default::default()
                 });
             }
+            config::parse_port_range(&passive_ports).context("--passive-ports")?;
+            let admin_listen = (!no_admin).then_some(admin_listen);
+            let mut addrs = vec![("--listen", listen), ("--link-listen", link_listen)];
+            addrs.extend(admin_listen.map(|a| ("--admin-listen", a)));
+            preflight::check_listen_addrs(&addrs, Mode::Start, &mut Vec::new())?;
             let printed_user = if user_configs.is_empty() {
                 let u = default_user(&data_dir)?;
                 user_configs.push(u.clone());
@@ -220,11 +359,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 None
             };
-            config::parse_port_range(&passive_ports)?;
             let opts = ClusterOptions {
                 listen,
                 link_listen,
                 slaves,
+                xferlog: Some(xferlog.unwrap_or_else(|| data_dir.join("xferlog"))),
                 data_dir,
                 users: user_configs,
                 pasv_without_pret: parse_mode(&pasv_without_pret)?,
@@ -236,6 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 require_tls_control,
                 require_tls_data,
                 first_slave_ip,
+                admin_listen,
             };
             let c = cluster::start(opts).await.context("starting the cluster")?;
             println!(
@@ -257,6 +397,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     t.fingerprint
                 );
             }
+            print_ops(&c.ops);
             if let Some(u) = printed_user {
                 println!("login: user {} password {}", u.name, u.password);
             }
@@ -264,8 +405,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "cluster ready: ftp://{} (Ctrl-C to stop)",
                 c.master.control_addr
             );
-            wait_for_ctrl_c().await;
-            c.stop();
+            notify::ready(&format!("serving ftp://{}", c.master.control_addr));
+            let grace = Duration::from_millis(shutdown_grace_ms);
+            loop {
+                match signals.next().await {
+                    Ask::Reload => {
+                        tracing::info!("SIGHUP: the cluster has no config file to reload");
+                        c.ops.reopen_logs();
+                    }
+                    Ask::Stop(sig) => {
+                        stopping(sig, c.master.running_transfers(), grace);
+                        let outcome = signals.drain(c.drain(grace)).await;
+                        log_drained(outcome, grace);
+                        c.stop();
+                        break;
+                    }
+                }
+            }
             println!("cluster stopped");
         }
         Cmd::Master {
@@ -274,21 +430,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             record,
             store,
             rebuild,
+            check,
         } => {
-            let mut cfg: MasterConfig = match &config {
-                Some(p) => config::load(p)?,
-                None => MasterConfig::default(),
+            let load = || -> anyhow::Result<MasterConfig> {
+                let mut cfg: MasterConfig = match &config {
+                    Some(p) => config::load(p)?,
+                    None => MasterConfig::default(),
+                };
+                if let Some(l) = listen {
+                    cfg.listen = l;
+                }
+                if record.is_some() {
+                    cfg.record_dir = record.clone();
+                }
+                if store.is_some() {
+                    cfg.store = store.clone();
+                }
+                Ok(cfg)
             };
-            if let Some(l) = listen {
-                cfg.listen = l;
+            let label = config_label(config.as_deref());
+            let cfg = load()?;
+            if check {
+                let warnings =
+                    preflight::check_master(&cfg, Mode::Check).with_context(|| label.clone())?;
+                dftpd::master::MasterTls::load(&cfg)
+                    .with_context(|| format!("{label}: tls_cert/tls_key"))?;
+                for w in warnings {
+                    println!("warning: {w}");
+                }
+                println!("{label}: ok");
+                return Ok(());
             }
-            if record.is_some() {
-                cfg.record_dir = record;
+            let mut signals = Signals::install()?;
+            for w in preflight::check_master(&cfg, Mode::Start).with_context(|| label.clone())? {
+                tracing::warn!("{w}");
             }
-            if store.is_some() {
-                cfg.store = store;
-            }
-            cfg.validate()?;
             if rebuild {
                 let Some(path) = &cfg.store else {
                     bail!("--rebuild needs a store file (`store` in the config or --store)");
@@ -296,19 +472,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let done = dftpd::master::store::rebuild(path, Env::real().unix_now())?;
                 println!("{done}");
             }
-            let m = Master::start(Env::real(), cfg)
-                .await
-                .context("starting the master")?;
+            let addrs = preflight::master_addrs(&cfg);
+            let (admin_listen, xferlog) = (cfg.admin_listen, cfg.xferlog.clone());
+            let m = Master::start(Env::real(), cfg).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "starting the master: {}",
+                    preflight::explain_bind_error(&addrs, &e)
+                )
+            })?;
+            let m = Arc::new(m);
+            let ops = m.start_ops(admin_listen, xferlog.as_deref()).await?;
             println!(
                 "master ready on {} (slave link {})",
                 m.control_addr, m.link_addr
             );
-            let fingerprint = m.state.tls.as_ref().map(|t| t.fingerprint.clone());
+            let fingerprint = m.state.tls().map(|t| t.fingerprint.clone());
             if let Some(fp) = fingerprint {
                 println!("tls: certificate sha256 {fp} (slaves pin it with master_cert_pin)");
             }
-            wait_for_ctrl_c().await;
-            m.stop();
+            print_ops(&ops);
+            notify::ready(&format!("serving ftp://{}", m.control_addr));
+            loop {
+                match signals.next().await {
+                    Ask::Reload => {
+                        notify::reloading();
+                        reload_master(&m, config.as_deref(), &load).await;
+                        ops.reopen_logs();
+                        notify::reloaded(&format!("serving ftp://{}", m.control_addr));
+                    }
+                    Ask::Stop(sig) => {
+                        let grace = m.state.lock().config.shutdown_grace();
+                        stopping(sig, m.running_transfers(), grace);
+                        let outcome = signals.drain(m.drain(grace)).await;
+                        log_drained(outcome, grace);
+                        break;
+                    }
+                }
+            }
             println!("master stopped");
         }
         Cmd::HashPassword => {
@@ -327,21 +527,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             println!("{hash}");
         }
-        Cmd::Slave { config } => {
+        Cmd::Slave { config, check } => {
+            let label = config_label(config.as_deref());
             let cfg: SlaveConfig = match &config {
                 Some(p) => config::load(p)?,
                 None => SlaveConfig::default(),
             };
-            cfg.validate()?;
-            let tls = SlaveTls::load(&cfg).context("TLS settings")?;
-            let storage = Arc::new(
-                DiskStorage::new(&cfg.root)
-                    .with_context(|| format!("storage root {}", cfg.root.display()))?,
-            );
+            let mode = if check { Mode::Check } else { Mode::Start };
+            let warnings = preflight::check_slave(&cfg, mode).with_context(|| label.clone())?;
+            let tls = SlaveTls::load(&cfg).with_context(|| format!("{label}: TLS settings"))?;
+            if check {
+                for w in warnings {
+                    println!("warning: {w}");
+                }
+                println!("{label}: ok");
+                return Ok(());
+            }
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            let mut signals = Signals::install()?;
+            if !cfg.root.exists() {
+                std::fs::create_dir_all(&cfg.root)
+                    .with_context(|| format!("{label}: root {}", cfg.root.display()))?;
+                tracing::info!(root = %cfg.root.display(), "storage root created (create_root = true)");
+            }
+            let disk = DiskStorage::new(&cfg.root)
+                .with_context(|| format!("{label}: root {}", cfg.root.display()))?;
+            let storage = Arc::new(CountingStorage::new(Arc::new(disk)));
+            let transfers = storage.count();
             let (tx, rx) = watch::channel(false);
             let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
             let name = cfg.name.clone();
             let ip = cfg.advertised_ip();
+            let grace = cfg.shutdown_grace();
             let task = tokio::spawn(dftpd::slave::run_with_tls(
                 Env::real(),
                 cfg,
@@ -350,15 +569,111 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rx,
                 Some(ready_tx),
             ));
-            tokio::select! {
-                _ = ready_rx.recv() => println!("{name} ready: data address {ip}, connected to master"),
-                _ = wait_for_ctrl_c() => { let _ = tx.send(true); return Ok(()); }
+            let mut announced = false;
+            loop {
+                tokio::select! {
+                    // Each reconnection reports ready again: say it once.
+                    Some(_) = ready_rx.recv(), if !announced => {
+                        announced = true;
+                        println!("{name} ready: data address {ip}, connected to master");
+                        notify::ready(&format!("{name} connected to master"));
+                    }
+                    ask = signals.next() => match ask {
+                        Ask::Reload => tracing::info!("SIGHUP: a slave reads its config at start only; restart it to apply changes"),
+                        Ask::Stop(sig) => {
+                            stopping(sig, transfers.running() as u32, grace);
+                            let outcome = signals
+                                .drain(async { transfers.wait_idle(grace).await as u32 })
+                                .await;
+                            log_drained(outcome, grace);
+                            break;
+                        }
+                    },
+                }
             }
-            wait_for_ctrl_c().await;
             let _ = tx.send(true);
-            let _ = task.await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
             println!("{name} stopped");
         }
     }
     Ok(())
+}
+
+/// How a config file is named in errors.
+fn config_label(path: Option<&Path>) -> String {
+    match path {
+        Some(p) => p.display().to_string(),
+        None => "the default config".to_string(),
+    }
+}
+
+/// The admin and transfer-log lines of the ready banner.
+fn print_ops(ops: &Ops) {
+    if let Some(a) = &ops.admin {
+        println!(
+            "metrics: http://{}/metrics (health: /health, readiness: /ready)",
+            a.addr
+        );
+    }
+    if let Some(x) = &ops.xferlog {
+        println!("transfer log: {}", x.path().display());
+    }
+}
+
+fn stopping(sig: &str, running: u32, grace: Duration) {
+    notify::stopping(&format!("{sig}: stopping"));
+    tracing::info!(
+        running,
+        "{sig}: stopping: no new connections; running transfers get up to {} ms",
+        grace.as_millis()
+    );
+}
+
+/// SIGHUP on a master: reads the config file again and applies it, or
+/// keeps the running one and says why.
+async fn reload_master(
+    m: &Arc<Master>,
+    path: Option<&Path>,
+    load: &dyn Fn() -> anyhow::Result<MasterConfig>,
+) {
+    let Some(path) = path else {
+        tracing::info!("SIGHUP: started without --config, nothing to reload");
+        return;
+    };
+    let cfg = match load().and_then(|c| {
+        for w in preflight::check_master(&c, Mode::Reload)? {
+            tracing::warn!("{w}");
+        }
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(config = %path.display(), "reload refused, the running config is kept: {e:#}");
+            return;
+        }
+    };
+    let master = m.clone();
+    // Hashing new passwords takes a while: off the runtime's workers.
+    let done = tokio::task::spawn_blocking(move || master.reload(&Env::real(), cfg)).await; // seam-ok: main.rs is production only
+    match done {
+        Ok(Ok(report)) => {
+            tracing::info!(config = %path.display(), "config reloaded: {report}");
+            if !report.need_restart.is_empty() {
+                tracing::warn!(
+                    "changed but not applied until a restart: {}",
+                    report.need_restart.join(", ")
+                );
+            }
+            if report.new_certificate.is_some() {
+                let link_tls = m.state.lock().config.link_tls;
+                if link_tls {
+                    tracing::warn!("the TLS certificate changed: slaves pinning the old one (master_cert_pin) will refuse the link when they reconnect; update their pins");
+                }
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(config = %path.display(), "reload refused, the running config is kept: {e}")
+        }
+        Err(e) => tracing::error!("reload failed: {e}"),
+    }
 }

@@ -493,7 +493,7 @@ fn separate_master_and_slave_processes_and_a_wrong_key() {
         std::fs::write(
             &toml,
             format!(
-                "name = \"{name}\"\nmaster = \"{link}\"\nlink_key = \"{key}\"\nroot = \"{}\"\ndata_ip = \"{ip}\"\npassive_ports = \"0\"\nreconnect_min_ms = 100\n",
+                "name = \"{name}\"\nmaster = \"{link}\"\nlink_key = \"{key}\"\nroot = \"{}\"\ndata_ip = \"{ip}\"\npassive_ports = \"0\"\nreconnect_min_ms = 100\ncreate_root = true\n",
                 dir.path().join(name).display()
             ),
         )

@@ -69,7 +69,7 @@ fn kill_9_master_mid_uploads_loses_nothing_acknowledged() {
             format!(
                 "name = \"s{n}\"\nmaster = \"{link}\"\nlink_key = \"k-durability\"\n\
                  root = \"{}\"\ndata_ip = \"127.0.0.{}\"\npassive_ports = \"0\"\n\
-                 reconnect_min_ms = 100\nreconnect_max_ms = 500\n",
+                 reconnect_min_ms = 100\nreconnect_max_ms = 500\ncreate_root = true\n",
                 root.display(),
                 40 + n
             ),

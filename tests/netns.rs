@@ -302,7 +302,8 @@ fn slave_config(lab: &Lab, name: &str) -> String {
          heartbeat_interval_ms = 500\n\
          heartbeat_misses = 3\n\
          reconnect_min_ms = 100\n\
-         reconnect_max_ms = 1000\n",
+         reconnect_max_ms = 1000\n\
+         create_root = true\n",
         lab.addr("master"),
         lab.root(name).display(),
         lab.addr(name)

@@ -442,7 +442,7 @@ fn link_over_tls_refuses_slaves_that_do_not_pin_the_master() {
         std::fs::write(
             &toml,
             format!(
-                "name = \"{name}\"\nmaster = \"{link}\"\nlink_key = \"k\"\nroot = \"{}\"\ndata_ip = \"{ip}\"\npassive_ports = \"0\"\nreconnect_min_ms = 100\nreconnect_max_ms = 500\n{pin}",
+                "name = \"{name}\"\nmaster = \"{link}\"\nlink_key = \"k\"\nroot = \"{}\"\ndata_ip = \"{ip}\"\npassive_ports = \"0\"\nreconnect_min_ms = 100\nreconnect_max_ms = 500\ncreate_root = true\n{pin}",
                 dir.path().join(name).display()
             ),
         )

@@ -937,11 +937,7 @@ impl Driver {
             (None, None) => return,
         };
         let relay_tls = match (&self.tls_token, self.session.tls.private) {
-            (Some(token), true) => self
-                .state
-                .tls
-                .as_ref()
-                .map(|t| (t.data.clone(), token.clone())),
+            (Some(token), true) => self.state.tls().map(|t| (t.data.clone(), token.clone())),
             _ => None,
         };
         let peer = self.session.peer_ip();
@@ -1020,7 +1016,7 @@ impl Driver {
         }
         let (tls, limit) = {
             let st = self.state.lock();
-            (self.state.tls.clone(), st.config.data_timeout())
+            (self.state.tls(), st.config.data_timeout())
         };
         let Some(tls) = tls else {
             return Next::Close;
@@ -1068,7 +1064,7 @@ impl Driver {
         };
         let (tls, limit) = {
             let st = self.state.lock();
-            (self.state.tls.clone(), st.config.data_timeout())
+            (self.state.tls(), st.config.data_timeout())
         };
         let Some(tls) = tls else {
             return Err(std::io::Error::other("TLS is not configured"));

@@ -105,8 +105,9 @@ pub struct Hub {
     pub store: Option<StoreHandle>,
     /// Where session recordings go (`record_dir`); `None`: not recording.
     pub record: Option<Arc<dyn RecordSink>>,
-    /// FTPS, when `tls_cert`/`tls_key` are set (never in the simulator).
-    pub tls: Option<Arc<MasterTls>>,
+    /// FTPS, when `tls_cert`/`tls_key` are set (never in the simulator);
+    /// replaced by a config reload ([`Hub::tls`], [`Hub::set_tls`]).
+    tls: std::sync::RwLock<Option<Arc<MasterTls>>>,
     /// Monotonic origin for the guard's clock ([`Hub::mono_ms`]).
     started: tokio::time::Instant,
 }
@@ -127,7 +128,7 @@ impl Hub {
             }),
             store,
             record,
-            tls,
+            tls: std::sync::RwLock::new(tls),
             started: tokio::time::Instant::now(),
         }
     }
@@ -139,6 +140,17 @@ impl Hub {
 
     pub fn lock(&self) -> MutexGuard<'_, Core> {
         lock(&self.core)
+    }
+
+    /// The master's TLS settings now.
+    pub fn tls(&self) -> Option<Arc<MasterTls>> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// New TLS settings (a reload); sessions pick them up at their next
+    /// AUTH TLS.
+    pub fn set_tls(&self, tls: Option<Arc<MasterTls>>) {
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = tls;
     }
 
     /// Milliseconds since the hub was made (simulated time in the

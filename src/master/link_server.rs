@@ -133,7 +133,7 @@ async fn secure_link(
     let tls = {
         let st = state.lock();
         if st.config.link_tls {
-            state.tls.clone()
+            state.tls()
         } else {
             None
         }
@@ -180,7 +180,7 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
         let mut st = state.lock();
         // The ticket key opens every TLS session of the cluster: only over
         // an encrypted link.
-        let ticket_key = match &state.tls {
+        let ticket_key = match &state.tls() {
             Some(t) if encrypted => Some(t.ticket_key.clone()),
             _ => None,
         };

@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod hub;
+pub mod lifecycle;
 pub mod link_server;
 pub mod record;
 pub mod start;

@@ -455,3 +455,115 @@ pub fn lftp(addr: SocketAddr, script: &str) -> String {
     assert!(out.status.success(), "lftp failed:\n{log}");
     log
 }
+
+// --- Operations (tests/operations.rs) ----------------------------------------
+
+/// The stdout lines of a child up to (and with) the first starting with
+/// `marker`; later lines arrive on `rest`.
+pub struct Banner {
+    pub lines: Vec<String>,
+    pub rest: mpsc::Receiver<String>,
+}
+
+impl Banner {
+    /// The first word after `prefix` in a banner line.
+    pub fn value(&self, prefix: &str) -> Option<String> {
+        self.lines.iter().find_map(|l| {
+            l.strip_prefix(prefix)
+                .and_then(|r| r.split_whitespace().next())
+                .map(str::to_string)
+        })
+    }
+
+    /// Waits up to `secs` for a later stdout line starting with `prefix`.
+    pub fn wait_for(&self, prefix: &str, secs: u64) -> Option<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rest.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// Reads the child's stdout until a line starting with `marker` (60 s at
+/// most, else the test fails with `stderr`'s content).
+pub fn read_banner(child: &mut Child, marker: &str, stderr: &Path) -> Banner {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => {
+                let done = l.starts_with(marker);
+                lines.push(l);
+                if done {
+                    return Banner { lines, rest: rx };
+                }
+            }
+            Err(_) => panic!(
+                "dftpd did not print '{marker}' in time; stdout so far: {lines:?}; stderr:\n{}",
+                std::fs::read_to_string(stderr).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// Sends the signal named `sig` (`"HUP"`, `"TERM"`, `"INT"`, ...) to the
+/// child, as `kill -SIG pid` would.
+pub fn send_signal(child: &Child, sig: &str) {
+    use nix::sys::signal::{kill, Signal};
+    let signal: Signal = format!("SIG{sig}").parse().expect("a signal name");
+    kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("kill");
+}
+
+/// Waits up to `secs` for the child to exit.
+pub fn wait_exit(child: &mut Child, secs: u64) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    None
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the admin listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read the answer");
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {raw:?}"));
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name` (with its labels, e.g.
+/// `dftpd_sessions` or `x{a="b"}`) in a Prometheus text exposition.
+pub fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let (n, v) = l.rsplit_once(' ')?;
+        (n == name).then(|| v.parse().ok())?
+    })
+}

@@ -29,6 +29,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Default of `shutdown_grace_ms` (master and slave): 30 s.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
+
 /// What PASV/EPSV do when no PRET came first (DESIGN.md, PRET semantics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -141,6 +144,17 @@ pub struct MasterConfig {
     pub guard: GuardConfig,
     /// argon2id cost for hashing passwords.
     pub password_cost: PasswordCost,
+    // --- Operations (README, "Running it in production") -------------------
+    /// The HTTP admin listener: `GET /metrics` (Prometheus), `/health`,
+    /// `/ready`. Off when unset. Keep it on loopback or a private network:
+    /// it has no authentication.
+    pub admin_listen: Option<SocketAddr>,
+    /// The transfer log, one line per transfer in the xferlog format
+    /// vsftpd writes (`xferlog(5)`); reopened on SIGHUP. Off when unset.
+    pub xferlog: Option<PathBuf>,
+    /// On SIGTERM/SIGINT: how long running transfers may go on after the
+    /// listeners close, before the process exits anyway.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for MasterConfig {
@@ -169,6 +183,9 @@ impl Default for MasterConfig {
             permissions: Vec::new(),
             guard: GuardConfig::default(),
             password_cost: PasswordCost::default(),
+            admin_listen: None,
+            xferlog: None,
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
         }
     }
 }
@@ -189,6 +206,9 @@ impl MasterConfig {
     }
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms.max(1))
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
     }
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.passive_range()?;
@@ -278,6 +298,13 @@ pub struct SlaveConfig {
     /// TLS and accepts exactly that certificate (the master needs
     /// `link_tls`).
     pub master_cert_pin: Option<String>,
+    /// Create `root` when it does not exist. Off: a missing root is an
+    /// error at start (a disk that is not mounted must not fill the
+    /// system disk instead). `dftpd cluster` sets it.
+    pub create_root: bool,
+    /// On SIGTERM/SIGINT: how long running transfers may go on before the
+    /// process exits anyway.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for SlaveConfig {
@@ -299,6 +326,8 @@ impl Default for SlaveConfig {
             tls_cert: None,
             tls_key: None,
             master_cert_pin: None,
+            create_root: false,
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
         }
     }
 }
@@ -318,6 +347,9 @@ impl SlaveConfig {
     }
     pub fn data_timeout(&self) -> Duration {
         Duration::from_millis(self.data_timeout_ms.max(1))
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
     }
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.passive_range()?;
@@ -395,6 +427,20 @@ mod tests {
         assert!(!m.users.is_empty());
         let s: SlaveConfig = toml::from_str(include_str!("../../../slave.example.toml")).unwrap();
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn the_example_user_has_the_documented_password() {
+        let text = include_str!("../../../master.example.toml");
+        assert!(text.contains("alice's password is \"alice-example-password\""));
+        let m: MasterConfig = toml::from_str(text).unwrap();
+        let alice = m.users.iter().find(|u| u.name == "alice").unwrap();
+        let hash = alice.password_hash.as_deref().unwrap();
+        assert!(crate::master::users::verify_password(
+            hash,
+            "alice-example-password"
+        ));
+        assert!(!text.contains("plain text in this file"), "stale comment");
     }
 
     #[test]

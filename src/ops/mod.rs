@@ -1,0 +1,84 @@
+//! Operating dftpd: what an operator or a supervisor needs around the FTP
+//! service itself (README, "Running it in production").
+//!
+//! - [`metrics`]: Prometheus metrics of a master;
+//! - [`admin`]: the HTTP admin listener (`/metrics`, `/health`, `/ready`);
+//! - [`xferlog`]: the transfer log in vsftpd's xferlog format;
+//! - [`audit`]: namespace changes (DELE, RNTO, MKD, RMD) at INFO;
+//! - [`preflight`]: config checks against the host before a start and for
+//!   `--check`;
+//! - [`drain`]: counting a slave's running transfers for a graceful stop;
+//! - [`notify`]: systemd readiness notification (`Type=notify`).
+//!
+//! None of this runs in the simulator: it is production plumbing, called
+//! from `main.rs`, `cluster.rs` and the master's lifecycle methods.
+
+pub mod admin;
+pub mod audit;
+pub mod drain;
+pub mod metrics;
+pub mod notify;
+pub mod preflight;
+pub mod xferlog;
+
+pub use metrics::{Direction, Metrics, SlaveStatus};
+pub use xferlog::{XferLog, XferRecord};
+
+use std::sync::Arc;
+
+/// What a running master has for operations: its metrics, its transfer
+/// log and its admin listener (running while this lives).
+pub struct Ops {
+    pub metrics: Arc<Metrics>,
+    pub xferlog: Option<Arc<XferLog>>,
+    pub admin: Option<admin::AdminHandle>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    XferLog(#[from] xferlog::XferLogError),
+}
+
+/// Reports one finished transfer everywhere it is counted: the metrics
+/// (a completed transfer with its bytes and duration, or a failed one) and
+/// the transfer log (one line, complete or incomplete). The one call the
+/// session code makes when a transfer's final reply is decided; either
+/// sink may be absent.
+pub fn transfer_finished(
+    metrics: Option<&Metrics>,
+    xferlog: Option<&XferLog>,
+    r: &XferRecord<'_>,
+    relayed: bool,
+) {
+    if let Some(m) = metrics {
+        if r.complete {
+            m.transfer_done(r.direction, r.slave, r.bytes, r.duration, relayed);
+        } else {
+            m.transfer_failed(r.direction, r.slave);
+        }
+    }
+    if let Some(x) = xferlog {
+        x.write(r);
+    }
+}
+
+impl Ops {
+    /// [`transfer_finished`] with this master's sinks.
+    pub fn transfer_finished(&self, r: &XferRecord<'_>, relayed: bool) {
+        transfer_finished(Some(&self.metrics), self.xferlog.as_deref(), r, relayed);
+    }
+
+    /// Opens the transfer log again by name (after a rotation); logs the
+    /// outcome.
+    pub fn reopen_logs(&self) {
+        if let Some(x) = &self.xferlog {
+            match x.reopen() {
+                Ok(()) => tracing::info!(path = %x.path().display(), "transfer log reopened"),
+                Err(e) => tracing::warn!("{e}; still writing to the old file"),
+            }
+        }
+    }
+}
