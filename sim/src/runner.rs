@@ -214,7 +214,7 @@ struct ClientHandle {
     link_faults: Rc<Cell<u64>>,
 }
 
-struct Driver<'a> {
+struct World<'a> {
     sim: turmoil::Sim<'a>,
     sc: &'a Scenario,
     transcript: SharedTranscript,
@@ -329,7 +329,7 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
             }
         }
     }
-    let mut d = Driver {
+    let mut d = World {
         sim,
         sc,
         transcript: transcript.clone(),
@@ -397,7 +397,7 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
     })
 }
 
-impl<'a> Driver<'a> {
+impl<'a> World<'a> {
     fn log(&self, line: String) {
         self.transcript.borrow_mut().lines.push(line);
     }

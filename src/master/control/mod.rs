@@ -1,0 +1,517 @@
+//! The control-connection driver: reads command lines, feeds them to the
+//! [`Session`] state machine, and carries out its [`Action`]s — passive
+//! listeners on the master or a slave, transfers run by slaves (with ABOR
+//! and control-loss handling while they run), listings sent by the master,
+//! and the optional relay for clients without PRET.
+//!
+//! One task per control connection; the shared state lock is taken per
+//! command and never held across an `.await`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+mod data;
+mod tls;
+mod transfer;
+
+use data::{accept_opt, poll_once};
+
+use super::guard::CommandRate;
+use super::hub::SlaveLink;
+use super::observe::{BadLine, SessionEvent, SessionObserver};
+use super::record::{Header, RecordSink, Recorder};
+use super::session::{Action, HashJob, LoginCheck, Session};
+use super::store::Durable;
+use super::users;
+use super::{Hub, MasterState, SessionInfo, Shared};
+use crate::env::{next_connection, BoxStream, Env, NetListener};
+use crate::proto::{Command, Line, LineDecoder, Reply};
+
+pub async fn accept_sessions(
+    env: Env,
+    state: Shared,
+    listener: Box<dyn NetListener>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    while let Some((stream, peer)) = next_connection(listener.as_ref(), &mut shutdown).await {
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(_) => continue,
+        };
+        let refused = {
+            let mut st = state.lock();
+            let cfg = st.config.guard.clone();
+            st.limits.open(&cfg, peer.ip()).err()
+        };
+        if let Some(e) = refused {
+            tracing::warn!(%peer, "session refused: {e}");
+            let mut stream = stream;
+            tokio::spawn(async move {
+                let reply = Reply::new(e.code(), e.to_string());
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    stream.write_all(reply.to_wire().as_bytes()),
+                )
+                .await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        }
+        let (id, sink) = {
+            let mut st = state.lock();
+            let id = st.next_id();
+            st.sessions.insert(
+                id,
+                SessionInfo {
+                    peer,
+                    user: None,
+                    cwd: "/".into(),
+                    doing: None,
+                },
+            );
+            (id, state.record.clone())
+        };
+        let span = tracing::info_span!("session", id, %peer);
+        let driver = ControlSession::new(
+            env.clone(),
+            state.clone(),
+            stream,
+            Session::new(id, peer, local),
+        );
+        tokio::spawn(driver.run(sink).instrument(span));
+    }
+}
+
+/// A session's observers; publishing to none costs nothing.
+#[derive(Default)]
+struct Observers(Vec<Box<dyn SessionObserver>>);
+
+impl Observers {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Publishes `event` (the state lock is held by the caller).
+    fn emit(&mut self, st: &MasterState, event: &SessionEvent<'_>) {
+        for o in &mut self.0 {
+            o.on(event, st);
+        }
+    }
+
+    /// Publishes `event`, taking the state lock only if someone listens.
+    fn emit_locked(&mut self, hub: &Hub, event: &SessionEvent<'_>) {
+        if !self.0.is_empty() {
+            let core = hub.lock();
+            self.emit(&core, event);
+        }
+    }
+}
+
+/// The server side of the current data connection.
+enum Endpoint {
+    None,
+    Master(Box<dyn NetListener>),
+    Slave {
+        xfer: u64,
+        link: SlaveLink,
+        /// The address announced in the 227/229 reply.
+        addr: SocketAddr,
+        /// The master's own address at the same port: a client that ignores
+        /// the 227 address (curl's and ftplib's default) lands here.
+        catch: Option<Box<dyn NetListener>>,
+    },
+}
+
+/// The client side of a relayed transfer.
+enum ClientSide {
+    Listener(Box<dyn NetListener>),
+    /// A client caught at the master's address (it ignored the 227 reply).
+    Caught(BoxStream),
+}
+
+pub(super) struct ControlSession {
+    env: Env,
+    state: Shared,
+    reader: ReadHalf<BoxStream>,
+    writer: WriteHalf<BoxStream>,
+    session: Session,
+    endpoint: Endpoint,
+    decoder: LineDecoder,
+    /// Lines read while a transfer was running, handled after it.
+    queued: VecDeque<Line>,
+    closed: bool,
+    /// A data connection held open until the transfer's final reply is
+    /// sent (a client caught at the wrong address must read the 425 before
+    /// its data connection closes, or it reports a short transfer instead).
+    parked: Option<BoxStream>,
+    /// Who watches this session (the recorder when `record_dir` is set):
+    /// every event goes to all of them; none, nothing is built.
+    observers: Observers,
+    /// When the session started (event times are relative to it).
+    started: tokio::time::Instant,
+    /// Changes this session made that the store has not confirmed yet: the
+    /// next reply waits for them (a client is never told "done" before the
+    /// change would survive a crash).
+    durable: Option<Durable>,
+    /// After `AUTH TLS`: this control session's random token, set as the
+    /// resumption data of its TLS sessions and sent with `PROT P` orders
+    /// (see `tls.rs`, "Tying a data connection to its control connection").
+    tls_token: Option<Vec<u8>>,
+}
+
+enum Next {
+    Continue,
+    Close,
+}
+
+impl ControlSession {
+    fn new(env: Env, state: Shared, stream: BoxStream, session: Session) -> ControlSession {
+        let (reader, writer) = tokio::io::split(stream);
+        ControlSession {
+            env,
+            state,
+            reader,
+            writer,
+            session,
+            endpoint: Endpoint::None,
+            decoder: LineDecoder::new(),
+            queued: VecDeque::new(),
+            closed: false,
+            parked: None,
+            observers: Observers::default(),
+            started: tokio::time::Instant::now(),
+            durable: None,
+            tls_token: None,
+        }
+    }
+
+    /// Attaches the session's observers: the recorder if the master
+    /// records sessions.
+    fn attach_observers(&mut self, sink: Option<Arc<dyn RecordSink>>) {
+        let unix_now = self.env.unix_now();
+        if let Some(out) = sink.and_then(|s| s.open(self.session.id)) {
+            let st = self.state.lock();
+            let h = Header {
+                session: self.session.id,
+                peer: self.session.peer,
+                unix_now,
+            };
+            self.observers
+                .0
+                .push(Box::new(Recorder::start(out, &h, &st)));
+        }
+        let opened = SessionEvent::Opened {
+            session: self.session.id,
+            peer: self.session.peer,
+            unix_now,
+        };
+        self.observers.emit_locked(&self.state, &opened);
+    }
+
+    async fn run(mut self, sink: Option<Arc<dyn RecordSink>>) {
+        tracing::debug!("session opened");
+        self.attach_observers(sink);
+        if self.send(&Session::greeting()).await.is_ok() {
+            self.serve().await;
+        }
+        self.release_endpoint();
+        {
+            let mut st = self.state.lock();
+            self.session.close(&mut st);
+            let ip = self.session.peer.ip();
+            st.limits.close(ip);
+            let _ = self.state.flush(&mut st);
+        }
+        let closed = SessionEvent::Closed {
+            at: self.started.elapsed(),
+            client_closed: self.closed,
+        };
+        self.observers.emit_locked(&self.state, &closed);
+        tracing::debug!("session closed");
+    }
+
+    async fn serve(&mut self) {
+        let (idle, guard, start) = {
+            let st = self.state.lock();
+            (
+                st.config.idle_timeout(),
+                st.config.guard.clone(),
+                self.state.mono_ms(),
+            )
+        };
+        let login_by =
+            tokio::time::Instant::now() + Duration::from_millis(guard.login_timeout_ms.max(1));
+        let mut rate = CommandRate::new(&guard, start);
+        loop {
+            // Not logged in yet: the login deadline, not the idle timeout.
+            let wait = match self.session.user() {
+                Some(_) => idle,
+                None => idle.min(login_by.saturating_duration_since(tokio::time::Instant::now())),
+            };
+            let line = match self.queued.pop_front() {
+                Some(l) => l,
+                None => match tokio::time::timeout(wait, self.read_line()).await {
+                    Ok(Some(l)) => l,
+                    Ok(None) => return,
+                    Err(_) => {
+                        let text = if self.session.user().is_some() {
+                            "Idle timeout, closing control connection"
+                        } else {
+                            "Login timeout, closing control connection"
+                        };
+                        let _ = self.send(&Reply::new(421, text)).await;
+                        return;
+                    }
+                },
+            };
+            let now = self.state.mono_ms();
+            if !rate.allow(&guard, now) {
+                tracing::warn!("command rate exceeded; closing");
+                let _ = self
+                    .send(&Reply::new(
+                        421,
+                        "Too many commands too fast, closing control connection",
+                    ))
+                    .await;
+                return;
+            }
+            if !self.observers.is_empty() {
+                let at = self.started.elapsed();
+                let cwd = &self.session.cwd;
+                let event = match &line {
+                    Line::Command(text) => SessionEvent::Command { at, text, cwd },
+                    Line::Empty => SessionEvent::Command { at, text: "", cwd },
+                    Line::TooLong => SessionEvent::BadLine(BadLine::TooLong),
+                    Line::NotUtf8 => SessionEvent::BadLine(BadLine::NotUtf8),
+                };
+                self.observers.emit_locked(&self.state, &event);
+            }
+            let reply = match line {
+                Line::Command(text) => match Command::parse(&text) {
+                    Ok(cmd) => {
+                        match users::redacted(&text) {
+                            Some(safe) => tracing::debug!("<- {safe}"),
+                            None => tracing::debug!("<- {text}"),
+                        }
+                        match self.perform(cmd).await {
+                            Next::Continue => continue,
+                            Next::Close => return,
+                        }
+                    }
+                    Err(e) => Reply::new(e.code(), e.to_string()),
+                },
+                Line::TooLong => Reply::new(500, "Command line too long"),
+                Line::NotUtf8 => Reply::new(501, "Command is not valid UTF-8"),
+                Line::Empty => Reply::new(500, "Empty command"),
+            };
+            if self.send(&reply).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The next line from the client; `None` when the connection closed.
+    async fn read_line(&mut self) -> Option<Line> {
+        if self.closed {
+            // What the decoder still holds, then the end.
+            return self.decoder.next_line();
+        }
+        read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed).await
+    }
+
+    async fn send(&mut self, reply: &Reply) -> std::io::Result<()> {
+        let failed;
+        let reply = match self.durable.take() {
+            Some(d) => match d.wait().await {
+                Ok(()) => reply,
+                Err(e) => {
+                    tracing::error!(error = %e, "change not saved; refusing the reply");
+                    failed = Reply::new(
+                        451,
+                        "Local error: the change could not be saved to the metadata store",
+                    );
+                    &failed
+                }
+            },
+            None => reply,
+        };
+        tracing::debug!(
+            "-> {} {}",
+            reply.code,
+            reply.lines.first().map(String::as_str).unwrap_or("")
+        );
+        self.observers
+            .emit_locked(&self.state, &SessionEvent::Reply(reply));
+        self.writer.write_all(reply.to_wire().as_bytes()).await?;
+        self.writer.flush().await
+    }
+
+    fn release_endpoint(&mut self) {
+        if let Endpoint::Slave { xfer, link, .. } =
+            std::mem::replace(&mut self.endpoint, Endpoint::None)
+        {
+            link.send(crate::link::MasterMsg::Abort { xfer });
+        }
+    }
+
+    async fn perform(&mut self, cmd: Command) -> Next {
+        let action = {
+            let mut st = self.state.lock();
+            st.now = self.env.unix_now();
+            let verb = cmd.verb();
+            let action = self.session.handle(cmd, &mut st);
+            if let Some(d) = self.state.flush(&mut st) {
+                self.durable = Some(d);
+            }
+            if !self.observers.is_empty() {
+                if let (true, Some(plan)) = (verb == "PRET", self.session.plan()) {
+                    self.observers.emit(&st, &SessionEvent::Planned(plan));
+                }
+                if let Action::Transfer(job) = &action {
+                    self.observers
+                        .emit(&st, &SessionEvent::TransferStarted(job));
+                }
+            }
+            action
+        };
+        let result = match action {
+            Action::CheckPassword(check) => return self.check_password(*check).await,
+            Action::HashPassword(job) => {
+                let reply = self.hash_password(*job).await;
+                self.send(&reply).await
+            }
+            Action::Reply(r) => self.send(&r).await,
+            Action::Close(r) => {
+                let _ = self.send(&r).await;
+                return Next::Close;
+            }
+            Action::ResetData(r) | Action::SetActive(r) => {
+                self.release_endpoint();
+                self.send(&r).await
+            }
+            Action::OpenPassive { target, xfer, epsv } => {
+                self.release_endpoint();
+                let result = self.open_passive(target, xfer).await;
+                self.observers.emit_locked(
+                    &self.state,
+                    &SessionEvent::PassiveOpened {
+                        target,
+                        xfer,
+                        result: &result,
+                    },
+                );
+                let reply = {
+                    let st = self.state.lock();
+                    self.session.passive_opened(&st, target, xfer, epsv, result)
+                };
+                self.send(&reply).await
+            }
+            Action::Listing(job) => self.listing(*job).await,
+            Action::StartTls(r) => return self.start_tls(r).await,
+            Action::Transfer(job) => {
+                let span =
+                    tracing::info_span!("transfer", xfer = job.xfer, slave = %job.slave_name);
+                return self.transfer(*job).instrument(span).await;
+            }
+        };
+        match result {
+            Ok(()) => Next::Continue,
+            Err(_) => Next::Close,
+        }
+    }
+
+    /// Hashes a new password (SITE ADDUSER, CHPASS) off the state lock,
+    /// then lets the session apply it.
+    async fn hash_password(&mut self, job: HashJob) -> Reply {
+        let mut salt = [0u8; 16];
+        self.env.rng_fill(&mut salt);
+        let (password, cost) = (job.password.clone(), job.cost);
+        let hash = self
+            .env
+            .run_blocking(move || users::hash_password(&password, salt, cost))
+            .await
+            .unwrap_or_else(|| Err(users::UserError::Hash("the hashing task failed".into())));
+        let mut st = self.state.lock();
+        let action = self.session.password_hashed(&mut st, &job, hash);
+        if let Some(d) = self.state.flush(&mut st) {
+            self.durable = Some(d);
+        }
+        match action {
+            Action::Reply(r) => r,
+            other => Reply::new(451, format!("unexpected {other:?}")),
+        }
+    }
+
+    /// Verifies a password off the state lock, then answers after the
+    /// delay the guard asks for (failed logins).
+    async fn check_password(&mut self, check: LoginCheck) -> Next {
+        let (hash, password) = (check.hash.clone(), check.password.clone());
+        let verified = self
+            .env
+            .run_blocking(move || users::verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
+        let (action, delay) = {
+            let mut st = self.state.lock();
+            st.now = self.env.unix_now();
+            let now = self.state.mono_ms();
+            let result = self.session.login_result(&mut st, &check, verified, now);
+            if let Some(d) = self.state.flush(&mut st) {
+                self.durable = Some(d);
+            }
+            if let Some(user) = self.session.user() {
+                self.observers.emit(&st, &SessionEvent::LoggedIn { user });
+            }
+            result
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match action {
+            Action::Close(r) => {
+                let _ = self.send(&r).await;
+                Next::Close
+            }
+            Action::Reply(r) => match self.send(&r).await {
+                Ok(()) => Next::Continue,
+                Err(_) => Next::Close,
+            },
+            _ => Next::Continue,
+        }
+    }
+}
+
+pub(super) fn is_abor(text: &str) -> bool {
+    text.trim().eq_ignore_ascii_case("ABOR")
+}
+
+/// Reads one line without borrowing the whole driver (used inside select!).
+pub(super) async fn read_line_into(
+    reader: &mut ReadHalf<BoxStream>,
+    decoder: &mut LineDecoder,
+    closed: &mut bool,
+) -> Option<Line> {
+    let mut buf = [0u8; 512];
+    loop {
+        if let Some(l) = decoder.next_line() {
+            return Some(l);
+        }
+        if *closed {
+            // Never resolve again: the caller waits on the other branch.
+            std::future::pending::<()>().await;
+        }
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                *closed = true;
+                return None;
+            }
+            Ok(n) => decoder.push(&buf[..n]),
+        }
+    }
+}

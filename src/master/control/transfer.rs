@@ -1,0 +1,386 @@
+//! Running one slave transfer: the control driver performs the steps of
+//! the core's transfer machine (`dftpd_core::master::transfer`) — link
+//! requests, the 150, the relay through the master, the probe before a
+//! commit — and feeds it what happened (the slave's answers, ABOR, the
+//! control connection closing, a client caught at the master's address).
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use super::{
+    accept_opt, is_abor, poll_once, read_line_into, ClientSide, ControlSession, Endpoint, Next,
+};
+use crate::config::PasvWithoutPret;
+use crate::env::{accept_from, pump, BoxStream, NetListener};
+use crate::link::{DataTls, Request, Response};
+use crate::master::hub::SlaveLink;
+use crate::master::observe::SessionEvent;
+use crate::master::session::{Route, TransferJob, TransferOutcome};
+use crate::master::transfer::{Event, RelayClient, Step, TransferMachine};
+use crate::proto::{Line, Reply};
+
+impl ControlSession {
+    pub(super) async fn transfer(&mut self, job: TransferJob) -> Next {
+        let started = tokio::time::Instant::now();
+        let outcome = self.run_transfer(&job).await;
+        let (outcome, aborted) = outcome;
+        tracing::info!(?outcome, "transfer finished");
+        let finished = SessionEvent::TransferFinished {
+            job: &job,
+            outcome: &outcome,
+            aborted,
+            duration: started.elapsed(),
+        };
+        self.observers.emit_locked(&self.state, &finished);
+        let reply = {
+            let mut st = self.state.lock();
+            st.now = self.env.unix_now();
+            let reply = self.session.transfer_done(&mut st, &job, outcome);
+            if let Some(d) = self.state.flush(&mut st) {
+                self.durable = Some(d);
+            }
+            reply
+        };
+        if self.closed {
+            return Next::Close;
+        }
+        let sent = self.send(&reply).await;
+        if let Some(mut data) = self.parked.take() {
+            let _ = data.shutdown().await;
+        }
+        if sent.is_err() {
+            return Next::Close;
+        }
+        if aborted {
+            // RFC 959 §4.1.3: the aborted transfer got its 426, now ABOR's 226.
+            if self
+                .send(&Reply::new(226, "ABOR command successful"))
+                .await
+                .is_err()
+            {
+                return Next::Close;
+            }
+        }
+        Next::Continue
+    }
+
+    /// Runs one slave transfer to its end by performing the transfer
+    /// machine's steps. Returns the outcome and whether the client sent
+    /// ABOR.
+    async fn run_transfer(&mut self, job: &TransferJob) -> (TransferOutcome, bool) {
+        let (link, timeout, relay_allowed) = {
+            let st = self.state.lock();
+            (
+                st.link(job.slave),
+                st.config.data_timeout(),
+                st.config.pasv_without_pret == PasvWithoutPret::Relay,
+            )
+        };
+        // The passive listener (if any) is consumed by this transfer.
+        let (master_listener, catch, announced) =
+            match std::mem::replace(&mut self.endpoint, Endpoint::None) {
+                Endpoint::Master(l) => (Some(l), None, None),
+                Endpoint::Slave { catch, addr, .. } => (None, catch, Some(addr)),
+                Endpoint::None => (None, None, None),
+            };
+        let mut m = TransferMachine::new(job, relay_allowed, announced, self.session.local);
+        let mut io = TransferIo {
+            link,
+            master_listener,
+            caught: None,
+            slave_stream: None,
+            relay: None,
+            response: None,
+        };
+        // curl and ftplib connect right after the 227 reply, so a client
+        // that ignored its address is usually already waiting at the
+        // master's address when the data command comes: answer the command
+        // itself (425, or relay) before any 150.
+        let mut caught_now = false;
+        if io.link.is_some() && job.route != Route::Relay {
+            if let Some(l) = catch.as_deref() {
+                if let Some(Ok((stream, peer))) = poll_once(l.accept()) {
+                    if peer.ip() == self.session.peer_ip() {
+                        io.caught = Some(stream);
+                        caught_now = true;
+                    }
+                }
+            }
+        }
+        let mut steps = m.start(io.link.is_some(), io.master_listener.is_some(), caught_now);
+        loop {
+            let mut event = None;
+            for step in steps {
+                if let Some(e) = self.perform_step(step, job, &mut io, timeout).await {
+                    match e {
+                        StepResult::Event(e) => event = Some(e),
+                        StepResult::Finish(outcome, aborted) => return (outcome, aborted),
+                    }
+                }
+            }
+            let event = match event {
+                Some(e) => e,
+                None => {
+                    self.next_event(&mut io, catch.as_deref(), m.watching(), m.may_catch())
+                        .await
+                }
+            };
+            steps = m.on(event);
+        }
+    }
+
+    /// Performs one step of the transfer machine. Steps that find
+    /// something out at once (the relay's setup, the control probe) return
+    /// the event for the machine.
+    async fn perform_step(
+        &mut self,
+        step: Step,
+        job: &TransferJob,
+        io: &mut TransferIo,
+        timeout: Duration,
+    ) -> Option<StepResult> {
+        let abort = |io: &TransferIo| {
+            if let Some(link) = &io.link {
+                link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
+            }
+        };
+        match step {
+            Step::Order(data) => {
+                // PROT P: the slave is the client's TLS server; relayed, the
+                // master is (the master<->slave leg of a relay stays plain,
+                // like the link without `link_tls`).
+                let tls = match (
+                    &self.tls_token,
+                    self.session.tls.private,
+                    io.slave_stream.is_some() || io.relay.is_some(),
+                ) {
+                    (Some(token), true, false) => Some(DataTls {
+                        session_token: token.clone(),
+                        client: self.session.tls.sscn || self.session.tls.cpsv,
+                    }),
+                    _ => None,
+                };
+                let rid = self.state.lock().next_id();
+                if let Some(link) = &io.link {
+                    io.response = Some(link.request(
+                        rid,
+                        Request::Transfer {
+                            xfer: job.xfer,
+                            order: job.order.clone(),
+                            data,
+                            tls,
+                        },
+                    ));
+                }
+            }
+            Step::Reply(r) => {
+                if self.send(&r).await.is_err() {
+                    self.closed = true;
+                }
+            }
+            Step::AbortSlave => abort(io),
+            Step::SetUpRelay(client) => {
+                if client == RelayClient::Caught {
+                    tracing::info!("client ignored the 227 address; relaying through the master");
+                }
+                return Some(StepResult::Event(self.set_up_relay(job, io, timeout).await));
+            }
+            Step::StartRelay => self.start_relay(job, io, timeout),
+            Step::EndRelay { cancel } => {
+                if let Some(t) = io.relay.take() {
+                    if cancel {
+                        t.abort();
+                    }
+                    let _ = t.await;
+                }
+            }
+            Step::ProbeControl => return Some(StepResult::Event(self.probe_control().await)),
+            Step::Commit => {
+                let rid = self.state.lock().next_id();
+                if let Some(link) = &io.link {
+                    io.response = Some(link.request(rid, Request::Commit { xfer: job.xfer }));
+                }
+            }
+            Step::Park => self.parked = io.caught.take(),
+            Step::Finish { outcome, aborted } => {
+                if matches!(outcome, TransferOutcome::IgnoredPasvAddress { .. }) {
+                    tracing::info!("client ignored the 227 address; told it how to fix that");
+                }
+                return Some(StepResult::Finish(outcome, aborted));
+            }
+        }
+        None
+    }
+
+    /// Waits for what the transfer machine needs next: the slave's answer,
+    /// and, while the transfer runs, the control connection (ABOR, loss)
+    /// and the master's own address at the slave's port (a client that
+    /// ignored the 227 reply).
+    async fn next_event(
+        &mut self,
+        io: &mut TransferIo,
+        catch: Option<&dyn NetListener>,
+        watch_control: bool,
+        watch_catch: bool,
+    ) -> Event {
+        loop {
+            let control = watch_control && !self.closed;
+            let catching = watch_catch && !self.closed;
+            tokio::select! {
+                biased;
+                line = read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed), if control => {
+                    match line {
+                        Some(Line::Command(t)) if is_abor(&t) => return Event::Abor,
+                        Some(l) => self.queued.push_back(l),
+                        None => return Event::ControlClosed,
+                    }
+                }
+                r = async {
+                    match io.response.as_mut() {
+                        Some(rx) => rx.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    io.response = None;
+                    return match r {
+                        Ok(r) => Event::Slave(r),
+                        Err(_) => Event::SlaveLost,
+                    };
+                }
+                c = accept_opt(catch), if catching => {
+                    if let Ok((stream, peer)) = c {
+                        if peer.ip() == self.session.peer_ip() {
+                            io.caught = Some(stream);
+                            return Event::Caught;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Relay: asks the slave for a listener of its own and connects to it.
+    async fn set_up_relay(
+        &mut self,
+        job: &TransferJob,
+        io: &mut TransferIo,
+        timeout: Duration,
+    ) -> Event {
+        let Some(link) = io.link.clone() else {
+            return Event::RelayFailed {
+                listening: false,
+                lost: true,
+            };
+        };
+        let rid = self.state.lock().next_id();
+        let rx = link.request(
+            rid,
+            Request::Listen {
+                xfer: job.xfer,
+                accept_from: None,
+            },
+        );
+        let addr = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Response::Listening { addr }))
+                if self.state.lock().slaves.is_own_address(job.slave, addr) =>
+            {
+                addr
+            }
+            Ok(Err(_)) => {
+                return Event::RelayFailed {
+                    listening: false,
+                    lost: true,
+                }
+            }
+            _ => {
+                return Event::RelayFailed {
+                    listening: false,
+                    lost: false,
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, self.env.net.connect(addr)).await {
+            Ok(Ok(s)) => {
+                io.slave_stream = Some(s);
+                Event::RelayReady
+            }
+            _ => Event::RelayFailed {
+                listening: true,
+                lost: false,
+            },
+        }
+    }
+
+    /// Starts moving bytes between the client and the slave's listener.
+    fn start_relay(&mut self, job: &TransferJob, io: &mut TransferIo, timeout: Duration) {
+        let Some(mut slave_stream) = io.slave_stream.take() else {
+            return;
+        };
+        let client = match (io.caught.take(), io.master_listener.take()) {
+            (Some(s), _) => ClientSide::Caught(s),
+            (None, Some(l)) => ClientSide::Listener(l),
+            (None, None) => return,
+        };
+        let relay_tls = match (&self.tls_token, self.session.tls.private) {
+            (Some(token), true) => self.state.tls().map(|t| (t.data.clone(), token.clone())),
+            _ => None,
+        };
+        let peer = self.session.peer_ip();
+        let upload = job.is_upload();
+        io.relay = Some(tokio::spawn(async move {
+            let mut client = match client {
+                ClientSide::Listener(l) => accept_from(l.as_ref(), Some(peer), timeout).await?,
+                ClientSide::Caught(s) => s,
+            };
+            if let Some((config, token)) = relay_tls {
+                client =
+                    Box::new(crate::tls::accept(&config, client, Some(&token), timeout).await?);
+            }
+            if upload {
+                pump(&mut client, &mut slave_stream).await
+            } else {
+                pump(&mut slave_stream, &mut client).await
+            }
+        }));
+    }
+
+    /// Notices a control connection that closed together with its data
+    /// connection (a killed client), or an ABOR, before an upload is
+    /// committed.
+    async fn probe_control(&mut self) -> Event {
+        if self.closed {
+            return Event::ControlClosed;
+        }
+        let probe = read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed);
+        match tokio::time::timeout(Duration::from_millis(1), probe).await {
+            Ok(Some(Line::Command(t))) if is_abor(&t) => Event::Abor,
+            Ok(Some(l)) => {
+                self.queued.push_back(l);
+                Event::ControlAlive
+            }
+            Ok(None) => Event::ControlClosed,
+            Err(_) => Event::ControlAlive,
+        }
+    }
+}
+
+/// The IO side of one running transfer: what the machine's steps open and
+/// the driver holds until the transfer ends.
+struct TransferIo {
+    link: Option<SlaveLink>,
+    /// The client's passive listener on the master (relay route).
+    master_listener: Option<Box<dyn NetListener>>,
+    /// A client caught at the master's address.
+    caught: Option<BoxStream>,
+    /// The relay's connection to the slave's listener.
+    slave_stream: Option<BoxStream>,
+    relay: Option<tokio::task::JoinHandle<std::io::Result<u64>>>,
+    /// The answer awaited from the slave (order or commit).
+    response: Option<tokio::sync::oneshot::Receiver<Response>>,
+}
+
+enum StepResult {
+    Event(Event),
+    Finish(TransferOutcome, bool),
+}
