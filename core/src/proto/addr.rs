@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
-use super::command::ParseError;
+use super::error::ParseError;
 
 /// `127,0,0,11,195,80`: the host-port argument of PORT and of the 227
 /// reply (the caller adds the parentheses the reply text uses).

@@ -15,6 +15,7 @@
 use std::net::{SocketAddr, SocketAddrV4};
 
 use super::addr::{parse_decimal, parse_eprt, parse_port};
+pub use super::error::ParseError;
 use super::listing::parse_mdtm;
 
 /// Representation type (RFC 959 §3.1.1). Only the two that matter today.
@@ -111,33 +112,6 @@ pub enum Command {
     /// transfer). Parsed so they get a clear 502.
     Sscn(Option<String>),
     Cpsv,
-}
-
-/// Why a line is not a usable command; [`ParseError::code`] is the reply.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
-    #[error("empty command line")]
-    Empty,
-    #[error("'{0}' not understood")]
-    Unknown(String),
-    #[error("{verb}: {reason}")]
-    BadArgument { verb: &'static str, reason: String },
-    #[error("{verb}: {reason}")]
-    NotImplemented { verb: &'static str, reason: String },
-    #[error("EPRT network protocol not supported, use (1,2)")]
-    UnsupportedProtocol,
-}
-
-impl ParseError {
-    /// The reply code for this error (RFC 959 §4.2.1, RFC 2428 §2).
-    pub fn code(&self) -> u16 {
-        match self {
-            ParseError::Empty | ParseError::Unknown(_) => 500,
-            ParseError::BadArgument { .. } => 501,
-            ParseError::NotImplemented { .. } => 504,
-            ParseError::UnsupportedProtocol => 522,
-        }
-    }
 }
 
 /// Client text echoed in error replies is cut short so a 4 KiB verb does

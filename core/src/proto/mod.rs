@@ -8,6 +8,7 @@
 
 pub mod addr;
 pub mod command;
+pub mod error;
 pub mod line;
 pub mod listing;
 pub mod path;
