@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 use crate::env::{content, crc32, SimListener, SimStream};
+use crate::history::{Effect, Op, Status};
 use crate::script::{ClientOp, Cut, Payload};
 
 /// How long a client waits for a reply before calling it missing.
@@ -53,6 +54,9 @@ pub struct Transcript {
     pub lines: Vec<String>,
     pub violations: Vec<String>,
     pub uploads: Vec<UploadRecord>,
+    /// File operations with their times and outcomes, for the history
+    /// check ([`crate::history`]).
+    pub history: Vec<crate::history::Op>,
 }
 
 pub type SharedTranscript = Rc<RefCell<Transcript>>;
@@ -86,6 +90,15 @@ struct Control {
 }
 
 struct Client {
+    /// The path of the last RNFR that got 350 (for RNTO's history entry).
+    rnfr: Option<String>,
+    /// The current directory as CWD replies set it (relative names in the
+    /// history check resolve against it).
+    cwd: VPath,
+    /// The name a STOU was given (its 150 reply).
+    stou_name: Option<String>,
+    /// Simulated time the current command was sent.
+    started: Duration,
     world: ClientWorld,
     ctrl: Option<Control>,
     /// Address of the last 227/229 reply.
@@ -125,6 +138,10 @@ pub async fn run(
         payload: None,
         read_cut: None,
         rest: 0,
+        rnfr: None,
+        cwd: VPath::root(),
+        stou_name: None,
+        started: Duration::ZERO,
     };
     while let Some(op) = ops.recv().await {
         c.exec(op).await;
@@ -132,6 +149,11 @@ pub async fn run(
         c.world.pending.set(p.saturating_sub(1));
     }
     Ok(())
+}
+
+/// Simulated time since the simulation started.
+fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
 }
 
 fn is_final(code: u16) -> bool {
@@ -447,6 +469,7 @@ impl Client {
         let epoch = self.conn_epoch();
         let mut wire = line.clone().into_bytes();
         wire.extend_from_slice(b"\r\n");
+        self.started = now();
         if !self.send_bytes(&wire).await {
             return;
         }
@@ -456,9 +479,42 @@ impl Client {
         };
         let Some((code, lines)) = self.next_reply(&verb, epoch).await else {
             self.reset_data();
+            match verb.as_str() {
+                "DELE" => self.hist(&arg, Effect::Delete, None),
+                "RNTO" => {
+                    if let (Some(from), Some(to)) = (self.rnfr.take(), self.history_path(&arg)) {
+                        self.hist(&from, Effect::RenameTo(to), None);
+                    }
+                }
+                _ => {}
+            }
             return;
         };
         let text = lines.last().cloned().unwrap_or_default();
+        match verb.as_str() {
+            "DELE" => self.hist(&arg, Effect::Delete, Some((code, &text))),
+            "RNFR" => self.rnfr = (code == 350).then(|| self.history_path(&arg)).flatten(),
+            "RNTO" => {
+                if let (Some(from), Some(to)) = (self.rnfr.take(), self.history_path(&arg)) {
+                    self.hist(&from, Effect::RenameTo(to), Some((code, &text)));
+                }
+            }
+            "CWD" | "XCWD" | "CDUP" | "XCUP" if code == 250 => {
+                let to = if verb.ends_with("UP") {
+                    ".."
+                } else {
+                    arg.as_str()
+                };
+                if let Ok(p) = VPath::resolve(&self.cwd, to.trim()) {
+                    self.cwd = p;
+                }
+            }
+            "STOU" if code == 150 => {
+                // RFC 1123 §4.1.2.9: "150 FILE: name".
+                self.stou_name = text.split_once("FILE: ").map(|(_, n)| n.trim().to_string());
+            }
+            _ => {}
+        }
         match (verb.as_str(), code) {
             ("PASV", 227) => self.pasv = parse_227(&text),
             ("EPSV", 229) => {
@@ -590,6 +646,8 @@ impl Client {
         let upload = matches!(verb, "STOR" | "APPE" | "STOU");
         let mut received = Vec::new();
         let mut intended = None;
+        // The bytes an upload really sent (for the history check).
+        let mut sent_bytes: Option<Rc<Vec<u8>>> = None;
         // Only a download read to its end can be compared with the file.
         let mut complete_read = false;
         let mut cut = None;
@@ -636,6 +694,7 @@ impl Client {
                     "{name}  data: sent {sent} bytes crc32={:08x}{how}",
                     crc32(&data[..sent])
                 ));
+                sent_bytes = Some(Rc::new(data[..sent].to_vec()));
                 intended = Some(Rc::new(data));
             } else {
                 cut = self.read_cut;
@@ -704,17 +763,50 @@ impl Client {
             }
             return;
         }
-        let Some((code, _)) = self.final_reply(verb, epoch).await else {
+        let write_effect = |sent: &Option<Rc<Vec<u8>>>| {
+            sent.clone().map(|data| Effect::Write {
+                data,
+                offset: match verb {
+                    "APPE" => Some(u64::MAX),
+                    _ if rest > 0 => Some(rest),
+                    _ => None,
+                },
+            })
+        };
+        let Some((code, lines)) = self.final_reply(verb, epoch).await else {
+            if matches!(verb, "STOR" | "APPE") {
+                if let Some(e) = write_effect(&sent_bytes) {
+                    self.hist(arg, e, None);
+                }
+            }
             if let Some(intended) = intended {
                 self.record_upload(verb, arg, intended, false);
             }
             return;
         };
-        if let Some(intended) = intended {
-            self.record_upload(verb, arg, intended, code == 226);
+        if matches!(verb, "STOR" | "APPE") {
+            if let Some(e) = write_effect(&sent_bytes) {
+                let text = lines.last().cloned().unwrap_or_default();
+                self.hist(arg, e, Some((code, &text)));
+            }
+        }
+        if verb == "STOU" {
+            if let (Some(name), Some(e)) = (self.stou_name.take(), write_effect(&sent_bytes)) {
+                let text = lines.last().cloned().unwrap_or_default();
+                let dir = match arg.trim() {
+                    "" => self.cwd.to_string(),
+                    a => a.to_string(),
+                };
+                let path = format!("{}/{name}", dir.trim_end_matches('/'));
+                self.hist(&path, e, Some((code, &text)));
+            }
         }
         if verb == "RETR" && code == 226 && complete_read {
-            self.verify_retr(arg, rest, &received);
+            let data = Rc::new(received.clone());
+            self.hist(arg, Effect::Read { data, offset: rest }, Some((code, "")));
+        }
+        if let Some(intended) = intended {
+            self.record_upload(verb, arg, intended, code == 226);
         }
         if let Some(n) = stalled {
             // The server says the transfer is complete, so it closed the
@@ -726,6 +818,36 @@ impl Client {
                 ));
             }
         }
+    }
+
+    /// A path argument as the server resolves it (against the current
+    /// directory); `None` when it is not a usable path.
+    fn history_path(&self, arg: &str) -> Option<String> {
+        VPath::resolve(&self.cwd, arg.trim())
+            .ok()
+            .map(|p| p.to_string())
+    }
+
+    /// Records a file operation for the history check. `reply`: the final
+    /// reply (`None`: none came, so the outcome is unknown).
+    fn hist(&self, arg: &str, effect: Effect, reply: Option<(u16, &str)>) {
+        let Some(path) = self.history_path(arg) else {
+            return;
+        };
+        let status = match reply {
+            Some((226 | 250, _)) => Status::Done,
+            Some((_, text)) if text.contains("outcome unknown") => Status::Maybe,
+            Some(_) => Status::Failed,
+            None => Status::Maybe,
+        };
+        self.world.transcript.borrow_mut().history.push(Op {
+            client: self.world.name.clone(),
+            path,
+            effect,
+            start: self.started,
+            end: now(),
+            status,
+        });
     }
 
     fn record_upload(&self, verb: &str, arg: &str, intended: Rc<Vec<u8>>, completed: bool) {
@@ -740,31 +862,6 @@ impl Client {
                 intended,
                 completed,
             });
-    }
-
-    /// A 226 on RETR must have delivered exactly the stored bytes from the
-    /// REST offset: some slave's copy of that path (any path, when the
-    /// argument is relative) must match.
-    fn verify_retr(&self, arg: &str, offset: u64, got: &[u8]) {
-        let want = VPath::parse_absolute(arg.trim()).ok();
-        let crc = crc32(got);
-        let matches = self.world.disks.values().any(|disk| {
-            let d = disk.lock();
-            d.files
-                .iter()
-                .filter(|(p, _)| want.as_ref().is_none_or(|w| *p == w))
-                .any(|(_, f)| {
-                    let start = (offset as usize).min(f.data.len());
-                    let tail = &f.data[start..];
-                    tail.len() == got.len() && crc32(tail) == crc
-                })
-        });
-        if !matches {
-            self.violation(format!(
-                "226 on RETR {arg} delivered {} bytes (crc32 {crc:08x}) that match no stored copy",
-                got.len()
-            ));
-        }
     }
 }
 

@@ -2,13 +2,15 @@
 //! turmoil. [`env`] implements dftpd's environment seam on turmoil,
 //! [`script`] parses the scenario language (`scenarios/README.md`),
 //! [`client`] is the scripted FTP client, [`runner`] builds and drives one
-//! simulation per (scenario, seed) and checks the invariants, [`replay`]
+//! simulation per (scenario, seed) and checks the invariants ([`history`]:
+//! every reply held against what a correct cluster could have done), [`replay`]
 //! replays a session recorded by a real master (`--record`) and compares
 //! its replies. One scenario
 //! and one seed always give the same transcript, byte for byte.
 
 pub mod client;
 pub mod env;
+pub mod history;
 pub mod replay;
 pub mod runner;
 pub mod script;

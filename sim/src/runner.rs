@@ -239,6 +239,9 @@ struct World<'a> {
     /// When the script's steps began (the cluster was up): `at` counts
     /// from here.
     script_start: Duration,
+    /// The master's store was wiped: what only it knew is gone, so the
+    /// history check does not apply.
+    store_wiped: bool,
 }
 
 fn pair(a: &str, b: &str) -> (String, String) {
@@ -346,6 +349,7 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
         disks: Rc::new(disks),
         master_store: SharedMemory::new(),
         crashed: BTreeSet::new(),
+        store_wiped: false,
         cut: BTreeSet::new(),
         states: BTreeMap::new(),
         active: BTreeMap::new(),
@@ -684,6 +688,7 @@ impl<'a> World<'a> {
             StepKind::WipeStore => {
                 self.event("master store lost (wiped)".into());
                 self.master_store.wipe();
+                self.store_wiped = true;
             }
             StepKind::Partition(a, b) | StepKind::Hold(a, b) => {
                 let verb = if matches!(kind, StepKind::Partition(..)) {
@@ -770,13 +775,32 @@ impl<'a> World<'a> {
                 let Some(disk) = self.disks.get(slave) else {
                     return;
                 };
+                // Behind the master's back: the history check takes it as
+                // a write that may or may not count.
+                let at = self.sim.elapsed();
+                let behind = |p: &VPath, data: &[u8]| crate::history::Op {
+                    client: format!("disk {slave}"),
+                    path: p.to_string(),
+                    effect: crate::history::Effect::Write {
+                        data: Rc::new(data.to_vec()),
+                        offset: None,
+                    },
+                    start: at,
+                    end: Duration::MAX,
+                    status: crate::history::Status::Maybe,
+                };
                 if *count == 0 {
-                    disk.put(path.clone(), content(*seed, *size), now);
+                    let data = content(*seed, *size);
+                    let op = behind(path, &data);
+                    self.transcript.borrow_mut().history.push(op);
+                    disk.put(path.clone(), data, now);
                     self.event(format!("disk {slave}: put {path} ({size} bytes)"));
                 } else {
                     let data = content(*seed, *size);
                     for i in 1..=*count {
                         if let Ok(p) = VPath::parse_absolute(&format!("{path}{i}")) {
+                            let op = behind(&p, &data);
+                            self.transcript.borrow_mut().history.push(op);
                             disk.put(p, data.clone(), now);
                         }
                     }
@@ -786,6 +810,15 @@ impl<'a> World<'a> {
                 }
             }
             StepKind::DiskRemove { slave, path } => {
+                let op = crate::history::Op {
+                    client: format!("disk {slave}"),
+                    path: path.to_string(),
+                    effect: crate::history::Effect::Delete,
+                    start: self.sim.elapsed(),
+                    end: Duration::MAX,
+                    status: crate::history::Status::Maybe,
+                };
+                self.transcript.borrow_mut().history.push(op);
                 let removed = self.disks.get(slave).is_some_and(|d| d.remove(path));
                 self.event(format!(
                     "disk {slave}: remove {path}{}",
@@ -938,6 +971,81 @@ impl<'a> World<'a> {
             }
         }
         self.check_uploads();
+        if self.all_reachable_online().is_empty() {
+            self.check_history();
+        }
+    }
+
+    /// The history check ([`crate::history`]) on the settled cluster: the
+    /// master's listing and the online slaves' disks against every reply
+    /// the clients got.
+    fn check_history(&self) {
+        if self.store_wiped {
+            self.event("end: the store was wiped, history check skipped".into());
+            return;
+        }
+        let Some(state) = self.master_state() else {
+            return;
+        };
+        let mut initial = BTreeMap::new();
+        for f in &self.sc.topology.files {
+            initial.insert(f.path.to_string(), Rc::new(content(f.seed, f.size)));
+        }
+        let mut ops = self.transcript.borrow().history.clone();
+        ops.extend(self.probe_transcript.borrow().history.iter().cloned());
+        ops.sort_by_key(|o| (o.start, o.end));
+        let history = crate::history::History::new(ops, initial);
+        let (listed, allow_overwrite) = {
+            let st = state.lock();
+            let mut listed: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
+            for (path, meta) in st.db.files_under(&VPath::root()) {
+                let holders = meta
+                    .holders
+                    .iter()
+                    .map(|h| st.slaves.name(*h).to_string())
+                    .collect();
+                listed.insert(path.to_string(), (meta.size, holders));
+            }
+            (listed, st.config.allow_overwrite)
+        };
+        let online: Vec<&String> = self.disks.keys().filter(|n| self.reachable(n)).collect();
+        let mut final_state = BTreeMap::new();
+        for (path, (_, holders)) in &listed {
+            let vpath = VPath::parse_absolute(path).ok();
+            let copy = holders.iter().find_map(|h| {
+                let d = self.disks.get(h)?;
+                vpath.as_ref().and_then(|p| d.get(p))
+            });
+            let c = match copy {
+                Some(data) => Rc::new(data.as_ref().clone()),
+                None => Rc::new(format!("<listed, but no holder has {path}>").into_bytes()),
+            };
+            final_state.insert(path.clone(), Some(c));
+        }
+        let end = self.sim.elapsed();
+        for v in history.check(end, allow_overwrite, &final_state) {
+            self.violation(format!("history: {v}"));
+        }
+        // No online slave keeps another content under a name, nor a name
+        // the master does not list.
+        for name in online {
+            let Some(disk) = self.disks.get(name) else {
+                continue;
+            };
+            let d = disk.lock();
+            for (path, f) in &d.files {
+                match final_state.get(&path.to_string()) {
+                    Some(Some(c)) if c.len() == f.data.len() && c[..] == f.data[..] => {}
+                    Some(_) => self.violation(format!(
+                        "history: slave {name} keeps {path} with other content than the listed version ({} bytes)",
+                        f.data.len()
+                    )),
+                    None => self.violation(format!(
+                        "history: slave {name} keeps {path}, which the master does not list"
+                    )),
+                }
+            }
+        }
     }
 
     /// No upload that did not complete is visible: no slave holds a strict
