@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use dftpd::config::{MasterConfig, UserConfig};
 use dftpd::link::{RemoteFile, REMERGE_CHUNK};
-use dftpd::master::link_server::{remerge_chunk, remerge_sweep};
 use dftpd::master::lock;
 use dftpd::master::registry::SlaveState;
+use dftpd::master::remerge::{remerge_chunk, remerge_sweep};
 use dftpd::master::session::{Action, Session};
 use dftpd::master::MasterState;
 use dftpd::proto::{Command, VPath};
@@ -40,6 +40,7 @@ fn files_of(slave: usize, n: usize) -> impl Iterator<Item = RemoteFile> {
         path: path(i),
         size: 15_000_000 + i as u64 % 1000,
         mtime: 1_700_000_000,
+        version: None,
     })
 }
 

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use dftpd::config::MasterConfig;
 use dftpd::link::{RemoteFile, REMERGE_CHUNK};
-use dftpd::master::link_server::{remerge_chunk, remerge_finish};
+use dftpd::master::remerge::{remerge_chunk, remerge_finish};
 use dftpd::master::store::MetaStore;
 use dftpd::master::MasterState;
 use dftpd::proto::VPath;
@@ -29,6 +29,7 @@ fn files(n: usize) -> Vec<RemoteFile> {
                 .unwrap(),
             size: 15_000_000 + i as u64 % 1000,
             mtime: 1_700_000_000,
+            version: None,
         })
         .collect()
 }

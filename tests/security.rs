@@ -318,6 +318,7 @@ async fn a_rogue_slave_cannot_crash_the_master_or_take_over_files() {
         path: VPath::parse_absolute(p).unwrap(),
         size,
         mtime: 0,
+        version: None,
     };
     link::write_frame(
         &mut s,
@@ -364,7 +365,7 @@ async fn a_rogue_slave_cannot_crash_the_master_or_take_over_files() {
     assert!(got.2 == data, "the real file must come from the real slave");
     let log = site.log();
     assert!(
-        log.contains("size conflict: keeping the recorded size"),
+        log.contains("stale copy (another content than the recorded version)"),
         "{log}"
     );
     assert!(

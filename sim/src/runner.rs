@@ -776,7 +776,8 @@ impl<'a> World<'a> {
                     return;
                 };
                 // Behind the master's back: the history check takes it as
-                // a write that may or may not count.
+                // a write that may or may not count (the master learns of
+                // it at the slave's next remerge, and then it may stay).
                 let at = self.sim.elapsed();
                 let behind = |p: &VPath, data: &[u8]| crate::history::Op {
                     client: format!("disk {slave}"),
@@ -786,7 +787,7 @@ impl<'a> World<'a> {
                         offset: None,
                     },
                     start: at,
-                    end: Duration::MAX,
+                    end: at,
                     status: crate::history::Status::Maybe,
                 };
                 if *count == 0 {
@@ -815,7 +816,7 @@ impl<'a> World<'a> {
                     path: path.to_string(),
                     effect: crate::history::Effect::Delete,
                     start: self.sim.elapsed(),
-                    end: Duration::MAX,
+                    end: self.sim.elapsed(),
                     status: crate::history::Status::Maybe,
                 };
                 self.transcript.borrow_mut().history.push(op);

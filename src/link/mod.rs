@@ -97,6 +97,7 @@ mod tests {
                     path: VPath::parse_absolute("/a/b.zip").unwrap(),
                     size: 10,
                     mtime: 5,
+                    version: None,
                 }],
                 last: true,
             },

@@ -6,9 +6,10 @@
 //!
 //! Effects leave the core only through [`Hub::flush`], called under the
 //! lock after every decision: the core's journals go to the store (the
-//! returned [`Durable`] is awaited before the client hears "done") and the
-//! registry's outbox goes to the slaves' links, in the order the decisions
-//! were made.
+//! returned [`Durable`] is awaited before the client hears "done") and new
+//! entries of the slaves' operation logs go to their links, in the order
+//! the decisions were made (a transfer order sent after a decision can
+//! never overtake it on that slave's link).
 
 use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
@@ -20,7 +21,7 @@ use super::db::SlaveId;
 use super::record::RecordSink;
 use super::store::{Durable, StoreHandle};
 use super::MasterTls;
-use crate::link::{MasterMsg, Request, Response};
+use crate::link::{MasterMsg, OpOutcome, Request, Response, LOG_CHUNK_BYTES};
 use dftpd_core::master::MasterState;
 
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,6 +111,13 @@ pub struct Hub {
     tls: std::sync::RwLock<Option<Arc<MasterTls>>>,
     /// Monotonic origin for the guard's clock ([`Hub::mono_ms`]).
     started: tokio::time::Instant,
+    /// Random per master process (from the environment): uploads a slave
+    /// keeps waiting for their commit belong to this master only.
+    pub instance: u64,
+    /// Transfers waiting for a slave to acknowledge their commit entry, by
+    /// (slave, sequence number). They outlive the link: an entry resent
+    /// after a reconnect answers them too.
+    commit_waiters: Mutex<BTreeMap<(SlaveId, u64), oneshot::Sender<OpOutcome>>>,
 }
 
 pub type Shared = Arc<Hub>;
@@ -120,6 +128,7 @@ impl Hub {
         store: Option<StoreHandle>,
         record: Option<Arc<dyn RecordSink>>,
         tls: Option<Arc<MasterTls>>,
+        instance: u64,
     ) -> Hub {
         Hub {
             core: Mutex::new(Core {
@@ -130,12 +139,14 @@ impl Hub {
             record,
             tls: std::sync::RwLock::new(tls),
             started: tokio::time::Instant::now(),
+            instance,
+            commit_waiters: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// A hub over `st` with no store, recording or TLS (tests, tools).
     pub fn bare(st: MasterState) -> Shared {
-        Arc::new(Hub::new(st, None, None, None))
+        Arc::new(Hub::new(st, None, None, None, 1))
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Core> {
@@ -164,9 +175,11 @@ impl Hub {
     /// client that what it asked for is done) and sends the registry's
     /// outbox on the slaves' links, in order.
     pub fn flush(&self, core: &mut Core) -> Option<Durable> {
-        for (id, op) in core.st.slaves.take_outbox() {
-            if let Some(link) = core.links.get(&id) {
-                link.send(MasterMsg::Ops(vec![op]));
+        while core.st.slaves.has_unsent() {
+            for (id, entries) in core.st.slaves.take_unsent(LOG_CHUNK_BYTES) {
+                if let Some(link) = core.links.get(&id) {
+                    link.send(MasterMsg::Log(entries));
+                }
             }
         }
         let changes = core.st.take_changes();
@@ -174,5 +187,26 @@ impl Hub {
             return None;
         }
         self.store.as_ref().map(|s| s.submit(changes))
+    }
+}
+
+impl Hub {
+    /// Waits for slave `slave` to acknowledge its log entry `seq`.
+    pub fn await_commit(&self, slave: SlaveId, seq: u64) -> oneshot::Receiver<OpOutcome> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.commit_waiters).insert((slave, seq), tx);
+        rx
+    }
+
+    /// Gives up waiting for `(slave, seq)`.
+    pub fn forget_commit(&self, slave: SlaveId, seq: u64) {
+        lock(&self.commit_waiters).remove(&(slave, seq));
+    }
+
+    /// The slave acknowledged log entry `seq`: tells a waiting transfer.
+    pub fn commit_acked(&self, slave: SlaveId, seq: u64, outcome: &OpOutcome) {
+        if let Some(w) = lock(&self.commit_waiters).remove(&(slave, seq)) {
+            let _ = w.send(outcome.clone());
+        }
     }
 }

@@ -1,18 +1,9 @@
 //! The master's side of the slave links: accept, authenticate (mutual
-//! HMAC challenge), register, reconcile the slave's file list with the
-//! database (remerge), route replies to waiting sessions, and declare the
-//! slave offline on link loss or `heartbeat_misses` silent intervals.
-//!
-//! Remerge rules (also in ARCHITECTURE.md):
-//! - a file the database lacks is added, held by that slave;
-//! - a file with the recorded size gains that slave as a holder;
-//! - a size conflict keeps the recorded size when another slave holds the
-//!   file (this copy is not used, and logged); when no other slave holds it,
-//!   the slave's size is taken (logged);
-//! - a file recorded on that slave but not reported loses it as a holder,
-//!   and leaves the database when no holder is left;
-//! - renames and deletes made while it was offline were sent in `Welcome`
-//!   and applied by the slave before it listed its files.
+//! HMAC challenge, within `handshake_timeout_ms`), register, resend the
+//! slave's operation log, feed its file list to the core's remerge
+//! (`dftpd_core::master::remerge`), take its acknowledgements (`Applied`),
+//! route replies to waiting sessions, and declare the slave offline on link
+//! loss or `heartbeat_misses` silent intervals.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -22,15 +13,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::db::{FileMeta, Holders, Node, SlaveId};
+use super::commit;
+use super::db::SlaveId;
 use super::hub::{lock, PendingReplies, SlaveLink};
-use super::registry::SlaveState;
-use super::{MasterState, Shared};
+use super::remerge::{remerge_chunk, remerge_sweep};
+use super::Shared;
 use crate::env::{next_connection, BoxStream, Env, NetListener};
-use crate::link::{self, auth, LinkError, MasterMsg, RemoteFile, SlaveMsg, PROTOCOL_VERSION};
+use crate::link::{self, auth, LinkError, MasterMsg, OpOutcome, SlaveMsg, PROTOCOL_VERSION};
 use crate::proto::VPath;
 
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The TLS handshake of a `link_tls` link (before the slave's own
+/// handshake deadline applies).
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn accept_links(
     env: Env,
@@ -141,7 +135,7 @@ async fn secure_link(
     let Some(tls) = tls else {
         return Some((stream, false));
     };
-    match crate::tls::accept(&tls.server, stream, None, HANDSHAKE_TIMEOUT).await {
+    match crate::tls::accept(&tls.server, stream, None, TLS_HANDSHAKE_TIMEOUT).await {
         Ok(s) => Some((Box::new(s), true)),
         Err(e) => {
             tracing::warn!(
@@ -158,25 +152,24 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
     let Some((mut stream, encrypted)) = secure_link(&state, stream, peer).await else {
         return;
     };
-    let (name, data_ip, proof, data_tls) = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        handshake(&env, &state, &mut stream, peer),
-    )
-    .await
-    {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            tracing::warn!(%peer, error = %e, "link handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%peer, "link handshake timed out");
-            return;
-        }
-    };
+    // The handshake has its own deadline, separate from the heartbeat
+    // bound: a slave with a long round trip must still be able to rejoin.
+    let limit = state.lock().config.handshake_timeout();
+    let (name, data_ip, proof, data_tls) =
+        match tokio::time::timeout(limit, handshake(&env, &state, &mut stream, peer)).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "link handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, ms = limit.as_millis() as u64, "link handshake timed out");
+                return;
+            }
+        };
     let (tx, rx) = mpsc::unbounded_channel();
     let pending: PendingReplies = Arc::new(Mutex::new(Default::default()));
-    let (id, epoch, ops, ops_upto, interval, deadline, ticket_key) = {
+    let (id, epoch, log_upto, interval, deadline) = {
         let mut st = state.lock();
         // The ticket key opens every TLS session of the cluster: only over
         // an encrypted link.
@@ -188,45 +181,41 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
         let epoch = st.slaves.next_epoch();
         let interval = st.config.heartbeat_interval();
         let deadline = st.config.heartbeat_deadline();
+        let data_timeout_ms = st.config.data_timeout_ms;
         let link = SlaveLink::new(epoch, tx.clone(), pending.clone());
         if st.links.insert(id, link).is_some() {
             tracing::warn!(slave = %name, "slave reconnected; dropping its previous link");
         }
-        let Some(info) = st.slaves.get_mut(id) else {
-            return;
-        };
-        info.ready_listeners.clear();
-        info.state = SlaveState::Remerging;
-        info.data_ip = Some(data_ip);
-        info.data_tls = data_tls;
-        // Kept queued (and stored) until this remerge completes: the slave
-        // applies them before listing its files, so a finished remerge
-        // proves they were applied; a link lost before that resends them.
-        let ops: Vec<_> = info.pending_ops.iter().map(|(_, op)| op.clone()).collect();
-        let ops_upto = info.pending_ops.last().map(|(seq, _)| *seq);
+        // The whole operation log goes out again, after the Welcome (sent
+        // here, under the lock, so no log frame can overtake it); the slave
+        // applies it before it lists its files.
+        let log_upto = st.slaves.link_up(id);
+        if let Some(info) = st.slaves.get_mut(id) {
+            info.data_ip = Some(data_ip);
+            info.data_tls = data_tls;
+        }
+        let _ = tx.send(MasterMsg::Welcome {
+            proof,
+            ticket_key,
+            master_instance: state.instance,
+            log_upto,
+            data_timeout_ms,
+        });
         // A new slave's id must be stored before any file names it; the
         // store applies batches in order, so no need to wait here.
         let _ = state.flush(&mut st);
-        (id, epoch, ops, ops_upto, interval, deadline, ticket_key)
+        (id, epoch, log_upto, interval, deadline)
     };
-    tracing::info!(slave = %name, %peer, queued_ops = ops.len(), link_tls = encrypted, data_tls, "slave authenticated, remerging");
+    tracing::info!(slave = %name, %peer, log_upto, link_tls = encrypted, data_tls, "slave authenticated, remerging");
     let (reader, writer) = tokio::io::split(stream);
-    let _ = tx.send(MasterMsg::Welcome {
-        proof,
-        pending: ops,
-        ticket_key,
-    });
     let writer_task = tokio::spawn(write_loop(writer, rx, interval));
-    let end = read_loop(&state, reader, id, &name, &pending, deadline, ops_upto).await;
+    let end = read_loop(&state, reader, id, &name, &pending, deadline).await;
     writer_task.abort();
     {
         let mut st = state.lock();
         if st.links.get(&id).is_some_and(|l| l.epoch == epoch) {
             st.links.remove(&id);
-            if let Some(info) = st.slaves.get_mut(id) {
-                info.state = SlaveState::Offline;
-                info.ready_listeners.clear();
-            }
+            st.slaves.link_down(id);
         }
     }
     // Wake every session waiting on this link: their transfers failed.
@@ -250,7 +239,6 @@ async fn read_loop(
     name: &str,
     pending: &PendingReplies,
     deadline: std::time::Duration,
-    mut ops_upto: Option<u64>,
 ) -> String {
     let mut seen: BTreeSet<VPath> = BTreeSet::new();
     let mut remerged = 0u64;
@@ -301,12 +289,7 @@ async fn read_loop(
                     seen.clear();
                     let durable = {
                         let mut st = state.lock();
-                        if let Some(upto) = ops_upto.take() {
-                            st.slaves.ops_applied(id, upto);
-                        }
-                        if let Some(info) = st.slaves.get_mut(id) {
-                            info.state = SlaveState::Online;
-                        }
+                        st.slaves.remerged(id);
                         state.flush(&mut st)
                     };
                     if let Some(d) = durable {
@@ -345,6 +328,20 @@ async fn read_loop(
                     let _ = w.send(response);
                 }
             }
+            SlaveMsg::Applied { outcomes } => {
+                let mut st = state.lock();
+                for (seq, outcome) in &outcomes {
+                    if let OpOutcome::Failed(why) = outcome {
+                        tracing::warn!(slave = %name, seq, %why, "operation failed on the slave");
+                    }
+                    st.slaves.acked(id, *seq);
+                    commit::acked(&mut st, id, *seq, outcome);
+                    state.commit_acked(id, *seq, outcome);
+                }
+                // Acknowledgements only shrink the stored log: nobody
+                // waits for this commit.
+                let _ = state.flush(&mut st);
+            }
             SlaveMsg::Hello { .. } | SlaveMsg::Auth { .. } => {
                 return "protocol error: handshake message after handshake".into()
             }
@@ -352,149 +349,9 @@ async fn read_loop(
     }
 }
 
-/// Reconciles one chunk of a slave's file list (see the module rules).
-pub fn remerge_chunk(
-    st: &mut MasterState,
-    id: SlaveId,
-    files: Vec<RemoteFile>,
-    seen: &mut BTreeSet<VPath>,
-) {
-    let slave = st.slaves.name(id).to_string();
-    for f in files {
-        // (A slave's temporary directory cannot arrive here: no `VPath`
-        // names it.)
-        if f.path.is_root() {
-            continue;
-        }
-        match st.db.get(&f.path) {
-            Some(Node::File(meta)) if meta.size == f.size => {
-                let _ = st.db.add_holder(&f.path, id);
-            }
-            Some(Node::File(meta)) => {
-                let others = meta.holders.iter().any(|&h| h != id);
-                if others {
-                    tracing::warn!(%slave, path = %f.path, recorded = meta.size, found = f.size, "size conflict: keeping the recorded size, this copy is not used");
-                    if meta.holders.contains(&id) {
-                        let _ = st.db.remove_holder(&f.path, id);
-                    }
-                    continue;
-                }
-                tracing::warn!(%slave, path = %f.path, recorded = meta.size, found = f.size, "size conflict: only copy, taking the slave's size");
-                let mut m = meta.clone();
-                m.size = f.size;
-                m.crc32 = None;
-                m.holders = Holders::from_slice(&[id]);
-                let _ = st.db.put_file(&f.path, m);
-            }
-            Some(Node::Dir(_)) => {
-                tracing::warn!(%slave, path = %f.path, "slave has a file where the database has a directory; ignored");
-                continue;
-            }
-            None => {
-                if let Some(parent) = f.path.parent() {
-                    if st.db.mkdir_all(&parent, "dftpd", f.mtime).is_err() {
-                        tracing::warn!(%slave, path = %f.path, "slave has a file below a database file; ignored");
-                        continue;
-                    }
-                }
-                let _ = st.db.put_file(
-                    &f.path,
-                    FileMeta {
-                        size: f.size,
-                        mtime: f.mtime,
-                        owner: 0,
-                        group: 0,
-                        crc32: None,
-                        holders: Holders::from_slice(&[id]),
-                    },
-                );
-            }
-        }
-        seen.insert(f.path);
-    }
-}
-
-/// Files visited per slice of the end-of-remerge sweep: the lock is
-/// released between slices, so sessions keep getting replies.
-pub const SWEEP_SLICE: usize = 20_000;
-
-/// One slice of the end-of-remerge sweep: drops `id` from files it no
-/// longer reported, visiting at most `SWEEP_SLICE` files after `cursor`.
-/// Returns how many were dropped and where to continue (`None`: done).
-pub fn remerge_sweep(
-    st: &mut MasterState,
-    id: SlaveId,
-    seen: &BTreeSet<VPath>,
-    cursor: Option<&VPath>,
-) -> (u64, Option<VPath>) {
-    let (held, next) = st.db.scan_held(id, cursor, SWEEP_SLICE);
-    let mut dropped = 0;
-    for p in held.iter().filter(|p| !seen.contains(*p)) {
-        let _ = st.db.remove_holder(p, id);
-        dropped += 1;
-    }
-    (dropped, next)
-}
-
-/// The whole sweep in one go (tests, tools).
-pub fn remerge_finish(st: &mut MasterState, id: SlaveId, seen: &BTreeSet<VPath>) -> u64 {
-    let mut cursor = None;
-    let mut total = 0;
-    loop {
-        let (n, next) = remerge_sweep(st, id, seen, cursor.as_ref());
-        total += n;
-        match next {
-            Some(c) => cursor = Some(c),
-            None => return total,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MasterConfig;
-
-    fn p(s: &str) -> VPath {
-        VPath::parse_absolute(s).unwrap()
-    }
-
-    fn rf(path: &str, size: u64) -> RemoteFile {
-        RemoteFile {
-            path: p(path),
-            size,
-            mtime: 7,
-        }
-    }
-
-    #[test]
-    fn remerge_adds_reconciles_and_drops() {
-        let mut st = MasterState::new(Arc::new(MasterConfig::default()));
-        let a = st.slaves.id_for("a");
-        let b = st.slaves.id_for("b");
-        let mut seen = BTreeSet::new();
-        remerge_chunk(&mut st, a, vec![rf("/x/1", 10), rf("/x/2", 20)], &mut seen);
-        remerge_finish(&mut st, a, &seen);
-        assert_eq!(st.db.file_count(), 2);
-        assert!(st.db.dir(&p("/x")).is_ok());
-        // b has /x/1 with the same size, /x/2 with another size.
-        let mut seen = BTreeSet::new();
-        remerge_chunk(&mut st, b, vec![rf("/x/1", 10), rf("/x/2", 99)], &mut seen);
-        remerge_finish(&mut st, b, &seen);
-        assert_eq!(st.db.file(&p("/x/1")).unwrap().holders.as_slice(), &[a, b]);
-        assert_eq!(st.db.file(&p("/x/2")).unwrap().holders.as_slice(), &[a]);
-        assert_eq!(st.db.file(&p("/x/2")).unwrap().size, 20);
-        // a comes back having lost /x/2 (its only copy) and /x/1.
-        let mut seen = BTreeSet::new();
-        remerge_chunk(&mut st, a, vec![], &mut seen);
-        assert_eq!(remerge_finish(&mut st, a, &seen), 2);
-        assert!(st.db.get(&p("/x/2")).is_none());
-        assert_eq!(st.db.file(&p("/x/1")).unwrap().holders.as_slice(), &[b]);
-        // Only copy with another size: the slave's size is taken.
-        let mut seen = BTreeSet::new();
-        remerge_chunk(&mut st, b, vec![rf("/x/1", 11)], &mut seen);
-        assert_eq!(st.db.file(&p("/x/1")).unwrap().size, 11);
-    }
 
     #[test]
     fn slave_names() {

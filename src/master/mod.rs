@@ -13,8 +13,8 @@ pub mod start;
 pub mod store;
 
 pub use dftpd_core::master::{
-    db, guard, observe, registry, session, transfer, users, users_from_config, MasterState,
-    SessionInfo,
+    commit, db, guard, observe, registry, remerge, session, transfer, users, users_from_config,
+    MasterState, SessionInfo,
 };
 pub use hub::{lock, Core, Hub, Shared, SlaveLink};
 pub use start::{Master, MasterTls};

@@ -672,6 +672,15 @@ impl SessionObserver for Recorder {
                     TransferOutcome::IgnoredPasvAddress { announced, used } => format!(
                         "data: the client connected to {used}, not the announced {announced}"
                     ),
+                    TransferOutcome::Refused(r) => {
+                        format!(
+                            "data: slave {slave} received it; commit refused: {}",
+                            r.code
+                        )
+                    }
+                    TransferOutcome::Unknown => {
+                        format!("data: slave {slave} lost while committing: outcome unknown")
+                    }
                 });
                 if matches!(outcome, TransferOutcome::IgnoredPasvAddress { .. }) {
                     self.ignored_address();
@@ -737,6 +746,7 @@ mod tests {
             .put_file(
                 &p,
                 FileMeta {
+                    version: 1,
                     size: 1234,
                     mtime: 0,
                     owner,
@@ -783,6 +793,7 @@ mod tests {
         let owner = st.db.intern("x");
         let new = VPath::parse_absolute("/pub/new").unwrap();
         let meta = FileMeta {
+            version: 1,
             size: 10,
             mtime: 0,
             owner,

@@ -118,6 +118,17 @@ impl Master {
             "metadata store loaded"
         );
         st.open_journals();
+        if st.store_id == 0 {
+            // A new (or rebuilt) store gets its identity now.
+            st.set_store_id(env.rng_u64() | 1, true);
+        }
+        let converted = st.db.rewrite_converted();
+        if converted > 0 {
+            tracing::info!(
+                files = converted,
+                "file records from before versions got one"
+            );
+        }
         let writer = store.start_writer();
         let mut sink: Option<Arc<dyn record::RecordSink>> = None;
         if let Some(dir) = &config.record_dir {
@@ -126,7 +137,7 @@ impl Master {
             })?;
             sink = Some(Arc::new(dir_sink));
         }
-        let state: Shared = Arc::new(Hub::new(st, Some(writer), sink, tls));
+        let state: Shared = Arc::new(Hub::new(st, Some(writer), sink, tls, env.rng_u64()));
         let control = env.net.bind(config.listen).await?;
         let link = env.net.bind(config.link_listen).await?;
         let control_addr = control.local_addr()?;

@@ -219,6 +219,10 @@ impl MetaStore {
             files.retain(|_, _| false).map_err(io)?;
             let mut ops = tx.open_table(OPS).map_err(io)?;
             ops.retain(|_, _| false).map_err(io)?;
+            // A new identity: the slaves' copies carry the old one, so the
+            // remerges adopt them instead of taking them for stale copies.
+            let mut meta = tx.open_table(META).map_err(io)?;
+            meta.remove("store_id").map_err(io)?;
         }
         tx.commit().map_err(io)?;
         Ok(n)
@@ -228,6 +232,15 @@ impl MetaStore {
     pub fn load(&self, st: &mut MasterState) -> Result<LoadStats, StoreError> {
         let mut stats = LoadStats::default();
         let tx = self.db.begin_read().map_err(io)?;
+        {
+            let meta = tx.open_table(META).map_err(io)?;
+            if let Some(id) = meta.get("store_id").map_err(io)? {
+                st.store_id = id.value();
+            }
+            if let Some(v) = meta.get("versions_reserved").map_err(io)? {
+                st.db.load_versions_reserved(v.value());
+            }
+        }
         for row in tx.open_table(NAMES).map_err(io)?.iter().map_err(io)? {
             let (id, name) = row.map_err(io)?;
             st.db.load_name(id.value(), name.value());
@@ -299,6 +312,7 @@ impl MetaStore {
             let mut slaves = tx.open_table(SLAVES).map_err(io)?;
             let mut ops = tx.open_table(OPS).map_err(io)?;
             let mut users = tx.open_table(USERS).map_err(io)?;
+            let mut meta = tx.open_table(META).map_err(io)?;
             let mut buf = Vec::new();
             for c in changes {
                 match c {
@@ -349,6 +363,12 @@ impl MetaStore {
                     Change::PutUser(u) => {
                         let v = postcard::to_allocvec(&Some(u)).map_err(io)?;
                         users.insert(u.name.as_str(), v.as_slice()).map_err(io)?;
+                    }
+                    Change::StoreId(id) => {
+                        meta.insert("store_id", *id).map_err(io)?;
+                    }
+                    Change::VersionsReserved(upto) => {
+                        meta.insert("versions_reserved", *upto).map_err(io)?;
                     }
                     Change::DeleteUser(name) => {
                         let none: Option<crate::master::users::User> = None;
@@ -514,6 +534,7 @@ mod tests {
 
     fn file(size: u64, holders: &[u16]) -> FileMeta {
         FileMeta {
+            version: 1,
             size,
             mtime: 5,
             owner: 0,
@@ -554,7 +575,7 @@ mod tests {
         st.db.remove_file(&p("/gone")).unwrap();
         st.db.remove_holder(&p("/z/y/2"), a).unwrap();
         st.db.set_mtime(&p("/x-y"), 99).unwrap();
-        st.slaves.apply_op(
+        st.slaves.log_op(
             a,
             FileOp::Rename {
                 from: p("/x"),
@@ -576,7 +597,7 @@ mod tests {
         assert!(st2.db.get(&p("/x")).is_none());
         assert_eq!(st2.slaves.name(a), "a");
         assert_eq!(st2.slaves.name(b), "b");
-        assert_eq!(st2.slaves.get(a).unwrap().pending_ops.len(), 1);
+        assert_eq!(st2.slaves.get(a).unwrap().log.len(), 1);
         assert_eq!(st2.db.held_by(a), 1);
         assert_eq!(st2.db.held_by(b), 2);
     }
@@ -612,7 +633,7 @@ mod tests {
         st.db.mkdir_all(&p("/d/e"), "x", 0).unwrap();
         st.db.put_file(&p("/d/e/f"), file(1, &[a])).unwrap();
         for i in 0..3 {
-            st.slaves.apply_op(
+            st.slaves.log_op(
                 a,
                 FileOp::Delete {
                     path: p(&format!("/{i}")),
@@ -622,14 +643,14 @@ mod tests {
         persist(&store, &mut st);
         st.db.remove_file(&p("/d/e/f")).unwrap();
         st.db.rmdir(&p("/d/e")).unwrap();
-        let upto = st.slaves.get(a).unwrap().pending_ops[1].0;
-        st.slaves.ops_applied(a, upto);
+        let upto = st.slaves.get(a).unwrap().log[1].0;
+        st.slaves.acked(a, upto);
         persist(&store, &mut st);
         drop(store);
         let (_s, st2) = fresh(&mem);
         assert!(st2.db.get(&p("/d/e")).is_none());
         assert!(st2.db.dir(&p("/d")).is_ok());
-        let left = &st2.slaves.get(a).unwrap().pending_ops;
+        let left = &st2.slaves.get(a).unwrap().log;
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].1, FileOp::Delete { path: p("/2") });
     }

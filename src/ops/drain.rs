@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::env::BoxStream;
-use crate::link::{FileOp, RemoteFile};
+use crate::link::{FileOp, FileVersion, OpOutcome, RemoteFile};
 use crate::proto::VPath;
 use crate::slave::storage::{PendingUpload, Storage, StorageError};
 
@@ -101,11 +101,12 @@ impl Storage for CountingStorage {
         &self,
         path: &VPath,
         offset: u64,
+        version: Option<&FileVersion>,
         out: &mut BoxStream,
         idle: Duration,
     ) -> Result<u64, StorageError> {
         let _moving = Moving::start(&self.count);
-        self.inner.send(path, offset, out, idle).await
+        self.inner.send(path, offset, version, out, idle).await
     }
     async fn receive(
         &self,
@@ -120,8 +121,12 @@ impl Storage for CountingStorage {
         self.count.awaiting_commit.fetch_add(1, Ordering::AcqRel);
         Ok(up)
     }
-    async fn commit(&self, up: &PendingUpload) -> Result<(u64, i64), StorageError> {
-        let r = self.inner.commit(up).await;
+    async fn commit(
+        &self,
+        up: &PendingUpload,
+        version: &FileVersion,
+    ) -> Result<(u64, i64), StorageError> {
+        let r = self.inner.commit(up, version).await;
         self.count.committed();
         r
     }
@@ -132,7 +137,13 @@ impl Storage for CountingStorage {
     async fn cleanup_one(&self, xfer: u64) {
         self.inner.cleanup_one(xfer).await
     }
-    async fn apply(&self, op: &FileOp) -> io::Result<()> {
+    async fn version_of(
+        &self,
+        path: &VPath,
+    ) -> io::Result<Option<(u64, i64, Option<FileVersion>)>> {
+        self.inner.version_of(path).await
+    }
+    async fn apply(&self, op: &FileOp) -> io::Result<OpOutcome> {
         self.inner.apply(op).await
     }
     async fn cleanup_temp(&self) -> io::Result<u64> {

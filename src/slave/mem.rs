@@ -20,9 +20,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::storage::{is_that_copy, is_version};
 use super::storage::{on_data, PendingUpload, Storage, StorageError};
 use crate::env::{BoxStream, Clock};
-use crate::link::{FileOp, RemoteFile, APPEND};
+use crate::link::{FileOp, FileVersion, OpOutcome, RemoteFile, APPEND};
 use crate::proto::VPath;
 
 /// Bytes moved per write or read on a data connection: small enough that a
@@ -34,6 +35,9 @@ const CHUNK: usize = 16 * 1024;
 pub struct MemFile {
     pub data: Arc<Vec<u8>>,
     pub mtime: i64,
+    /// The version kept with the file (a real disk keeps it in an extended
+    /// attribute); `None` for files placed behind the master's back.
+    pub version: Option<FileVersion>,
 }
 
 /// Everything on one simulated disk.
@@ -83,6 +87,7 @@ impl MemDisk {
             MemFile {
                 data: Arc::new(data),
                 mtime,
+                version: None,
             },
         );
     }
@@ -133,6 +138,7 @@ impl Storage for MemStorage {
                 path: path.clone(),
                 size: f.data.len() as u64,
                 mtime: f.mtime,
+                version: f.version.filter(|v| v.size == f.data.len() as u64),
             })
             .collect())
     }
@@ -146,10 +152,23 @@ impl Storage for MemStorage {
         &self,
         path: &VPath,
         offset: u64,
+        version: Option<&FileVersion>,
         out: &mut BoxStream,
         idle: Duration,
     ) -> Result<u64, StorageError> {
-        let data = self.disk.get(path).ok_or(StorageError::NotFound)?;
+        let file = self
+            .disk
+            .lock()
+            .files
+            .get(path)
+            .cloned()
+            .ok_or(StorageError::NotFound)?;
+        if let Some(wanted) = version {
+            if !is_version(file.version.as_ref(), wanted) || file.data.len() as u64 != wanted.size {
+                return Err(StorageError::NotCurrent);
+            }
+        }
+        let data = file.data;
         let start = (offset.min(data.len() as u64)) as usize;
         let mut sent = 0u64;
         for chunk in data[start..].chunks(CHUNK) {
@@ -177,7 +196,16 @@ impl Storage for MemStorage {
             None => Vec::new(),
             Some(off) => {
                 let d = self.disk.lock();
-                let f = d.files.get(path).ok_or(StorageError::NotFound)?;
+                let f = match d.files.get(path) {
+                    Some(f) => f,
+                    // APPE creates a file that does not exist (RFC 959).
+                    None if off == APPEND => &MemFile {
+                        data: Arc::new(Vec::new()),
+                        mtime: 0,
+                        version: None,
+                    },
+                    None => return Err(StorageError::NotFound),
+                };
                 let mut data = f.data.as_ref().clone();
                 if off != APPEND {
                     data.truncate(off.min(data.len() as u64) as usize);
@@ -240,7 +268,11 @@ impl Storage for MemStorage {
         })
     }
 
-    async fn commit(&self, up: &PendingUpload) -> Result<(u64, i64), StorageError> {
+    async fn commit(
+        &self,
+        up: &PendingUpload,
+        version: &FileVersion,
+    ) -> Result<(u64, i64), StorageError> {
         let now = self.clock.unix_now();
         let mut d = self.disk.lock();
         if let Some(name) = &up.temp {
@@ -255,6 +287,7 @@ impl Storage for MemStorage {
                 MemFile {
                     data: Arc::new(data),
                     mtime: now,
+                    version: Some(*version),
                 },
             );
         }
@@ -272,7 +305,17 @@ impl Storage for MemStorage {
         self.disk.lock().temp.remove(&xfer.to_string());
     }
 
-    async fn apply(&self, op: &FileOp) -> io::Result<()> {
+    async fn version_of(
+        &self,
+        path: &VPath,
+    ) -> io::Result<Option<(u64, i64, Option<FileVersion>)>> {
+        Ok(self.disk.lock().files.get(path).map(|f| {
+            let size = f.data.len() as u64;
+            (size, f.mtime, f.version.filter(|v| v.size == size))
+        }))
+    }
+
+    async fn apply(&self, op: &FileOp) -> io::Result<OpOutcome> {
         let mut d = self.disk.lock();
         match op {
             FileOp::Delete { path } => {
@@ -306,8 +349,45 @@ impl Storage for MemStorage {
             }
             // Directories are implicit in the file map.
             FileOp::RemoveDir { .. } => {}
+            FileOp::DropStale {
+                path,
+                version,
+                size,
+            } => {
+                let that = d.files.get(path).is_some_and(|f| {
+                    let n = f.data.len() as u64;
+                    is_that_copy(
+                        f.version.filter(|v| v.size == n).as_ref(),
+                        n,
+                        version.as_ref(),
+                        *size,
+                    )
+                });
+                if that {
+                    d.files.remove(path);
+                }
+            }
+            FileOp::Stamp {
+                path,
+                version,
+                mtime,
+            } => match d.files.get_mut(path) {
+                Some(f) if f.data.len() as u64 == version.size && f.mtime == *mtime => {
+                    f.version = Some(*version);
+                }
+                _ => {
+                    return Ok(OpOutcome::Failed(format!(
+                        "{path} changed since it was listed; not stamped"
+                    )))
+                }
+            },
+            FileOp::Commit { path, .. } => {
+                return Ok(OpOutcome::Failed(format!(
+                    "commit of {path} outside the waiting room"
+                )))
+            }
         }
-        Ok(())
+        Ok(OpOutcome::Done)
     }
 
     async fn cleanup_temp(&self) -> io::Result<u64> {
@@ -323,6 +403,12 @@ mod tests {
     use super::*;
 
     const IDLE: Duration = Duration::from_secs(30);
+    const V: FileVersion = FileVersion {
+        store: 1,
+        gen: 1,
+        size: 0,
+        crc32: None,
+    };
     use crate::env::FixedClock;
 
     fn p(s: &str) -> VPath {
@@ -404,7 +490,7 @@ mod tests {
             client.read_to_end(&mut got).await.unwrap();
             got
         });
-        let sent = s.send(&p(path), offset, &mut server, IDLE).await;
+        let sent = s.send(&p(path), offset, None, &mut server, IDLE).await;
         drop(server);
         let got = reader.await.unwrap();
         sent.map(|n| {
@@ -423,7 +509,7 @@ mod tests {
         assert_eq!(up.crc32, crc(&data));
         assert!(s.list().await.unwrap().is_empty(), "listed before commit");
         assert_eq!(s.free_space().await.unwrap(), (1 << 20) - 50_000);
-        assert_eq!(s.commit(&up).await.unwrap(), (50_000, 1000));
+        assert_eq!(s.commit(&up, &V).await.unwrap(), (50_000, 1000));
         // A "restarted" slave sees the same disk.
         let again = storage(&disk);
         let files = again.list().await.unwrap();
@@ -466,14 +552,14 @@ mod tests {
         assert_eq!(up.crc32, crc(b"hello world"));
         // Not committed: the file is untouched.
         assert_eq!(&*disk.get(&p("/f")).unwrap(), b"hello");
-        assert_eq!(s.commit(&up).await.unwrap().0, 11);
+        assert_eq!(s.commit(&up, &V).await.unwrap().0, 11);
         assert_eq!(&*disk.get(&p("/f")).unwrap(), b"hello world");
         let up = upload(&s, "/f", Some(2), b"LP").await;
         assert_eq!(up.size, 4);
         s.discard(&up).await;
         assert_eq!(&*disk.get(&p("/f")).unwrap(), b"hello world");
         let up = upload(&s, "/f", Some(2), b"LP").await;
-        assert_eq!(s.commit(&up).await.unwrap().0, 4);
+        assert_eq!(s.commit(&up, &V).await.unwrap().0, 4);
         assert_eq!(&*disk.get(&p("/f")).unwrap(), b"heLP");
         assert!(disk.lock().temp.is_empty());
     }
@@ -504,11 +590,11 @@ mod tests {
         s.discard(&up).await;
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello");
         let up = receive(Some(APPEND), b" world").await;
-        s.commit(&up).await.unwrap();
+        s.commit(&up, &V).await.unwrap();
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello world");
         let up = receive(Some(2), b"LP").await;
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello world");
-        assert_eq!(s.commit(&up).await.unwrap().0, 4);
+        assert_eq!(s.commit(&up, &V).await.unwrap().0, 4);
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"heLP");
         assert_eq!(s.cleanup_temp().await.unwrap(), 0);
     }
@@ -529,7 +615,8 @@ mod tests {
         )
         .unwrap();
         let s = crate::slave::storage::DiskStorage::new(dir.path()).unwrap();
-        assert!(!dir.path().join(crate::slave::storage::TEMP_DIR).exists());
+        let tmp = std::fs::symlink_metadata(dir.path().join(crate::slave::storage::TEMP_DIR));
+        assert!(tmp.is_ok_and(|m| m.is_dir()), "a real directory of ours");
         for path in ["/evil/secret", "/s"] {
             let (mut client, mut server) = pair();
             let reader = tokio::spawn(async move {
@@ -537,7 +624,7 @@ mod tests {
                 let _ = client.read_to_end(&mut got).await;
                 got
             });
-            let sent = s.send(&p(path), 0, &mut server, IDLE).await;
+            let sent = s.send(&p(path), 0, None, &mut server, IDLE).await;
             drop(server);
             assert!(sent.is_err(), "{path} was served");
             assert!(reader.await.unwrap().is_empty());
@@ -554,7 +641,7 @@ mod tests {
             .await
             .unwrap();
         w.await.unwrap();
-        assert!(s.commit(&up).await.is_err());
+        assert!(s.commit(&up, &V).await.is_err());
         assert!(!outside.path().join("new").exists());
         for op in [
             FileOp::Delete {

@@ -1,32 +1,38 @@
 //! A slave: connects to the master, proves the shared key (and checks the
-//! master's proof), applies changes queued while it was away, reports its
-//! files (remerge), then executes transfer orders and heartbeats until the
-//! link drops — and reconnects with jittered exponential backoff.
+//! master's proof), applies its operation log (the master resends every
+//! unacknowledged entry first), reports its files with their versions
+//! (remerge), then executes transfer orders and log entries and heartbeats
+//! until the link drops — and reconnects with jittered exponential backoff.
 //!
 //! Each transfer is its own task holding its data listener or stream; link
 //! loss aborts them all (an upload in flight is discarded, never kept as
-//! complete).
+//! complete). A received upload waits for its commit in [`commit`], which
+//! outlives the link. Files: `orders.rs` (the loop over the master's
+//! messages), `transfer.rs` (one transfer), `commit.rs`, `storage.rs`
+//! (the real disk), `mem.rs` (the simulator's disk).
 
+pub mod commit;
 pub mod mem;
+mod orders;
 pub mod storage;
+mod transfer;
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use commit::Awaiting;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::config::SlaveConfig;
-use crate::env::{accept_from, bind_in_range, BoxStream, Env, NetListener};
+use crate::env::{BoxStream, Env};
 use crate::link::{
-    self, auth, DataConn, DataTls, FileOp, LinkError, MasterMsg, Request, Response, SlaveMsg,
-    TransferFailure, TransferOrder, PROTOCOL_VERSION, REMERGE_CHUNK,
+    self, auth, DataTls, LinkError, MasterMsg, Response, SlaveMsg, TransferOrder, PROTOCOL_VERSION,
+    REMERGE_CHUNK,
 };
-use crate::tls::{CertPair, SessionTie, SharedTicketer, TicketKey, TlsError};
-use storage::{Storage, StorageError};
+use crate::tls::{CertPair, SharedTicketer, TicketKey, TlsError};
+use storage::Storage;
 
 /// FTPS on a slave (README, "FTPS"): its certificate for `PROT P` data
 /// connections and the pinned client for a TLS link. Loaded once at start;
@@ -117,6 +123,14 @@ pub async fn run_with_tls(
     ready: Option<mpsc::UnboundedSender<String>>,
 ) {
     let config = Arc::new(config);
+    // Leftovers of uploads cut by a crash; uploads received later wait for
+    // their commit across reconnects ([`Awaiting`]), so this runs once.
+    match storage.cleanup_temp().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed leftover partial uploads"),
+        Err(e) => tracing::warn!(error = %e, "cannot clean temporary files"),
+    }
+    let awaiting = Awaiting::new(Duration::from_millis(config.commit_grace_ms));
     let min = Duration::from_millis(config.reconnect_min_ms.max(1));
     let max = Duration::from_millis(config.reconnect_max_ms.max(config.reconnect_min_ms.max(1)));
     let mut backoff = min;
@@ -125,7 +139,7 @@ pub async fn run_with_tls(
         let result = tokio::select! {
             biased;
             _ = shutdown.changed() => return,
-            r = connect_and_serve(&env, &config, &tls, &storage, ready.as_ref()).instrument(span) => r,
+            r = connect_and_serve(&env, &config, &tls, &storage, ready.as_ref(), &awaiting).instrument(span) => r,
         };
         match result {
             Ok(()) => backoff = min,
@@ -151,11 +165,9 @@ enum XferCmd {
         order: TransferOrder,
         tls: Option<DataTls>,
     },
-    Commit {
-        rid: u64,
-    },
 }
 
+/// What the tasks of one link session share.
 struct Ctx {
     env: Env,
     config: Arc<SlaveConfig>,
@@ -163,18 +175,15 @@ struct Ctx {
     out: mpsc::UnboundedSender<SlaveMsg>,
     /// `PROT P` data connections' TLS server; `None`: no certificate.
     data_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The master's `data_timeout_ms` (from `Welcome`): it rules every
+    /// data connection of this slave.
+    data_timeout: Duration,
+    /// Received uploads waiting for their commit (outlives the link).
+    awaiting: Awaiting,
 }
 
-async fn write_within<W: tokio::io::AsyncWrite + Unpin>(
-    w: &mut W,
-    msg: &SlaveMsg,
-    limit: Duration,
-) -> Result<(), LinkError> {
-    tokio::time::timeout(limit, link::write_frame(w, msg))
-        .await
-        .map_err(|_| {
-            LinkError::Silent(format!("a frame not written in {} ms", limit.as_millis()))
-        })?
+fn reply(ctx: &Ctx, rid: u64, response: Response) {
+    let _ = ctx.out.send(SlaveMsg::Reply { rid, response });
 }
 
 async fn connect_and_serve(
@@ -183,16 +192,30 @@ async fn connect_and_serve(
     tls: &SlaveTls,
     storage: &Arc<dyn Storage>,
     ready: Option<&mpsc::UnboundedSender<String>>,
+    awaiting: &Awaiting,
 ) -> Result<(), LinkError> {
-    // Connect, authenticate and receive `Welcome` within the heartbeat
+    // Connect, authenticate and receive `Welcome` within the handshake
     // deadline: a handshake cut by a partition would otherwise wait forever
-    // (the simulator's `partition-during-remerge` scenario found this).
-    let limit = config.heartbeat_deadline().max(Duration::from_secs(1));
-    let (stream, pending, ticket_key) = tokio::time::timeout(limit, handshake(env, config, tls))
+    // (the simulator's `partition-during-remerge` scenario found this). It
+    // is its own setting, not the heartbeat bound: a slave with a long
+    // round trip must still be able to rejoin.
+    let limit = config.handshake_timeout();
+    let (stream, welcome) = tokio::time::timeout(limit, handshake(env, config, tls))
         .await
         .map_err(|_| LinkError::Handshake("no answer from the master in time".into()))??;
-    let data_tls = tls.data_config(ticket_key.as_ref());
-    serve(env, config, storage, ready, stream, pending, data_tls).await
+    let data_tls = tls.data_config(welcome.ticket_key.as_ref());
+    awaiting.master(welcome.master_instance, storage).await;
+    serve(
+        env,
+        config,
+        storage,
+        ready,
+        stream,
+        welcome,
+        data_tls,
+        awaiting.clone(),
+    )
+    .await
 }
 
 /// With `master_cert_pin`, the link is TLS from its first byte and the
@@ -216,11 +239,19 @@ async fn link_stream(
     }
 }
 
+/// What the master said in `Welcome`.
+struct Welcome {
+    ticket_key: Option<TicketKey>,
+    master_instance: u64,
+    log_upto: u64,
+    data_timeout: Duration,
+}
+
 async fn handshake(
     env: &Env,
     config: &Arc<SlaveConfig>,
     tls: &SlaveTls,
-) -> Result<(BoxStream, Vec<FileOp>, Option<TicketKey>), LinkError> {
+) -> Result<(BoxStream, Welcome), LinkError> {
     let mut stream = link_stream(env, config, tls).await?;
     let mut nonce = [0u8; 32];
     env.rng_fill(&mut nonce);
@@ -256,11 +287,13 @@ async fn handshake(
         },
     )
     .await?;
-    let (pending, ticket_key) = match link::read_frame::<_, MasterMsg>(&mut stream).await? {
+    let welcome = match link::read_frame::<_, MasterMsg>(&mut stream).await? {
         MasterMsg::Welcome {
             proof,
-            pending,
             ticket_key,
+            master_instance,
+            log_upto,
+            data_timeout_ms,
         } => {
             if !auth::verify_master(key, &nonce, &master_nonce, &config.name, &proof) {
                 tracing::error!(master = %config.master, "the master could not prove the link key; not trusting it");
@@ -268,13 +301,19 @@ async fn handshake(
                     "the master could not prove the link key".into(),
                 ));
             }
-            if ticket_key.is_some() && tls.link.is_none() {
+            let ticket_key = if ticket_key.is_some() && tls.link.is_none() {
                 // Our master never does this; a key that crossed a plain
                 // link is not a secret any more.
                 tracing::warn!("the master sent its ticket key over a plain link; ignored");
-                (pending, None)
+                None
             } else {
-                (pending, ticket_key)
+                ticket_key
+            };
+            Welcome {
+                ticket_key,
+                master_instance,
+                log_upto,
+                data_timeout: Duration::from_millis(data_timeout_ms.max(1)),
             }
         }
         MasterMsg::Refused { reason } => {
@@ -282,59 +321,26 @@ async fn handshake(
         }
         _ => return Err(LinkError::Handshake("expected Welcome".into())),
     };
-    Ok((stream, pending, ticket_key))
+    Ok((stream, welcome))
 }
 
+/// One link session: the writer (heartbeats from the start, so a long
+/// listing does not look like silence), the orders loop (it applies the
+/// operation log the master resends first), and the remerge, which waits
+/// until that log is applied, then lists the files in chunks.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     env: &Env,
     config: &Arc<SlaveConfig>,
     storage: &Arc<dyn Storage>,
     ready: Option<&mpsc::UnboundedSender<String>>,
     stream: BoxStream,
-    pending: Vec<FileOp>,
+    welcome: Welcome,
     data_tls: Option<Arc<rustls::ServerConfig>>,
+    awaiting: Awaiting,
 ) -> Result<(), LinkError> {
-    tracing::info!(ops = pending.len(), "authenticated to master");
-    for op in &pending {
-        if let Err(e) = storage.apply(op).await {
-            tracing::warn!(?op, error = %e, "queued change failed");
-        }
-    }
-    match storage.cleanup_temp().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(removed = n, "removed leftover partial uploads"),
-        Err(e) => tracing::warn!(error = %e, "cannot clean temporary files"),
-    }
-    let files = storage.list().await?;
-    let count = files.len();
-    let free = storage.free_space().await.unwrap_or(0);
-    let (reader, mut writer) = tokio::io::split(stream);
-    // Remerge in chunks: the master reconciles chunk by chunk and keeps
-    // serving sessions in between.
-    // Each frame must make progress within the heartbeat deadline: a link
-    // partitioned mid-remerge is then given up and retried, not waited on.
-    let deadline = config.heartbeat_deadline();
-    let mut chunks = files.chunks(REMERGE_CHUNK).peekable();
-    if chunks.peek().is_none() {
-        let msg = SlaveMsg::Remerge {
-            files: vec![],
-            last: true,
-        };
-        write_within(&mut writer, &msg, deadline).await?;
-    }
-    while let Some(chunk) = chunks.next() {
-        let msg = SlaveMsg::Remerge {
-            files: chunk.to_vec(),
-            last: chunks.peek().is_none(),
-        };
-        write_within(&mut writer, &msg, deadline).await?;
-    }
-    let msg = SlaveMsg::Status { free, transfers: 0 };
-    write_within(&mut writer, &msg, deadline).await?;
-    tracing::info!(files = count, free, "remerge sent");
-    if let Some(r) = ready {
-        let _ = r.send(config.name.clone());
-    }
+    tracing::info!(log_upto = welcome.log_upto, "authenticated to master");
+    let (reader, writer) = tokio::io::split(stream);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Ctx {
         env: env.clone(),
@@ -342,11 +348,60 @@ async fn serve(
         storage: storage.clone(),
         out: out_tx,
         data_tls,
+        data_timeout: welcome.data_timeout,
+        awaiting,
     });
     let writer_task = tokio::spawn(write_loop(writer, out_rx, ctx.clone()));
-    let result = read_loop(ctx, reader).await;
+    let (applied_tx, applied_rx) = watch::channel(0u64);
+    let remerge_task = tokio::spawn(remerge(
+        ctx.clone(),
+        welcome.log_upto,
+        applied_rx,
+        ready.cloned(),
+    ));
+    let result = orders::read_loop(ctx, reader, applied_tx).await;
+    remerge_task.abort();
     writer_task.abort();
     result
+}
+
+/// Lists the files once the resent log is applied (up to `log_upto`), and
+/// sends the list in chunks: the master reconciles chunk by chunk and keeps
+/// serving sessions in between.
+async fn remerge(
+    ctx: Arc<Ctx>,
+    log_upto: u64,
+    mut applied: watch::Receiver<u64>,
+    ready: Option<mpsc::UnboundedSender<String>>,
+) {
+    if applied.wait_for(|n| *n >= log_upto).await.is_err() {
+        return;
+    }
+    let files = match ctx.storage.list().await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list the files; remerge not sent");
+            return;
+        }
+    };
+    let count = files.len();
+    let free = ctx.storage.free_space().await.unwrap_or(0);
+    let mut files = files.into_iter().peekable();
+    loop {
+        let chunk: Vec<_> = files.by_ref().take(REMERGE_CHUNK).collect();
+        let last = files.peek().is_none();
+        let _ = ctx.out.send(SlaveMsg::Remerge { files: chunk, last });
+        if last {
+            break;
+        }
+        // Let the writer and the orders loop run between chunks.
+        tokio::task::yield_now().await;
+    }
+    let _ = ctx.out.send(SlaveMsg::Status { free, transfers: 0 });
+    tracing::info!(files = count, free, "remerge sent");
+    if let Some(r) = ready {
+        let _ = r.send(ctx.config.name.clone());
+    }
 }
 
 async fn write_loop(
@@ -362,447 +417,4 @@ async fn write_loop(
         }
     })
     .await;
-}
-
-/// Passive listeners opened ahead of any PASV, so the master can answer
-/// PASV without asking (the "hidden hop" of the fast path).
-struct ListenerPool {
-    ready: BTreeMap<u64, Box<dyn NetListener>>,
-    next_token: u64,
-}
-
-impl ListenerPool {
-    /// Opens listeners until `want` are ready; reports the new ones.
-    async fn fill(&mut self, ctx: &Ctx, want: usize) {
-        let range = ctx.config.passive_range().unwrap_or((0, 0));
-        let mut fresh = Vec::new();
-        while self.ready.len() < want {
-            let Ok(l) = bind_in_range(&ctx.env, ctx.config.data_ip, range).await else {
-                break;
-            };
-            let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
-            self.next_token += 1;
-            fresh.push((
-                self.next_token,
-                SocketAddr::new(ctx.config.advertised_ip(), port),
-            ));
-            self.ready.insert(self.next_token, l);
-        }
-        if !fresh.is_empty() {
-            let _ = ctx.out.send(SlaveMsg::Listeners { ready: fresh });
-        }
-    }
-}
-
-async fn read_loop(ctx: Arc<Ctx>, mut r: tokio::io::ReadHalf<BoxStream>) -> Result<(), LinkError> {
-    let deadline = ctx.config.heartbeat_deadline();
-    // Transfer tasks by id; dropping a sender aborts its task.
-    let mut xfers: BTreeMap<u64, mpsc::UnboundedSender<XferCmd>> = BTreeMap::new();
-    let mut pool = ListenerPool {
-        ready: BTreeMap::new(),
-        next_token: 0,
-    };
-    let pool_size = ctx.config.passive_pool;
-    pool.fill(&ctx, pool_size).await;
-    loop {
-        let msg: MasterMsg = match tokio::time::timeout(deadline, link::read_frame(&mut r)).await {
-            Err(_) => {
-                return Err(LinkError::Silent(format!(
-                    "no heartbeat from master for {} ms",
-                    deadline.as_millis()
-                )))
-            }
-            Ok(r) => r?,
-        };
-        xfers.retain(|_, tx| !tx.is_closed());
-        match msg {
-            MasterMsg::Heartbeat => {}
-            MasterMsg::Ops(ops) => {
-                for op in ops {
-                    if let Err(e) = ctx.storage.apply(&op).await {
-                        tracing::warn!(?op, error = %e, "change failed");
-                    }
-                }
-            }
-            MasterMsg::Abort { xfer } => {
-                xfers.remove(&xfer);
-            }
-            MasterMsg::Claim {
-                token,
-                xfer,
-                accept_from,
-            } => {
-                if let Some(listener) = pool.ready.remove(&token) {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    xfers.insert(xfer, tx);
-                    let span = tracing::info_span!("transfer", xfer);
-                    tokio::spawn(
-                        passive_task(ctx.clone(), xfer, listener, accept_from, rx).instrument(span),
-                    );
-                }
-                pool.fill(&ctx, pool_size).await;
-            }
-            MasterMsg::Request { rid, request } => match request {
-                Request::Listen { xfer, accept_from } => {
-                    let range = ctx.config.passive_range().unwrap_or((0, 0));
-                    match bind_in_range(&ctx.env, ctx.config.data_ip, range).await {
-                        Ok(listener) => {
-                            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-                            let addr = SocketAddr::new(ctx.config.advertised_ip(), port);
-                            let (tx, rx) = mpsc::unbounded_channel();
-                            xfers.insert(xfer, tx);
-                            let _ = ctx.out.send(SlaveMsg::Reply {
-                                rid,
-                                response: Response::Listening { addr },
-                            });
-                            let span = tracing::info_span!("transfer", xfer);
-                            tokio::spawn(
-                                passive_task(ctx.clone(), xfer, listener, accept_from, rx)
-                                    .instrument(span),
-                            );
-                        }
-                        Err(e) => reply(
-                            &ctx,
-                            rid,
-                            Response::Failed(TransferFailure::NoDataConnection(format!(
-                                "cannot listen: {e}"
-                            ))),
-                        ),
-                    }
-                }
-                Request::Transfer {
-                    xfer,
-                    order,
-                    data,
-                    tls,
-                } => match data {
-                    DataConn::Passive => match xfers.get(&xfer) {
-                        Some(tx) => {
-                            let _ = tx.send(XferCmd::Order { rid, order, tls });
-                        }
-                        None => reply(
-                            &ctx,
-                            rid,
-                            Response::Failed(TransferFailure::NoDataConnection(
-                                "no listener for this transfer".into(),
-                            )),
-                        ),
-                    },
-                    DataConn::Active(addr) => {
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        xfers.insert(xfer, tx);
-                        let span = tracing::info_span!("transfer", xfer);
-                        tokio::spawn(
-                            active_task(ctx.clone(), xfer, addr, rid, order, tls, rx)
-                                .instrument(span),
-                        );
-                    }
-                },
-                Request::Commit { xfer } => match xfers.get(&xfer) {
-                    Some(tx) => {
-                        let _ = tx.send(XferCmd::Commit { rid });
-                    }
-                    None => reply(&ctx, rid, Response::Failed(TransferFailure::Aborted)),
-                },
-            },
-            MasterMsg::Challenge { .. } | MasterMsg::Welcome { .. } | MasterMsg::Refused { .. } => {
-                return Err(LinkError::Handshake(
-                    "handshake message after handshake".into(),
-                ));
-            }
-        }
-    }
-}
-
-fn reply(ctx: &Ctx, rid: u64, response: Response) {
-    let _ = ctx.out.send(SlaveMsg::Reply { rid, response });
-}
-
-async fn passive_task(
-    ctx: Arc<Ctx>,
-    xfer: u64,
-    listener: Box<dyn NetListener>,
-    from: Option<IpAddr>,
-    mut cmds: mpsc::UnboundedReceiver<XferCmd>,
-) {
-    let timeout = ctx.config.data_timeout();
-    let mut order: Option<(u64, TransferOrder, Option<DataTls>)> = None;
-    // The client may connect before or after the order arrives.
-    let stream = {
-        let accept = accept_from(listener.as_ref(), from, timeout);
-        tokio::pin!(accept);
-        loop {
-            tokio::select! {
-                biased;
-                c = cmds.recv() => match c {
-                    Some(XferCmd::Order { rid, order: o, tls }) => order = Some((rid, o, tls)),
-                    Some(XferCmd::Commit { rid }) => reply(&ctx, rid, Response::Failed(TransferFailure::Aborted)),
-                    None => {
-                        // Aborted (or the link is gone): an order already
-                        // given still gets its answer, or the master would
-                        // wait on it.
-                        if let Some((rid, _, _)) = order {
-                            reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
-                        }
-                        return;
-                    }
-                },
-                s = &mut accept => break s,
-            }
-        }
-    };
-    drop(listener);
-    let stream = match stream {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::info!(xfer, error = %e, "no data connection");
-            let rid = match order {
-                Some((rid, _, _)) => rid,
-                None => match cmds.recv().await {
-                    Some(XferCmd::Order { rid, .. }) | Some(XferCmd::Commit { rid }) => rid,
-                    None => return,
-                },
-            };
-            reply(
-                &ctx,
-                rid,
-                Response::Failed(TransferFailure::NoDataConnection(e.to_string())),
-            );
-            return;
-        }
-    };
-    let (rid, order, tls) = match order {
-        Some(o) => o,
-        None => match cmds.recv().await {
-            Some(XferCmd::Order { rid, order, tls }) => (rid, order, tls),
-            Some(XferCmd::Commit { rid }) => {
-                reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
-                return;
-            }
-            None => return,
-        },
-    };
-    execute(ctx, xfer, stream, rid, order, tls, cmds).await;
-}
-
-async fn active_task(
-    ctx: Arc<Ctx>,
-    xfer: u64,
-    addr: SocketAddr,
-    rid: u64,
-    order: TransferOrder,
-    tls: Option<DataTls>,
-    cmds: mpsc::UnboundedReceiver<XferCmd>,
-) {
-    let timeout = ctx.config.data_timeout();
-    let stream = match tokio::time::timeout(timeout, ctx.env.net.connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            reply(
-                &ctx,
-                rid,
-                Response::Failed(TransferFailure::NoDataConnection(format!(
-                    "cannot connect to {addr}: {e}"
-                ))),
-            );
-            return;
-        }
-        Err(_) => {
-            reply(
-                &ctx,
-                rid,
-                Response::Failed(TransferFailure::NoDataConnection(format!(
-                    "connect to {addr} timed out"
-                ))),
-            );
-            return;
-        }
-    };
-    execute(ctx, xfer, stream, rid, order, tls, cmds).await;
-}
-
-/// The TLS server side of a `PROT P` data connection (the FTP client is
-/// the TLS client, also when this slave dialled out for PORT). A client
-/// that resumes a TLS 1.3 session of another control connection is
-/// refused: it holds someone else's ticket (RFC 4217 §10.2).
-async fn protect(
-    ctx: &Ctx,
-    stream: BoxStream,
-    tls: &DataTls,
-) -> Result<BoxStream, TransferFailure> {
-    if tls.client {
-        // FXP: the peer is another FTP server, the TLS server here. Its
-        // certificate cannot be vouched for (see `tls::fxp_client_config`).
-        let config = crate::tls::fxp_client_config()
-            .map_err(|e| TransferFailure::NoDataConnection(e.to_string()))?;
-        let name = match stream.peer_addr() {
-            Ok(a) => rustls::pki_types::ServerName::IpAddress(a.ip().into()),
-            Err(_) => rustls::pki_types::ServerName::try_from("fxp-peer")
-                .map_err(|e| TransferFailure::NoDataConnection(e.to_string()))?,
-        };
-        let secured = crate::tls::connect(&config, name, stream, ctx.config.data_timeout())
-            .await
-            .map_err(|e| {
-                TransferFailure::NoDataConnection(format!("FXP TLS handshake failed: {e}"))
-            })?;
-        tracing::debug!("FXP data connection secured (TLS client side)");
-        return Ok(Box::new(secured));
-    }
-    let Some(config) = &ctx.data_tls else {
-        return Err(TransferFailure::NoDataConnection(format!(
-            "slave {} has no TLS certificate (tls_cert, tls_key); use PROT C",
-            ctx.config.name
-        )));
-    };
-    let secured = crate::tls::accept(
-        config,
-        stream,
-        Some(&tls.session_token),
-        ctx.config.data_timeout(),
-    )
-    .await
-    .map_err(|e| TransferFailure::NoDataConnection(format!("TLS handshake failed: {e}")))?;
-    let tie = SessionTie::of(secured.get_ref().1, &tls.session_token);
-    if tie == SessionTie::Foreign {
-        tracing::warn!(
-            "data connection refused: it resumed the TLS session of another control connection"
-        );
-        return Err(TransferFailure::NoDataConnection(
-            "the TLS session of the data connection belongs to another control connection".into(),
-        ));
-    }
-    tracing::debug!(?tie, "data connection secured");
-    Ok(Box::new(secured))
-}
-
-fn failure(e: StorageError) -> TransferFailure {
-    match e {
-        StorageError::NotFound => TransferFailure::FileNotFound,
-        StorageError::Disk(e) => TransferFailure::Storage(e.to_string()),
-        StorageError::Network(e) => TransferFailure::Network(e.to_string()),
-    }
-}
-
-/// Runs the order on an open data connection (after its TLS handshake for
-/// `PROT P`). An abort (the master drops our command channel, or the link
-/// goes) cancels it at once.
-async fn execute(
-    ctx: Arc<Ctx>,
-    xfer: u64,
-    stream: BoxStream,
-    rid: u64,
-    order: TransferOrder,
-    tls: Option<DataTls>,
-    mut cmds: mpsc::UnboundedReceiver<XferCmd>,
-) {
-    let protected = tls.is_some();
-    let mut stream = match tls {
-        None => stream,
-        Some(tls) => {
-            let secured = tokio::select! {
-                biased;
-                _ = wait_closed(&mut cmds) => {
-                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
-                    return;
-                }
-                s = protect(&ctx, stream, &tls) => s,
-            };
-            match secured {
-                Ok(s) => s,
-                Err(f) => {
-                    tracing::info!(failure = ?f, "no protected data connection");
-                    reply(&ctx, rid, Response::Failed(f));
-                    return;
-                }
-            }
-        }
-    };
-    let started = tokio::time::Instant::now();
-    match order {
-        TransferOrder::Send { path, offset } => {
-            let result = tokio::select! {
-                biased;
-                _ = wait_closed(&mut cmds) => {
-                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
-                    return;
-                }
-                r = ctx.storage.send(&path, offset, &mut stream, ctx.config.data_timeout()) => r,
-            };
-            match result {
-                Ok(bytes) => {
-                    tracing::debug!(%path, bytes, ms = started.elapsed().as_millis() as u64, "sent");
-                    reply(&ctx, rid, Response::Sent { bytes });
-                }
-                Err(e) => {
-                    tracing::info!(%path, error = %e, "send failed");
-                    reply(&ctx, rid, Response::Failed(failure(e)));
-                }
-            }
-        }
-        TransferOrder::Receive { path, offset } => {
-            let result = tokio::select! {
-                biased;
-                _ = wait_closed(&mut cmds) => None,
-                r = ctx.storage.receive(&path, offset, xfer, &mut stream, ctx.config.data_timeout()) => Some(r),
-            };
-            let up = match result {
-                // Aborted mid-way: the temporary file is removed on the
-                // slave's next start if the future was dropped mid-write.
-                None => {
-                    let _ = ctx.storage.cleanup_one(xfer).await;
-                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
-                    return;
-                }
-                Some(Err(e)) => {
-                    tracing::info!(%path, error = %e, "receive failed");
-                    reply(&ctx, rid, Response::Failed(failure(e)));
-                    return;
-                }
-                Some(Ok(up)) => up,
-            };
-            if protected {
-                // The client ended with close_notify (else the read above
-                // failed: a TLS upload cut without it counts as truncated).
-                // Answer in kind, so clients that wait for ours (Python's
-                // `unwrap()`) finish cleanly.
-                let _ = storage::on_data(ctx.config.data_timeout(), stream.shutdown()).await;
-            }
-            drop(stream);
-            reply(
-                &ctx,
-                rid,
-                Response::Received {
-                    bytes: up.bytes,
-                    size: up.size,
-                    crc32: up.crc32,
-                },
-            );
-            // Wait for the master's decision.
-            match cmds.recv().await {
-                Some(XferCmd::Commit { rid }) => match ctx.storage.commit(&up).await {
-                    Ok((size, mtime)) => {
-                        tracing::debug!(%path, size, ms = started.elapsed().as_millis() as u64, "stored");
-                        reply(&ctx, rid, Response::Committed { size, mtime });
-                    }
-                    Err(e) => {
-                        ctx.storage.discard(&up).await;
-                        reply(&ctx, rid, Response::Failed(failure(e)));
-                    }
-                },
-                Some(XferCmd::Order { rid, .. }) => {
-                    ctx.storage.discard(&up).await;
-                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
-                }
-                None => {
-                    tracing::info!(%path, "upload discarded (aborted before commit)");
-                    ctx.storage.discard(&up).await;
-                }
-            }
-        }
-    }
-}
-
-/// Resolves when the master aborts this transfer (drops the channel).
-async fn wait_closed(cmds: &mut mpsc::UnboundedReceiver<XferCmd>) {
-    while cmds.recv().await.is_some() {}
 }

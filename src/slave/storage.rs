@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::env::{BoxStream, COPY_BUF};
-use crate::link::{FileOp, RemoteFile, APPEND};
+use crate::link::{FileOp, FileVersion, OpOutcome, RemoteFile, APPEND};
 use crate::proto::VPath;
 
 pub const TEMP_DIR: &str = crate::proto::path::RESERVED;
@@ -64,6 +64,10 @@ impl Drop for TempFile {
 pub enum StorageError {
     #[error("file not found")]
     NotFound,
+    /// The copy here is not the version the master asked for (it is being
+    /// replaced, or stale): never served.
+    #[error("this copy is not the current version")]
+    NotCurrent,
     #[error("storage: {0}")]
     Disk(io::Error),
     #[error("data connection: {0}")]
@@ -103,16 +107,44 @@ pub struct PendingUpload {
     pub crc32: u32,
 }
 
+/// Whether a copy with `found` may be served as `wanted` (same store and
+/// generation; the size is checked when the file is opened).
+pub fn is_version(found: Option<&FileVersion>, wanted: &FileVersion) -> bool {
+    found.is_some_and(|f| f.store == wanted.store && f.gen == wanted.gen)
+}
+
+/// Whether the copy at a path is the one a `DropStale` names: that
+/// version, or (unversioned) that size. A newer copy is never removed.
+pub fn is_that_copy(
+    found: Option<&FileVersion>,
+    found_size: u64,
+    version: Option<&FileVersion>,
+    size: u64,
+) -> bool {
+    match (found, version) {
+        (Some(f), Some(v)) => f.store == v.store && f.gen == v.gen,
+        (None, None) => found_size == size,
+        // A copy from an earlier store (before a rebuild) that the master
+        // did not adopt.
+        (Some(f), None) => f.size == size && found_size == size,
+        (None, Some(_)) => false,
+    }
+}
+
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
-    /// Every regular file under the root (temporary files excluded).
+    /// Every regular file under the root (temporary files excluded), with
+    /// the version kept with it (when its size still matches).
     async fn list(&self) -> io::Result<Vec<RemoteFile>>;
     async fn free_space(&self) -> io::Result<u64>;
-    /// Sends `path` from `offset` to `out`, then shuts `out` down.
+    /// Sends `path` from `offset` to `out`, then shuts `out` down; with
+    /// `version`, only if that is the copy here ([`StorageError::NotCurrent`]
+    /// otherwise).
     async fn send(
         &self,
         path: &VPath,
         offset: u64,
+        version: Option<&FileVersion>,
         out: &mut BoxStream,
         idle: Duration,
     ) -> Result<u64, StorageError>;
@@ -125,13 +157,23 @@ pub trait Storage: Send + Sync + 'static {
         input: &mut BoxStream,
         idle: Duration,
     ) -> Result<PendingUpload, StorageError>;
-    /// Makes a received upload visible under its name; returns (size, mtime).
-    async fn commit(&self, up: &PendingUpload) -> Result<(u64, i64), StorageError>;
+    /// Makes a received upload visible under its name as `version` (kept
+    /// with the file); returns (size, mtime).
+    async fn commit(
+        &self,
+        up: &PendingUpload,
+        version: &FileVersion,
+    ) -> Result<(u64, i64), StorageError>;
     async fn discard(&self, up: &PendingUpload);
     /// Removes the temporary file of transfer `xfer`, if any (an upload
     /// cancelled mid-write).
     async fn cleanup_one(&self, xfer: u64);
-    async fn apply(&self, op: &FileOp) -> io::Result<()>;
+    /// The file at `path`: size, mtime and the version kept with it.
+    async fn version_of(&self, path: &VPath)
+        -> io::Result<Option<(u64, i64, Option<FileVersion>)>>;
+    /// Applies one logged operation (not `Commit`: the slave's waiting
+    /// room does that). Idempotent.
+    async fn apply(&self, op: &FileOp) -> io::Result<OpOutcome>;
     /// Removes leftover temporary files; returns how many.
     async fn cleanup_temp(&self) -> io::Result<u64>;
 }
@@ -150,6 +192,30 @@ impl DiskStorage {
         let tmp = root.join(TEMP_DIR);
         if std::fs::symlink_metadata(&tmp).is_ok_and(|m| !m.is_dir()) {
             std::fs::remove_file(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        // Versions are kept in an extended attribute: the file system must
+        // take one, or stale copies could not be told from current ones.
+        let probe = tmp.join(format!("probe-{}", temp_name()));
+        std::fs::write(&probe, b"")?;
+        let probed = write_version(
+            &probe,
+            &FileVersion {
+                store: 0,
+                gen: 0,
+                size: 0,
+                crc32: None,
+            },
+        );
+        let _ = std::fs::remove_file(&probe);
+        if let Err(e) = probed {
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "{}: the file system does not keep user extended attributes ({e}); dftpd keeps each file's version in one",
+                    root.display()
+                ),
+            ));
         }
         Ok(DiskStorage { root })
     }
@@ -209,6 +275,84 @@ fn mtime_of(meta: &std::fs::Metadata) -> i64 {
         .unwrap_or(0)
 }
 
+/// The extended attribute a file's version is kept in. Its value is text
+/// (`getfattr -n user.dftpd.version FILE` shows it): `1 STORE GEN SIZE
+/// CRC32` (hex store and CRC, `-` for an unknown CRC).
+pub const VERSION_XATTR: &str = "user.dftpd.version";
+
+fn encode_version(v: &FileVersion) -> String {
+    let crc = v.crc32.map_or("-".to_string(), |c| format!("{c:08x}"));
+    format!("1 {:016x} {} {} {crc}", v.store, v.gen, v.size)
+}
+
+fn decode_version(text: &[u8]) -> Option<FileVersion> {
+    let text = std::str::from_utf8(text).ok()?;
+    let w: Vec<&str> = text.split_whitespace().collect();
+    if w.len() != 5 || w[0] != "1" {
+        return None;
+    }
+    Some(FileVersion {
+        store: u64::from_str_radix(w[1], 16).ok()?,
+        gen: w[2].parse().ok()?,
+        size: w[3].parse().ok()?,
+        crc32: match w[4] {
+            "-" => None,
+            c => Some(u32::from_str_radix(c, 16).ok()?),
+        },
+    })
+}
+
+fn cpath(p: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
+}
+
+/// The version kept with the file at `p` (never following a symlink).
+fn read_version(p: &Path) -> io::Result<Option<FileVersion>> {
+    let c = cpath(p)?;
+    let name = std::ffi::CString::new(VERSION_XATTR).unwrap_or_default();
+    let mut buf = [0u8; 128];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given size.
+    let n = unsafe {
+        nix::libc::lgetxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(nix::libc::ENODATA) | Some(nix::libc::ENOTSUP) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(decode_version(&buf[..n as usize]))
+}
+
+/// Keeps `v` with the file at `p`.
+fn write_version(p: &Path, v: &FileVersion) -> io::Result<()> {
+    let c = cpath(p)?;
+    let name = std::ffi::CString::new(VERSION_XATTR).unwrap_or_default();
+    let value = encode_version(v);
+    // SAFETY: valid NUL-terminated strings and a value of the given size.
+    let r = unsafe {
+        nix::libc::lsetxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn walk(dir: &Path, rel: &str, out: &mut Vec<RemoteFile>) -> io::Result<()> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -238,6 +382,9 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<RemoteFile>) -> io::Result<()> {
                     path,
                     size: meta.len(),
                     mtime: mtime_of(&meta),
+                    // A version whose size no longer matches was kept with
+                    // a file changed behind our back: not that version.
+                    version: read_version(&e.path())?.filter(|v| v.size == meta.len()),
                 }),
                 Err(_) => tracing::warn!(path = %vrel, "skipping a file with an unusable name"),
             }
@@ -351,6 +498,7 @@ impl Storage for DiskStorage {
         &self,
         path: &VPath,
         offset: u64,
+        version: Option<&FileVersion>,
         out: &mut BoxStream,
         idle: Duration,
     ) -> Result<u64, StorageError> {
@@ -358,8 +506,9 @@ impl Storage for DiskStorage {
         // of a file whose metadata is cached costs microseconds, a hand-off
         // to the pool costs two thread wake-ups, and small-file rates are
         // bounded by exactly those (see ARCHITECTURE.md, performance).
+        let real = self.real(path).map_err(disk)?;
         let open = || -> io::Result<(std::fs::File, u64)> {
-            let f = std::fs::File::open(self.real(path)?)?;
+            let f = std::fs::File::open(&real)?;
             let m = f.metadata()?;
             if !m.is_file() {
                 return Err(io::Error::new(io::ErrorKind::NotFound, "not a file"));
@@ -367,6 +516,14 @@ impl Storage for DiskStorage {
             Ok((f, m.len()))
         };
         let (file, len) = open().map_err(disk)?;
+        if let Some(wanted) = version {
+            // The copy opened is the one served (a rename over the path
+            // afterwards does not change an open file).
+            let found = read_version(&real).map_err(disk)?;
+            if !is_version(found.as_ref(), wanted) || len != wanted.size {
+                return Err(StorageError::NotCurrent);
+            }
+        }
         let sent = if let Some(tcp) = out.as_tcp() {
             sendfile_all(tcp, &file, offset.min(len), len, idle).await?
         } else {
@@ -419,9 +576,17 @@ impl Storage for DiskStorage {
                 .map_err(StorageError::Disk)?,
             Some(off) => {
                 let (src, dst) = (self.real(path).map_err(disk)?, target.clone());
-                blocking(move || std::fs::copy(&src, &dst))
-                    .await
-                    .map_err(disk)?;
+                let appending_to_nothing = off == APPEND && !src.exists();
+                blocking(move || {
+                    if appending_to_nothing {
+                        // APPE creates a file that does not exist (RFC 959).
+                        std::fs::write(&dst, b"").map(|_| 0)
+                    } else {
+                        std::fs::copy(&src, &dst)
+                    }
+                })
+                .await
+                .map_err(disk)?;
                 let mut f = tokio::fs::OpenOptions::new()
                     .write(true)
                     .open(&target)
@@ -494,10 +659,17 @@ impl Storage for DiskStorage {
         })
     }
 
-    async fn commit(&self, up: &PendingUpload) -> Result<(u64, i64), StorageError> {
+    async fn commit(
+        &self,
+        up: &PendingUpload,
+        version: &FileVersion,
+    ) -> Result<(u64, i64), StorageError> {
         let dest = self.real(&up.path).map_err(disk)?;
         if let Some(name) = &up.temp {
             let temp = self.temp_path(name);
+            // The version goes with the file: the rename makes both visible
+            // at once.
+            write_version(&temp, version).map_err(StorageError::Disk)?;
             if let Some(parent) = dest.parent() {
                 tokio::fs::create_dir_all(parent)
                     .await
@@ -525,14 +697,31 @@ impl Storage for DiskStorage {
         // Nothing to do: a cancelled `receive` removed its file on drop.
     }
 
-    async fn apply(&self, op: &FileOp) -> io::Result<()> {
+    async fn version_of(
+        &self,
+        path: &VPath,
+    ) -> io::Result<Option<(u64, i64, Option<FileVersion>)>> {
+        let real = self.real(path)?;
+        match std::fs::symlink_metadata(&real) {
+            Ok(m) if m.is_file() => Ok(Some((
+                m.len(),
+                mtime_of(&m),
+                read_version(&real)?.filter(|v| v.size == m.len()),
+            ))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn apply(&self, op: &FileOp) -> io::Result<OpOutcome> {
         let ignore_missing = |r: io::Result<()>| match r {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         };
         match op {
             FileOp::Delete { path } => {
-                ignore_missing(tokio::fs::remove_file(self.real(path)?).await)
+                ignore_missing(tokio::fs::remove_file(self.real(path)?).await)?
             }
             FileOp::Rename { from, to } => {
                 let dest = self.real(to)?;
@@ -540,15 +729,45 @@ impl Storage for DiskStorage {
                 if let Some(parent) = dest.parent() {
                     tokio::fs::create_dir_all(parent).await?;
                 }
-                ignore_missing(tokio::fs::rename(src, dest).await)
+                ignore_missing(tokio::fs::rename(src, dest).await)?
             }
             FileOp::RemoveDir { path } => {
                 // Only empty directories; a slave may hold files the
                 // master's directory did not list yet.
                 let _ = tokio::fs::remove_dir(self.real(path)?).await;
-                Ok(())
+            }
+            FileOp::DropStale {
+                path,
+                version,
+                size,
+            } => {
+                if let Some((found_size, _, found)) = self.version_of(path).await? {
+                    if is_that_copy(found.as_ref(), found_size, version.as_ref(), *size) {
+                        ignore_missing(tokio::fs::remove_file(self.real(path)?).await)?;
+                    }
+                }
+            }
+            FileOp::Stamp {
+                path,
+                version,
+                mtime,
+            } => match self.version_of(path).await? {
+                Some((size, m, _)) if size == version.size && m == *mtime => {
+                    write_version(&self.real(path)?, version)?;
+                }
+                _ => {
+                    return Ok(OpOutcome::Failed(format!(
+                        "{path} changed since it was listed; not stamped"
+                    )))
+                }
+            },
+            FileOp::Commit { path, .. } => {
+                return Ok(OpOutcome::Failed(format!(
+                    "commit of {path} outside the waiting room"
+                )))
             }
         }
+        Ok(OpOutcome::Done)
     }
 
     async fn cleanup_temp(&self) -> io::Result<u64> {
@@ -591,18 +810,28 @@ mod tests {
         assert_eq!(s.cleanup_temp().await.unwrap(), 1);
         let from = VPath::parse_absolute("/a/b/f.bin").unwrap();
         let to = VPath::parse_absolute("/c/g.bin").unwrap();
-        s.apply(&FileOp::Rename {
-            from,
-            to: to.clone(),
-        })
-        .await
-        .unwrap();
+        assert_eq!(
+            s.apply(&FileOp::Rename {
+                from,
+                to: to.clone(),
+            })
+            .await
+            .unwrap(),
+            OpOutcome::Done
+        );
         assert!(dir.path().join("c/g.bin").exists());
         s.apply(&FileOp::Delete { path: to.clone() }).await.unwrap();
         s.apply(&FileOp::Delete { path: to }).await.unwrap();
         assert!(s.list().await.unwrap().is_empty());
         assert!(s.free_space().await.unwrap() > 0);
     }
+
+    const V: FileVersion = FileVersion {
+        store: 1,
+        gen: 1,
+        size: 5,
+        crc32: None,
+    };
 
     async fn tcp_pair() -> (tokio::net::TcpStream, BoxStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -643,9 +872,10 @@ mod tests {
             "a cancelled upload left its file"
         );
 
-        // An upload that fails before its first byte (APPE to a missing file).
+        // An upload that fails before its first byte (REST+STOR into a
+        // missing file).
         let (_client, mut server) = tcp_pair().await;
-        let r = s.receive(&path, Some(APPEND), 2, &mut server, idle).await;
+        let r = s.receive(&path, Some(3), 2, &mut server, idle).await;
         assert!(matches!(r, Err(StorageError::NotFound)), "{r:?}");
         assert!(temp_names(dir.path()).is_empty());
 
@@ -658,7 +888,7 @@ mod tests {
         assert_eq!(name.len(), 32, "{name}");
         assert!(name.parse::<u64>().is_err());
         assert_eq!(temp_names(dir.path()), vec![name]);
-        s.commit(&up).await.unwrap();
+        s.commit(&up, &V).await.unwrap();
         assert!(temp_names(dir.path()).is_empty());
         assert_eq!(std::fs::read(dir.path().join("f.bin")).unwrap(), b"whole");
     }

@@ -106,8 +106,19 @@ pub struct MasterConfig {
     pub heartbeat_interval_ms: u64,
     pub heartbeat_misses: u32,
     /// How long a passive listener waits for the client, and an active
-    /// connection may take.
+    /// connection may take; no progress on a data connection for this long
+    /// ends its transfer. The slaves follow the master's value (sent when
+    /// they connect).
     pub data_timeout_ms: u64,
+    /// A slave's whole handshake (connect, prove the key, welcome) must
+    /// fit in this, separately from the steady-state heartbeat bound: a
+    /// slave far away (a long round trip) can still rejoin.
+    pub handshake_timeout_ms: u64,
+    /// How long an upload waits for its slave to acknowledge the commit
+    /// when the slave was lost at that moment (the entry is resent when it
+    /// reconnects); after that the client hears that the outcome is
+    /// unknown.
+    pub commit_wait_ms: u64,
     /// Idle control connections are closed after this long (421).
     pub idle_timeout_ms: u64,
     /// Slaves with less free space than this get no uploads.
@@ -170,6 +181,8 @@ impl Default for MasterConfig {
             heartbeat_interval_ms: 2000,
             heartbeat_misses: 3,
             data_timeout_ms: 30_000,
+            handshake_timeout_ms: 30_000,
+            commit_wait_ms: 30_000,
             idle_timeout_ms: 900_000,
             min_free_bytes: 0,
             record_dir: None,
@@ -203,6 +216,12 @@ impl MasterConfig {
     }
     pub fn data_timeout(&self) -> Duration {
         Duration::from_millis(self.data_timeout_ms.max(1))
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms.max(1000))
+    }
+    pub fn commit_wait(&self) -> Duration {
+        Duration::from_millis(self.commit_wait_ms)
     }
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms.max(1))
@@ -281,9 +300,18 @@ pub struct SlaveConfig {
     /// Passive listeners kept open ahead and reported to the master, so it
     /// answers PASV without a round trip to this slave (0: none).
     pub passive_pool: usize,
+    /// Used only until the master's value arrives (the master's
+    /// `data_timeout_ms` rules every data connection).
     pub data_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub heartbeat_misses: u32,
+    /// The whole handshake with the master must fit in this (separate from
+    /// the heartbeat bound, so a long round trip does not keep it out).
+    pub handshake_timeout_ms: u64,
+    /// How long a received upload waits for its commit after the link to
+    /// the master is lost (the master resends the commit when the slave
+    /// reconnects); then it is discarded.
+    pub commit_grace_ms: u64,
     /// Reconnect backoff bounds.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
@@ -321,6 +349,8 @@ impl Default for SlaveConfig {
             data_timeout_ms: 30_000,
             heartbeat_interval_ms: 2000,
             heartbeat_misses: 3,
+            handshake_timeout_ms: 30_000,
+            commit_grace_ms: 60_000,
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
             tls_cert: None,
@@ -347,6 +377,9 @@ impl SlaveConfig {
     }
     pub fn data_timeout(&self) -> Duration {
         Duration::from_millis(self.data_timeout_ms.max(1))
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms.max(1000))
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)

@@ -54,7 +54,11 @@ impl std::fmt::Debug for TicketKey {
 
 /// Bumped on any incompatible change to the messages below.
 /// 2: FTPS (`Hello::data_tls`, `Welcome::ticket_key`, `Transfer::tls`).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: file versions, the per-slave operation log (`Log`, `Applied`), log
+/// resent after `Welcome` in chunks.
+pub const PROTOCOL_VERSION: u32 = 4;
+/// Bytes of operations per `Log` frame (a long queue is streamed).
+pub const LOG_CHUNK_BYTES: usize = 1 << 20;
 /// Largest frame either side accepts. A remerge is sent in chunks well
 /// below this.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -81,22 +85,81 @@ pub enum LinkError {
     Protocol(String),
 }
 
+/// The version of a file as the master recorded it: a generation number
+/// the master assigns at commit, within the master's store (`store`, drawn
+/// when the store is created: after a rebuild, copies of the old store's
+/// versions are recognised as such), with the file's size and CRC-32 (when
+/// known). Slaves keep it with each file they hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FileVersion {
+    pub store: u64,
+    pub gen: u64,
+    pub size: u64,
+    pub crc32: Option<u32>,
+}
+
 /// A file as a slave has it on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteFile {
     pub path: VPath,
     pub size: u64,
     pub mtime: i64,
+    /// The version kept with the file (`None`: a file the slave did not
+    /// receive through dftpd, or whose size no longer matches).
+    pub version: Option<FileVersion>,
 }
 
-/// Metadata changes the master applies to a slave's disk. Sent at once to an
-/// online holder; queued for an offline one and sent in [`MasterMsg::Welcome`]
-/// when it rejoins, before it lists its files.
+/// An operation the master asks of a slave's disk. Every one goes through
+/// the slave's operation log on the master (durable, numbered, resent after
+/// every reconnect until acknowledged), so each must be idempotent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileOp {
-    Delete { path: VPath },
-    Rename { from: VPath, to: VPath },
-    RemoveDir { path: VPath },
+    Delete {
+        path: VPath,
+    },
+    Rename {
+        from: VPath,
+        to: VPath,
+    },
+    RemoveDir {
+        path: VPath,
+    },
+    /// Remove a copy the master does not count (an older version, a copy
+    /// that conflicts with the record): only if the file at `path` is still
+    /// that copy (`version`, or unversioned with `size`), never a newer one.
+    DropStale {
+        path: VPath,
+        version: Option<FileVersion>,
+        size: u64,
+    },
+    /// Keep `version` with the file at `path` (a copy the master adopted):
+    /// only if it still has the version's size and `mtime`.
+    Stamp {
+        path: VPath,
+        version: FileVersion,
+        mtime: i64,
+    },
+    /// Second phase of an upload: make transfer `xfer`'s received file
+    /// visible at `path` as `version`. Applied again after a reconnect, it
+    /// answers from what is on disk (the file is there with that version,
+    /// or the upload is gone).
+    Commit {
+        xfer: u64,
+        path: VPath,
+        version: FileVersion,
+    },
+}
+
+/// What applying one logged operation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpOutcome {
+    Done,
+    /// A `Commit` made the file visible: its size and mtime on disk.
+    Committed {
+        size: u64,
+        mtime: i64,
+    },
+    Failed(String),
 }
 
 /// How the data connection of a transfer is made.
@@ -126,8 +189,13 @@ pub struct DataTls {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TransferOrder {
-    /// Send `path` from byte `offset` (REST).
-    Send { path: VPath, offset: u64 },
+    /// Send `path` from byte `offset` (REST); only if the file there is
+    /// `version` (never a stale copy).
+    Send {
+        path: VPath,
+        offset: u64,
+        version: Option<FileVersion>,
+    },
     /// Receive into `path`. `offset`: `None` writes a new file through a
     /// temporary name; `Some(n)` writes into the existing file from byte `n`
     /// (REST+STOR), `Some(u64::MAX)` appends (APPE).
@@ -151,9 +219,6 @@ pub enum Request {
         /// `Some`: TLS on the data connection.
         tls: Option<DataTls>,
     },
-    /// Second phase of an upload: the client's control connection is still
-    /// there, make the received file visible under its name.
-    Commit { xfer: u64 },
 }
 
 /// Why a transfer failed, as the slave saw it. Each maps to one FTP reply.
@@ -169,6 +234,9 @@ pub enum TransferFailure {
     Network(String),
     /// Cancelled by the master (ABOR, or the client left): 426.
     Aborted,
+    /// The slave's copy is not the version the master asked for (it is
+    /// being replaced, or stale): 450, never served.
+    NotCurrent,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +297,10 @@ pub enum SlaveMsg {
         rid: u64,
         response: Response,
     },
+    /// Logged operations applied, in order, with what each did.
+    Applied {
+        outcomes: Vec<(u64, OpOutcome)>,
+    },
 }
 
 /// Master -> slave.
@@ -237,15 +309,23 @@ pub enum MasterMsg {
     Challenge {
         nonce: Nonce,
     },
-    /// The slave proved the key; `proof` is the master's own proof, and
-    /// `pending` the changes made while the slave was away.
+    /// The slave proved the key; `proof` is the master's own proof.
     Welcome {
         proof: Vec<u8>,
-        pending: Vec<FileOp>,
         /// The cluster's session-ticket key, so the slave's data
         /// connections resume sessions made with the master. Sent only
         /// over a TLS link (`link_tls`): never in clear.
         ticket_key: Option<TicketKey>,
+        /// Random per master process: uploads a slave kept waiting for
+        /// their commit belong to this master only.
+        master_instance: u64,
+        /// The last entry of this slave's operation log: the master resends
+        /// every unacknowledged entry up to it (in `Log` frames) and the
+        /// slave applies them before it lists its files.
+        log_upto: u64,
+        /// The master's `data_timeout_ms`: the slave's data connections
+        /// follow it.
+        data_timeout_ms: u64,
     },
     Refused {
         reason: String,
@@ -259,7 +339,8 @@ pub enum MasterMsg {
     Abort {
         xfer: u64,
     },
-    Ops(Vec<FileOp>),
+    /// Entries of the slave's operation log, in order.
+    Log(Vec<(u64, FileOp)>),
     /// Pre-opened listener `token` now serves transfer `xfer` and accepts
     /// only `accept_from`. Pipelined: no reply; the transfer order follows.
     Claim {

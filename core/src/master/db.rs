@@ -33,6 +33,9 @@ pub struct FileMeta {
     pub owner: NameId,
     pub group: NameId,
     pub crc32: Option<u32>,
+    /// The version's generation ([`FileDb::new_version`]): only copies of
+    /// this version count; any other copy is stale.
+    pub version: u64,
     pub holders: Holders,
 }
 
@@ -93,6 +96,7 @@ pub enum StoredNode {
         owner: NameId,
         group: NameId,
     },
+    /// A file record written before versions (read, never written).
     File {
         size: u64,
         mtime: i64,
@@ -100,6 +104,16 @@ pub enum StoredNode {
         group: NameId,
         crc32: Option<u32>,
         holders: Vec<SlaveId>,
+    },
+    /// A file with its version.
+    VFile {
+        size: u64,
+        mtime: i64,
+        owner: NameId,
+        group: NameId,
+        crc32: Option<u32>,
+        holders: Vec<SlaveId>,
+        version: u64,
     },
 }
 
@@ -127,6 +141,11 @@ pub enum Change {
     PutUser(crate::master::users::User),
     /// A user was deleted (kept as a tombstone over the config's users).
     DeleteUser(String),
+    /// The store's identity (drawn when it is created; versions carry it).
+    StoreId(u64),
+    /// Version generations below this may have been handed out: a restart
+    /// continues above it.
+    VersionsReserved(u64),
 }
 
 /// Changes waiting for the store; closed (recording nothing) until opened,
@@ -152,9 +171,19 @@ impl Journal {
     }
 }
 
+/// Generations are reserved in the store this many at a time.
+const VERSION_BLOCK: u64 = 1024;
+
 #[derive(Debug, Default)]
 pub struct FileDb {
     root: DirMeta,
+    /// The next version generation, and the reserved bound below which the
+    /// store guarantees none was handed out before a restart.
+    next_version: u64,
+    versions_reserved: u64,
+    /// Records loaded in the pre-version form, given a version at load:
+    /// written back once the journal is open ([`FileDb::rewrite_converted`]).
+    converted: Vec<VPath>,
     files: u64,
     /// Files held per slave, indexed by `SlaveId`.
     held: Vec<u64>,
@@ -172,6 +201,42 @@ impl FileDb {
         db
     }
 
+    /// A new version generation (never one handed out before, across
+    /// restarts: the store keeps a reserved bound).
+    pub fn new_version(&mut self) -> u64 {
+        self.next_version = self.next_version.max(1);
+        let v = self.next_version;
+        self.next_version += 1;
+        if self.next_version > self.versions_reserved {
+            self.versions_reserved = self.next_version + VERSION_BLOCK;
+            let upto = self.versions_reserved;
+            self.record(Change::VersionsReserved(upto));
+        }
+        v
+    }
+
+    /// After a load, with the journal open: writes back the records that
+    /// got their version at load, and the reserved bound, so the versions
+    /// handed out survive the next restart.
+    pub fn rewrite_converted(&mut self) -> usize {
+        let paths = std::mem::take(&mut self.converted);
+        for p in &paths {
+            self.record_node(p);
+        }
+        if !paths.is_empty() || self.next_version > 1 {
+            let upto = self.versions_reserved.max(self.next_version);
+            self.versions_reserved = upto;
+            self.record(Change::VersionsReserved(upto));
+        }
+        paths.len()
+    }
+
+    /// Restores the reserved bound from the store (before any record).
+    pub fn load_versions_reserved(&mut self, upto: u64) {
+        self.versions_reserved = self.versions_reserved.max(upto);
+        self.next_version = self.next_version.max(upto);
+    }
+
     /// Starts recording changes for the store ([`FileDb::take_journal`]).
     pub fn open_journal(&mut self) {
         self.journal.open();
@@ -183,6 +248,11 @@ impl FileDb {
     }
 
     fn record(&mut self, c: Change) {
+        self.journal.record(c);
+    }
+
+    /// Journals a change that is not about one node (store metadata).
+    pub fn record_change(&mut self, c: Change) {
         self.journal.record(c);
     }
 
@@ -241,11 +311,38 @@ impl FileDb {
                 owner,
                 group,
                 crc32,
+                holders,
+            } => {
+                // Written before versions: it gets one now (its copies are
+                // unversioned and adopted at their next remerge).
+                let version = self.new_version();
+                self.converted.push(path.clone());
+                return self.load(
+                    path,
+                    StoredNode::VFile {
+                        size,
+                        mtime,
+                        owner,
+                        group,
+                        crc32,
+                        holders,
+                        version,
+                    },
+                );
+            }
+            StoredNode::VFile {
+                size,
+                mtime,
+                owner,
+                group,
+                crc32,
                 mut holders,
+                version,
             } => {
                 holders.sort_unstable();
                 holders.dedup();
                 let keep = self.dir(&parent)?.mtime;
+                self.next_version = self.next_version.max(version + 1);
                 self.put_file(
                     path,
                     FileMeta {
@@ -254,6 +351,7 @@ impl FileDb {
                         owner,
                         group,
                         crc32,
+                        version,
                         holders: Holders::from_vec(holders),
                     },
                 )?;
@@ -654,13 +752,14 @@ pub fn stored(n: &Node) -> StoredNode {
             owner: d.owner,
             group: d.group,
         },
-        Node::File(f) => StoredNode::File {
+        Node::File(f) => StoredNode::VFile {
             size: f.size,
             mtime: f.mtime,
             owner: f.owner,
             group: f.group,
             crc32: f.crc32,
             holders: f.holders.to_vec(),
+            version: f.version,
         },
     }
 }
@@ -690,6 +789,7 @@ mod tests {
             owner: 0,
             group: 0,
             crc32: None,
+            version: 1,
             holders: Holders::from_slice(holders),
         }
     }

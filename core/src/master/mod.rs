@@ -6,10 +6,12 @@
 //! ([`guard`]). [`MasterState`] is what all sessions and links share; the
 //! drivers in the `dftpd` crate hold it behind one lock.
 
+pub mod commit;
 pub mod db;
 pub mod guard;
 pub mod observe;
 pub mod registry;
+pub mod remerge;
 pub mod session;
 pub mod transfer;
 pub mod users;
@@ -35,8 +37,8 @@ pub struct SessionInfo {
 /// that is never held across an `.await`: each command or link message
 /// takes it briefly. It holds no handle to the outside world: changes for
 /// the store accumulate in journals ([`MasterState::take_changes`]),
-/// operations for slaves in the registry's outbox, and the driver performs
-/// both.
+/// operations for slaves in their operation logs (`registry`), and the
+/// driver performs both.
 pub struct MasterState {
     pub config: Arc<MasterConfig>,
     pub db: FileDb,
@@ -53,6 +55,12 @@ pub struct MasterState {
     user_changes: Option<Vec<db::Change>>,
     /// FTPS is configured on this master (AUTH TLS is offered).
     pub tls_available: bool,
+    /// The store's identity: versions carry it, so copies made under an
+    /// earlier store (before `--rebuild`) are told apart.
+    pub store_id: u64,
+    /// Commits decided and not yet acknowledged by their slave, by (slave,
+    /// log sequence number).
+    pub commits: BTreeMap<(db::SlaveId, u64), commit::PendingCommit>,
     next_id: u64,
 }
 
@@ -76,6 +84,8 @@ impl MasterState {
             sessions: BTreeMap::new(),
             now: 0,
             tls_available: false,
+            store_id: 0,
+            commits: BTreeMap::new(),
             next_id: 0,
         }
     }
@@ -98,6 +108,14 @@ impl MasterState {
             changes.append(u);
         }
         changes
+    }
+
+    /// Sets the store's identity (a new store: also recorded in it).
+    pub fn set_store_id(&mut self, id: u64, new: bool) {
+        self.store_id = id;
+        if new {
+            self.db.record_change(db::Change::StoreId(id));
+        }
     }
 
     /// Records a user change for the store.

@@ -7,11 +7,12 @@
 //! plus those planned by PRET and not yet started: two clients that PRET at
 //! the same moment are spread over two slaves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 
 use super::db::{Change, Journal, SlaveId};
 use crate::link::FileOp;
+use crate::proto::VPath;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlaveState {
@@ -45,11 +46,16 @@ pub struct SlaveInfo {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub relayed_bytes: u64,
-    /// Changes to apply when it rejoins (it was offline when they happened).
-    /// Operations for this slave made while it was offline, with their
-    /// sequence numbers; kept (and in the store) until a remerge proves
-    /// the slave applied them.
-    pub pending_ops: Vec<(u64, FileOp)>,
+    /// The slave's operation log: every operation the master asked of its
+    /// disk and the slave has not acknowledged yet, with its sequence
+    /// number, in order (and in the store). Sent to the link in order,
+    /// resent in full after every reconnect, removed when acknowledged.
+    pub log: VecDeque<(u64, FileOp)>,
+    /// Entries up to this sequence number were handed to the current link.
+    pub sent_upto: u64,
+    /// While remerging: paths changed since the slave connected. Its file
+    /// list may predate those changes, so it is not trusted for them.
+    pub touched: Option<Vec<VPath>>,
     /// Passive listeners the slave opened ahead: (token, address).
     pub ready_listeners: std::collections::VecDeque<(u64, std::net::SocketAddr)>,
     /// The slave has a certificate for `PROT P` data connections (said in
@@ -73,13 +79,12 @@ pub struct SlaveRegistry {
     /// Round-robin counter for ties, advanced on every pick.
     rr: u64,
     next_epoch: u64,
-    /// Sequence number of the last queued operation (any slave).
+    /// Sequence number of the last logged operation (any slave).
     op_seq: u64,
     /// Changes for the store.
     journal: Journal,
-    /// Operations for connected slaves, in order, not yet handed to their
-    /// links (the driver drains it under the state lock: [`Self::take_outbox`]).
-    outbox: Vec<(SlaveId, FileOp)>,
+    /// Slaves whose log has entries not yet handed to their link.
+    unsent: BTreeSet<SlaveId>,
 }
 
 impl SlaveRegistry {
@@ -108,23 +113,11 @@ impl SlaveRegistry {
         }
     }
 
-    /// Restores an operation queued for an offline slave.
+    /// Restores an entry of a slave's operation log from the store.
     pub fn load_op(&mut self, id: SlaveId, seq: u64, op: FileOp) {
         self.op_seq = self.op_seq.max(seq);
         if let Some(s) = self.get_mut(id) {
-            s.pending_ops.push((seq, op));
-        }
-    }
-
-    /// The slave has applied its queued operations up to `seq`.
-    pub fn ops_applied(&mut self, id: SlaveId, seq: u64) {
-        let Some(s) = self.slaves.get_mut(id as usize) else {
-            return;
-        };
-        let before = s.pending_ops.len();
-        s.pending_ops.retain(|(n, _)| *n > seq);
-        if s.pending_ops.len() != before {
-            self.record(Change::DequeueOps(id, seq));
+            s.log.push_back((seq, op));
         }
     }
 
@@ -150,7 +143,9 @@ impl SlaveRegistry {
             bytes_sent: 0,
             bytes_received: 0,
             relayed_bytes: 0,
-            pending_ops: Vec::new(),
+            log: VecDeque::new(),
+            sent_upto: 0,
+            touched: None,
             ready_listeners: Default::default(),
             data_tls: false,
         });
@@ -220,20 +215,139 @@ impl SlaveRegistry {
         pick
     }
 
-    /// Queues `op` for `id` when offline (kept, and stored, until a
-    /// remerge proves it applied), or puts it in the outbox for its link.
-    pub fn apply_op(&mut self, id: SlaveId, op: FileOp) {
+    /// Appends `op` to slave `id`'s operation log (and the store's copy of
+    /// it); the driver hands it to the slave's link in order when the slave
+    /// is connected. Returns its sequence number (0: no such slave).
+    pub fn log_op(&mut self, id: SlaveId, op: FileOp) -> u64 {
+        let Some(s) = self.slaves.get_mut(id as usize) else {
+            return 0;
+        };
+        self.op_seq += 1;
+        let seq = self.op_seq;
+        s.log.push_back((seq, op.clone()));
+        if s.state != SlaveState::Offline {
+            self.unsent.insert(id);
+        }
+        self.record(Change::QueueOp(id, seq, op));
+        seq
+    }
+
+    /// The slave acknowledged its log up to `seq`: those entries leave the
+    /// log (and the store).
+    pub fn acked(&mut self, id: SlaveId, seq: u64) {
         let Some(s) = self.slaves.get_mut(id as usize) else {
             return;
         };
-        if matches!(s.state, SlaveState::Online | SlaveState::Remerging) {
-            self.outbox.push((id, op));
-            return;
+        let before = s.log.len();
+        while s.log.front().is_some_and(|(n, _)| *n <= seq) {
+            s.log.pop_front();
         }
-        self.op_seq += 1;
-        let seq = self.op_seq;
-        s.pending_ops.push((seq, op.clone()));
-        self.record(Change::QueueOp(id, seq, op));
+        if s.log.len() != before {
+            self.record(Change::DequeueOps(id, seq));
+        }
+    }
+
+    /// A link to slave `id` is up: it is remerging, and its whole log is to
+    /// be sent again. Returns the log's last sequence number (the slave
+    /// applies up to it before it lists its files).
+    pub fn link_up(&mut self, id: SlaveId) -> u64 {
+        let Some(s) = self.slaves.get_mut(id as usize) else {
+            return 0;
+        };
+        s.state = SlaveState::Remerging;
+        s.sent_upto = 0;
+        s.touched = Some(Vec::new());
+        s.ready_listeners.clear();
+        let upto = s.log.back().map_or(0, |(n, _)| *n);
+        if !s.log.is_empty() {
+            self.unsent.insert(id);
+        }
+        upto
+    }
+
+    /// The remerge of slave `id` is complete: it serves transfers.
+    pub fn remerged(&mut self, id: SlaveId) {
+        if let Some(s) = self.get_mut(id) {
+            s.state = SlaveState::Online;
+            s.touched = None;
+        }
+    }
+
+    /// The link to slave `id` is gone.
+    pub fn link_down(&mut self, id: SlaveId) {
+        if let Some(s) = self.get_mut(id) {
+            s.state = SlaveState::Offline;
+            s.touched = None;
+            s.ready_listeners.clear();
+        }
+        self.unsent.remove(&id);
+    }
+
+    /// Records that `path` (and everything below it) changed, for the
+    /// slaves now remerging: their lists are not trusted there.
+    pub fn touch(&mut self, path: &VPath) {
+        for s in &mut self.slaves {
+            if let Some(t) = s.touched.as_mut() {
+                t.push(path.clone());
+            }
+        }
+    }
+
+    /// Whether a remerging slave's report of `path` may predate a change.
+    pub fn touched(&self, id: SlaveId, path: &VPath) -> bool {
+        self.get(id)
+            .and_then(|s| s.touched.as_ref())
+            .is_some_and(|t| t.iter().any(|p| path == p || path.starts_with(p)))
+    }
+
+    /// Log entries not yet handed to slave links, per slave, in order: at
+    /// most about `max_bytes` of paths per slave and call (the driver calls
+    /// again while there is more).
+    pub fn take_unsent(&mut self, max_bytes: usize) -> Vec<(SlaveId, Vec<(u64, FileOp)>)> {
+        let mut out = Vec::new();
+        let ids: Vec<SlaveId> = std::mem::take(&mut self.unsent).into_iter().collect();
+        for id in ids {
+            let Some(s) = self.slaves.get_mut(id as usize) else {
+                continue;
+            };
+            if s.state == SlaveState::Offline {
+                continue;
+            }
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            for (seq, op) in s.log.iter().filter(|(n, _)| *n > s.sent_upto) {
+                if bytes >= max_bytes {
+                    break;
+                }
+                bytes += op_size(op);
+                chunk.push((*seq, op.clone()));
+            }
+            if let Some((last, _)) = chunk.last() {
+                s.sent_upto = *last;
+                if s.log.back().is_some_and(|(n, _)| n > last) {
+                    self.unsent.insert(id);
+                }
+                out.push((id, chunk));
+            }
+        }
+        out
+    }
+
+    /// Whether some log entries still wait for a link.
+    pub fn has_unsent(&self) -> bool {
+        !self.unsent.is_empty()
+    }
+}
+
+/// About the bytes an operation takes in a frame.
+fn op_size(op: &FileOp) -> usize {
+    32 + match op {
+        FileOp::Rename { from, to } => from.as_str().len() + to.as_str().len(),
+        FileOp::Delete { path }
+        | FileOp::RemoveDir { path }
+        | FileOp::DropStale { path, .. }
+        | FileOp::Stamp { path, .. }
+        | FileOp::Commit { path, .. } => path.as_str().len(),
     }
 }
 
@@ -276,11 +390,6 @@ impl SlaveRegistry {
                 s.relayed_bytes += sent + received;
             }
         }
-    }
-
-    /// Operations for connected slaves since the last call, in order.
-    pub fn take_outbox(&mut self) -> Vec<(SlaveId, FileOp)> {
-        std::mem::take(&mut self.outbox)
     }
 }
 
@@ -355,16 +464,51 @@ mod tests {
         assert_eq!(r.choose_download(&[a, b]), Some(b));
         assert_eq!(r.choose_upload(0), Some(b));
         assert_eq!(r.choose_upload(10), None);
-        r.apply_op(
-            a,
-            FileOp::Delete {
-                path: crate::proto::VPath::root(),
-            },
+    }
+
+    #[test]
+    fn the_log_is_sent_in_order_resent_after_reconnect_and_acked() {
+        let mut r = SlaveRegistry::default();
+        let a = r.id_for("a");
+        let del = |p: &str| FileOp::Delete {
+            path: VPath::parse_absolute(p).unwrap(),
+        };
+        // Offline: logged, nothing to send.
+        let s1 = r.log_op(a, del("/1"));
+        assert!(r.take_unsent(1 << 20).is_empty());
+        // Connected: the whole log goes out, then only what is new.
+        assert_eq!(r.link_up(a), s1);
+        let s2 = r.log_op(a, del("/2"));
+        assert_eq!(
+            r.take_unsent(1 << 20),
+            vec![(a, vec![(s1, del("/1")), (s2, del("/2"))])]
         );
-        assert_eq!(r.get(a).unwrap().pending_ops.len(), 1);
-        let root = crate::proto::VPath::root();
-        r.apply_op(b, FileOp::Delete { path: root.clone() });
-        assert_eq!(r.take_outbox(), vec![(b, FileOp::Delete { path: root })]);
-        assert!(r.take_outbox().is_empty());
+        assert!(r.take_unsent(1 << 20).is_empty());
+        // Acked entries leave; a reconnect resends the rest.
+        r.acked(a, s1);
+        r.link_down(a);
+        assert_eq!(r.link_up(a), s2);
+        assert_eq!(r.take_unsent(1 << 20), vec![(a, vec![(s2, del("/2"))])]);
+        // A long log goes out in chunks.
+        for i in 0..100 {
+            r.log_op(a, del(&format!("/{}", "x".repeat(200) + &i.to_string())));
+        }
+        let first = r.take_unsent(2000);
+        assert!(first[0].1.len() < 100 && r.has_unsent());
+        let mut n = first[0].1.len();
+        while r.has_unsent() {
+            n += r
+                .take_unsent(2000)
+                .iter()
+                .map(|(_, c)| c.len())
+                .sum::<usize>();
+        }
+        assert_eq!(n, 100);
+        // Paths touched while remerging are not trusted from its list.
+        r.touch(&VPath::parse_absolute("/d").unwrap());
+        assert!(r.touched(a, &VPath::parse_absolute("/d/f").unwrap()));
+        assert!(!r.touched(a, &VPath::parse_absolute("/e").unwrap()));
+        r.remerged(a);
+        assert!(!r.touched(a, &VPath::parse_absolute("/d/f").unwrap()));
     }
 }

@@ -9,8 +9,8 @@
 //!    │                                      │
 //!    └──────────── Order + 150 ────────────▶│ Received
 //!                                           ▼
-//!                                        Probing ──alive──▶ Committing ──▶ Done
-//!                                           └──ABOR/closed──▶ Done (aborted)
+//!                                        Probing ──alive──▶ Deciding ──▶ Committing ──▶ Done
+//!                                           └──ABOR/closed──▶ Done (aborted)   └─lost race─▶ Done
 //! ```
 //!
 //! Decisions made here, not in the driver:
@@ -25,7 +25,7 @@
 use std::net::SocketAddr;
 
 use super::session::{Route, TransferJob, TransferOutcome};
-use crate::link::{DataConn, Response, TransferFailure};
+use crate::link::{DataConn, OpOutcome, Response, TransferFailure};
 use crate::proto::Reply;
 
 /// The client's side of a relayed transfer.
@@ -57,8 +57,13 @@ pub enum Step {
     /// Look at the control connection once before committing, then report
     /// [`Event::ControlAlive`], [`Event::Abor`] or [`Event::ControlClosed`].
     ProbeControl,
-    /// Second phase of an upload: ask the slave to commit.
-    Commit,
+    /// Make the commit decision (`Session::decide_commit`, under the state
+    /// lock) and report [`Event::Decided`].
+    Decide { size: u64, crc32: u32 },
+    /// Wait for the slave's acknowledgement of log entry `seq` (the
+    /// commit), across a reconnect, for a bounded time; report
+    /// [`Event::CommitAck`] or [`Event::CommitUnknown`].
+    AwaitCommit { seq: u64 },
     /// Hold the caught data connection open until the final reply is sent
     /// (a client must read the 425 before its data connection closes).
     Park,
@@ -90,13 +95,21 @@ pub enum Event {
     /// The relay could not be set up. `listening`: the slave had opened a
     /// listener for it (which must be released).
     RelayFailed { listening: bool, lost: bool },
+    /// The commit decision: the log entry to wait for, or the reply of an
+    /// upload that lost a race.
+    Decided(Result<u64, Reply>),
+    /// The slave applied the commit entry.
+    CommitAck(OpOutcome),
+    /// No acknowledgement within the bound.
+    CommitUnknown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     RelaySetup,
     Running,
-    Probing { crc32: u32 },
+    Probing { size: u64, crc32: u32 },
+    Deciding { crc32: u32 },
     Committing { crc32: u32 },
     Done,
 }
@@ -250,27 +263,38 @@ impl TransferMachine {
                 self.control_closed = true;
                 self.cancel_commit()
             }
-            (Phase::Probing { crc32 }, Event::ControlAlive) => {
+            (Phase::Probing { size, crc32 }, Event::ControlAlive) => {
                 if self.gone() {
                     return self.cancel_commit();
                 }
-                self.phase = Phase::Committing { crc32 };
-                vec![Step::Commit]
+                self.phase = Phase::Deciding { crc32 };
+                vec![Step::Decide { size, crc32 }]
             }
-            (Phase::Committing { crc32 }, Event::Slave(response)) => {
-                let outcome = match response {
-                    Response::Committed { size, mtime } => {
+            (Phase::Deciding { crc32 }, Event::Decided(Ok(seq))) => {
+                self.phase = Phase::Committing { crc32 };
+                vec![Step::AwaitCommit { seq }]
+            }
+            (Phase::Deciding { .. }, Event::Decided(Err(reply))) => {
+                // Lost a race: the slave discards the received file.
+                vec![
+                    Step::AbortSlave,
+                    self.finish(TransferOutcome::Refused(reply)),
+                ]
+            }
+            (Phase::Committing { crc32 }, Event::CommitAck(outcome)) => {
+                let outcome = match outcome {
+                    OpOutcome::Committed { size, mtime } => {
                         TransferOutcome::Committed { size, mtime, crc32 }
                     }
-                    Response::Failed(f) => TransferOutcome::Failed(f),
-                    _ => TransferOutcome::Failed(TransferFailure::Storage(
-                        "unexpected answer".into(),
+                    OpOutcome::Failed(f) => TransferOutcome::Failed(TransferFailure::Storage(f)),
+                    OpOutcome::Done => TransferOutcome::Failed(TransferFailure::Storage(
+                        "unexpected answer to a commit".into(),
                     )),
                 };
                 vec![self.finish(outcome)]
             }
-            (Phase::Committing { .. }, Event::SlaveLost) => {
-                vec![self.finish(TransferOutcome::SlaveLost)]
+            (Phase::Committing { .. }, Event::CommitUnknown) => {
+                vec![self.finish(TransferOutcome::Unknown)]
             }
             // Anything else cannot happen in that phase; ignore it.
             _ => Vec::new(),
@@ -287,11 +311,11 @@ impl TransferMachine {
         match response {
             Response::Sent { bytes } => self.end(TransferOutcome::Sent { bytes }),
             Response::Failed(f) => self.end(TransferOutcome::Failed(f)),
-            Response::Received { crc32, .. } => {
+            Response::Received { size, crc32, .. } => {
                 // Second phase: commit only while the client is still there
                 // and did not abort. A client that died mid-upload leaves a
                 // partial file, which must never be recorded.
-                self.phase = Phase::Probing { crc32 };
+                self.phase = Phase::Probing { size, crc32 };
                 let mut steps = self.end_relay();
                 if self.gone() {
                     steps.extend(self.cancel_commit());
@@ -377,11 +401,15 @@ mod tests {
                     offset: None,
                 }
             } else {
-                TransferOrder::Send { path, offset: 0 }
+                TransferOrder::Send {
+                    path,
+                    offset: 0,
+                    version: None,
+                }
             },
             route,
             opening: Reply::new(150, "Opening"),
-            upload_path: None,
+            upload: None,
         }
     }
 
@@ -438,8 +466,17 @@ mod tests {
             crc32: 9,
         }));
         assert_eq!(s, vec![Step::ProbeControl]);
-        assert_eq!(m.on(Event::ControlAlive), vec![Step::Commit]);
-        let s = m.on(Event::Slave(Response::Committed { size: 3, mtime: 1 }));
+        assert_eq!(
+            m.on(Event::ControlAlive),
+            vec![Step::Decide { size: 3, crc32: 9 }]
+        );
+        assert_eq!(
+            m.on(Event::Decided(Ok(41))),
+            vec![Step::AwaitCommit { seq: 41 }]
+        );
+        // A lost link does not end it: the entry is resent on reconnect.
+        assert!(m.on(Event::SlaveLost).is_empty());
+        let s = m.on(Event::CommitAck(OpOutcome::Committed { size: 3, mtime: 1 }));
         assert_eq!(
             finish(&s),
             Some((
@@ -454,6 +491,30 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_race_or_an_unknown_outcome_end_it_honestly() {
+        let received = Event::Slave(Response::Received {
+            bytes: 1,
+            size: 1,
+            crc32: 1,
+        });
+        let mut m = machine(Route::SlavePassive, true, false);
+        m.start(true, false, false);
+        m.on(received.clone());
+        m.on(Event::ControlAlive);
+        let refused = Reply::new(553, "raced");
+        let s = m.on(Event::Decided(Err(refused.clone())));
+        assert_eq!(s[0], Step::AbortSlave);
+        assert_eq!(finish(&s).unwrap().0, TransferOutcome::Refused(refused));
+        let mut m = machine(Route::SlavePassive, true, false);
+        m.start(true, false, false);
+        m.on(received);
+        m.on(Event::ControlAlive);
+        m.on(Event::Decided(Ok(3)));
+        let s = m.on(Event::CommitUnknown);
+        assert_eq!(finish(&s).unwrap().0, TransferOutcome::Unknown);
+    }
+
+    #[test]
     fn abor_or_a_closed_control_connection_never_commits() {
         for event in [Event::Abor, Event::ControlClosed] {
             // During the transfer.
@@ -465,7 +526,7 @@ mod tests {
                 size: 1,
                 crc32: 1,
             }));
-            assert!(!s.contains(&Step::Commit));
+            assert!(!s.iter().any(|x| matches!(x, Step::Decide { .. })));
             let (outcome, aborted) = finish(&s).unwrap();
             assert_eq!(outcome, TransferOutcome::Failed(TransferFailure::Aborted));
             assert_eq!(aborted, event == Event::Abor);

@@ -196,11 +196,22 @@ impl ControlSession {
                 }
             }
             Step::ProbeControl => return Some(StepResult::Event(self.probe_control().await)),
-            Step::Commit => {
-                let rid = self.state.lock().next_id();
-                if let Some(link) = &io.link {
-                    io.response = Some(link.request(rid, Request::Commit { xfer: job.xfer }));
-                }
+            Step::Decide { size, crc32 } => {
+                let decided = {
+                    let mut st = self.state.lock();
+                    st.now = self.env.unix_now();
+                    let decided = self.session.decide_commit(&mut st, job, size, crc32);
+                    // The new version and the commit entry go out now, in
+                    // order with every other decision on that slave.
+                    if let Some(d) = self.state.flush(&mut st) {
+                        self.durable = Some(d);
+                    }
+                    decided
+                };
+                return Some(StepResult::Event(Event::Decided(decided)));
+            }
+            Step::AwaitCommit { seq } => {
+                return Some(StepResult::Event(self.await_commit(job, seq).await));
             }
             Step::Park => self.parked = io.caught.take(),
             Step::Finish { outcome, aborted } => {
@@ -343,6 +354,26 @@ impl ControlSession {
                 pump(&mut slave_stream, &mut client).await
             }
         }));
+    }
+
+    /// Waits for the slave to acknowledge the commit entry `seq`. The wait
+    /// outlives the link: a slave lost now gets the entry again when it
+    /// reconnects, and its acknowledgement still arrives here, within
+    /// `commit_wait_ms`.
+    async fn await_commit(&mut self, job: &TransferJob, seq: u64) -> Event {
+        let rx = self.state.await_commit(job.slave, seq);
+        let wait = self.state.lock().config.commit_wait();
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(outcome)) => Event::CommitAck(outcome),
+            _ => {
+                self.state.forget_commit(job.slave, seq);
+                tracing::warn!(
+                    seq,
+                    "no acknowledgement of the commit in time: outcome unknown"
+                );
+                Event::CommitUnknown
+            }
+        }
     }
 
     /// Notices a control connection that closed together with its data

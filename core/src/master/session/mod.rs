@@ -98,8 +98,8 @@ pub struct TransferJob {
     pub route: Route,
     /// The 150 reply.
     pub opening: Reply,
-    /// For uploads: where the file is recorded on success.
-    pub upload_path: Option<VPath>,
+    /// For uploads: where the file goes and what the commit expects there.
+    pub upload: Option<crate::master::commit::UploadTarget>,
 }
 
 impl TransferJob {
@@ -185,6 +185,11 @@ pub enum TransferOutcome {
         announced: SocketAddr,
         used: SocketAddr,
     },
+    /// The upload lost its commit decision (a race): this final reply.
+    Refused(Reply),
+    /// The slave was lost between the commit decision and its
+    /// acknowledgement, and did not answer within the bound.
+    Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

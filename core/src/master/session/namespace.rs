@@ -2,14 +2,14 @@
 //! SIZE, MDTM, MFMT, XCRC and HASH (RFC 959 §4.1.1, §4.1.3; RFC 3659 SIZE
 //! and MDTM). Every path goes through [`Session::resolve`] (home
 //! confinement, reserved names) and every change through the permission
-//! rules; changes that slaves must apply to their disks are queued in the
-//! registry (`apply_op`), never sent from here.
+//! rules; changes that slaves must apply to their disks are appended to
+//! their operation logs (`registry::log_op`), never sent from here.
 
 use super::{db_reply, path_reply, r, Action, Session};
 use crate::link::FileOp;
 use crate::master::db::{FileMeta, SlaveId};
 use crate::master::users::Perm;
-use crate::master::MasterState;
+use crate::master::{commit, MasterState};
 use crate::proto::listing;
 use crate::proto::reply::quote_path;
 
@@ -55,6 +55,8 @@ impl Session {
             }
             Ok(p) => match st.db.rmdir(&p) {
                 Ok(()) => {
+                    // Directories exist on slaves only as parents of files;
+                    // an empty one left on a slave that is away is harmless.
                     let ids: Vec<SlaveId> = st
                         .slaves
                         .iter()
@@ -62,9 +64,9 @@ impl Session {
                         .map(|(i, _)| i)
                         .collect();
                     for id in ids {
-                        st.slaves
-                            .apply_op(id, FileOp::RemoveDir { path: p.clone() });
+                        st.slaves.log_op(id, FileOp::RemoveDir { path: p.clone() });
                     }
+                    st.slaves.touch(&p);
                     r(250, format!("{} removed", quote_path(p.as_str())))
                 }
                 Err(e) => path_reply(&p, e),
@@ -81,8 +83,9 @@ impl Session {
             Ok(p) => match st.db.remove_file(&p) {
                 Ok(meta) => {
                     for h in meta.holders {
-                        st.slaves.apply_op(h, FileOp::Delete { path: p.clone() });
+                        st.slaves.log_op(h, FileOp::Delete { path: p.clone() });
                     }
+                    st.slaves.touch(&p);
                     r(250, format!("{} deleted", quote_path(p.as_str())))
                 }
                 Err(e) => path_reply(&p, e),
@@ -125,7 +128,7 @@ impl Session {
         match st.db.rename(&from, &to, now) {
             Ok(()) => {
                 for h in holders {
-                    st.slaves.apply_op(
+                    st.slaves.log_op(
                         h,
                         FileOp::Rename {
                             from: from.clone(),
@@ -133,6 +136,9 @@ impl Session {
                         },
                     );
                 }
+                st.slaves.touch(&from);
+                st.slaves.touch(&to);
+                commit::renamed(st, &from, &to);
                 if self.cwd.starts_with(&from) {
                     // Keep the session inside the directory it was in.
                     if let Some(rest) = self.cwd.strip_prefix(&from) {

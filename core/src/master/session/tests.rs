@@ -46,6 +46,7 @@ fn state(mode: PasvWithoutPret) -> MasterState {
         }
     }
     let meta = |size, holders: &[SlaveId]| FileMeta {
+        version: 1,
         size,
         mtime: 0,
         owner: 0,
@@ -160,7 +161,13 @@ fn pret_retr_pasv_retr_runs_on_the_holder() {
         job.order,
         TransferOrder::Send {
             path: p("/a"),
-            offset: 0
+            offset: 0,
+            version: Some(crate::link::FileVersion {
+                store: 0,
+                gen: 1,
+                size: 3,
+                crc32: None
+            })
         }
     );
     assert_eq!(
@@ -298,6 +305,23 @@ fn uploads_go_to_the_roomiest_slave_and_are_recorded_on_commit() {
     let Action::Transfer(job) = s.handle(cmd("STOR new"), &mut st) else {
         panic!()
     };
+    // The commit decision records the new version at once, with its owner,
+    // and logs the commit for the slave.
+    let seq = s.decide_commit(&mut st, &job, 9, 1).unwrap();
+    let f = st.db.file(&p("/new")).unwrap();
+    assert_eq!((f.size, f.holders.to_vec(), f.crc32), (9, vec![1], Some(1)));
+    assert_eq!(st.db.name(f.owner), "u");
+    assert!(matches!(
+        st.slaves.get(1).unwrap().log.back(),
+        Some((n, FileOp::Commit { .. })) if *n == seq
+    ));
+    crate::master::commit::acked(
+        &mut st,
+        1,
+        seq,
+        &crate::link::OpOutcome::Committed { size: 9, mtime: 5 },
+    );
+    assert_eq!(st.db.file(&p("/new")).unwrap().mtime, 5);
     let done = s.transfer_done(
         &mut st,
         &job,
@@ -308,8 +332,49 @@ fn uploads_go_to_the_roomiest_slave_and_are_recorded_on_commit() {
         },
     );
     assert!(done.to_string().starts_with("226"));
-    let f = st.db.file(&p("/new")).unwrap();
-    assert_eq!((f.size, f.holders.to_vec(), f.crc32), (9, vec![1], Some(1)));
+}
+
+#[test]
+fn commits_are_compare_and_swap() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    let upload = |s: &mut Session, st: &mut MasterState, line: &str| {
+        let verb = line.split(' ').next().unwrap();
+        s.handle(cmd(&format!("PRET {line}")), st);
+        passive(s, st, "PASV");
+        let Action::Transfer(job) = s.handle(cmd(line), st) else {
+            panic!("{line}")
+        };
+        let _ = verb;
+        job
+    };
+    // Two STORs of one new name without overwrite: the second loses.
+    let a = upload(&mut s, &mut st, "STOR n");
+    let b = upload(&mut s, &mut st, "STOR n");
+    assert!(s.decide_commit(&mut st, &a, 1, 1).is_ok());
+    let lost = s.decide_commit(&mut st, &b, 2, 2).unwrap_err();
+    assert_eq!(lost.code, 553, "{lost}");
+    assert_eq!(st.db.file(&p("/n")).unwrap().size, 1);
+    // Two APPEs to one file: the later one built on a replaced version.
+    let x = upload(&mut s, &mut st, "APPE b");
+    let y = upload(&mut s, &mut st, "APPE b");
+    assert!(s.decide_commit(&mut st, &x, 8, 8).is_ok());
+    assert_eq!(s.decide_commit(&mut st, &y, 9, 9).unwrap_err().code, 450);
+    // A failed commit restores the previous version with its holders.
+    let before = st.db.file(&p("/both")).unwrap().clone();
+    let mut cfg = (*st.config).clone();
+    cfg.allow_overwrite = true;
+    st.config = std::sync::Arc::new(cfg);
+    let z = upload(&mut s, &mut st, "STOR both");
+    let seq = s.decide_commit(&mut st, &z, 7, 7).unwrap();
+    assert_eq!(st.db.file(&p("/both")).unwrap().size, 7);
+    crate::master::commit::acked(
+        &mut st,
+        z.slave,
+        seq,
+        &crate::link::OpOutcome::Failed("disk".into()),
+    );
+    assert_eq!(st.db.file(&p("/both")).unwrap(), &before);
 }
 
 #[test]
@@ -320,7 +385,7 @@ fn changes_reach_offline_holders_later() {
     assert!(text(s.handle(cmd("RNTO moved"), &mut st)).starts_with("250"));
     assert!(text(s.handle(cmd("DELE moved"), &mut st)).starts_with("250"));
     assert_eq!(
-        st.slaves.get(2).unwrap().pending_ops,
+        st.slaves.get(2).unwrap().log,
         vec![
             (
                 1,

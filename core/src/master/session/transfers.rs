@@ -1,12 +1,13 @@
 //! File transfers: RETR, STOR, APPE, STOU become a [`TransferJob`] for the
-//! driver, and [`Session::transfer_done`] turns the outcome into the final
-//! reply and the recorded file (two-phase uploads: the master records an
-//! upload only once the slave has committed it).
+//! driver (an upload with what it expects of its path, see `commit.rs`),
+//! [`Session::decide_commit`] is the upload's commit decision, and
+//! [`Session::transfer_done`] turns the outcome into the final reply.
 
 use super::{db_reply, r, Action, DataSetup, Plan, PlanVerb, Route, Session, Target};
 use super::{TransferJob, TransferOutcome};
-use crate::link::{FileOp, TransferFailure, TransferOrder, APPEND};
-use crate::master::db::{DbError, FileMeta, Holders};
+use crate::link::{TransferFailure, TransferOrder, APPEND};
+use crate::master::commit::{self, Expect, UploadTarget};
+use crate::master::db::{DbError, Node};
 use crate::master::MasterState;
 use crate::proto::{Reply, TransferType, VPath};
 
@@ -77,10 +78,14 @@ impl Session {
                 slave,
                 slave_name: name,
                 xfer,
-                order: TransferOrder::Send { path, offset },
+                order: TransferOrder::Send {
+                    path,
+                    offset,
+                    version: Some(commit::file_version(st, &meta)),
+                },
                 route,
                 opening,
-                upload_path: None,
+                upload: None,
             },
         )
     }
@@ -189,6 +194,19 @@ impl Session {
             }
         }
         self.rest = 0;
+        // What the commit will compare the path with (compare-and-swap):
+        // the version this upload builds on, or that it creates the file.
+        let current = match st.db.get(&path) {
+            Some(Node::File(f)) => Some(f.version),
+            _ => None,
+        };
+        let expect = match (verb, offset, current) {
+            (PlanVerb::Stou, ..) => Expect::Absent,
+            (_, Some(_), Some(v)) => Expect::Version(v),
+            (_, Some(_), None) => Expect::Absent,
+            (_, None, _) if st.config.allow_overwrite => Expect::Any,
+            (_, None, _) => Expect::Absent,
+        };
         let name = st.slaves.name(slave).to_string();
         let opening = if verb == PlanVerb::Stou {
             // RFC 1123 §4.1.2.9: the reply names the file.
@@ -211,9 +229,27 @@ impl Session {
                 },
                 route,
                 opening,
-                upload_path: Some(path),
+                upload: Some(UploadTarget { path, expect }),
             },
         )
+    }
+
+    /// The upload's bytes are on the slave and the client is still there:
+    /// the commit decision (`commit::decide`, a compare-and-swap on the
+    /// path's version). Returns the slave's log entry to wait for, or the
+    /// final reply for an upload that lost a race.
+    pub fn decide_commit(
+        &mut self,
+        st: &mut MasterState,
+        job: &TransferJob,
+        size: u64,
+        crc32: u32,
+    ) -> Result<u64, Reply> {
+        let Some(target) = &job.upload else {
+            return Err(Reply::new(451, "Local error: not an upload"));
+        };
+        let owner = self.owner();
+        commit::decide(st, job.slave, job.xfer, target, size, crc32, &owner)
     }
 
     /// The driver finished a slave transfer (successfully or not).
@@ -233,59 +269,37 @@ impl Session {
                     format!("Transfer complete, {bytes} bytes from {}", job.slave_name),
                 )
             }
-            TransferOutcome::Committed { size, mtime, crc32 } => {
-                let Some(path) = job.upload_path.clone() else {
-                    st.slaves.finish_transfer(job.slave, 0, 0, false);
-                    return Reply::new(226, "Transfer complete");
-                };
-                let owner = self.owner();
-                if let Some(parent) = path.parent() {
-                    // The directory may have been removed during the upload.
-                    let _ = st.db.mkdir_all(&parent, &owner, mtime);
-                }
-                let owner = st.db.intern(&owner);
-                let meta = FileMeta {
-                    size,
-                    mtime,
-                    owner,
-                    group: owner,
-                    crc32: Some(crc32),
-                    holders: Holders::from_slice(&[job.slave]),
-                };
-                match st.db.put_file(&path, meta) {
-                    Ok(old) => {
-                        if let Some(name) = self.user().map(str::to_string) {
-                            let counted = st.users.get_mut(&name).is_some_and(|u| {
-                                u.uploaded = u.uploaded.saturating_add(size);
-                                u.upload_quota.is_some()
-                            });
-                            // Only quota users' counters are worth a write.
-                            if counted {
-                                st.user_changed(&name);
-                            }
-                        }
-                        // Other copies of an overwritten file are stale.
-                        for h in old.map(|o| o.holders).unwrap_or_default() {
-                            if h != job.slave {
-                                st.slaves.apply_op(h, FileOp::Delete { path: path.clone() });
-                            }
-                        }
-                        received = size;
-                        Reply::new(
-                            226,
-                            format!(
-                                "Transfer complete, {size} bytes stored on {}",
-                                job.slave_name
-                            ),
-                        )
-                    }
-                    Err(e) => {
-                        // A directory appeared at that name meanwhile.
-                        st.slaves
-                            .apply_op(job.slave, FileOp::Delete { path: path.clone() });
-                        Reply::new(550, format!("{path}: {e}"))
+            TransferOutcome::Committed { size, .. } => {
+                // Recorded at the commit decision; here the accounting.
+                if let Some(name) = self.user().map(str::to_string) {
+                    let counted = st.users.get_mut(&name).is_some_and(|u| {
+                        u.uploaded = u.uploaded.saturating_add(size);
+                        u.upload_quota.is_some()
+                    });
+                    // Only quota users' counters are worth a write.
+                    if counted {
+                        st.user_changed(&name);
                     }
                 }
+                received = size;
+                Reply::new(
+                    226,
+                    format!(
+                        "Transfer complete, {size} bytes stored on {}",
+                        job.slave_name
+                    ),
+                )
+            }
+            TransferOutcome::Refused(reply) => reply,
+            TransferOutcome::Unknown => {
+                let path = job.upload.as_ref().map(|u| u.path.to_string()).unwrap_or_default();
+                Reply::new(
+                    451,
+                    format!(
+                        "{path}: upload outcome unknown: slave {} was lost while committing it; it is listed (check SIZE) only if it was stored",
+                        job.slave_name
+                    ),
+                )
             }
             TransferOutcome::Failed(f) => failure_reply(&f, &job.slave_name),
             TransferOutcome::IgnoredPasvAddress { announced, used } => Reply::new(
@@ -326,5 +340,9 @@ pub fn failure_reply(f: &TransferFailure, slave: &str) -> Reply {
             Reply::new(426, format!("Connection closed; transfer aborted: {why}"))
         }
         TransferFailure::Aborted => Reply::new(426, "Connection closed; transfer aborted"),
+        TransferFailure::NotCurrent => Reply::new(
+            450,
+            format!("The copy on slave {slave} is not the current version (it is being replaced); try again"),
+        ),
     }
 }

@@ -1,0 +1,352 @@
+//! Remerge: reconciling a (re)joining slave's file list with the database.
+//! The slave applied its operation log before listing (the master resends
+//! every unacknowledged entry first), so its list is trusted, except for
+//! paths changed since it connected ([`SlaveRegistry::touched`]): a change
+//! made while a slave remerges wins over its older list.
+//!
+//! Each reported copy carries the version kept with the file. Rules:
+//! - a copy of the recorded version counts: the slave becomes a holder;
+//! - any other versioned copy of this store is stale (an older version, a
+//!   deleted or renamed file): never counted, never served, removed by a
+//!   `DropStale` order (only if the file is still that copy);
+//! - an unversioned copy (placed by hand, or from before versions) or one
+//!   from an earlier store (before `--rebuild`) is adopted when it agrees
+//!   with the record (same size, and CRC-32 when both are known) or when
+//!   the database has no other copy of that path (a new file, or the only
+//!   copy changed behind the master's back: the disk wins); adopted copies
+//!   get the record's version (`Stamp`). It is stale when another holder
+//!   has the recorded version and it disagrees;
+//! - a file where the database has a directory is stale;
+//! - after the last chunk, files the slave did not report lose it as a
+//!   holder (and leave the database when no holder is left).
+//!
+//! [`SlaveRegistry::touched`]: super::registry::SlaveRegistry::touched
+
+use std::collections::BTreeSet;
+
+use super::db::{FileMeta, Holders, Node, SlaveId};
+use super::MasterState;
+use crate::link::{FileOp, FileVersion, RemoteFile};
+use crate::proto::VPath;
+
+/// Files visited per slice of the end-of-remerge sweep: the lock is
+/// released between slices, so sessions keep getting replies.
+pub const SWEEP_SLICE: usize = 20_000;
+
+/// What to do with one reported copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// It is the recorded version.
+    Holder,
+    /// Adopt it into the existing record (same content) and stamp it.
+    Adopt,
+    /// A new record (or a changed only copy) from this copy, stamped.
+    New,
+    /// Not counted; removed from the slave's disk.
+    Stale(&'static str),
+}
+
+fn verdict(st: &MasterState, id: SlaveId, f: &RemoteFile) -> Verdict {
+    let ours = |v: &FileVersion| v.store == st.store_id;
+    match st.db.get(&f.path) {
+        Some(Node::Dir(_)) => Verdict::Stale("a file where the database has a directory"),
+        Some(Node::File(meta)) => match &f.version {
+            Some(v) if ours(v) && v.gen == meta.version && v.size == meta.size => Verdict::Holder,
+            Some(v) if ours(v) => Verdict::Stale("an older version"),
+            _ => {
+                let crc_agrees = match (f.version.and_then(|v| v.crc32), meta.crc32) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => true,
+                };
+                let others = meta.holders.iter().any(|&h| h != id);
+                if f.size == meta.size && crc_agrees {
+                    Verdict::Adopt
+                } else if others {
+                    Verdict::Stale("another content than the recorded version")
+                } else {
+                    Verdict::New
+                }
+            }
+        },
+        None => match &f.version {
+            Some(v) if ours(v) => Verdict::Stale("a deleted or renamed file"),
+            _ => Verdict::New,
+        },
+    }
+}
+
+/// Reconciles one chunk of a slave's file list (see the module rules).
+pub fn remerge_chunk(
+    st: &mut MasterState,
+    id: SlaveId,
+    files: Vec<RemoteFile>,
+    seen: &mut BTreeSet<VPath>,
+) {
+    let slave = st.slaves.name(id).to_string();
+    for f in files {
+        if f.path.is_root() {
+            continue;
+        }
+        if st.slaves.touched(id, &f.path) {
+            // Changed since the slave listed it: the log decides.
+            seen.insert(f.path);
+            continue;
+        }
+        match verdict(st, id, &f) {
+            Verdict::Holder => {
+                let _ = st.db.add_holder(&f.path, id);
+            }
+            Verdict::Adopt => {
+                let Ok(meta) = st.db.file(&f.path) else {
+                    continue;
+                };
+                let version = FileVersion {
+                    store: st.store_id,
+                    gen: meta.version,
+                    size: meta.size,
+                    crc32: meta.crc32.or(f.version.and_then(|v| v.crc32)),
+                };
+                let _ = st.db.add_holder(&f.path, id);
+                st.slaves.log_op(
+                    id,
+                    FileOp::Stamp {
+                        path: f.path.clone(),
+                        version,
+                        mtime: f.mtime,
+                    },
+                );
+            }
+            Verdict::New => {
+                if let Some(parent) = f.path.parent() {
+                    if st.db.mkdir_all(&parent, "dftpd", f.mtime).is_err() {
+                        tracing::warn!(%slave, path = %f.path, "slave has a file below a database file; ignored");
+                        continue;
+                    }
+                }
+                if let Ok(old) = st.db.file(&f.path) {
+                    tracing::warn!(%slave, path = %f.path, recorded = old.size, found = f.size, "the only copy changed on the slave's disk; taking it");
+                }
+                let gen = st.db.new_version();
+                let crc32 = f.version.and_then(|v| v.crc32);
+                let _ = st.db.put_file(
+                    &f.path,
+                    FileMeta {
+                        size: f.size,
+                        mtime: f.mtime,
+                        owner: 0,
+                        group: 0,
+                        crc32,
+                        version: gen,
+                        holders: Holders::from_slice(&[id]),
+                    },
+                );
+                let version = FileVersion {
+                    store: st.store_id,
+                    gen,
+                    size: f.size,
+                    crc32,
+                };
+                st.slaves.log_op(
+                    id,
+                    FileOp::Stamp {
+                        path: f.path.clone(),
+                        version,
+                        mtime: f.mtime,
+                    },
+                );
+            }
+            Verdict::Stale(why) => {
+                tracing::info!(%slave, path = %f.path, size = f.size, "stale copy ({why}): not used, removed from the slave");
+                if st.db.file(&f.path).is_ok_and(|m| m.holders.contains(&id)) {
+                    let _ = st.db.remove_holder(&f.path, id);
+                }
+                st.slaves.log_op(
+                    id,
+                    FileOp::DropStale {
+                        path: f.path.clone(),
+                        version: f.version,
+                        size: f.size,
+                    },
+                );
+                // Not `seen`: the sweep drops the slave as a holder.
+                continue;
+            }
+        }
+        seen.insert(f.path);
+    }
+}
+
+/// One slice of the end-of-remerge sweep: drops `id` from files it no
+/// longer reported, visiting at most [`SWEEP_SLICE`] files after `cursor`.
+/// Returns how many were dropped and where to continue (`None`: done).
+pub fn remerge_sweep(
+    st: &mut MasterState,
+    id: SlaveId,
+    seen: &BTreeSet<VPath>,
+    cursor: Option<&VPath>,
+) -> (u64, Option<VPath>) {
+    let (held, next) = st.db.scan_held(id, cursor, SWEEP_SLICE);
+    let mut dropped = 0;
+    for p in held.iter().filter(|p| !seen.contains(*p)) {
+        if st.slaves.touched(id, p) {
+            continue;
+        }
+        let _ = st.db.remove_holder(p, id);
+        dropped += 1;
+    }
+    (dropped, next)
+}
+
+/// The whole sweep in one go (tests, tools).
+pub fn remerge_finish(st: &mut MasterState, id: SlaveId, seen: &BTreeSet<VPath>) -> u64 {
+    let mut cursor = None;
+    let mut total = 0;
+    loop {
+        let (n, next) = remerge_sweep(st, id, seen, cursor.as_ref());
+        total += n;
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return total,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MasterConfig;
+    use crate::master::registry::SlaveState;
+    use std::sync::Arc;
+
+    fn p(s: &str) -> VPath {
+        VPath::parse_absolute(s).unwrap()
+    }
+
+    fn rf(path: &str, size: u64, version: Option<FileVersion>) -> RemoteFile {
+        RemoteFile {
+            path: p(path),
+            size,
+            mtime: 7,
+            version,
+        }
+    }
+
+    fn remerge(st: &mut MasterState, id: SlaveId, files: Vec<RemoteFile>) -> u64 {
+        st.slaves.link_up(id);
+        let mut seen = BTreeSet::new();
+        remerge_chunk(st, id, files, &mut seen);
+        let dropped = remerge_finish(st, id, &seen);
+        st.slaves.remerged(id);
+        dropped
+    }
+
+    fn last_op(st: &MasterState, id: SlaveId) -> Option<FileOp> {
+        st.slaves
+            .get(id)
+            .unwrap()
+            .log
+            .back()
+            .map(|(_, op)| op.clone())
+    }
+
+    #[test]
+    fn unversioned_copies_are_adopted_and_stamped() {
+        let mut st = MasterState::new(Arc::new(MasterConfig::default()));
+        st.store_id = 5;
+        let a = st.slaves.id_for("a");
+        let b = st.slaves.id_for("b");
+        remerge(&mut st, a, vec![rf("/x/1", 10, None), rf("/x/2", 20, None)]);
+        assert_eq!(st.db.file_count(), 2);
+        assert!(st.db.dir(&p("/x")).is_ok());
+        let v1 = st.db.file(&p("/x/1")).unwrap().version;
+        assert!(matches!(
+            st.slaves.get(a).unwrap().log.front(),
+            Some((_, FileOp::Stamp { version, .. })) if version.gen == v1 && version.store == 5
+        ));
+        // b: /x/1 same size (adopted); /x/2 another size while a holds the
+        // record: stale, removed from b.
+        remerge(&mut st, b, vec![rf("/x/1", 10, None), rf("/x/2", 99, None)]);
+        assert_eq!(st.db.file(&p("/x/1")).unwrap().holders.as_slice(), &[a, b]);
+        assert_eq!(st.db.file(&p("/x/2")).unwrap().holders.as_slice(), &[a]);
+        assert_eq!(st.db.file(&p("/x/2")).unwrap().size, 20);
+        assert_eq!(
+            last_op(&st, b),
+            Some(FileOp::DropStale {
+                path: p("/x/2"),
+                version: None,
+                size: 99
+            })
+        );
+        // a comes back having lost /x/2 (its only copy) and /x/1.
+        assert_eq!(remerge(&mut st, a, vec![]), 2);
+        assert!(st.db.get(&p("/x/2")).is_none());
+        assert_eq!(st.db.file(&p("/x/1")).unwrap().holders.as_slice(), &[b]);
+        // The only copy changed behind the master's back: the disk wins.
+        remerge(&mut st, b, vec![rf("/x/1", 11, None)]);
+        assert_eq!(st.db.file(&p("/x/1")).unwrap().size, 11);
+        assert_ne!(st.db.file(&p("/x/1")).unwrap().version, v1);
+    }
+
+    #[test]
+    fn versioned_copies_count_only_when_current() {
+        let mut st = MasterState::new(Arc::new(MasterConfig::default()));
+        st.store_id = 5;
+        let a = st.slaves.id_for("a");
+        remerge(&mut st, a, vec![rf("/f", 10, None)]);
+        let gen = st.db.file(&p("/f")).unwrap().version;
+        let ours = |gen, size| {
+            Some(FileVersion {
+                store: 5,
+                gen,
+                size,
+                crc32: None,
+            })
+        };
+        // The current version: a holder, nothing logged.
+        let before = st.slaves.get(a).unwrap().log.len();
+        remerge(&mut st, a, vec![rf("/f", 10, ours(gen, 10))]);
+        assert_eq!(st.slaves.get(a).unwrap().log.len(), before);
+        // An older version of the same size: stale, never counted.
+        let dropped = remerge(&mut st, a, vec![rf("/f", 10, ours(gen - 1, 10))]);
+        assert_eq!(
+            dropped, 0,
+            "not seen, but the holder went with the stale verdict"
+        );
+        assert!(st.db.get(&p("/f")).is_none());
+        assert!(matches!(last_op(&st, a), Some(FileOp::DropStale { .. })));
+        // A deleted file's copy (our store) never comes back.
+        remerge(&mut st, a, vec![rf("/gone", 3, ours(999, 3))]);
+        assert!(st.db.get(&p("/gone")).is_none());
+        // A copy from an earlier store (after --rebuild) is adopted.
+        let old = Some(FileVersion {
+            store: 4,
+            gen: 1,
+            size: 3,
+            crc32: Some(7),
+        });
+        remerge(&mut st, a, vec![rf("/old", 3, old)]);
+        assert_eq!(st.db.file(&p("/old")).unwrap().crc32, Some(7));
+    }
+
+    #[test]
+    fn a_change_made_while_remerging_wins_over_the_list() {
+        let mut st = MasterState::new(Arc::new(MasterConfig::default()));
+        let a = st.slaves.id_for("a");
+        remerge(&mut st, a, vec![rf("/x", 1, None), rf("/y", 1, None)]);
+        st.slaves.link_up(a);
+        assert_eq!(st.slaves.get(a).unwrap().state, SlaveState::Remerging);
+        // DELE /x while a remerges; its list still has /x.
+        st.db.remove_file(&p("/x")).unwrap();
+        st.slaves.touch(&p("/x"));
+        let mut seen = BTreeSet::new();
+        remerge_chunk(
+            &mut st,
+            a,
+            vec![rf("/x", 1, None), rf("/y", 1, None)],
+            &mut seen,
+        );
+        remerge_finish(&mut st, a, &seen);
+        assert!(st.db.get(&p("/x")).is_none(), "not brought back");
+        assert!(st.db.get(&p("/y")).is_some());
+    }
+}

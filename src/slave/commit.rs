@@ -1,0 +1,117 @@
+//! Received uploads waiting for the master's commit decision. The decision
+//! arrives as a `Commit` entry of the slave's operation log, normally a
+//! round trip after `Received`, but possibly after the link was lost and
+//! re-established (the master resends unacknowledged entries): so an upload
+//! waits here, outside any one link, for at most `commit_grace_ms`, then is
+//! discarded. Uploads held for another master process (a restarted master
+//! reuses transfer ids) are discarded when that master connects.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::storage::{PendingUpload, Storage};
+use crate::link::{FileVersion, OpOutcome};
+use crate::proto::VPath;
+
+#[derive(Default)]
+struct Held {
+    /// The master process these uploads belong to.
+    instance: u64,
+    uploads: BTreeMap<u64, PendingUpload>,
+}
+
+/// The waiting room (cheap to clone; one per slave process).
+#[derive(Clone)]
+pub struct Awaiting {
+    held: Arc<Mutex<Held>>,
+    grace: Duration,
+}
+
+impl Awaiting {
+    pub fn new(grace: Duration) -> Awaiting {
+        Awaiting {
+            held: Arc::new(Mutex::new(Held::default())),
+            grace,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Master process `instance` connected: uploads held for another one
+    /// are discarded.
+    pub async fn master(&self, instance: u64, storage: &Arc<dyn Storage>) {
+        let stale: Vec<PendingUpload> = {
+            let mut h = self.lock();
+            if h.instance == instance {
+                return;
+            }
+            h.instance = instance;
+            std::mem::take(&mut h.uploads).into_values().collect()
+        };
+        for up in stale {
+            storage.discard(&up).await;
+        }
+    }
+
+    /// Holds transfer `xfer`'s received upload until its commit, an abort
+    /// or the grace period's end.
+    pub fn hold(&self, xfer: u64, up: PendingUpload, storage: Arc<dyn Storage>) {
+        self.lock().uploads.insert(xfer, up);
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(me.grace).await;
+            let expired = me.lock().uploads.remove(&xfer);
+            if let Some(up) = expired {
+                tracing::info!(xfer, path = %up.path, "upload discarded: no commit in time");
+                storage.discard(&up).await;
+            }
+        });
+    }
+
+    /// The master aborted transfer `xfer` (ABOR, a lost race): discard it.
+    pub async fn discard(&self, xfer: u64, storage: &Arc<dyn Storage>) {
+        let up = self.lock().uploads.remove(&xfer);
+        if let Some(up) = up {
+            storage.discard(&up).await;
+        }
+    }
+
+    /// Applies a `Commit` entry. Idempotent: when the upload is no longer
+    /// here, the file on disk answers (it is there with that version, or
+    /// the commit failed).
+    pub async fn commit(
+        &self,
+        xfer: u64,
+        path: &VPath,
+        version: &FileVersion,
+        storage: &Arc<dyn Storage>,
+    ) -> OpOutcome {
+        let up = self.lock().uploads.remove(&xfer);
+        match up {
+            Some(up) if up.path == *path => match storage.commit(&up, version).await {
+                Ok((size, mtime)) => OpOutcome::Committed { size, mtime },
+                Err(e) => {
+                    storage.discard(&up).await;
+                    OpOutcome::Failed(format!("commit of {path}: {e}"))
+                }
+            },
+            Some(up) => {
+                storage.discard(&up).await;
+                OpOutcome::Failed(format!("transfer {xfer} was not an upload of {path}"))
+            }
+            None => match storage.version_of(path).await {
+                Ok(Some((size, mtime, Some(v))))
+                    if v.store == version.store && v.gen == version.gen =>
+                {
+                    OpOutcome::Committed { size, mtime }
+                }
+                _ => OpOutcome::Failed(format!(
+                    "the upload of {path} is no longer on this slave (discarded or never received)"
+                )),
+            },
+        }
+    }
+}

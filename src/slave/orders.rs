@@ -1,0 +1,190 @@
+//! The slave's loop over the master's messages on one link: log entries
+//! (applied in order, each acknowledged with what it did), transfer orders
+//! (one task each), passive listeners (some opened ahead, claimed without a
+//! round trip), aborts and heartbeats.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use super::transfer::{active_task, passive_task};
+use super::{reply, Ctx, XferCmd};
+use crate::env::{bind_in_range, BoxStream, NetListener};
+use crate::link::{
+    self, DataConn, FileOp, LinkError, MasterMsg, OpOutcome, Request, Response, SlaveMsg,
+    TransferFailure,
+};
+
+/// Passive listeners opened ahead of any PASV, so the master can answer
+/// PASV without asking (the "hidden hop" of the fast path).
+struct ListenerPool {
+    ready: BTreeMap<u64, Box<dyn NetListener>>,
+    next_token: u64,
+}
+
+impl ListenerPool {
+    /// Opens listeners until `want` are ready; reports the new ones.
+    async fn fill(&mut self, ctx: &Ctx, want: usize) {
+        let range = ctx.config.passive_range().unwrap_or((0, 0));
+        let mut fresh = Vec::new();
+        while self.ready.len() < want {
+            let Ok(l) = bind_in_range(&ctx.env, ctx.config.data_ip, range).await else {
+                break;
+            };
+            let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+            self.next_token += 1;
+            fresh.push((
+                self.next_token,
+                SocketAddr::new(ctx.config.advertised_ip(), port),
+            ));
+            self.ready.insert(self.next_token, l);
+        }
+        if !fresh.is_empty() {
+            let _ = ctx.out.send(SlaveMsg::Listeners { ready: fresh });
+        }
+    }
+}
+
+/// Applies log entries in order and acknowledges them (one `Applied` per
+/// frame). A `Commit` goes to the waiting room; everything else to the
+/// storage. Every entry is idempotent: a resent one does no harm.
+async fn apply_log(ctx: &Ctx, entries: Vec<(u64, FileOp)>, applied: &watch::Sender<u64>) {
+    let mut outcomes = Vec::with_capacity(entries.len());
+    for (seq, op) in entries {
+        let outcome = match &op {
+            FileOp::Commit {
+                xfer,
+                path,
+                version,
+            } => {
+                ctx.awaiting
+                    .commit(*xfer, path, version, &ctx.storage)
+                    .await
+            }
+            _ => match ctx.storage.apply(&op).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(?op, error = %e, "operation failed");
+                    OpOutcome::Failed(e.to_string())
+                }
+            },
+        };
+        outcomes.push((seq, outcome));
+        applied.send_replace(seq);
+    }
+    let _ = ctx.out.send(SlaveMsg::Applied { outcomes });
+}
+
+pub(super) async fn read_loop(
+    ctx: Arc<Ctx>,
+    mut r: tokio::io::ReadHalf<BoxStream>,
+    applied: watch::Sender<u64>,
+) -> Result<(), LinkError> {
+    let deadline = ctx.config.heartbeat_deadline();
+    // Transfer tasks by id; dropping a sender aborts its task.
+    let mut xfers: BTreeMap<u64, mpsc::UnboundedSender<XferCmd>> = BTreeMap::new();
+    let mut pool = ListenerPool {
+        ready: BTreeMap::new(),
+        next_token: 0,
+    };
+    let pool_size = ctx.config.passive_pool;
+    pool.fill(&ctx, pool_size).await;
+    loop {
+        let msg: MasterMsg = match tokio::time::timeout(deadline, link::read_frame(&mut r)).await {
+            Err(_) => {
+                return Err(LinkError::Silent(format!(
+                    "no heartbeat from master for {} ms",
+                    deadline.as_millis()
+                )))
+            }
+            Ok(r) => r?,
+        };
+        xfers.retain(|_, tx| !tx.is_closed());
+        match msg {
+            MasterMsg::Heartbeat => {}
+            MasterMsg::Log(entries) => apply_log(&ctx, entries, &applied).await,
+            MasterMsg::Abort { xfer } => {
+                xfers.remove(&xfer);
+                // A received upload the master decided not to commit.
+                ctx.awaiting.discard(xfer, &ctx.storage).await;
+            }
+            MasterMsg::Claim {
+                token,
+                xfer,
+                accept_from,
+            } => {
+                if let Some(listener) = pool.ready.remove(&token) {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    xfers.insert(xfer, tx);
+                    let span = tracing::info_span!("transfer", xfer);
+                    tokio::spawn(
+                        passive_task(ctx.clone(), xfer, listener, accept_from, rx).instrument(span),
+                    );
+                }
+                pool.fill(&ctx, pool_size).await;
+            }
+            MasterMsg::Request { rid, request } => match request {
+                Request::Listen { xfer, accept_from } => {
+                    let range = ctx.config.passive_range().unwrap_or((0, 0));
+                    match bind_in_range(&ctx.env, ctx.config.data_ip, range).await {
+                        Ok(listener) => {
+                            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+                            let addr = SocketAddr::new(ctx.config.advertised_ip(), port);
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            xfers.insert(xfer, tx);
+                            reply(&ctx, rid, Response::Listening { addr });
+                            let span = tracing::info_span!("transfer", xfer);
+                            tokio::spawn(
+                                passive_task(ctx.clone(), xfer, listener, accept_from, rx)
+                                    .instrument(span),
+                            );
+                        }
+                        Err(e) => reply(
+                            &ctx,
+                            rid,
+                            Response::Failed(TransferFailure::NoDataConnection(format!(
+                                "cannot listen: {e}"
+                            ))),
+                        ),
+                    }
+                }
+                Request::Transfer {
+                    xfer,
+                    order,
+                    data,
+                    tls,
+                } => match data {
+                    DataConn::Passive => match xfers.get(&xfer) {
+                        Some(tx) => {
+                            let _ = tx.send(XferCmd::Order { rid, order, tls });
+                        }
+                        None => reply(
+                            &ctx,
+                            rid,
+                            Response::Failed(TransferFailure::NoDataConnection(
+                                "no listener for this transfer".into(),
+                            )),
+                        ),
+                    },
+                    DataConn::Active(addr) => {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        xfers.insert(xfer, tx);
+                        let span = tracing::info_span!("transfer", xfer);
+                        tokio::spawn(
+                            active_task(ctx.clone(), xfer, addr, rid, order, tls, rx)
+                                .instrument(span),
+                        );
+                    }
+                },
+            },
+            MasterMsg::Challenge { .. } | MasterMsg::Welcome { .. } | MasterMsg::Refused { .. } => {
+                return Err(LinkError::Handshake(
+                    "handshake message after handshake".into(),
+                ));
+            }
+        }
+    }
+}

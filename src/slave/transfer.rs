@@ -1,0 +1,285 @@
+//! One transfer on a slave: the data connection (a passive listener the
+//! client connects to, or a connection out to the client for PORT), TLS
+//! for `PROT P`, then sending a file or receiving an upload. A received
+//! upload is handed to the commit waiting room ([`super::commit`]); the
+//! master's decision arrives through the slave's operation log.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
+
+use super::storage::{self, StorageError};
+use super::{reply, Ctx, XferCmd};
+use crate::env::{accept_from, BoxStream, NetListener};
+use crate::link::{DataTls, Response, TransferFailure, TransferOrder};
+use crate::tls::SessionTie;
+
+pub(super) async fn passive_task(
+    ctx: Arc<Ctx>,
+    xfer: u64,
+    listener: Box<dyn NetListener>,
+    from: Option<IpAddr>,
+    mut cmds: mpsc::UnboundedReceiver<XferCmd>,
+) {
+    let timeout = ctx.data_timeout;
+    let mut order: Option<(u64, TransferOrder, Option<DataTls>)> = None;
+    // The client may connect before or after the order arrives.
+    let stream = {
+        let accept = accept_from(listener.as_ref(), from, timeout);
+        tokio::pin!(accept);
+        loop {
+            tokio::select! {
+                biased;
+                c = cmds.recv() => match c {
+                    Some(XferCmd::Order { rid, order: o, tls }) => order = Some((rid, o, tls)),
+                    None => {
+                        // Aborted (or the link is gone): an order already
+                        // given still gets its answer, or the master would
+                        // wait on it.
+                        if let Some((rid, _, _)) = order {
+                            reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                        }
+                        return;
+                    }
+                },
+                s = &mut accept => break s,
+            }
+        }
+    };
+    drop(listener);
+    let stream = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(xfer, error = %e, "no data connection");
+            let rid = match order {
+                Some((rid, _, _)) => rid,
+                None => match cmds.recv().await {
+                    Some(XferCmd::Order { rid, .. }) => rid,
+                    None => return,
+                },
+            };
+            reply(
+                &ctx,
+                rid,
+                Response::Failed(TransferFailure::NoDataConnection(e.to_string())),
+            );
+            return;
+        }
+    };
+    let (rid, order, tls) = match order {
+        Some(o) => o,
+        None => match cmds.recv().await {
+            Some(XferCmd::Order { rid, order, tls }) => (rid, order, tls),
+            None => return,
+        },
+    };
+    execute(ctx, xfer, stream, rid, order, tls, cmds).await;
+}
+
+pub(super) async fn active_task(
+    ctx: Arc<Ctx>,
+    xfer: u64,
+    addr: SocketAddr,
+    rid: u64,
+    order: TransferOrder,
+    tls: Option<DataTls>,
+    cmds: mpsc::UnboundedReceiver<XferCmd>,
+) {
+    let timeout = ctx.data_timeout;
+    let stream = match tokio::time::timeout(timeout, ctx.env.net.connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            reply(
+                &ctx,
+                rid,
+                Response::Failed(TransferFailure::NoDataConnection(format!(
+                    "cannot connect to {addr}: {e}"
+                ))),
+            );
+            return;
+        }
+        Err(_) => {
+            reply(
+                &ctx,
+                rid,
+                Response::Failed(TransferFailure::NoDataConnection(format!(
+                    "connect to {addr} timed out"
+                ))),
+            );
+            return;
+        }
+    };
+    execute(ctx, xfer, stream, rid, order, tls, cmds).await;
+}
+
+/// The TLS server side of a `PROT P` data connection (the FTP client is
+/// the TLS client, also when this slave dialled out for PORT). A client
+/// that resumes a TLS 1.3 session of another control connection is
+/// refused: it holds someone else's ticket (RFC 4217 §10.2).
+async fn protect(
+    ctx: &Ctx,
+    stream: BoxStream,
+    tls: &DataTls,
+) -> Result<BoxStream, TransferFailure> {
+    if tls.client {
+        // FXP: the peer is another FTP server, the TLS server here. Its
+        // certificate cannot be vouched for (see `tls::fxp_client_config`).
+        let config = crate::tls::fxp_client_config()
+            .map_err(|e| TransferFailure::NoDataConnection(e.to_string()))?;
+        let name = match stream.peer_addr() {
+            Ok(a) => rustls::pki_types::ServerName::IpAddress(a.ip().into()),
+            Err(_) => rustls::pki_types::ServerName::try_from("fxp-peer")
+                .map_err(|e| TransferFailure::NoDataConnection(e.to_string()))?,
+        };
+        let secured = crate::tls::connect(&config, name, stream, ctx.data_timeout)
+            .await
+            .map_err(|e| {
+                TransferFailure::NoDataConnection(format!("FXP TLS handshake failed: {e}"))
+            })?;
+        tracing::debug!("FXP data connection secured (TLS client side)");
+        return Ok(Box::new(secured));
+    }
+    let Some(config) = &ctx.data_tls else {
+        return Err(TransferFailure::NoDataConnection(format!(
+            "slave {} has no TLS certificate (tls_cert, tls_key); use PROT C",
+            ctx.config.name
+        )));
+    };
+    let secured = crate::tls::accept(config, stream, Some(&tls.session_token), ctx.data_timeout)
+        .await
+        .map_err(|e| TransferFailure::NoDataConnection(format!("TLS handshake failed: {e}")))?;
+    let tie = SessionTie::of(secured.get_ref().1, &tls.session_token);
+    if tie == SessionTie::Foreign {
+        tracing::warn!(
+            "data connection refused: it resumed the TLS session of another control connection"
+        );
+        return Err(TransferFailure::NoDataConnection(
+            "the TLS session of the data connection belongs to another control connection".into(),
+        ));
+    }
+    tracing::debug!(?tie, "data connection secured");
+    Ok(Box::new(secured))
+}
+
+pub(super) fn failure(e: StorageError) -> TransferFailure {
+    match e {
+        StorageError::NotFound => TransferFailure::FileNotFound,
+        StorageError::NotCurrent => TransferFailure::NotCurrent,
+        StorageError::Disk(e) => TransferFailure::Storage(e.to_string()),
+        StorageError::Network(e) => TransferFailure::Network(e.to_string()),
+    }
+}
+
+/// Runs the order on an open data connection (after its TLS handshake for
+/// `PROT P`). An abort (the master drops our command channel, or the link
+/// goes) cancels it at once.
+async fn execute(
+    ctx: Arc<Ctx>,
+    xfer: u64,
+    stream: BoxStream,
+    rid: u64,
+    order: TransferOrder,
+    tls: Option<DataTls>,
+    mut cmds: mpsc::UnboundedReceiver<XferCmd>,
+) {
+    let protected = tls.is_some();
+    let mut stream = match tls {
+        None => stream,
+        Some(tls) => {
+            let secured = tokio::select! {
+                biased;
+                _ = wait_closed(&mut cmds) => {
+                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                    return;
+                }
+                s = protect(&ctx, stream, &tls) => s,
+            };
+            match secured {
+                Ok(s) => s,
+                Err(f) => {
+                    tracing::info!(failure = ?f, "no protected data connection");
+                    reply(&ctx, rid, Response::Failed(f));
+                    return;
+                }
+            }
+        }
+    };
+    let started = tokio::time::Instant::now();
+    match order {
+        TransferOrder::Send {
+            path,
+            offset,
+            version,
+        } => {
+            let result = tokio::select! {
+                biased;
+                _ = wait_closed(&mut cmds) => {
+                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                    return;
+                }
+                r = ctx.storage.send(&path, offset, version.as_ref(), &mut stream, ctx.data_timeout) => r,
+            };
+            match result {
+                Ok(bytes) => {
+                    tracing::debug!(%path, bytes, ms = started.elapsed().as_millis() as u64, "sent");
+                    reply(&ctx, rid, Response::Sent { bytes });
+                }
+                Err(e) => {
+                    tracing::info!(%path, error = %e, "send failed");
+                    reply(&ctx, rid, Response::Failed(failure(e)));
+                }
+            }
+        }
+        TransferOrder::Receive { path, offset } => {
+            let result = tokio::select! {
+                biased;
+                _ = wait_closed(&mut cmds) => None,
+                r = ctx.storage.receive(&path, offset, xfer, &mut stream, ctx.data_timeout) => Some(r),
+            };
+            let up = match result {
+                // Aborted mid-way: the temporary file is removed on the
+                // slave's next start if the future was dropped mid-write.
+                None => {
+                    let _ = ctx.storage.cleanup_one(xfer).await;
+                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                    return;
+                }
+                Some(Err(e)) => {
+                    tracing::info!(%path, error = %e, "receive failed");
+                    reply(&ctx, rid, Response::Failed(failure(e)));
+                    return;
+                }
+                Some(Ok(up)) => up,
+            };
+            if protected {
+                // The client ended with close_notify (else the read above
+                // failed: a TLS upload cut without it counts as truncated).
+                // Answer in kind, so clients that wait for ours (Python's
+                // `unwrap()`) finish cleanly.
+                let _ = storage::on_data(ctx.data_timeout, stream.shutdown()).await;
+            }
+            drop(stream);
+            reply(
+                &ctx,
+                rid,
+                Response::Received {
+                    bytes: up.bytes,
+                    size: up.size,
+                    crc32: up.crc32,
+                },
+            );
+            // The master decides; its commit arrives as an entry of this
+            // slave's operation log, possibly after a reconnect. Until then
+            // the upload waits (bounded by `commit_grace_ms`).
+            ctx.awaiting.hold(xfer, up, ctx.storage.clone());
+            tracing::debug!(%path, ms = started.elapsed().as_millis() as u64, "received, awaiting commit");
+        }
+    }
+}
+
+/// Resolves when the master aborts this transfer (drops the channel).
+async fn wait_closed(cmds: &mut mpsc::UnboundedReceiver<XferCmd>) {
+    while cmds.recv().await.is_some() {}
+}
