@@ -19,6 +19,7 @@
 //! not know (no reply, a reply saying the outcome is unknown) may or may
 //! not have happened.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::Duration;
@@ -81,28 +82,38 @@ fn show(c: &Content) -> String {
     }
 }
 
-/// One source of a path's content: an event that may set it.
-#[derive(Clone)]
+/// One source of a path's content: an event that may set it (its
+/// contents are computed only for sources that survive the timing filter).
+#[derive(Clone, Copy)]
 struct Source {
     start: Duration,
     end: Duration,
     /// Acknowledged (else it may or may not have happened).
     done: bool,
-    /// The contents it may leave.
-    contents: Vec<Content>,
+    /// `None`: the initial state; else the operation's index.
+    op: Option<usize>,
 }
 
 /// All operations of a run plus the files present at its start.
 pub struct History {
     ops: Vec<Op>,
     initial: BTreeMap<String, Rc<Vec<u8>>>,
+    /// The contents each operation may leave at its target, once computed
+    /// (each depends only on earlier or overlapping operations: computing
+    /// them once makes long chains of appends and renames linear).
+    memo: RefCell<BTreeMap<(usize, bool), Rc<Vec<Content>>>>,
+    /// Operations being computed (overlapping appends may depend on each
+    /// other: such a cycle contributes nothing further).
+    busy: RefCell<BTreeSet<usize>>,
+    /// Busy operations a computation ran into: a result computed while an
+    /// outer operation was cut out is valid only inside that computation,
+    /// so it is not remembered.
+    hits: RefCell<BTreeSet<usize>>,
     /// Indexes of the operations that touch each path (as source or as
     /// rename target), in order.
     by_path: BTreeMap<String, Vec<usize>>,
 }
 
-/// Recursion bound for contents that arrive through renames and appends.
-const DEPTH: usize = 4;
 /// Bound on candidate contents per path (appends multiply them).
 const MAX_CANDIDATES: usize = 64;
 
@@ -119,76 +130,101 @@ impl History {
             ops,
             initial,
             by_path,
+            memo: RefCell::new(BTreeMap::new()),
+            busy: RefCell::new(BTreeSet::new()),
+            hits: RefCell::new(BTreeSet::new()),
         }
     }
 
     /// The events that may set `path`'s content, known up to `until`
     /// (`exclude`: an operation whose own base is being computed).
-    fn sources(
-        &self,
-        path: &str,
-        until: Duration,
-        depth: usize,
-        exclude: Option<usize>,
-    ) -> Vec<Source> {
+    fn sources(&self, path: &str, until: Duration, exclude: Option<usize>) -> Vec<Source> {
         let mut out = vec![Source {
             start: Duration::ZERO,
             end: Duration::ZERO,
             done: true,
-            contents: vec![self.initial.get(path).cloned()],
+            op: None,
         }];
-        if depth == 0 {
-            return out;
-        }
         let touching = self.by_path.get(path).map(Vec::as_slice).unwrap_or(&[]);
         for &i in touching {
             let op = &self.ops[i];
             if op.status == Status::Failed || op.start > until || Some(i) == exclude {
                 continue;
             }
-            let done = op.status == Status::Done;
-            let contents = match &op.effect {
-                Effect::Write { data, offset } if op.path == path => match offset {
-                    None => vec![Some(data.clone())],
-                    Some(o) => self
-                        .candidates_excluding(path, op.start, op.end, depth - 1, Some(i))
-                        .into_iter()
-                        .map(|base| {
-                            let mut v = base.map(|b| b.as_ref().clone()).unwrap_or_default();
-                            if *o != u64::MAX {
-                                v.resize(*o as usize, 0);
-                            }
-                            v.extend_from_slice(data);
-                            Some(Rc::new(v))
-                        })
-                        .collect(),
-                },
-                Effect::Delete if op.path == path => vec![None],
-                Effect::RenameTo(_) if op.path == path => vec![None],
-                Effect::RenameTo(to) if to == path => {
-                    self.candidates(&op.path, op.start, op.end, depth - 1)
-                }
-                _ => continue,
+            let sets = match &op.effect {
+                Effect::Write { .. } | Effect::Delete => op.path == path,
+                Effect::RenameTo(to) => op.path == path || to == path,
+                Effect::Read { .. } => false,
             };
-            out.push(Source {
-                start: op.start,
-                end: op.end,
-                done,
-                contents,
-            });
+            if sets {
+                out.push(Source {
+                    start: op.start,
+                    end: op.end,
+                    done: op.status == Status::Done,
+                    op: Some(i),
+                });
+            }
         }
         out
     }
 
+    /// The contents a source may leave at `path`.
+    fn contents(&self, path: &str, s: &Source) -> Rc<Vec<Content>> {
+        let Some(i) = s.op else {
+            return Rc::new(vec![self.initial.get(path).cloned()]);
+        };
+        // A rename leaves nothing at its source and its source's content at
+        // its target: the two are kept apart.
+        let key = (i, self.ops[i].path == path);
+        if let Some(c) = self.memo.borrow().get(&key) {
+            return c.clone();
+        }
+        if !self.busy.borrow_mut().insert(i) {
+            self.hits.borrow_mut().insert(i);
+            return Rc::new(Vec::new());
+        }
+        let outer = std::mem::take(&mut *self.hits.borrow_mut());
+        let c = Rc::new(self.compute(path, i));
+        self.busy.borrow_mut().remove(&i);
+        let mut hits = self.hits.borrow_mut();
+        // Its own cycle cut is part of its definition (its base excludes
+        // it); another busy operation's is not.
+        hits.remove(&i);
+        if hits.is_empty() {
+            self.memo.borrow_mut().insert(key, c.clone());
+        }
+        hits.extend(outer);
+        c
+    }
+
+    fn compute(&self, path: &str, i: usize) -> Vec<Content> {
+        let op = &self.ops[i];
+        match &op.effect {
+            Effect::Write { data, offset } => match offset {
+                None => vec![Some(data.clone())],
+                Some(o) => self
+                    .candidates_excluding(path, op.start, op.end, Some(i))
+                    .into_iter()
+                    .map(|base| {
+                        let mut v = base.map(|b| b.as_ref().clone()).unwrap_or_default();
+                        if *o != u64::MAX {
+                            v.resize(*o as usize, 0);
+                        }
+                        v.extend_from_slice(data);
+                        Some(Rc::new(v))
+                    })
+                    .collect(),
+            },
+            Effect::Delete => vec![None],
+            Effect::RenameTo(_) if op.path == path => vec![None],
+            Effect::RenameTo(_) => self.candidates(&op.path, op.start, op.end),
+            Effect::Read { .. } => Vec::new(),
+        }
+    }
+
     /// Contents `path` may have had at some instant in `[from, to]`.
-    pub fn candidates(
-        &self,
-        path: &str,
-        from: Duration,
-        to: Duration,
-        depth: usize,
-    ) -> Vec<Content> {
-        self.candidates_excluding(path, from, to, depth, None)
+    pub fn candidates(&self, path: &str, from: Duration, to: Duration) -> Vec<Content> {
+        self.candidates_excluding(path, from, to, None)
     }
 
     fn candidates_excluding(
@@ -196,10 +232,11 @@ impl History {
         path: &str,
         from: Duration,
         to: Duration,
-        depth: usize,
         exclude: Option<usize>,
     ) -> Vec<Content> {
-        let sources = self.sources(path, to, depth, exclude);
+        let sources = self.sources(path, to, exclude);
+        // The latest end of an acknowledged source that began after each
+        // source ended is what may replace it: sort once by start.
         let mut out: Vec<Content> = Vec::new();
         for (i, s) in sources.iter().enumerate() {
             // It may have happened before `to`...
@@ -216,7 +253,7 @@ impl History {
             if replaced {
                 continue;
             }
-            for c in &s.contents {
+            for c in self.contents(path, s).iter() {
                 if !out.iter().any(|o| same(o, c)) && out.len() < MAX_CANDIDATES {
                     out.push(c.clone());
                 }
@@ -243,7 +280,7 @@ impl History {
             if op.status != Status::Done {
                 continue;
             }
-            let cands = self.candidates(&op.path, op.start, op.end, DEPTH);
+            let cands = self.candidates(&op.path, op.start, op.end);
             let ok = cands.iter().any(|c| match c {
                 Some(full) => {
                     let start = (*offset as usize).min(full.len());
@@ -274,7 +311,7 @@ impl History {
         paths.extend(final_state.keys().map(String::as_str));
         for p in paths {
             let got = final_state.get(p).cloned().flatten();
-            let cands = self.candidates(p, end, end, DEPTH);
+            let cands = self.candidates(p, end, end);
             if !cands.iter().any(|c| same(c, &got)) {
                 v.push(format!(
                     "{p}: at the end the master has it {}, which no sequence of the acknowledged operations leaves (possible: {})",
