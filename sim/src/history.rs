@@ -94,6 +94,10 @@ struct Source {
     op: Option<usize>,
 }
 
+/// Contents by (operation, "at its own path"): a rename leaves nothing at
+/// its source and its source's content at its target.
+type Memo = BTreeMap<(usize, bool), Rc<Vec<Content>>>;
+
 /// All operations of a run plus the files present at its start.
 pub struct History {
     ops: Vec<Op>,
@@ -101,7 +105,7 @@ pub struct History {
     /// The contents each operation may leave at its target, once computed
     /// (each depends only on earlier or overlapping operations: computing
     /// them once makes long chains of appends and renames linear).
-    memo: RefCell<BTreeMap<(usize, bool), Rc<Vec<Content>>>>,
+    memo: RefCell<Memo>,
     /// Operations being computed (overlapping appends may depend on each
     /// other: such a cycle contributes nothing further).
     busy: RefCell<BTreeSet<usize>>,
