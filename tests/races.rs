@@ -205,7 +205,7 @@ fn worker(
     until: Instant,
     seen: Arc<Mutex<Vec<Seen>>>,
 ) {
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (id as u64 + 1) * 0x1234_5678;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ ((id as u64 + 1) * 0x1234_5678);
     let mut next = move || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -311,7 +311,7 @@ fn overwrites_renames_and_deletes_racing_under_slave_failures() {
         std::thread::sleep(Duration::from_millis(1500));
         round += 1;
         let n = round % SLAVES;
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             if let Some(child) = site.slaves[n].take() {
                 drop(child); // kill -9 and reap
             }
