@@ -302,6 +302,72 @@ impl Clock for FixedClock {
     }
 }
 
+/// An in-memory stream with fixed addresses: one end of [`pipe`].
+pub struct PipeStream {
+    inner: tokio::io::DuplexStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+}
+
+/// A connected pair of in-memory streams (`a` at `a_addr`, `b` at
+/// `b_addr`): drivers tested without sockets.
+pub fn pipe(a_addr: SocketAddr, b_addr: SocketAddr) -> (BoxStream, BoxStream) {
+    let (a, b) = tokio::io::duplex(256 * 1024);
+    (
+        Box::new(PipeStream {
+            inner: a,
+            local: a_addr,
+            peer: b_addr,
+        }),
+        Box::new(PipeStream {
+            inner: b,
+            local: b_addr,
+            peer: a_addr,
+        }),
+    )
+}
+
+impl AsyncRead for PipeStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PipeStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl NetStream for PipeStream {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.peer)
+    }
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// A fixed set of worker threads for CPU-heavy work (argon2 password

@@ -418,3 +418,6 @@ async fn write_loop(
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests;

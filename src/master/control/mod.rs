@@ -515,3 +515,6 @@ pub(super) async fn read_line_into(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
