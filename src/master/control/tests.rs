@@ -117,7 +117,7 @@ impl Rig {
     }
 
     /// The next message the driver sent the slave.
-    async fn to_slave(&mut self) -> MasterMsg {
+    async fn sent_to_slave(&mut self) -> MasterMsg {
         tokio::time::timeout(Duration::from_secs(10), self.link.recv())
             .await
             .expect("a message to the slave")
@@ -142,7 +142,7 @@ impl Rig {
         assert!(self.cmd(&format!("PRET {line}")).await.starts_with("200"));
         let pasv = self.cmd("PASV").await;
         assert!(pasv.contains("(127,0,0,11,19,136)"), "{pasv}");
-        match self.to_slave().await {
+        match self.sent_to_slave().await {
             MasterMsg::Claim { token: 1, xfer, .. } => xfer,
             other => panic!("expected a claim of the ready listener, got {other:?}"),
         }
@@ -157,7 +157,7 @@ async fn a_download_is_ordered_on_the_slave_and_answered_226() {
     let MasterMsg::Request {
         rid,
         request: Request::Transfer { xfer: x, order, .. },
-    } = rig.to_slave().await
+    } = rig.sent_to_slave().await
     else {
         panic!("expected the transfer order")
     };
@@ -177,7 +177,7 @@ async fn an_upload_commits_through_the_log_and_waits_for_the_acknowledgement() {
     let mut rig = Rig::start().await;
     rig.plan("STOR /new.bin").await;
     rig.send("STOR /new.bin").await;
-    let MasterMsg::Request { rid, .. } = rig.to_slave().await else {
+    let MasterMsg::Request { rid, .. } = rig.sent_to_slave().await else {
         panic!("expected the transfer order")
     };
     assert!(rig.reply().await.starts_with("150"));
@@ -191,7 +191,7 @@ async fn an_upload_commits_through_the_log_and_waits_for_the_acknowledgement() {
     );
     // The commit decision: recorded at once with its owner, and a Commit
     // entry on the slave's log.
-    let MasterMsg::Log(entries) = rig.to_slave().await else {
+    let MasterMsg::Log(entries) = rig.sent_to_slave().await else {
         panic!("expected the commit entry")
     };
     let (seq, FileOp::Commit { path, version, .. }) = entries[0].clone() else {
@@ -220,12 +220,12 @@ async fn abor_cancels_the_slave_and_gets_both_replies() {
     let mut rig = Rig::start().await;
     let xfer = rig.plan("RETR /a.bin").await;
     rig.send("RETR /a.bin").await;
-    let MasterMsg::Request { rid, .. } = rig.to_slave().await else {
+    let MasterMsg::Request { rid, .. } = rig.sent_to_slave().await else {
         panic!("expected the transfer order")
     };
     assert!(rig.reply().await.starts_with("150"));
     rig.send("ABOR").await;
-    assert!(matches!(rig.to_slave().await, MasterMsg::Abort { xfer: x } if x == xfer));
+    assert!(matches!(rig.sent_to_slave().await, MasterMsg::Abort { xfer: x } if x == xfer));
     rig.answer(rid, Response::Failed(crate::link::TransferFailure::Aborted));
     assert!(rig.reply().await.starts_with("426"));
     assert_eq!(rig.reply().await, "226 ABOR command successful");
@@ -237,7 +237,7 @@ async fn a_lost_slave_ends_a_running_transfer_with_426() {
     let mut rig = Rig::start().await;
     rig.plan("RETR /a.bin").await;
     rig.send("RETR /a.bin").await;
-    let MasterMsg::Request { .. } = rig.to_slave().await else {
+    let MasterMsg::Request { .. } = rig.sent_to_slave().await else {
         panic!("expected the transfer order")
     };
     assert!(rig.reply().await.starts_with("150"));
