@@ -463,20 +463,6 @@ mod tests {
     }
 
     #[test]
-    fn the_example_user_has_the_documented_password() {
-        let text = include_str!("../../../master.example.toml");
-        assert!(text.contains("alice's password is \"alice-example-password\""));
-        let m: MasterConfig = toml::from_str(text).unwrap();
-        let alice = m.users.iter().find(|u| u.name == "alice").unwrap();
-        let hash = alice.password_hash.as_deref().unwrap();
-        assert!(crate::master::users::verify_password(
-            hash,
-            "alice-example-password"
-        ));
-        assert!(!text.contains("plain text in this file"), "stale comment");
-    }
-
-    #[test]
     fn a_home_that_is_not_a_path_is_refused() {
         for home in ["/.dftpd-tmp", "relative", "/a/../b"] {
             let m: MasterConfig = toml::from_str(&format!(

@@ -418,4 +418,18 @@ mod tests {
         assert!(!u.may_reach(&p("/home")));
         assert!(!u.may_reach(&p("/")));
     }
+
+    #[test]
+    fn the_example_user_has_the_documented_password() {
+        let text = include_str!("../../../master.example.toml");
+        assert!(text.contains("alice's password is \"alice-example-password\""));
+        let m: crate::config::MasterConfig = toml::from_str(text).unwrap();
+        let alice = m.users.iter().find(|u| u.name == "alice").unwrap();
+        let hash = alice.password_hash.as_deref().unwrap();
+        assert!(verify_password(
+            hash,
+            "alice-example-password"
+        ));
+        assert!(!text.contains("plain text in this file"), "stale comment");
+    }
 }
