@@ -51,6 +51,9 @@ pub struct ClusterOptions {
     pub admin_listen: Option<SocketAddr>,
     /// The transfer log; `None`: off.
     pub xferlog: Option<PathBuf>,
+    /// `[replication] copies` and `sync_copies` (1 and 1: one copy).
+    pub copies: u32,
+    pub sync_copies: u32,
 }
 
 impl Default for ClusterOptions {
@@ -72,6 +75,8 @@ impl Default for ClusterOptions {
             require_tls_data: false,
             admin_listen: Some(([127, 0, 0, 1], 0).into()),
             xferlog: Some(PathBuf::from("./dftpd-data/xferlog")),
+            copies: 1,
+            sync_copies: 1,
         }
     }
 }
@@ -186,6 +191,16 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
         store: Some(opts.data_dir.join("master.redb")),
         admin_listen: opts.admin_listen,
         xferlog: opts.xferlog.clone(),
+        slaves: (0..opts.slaves)
+            .map(|i| format!("slave-{}", i + 1))
+            .collect(),
+        // A slave started by hand against the demo cluster joins.
+        accept_new_slaves: true,
+        replication: crate::config::ReplicationConfig {
+            copies: opts.copies,
+            sync_copies: opts.sync_copies,
+            ..Default::default()
+        },
         ..MasterConfig::default()
     };
     let master = Master::start(env.clone(), master_config).await?;

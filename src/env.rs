@@ -9,6 +9,7 @@
 //! simulates all three) but never `tokio::net`, `std::fs`, `SystemTime::now`
 //! or an unseeded RNG directly: that is what keeps one seed one trace.
 
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -365,6 +366,91 @@ impl NetStream for PipeStream {
     }
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.peer)
+    }
+}
+
+/// A stream whose writes are paced to `rate` bytes per second (a token
+/// bucket refilled every 50 ms): copies between slaves leave room for
+/// client transfers. Reads pass through. It hides the socket (`as_tcp`), so
+/// a paced send takes the copy loop, not `sendfile`.
+pub struct Paced {
+    inner: BoxStream,
+    rate: u64,
+    tokens: u64,
+    refill: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Paced {
+    pub fn new(inner: BoxStream, rate: u64) -> Paced {
+        let rate = rate.max(1);
+        Paced {
+            inner,
+            rate,
+            tokens: (rate / 20).max(1),
+            refill: None,
+        }
+    }
+}
+
+impl AsyncRead for Paced {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Paced {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        while this.tokens == 0 {
+            let sleep = this.refill.get_or_insert_with(|| {
+                Box::pin(tokio::time::sleep(std::time::Duration::from_millis(50)))
+            });
+            match sleep.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    this.refill = None;
+                    this.tokens = (this.rate / 20).max(1);
+                }
+            }
+        }
+        let n = buf.len().min(this.tokens as usize);
+        match std::pin::Pin::new(&mut this.inner).poll_write(cx, &buf[..n]) {
+            Poll::Ready(Ok(w)) => {
+                this.tokens -= w as u64;
+                Poll::Ready(Ok(w))
+            }
+            other => other,
+        }
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl NetStream for Paced {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.peer_addr()
     }
 }
 

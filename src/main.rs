@@ -116,6 +116,12 @@ enum Cmd {
         /// On SIGTERM/Ctrl-C: how long running transfers may go on (ms).
         #[arg(long, default_value_t = config::DEFAULT_SHUTDOWN_GRACE_MS)]
         shutdown_grace_ms: u64,
+        /// Copies of every file on distinct slaves (`[replication] copies`).
+        #[arg(long, default_value_t = 1)]
+        copies: u32,
+        /// Copies an upload waits for before its 226 (`sync_copies`).
+        #[arg(long, default_value_t = 1)]
+        sync_copies: u32,
     },
     /// Run a master from a config file (see master.example.toml).
     Master {
@@ -331,6 +337,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             no_admin,
             xferlog,
             shutdown_grace_ms,
+            copies,
+            sync_copies,
         } => {
             let mut signals = Signals::install()?;
             let mut user_configs = Vec::new();
@@ -348,6 +356,13 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 });
             }
             config::parse_port_range(&passive_ports).context("--passive-ports")?;
+            config::ReplicationConfig {
+                copies,
+                sync_copies,
+                ..Default::default()
+            }
+            .validate()
+            .map_err(anyhow::Error::msg)?;
             let admin_listen = (!no_admin).then_some(admin_listen);
             let mut addrs = vec![("--listen", listen), ("--link-listen", link_listen)];
             addrs.extend(admin_listen.map(|a| ("--admin-listen", a)));
@@ -376,6 +391,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 require_tls_data,
                 first_slave_ip,
                 admin_listen,
+                copies,
+                sync_copies,
             };
             let c = cluster::start(opts).await.context("starting the cluster")?;
             println!(

@@ -52,7 +52,7 @@ fn kill_9_master_mid_uploads_loses_nothing_acknowledged() {
     std::fs::write(
         &master_cfg,
         format!(
-            "listen = \"{control}\"\nlink_listen = \"{link}\"\nlink_key = \"k-durability\"\n\
+            "listen = \"{control}\"\nlink_listen = \"{link}\"\nlink_key = \"k-durability\"\naccept_new_slaves = true\n\
              store = \"{}\"\npassive_ports = \"0\"\n\
              [[users]]\nname = \"{USER}\"\npassword = \"{PASS}\"\nadmin = true\n",
             store.display()

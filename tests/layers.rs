@@ -22,13 +22,41 @@ struct Rule {
 }
 
 const RULES: &[Rule] = &[
-    Rule { dir: "core/src/proto", may: &["proto"], never: &[] },
-    Rule { dir: "core/src/link", may: &["link", "proto"], never: &[] },
-    Rule { dir: "core/src/config", may: &["config", "proto"], never: &[] },
-    Rule { dir: "core/src/master", may: &["master", "proto", "link", "config"], never: &[] },
-    Rule { dir: "src/env.rs", may: &[], never: &[] },
-    Rule { dir: "src/tls", may: &["tls", "env", "link"], never: &[] },
-    Rule { dir: "src/link", may: &["link", "proto"], never: &[] },
+    Rule {
+        dir: "core/src/proto",
+        may: &["proto"],
+        never: &[],
+    },
+    Rule {
+        dir: "core/src/link",
+        may: &["link", "proto"],
+        never: &[],
+    },
+    Rule {
+        dir: "core/src/config",
+        may: &["config", "proto"],
+        never: &[],
+    },
+    Rule {
+        dir: "core/src/master",
+        may: &["master", "proto", "link", "config"],
+        never: &[],
+    },
+    Rule {
+        dir: "src/env.rs",
+        may: &[],
+        never: &[],
+    },
+    Rule {
+        dir: "src/tls",
+        may: &["tls", "env", "link"],
+        never: &[],
+    },
+    Rule {
+        dir: "src/link",
+        may: &["link", "proto"],
+        never: &[],
+    },
     Rule {
         dir: "src/slave",
         may: &["slave", "env", "link", "proto", "config", "tls"],
@@ -48,7 +76,14 @@ const RULES: &[Rule] = &[
 
 /// Crates `dftpd-core` must not depend on.
 const IO_CRATES: &[&str] = &[
-    "tokio", "rustls", "tokio-rustls", "redb", "ring", "nix", "rand", "async-trait",
+    "tokio",
+    "rustls",
+    "tokio-rustls",
+    "redb",
+    "ring",
+    "nix",
+    "rand",
+    "async-trait",
 ];
 
 fn root() -> PathBuf {
@@ -97,7 +132,9 @@ fn violations(text: &str, rule: &Rule) -> Vec<(usize, String)> {
                 .collect();
             // `dftpd_core::` and `dftpd_sim::` end in "crate::"? No: only
             // a bare `crate::` path counts.
-            let bare = at == 0 || !rest.as_bytes()[at - 1].is_ascii_alphanumeric() && rest.as_bytes()[at - 1] != b'_';
+            let bare = at == 0
+                || !rest.as_bytes()[at - 1].is_ascii_alphanumeric()
+                    && rest.as_bytes()[at - 1] != b'_';
             if bare && !module.is_empty() && !rule.may.contains(&module.as_str()) {
                 out.push((n + 1, format!("crate::{module}")));
             }
@@ -121,7 +158,10 @@ fn the_checker_catches_a_forbidden_import() {
         vec![(1, "crate::master".to_string())]
     );
     assert_eq!(
-        violations("let x = 1; // crate::master in a comment\nuse dftpd_core::master::db;", slave),
+        violations(
+            "let x = 1; // crate::master in a comment\nuse dftpd_core::master::db;",
+            slave
+        ),
         vec![(2, "dftpd_core::master".to_string())]
     );
 }
@@ -145,14 +185,21 @@ fn no_forbidden_import_anywhere() {
             }
         }
     }
-    assert!(found.is_empty(), "layer rules broken:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "layer rules broken:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
 fn the_core_crate_depends_on_no_io_crate() {
     let manifest = std::fs::read_to_string(root().join("core/Cargo.toml")).unwrap();
     let value: toml::Value = toml::from_str(&manifest).unwrap();
-    let deps = value.get("dependencies").and_then(|d| d.as_table()).unwrap();
+    let deps = value
+        .get("dependencies")
+        .and_then(|d| d.as_table())
+        .unwrap();
     for name in deps.keys() {
         assert!(
             !IO_CRATES.contains(&name.as_str()),

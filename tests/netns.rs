@@ -278,6 +278,7 @@ fn master_config(lab: &Lab) -> String {
         "listen = \"{m}:{FTP_PORT}\"\n\
          link_listen = \"{m}:{LINK_PORT}\"\n\
          link_key = \"netns-key\"\n\
+         accept_new_slaves = true\n\
          passive_ports = \"0\"\n\
          heartbeat_interval_ms = 500\n\
          heartbeat_misses = 3\n\

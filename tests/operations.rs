@@ -210,7 +210,7 @@ const KEY: &str = "ops-test-key";
 
 fn master_toml(control: SocketAddr, link: SocketAddr, dir: &Path, users: &str) -> String {
     format!(
-        "listen = \"{control}\"\nlink_listen = \"{link}\"\nlink_key = \"{KEY}\"\n\
+        "listen = \"{control}\"\nlink_listen = \"{link}\"\nlink_key = \"{KEY}\"\naccept_new_slaves = true\n\
          passive_ports = \"0\"\nstore = \"{}\"\nshutdown_grace_ms = 5000\n\
          [password_cost]\nmemory_kib = 64\niterations = 1\n{users}",
         dir.join("master.redb").display()

@@ -77,7 +77,7 @@ impl Site {
         std::fs::write(
             &cfg,
             format!(
-                "listen = \"{control}\"\nlink_listen = \"{link}\"\nlink_key = \"k-races\"\n\
+                "listen = \"{control}\"\nlink_listen = \"{link}\"\nlink_key = \"k-races\"\naccept_new_slaves = true\n\
                  store = \"{}\"\npassive_ports = \"0\"\nallow_overwrite = true\n\
                  heartbeat_interval_ms = 300\nheartbeat_misses = 3\ndata_timeout_ms = 3000\n\
                  commit_wait_ms = 3000\n\

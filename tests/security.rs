@@ -32,7 +32,7 @@ impl Site {
         std::fs::write(
             &cfg,
             format!(
-                "listen = \"{control}\"\nlink_listen = \"{link}\"\nlink_key = \"sec-key\"\n\
+                "listen = \"{control}\"\nlink_listen = \"{link}\"\nlink_key = \"sec-key\"\naccept_new_slaves = true\n\
                  passive_ports = \"0\"\nstore = \"{}\"\n{extra}",
                 dir.path().join("master.redb").display()
             ),
@@ -301,6 +301,7 @@ async fn a_rogue_slave_cannot_crash_the_master_or_take_over_files() {
             nonce,
             data_ip: "127.0.0.66".parse().unwrap(),
             data_tls: false,
+            zone: None,
         },
     )
     .await

@@ -411,7 +411,7 @@ fn link_over_tls_refuses_slaves_that_do_not_pin_the_master() {
     std::fs::write(
         &master_toml,
         format!(
-            "listen = \"127.0.0.1:0\"\nlink_listen = \"127.0.0.1:0\"\nlink_key = \"k\"\npassive_ports = \"0\"\nstore = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nlink_tls = true\n[[users]]\nname = \"{USER}\"\npassword = \"{PASS}\"\n",
+            "listen = \"127.0.0.1:0\"\nlink_listen = \"127.0.0.1:0\"\nlink_key = \"k\"\naccept_new_slaves = true\npassive_ports = \"0\"\nstore = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nlink_tls = true\n[[users]]\nname = \"{USER}\"\npassword = \"{PASS}\"\n",
             dir.path().join("master.redb").display(),
             cert.display(),
             key.display(),

@@ -153,6 +153,8 @@ fn master_config(sc: &Scenario) -> Result<MasterConfig, SetupError> {
             .collect(),
         // Still argon2id, cheap: scenarios log in a lot.
         password_cost: dftpd::master::users::PasswordCost::FAST,
+        // The scenario's slaves are the ones this master knows.
+        slaves: sc.topology.slaves.iter().map(|s| s.name.clone()).collect(),
         ..MasterConfig::default()
     };
     let cfg: MasterConfig = overlay(&base, &sc.topology.master_config)?;
@@ -198,7 +200,22 @@ where
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(v.clone()));
-        table.insert(k.clone(), value);
+        // `a.b = v` sets key b of table a (`replication.copies=2`).
+        let mut at = &mut table;
+        let mut parts = k.split('.').peekable();
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                at.insert(part.to_string(), value.clone());
+                break;
+            }
+            let next = at
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(t) = next.as_table_mut() else {
+                return Err(err(k, v, format!("{part} is not a table")));
+            };
+            at = t;
+        }
     }
     let text = toml::to_string(&table).map_err(|e| err("", "", e.to_string()))?;
     toml::from_str(&text).map_err(|e| {
@@ -564,9 +581,13 @@ impl<'a> World<'a> {
                 .collect()
         };
         for (name, s, files, active) in now {
+            // A slave first seen offline (known from the config, not yet
+            // connected) was offline all along: no event.
+            let before = self.states.get(&name).copied().unwrap_or("offline");
             if self.states.get(&name) != Some(&s) {
                 self.states.insert(name.clone(), s);
-                if s == "online" {
+                if before == s {
+                } else if s == "online" {
                     self.event(format!("slave {name} online ({files} files)"));
                 } else {
                     self.event(format!("slave {name} {s}"));

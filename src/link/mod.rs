@@ -91,6 +91,7 @@ mod tests {
                 nonce: [7; 32],
                 data_ip: [127, 0, 0, 11].into(),
                 data_tls: true,
+                zone: Some("east".into()),
             },
             SlaveMsg::Remerge {
                 files: vec![RemoteFile {

@@ -13,11 +13,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::commit;
 use super::db::SlaveId;
 use super::hub::{lock, PendingReplies, SlaveLink};
+use super::registry::valid_slave_name;
 use super::remerge::{remerge_chunk, remerge_sweep};
 use super::Shared;
+use super::{commit, replica};
 use crate::env::{next_connection, BoxStream, Env, NetListener};
 use crate::link::{self, auth, LinkError, MasterMsg, OpOutcome, SlaveMsg, PROTOCOL_VERSION};
 use crate::proto::VPath;
@@ -38,21 +39,12 @@ pub async fn accept_links(
     }
 }
 
-/// Valid slave names: short, printable, no spaces (they appear in replies).
-pub fn valid_slave_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
 async fn handshake(
     env: &Env,
     state: &Shared,
     stream: &mut BoxStream,
     peer: SocketAddr,
-) -> Result<(String, std::net::IpAddr, Vec<u8>, bool), LinkError> {
+) -> Result<Hello, LinkError> {
     let hello: SlaveMsg = link::read_frame(stream).await?;
     let SlaveMsg::Hello {
         version,
@@ -60,6 +52,7 @@ async fn handshake(
         nonce: slave_nonce,
         data_ip,
         data_tls,
+        zone,
     } = hello
     else {
         return Err(LinkError::Handshake("expected Hello".into()));
@@ -110,8 +103,64 @@ async fn handshake(
         .await;
         return Err(LinkError::Handshake("authentication failed".into()));
     }
+    // Who it is: a slave this master knows (config, SITE ADDSLAVE, or one
+    // it has seen), not removed, and not connected already.
+    if let Err(reason) = admit(state, &name) {
+        tracing::warn!(%peer, slave = %name, %reason, "slave refused");
+        let _ = link::write_frame(
+            stream,
+            &MasterMsg::Refused {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        return Err(LinkError::Handshake(reason));
+    }
     let proof = auth::master_proof(key.as_bytes(), &slave_nonce, &master_nonce, &name);
-    Ok((name, data_ip, proof, data_tls))
+    Ok(Hello {
+        name,
+        data_ip,
+        proof,
+        data_tls,
+        zone: zone.filter(|z| valid_slave_name(z)),
+    })
+}
+
+/// What an authenticated slave said of itself.
+struct Hello {
+    name: String,
+    data_ip: std::net::IpAddr,
+    proof: Vec<u8>,
+    data_tls: bool,
+    zone: Option<String>,
+}
+
+/// Whether slave `name` may join: known (or new slaves accepted), not
+/// removed with SITE DELSLAVE, and not already connected (a second
+/// connection with the name of an online slave is refused: the first one
+/// stays).
+fn admit(state: &Shared, name: &str) -> Result<(), String> {
+    let st = state.lock();
+    let known = st.slaves.knows(name);
+    if let Some(id) = known {
+        if st.slaves.get(id).is_some_and(|s| s.removed) {
+            return Err(format!(
+                "slave {name} was removed (SITE DELSLAVE); add it again with SITE ADDSLAVE {name}"
+            ));
+        }
+        if st.links.contains_key(&id) {
+            return Err(format!(
+                "a slave named {name} is already connected; each slave needs its own name"
+            ));
+        }
+        return Ok(());
+    }
+    if st.config.accept_new_slaves || st.config.slaves.iter().any(|s| s == name) {
+        return Ok(());
+    }
+    Err(format!(
+        "unknown slave name {name}: add it to `slaves` in the master's config, or SITE ADDSLAVE {name}"
+    ))
 }
 
 /// With `link_tls` the link is TLS from its first byte (slaves pin the
@@ -155,18 +204,25 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
     // The handshake has its own deadline, separate from the heartbeat
     // bound: a slave with a long round trip must still be able to rejoin.
     let limit = state.lock().config.handshake_timeout();
-    let (name, data_ip, proof, data_tls) =
-        match tokio::time::timeout(limit, handshake(&env, &state, &mut stream, peer)).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                tracing::warn!(%peer, error = %e, "link handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(%peer, ms = limit.as_millis() as u64, "link handshake timed out");
-                return;
-            }
-        };
+    let hello = match tokio::time::timeout(limit, handshake(&env, &state, &mut stream, peer)).await
+    {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "link handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, ms = limit.as_millis() as u64, "link handshake timed out");
+            return;
+        }
+    };
+    let Hello {
+        name,
+        data_ip,
+        proof,
+        data_tls,
+        zone,
+    } = hello;
     let (tx, rx) = mpsc::unbounded_channel();
     let pending: PendingReplies = Arc::new(Mutex::new(Default::default()));
     let (id, epoch, log_upto, interval, deadline) = {
@@ -183,9 +239,12 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
         let deadline = st.config.heartbeat_deadline();
         let data_timeout_ms = st.config.data_timeout_ms;
         let link = SlaveLink::new(epoch, tx.clone(), pending.clone());
-        if st.links.insert(id, link).is_some() {
-            tracing::warn!(slave = %name, "slave reconnected; dropping its previous link");
+        if st.links.contains_key(&id) {
+            // Admitted a moment ago; another link with its name won the race.
+            tracing::warn!(slave = %name, %peer, "slave refused: a slave of that name is already connected");
+            return;
         }
+        st.links.insert(id, link);
         // The whole operation log goes out again, after the Welcome (sent
         // here, under the lock, so no log frame can overtake it); the slave
         // applies it before it lists its files.
@@ -193,6 +252,8 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
         if let Some(info) = st.slaves.get_mut(id) {
             info.data_ip = Some(data_ip);
             info.data_tls = data_tls;
+            info.zone = zone;
+            info.offline_since_ms = None;
         }
         let _ = tx.send(MasterMsg::Welcome {
             proof,
@@ -215,7 +276,9 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
         let mut st = state.lock();
         if st.links.get(&id).is_some_and(|l| l.epoch == epoch) {
             st.links.remove(&id);
-            st.slaves.link_down(id);
+            let now = state.mono_ms();
+            st.now_ms = now;
+            st.slaves.link_down(id, now);
         }
     }
     // Wake every session waiting on this link: their transfers failed.
@@ -336,6 +399,7 @@ async fn read_loop(
                     }
                     st.slaves.acked(id, *seq);
                     commit::acked(&mut st, id, *seq, outcome);
+                    replica::acked(&mut st, id, *seq, outcome);
                     state.commit_acked(id, *seq, outcome);
                 }
                 // Acknowledgements only shrink the stored log: nobody

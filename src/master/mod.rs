@@ -9,12 +9,13 @@ pub mod hub;
 pub mod lifecycle;
 pub mod link_server;
 pub mod record;
+pub mod replicator;
 pub mod start;
 pub mod store;
 
 pub use dftpd_core::master::{
-    commit, db, guard, observe, registry, remerge, session, transfer, users, users_from_config,
-    MasterState, SessionInfo,
+    commit, copy, db, guard, observe, registry, remerge, replica, session, transfer, users,
+    users_from_config, MasterState, SessionInfo,
 };
 pub use hub::{lock, Core, Hub, Shared, SlaveLink};
 pub use start::{Master, MasterTls};

@@ -122,7 +122,15 @@ impl Master {
             // A new (or rebuilt) store gets its identity now.
             st.set_store_id(env.rng_u64() | 1, true);
         }
+        // The slaves named in the config are known from now on.
+        for name in &config.slaves {
+            st.slaves.id_for(name);
+        }
         let converted = st.db.rewrite_converted();
+        if config.replication.copies > 1 || !config.replication.rules.is_empty() {
+            // Files that may lack copies under the rules in force.
+            crate::master::replica::note_all(&mut st, None);
+        }
         if converted > 0 {
             tracing::info!(
                 files = converted,
@@ -147,6 +155,11 @@ impl Master {
             env.clone(),
             state.clone(),
             link,
+            rx.clone(),
+        ));
+        tokio::spawn(super::replicator::run(
+            env.clone(),
+            state.clone(),
             rx.clone(),
         ));
         tokio::spawn(control::accept_sessions(env, state.clone(), control, rx));

@@ -37,6 +37,10 @@ const NAMES: TableDefinition<u32, &str> = TableDefinition::new("names");
 const SLAVES: TableDefinition<u16, &str> = TableDefinition::new("slaves");
 const OPS: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("ops");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Slave id -> lifecycle flags (bit 0: draining, bit 1: removed).
+const SLAVE_FLAGS: TableDefinition<u16, u8> = TableDefinition::new("slave_flags");
+/// The repair queue: paths that may lack copies.
+const REPAIRS: TableDefinition<&str, ()> = TableDefinition::new("repairs");
 /// User name -> postcard `Option<User>` (`None`: deleted by an admin, a
 /// tombstone over the config's entry).
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -187,6 +191,8 @@ impl MetaStore {
             tx.open_table(SLAVES).map_err(io)?;
             tx.open_table(OPS).map_err(io)?;
             tx.open_table(USERS).map_err(io)?;
+            tx.open_table(SLAVE_FLAGS).map_err(io)?;
+            tx.open_table(REPAIRS).map_err(io)?;
             let mut meta = tx.open_table(META).map_err(io)?;
             let version = meta.get("schema").map_err(io)?.map(|v| v.value());
             match version {
@@ -219,6 +225,8 @@ impl MetaStore {
             files.retain(|_, _| false).map_err(io)?;
             let mut ops = tx.open_table(OPS).map_err(io)?;
             ops.retain(|_, _| false).map_err(io)?;
+            let mut repairs = tx.open_table(REPAIRS).map_err(io)?;
+            repairs.retain(|_, _| false).map_err(io)?;
             // A new identity: the slaves' copies carry the old one, so the
             // remerges adopt them instead of taking them for stale copies.
             let mut meta = tx.open_table(META).map_err(io)?;
@@ -270,6 +278,17 @@ impl MetaStore {
                 }
             }
         }
+        for row in tx.open_table(SLAVE_FLAGS).map_err(io)?.iter().map_err(io)? {
+            let (id, flags) = row.map_err(io)?;
+            let f = flags.value();
+            st.slaves.load_flags(id.value(), f & 1 != 0, f & 2 != 0);
+        }
+        for row in tx.open_table(REPAIRS).map_err(io)?.iter().map_err(io)? {
+            let (k, _) = row.map_err(io)?;
+            if let Ok(p) = VPath::parse_absolute(k.value()) {
+                crate::master::replica::load(st, p);
+            }
+        }
         for row in tx.open_table(USERS).map_err(io)?.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
             match postcard::from_bytes::<Option<crate::master::users::User>>(v.value()) {
@@ -313,6 +332,8 @@ impl MetaStore {
             let mut ops = tx.open_table(OPS).map_err(io)?;
             let mut users = tx.open_table(USERS).map_err(io)?;
             let mut meta = tx.open_table(META).map_err(io)?;
+            let mut flags = tx.open_table(SLAVE_FLAGS).map_err(io)?;
+            let mut repairs = tx.open_table(REPAIRS).map_err(io)?;
             let mut buf = Vec::new();
             for c in changes {
                 match c {
@@ -363,6 +384,16 @@ impl MetaStore {
                     Change::PutUser(u) => {
                         let v = postcard::to_allocvec(&Some(u)).map_err(io)?;
                         users.insert(u.name.as_str(), v.as_slice()).map_err(io)?;
+                    }
+                    Change::SlaveFlags(id, draining, removed) => {
+                        let f = u8::from(*draining) | (u8::from(*removed) << 1);
+                        flags.insert(*id, f).map_err(io)?;
+                    }
+                    Change::Repair(p, true) => {
+                        repairs.insert(p.as_str(), ()).map_err(io)?;
+                    }
+                    Change::Repair(p, false) => {
+                        repairs.remove(p.as_str()).map_err(io)?;
                     }
                     Change::StoreId(id) => {
                         meta.insert("store_id", *id).map_err(io)?;

@@ -112,12 +112,16 @@ impl Storage for CountingStorage {
         &self,
         path: &VPath,
         offset: Option<u64>,
+        base: Option<&FileVersion>,
         xfer: u64,
         input: &mut BoxStream,
         idle: Duration,
     ) -> Result<PendingUpload, StorageError> {
         let _moving = Moving::start(&self.count);
-        let up = self.inner.receive(path, offset, xfer, input, idle).await?;
+        let up = self
+            .inner
+            .receive(path, offset, base, xfer, input, idle)
+            .await?;
         self.count.awaiting_commit.fetch_add(1, Ordering::AcqRel);
         Ok(up)
     }

@@ -183,6 +183,7 @@ impl Storage for MemStorage {
         &self,
         path: &VPath,
         offset: Option<u64>,
+        base: Option<&FileVersion>,
         xfer: u64,
         input: &mut BoxStream,
         idle: Duration,
@@ -192,20 +193,18 @@ impl Storage for MemStorage {
         // new version is renamed over it, so a crash mid-APPE changes
         // nothing.
         let name = xfer.to_string();
-        let start = match offset {
-            None => Vec::new(),
-            Some(off) => {
+        let start = match (offset, base) {
+            (None, _) => Vec::new(),
+            // Nothing recorded under the name: APPE creates the file (RFC
+            // 959), whatever a stale copy here holds; REST+STOR needs one.
+            (Some(off), None) if off == APPEND || off == 0 => Vec::new(),
+            (Some(_), None) => return Err(StorageError::NotFound),
+            (Some(off), Some(base)) => {
                 let d = self.disk.lock();
-                let f = match d.files.get(path) {
-                    Some(f) => f,
-                    // APPE creates a file that does not exist (RFC 959).
-                    None if off == APPEND => &MemFile {
-                        data: Arc::new(Vec::new()),
-                        mtime: 0,
-                        version: None,
-                    },
-                    None => return Err(StorageError::NotFound),
-                };
+                let f = d.files.get(path).ok_or(StorageError::NotFound)?;
+                if !is_version(f.version.as_ref(), base) || f.data.len() as u64 != base.size {
+                    return Err(StorageError::NotCurrent);
+                }
                 let mut data = f.data.as_ref().clone();
                 if off != APPEND {
                     data.truncate(off.min(data.len() as u64) as usize);
@@ -468,7 +467,27 @@ mod tests {
         (Box::new(Duplex(a)), Box::new(Duplex(b)))
     }
 
+    /// Version `gen` of a file of `size` bytes.
+    fn ver(gen: u64, size: u64) -> FileVersion {
+        FileVersion {
+            store: 1,
+            gen,
+            size,
+            crc32: None,
+        }
+    }
+
     async fn upload(s: &MemStorage, path: &str, offset: Option<u64>, data: &[u8]) -> PendingUpload {
+        try_upload(s, path, offset, None, data).await.unwrap()
+    }
+
+    async fn try_upload(
+        s: &MemStorage,
+        path: &str,
+        offset: Option<u64>,
+        base: Option<FileVersion>,
+        data: &[u8],
+    ) -> Result<PendingUpload, StorageError> {
         let (mut client, mut server) = pair();
         let data = data.to_vec();
         let writer = tokio::spawn(async move {
@@ -476,10 +495,9 @@ mod tests {
             client.shutdown().await.unwrap();
         });
         let up = s
-            .receive(&p(path), offset, 7, &mut server, IDLE)
-            .await
-            .unwrap();
-        writer.await.unwrap();
+            .receive(&p(path), offset, base.as_ref(), 7, &mut server, IDLE)
+            .await;
+        let _ = writer.await;
         up
     }
 
@@ -546,22 +564,58 @@ mod tests {
         let disk = MemDisk::new(1 << 20);
         let s = storage(&disk);
         disk.put(p("/f"), b"hello".to_vec(), 5);
-        let up = upload(&s, "/f", Some(APPEND), b" world").await;
+        disk.lock().files.get_mut(&p("/f")).unwrap().version = Some(ver(1, 5));
+        let up = try_upload(&s, "/f", Some(APPEND), Some(ver(1, 5)), b" world")
+            .await
+            .unwrap();
         assert!(up.temp.is_some());
         assert_eq!(up.size, 11);
         assert_eq!(up.crc32, crc(b"hello world"));
         // Not committed: the file is untouched.
         assert_eq!(&*disk.get(&p("/f")).unwrap(), b"hello");
-        assert_eq!(s.commit(&up, &V).await.unwrap().0, 11);
+        assert_eq!(s.commit(&up, &ver(2, 11)).await.unwrap().0, 11);
         assert_eq!(&*disk.get(&p("/f")).unwrap(), b"hello world");
-        let up = upload(&s, "/f", Some(2), b"LP").await;
+        let up = try_upload(&s, "/f", Some(2), Some(ver(2, 11)), b"LP")
+            .await
+            .unwrap();
         assert_eq!(up.size, 4);
         s.discard(&up).await;
         assert_eq!(&*disk.get(&p("/f")).unwrap(), b"hello world");
-        let up = upload(&s, "/f", Some(2), b"LP").await;
-        assert_eq!(s.commit(&up, &V).await.unwrap().0, 4);
+        let up = try_upload(&s, "/f", Some(2), Some(ver(2, 11)), b"LP")
+            .await
+            .unwrap();
+        assert_eq!(s.commit(&up, &ver(3, 4)).await.unwrap().0, 4);
         assert_eq!(&*disk.get(&p("/f")).unwrap(), b"heLP");
         assert!(disk.lock().temp.is_empty());
+    }
+
+    /// APPE and REST+STOR build on the version the master names, never on
+    /// another copy under the name (one whose commit has not arrived yet,
+    /// one the master deleted): they fail `NotCurrent` and leave nothing.
+    #[tokio::test]
+    async fn append_and_rest_refuse_another_base() {
+        let disk = MemDisk::new(1 << 20);
+        let s = storage(&disk);
+        disk.put(p("/f"), b"old".to_vec(), 5);
+        disk.lock().files.get_mut(&p("/f")).unwrap().version = Some(ver(1, 3));
+        for offset in [Some(APPEND), Some(1)] {
+            let r = try_upload(&s, "/f", offset, Some(ver(2, 3)), b"new").await;
+            assert!(matches!(r, Err(StorageError::NotCurrent)), "{r:?}");
+            // Same generation, another size: not that copy either.
+            let r = try_upload(&s, "/f", offset, Some(ver(1, 4)), b"new").await;
+            assert!(matches!(r, Err(StorageError::NotCurrent)), "{r:?}");
+        }
+        assert!(disk.lock().temp.is_empty());
+        // Nothing recorded under the name: APPE starts from nothing (the
+        // stale bytes here are not resurrected), REST+STOR is refused.
+        let up = try_upload(&s, "/f", Some(APPEND), None, b"new")
+            .await
+            .unwrap();
+        assert_eq!((up.size, up.crc32), (3, crc(b"new")));
+        s.discard(&up).await;
+        let r = try_upload(&s, "/f", Some(2), None, b"new").await;
+        assert!(matches!(r, Err(StorageError::NotFound)), "{r:?}");
+        assert_eq!(&*disk.get(&p("/f")).unwrap(), b"old");
     }
 
     /// The same copy-on-write rule on the real disk storage (its tests
@@ -570,32 +624,49 @@ mod tests {
     async fn disk_append_is_copy_on_write() {
         let dir = tempfile::tempdir().unwrap();
         let s = crate::slave::storage::DiskStorage::new(dir.path()).unwrap();
-        std::fs::write(dir.path().join("f"), b"hello").unwrap();
-        let receive = |offset, data: &'static [u8]| {
+        let receive = |offset, base: Option<FileVersion>, data: &'static [u8]| {
             let s = &s;
             async move {
                 let (mut client, mut server) = pair();
                 let writer = tokio::spawn(async move {
-                    client.write_all(data).await.unwrap();
-                    client.shutdown().await.unwrap();
+                    let _ = client.write_all(data).await;
+                    let _ = client.shutdown().await;
                 });
-                let up = s.receive(&p("/f"), offset, 9, &mut server, IDLE).await;
-                writer.await.unwrap();
-                up.unwrap()
+                let up = s
+                    .receive(&p("/f"), offset, base.as_ref(), 9, &mut server, IDLE)
+                    .await;
+                let _ = writer.await;
+                up
             }
         };
-        let up = receive(Some(APPEND), b" world").await;
+        let up = receive(None, None, b"hello").await.unwrap();
+        s.commit(&up, &ver(1, 5)).await.unwrap();
+        let up = receive(Some(APPEND), Some(ver(1, 5)), b" world")
+            .await
+            .unwrap();
         assert_eq!((up.size, up.crc32), (11, crc(b"hello world")));
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello");
         s.discard(&up).await;
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello");
-        let up = receive(Some(APPEND), b" world").await;
-        s.commit(&up, &V).await.unwrap();
+        let up = receive(Some(APPEND), Some(ver(1, 5)), b" world")
+            .await
+            .unwrap();
+        s.commit(&up, &ver(2, 11)).await.unwrap();
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello world");
-        let up = receive(Some(2), b"LP").await;
+        // Another base than the copy here: refused, nothing left behind.
+        for (offset, base) in [(Some(APPEND), ver(1, 5)), (Some(2), ver(3, 11))] {
+            let r = receive(offset, Some(base), b"LP").await;
+            assert!(matches!(r, Err(StorageError::NotCurrent)), "{r:?}");
+        }
+        assert_eq!(s.cleanup_temp().await.unwrap(), 0);
+        let up = receive(Some(2), Some(ver(2, 11)), b"LP").await.unwrap();
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello world");
-        assert_eq!(s.commit(&up, &V).await.unwrap().0, 4);
+        assert_eq!(s.commit(&up, &ver(3, 4)).await.unwrap().0, 4);
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"heLP");
+        // Nothing recorded: APPE starts empty, whatever the disk holds.
+        let up = receive(Some(APPEND), None, b"new").await.unwrap();
+        assert_eq!((up.size, up.crc32), (3, crc(b"new")));
+        s.discard(&up).await;
         assert_eq!(s.cleanup_temp().await.unwrap(), 0);
     }
 
@@ -637,7 +708,7 @@ mod tests {
             client.shutdown().await.unwrap();
         });
         let up = s
-            .receive(&p("/evil/new"), None, 3, &mut server, IDLE)
+            .receive(&p("/evil/new"), None, None, 3, &mut server, IDLE)
             .await
             .unwrap();
         w.await.unwrap();
@@ -674,7 +745,9 @@ mod tests {
             let _ = client.write_all(&[7u8; 500]).await;
             let _ = client.shutdown().await;
         });
-        let r = s.receive(&p("/big"), None, 1, &mut server, IDLE).await;
+        let r = s
+            .receive(&p("/big"), None, None, 1, &mut server, IDLE)
+            .await;
         assert!(matches!(r, Err(StorageError::Disk(_))), "{r:?}");
         drop(server);
         let _ = writer.await;

@@ -263,6 +263,7 @@ async fn handshake(
             nonce,
             data_ip: config.advertised_ip(),
             data_tls: tls.cert.is_some(),
+            zone: config.zone.clone(),
         },
     )
     .await?;

@@ -148,11 +148,13 @@ pub trait Storage: Send + Sync + 'static {
         out: &mut BoxStream,
         idle: Duration,
     ) -> Result<u64, StorageError>;
-    /// Receives `input` until EOF. `offset` as in [`crate::link::TransferOrder::Receive`].
+    /// Receives `input` until EOF. `offset` and `base` as in
+    /// [`crate::link::TransferOrder::Receive`].
     async fn receive(
         &self,
         path: &VPath,
         offset: Option<u64>,
+        base: Option<&FileVersion>,
         xfer: u64,
         input: &mut BoxStream,
         idle: Duration,
@@ -322,6 +324,29 @@ fn read_version(p: &Path) -> io::Result<Option<FileVersion>> {
             buf.len(),
         )
     };
+    version_read(n, &buf)
+}
+
+/// The version kept with an open file: the copy opened, whatever is
+/// renamed over its path afterwards.
+fn read_version_fd(f: &std::fs::File) -> io::Result<Option<FileVersion>> {
+    use std::os::fd::AsRawFd;
+    let name = std::ffi::CString::new(VERSION_XATTR).unwrap_or_default();
+    let mut buf = [0u8; 128];
+    // SAFETY: an open descriptor, a NUL-terminated name and a buffer of the
+    // given size.
+    let n = unsafe {
+        nix::libc::fgetxattr(
+            f.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    version_read(n, &buf)
+}
+
+fn version_read(n: isize, buf: &[u8]) -> io::Result<Option<FileVersion>> {
     if n < 0 {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
@@ -519,7 +544,7 @@ impl Storage for DiskStorage {
         if let Some(wanted) = version {
             // The copy opened is the one served (a rename over the path
             // afterwards does not change an open file).
-            let found = read_version(&real).map_err(disk)?;
+            let found = read_version_fd(&file).map_err(disk)?;
             if !is_version(found.as_ref(), wanted) || len != wanted.size {
                 return Err(StorageError::NotCurrent);
             }
@@ -551,6 +576,7 @@ impl Storage for DiskStorage {
         &self,
         path: &VPath,
         offset: Option<u64>,
+        base: Option<&FileVersion>,
         _xfer: u64,
         input: &mut BoxStream,
         idle: Duration,
@@ -576,17 +602,33 @@ impl Storage for DiskStorage {
                 .map_err(StorageError::Disk)?,
             Some(off) => {
                 let (src, dst) = (self.real(path).map_err(disk)?, target.clone());
-                let appending_to_nothing = off == APPEND && !src.exists();
+                let base = base.copied();
                 blocking(move || {
-                    if appending_to_nothing {
-                        // APPE creates a file that does not exist (RFC 959).
-                        std::fs::write(&dst, b"").map(|_| 0)
-                    } else {
-                        std::fs::copy(&src, &dst)
+                    let mut out = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&dst)?;
+                    let Some(base) = base else {
+                        // Nothing recorded under the name: APPE creates the
+                        // file (RFC 959), whatever a stale copy on this disk
+                        // still holds; REST+STOR needs a file.
+                        return if off == APPEND || off == 0 {
+                            Ok(Ok(()))
+                        } else {
+                            Ok(Err(StorageError::NotFound))
+                        };
+                    };
+                    // The copy opened is the one checked and copied.
+                    let mut from = std::fs::File::open(&src)?;
+                    let found = read_version_fd(&from)?;
+                    if !is_version(found.as_ref(), &base) || from.metadata()?.len() != base.size {
+                        return Ok(Err(StorageError::NotCurrent));
                     }
+                    std::io::copy(&mut from, &mut out)?;
+                    Ok(Ok(()))
                 })
                 .await
-                .map_err(disk)?;
+                .map_err(disk)??;
                 let mut f = tokio::fs::OpenOptions::new()
                     .write(true)
                     .open(&target)
@@ -863,7 +905,7 @@ mod tests {
         client.write_all(b"partial").await.unwrap();
         let cancelled = tokio::time::timeout(
             Duration::from_millis(200),
-            s.receive(&path, None, 1, &mut server, idle),
+            s.receive(&path, None, None, 1, &mut server, idle),
         )
         .await;
         assert!(cancelled.is_err(), "the upload should still be running");
@@ -875,7 +917,7 @@ mod tests {
         // An upload that fails before its first byte (REST+STOR into a
         // missing file).
         let (_client, mut server) = tcp_pair().await;
-        let r = s.receive(&path, Some(3), 2, &mut server, idle).await;
+        let r = s.receive(&path, Some(3), None, 2, &mut server, idle).await;
         assert!(matches!(r, Err(StorageError::NotFound)), "{r:?}");
         assert!(temp_names(dir.path()).is_empty());
 
@@ -883,7 +925,10 @@ mod tests {
         let (mut client, mut server) = tcp_pair().await;
         client.write_all(b"whole").await.unwrap();
         drop(client);
-        let up = s.receive(&path, None, 3, &mut server, idle).await.unwrap();
+        let up = s
+            .receive(&path, None, None, 3, &mut server, idle)
+            .await
+            .unwrap();
         let name = up.temp.clone().unwrap();
         assert_eq!(name.len(), 32, "{name}");
         assert!(name.parse::<u64>().is_err());

@@ -144,6 +144,7 @@ async fn an_upload_waits_for_its_commit_entry_and_keeps_the_version() {
             order: TransferOrder::Receive {
                 path: p("/up"),
                 offset: None,
+                base: None,
             },
             data: DataConn::Active(addr),
             tls: None,
@@ -207,6 +208,7 @@ async fn an_upload_waits_for_its_commit_entry_and_keeps_the_version() {
                 path: p("/up"),
                 offset: 0,
                 version: Some(older),
+                rate: None,
             },
             data: DataConn::Active(addr),
             tls: None,

@@ -212,7 +212,13 @@ async fn execute(
             path,
             offset,
             version,
+            rate,
         } => {
+            if let Some(rate) = rate {
+                // A copy to another slave: paced, so client transfers keep
+                // priority.
+                stream = Box::new(crate::env::Paced::new(stream, rate));
+            }
             let result = tokio::select! {
                 biased;
                 _ = wait_closed(&mut cmds) => {
@@ -232,11 +238,11 @@ async fn execute(
                 }
             }
         }
-        TransferOrder::Receive { path, offset } => {
+        TransferOrder::Receive { path, offset, base } => {
             let result = tokio::select! {
                 biased;
                 _ = wait_closed(&mut cmds) => None,
-                r = ctx.storage.receive(&path, offset, xfer, &mut stream, ctx.data_timeout) => Some(r),
+                r = ctx.storage.receive(&path, offset, base.as_ref(), xfer, &mut stream, ctx.data_timeout) => Some(r),
             };
             let up = match result {
                 // Aborted mid-way: the temporary file is removed on the

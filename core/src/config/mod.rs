@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 mod policy;
-pub use policy::{GuardConfig, PasswordCost, Perm, PermRule, TlsPolicy};
+mod replication;
+pub use policy::{glob, glob_path, GuardConfig, PasswordCost, Perm, PermRule, TlsPolicy};
+pub use replication::{ReplicationConfig, ReplicationRule};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -166,6 +168,14 @@ pub struct MasterConfig {
     /// On SIGTERM/SIGINT: how long running transfers may go on after the
     /// listeners close, before the process exits anyway.
     pub shutdown_grace_ms: u64,
+    // --- Slaves and replication (README, "Replication and slave lifecycle")
+    /// Slaves this master knows by name (also those added with SITE
+    /// ADDSLAVE, and every slave it has seen, kept in the store).
+    pub slaves: Vec<String>,
+    /// Accept a slave whose name is not known yet (and know it from then
+    /// on). Off: an unknown name is refused, with a log line on both sides.
+    pub accept_new_slaves: bool,
+    pub replication: ReplicationConfig,
 }
 
 impl Default for MasterConfig {
@@ -199,6 +209,9 @@ impl Default for MasterConfig {
             admin_listen: None,
             xferlog: None,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+            slaves: Vec::new(),
+            accept_new_slaves: false,
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -234,6 +247,7 @@ impl MasterConfig {
         if self.link_key.is_empty() {
             return Err(ConfigError::Invalid("link_key must not be empty".into()));
         }
+        self.replication.validate().map_err(ConfigError::Invalid)?;
         for u in &self.users {
             // A home that is not a usable path must not fall back to `/`.
             if let Err(e) = crate::proto::VPath::parse_absolute(&u.home) {
@@ -326,6 +340,12 @@ pub struct SlaveConfig {
     /// TLS and accepts exactly that certificate (the master needs
     /// `link_tls`).
     pub master_cert_pin: Option<String>,
+    /// A zone label (a rack, a room, a site): copies of a file prefer
+    /// slaves of distinct zones.
+    pub zone: Option<String>,
+    /// Bytes per second this slave may read to verify its copies' CRC-32 in
+    /// the background (scrub); 0: no scrub.
+    pub scrub_rate: u64,
     /// Create `root` when it does not exist. Off: a missing root is an
     /// error at start (a disk that is not mounted must not fill the
     /// system disk instead). `dftpd cluster` sets it.
@@ -351,6 +371,8 @@ impl Default for SlaveConfig {
             heartbeat_misses: 3,
             handshake_timeout_ms: 30_000,
             commit_grace_ms: 60_000,
+            zone: None,
+            scrub_rate: 8 << 20,
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
             tls_cert: None,

@@ -125,3 +125,38 @@ pub struct PermRule {
     /// `*` everyone, `name`, `=group`, `!` before any of them negates.
     pub who: Vec<String>,
 }
+
+/// Glob match without backtracking blow-up (iterative, one star memory).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// A path glob as `[[permissions]]` and `[[replication.rules]]` read it:
+/// `/dir/*` also matches `/dir` itself.
+pub fn glob_path(pattern: &str, path: &str) -> bool {
+    glob(pattern, path)
+        || pattern
+            .strip_suffix("/*")
+            .is_some_and(|dir| (if dir.is_empty() { "/" } else { dir }) == path)
+}

@@ -56,7 +56,8 @@ impl std::fmt::Debug for TicketKey {
 /// 2: FTPS (`Hello::data_tls`, `Welcome::ticket_key`, `Transfer::tls`).
 /// 4: file versions, the per-slave operation log (`Log`, `Applied`), log
 /// resent after `Welcome` in chunks.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: replication (`Hello::zone`, `Send::rate`), `Receive::base`.
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Bytes of operations per `Log` frame (a long queue is streamed).
 pub const LOG_CHUNK_BYTES: usize = 1 << 20;
 /// Largest frame either side accepts. A remerge is sent in chunks well
@@ -195,11 +196,23 @@ pub enum TransferOrder {
         path: VPath,
         offset: u64,
         version: Option<FileVersion>,
+        /// Bytes per second at most (copies between slaves are capped so
+        /// client transfers keep priority); `None`: as fast as it goes.
+        rate: Option<u64>,
     },
     /// Receive into `path`. `offset`: `None` writes a new file through a
     /// temporary name; `Some(n)` writes into the existing file from byte `n`
     /// (REST+STOR), `Some(u64::MAX)` appends (APPE).
-    Receive { path: VPath, offset: Option<u64> },
+    Receive {
+        path: VPath,
+        offset: Option<u64>,
+        /// With `offset`: the version the new bytes go on top of. The slave
+        /// starts from its copy only if it is that version (else the
+        /// transfer fails `NotCurrent`: a commit or a removal has not
+        /// reached it yet); `None`: from an empty file, whatever the disk
+        /// holds under the name.
+        base: Option<FileVersion>,
+    },
 }
 
 pub const APPEND: u64 = u64::MAX;
@@ -273,6 +286,8 @@ pub enum SlaveMsg {
         data_ip: IpAddr,
         /// This slave has a certificate for `PROT P` data connections.
         data_tls: bool,
+        /// Its zone label: copies of a file prefer distinct zones.
+        zone: Option<String>,
     },
     Auth {
         mac: Vec<u8>,

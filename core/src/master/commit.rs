@@ -156,6 +156,8 @@ pub fn acked(st: &mut MasterState, slave: SlaveId, seq: u64, outcome: &OpOutcome
         if let (true, OpOutcome::Committed { mtime, .. }) = (ours, outcome) {
             let _ = st.db.set_mtime(&pc.path, *mtime);
         }
+        // A new version has one copy: the rules may want more.
+        super::replica::note(st, &pc.path);
     } else if ours {
         // The commit did not happen: the previous version is current again.
         match pc.prev.clone() {

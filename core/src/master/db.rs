@@ -146,6 +146,11 @@ pub enum Change {
     /// Version generations below this may have been handed out: a restart
     /// continues above it.
     VersionsReserved(u64),
+    /// A slave's lifecycle flags: draining, removed.
+    SlaveFlags(SlaveId, bool, bool),
+    /// A path that may have fewer copies than its rule wants (the repair
+    /// queue), or (`false`) no longer.
+    Repair(VPath, bool),
 }
 
 /// Changes waiting for the store; closed (recording nothing) until opened,

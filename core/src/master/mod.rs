@@ -7,11 +7,14 @@
 //! drivers in the `dftpd` crate hold it behind one lock.
 
 pub mod commit;
+pub mod copy;
 pub mod db;
+pub mod fleet;
 pub mod guard;
 pub mod observe;
 pub mod registry;
 pub mod remerge;
+pub mod replica;
 pub mod session;
 pub mod transfer;
 pub mod users;
@@ -47,6 +50,11 @@ pub struct MasterState {
     /// Wall-clock seconds, refreshed from the environment by whoever takes
     /// the lock to act (the state never reads a clock itself).
     pub now: i64,
+    /// Monotonic milliseconds (the driver's clock), refreshed the same way:
+    /// how long slaves have been away.
+    pub now_ms: u64,
+    /// Copies between slaves: the repair queue and running copies.
+    pub replication: replica::Replication,
     pub users: users::UserDb,
     pub login_guard: guard::LoginGuard,
     pub limits: guard::SessionLimits,
@@ -83,6 +91,8 @@ impl MasterState {
             slaves: SlaveRegistry::default(),
             sessions: BTreeMap::new(),
             now: 0,
+            now_ms: 0,
+            replication: replica::Replication::default(),
             tls_available: false,
             store_id: 0,
             commits: BTreeMap::new(),

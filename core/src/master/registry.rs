@@ -61,11 +61,37 @@ pub struct SlaveInfo {
     /// The slave has a certificate for `PROT P` data connections (said in
     /// its `Hello`).
     pub data_tls: bool,
+    /// Its zone label (said in its `Hello`): copies prefer distinct zones.
+    pub zone: Option<String>,
+    /// SITE SLAVE name DRAIN: no new uploads; its copies do not count, so
+    /// every file it holds gets its copies elsewhere (kept in the store).
+    pub draining: bool,
+    /// SITE DELSLAVE: forgotten; refused until added again (in the store).
+    pub removed: bool,
+    /// When it went offline (the master's monotonic milliseconds).
+    pub offline_since_ms: Option<u64>,
+    /// Copies between slaves it takes part in now.
+    pub copy_jobs: u32,
+    /// Bytes it sent and received for copies.
+    pub copied_out: u64,
+    pub copied_in: u64,
 }
 
 impl SlaveInfo {
     pub fn is_online(&self) -> bool {
         self.state == SlaveState::Online
+    }
+    /// Whether its copies count toward a file's copies at `now_ms`: not
+    /// draining, and online or away for less than `lost_after_ms`.
+    pub fn counts(&self, now_ms: u64, lost_after_ms: u64) -> bool {
+        !self.draining
+            && !self.removed
+            && match self.offline_since_ms {
+                Some(t) if self.state == SlaveState::Offline => {
+                    now_ms.saturating_sub(t) < lost_after_ms
+                }
+                _ => true,
+            }
     }
     pub fn load(&self) -> u32 {
         self.active + self.reserved
@@ -148,6 +174,13 @@ impl SlaveRegistry {
             touched: None,
             ready_listeners: Default::default(),
             data_tls: false,
+            zone: None,
+            draining: false,
+            removed: false,
+            offline_since_ms: None,
+            copy_jobs: 0,
+            copied_out: 0,
+            copied_in: 0,
         });
         self.by_name.insert(name.to_string(), id);
         id
@@ -191,7 +224,7 @@ impl SlaveRegistry {
     fn candidates(&self, ids: impl Iterator<Item = SlaveId>) -> Vec<Candidate> {
         ids.filter_map(|id| {
             let s = self.get(id)?;
-            s.is_online().then_some(Candidate {
+            (s.is_online() && !s.removed).then_some(Candidate {
                 id,
                 load: s.load(),
                 free: s.free,
@@ -209,7 +242,10 @@ impl SlaveRegistry {
     }
 
     pub fn choose_upload(&mut self, min_free: u64) -> Option<SlaveId> {
-        let c = self.candidates(0..self.slaves.len() as SlaveId);
+        // A draining slave takes no new uploads.
+        let ids =
+            (0..self.slaves.len() as SlaveId).filter(|&i| self.get(i).is_some_and(|s| !s.draining));
+        let c = self.candidates(ids);
         let pick = pick_upload(&c, min_free, self.rr);
         self.rr = self.rr.wrapping_add(1);
         pick
@@ -273,14 +309,53 @@ impl SlaveRegistry {
         }
     }
 
-    /// The link to slave `id` is gone.
-    pub fn link_down(&mut self, id: SlaveId) {
+    /// The link to slave `id` is gone (at `now_ms`).
+    pub fn link_down(&mut self, id: SlaveId, now_ms: u64) {
         if let Some(s) = self.get_mut(id) {
             s.state = SlaveState::Offline;
             s.touched = None;
             s.ready_listeners.clear();
+            s.offline_since_ms = Some(now_ms);
         }
         self.unsent.remove(&id);
+    }
+
+    /// Sets a slave's lifecycle flags (SITE SLAVE DRAIN, DELSLAVE,
+    /// ADDSLAVE), kept in the store.
+    pub fn set_flags(&mut self, id: SlaveId, draining: bool, removed: bool) {
+        if let Some(s) = self.get_mut(id) {
+            if (s.draining, s.removed) == (draining, removed) {
+                return;
+            }
+            s.draining = draining;
+            s.removed = removed;
+        }
+        self.record(Change::SlaveFlags(id, draining, removed));
+    }
+
+    /// Restores lifecycle flags from the store.
+    pub fn load_flags(&mut self, id: SlaveId, draining: bool, removed: bool) {
+        if let Some(s) = self.get_mut(id) {
+            s.draining = draining;
+            s.removed = removed;
+        }
+    }
+
+    /// Forgets slave `id`'s operation log (SITE DELSLAVE).
+    pub fn drop_log(&mut self, id: SlaveId) {
+        let Some(s) = self.slaves.get_mut(id as usize) else {
+            return;
+        };
+        if let Some((last, _)) = s.log.back() {
+            let last = *last;
+            s.log.clear();
+            self.record(Change::DequeueOps(id, last));
+        }
+    }
+
+    /// Whether a slave of this name was ever registered.
+    pub fn knows(&self, name: &str) -> Option<SlaveId> {
+        self.by_name.get(name).copied()
     }
 
     /// Records that `path` (and everything below it) changed, for the
@@ -418,6 +493,15 @@ pub fn pick_upload(cands: &[Candidate], min_free: u64, rr: u64) -> Option<SlaveI
     Some(tied[(rr % tied.len() as u64) as usize].id)
 }
 
+/// Valid slave names: short, printable, no spaces (they appear in replies).
+pub fn valid_slave_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,7 +570,7 @@ mod tests {
         assert!(r.take_unsent(1 << 20).is_empty());
         // Acked entries leave; a reconnect resends the rest.
         r.acked(a, s1);
-        r.link_down(a);
+        r.link_down(a, 0);
         assert_eq!(r.link_up(a), s2);
         assert_eq!(r.take_unsent(1 << 20), vec![(a, vec![(s2, del("/2"))])]);
         // A long log goes out in chunks.

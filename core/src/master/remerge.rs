@@ -159,6 +159,7 @@ pub fn remerge_chunk(
                 tracing::info!(%slave, path = %f.path, size = f.size, "stale copy ({why}): not used, removed from the slave");
                 if st.db.file(&f.path).is_ok_and(|m| m.holders.contains(&id)) {
                     let _ = st.db.remove_holder(&f.path, id);
+                    super::replica::note(st, &f.path);
                 }
                 st.slaves.log_op(
                     id,
@@ -192,6 +193,7 @@ pub fn remerge_sweep(
             continue;
         }
         let _ = st.db.remove_holder(p, id);
+        super::replica::note(st, p);
         dropped += 1;
     }
     (dropped, next)

@@ -399,12 +399,14 @@ mod tests {
                 TransferOrder::Receive {
                     path: path.clone(),
                     offset: None,
+                    base: None,
                 }
             } else {
                 TransferOrder::Send {
                     path,
                     offset: 0,
                     version: None,
+                    rate: None,
                 }
             },
             route,

@@ -184,7 +184,7 @@ impl UserDb {
 impl PermRule {
     fn covers(&self, action: Perm, path: &str) -> bool {
         (self.actions.is_empty() || self.actions.contains(&action))
-            && (glob(&self.path, path)
+            && (crate::config::glob(&self.path, path)
                 || self
                     .path
                     .strip_suffix("/*")
@@ -219,32 +219,6 @@ pub fn allows(rules: &[PermRule], user: &User, action: Perm, path: &VPath) -> bo
         Some(rule) => rule.decides(user),
         None => true,
     }
-}
-
-/// Glob match without backtracking blow-up (iterative, one star memory).
-fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
 }
 
 /// A command line with any password in it replaced by `****` (PASS, SITE
@@ -357,14 +331,14 @@ mod tests {
 
     #[test]
     fn glob_matches() {
-        assert!(glob("/incoming/*", "/incoming/a/b.zip"));
-        assert!(glob("*", "/anything"));
-        assert!(glob("/a?c", "/abc"));
-        assert!(!glob("/a?c", "/ac"));
-        assert!(!glob("/incoming/*", "/incoming2/x"));
-        assert!(glob("*.nfo", "/x/y/release.nfo"));
+        assert!(crate::config::glob("/incoming/*", "/incoming/a/b.zip"));
+        assert!(crate::config::glob("*", "/anything"));
+        assert!(crate::config::glob("/a?c", "/abc"));
+        assert!(!crate::config::glob("/a?c", "/ac"));
+        assert!(!crate::config::glob("/incoming/*", "/incoming2/x"));
+        assert!(crate::config::glob("*.nfo", "/x/y/release.nfo"));
         // No exponential blow-up on adversarial patterns.
-        assert!(!glob(&"*a".repeat(30), &"a".repeat(29)));
+        assert!(!crate::config::glob(&"*a".repeat(30), &"a".repeat(29)));
     }
 
     #[test]
@@ -426,10 +400,7 @@ mod tests {
         let m: crate::config::MasterConfig = toml::from_str(text).unwrap();
         let alice = m.users.iter().find(|u| u.name == "alice").unwrap();
         let hash = alice.password_hash.as_deref().unwrap();
-        assert!(verify_password(
-            hash,
-            "alice-example-password"
-        ));
+        assert!(verify_password(hash, "alice-example-password"));
         assert!(!text.contains("plain text in this file"), "stale comment");
     }
 }

@@ -9,7 +9,7 @@ use super::{db_reply, path_reply, r, Action, Session};
 use crate::link::FileOp;
 use crate::master::db::{FileMeta, SlaveId};
 use crate::master::users::Perm;
-use crate::master::{commit, MasterState};
+use crate::master::{commit, replica, MasterState};
 use crate::proto::listing;
 use crate::proto::reply::quote_path;
 
@@ -86,6 +86,7 @@ impl Session {
                         st.slaves.log_op(h, FileOp::Delete { path: p.clone() });
                     }
                     st.slaves.touch(&p);
+                    replica::note(st, &p);
                     r(250, format!("{} deleted", quote_path(p.as_str())))
                 }
                 Err(e) => path_reply(&p, e),
@@ -139,6 +140,7 @@ impl Session {
                 st.slaves.touch(&from);
                 st.slaves.touch(&to);
                 commit::renamed(st, &from, &to);
+                replica::renamed(st, &from, &to);
                 if self.cwd.starts_with(&from) {
                     // Keep the session inside the directory it was in.
                     if let Some(rest) = self.cwd.strip_prefix(&from) {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::{MasterConfig, PasvWithoutPret, UserConfig};
-use crate::link::FileOp;
+use crate::link::{FileOp, TransferOrder, APPEND};
 use crate::master::db::{FileMeta, Holders};
 use crate::master::registry::SlaveState;
 use crate::master::users;
@@ -167,7 +167,8 @@ fn pret_retr_pasv_retr_runs_on_the_holder() {
                 gen: 1,
                 size: 3,
                 crc32: None
-            })
+            }),
+            rate: None
         }
     );
     assert_eq!(
@@ -358,6 +359,27 @@ fn commits_are_compare_and_swap() {
     // Two APPEs to one file: the later one built on a replaced version.
     let x = upload(&mut s, &mut st, "APPE b");
     let y = upload(&mut s, &mut st, "APPE b");
+    // Each names the version it builds on: a slave whose copy is another
+    // one (its commit still on the way) refuses instead of appending to it.
+    let recorded = crate::master::commit::file_version(&st, st.db.file(&p("/b")).unwrap());
+    for job in [&x, &y] {
+        assert!(
+            matches!(&job.order, TransferOrder::Receive { base: Some(b), offset: Some(APPEND), .. } if *b == recorded),
+            "{:?}",
+            job.order
+        );
+    }
+    // A new file's upload names none (and an APPE to a missing name starts
+    // from nothing, whatever a slave's disk still holds under it).
+    assert!(matches!(
+        &a.order,
+        TransferOrder::Receive { base: None, .. }
+    ));
+    let fresh = upload(&mut s, &mut st, "APPE fresh");
+    assert!(matches!(
+        &fresh.order,
+        TransferOrder::Receive { base: None, .. }
+    ));
     assert!(s.decide_commit(&mut st, &x, 8, 8).is_ok());
     assert_eq!(s.decide_commit(&mut st, &y, 9, 9).unwrap_err().code, 450);
     // A failed commit restores the previous version with its holders.

@@ -82,6 +82,7 @@ impl Session {
                     path,
                     offset,
                     version: Some(commit::file_version(st, &meta)),
+                    rate: None,
                 },
                 route,
                 opening,
@@ -200,6 +201,13 @@ impl Session {
             Some(Node::File(f)) => Some(f.version),
             _ => None,
         };
+        // APPE and REST+STOR build on the version the master records, and
+        // only on it: a slave whose copy is not that one yet (its commit
+        // entry still on the way) refuses rather than append to another.
+        let base = match (offset, st.db.get(&path)) {
+            (Some(_), Some(Node::File(f))) => Some(commit::file_version(st, f)),
+            _ => None,
+        };
         let expect = match (verb, offset, current) {
             (PlanVerb::Stou, ..) => Expect::Absent,
             (_, Some(_), Some(v)) => Expect::Version(v),
@@ -226,6 +234,7 @@ impl Session {
                 order: TransferOrder::Receive {
                     path: path.clone(),
                     offset,
+                    base,
                 },
                 route,
                 opening,

@@ -1,0 +1,499 @@
+//! Replication decisions: which paths lack copies, which copy to make next
+//! (fewest copies first), from which holder to which slave, and what a
+//! finished copy changes. The copies themselves run slave to slave (the
+//! copy machine, [`super::copy`], performed by the master's replicator);
+//! this module only decides.
+//!
+//! A copy counts toward a path's rule (`[replication]`) when its slave is
+//! not draining, not removed, and online or away for less than
+//! `slave_lost_after_ms`. Paths that may lack copies sit in the repair
+//! queue (kept in the store), ordered by the copies they had when queued;
+//! the scheduler takes the fewest first and re-checks each.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::commit::file_version;
+use super::db::{Change, FileMeta, SlaveId};
+use super::registry::SlaveState;
+use super::MasterState;
+use crate::link::{FileOp, FileVersion, OpOutcome};
+use crate::proto::VPath;
+
+/// One copy from a holder to another slave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyJob {
+    pub id: u64,
+    pub path: VPath,
+    pub version: FileVersion,
+    pub from: SlaveId,
+    pub to: SlaveId,
+}
+
+/// The replication state in [`MasterState`].
+#[derive(Debug, Default)]
+pub struct Replication {
+    /// The repair queue: (copies when queued, path).
+    queue: BTreeSet<(u32, VPath)>,
+    queued: BTreeMap<VPath, u32>,
+    /// Copies running, by job id.
+    pub running: BTreeMap<u64, CopyJob>,
+    /// Copies committed on their target and not yet acknowledged:
+    /// (target, log sequence number) -> job.
+    committing: BTreeMap<(SlaveId, u64), CopyJob>,
+    next_job: u64,
+    /// Copies finished (for SITE SLAVES and tests).
+    pub done: u64,
+}
+
+impl Replication {
+    pub fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Queued paths a slave holds (SITE SLAVES: under-replicated files on it).
+    pub fn queued_paths(&self) -> impl Iterator<Item = &VPath> {
+        self.queued.keys()
+    }
+}
+
+/// (copies wanted, copies an upload waits for) for `path`.
+pub fn rule(st: &MasterState, path: &VPath) -> (u32, u32) {
+    st.config.replication.rule_for(path.as_str())
+}
+
+/// Copies of `meta` that count now.
+pub fn live_copies(st: &MasterState, meta: &FileMeta) -> u32 {
+    let lost_after = st.config.replication.slave_lost_after_ms;
+    meta.holders
+        .iter()
+        .filter(|&&h| {
+            st.slaves
+                .get(h)
+                .is_some_and(|s| s.counts(st.now_ms, lost_after))
+        })
+        .count() as u32
+}
+
+/// Puts `path` in the repair queue when it may lack copies.
+pub fn note(st: &mut MasterState, path: &VPath) {
+    let Ok(meta) = st.db.file(path) else {
+        unqueue(st, path);
+        return;
+    };
+    let have = live_copies(st, meta);
+    let (want, _) = rule(st, path);
+    if have >= want {
+        unqueue(st, path);
+        return;
+    }
+    if let Some(old) = st.replication.queued.insert(path.clone(), have) {
+        st.replication.queue.remove(&(old, path.clone()));
+    } else {
+        st.db.record_change(Change::Repair(path.clone(), true));
+    }
+    st.replication.queue.insert((have, path.clone()));
+}
+
+fn unqueue(st: &mut MasterState, path: &VPath) {
+    if let Some(old) = st.replication.queued.remove(path) {
+        st.replication.queue.remove(&(old, path.clone()));
+        st.db.record_change(Change::Repair(path.clone(), false));
+    }
+}
+
+/// Restores a queued path from the store.
+pub fn load(st: &mut MasterState, path: VPath) {
+    st.replication.queued.insert(path.clone(), 0);
+    st.replication.queue.insert((0, path));
+}
+
+/// Every file `slave` holds may now lack copies (it is lost, draining or
+/// removed), or every file at all (`None`: after a rule change, at start).
+pub fn note_all(st: &mut MasterState, slave: Option<SlaveId>) {
+    let files: Vec<VPath> = match slave {
+        Some(id) => {
+            let mut out = Vec::new();
+            let mut cursor = None;
+            loop {
+                let (held, next) = st.db.scan_held(id, cursor.as_ref(), 50_000);
+                out.extend(held);
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            out
+        }
+        None => st
+            .db
+            .files_under(&VPath::root())
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect(),
+    };
+    for p in files {
+        note(st, &p);
+    }
+}
+
+/// Slaves just past `slave_lost_after_ms` since they went offline: their
+/// files join the repair queue. Returns them (each once: the caller
+/// remembers).
+pub fn newly_lost(st: &MasterState, seen: &BTreeSet<SlaveId>) -> Vec<SlaveId> {
+    let lost_after = st.config.replication.slave_lost_after_ms;
+    st.slaves
+        .iter()
+        .filter(|(id, s)| {
+            s.state == SlaveState::Offline
+                && !seen.contains(id)
+                && s.offline_since_ms
+                    .is_some_and(|t| st.now_ms.saturating_sub(t) >= lost_after)
+        })
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// A target for a new copy of `meta`: online, not a holder, not draining,
+/// with room and a free copy slot; a zone no holder is in first, then the
+/// most free space.
+fn target(st: &MasterState, meta: &FileMeta, size: u64) -> Option<SlaveId> {
+    let zones: BTreeSet<&str> = meta
+        .holders
+        .iter()
+        .filter_map(|h| st.slaves.get(*h)?.zone.as_deref())
+        .collect();
+    let limit = st.config.replication.jobs_per_slave.max(1);
+    st.slaves
+        .iter()
+        .filter(|(id, s)| {
+            s.is_online()
+                && !s.draining
+                && !s.removed
+                && !meta.holders.contains(id)
+                && s.copy_jobs < limit
+                && s.free > size.saturating_add(st.config.min_free_bytes)
+        })
+        .max_by_key(|(id, s)| {
+            let new_zone = s.zone.as_deref().is_some_and(|z| !zones.contains(z));
+            (new_zone, s.free, std::cmp::Reverse(*id))
+        })
+        .map(|(id, _)| id)
+}
+
+/// A source for a copy of `meta`: an online holder with a free copy slot,
+/// the least busy (a draining slave is a fine source).
+fn source(st: &MasterState, meta: &FileMeta) -> Option<SlaveId> {
+    let limit = st.config.replication.jobs_per_slave.max(1);
+    meta.holders
+        .iter()
+        .copied()
+        .filter(|&h| {
+            st.slaves
+                .get(h)
+                .is_some_and(|s| s.is_online() && !s.removed && s.copy_jobs < limit)
+        })
+        .min_by_key(|&h| (st.slaves.get(h).map_or(0, |s| s.copy_jobs + s.load()), h))
+}
+
+/// The next copies to start (fewest copies first), at most `max`. Paths
+/// that need no copy leave the queue; paths that cannot get one now (no
+/// source, no target) stay.
+pub fn next_jobs(st: &mut MasterState, max: usize) -> Vec<CopyJob> {
+    let mut jobs = Vec::new();
+    let busy: BTreeSet<VPath> = st
+        .replication
+        .running
+        .values()
+        .map(|j| j.path.clone())
+        .collect();
+    let waiting: Vec<(u32, VPath)> = st.replication.queue.iter().cloned().collect();
+    for (_, path) in waiting {
+        if jobs.len() >= max {
+            break;
+        }
+        if busy.contains(&path) {
+            continue;
+        }
+        let Ok(meta) = st.db.file(&path).cloned() else {
+            unqueue(st, &path);
+            continue;
+        };
+        let have = live_copies(st, &meta);
+        let (want, _) = rule(st, &path);
+        if have >= want {
+            unqueue(st, &path);
+            continue;
+        }
+        let (Some(from), Some(to)) = (source(st, &meta), target(st, &meta, meta.size)) else {
+            continue;
+        };
+        st.replication.next_job += 1;
+        let job = CopyJob {
+            id: st.replication.next_job,
+            path: path.clone(),
+            version: file_version(st, &meta),
+            from,
+            to,
+        };
+        for id in [from, to] {
+            if let Some(s) = st.slaves.get_mut(id) {
+                s.copy_jobs += 1;
+            }
+        }
+        st.replication.running.insert(job.id, job.clone());
+        jobs.push(job);
+    }
+    jobs
+}
+
+/// The target received the copy (`size`, `crc32`): if the record is still
+/// that version and the bytes match it, commit it on the target (a `Commit`
+/// entry with the same version). Returns the entry's sequence number.
+pub fn received(
+    st: &mut MasterState,
+    job: &CopyJob,
+    xfer: u64,
+    size: u64,
+    crc32: u32,
+) -> Result<u64, String> {
+    let current = st
+        .db
+        .file(&job.path)
+        .ok()
+        .map(|m| (m.version, m.size, m.crc32));
+    match current {
+        Some((gen, _, _)) if gen != job.version.gen => {
+            return Err(format!("{} changed during the copy", job.path))
+        }
+        None => return Err(format!("{} is gone", job.path)),
+        Some((_, s, _)) if s != size => {
+            return Err(format!(
+                "{}: copied {size} bytes, the record says {s}",
+                job.path
+            ))
+        }
+        Some((_, _, Some(c))) if c != crc32 => {
+            return Err(format!(
+                "{}: the copy's CRC-32 {crc32:08x} is not the record's {c:08x}",
+                job.path
+            ))
+        }
+        _ => {}
+    }
+    // A copy of a file whose CRC-32 was not known teaches it.
+    let mut version = job.version;
+    if version.crc32.is_none() {
+        version.crc32 = Some(crc32);
+        if let Ok(m) = st.db.file(&job.path) {
+            let mut m = m.clone();
+            m.crc32 = Some(crc32);
+            let _ = st.db.put_file(&job.path, m);
+        }
+    }
+    st.slaves.touch(&job.path);
+    let seq = st.slaves.log_op(
+        job.to,
+        FileOp::Commit {
+            xfer,
+            path: job.path.clone(),
+            version,
+        },
+    );
+    st.replication.committing.insert((job.to, seq), job.clone());
+    Ok(seq)
+}
+
+/// The copy failed (or was given up) before its commit: free its slots;
+/// the path stays queued.
+pub fn failed(st: &mut MasterState, job_id: u64) {
+    if let Some(job) = st.replication.running.remove(&job_id) {
+        release(st, &job);
+        note(st, &job.path);
+    }
+}
+
+fn release(st: &mut MasterState, job: &CopyJob) {
+    for id in [job.from, job.to] {
+        if let Some(s) = st.slaves.get_mut(id) {
+            s.copy_jobs = s.copy_jobs.saturating_sub(1);
+        }
+    }
+}
+
+/// The target acknowledged log entry `seq`: if it was a copy's commit, the
+/// target becomes a holder (if the record is still that version; else the
+/// copy is stale and removed).
+pub fn acked(st: &mut MasterState, slave: SlaveId, seq: u64, outcome: &OpOutcome) {
+    let Some(job) = st.replication.committing.remove(&(slave, seq)) else {
+        return;
+    };
+    if st.replication.running.remove(&job.id).is_some() {
+        release(st, &job);
+    }
+    let still = st
+        .db
+        .file(&job.path)
+        .is_ok_and(|m| m.version == job.version.gen);
+    match outcome {
+        OpOutcome::Failed(_) => {}
+        _ if still => {
+            let _ = st.db.add_holder(&job.path, slave);
+            st.replication.done += 1;
+            if let Some(s) = st.slaves.get_mut(job.from) {
+                s.copied_out += job.version.size;
+            }
+            if let Some(s) = st.slaves.get_mut(slave) {
+                s.copied_in += job.version.size;
+            }
+        }
+        _ => {
+            st.slaves.log_op(
+                slave,
+                FileOp::DropStale {
+                    path: job.path.clone(),
+                    version: Some(job.version),
+                    size: job.version.size,
+                },
+            );
+        }
+    }
+    note(st, &job.path);
+}
+
+/// A rename moved `from` to `to`: queued and running paths move along.
+pub fn renamed(st: &mut MasterState, from: &VPath, to: &VPath) {
+    let moved: Vec<VPath> = st
+        .replication
+        .queued
+        .keys()
+        .filter(|p| *p == from || p.starts_with(from))
+        .cloned()
+        .collect();
+    for p in moved {
+        unqueue(st, &p);
+    }
+    for p in st
+        .db
+        .files_under(to)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect::<Vec<_>>()
+    {
+        note(st, &p);
+    }
+    if let Ok(_f) = st.db.file(to) {
+        note(st, to);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MasterConfig;
+    use crate::master::db::Holders;
+    use std::sync::Arc;
+
+    fn p(s: &str) -> VPath {
+        VPath::parse_absolute(s).unwrap()
+    }
+
+    fn state(copies: u32) -> MasterState {
+        let mut cfg = MasterConfig::default();
+        cfg.replication.copies = copies;
+        cfg.replication.slave_lost_after_ms = 1000;
+        let mut st = MasterState::new(Arc::new(cfg));
+        for (name, zone) in [("a", "z1"), ("b", "z1"), ("c", "z2")] {
+            let id = st.slaves.id_for(name);
+            let s = st.slaves.get_mut(id).unwrap();
+            s.state = SlaveState::Online;
+            s.free = 1 << 30;
+            s.zone = Some(zone.into());
+        }
+        st
+    }
+
+    fn put(st: &mut MasterState, path: &str, holders: &[SlaveId]) {
+        let gen = st.db.new_version();
+        st.db
+            .put_file(
+                &p(path),
+                FileMeta {
+                    size: 10,
+                    mtime: 0,
+                    owner: 0,
+                    group: 0,
+                    crc32: Some(7),
+                    version: gen,
+                    holders: Holders::from_slice(holders),
+                },
+            )
+            .unwrap();
+        note(st, &p(path));
+    }
+
+    #[test]
+    fn a_missing_copy_goes_to_another_zone_and_counts_once_acknowledged() {
+        let mut st = state(2);
+        put(&mut st, "/f", &[0]);
+        put(&mut st, "/ok", &[0, 1]);
+        assert_eq!(st.replication.queued(), 1);
+        let jobs = next_jobs(&mut st, 10);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!((jobs[0].from, jobs[0].to), (0, 2), "the other zone");
+        let seq = received(&mut st, &jobs[0], 99, 10, 7).unwrap();
+        acked(
+            &mut st,
+            2,
+            seq,
+            &OpOutcome::Committed { size: 10, mtime: 1 },
+        );
+        assert_eq!(st.db.file(&p("/f")).unwrap().holders.as_slice(), &[0, 2]);
+        assert_eq!(st.replication.queued(), 0);
+        assert_eq!(st.slaves.get(0).unwrap().copy_jobs, 0);
+    }
+
+    #[test]
+    fn a_bad_copy_is_refused_and_a_changed_file_not_counted() {
+        let mut st = state(2);
+        put(&mut st, "/f", &[0]);
+        let job = next_jobs(&mut st, 10).remove(0);
+        assert!(received(&mut st, &job, 1, 10, 8).is_err(), "CRC differs");
+        failed(&mut st, job.id);
+        let job = next_jobs(&mut st, 10).remove(0);
+        let seq = received(&mut st, &job, 2, 10, 7).unwrap();
+        // Overwritten meanwhile: the copy is stale.
+        put(&mut st, "/f", &[1]);
+        acked(
+            &mut st,
+            job.to,
+            seq,
+            &OpOutcome::Committed { size: 10, mtime: 1 },
+        );
+        assert!(!st.db.file(&p("/f")).unwrap().holders.contains(&job.to));
+        assert!(matches!(
+            st.slaves.get(job.to).unwrap().log.back(),
+            Some((_, FileOp::DropStale { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_lost_or_draining_slave_stops_counting() {
+        let mut st = state(2);
+        put(&mut st, "/f", &[0, 1]);
+        assert_eq!(st.replication.queued(), 0);
+        st.now_ms = 5000;
+        st.slaves.link_down(1, 4500);
+        note(&mut st, &p("/f"));
+        assert_eq!(st.replication.queued(), 0, "away, not yet lost");
+        st.now_ms = 6000;
+        assert_eq!(newly_lost(&st, &BTreeSet::new()), vec![1]);
+        note_all(&mut st, Some(1));
+        assert_eq!(st.replication.queued(), 1, "lost");
+        let mut st = state(2);
+        put(&mut st, "/g", &[0, 1]);
+        st.slaves.set_flags(0, true, false);
+        note_all(&mut st, Some(0));
+        let jobs = next_jobs(&mut st, 10);
+        assert_eq!(jobs[0].to, 2, "never to the draining slave");
+    }
+}
