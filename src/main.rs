@@ -70,15 +70,22 @@ enum Cmd {
         /// Address of the master<->slave link (default: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         link_listen: SocketAddr,
-        /// PASV without PRET: listings, refuse or relay.
-        #[arg(long, default_value = "listings")]
+        /// PASV without PRET: relay (default: the master carries the bytes
+        /// of what cannot go straight to a slave, so every client works),
+        /// listings (only listings; file transfers need PRET or active mode)
+        /// or refuse.
+        #[arg(long, default_value = "relay")]
         pasv_without_pret: String,
         /// Passive port range for master and slaves.
         #[arg(long, default_value = "50000-59999")]
         passive_ports: String,
-        /// Let STOR replace existing files.
-        #[arg(long)]
+        /// Let STOR replace existing files (the default; kept for old
+        /// command lines).
+        #[arg(long, conflicts_with = "no_overwrite")]
         allow_overwrite: bool,
+        /// Refuse a STOR onto an existing file (553).
+        #[arg(long)]
+        no_overwrite: bool,
         /// How long a passive listener waits for the client (ms).
         #[arg(long, default_value_t = 30_000)]
         data_timeout_ms: u64,
@@ -319,7 +326,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             link_listen,
             pasv_without_pret,
             passive_ports,
-            allow_overwrite,
+            allow_overwrite: _,
+            no_overwrite,
             data_timeout_ms,
             record,
             tls,
@@ -368,7 +376,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 users: user_configs,
                 pasv_without_pret: parse_mode(&pasv_without_pret)?,
                 passive_ports,
-                allow_overwrite,
+                allow_overwrite: !no_overwrite,
                 data_timeout_ms,
                 record_dir: record,
                 tls,
@@ -398,6 +406,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 );
             }
             print_ops(&c.ops);
+            for line in routing_lines(opts_mode(&c), true) {
+                println!("{line}");
+            }
             if let Some(u) = printed_user {
                 println!("login: user {} password {}", u.name, u.password);
             }
@@ -491,6 +502,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 println!("tls: certificate sha256 {fp} (slaves pin it with master_cert_pin)");
             }
             print_ops(&ops);
+            let mode = m.state.lock().config.pasv_without_pret;
+            for line in routing_lines(mode, false) {
+                println!("{line}");
+            }
+            tracing::info!(pasv_without_pret = ?mode, "transfers without PRET: {}", mode_summary(mode));
             notify::ready(&format!("serving ftp://{}", m.control_addr));
             loop {
                 match signals.next().await {
@@ -605,6 +621,43 @@ fn config_label(path: Option<&Path>) -> String {
         Some(p) => p.display().to_string(),
         None => "the default config".to_string(),
     }
+}
+
+/// The running mode of a cluster's master.
+fn opts_mode(c: &cluster::Cluster) -> PasvWithoutPret {
+    c.master.state.lock().config.pasv_without_pret
+}
+
+/// What happens to a passive transfer without PRET, in a few words.
+fn mode_summary(mode: PasvWithoutPret) -> &'static str {
+    match mode {
+        PasvWithoutPret::Relay => "relayed through the master",
+        PasvWithoutPret::Listings => {
+            "listings only; file transfers get a 503 naming PRET (pasv_without_pret = listings)"
+        }
+        PasvWithoutPret::Refuse => "PASV refused (pasv_without_pret = refuse)",
+    }
+}
+
+/// The banner lines saying which transfers go straight to the slaves,
+/// which the master relays, and how to change that (`cluster`: as flags,
+/// else as the config field).
+fn routing_lines(mode: PasvWithoutPret, cluster: bool) -> Vec<String> {
+    let (off, on) = if cluster {
+        ("--pasv-without-pret listings", "--pasv-without-pret relay")
+    } else {
+        (
+            "pasv_without_pret = \"listings\"",
+            "pasv_without_pret = \"relay\"",
+        )
+    };
+    let direct = "direct: PRET then PASV (lftp, rclone, curl --ftp-pret --no-ftp-skip-pasv-ip) and active mode (PORT) go straight to the slaves";
+    let other = match mode {
+        PasvWithoutPret::Relay => format!("relayed: PASV without PRET, and clients that ignore the 227 address, go through the master ({off} turns relaying off)"),
+        PasvWithoutPret::Listings => format!("not relayed: PASV without PRET serves listings only, file transfers get a 503 naming PRET ({on} relays them)"),
+        PasvWithoutPret::Refuse => format!("not relayed: PASV without PRET is refused with DrFTPD's 500 ({on} relays such transfers)"),
+    };
+    vec![direct.to_string(), other]
 }
 
 /// The admin and transfer-log lines of the ready banner.

@@ -114,6 +114,49 @@ fn cluster_serves_metrics_health_and_ready_logs_json_and_stops_on_sigterm() {
         bytes(&after, "upload") - bytes(&before, "upload"),
         123_457.0
     );
+    // Commands by verb, logins, completed transfers and their durations.
+    for (name, at_least) in [
+        ("dftpd_commands_total{verb=\"RETR\"}", 1.0),
+        ("dftpd_commands_total{verb=\"STOR\"}", 1.0),
+        ("dftpd_commands_total{verb=\"PRET\"}", 2.0),
+        ("dftpd_logins_total{outcome=\"ok\"}", 2.0),
+        (
+            "dftpd_transfer_duration_seconds_count{direction=\"download\"}",
+            1.0,
+        ),
+        ("dftpd_store_commit_seconds_count", 1.0),
+    ] {
+        let v = metric(&after, name).unwrap_or(0.0);
+        assert!(v >= at_least, "{name} = {v} in\n{after}");
+    }
+    assert_eq!(
+        sum_metric(&after, "dftpd_transfers_total{direction=\"upload\""),
+        1.0
+    );
+    let bad = curl(&["-u", "u:wrong", &format!("ftp://{addr}/")]);
+    assert!(!bad.status.success());
+    let (_, later) = http_get(&admin, "/metrics");
+    assert_eq!(
+        metric(&later, "dftpd_logins_total{outcome=\"failed\"}"),
+        Some(1.0)
+    );
+    // One xferlog line per transfer: upload then download, user, path and
+    // the slave in the service-name field.
+    let xferlog = std::fs::read_to_string(dir.path().join("xferlog")).unwrap();
+    let lines: Vec<Vec<&str>> = xferlog
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{xferlog}");
+    for (words, direction) in lines.iter().zip(["i", "o"]) {
+        assert_eq!(words.len(), 18, "{xferlog}");
+        assert_eq!(
+            (words[6], words[7], words[8], words[11], words[13], words[17]),
+            ("127.0.0.1", "123457", "/m.bin", direction, USER, "c"),
+            "{xferlog}"
+        );
+        assert!(words[14].starts_with("ftp@slave-"), "{xferlog}");
+    }
 
     // Every log line is one JSON object.
     let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();

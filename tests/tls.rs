@@ -383,7 +383,7 @@ fn require_tls_refuses_login_before_auth_and_clear_data() {
     assert!(out.contains(&format!("{user} -> 331")), "{out}");
     assert!(out.contains(&format!("{pass} -> 230")), "{out}");
     assert!(
-        out.contains("LIST -> 521 Data connections must be encrypted"),
+        out.contains("LIST -> 521 Send PBSZ 0 and PROT P: data connections must be encrypted"),
         "{out}"
     );
     assert!(out.contains("NOOP -> 200"), "{out}");
@@ -514,7 +514,7 @@ fn link_over_tls_refuses_slaves_that_do_not_pin_the_master() {
         ],
     );
     assert!(
-        out.contains("STOR x -> 521 Slave good has no TLS certificate"),
+        out.contains("STOR x -> 521 Use PROT C: slave good has no TLS certificate"),
         "{out}"
     );
     assert!(raw.cmd("PRET STOR y.bin").starts_with("200"));

@@ -21,6 +21,7 @@ use super::record::RecordSink;
 use super::store::{Durable, StoreHandle};
 use super::MasterTls;
 use crate::link::{MasterMsg, Request, Response};
+use crate::ops::{Metrics, OpsSinks};
 use dftpd_core::master::MasterState;
 
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,6 +111,10 @@ pub struct Hub {
     tls: std::sync::RwLock<Option<Arc<MasterTls>>>,
     /// Monotonic origin for the guard's clock ([`Hub::mono_ms`]).
     started: tokio::time::Instant,
+    /// Metrics and the transfer log, once the master's operations are
+    /// started (`Master::start_ops`); never in the simulator. Kept here,
+    /// not in the IO-free `MasterState`.
+    ops: std::sync::OnceLock<OpsSinks>,
 }
 
 pub type Shared = Arc<Hub>;
@@ -130,6 +135,7 @@ impl Hub {
             record,
             tls: std::sync::RwLock::new(tls),
             started: tokio::time::Instant::now(),
+            ops: std::sync::OnceLock::new(),
         }
     }
 
@@ -151,6 +157,22 @@ impl Hub {
     /// AUTH TLS.
     pub fn set_tls(&self, tls: Option<Arc<MasterTls>>) {
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = tls;
+    }
+
+    /// Where sessions report commands, logins and transfers (`None`:
+    /// nowhere, as in the simulator and unit tests).
+    pub fn ops(&self) -> Option<&OpsSinks> {
+        self.ops.get().filter(|o| !o.is_empty())
+    }
+
+    /// Sets the sinks of [`Hub::ops`] (once; later calls are ignored).
+    pub fn set_ops(&self, sinks: OpsSinks) {
+        let _ = self.ops.set(sinks);
+    }
+
+    /// The metrics, when the master has them.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.ops().and_then(|o| o.metrics.as_ref())
     }
 
     /// Milliseconds since the hub was made (simulated time in the

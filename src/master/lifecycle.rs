@@ -336,11 +336,19 @@ impl Master {
             }
             None => None,
         };
-        Ok(Ops {
+        let ops = Ops {
             metrics,
             xferlog,
             admin,
-        })
+        };
+        // Sessions opened from now on feed the metrics and the transfer
+        // log; the store writer times its commits.
+        self.state.set_ops(ops.sinks());
+        if let Some(store) = &self.state.store {
+            let m = ops.metrics.clone();
+            store.time_commits(Arc::new(move |took| m.store_commit(took)));
+        }
+        Ok(ops)
     }
 
     /// `/ready`: the store is open (it is, from [`Master::start`] on) and
@@ -350,8 +358,9 @@ impl Master {
     }
 
     /// Sets the metrics that are read from the master's state: sessions,
-    /// each slave's state and free space, and (until the transfer hook
-    /// feeds them) the byte counters from the registry's totals.
+    /// each slave's state and free space. (Commands, logins and transfers
+    /// come from each session's `OpsObserver`, remerge progress from the
+    /// link server, commit latency from the store writer.)
     pub fn observe(&self, metrics: &Metrics) {
         observe(&self.state, metrics)
     }
@@ -392,8 +401,6 @@ fn observe(state: &Shared, metrics: &Metrics) {
             _ => SlaveStatus::Offline,
         };
         metrics.set_slave(&s.name, status, s.free);
-        // Until the transfer hook calls Metrics::transfer_done.
-        metrics.sync_slave_totals(&s.name, s.bytes_sent, s.bytes_received, s.relayed_bytes);
     }
 }
 

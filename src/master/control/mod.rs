@@ -22,7 +22,7 @@ mod transfer;
 
 use data::{accept_opt, poll_once};
 
-use super::guard::CommandRate;
+use super::guard::{CommandRate, Pace};
 use super::hub::SlaveLink;
 use super::observe::{BadLine, SessionEvent, SessionObserver};
 use super::record::{Header, RecordSink, Recorder};
@@ -31,6 +31,7 @@ use super::store::Durable;
 use super::users;
 use super::{Hub, MasterState, SessionInfo, Shared};
 use crate::env::{next_connection, BoxStream, Env, NetListener};
+use crate::ops::OpsObserver;
 use crate::proto::{Command, Line, LineDecoder, Reply};
 
 pub async fn accept_sessions(
@@ -192,9 +193,15 @@ impl ControlSession {
     }
 
     /// Attaches the session's observers: the recorder if the master
-    /// records sessions.
+    /// records sessions, the operations feed (metrics, transfer log) if
+    /// the master has them.
     fn attach_observers(&mut self, sink: Option<Arc<dyn RecordSink>>) {
         let unix_now = self.env.unix_now();
+        if let Some(ops) = self.state.ops() {
+            self.observers
+                .0
+                .push(Box::new(OpsObserver::new(ops.clone())));
+        }
         if let Some(out) = sink.and_then(|s| s.open(self.session.id)) {
             let st = self.state.lock();
             let h = Header {
@@ -270,16 +277,22 @@ impl ControlSession {
                     }
                 },
             };
-            let now = self.state.mono_ms();
-            if !rate.allow(&guard, now) {
-                tracing::warn!("command rate exceeded; closing");
-                let _ = self
-                    .send(&Reply::new(
-                        421,
-                        "Too many commands too fast, closing control connection",
-                    ))
-                    .await;
-                return;
+            // Over the command budget: the reply waits (a client that
+            // waits for replies is slowed, not cut); a flood is closed.
+            let waiting = self.decoder.lines_waiting() + self.queued.len();
+            match rate.take(&guard, self.state.mono_ms(), waiting) {
+                Pace::Now => {}
+                Pace::After(delay) => tokio::time::sleep(delay).await,
+                Pace::Flood => {
+                    tracing::warn!(waiting, "command flood while throttled; closing");
+                    let _ = self
+                        .send(&Reply::new(
+                            421,
+                            "Too many commands too fast, closing control connection",
+                        ))
+                        .await;
+                    return;
+                }
             }
             if !self.observers.is_empty() {
                 let at = self.started.elapsed();
@@ -299,6 +312,7 @@ impl ControlSession {
                             Some(safe) => tracing::debug!("<- {safe}"),
                             None => tracing::debug!("<- {text}"),
                         }
+                        rate.line(true);
                         match self.perform(cmd).await {
                             Next::Continue => continue,
                             Next::Close => return,
@@ -310,6 +324,17 @@ impl ControlSession {
                 Line::NotUtf8 => Reply::new(501, "Command is not valid UTF-8"),
                 Line::Empty => Reply::new(500, "Empty command"),
             };
+            // Only invalid lines get here (commands continue above).
+            if !rate.line(false) {
+                tracing::warn!("a run of invalid lines; closing");
+                let _ = self
+                    .send(&Reply::new(
+                        421,
+                        "Too many invalid commands, closing control connection",
+                    ))
+                    .await;
+                return;
+            }
             if self.send(&reply).await.is_err() {
                 return;
             }
@@ -465,8 +490,11 @@ impl ControlSession {
             if let Some(d) = self.state.flush(&mut st) {
                 self.durable = Some(d);
             }
-            if let Some(user) = self.session.user() {
-                self.observers.emit(&st, &SessionEvent::LoggedIn { user });
+            match self.session.user() {
+                Some(user) => self.observers.emit(&st, &SessionEvent::LoggedIn { user }),
+                None => self
+                    .observers
+                    .emit(&st, &SessionEvent::LoginFailed { user: &check.user }),
             }
             result
         };

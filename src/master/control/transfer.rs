@@ -23,20 +23,22 @@ use crate::proto::{Line, Reply};
 impl ControlSession {
     pub(super) async fn transfer(&mut self, job: TransferJob) -> Next {
         let started = tokio::time::Instant::now();
-        let outcome = self.run_transfer(&job).await;
-        let (outcome, aborted) = outcome;
-        tracing::info!(?outcome, "transfer finished");
-        let finished = SessionEvent::TransferFinished {
-            job: &job,
-            outcome: &outcome,
-            aborted,
-            duration: started.elapsed(),
-        };
-        self.observers.emit_locked(&self.state, &finished);
+        let (outcome, aborted, relayed) = self.run_transfer(&job).await;
+        tracing::info!(?outcome, relayed, "transfer finished");
         let reply = {
             let mut st = self.state.lock();
             st.now = self.env.unix_now();
-            let reply = self.session.transfer_done(&mut st, &job, outcome);
+            if !self.observers.is_empty() {
+                let finished = SessionEvent::TransferFinished {
+                    job: &job,
+                    outcome: &outcome,
+                    aborted,
+                    relayed,
+                    duration: started.elapsed(),
+                };
+                self.observers.emit(&st, &finished);
+            }
+            let reply = self.session.transfer_done(&mut st, &job, outcome, relayed);
             if let Some(d) = self.state.flush(&mut st) {
                 self.durable = Some(d);
             }
@@ -66,9 +68,11 @@ impl ControlSession {
     }
 
     /// Runs one slave transfer to its end by performing the transfer
-    /// machine's steps. Returns the outcome and whether the client sent
-    /// ABOR.
-    async fn run_transfer(&mut self, job: &TransferJob) -> (TransferOutcome, bool) {
+    /// machine's steps. Returns the outcome, whether the client sent ABOR
+    /// and whether the master relayed the bytes (the relay route, or a
+    /// client caught at the master's address: the machine decides, not
+    /// the job's route).
+    async fn run_transfer(&mut self, job: &TransferJob) -> (TransferOutcome, bool, bool) {
         let (link, timeout, relay_allowed) = {
             let st = self.state.lock();
             (
@@ -115,7 +119,9 @@ impl ControlSession {
                 if let Some(e) = self.perform_step(step, job, &mut io, timeout).await {
                     match e {
                         StepResult::Event(e) => event = Some(e),
-                        StepResult::Finish(outcome, aborted) => return (outcome, aborted),
+                        StepResult::Finish(outcome, aborted) => {
+                            return (outcome, aborted, m.relaying())
+                        }
                     }
                 }
             }

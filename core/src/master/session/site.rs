@@ -64,13 +64,28 @@ impl Session {
                 lines.push("End".into());
                 Action::Reply(Reply::multi(200, lines))
             }
-            // lftp sends SITE CHMOD after uploads; modes are not kept (each
-            // slave's disk has its own), so say exactly that.
-            "CHMOD" => r(
-                502,
-                "SITE CHMOD is not implemented: dftpd does not keep Unix modes",
-            ),
+            // lftp (mirror -R) and others send SITE CHMOD after uploads and
+            // fail on an error. Modes are not kept (each slave's disk has its
+            // own), so it is accepted and ignored, and says so.
+            "CHMOD" => self.site_chmod(args, st),
             _ => r(500, format!("Unknown SITE command {verb}; try SITE HELP")),
+        }
+    }
+
+    /// SITE CHMOD <mode> <path>: 200 for a file or directory the user may
+    /// name, and nothing changes.
+    fn site_chmod(&self, args: &str, st: &MasterState) -> Action {
+        let (mode, path) = args.trim().split_once(' ').unwrap_or((args.trim(), ""));
+        let path = path.trim();
+        if mode.is_empty() || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) || path.is_empty() {
+            return r(501, "Usage: SITE CHMOD <octal mode> <path>");
+        }
+        match self.resolve(path) {
+            Ok(p) if st.db.get(&p).is_some() => {
+                r(200, "SITE CHMOD ignored: dftpd does not keep Unix modes")
+            }
+            Ok(p) => r(550, format!("{p}: No such file or directory")),
+            Err(a) => a,
         }
     }
 

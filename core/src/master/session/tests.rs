@@ -170,7 +170,7 @@ fn pret_retr_pasv_retr_runs_on_the_holder() {
         ),
         (0, 1)
     );
-    let done = s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 3 });
+    let done = s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 3 }, false);
     assert!(done.to_string().starts_with("226"));
     assert_eq!(st.slaves.get(0).unwrap().active, 0);
     // The passive endpoint was used up.
@@ -255,7 +255,7 @@ fn refuse_and_relay_modes() {
         panic!()
     };
     assert_eq!(job.route, Route::Relay);
-    let done = s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 4 });
+    let done = s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 4 }, true);
     assert!(done.to_string().starts_with("226"));
     assert_eq!(st.slaves.get(job.slave).unwrap().relayed_bytes, 4);
 }
@@ -264,10 +264,15 @@ fn refuse_and_relay_modes() {
 fn uploads_go_to_the_roomiest_slave_and_are_recorded_on_commit() {
     let mut st = state(PasvWithoutPret::Listings);
     let mut s = session(&mut st);
-    assert!(
-        text(s.handle(cmd("PRET STOR a"), &mut st)).starts_with("553"),
-        "no overwrite"
-    );
+    // A site that forbids overwriting: PRET STOR plans (it may be a
+    // resume), the plain STOR is refused.
+    let mut no_overwrite = (*st.config).clone();
+    no_overwrite.allow_overwrite = false;
+    st.config = Arc::new(no_overwrite);
+    assert!(text(s.handle(cmd("PRET STOR a"), &mut st)).starts_with("200"));
+    assert!(passive(&mut s, &mut st, "PASV").contains("227"));
+    let refused = text(s.handle(cmd("STOR a"), &mut st));
+    assert!(refused.starts_with("553"), "no overwrite: {refused}");
     assert_eq!(
         text(s.handle(cmd("PRET STOR new"), &mut st)),
         "200 OK, planning for upcoming upload"
@@ -287,6 +292,7 @@ fn uploads_go_to_the_roomiest_slave_and_are_recorded_on_commit() {
         &mut st,
         &job,
         TransferOutcome::Failed(TransferFailure::Network("reset".into())),
+        false,
     );
     assert!(failed.to_string().starts_with("426"));
     assert!(
@@ -306,6 +312,7 @@ fn uploads_go_to_the_roomiest_slave_and_are_recorded_on_commit() {
             mtime: 5,
             crc32: 1,
         },
+        false,
     );
     assert!(done.to_string().starts_with("226"));
     let f = st.db.file(&p("/new")).unwrap();
@@ -826,4 +833,69 @@ fn prot_p_to_a_slave_without_certificate_is_refused() {
         s.handle(cmd("RETR both"), &mut st),
         Action::Transfer(_)
     ));
+}
+
+#[test]
+fn sync_tools_get_safe_answers_by_default() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    // MKD of an existing directory: 550, which rclone reads as "exists".
+    assert!(text(s.handle(cmd("MKD /d"), &mut st)).starts_with("257"));
+    let again = text(s.handle(cmd("MKD /d"), &mut st));
+    assert!(again.starts_with("550 "), "{again}");
+    // SITE CHMOD is accepted and ignored (lftp mirror -R sends it).
+    let chmod = text(s.handle(cmd("SITE CHMOD 644 /a"), &mut st));
+    assert!(chmod.starts_with("200 "), "{chmod}");
+    // Overwriting is allowed by default, on a slave holding the file.
+    assert!(st.config.allow_overwrite);
+    assert_eq!(
+        text(s.handle(cmd("PRET STOR /a"), &mut st)),
+        "200 OK, planning for upcoming upload"
+    );
+    assert!(passive(&mut s, &mut st, "PASV").contains("127,0,0,11"));
+    let Action::Transfer(job) = s.handle(cmd("STOR /a"), &mut st) else {
+        panic!("STOR over an existing file must run")
+    };
+    assert_eq!(job.slave_name, "s1");
+}
+
+#[test]
+fn pret_stor_covers_the_appe_or_rest_stor_that_resumes_it() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    // curl -C - -T: PRET STOR, PASV, then APPE of the same path.
+    assert!(text(s.handle(cmd("PRET STOR /b"), &mut st)).starts_with("200"));
+    assert!(passive(&mut s, &mut st, "PASV").contains("127,0,0,11"));
+    let Action::Transfer(job) = s.handle(cmd("APPE /b"), &mut st) else {
+        panic!("APPE after PRET STOR of the same path must run")
+    };
+    assert_eq!(
+        job.order,
+        TransferOrder::Receive {
+            path: p("/b"),
+            offset: Some(crate::link::APPEND)
+        }
+    );
+    assert_eq!(job.slave_name, "s1", "on the slave holding the file");
+    s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 0 }, false);
+    // Or REST n + STOR of the same path.
+    assert!(text(s.handle(cmd("PRET STOR /b"), &mut st)).starts_with("200"));
+    assert!(passive(&mut s, &mut st, "PASV").contains("127,0,0,11"));
+    assert!(text(s.handle(cmd("REST 3"), &mut st)).starts_with("350"));
+    let Action::Transfer(job) = s.handle(cmd("STOR /b"), &mut st) else {
+        panic!("REST+STOR after PRET STOR must run")
+    };
+    assert_eq!(
+        job.order,
+        TransferOrder::Receive {
+            path: p("/b"),
+            offset: Some(3)
+        }
+    );
+    s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 0 }, false);
+    // APPE of another path still does not match.
+    assert!(text(s.handle(cmd("PRET STOR /b"), &mut st)).starts_with("200"));
+    assert!(passive(&mut s, &mut st, "PASV").contains("227"));
+    let other = text(s.handle(cmd("APPE /a"), &mut st));
+    assert!(other.starts_with("503"), "{other}");
 }
