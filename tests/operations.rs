@@ -195,6 +195,9 @@ fn sigterm_lets_a_running_download_finish_then_exits_0() {
         .parse()
         .unwrap();
 
+    // An idle session, told at once when the server stops.
+    let mut idle = RawFtp::connect(addr);
+    idle.login();
     let mut ftp = RawFtp::connect(addr);
     ftp.login();
     assert!(ftp.cmd("TYPE I").starts_with("200"));
@@ -207,7 +210,7 @@ fn sigterm_lets_a_running_download_finish_then_exits_0() {
     let mut got = vec![0u8; 1 << 20];
     d.read_exact(&mut got).unwrap();
     send_signal(&proc.0, "TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(idle.read_reply(), "421 Server shutting down");
     assert!(
         proc.0.try_wait().unwrap().is_none(),
         "waits for the download"
@@ -236,6 +239,8 @@ fn sigterm_lets_a_running_download_finish_then_exits_0() {
     let fin = ftp.read_reply();
     assert!(fin.starts_with("226"), "{fin}");
     assert!(got == payload, "the download is intact");
+    // After its final reply, the session that was transferring ends too.
+    assert_eq!(ftp.read_reply(), "421 Server shutting down");
     let status = wait_exit(&mut proc.0, 30).expect("exits once the download is done");
     assert_eq!(status.code(), Some(0));
 }
@@ -609,4 +614,65 @@ fn systemd_is_told_ready_and_stopping() {
     let stopping = next();
     assert!(stopping.starts_with("STOPPING=1"), "{stopping}");
     assert_eq!(wait_exit(&mut proc.0, 30).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn site_who_shows_a_relayed_transfer_and_kick_ends_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("slave-1")).unwrap();
+    std::fs::write(
+        dir.path().join("slave-1/big.bin"),
+        random_bytes(16 << 20, 3),
+    )
+    .unwrap();
+    let user = format!("{USER}:{PASS}");
+    let (_proc, banner) = cluster(dir.path(), &["--user", &user, "--slaves", "1"]);
+    let addr: SocketAddr = banner
+        .value("cluster ready: ftp://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut admin = RawFtp::connect(addr);
+    admin.login();
+    // A download without PRET: relayed by the master (the cluster's
+    // default), read slowly.
+    let mut down = RawFtp::connect(addr);
+    down.login();
+    assert!(down.cmd("TYPE I").starts_with("200"));
+    let (_, data) = down.pasv();
+    let mut d = TcpStream::connect(data).unwrap();
+    assert!(down.cmd("RETR big.bin").starts_with("150"));
+    let mut buf = vec![0u8; 1 << 20];
+    d.read_exact(&mut buf).unwrap();
+    let who = admin.cmd("SITE WHO");
+    let line = who
+        .lines()
+        .find(|l| l.contains("RETR /big.bin on slave-1"))
+        .unwrap_or_else(|| panic!("{who}"));
+    assert!(
+        line.contains(" bytes/s") && line.contains(" from 127.0.0.1:"),
+        "{line}"
+    );
+    let id = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches('#')
+        .to_string();
+    // An idle session of the same user, and the kick of both.
+    let mut other = RawFtp::connect(addr);
+    other.login();
+    let kicked = admin.cmd(&format!("SITE KICK {id}"));
+    assert!(kicked.starts_with("200 Kicked 1 session"), "{kicked}");
+    let fin = down.read_reply();
+    assert!(fin.starts_with("426"), "the transfer is cancelled: {fin}");
+    assert_eq!(down.read_reply(), "421 Disconnected by an administrator");
+    let all = admin.cmd(&format!("SITE KICK {USER}"));
+    assert!(
+        all.starts_with("200 Kicked 1 session"),
+        "only the other one: {all}"
+    );
+    assert_eq!(other.read_reply(), "421 Disconnected by an administrator");
+    assert!(admin.cmd("NOOP").starts_with("200"), "the admin stays");
+    drop(d);
 }

@@ -98,6 +98,17 @@ impl Core {
     }
 }
 
+/// Why a control session must end between commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The master stops (SIGTERM): `421 Server shutting down`; a session
+    /// in a transfer ends after its final reply.
+    Shutdown,
+    /// SITE KICK: `421 Disconnected by an administrator`; a running
+    /// transfer is cancelled first.
+    Kicked,
+}
+
 /// Everything the master's tasks share.
 pub struct Hub {
     core: Mutex<Core>,
@@ -115,6 +126,11 @@ pub struct Hub {
     /// started (`Master::start_ops`); never in the simulator. Kept here,
     /// not in the IO-free `MasterState`.
     ops: std::sync::OnceLock<OpsSinks>,
+    /// Each open control session's stop signal, by session id.
+    stops: Mutex<BTreeMap<u64, tokio::sync::watch::Sender<Option<Stop>>>>,
+    /// Set once the master shuts down: sessions registered later start
+    /// stopped.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 pub type Shared = Arc<Hub>;
@@ -136,6 +152,8 @@ impl Hub {
             tls: std::sync::RwLock::new(tls),
             started: tokio::time::Instant::now(),
             ops: std::sync::OnceLock::new(),
+            stops: Mutex::new(BTreeMap::new()),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -173,6 +191,47 @@ impl Hub {
     /// The metrics, when the master has them.
     pub fn metrics(&self) -> Option<&Arc<Metrics>> {
         self.ops().and_then(|o| o.metrics.as_ref())
+    }
+
+    /// A new control session's stop signal.
+    pub fn register_session(&self, id: u64) -> tokio::sync::watch::Receiver<Option<Stop>> {
+        let initial = self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+            .then_some(Stop::Shutdown);
+        let (tx, rx) = tokio::sync::watch::channel(initial);
+        lock(&self.stops).insert(id, tx);
+        rx
+    }
+
+    /// The session ended.
+    pub fn unregister_session(&self, id: u64) {
+        lock(&self.stops).remove(&id);
+    }
+
+    /// Tells every session the master is shutting down: idle ones answer
+    /// 421 and end, ones in a transfer after its final reply.
+    pub fn stop_sessions(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        for tx in lock(&self.stops).values() {
+            tx.send_if_modified(|s| {
+                let first = s.is_none();
+                s.get_or_insert(Stop::Shutdown);
+                first
+            });
+        }
+    }
+
+    /// SITE KICK of session `id`; false when no such session is open.
+    pub fn kick(&self, id: u64) -> bool {
+        match lock(&self.stops).get(&id) {
+            Some(tx) => {
+                tx.send_replace(Some(Stop::Kicked));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Milliseconds since the hub was made (simulated time in the

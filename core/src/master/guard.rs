@@ -159,6 +159,20 @@ impl LoginGuard {
         self.names.remove(name_key(user));
     }
 
+    /// SITE UNBAN: forgets the failures and any ban of an address (its
+    /// /64 for IPv6). Returns whether there was any on record.
+    pub fn unban_ip(&mut self, ip: IpAddr) -> bool {
+        self.ips.remove(&client_key(ip)).is_some()
+    }
+
+    /// SITE UNBAN: forgets the failures and any ban of a user name.
+    /// Returns whether there was any on record.
+    pub fn unban_name(&mut self, user: &str) -> bool {
+        let key = name_key(user);
+        self.name_order.retain(|n| n != key);
+        self.names.remove(key).is_some()
+    }
+
     /// Drops expired records (done every `PRUNE_EVERY` failures).
     pub fn prune(&mut self, cfg: &GuardConfig, now: u64) {
         self.since_prune = 0;
@@ -382,6 +396,26 @@ mod tests {
             ..cfg
         };
         assert_eq!(g.failure(&off, ip(1), "a", 0), Duration::ZERO);
+    }
+
+    #[test]
+    fn unban_lifts_a_ban_by_address_or_by_name() {
+        let cfg = GuardConfig::default();
+        let mut g = LoginGuard::default();
+        for i in 0..5 {
+            g.failure(&cfg, ip(1), "alice", i);
+        }
+        assert!(g.check(&cfg, ip(1), "bob", 10).is_err(), "address banned");
+        assert!(g.check(&cfg, ip(2), "alice", 10).is_err(), "name banned");
+        assert!(g.unban_ip(ip(1)));
+        assert!(g.check(&cfg, ip(1), "bob", 10).is_ok());
+        assert!(
+            g.check(&cfg, ip(1), "alice", 10).is_err(),
+            "the name still is"
+        );
+        assert!(g.unban_name("alice"));
+        assert!(g.check(&cfg, ip(2), "alice", 10).is_ok());
+        assert!(!g.unban_name("alice") && !g.unban_ip(ip(3)), "nothing left");
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod transfer;
 use data::{accept_opt, poll_once};
 
 use super::guard::{CommandRate, Pace};
-use super::hub::SlaveLink;
+use super::hub::{SlaveLink, Stop};
 use super::observe::{BadLine, SessionEvent, SessionObserver};
 use super::record::{Header, RecordSink, Recorder};
 use super::session::{Action, HashJob, LoginCheck, Session};
@@ -67,23 +67,17 @@ pub async fn accept_sessions(
         let (id, sink) = {
             let mut st = state.lock();
             let id = st.next_id();
-            st.sessions.insert(
-                id,
-                SessionInfo {
-                    peer,
-                    user: None,
-                    cwd: "/".into(),
-                    doing: None,
-                },
-            );
+            st.sessions.insert(id, SessionInfo::new(peer));
             (id, state.record.clone())
         };
+        let stop = state.register_session(id);
         let span = tracing::info_span!("session", id, %peer);
         let driver = ControlSession::new(
             env.clone(),
             state.clone(),
             stream,
             Session::new(id, peer, local),
+            stop,
         );
         tokio::spawn(driver.run(sink).instrument(span));
     }
@@ -164,6 +158,11 @@ pub(super) struct ControlSession {
     /// resumption data of its TLS sessions and sent with `PROT P` orders
     /// (see `tls.rs`, "Tying a data connection to its control connection").
     tls_token: Option<Vec<u8>>,
+    /// Told when the master shuts down or an admin kicks this session
+    /// ([`Hub::register_session`]).
+    stop: watch::Receiver<Option<Stop>>,
+    /// `stop` still has its sender.
+    stop_open: bool,
 }
 
 enum Next {
@@ -172,7 +171,13 @@ enum Next {
 }
 
 impl ControlSession {
-    fn new(env: Env, state: Shared, stream: BoxStream, session: Session) -> ControlSession {
+    fn new(
+        env: Env,
+        state: Shared,
+        stream: BoxStream,
+        session: Session,
+        stop: watch::Receiver<Option<Stop>>,
+    ) -> ControlSession {
         let (reader, writer) = tokio::io::split(stream);
         ControlSession {
             env,
@@ -189,6 +194,8 @@ impl ControlSession {
             started: tokio::time::Instant::now(),
             durable: None,
             tls_token: None,
+            stop,
+            stop_open: true,
         }
     }
 
@@ -228,6 +235,7 @@ impl ControlSession {
             self.serve().await;
         }
         self.release_endpoint();
+        self.state.unregister_session(self.session.id);
         {
             let mut st = self.state.lock();
             self.session.close(&mut st);
@@ -256,6 +264,18 @@ impl ControlSession {
             tokio::time::Instant::now() + Duration::from_millis(guard.login_timeout_ms.max(1));
         let mut rate = CommandRate::new(&guard, start);
         loop {
+            // Shutting down or kicked: a session between commands (also
+            // one whose transfer just got its final reply) ends here.
+            let stop = *self.stop.borrow();
+            if let Some(stop) = stop {
+                let text = match stop {
+                    Stop::Shutdown => "Server shutting down",
+                    Stop::Kicked => "Disconnected by an administrator",
+                };
+                tracing::info!("{text}; closing");
+                let _ = self.send(&Reply::new(421, text)).await;
+                return;
+            }
             // Not logged in yet: the login deadline, not the idle timeout.
             let wait = match self.session.user() {
                 Some(_) => idle,
@@ -263,10 +283,12 @@ impl ControlSession {
             };
             let line = match self.queued.pop_front() {
                 Some(l) => l,
-                None => match tokio::time::timeout(wait, self.read_line()).await {
-                    Ok(Some(l)) => l,
-                    Ok(None) => return,
-                    Err(_) => {
+                None => match self.read_line_or_stop(wait).await {
+                    Some(Ok(Some(l))) => l,
+                    Some(Ok(None)) => return,
+                    // Stopped: the loop's top says so.
+                    None => continue,
+                    Some(Err(_)) => {
                         let text = if self.session.user().is_some() {
                             "Idle timeout, closing control connection"
                         } else {
@@ -341,13 +363,31 @@ impl ControlSession {
         }
     }
 
-    /// The next line from the client; `None` when the connection closed.
-    async fn read_line(&mut self) -> Option<Line> {
+    /// The next line from the client within `wait` (`Some(Ok(None))`: the
+    /// connection closed; `Some(Err)`: timed out), or `None` as soon as the
+    /// session is told to stop.
+    async fn read_line_or_stop(
+        &mut self,
+        wait: Duration,
+    ) -> Option<Result<Option<Line>, tokio::time::error::Elapsed>> {
         if self.closed {
             // What the decoder still holds, then the end.
-            return self.decoder.next_line();
+            return Some(Ok(self.decoder.next_line()));
         }
-        read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed).await
+        loop {
+            let read = read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed);
+            tokio::select! {
+                biased;
+                changed = self.stop.changed(), if self.stop_open => {
+                    if changed.is_ok() {
+                        return None;
+                    }
+                }
+                line = tokio::time::timeout(wait, read) => return Some(line),
+            }
+            // The hub dropped this session's stop signal: just read.
+            self.stop_open = false;
+        }
     }
 
     async fn send(&mut self, reply: &Reply) -> std::io::Result<()> {
@@ -415,6 +455,12 @@ impl ControlSession {
             Action::Close(r) => {
                 let _ = self.send(&r).await;
                 return Next::Close;
+            }
+            Action::Kick { sessions, reply } => {
+                for id in sessions {
+                    self.state.kick(id);
+                }
+                self.send(&reply).await
             }
             Action::ResetData(r) | Action::SetActive(r) => {
                 self.release_endpoint();

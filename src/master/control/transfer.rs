@@ -12,9 +12,9 @@ use super::{
     accept_opt, is_abor, poll_once, read_line_into, ClientSide, ControlSession, Endpoint, Next,
 };
 use crate::config::PasvWithoutPret;
-use crate::env::{accept_from, pump, BoxStream, NetListener};
+use crate::env::{accept_from, pump_counted, BoxStream, NetListener};
 use crate::link::{DataTls, Request, Response};
-use crate::master::hub::SlaveLink;
+use crate::master::hub::{SlaveLink, Stop};
 use crate::master::observe::SessionEvent;
 use crate::master::session::{Route, TransferJob, TransferOutcome};
 use crate::master::transfer::{Event, RelayClient, Step, TransferMachine};
@@ -254,6 +254,18 @@ impl ControlSession {
                         Err(_) => Event::SlaveLost,
                     };
                 }
+                changed = self.stop.changed(), if control && self.stop_open => {
+                    match changed {
+                        // Kicked: cancel as if the client had gone (the
+                        // final reply, then 421). A shutdown lets the
+                        // transfer finish.
+                        Ok(()) if *self.stop.borrow() == Some(Stop::Kicked) => {
+                            return Event::ControlClosed
+                        }
+                        Ok(()) => {}
+                        Err(_) => self.stop_open = false,
+                    }
+                }
                 c = accept_opt(catch), if catching => {
                     if let Ok((stream, peer)) = c {
                         if peer.ip() == self.session.peer_ip() {
@@ -334,6 +346,15 @@ impl ControlSession {
         };
         let peer = self.session.peer_ip();
         let upload = job.is_upload();
+        // The bytes so far, for SITE WHO (the session's transfer info).
+        let progress = {
+            let mut st = self.state.lock();
+            st.sessions.get_mut(&self.session.id).and_then(|s| {
+                let t = s.transfer.as_mut()?;
+                t.counted = true;
+                Some(t.bytes.clone())
+            })
+        };
         io.relay = Some(tokio::spawn(async move {
             let mut client = match client {
                 ClientSide::Listener(l) => accept_from(l.as_ref(), Some(peer), timeout).await?,
@@ -343,10 +364,11 @@ impl ControlSession {
                 client =
                     Box::new(crate::tls::accept(&config, client, Some(&token), timeout).await?);
             }
+            let progress = progress.as_deref();
             if upload {
-                pump(&mut client, &mut slave_stream).await
+                pump_counted(&mut client, &mut slave_stream, progress).await
             } else {
-                pump(&mut slave_stream, &mut client).await
+                pump_counted(&mut slave_stream, &mut client, progress).await
             }
         }));
     }

@@ -3,11 +3,12 @@
 //! reply and the recorded file (two-phase uploads: the master records an
 //! upload only once the slave has committed it).
 
-use super::{db_reply, r, Action, DataSetup, Plan, PlanVerb, Session, Target};
+use super::{db_reply, r, Action, DataSetup, Plan, PlanVerb, Route, Session, Target};
 use super::{TransferJob, TransferOutcome};
 use crate::link::{FileOp, TransferFailure, TransferOrder, APPEND};
 use crate::master::db::{DbError, FileMeta, Holders};
 use crate::master::MasterState;
+use crate::master::TransferInfo;
 use crate::proto::{Reply, TransferType, VPath};
 
 impl Session {
@@ -98,11 +99,17 @@ impl Session {
             })
         );
         st.slaves.start_transfer(job.slave, planned);
-        let doing = match &job.order {
+        let what = match &job.order {
             TransferOrder::Send { path, .. } => format!("RETR {path} on {}", job.slave_name),
             TransferOrder::Receive { path, .. } => format!("STOR {path} on {}", job.slave_name),
         };
-        self.set_doing(st, Some(doing));
+        let info = TransferInfo {
+            what,
+            started: st.now,
+            bytes: Default::default(),
+            counted: job.route == Route::Relay,
+        };
+        self.update_info(st, Some(Some(info)));
         Action::Transfer(Box::new(job))
     }
 
@@ -223,7 +230,7 @@ impl Session {
         outcome: TransferOutcome,
         relayed: bool,
     ) -> Reply {
-        self.set_doing(st, None);
+        self.update_info(st, Some(None));
         let (mut sent, mut received) = (0, 0);
         let reply = match outcome {
             TransferOutcome::Sent { bytes } => {
