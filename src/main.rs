@@ -29,6 +29,15 @@ use dftpd::ops::{notify, Ops};
 use dftpd::slave::storage::DiskStorage;
 use dftpd::slave::SlaveTls;
 
+/// Prints a line on standard output, ignoring a closed stdout: a service
+/// must not die because whoever read its banner went away.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "dftpd",
@@ -386,12 +395,13 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 admin_listen,
             };
             let c = cluster::start(opts).await.context("starting the cluster")?;
-            println!(
+            say!(
                 "master ready on {} (slave link {})",
-                c.master.control_addr, c.master.link_addr
+                c.master.control_addr,
+                c.master.link_addr
             );
             for s in &c.slaves {
-                println!(
+                say!(
                     "{} ready: data address {}, storage {}",
                     s.name,
                     s.data_ip,
@@ -399,7 +409,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 );
             }
             if let Some(t) = &c.tls {
-                println!(
+                say!(
                     "tls: certificate {} sha256 {} (self-signed: curl -k or --cacert; AUTH TLS on the master, PROT P on the slaves, link over TLS)",
                     t.cert.display(),
                     t.fingerprint
@@ -407,12 +417,12 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             print_ops(&c.ops);
             for line in routing_lines(opts_mode(&c), true) {
-                println!("{line}");
+                say!("{line}");
             }
             if let Some(u) = printed_user {
-                println!("login: user {} password {}", u.name, u.password);
+                say!("login: user {} password {}", u.name, u.password);
             }
-            println!(
+            say!(
                 "cluster ready: ftp://{} (Ctrl-C to stop)",
                 c.master.control_addr
             );
@@ -433,7 +443,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     }
                 }
             }
-            println!("cluster stopped");
+            say!("cluster stopped");
         }
         Cmd::Master {
             config,
@@ -467,9 +477,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 dftpd::master::MasterTls::load(&cfg)
                     .with_context(|| format!("{label}: tls_cert/tls_key"))?;
                 for w in warnings {
-                    println!("warning: {w}");
+                    say!("warning: {w}");
                 }
-                println!("{label}: ok");
+                say!("{label}: ok");
                 return Ok(());
             }
             let mut signals = Signals::install()?;
@@ -481,7 +491,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     bail!("--rebuild needs a store file (`store` in the config or --store)");
                 };
                 let done = dftpd::master::store::rebuild(path, Env::real().unix_now())?;
-                println!("{done}");
+                say!("{done}");
             }
             let addrs = preflight::master_addrs(&cfg);
             let (admin_listen, xferlog) = (cfg.admin_listen, cfg.xferlog.clone());
@@ -493,18 +503,19 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             })?;
             let m = Arc::new(m);
             let ops = m.start_ops(admin_listen, xferlog.as_deref()).await?;
-            println!(
+            say!(
                 "master ready on {} (slave link {})",
-                m.control_addr, m.link_addr
+                m.control_addr,
+                m.link_addr
             );
             let fingerprint = m.state.tls().map(|t| t.fingerprint.clone());
             if let Some(fp) = fingerprint {
-                println!("tls: certificate sha256 {fp} (slaves pin it with master_cert_pin)");
+                say!("tls: certificate sha256 {fp} (slaves pin it with master_cert_pin)");
             }
             print_ops(&ops);
             let mode = m.state.lock().config.pasv_without_pret;
             for line in routing_lines(mode, false) {
-                println!("{line}");
+                say!("{line}");
             }
             tracing::info!(pasv_without_pret = ?mode, "transfers without PRET: {}", mode_summary(mode));
             notify::ready(&format!("serving ftp://{}", m.control_addr));
@@ -525,7 +536,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     }
                 }
             }
-            println!("master stopped");
+            say!("master stopped");
         }
         Cmd::HashPassword => {
             let mut line = String::new();
@@ -541,7 +552,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 salt,
                 dftpd::master::users::PasswordCost::default(),
             )?;
-            println!("{hash}");
+            say!("{hash}");
         }
         Cmd::Slave { config, check } => {
             let label = config_label(config.as_deref());
@@ -554,9 +565,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let tls = SlaveTls::load(&cfg).with_context(|| format!("{label}: TLS settings"))?;
             if check {
                 for w in warnings {
-                    println!("warning: {w}");
+                    say!("warning: {w}");
                 }
-                println!("{label}: ok");
+                say!("{label}: ok");
                 return Ok(());
             }
             for w in warnings {
@@ -591,7 +602,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     // Each reconnection reports ready again: say it once.
                     Some(_) = ready_rx.recv(), if !announced => {
                         announced = true;
-                        println!("{name} ready: data address {ip}, connected to master");
+                        say!("{name} ready: data address {ip}, connected to master");
                         notify::ready(&format!("{name} connected to master"));
                     }
                     ask = signals.next() => match ask {
@@ -609,7 +620,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             let _ = tx.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-            println!("{name} stopped");
+            say!("{name} stopped");
         }
     }
     Ok(())
@@ -663,13 +674,13 @@ fn routing_lines(mode: PasvWithoutPret, cluster: bool) -> Vec<String> {
 /// The admin and transfer-log lines of the ready banner.
 fn print_ops(ops: &Ops) {
     if let Some(a) = &ops.admin {
-        println!(
+        say!(
             "metrics: http://{}/metrics (health: /health, readiness: /ready)",
             a.addr
         );
     }
     if let Some(x) = &ops.xferlog {
-        println!("transfer log: {}", x.path().display());
+        say!("transfer log: {}", x.path().display());
     }
 }
 

@@ -482,7 +482,7 @@ fn separate_master_and_slave_processes_and_a_wrong_key() {
     std::fs::write(
         &master_toml,
         format!(
-            "listen = \"127.0.0.1:0\"\nlink_listen = \"127.0.0.1:0\"\nlink_key = \"right-key\"\npassive_ports = \"0\"\nstore = \"{}\"\n[[users]]\nname = \"{USER}\"\npassword = \"{PASS}\"\n",
+            "listen = \"127.0.0.1:0\"\nlink_listen = \"127.0.0.1:0\"\nlink_key = \"right-key\"\npassive_ports = \"0\"\nstore = \"{}\"\n[[users]]\nname = \"{USER}\"\npassword = \"{PASS}\"\nadmin = true\n",
             dir.path().join("master.redb").display()
         ),
     )

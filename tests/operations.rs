@@ -344,7 +344,10 @@ fn sighup_reloads_users_without_dropping_sessions_and_sigterm_stops_both_process
     };
     let users = user_toml(USER, PASS) + &user_toml("late", "late-pw");
     let mut cfg = master_toml(addr, link, site.dir.path(), &users);
-    cfg = cfg.replace("[password_cost]", "allow_overwrite = true\n[password_cost]");
+    cfg = cfg.replace(
+        "[password_cost]",
+        "allow_overwrite = false\n[password_cost]",
+    );
     std::fs::write(&site.master_cfg, &cfg).unwrap();
     send_signal(&site.master.0, "HUP");
     assert!(
@@ -386,7 +389,7 @@ fn sighup_reloads_users_without_dropping_sessions_and_sigterm_stops_both_process
     assert_eq!(status.code(), Some(0));
     send_signal(&site.master.0, "TERM");
     let status = wait_exit(&mut site.master.0, 30).expect("the master exits");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(0), "{}", site.log());
 }
 
 /// Runs `dftpd ARGS` to completion; returns (exit code, stdout, stderr).

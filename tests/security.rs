@@ -358,7 +358,7 @@ async fn a_rogue_slave_cannot_crash_the_master_or_take_over_files() {
     let control = site.control;
     let got = tokio::task::spawn_blocking(move || {
         let mut c = RawFtp::connect(control);
-        assert!(login(&mut c, "alice", "alice-pw").starts_with("230"));
+        assert!(login(&mut c, "root", "root-pw").starts_with("230"));
         let size = c.cmd("SIZE /f.bin");
         let slaves = c.cmd("SITE SLAVES");
         let down = curl(&[

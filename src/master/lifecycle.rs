@@ -455,7 +455,7 @@ mod tests {
             user("new", "n"),
             user("sited", "d2"),
         ]);
-        new.allow_overwrite = true;
+        new.allow_overwrite = false;
         new.listen = "127.0.0.1:1".parse().unwrap();
         let report = m.reload(&env, new).unwrap();
         assert_eq!(report.users_added, ["new"]);
@@ -465,7 +465,7 @@ mod tests {
         assert_eq!(report.applied, ["allow_overwrite"]);
         assert_eq!(report.need_restart, ["listen"]);
         let st = m.state.lock();
-        assert!(st.config.allow_overwrite);
+        assert!(!st.config.allow_overwrite);
         let running: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
         assert_eq!(st.config.listen, running, "restart-only: kept");
         assert!(users::verify_password(
