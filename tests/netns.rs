@@ -285,7 +285,8 @@ fn master_config(lab: &Lab) -> String {
          store = \"{}\"\n\
          [[users]]\n\
          name = \"{USER}\"\n\
-         password = \"{PASS}\"\n",
+         password = \"{PASS}\"\n\
+         admin = true\n",
         lab.root("master.redb").display()
     )
 }

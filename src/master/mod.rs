@@ -16,5 +16,5 @@ pub use dftpd_core::master::{
     commit, db, guard, observe, registry, remerge, session, transfer, users, users_from_config,
     MasterState, SessionInfo,
 };
-pub use hub::{lock, Core, Hub, Shared, SlaveLink};
+pub use hub::{lock, Core, Hub, Shared, SlaveLink, Stop};
 pub use start::{Master, MasterTls};
