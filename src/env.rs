@@ -216,6 +216,20 @@ where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
+    pump_counted(r, w, None).await
+}
+
+/// [`pump`], adding each chunk written to `progress` as it goes (SITE WHO
+/// shows a relayed transfer's bytes so far).
+pub async fn pump_counted<R, W>(
+    r: &mut R,
+    w: &mut W,
+    progress: Option<&std::sync::atomic::AtomicU64>,
+) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; COPY_BUF];
     let mut total = 0u64;
@@ -226,6 +240,9 @@ where
         }
         w.write_all(&buf[..n]).await?;
         total += n as u64;
+        if let Some(p) = progress {
+            p.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
     }
     w.shutdown().await?;
     Ok(total)

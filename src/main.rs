@@ -29,6 +29,15 @@ use dftpd::ops::{notify, Ops};
 use dftpd::slave::storage::DiskStorage;
 use dftpd::slave::SlaveTls;
 
+/// Prints a line on standard output, ignoring a closed stdout: a service
+/// must not die because whoever read its banner went away.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "dftpd",
@@ -70,15 +79,22 @@ enum Cmd {
         /// Address of the master<->slave link (default: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         link_listen: SocketAddr,
-        /// PASV without PRET: listings, refuse or relay.
-        #[arg(long, default_value = "listings")]
+        /// PASV without PRET: relay (default: the master carries the bytes
+        /// of what cannot go straight to a slave, so every client works),
+        /// listings (only listings; file transfers need PRET or active mode)
+        /// or refuse.
+        #[arg(long, default_value = "relay")]
         pasv_without_pret: String,
         /// Passive port range for master and slaves.
         #[arg(long, default_value = "50000-59999")]
         passive_ports: String,
-        /// Let STOR replace existing files.
-        #[arg(long)]
+        /// Let STOR replace existing files (the default; kept for old
+        /// command lines).
+        #[arg(long, conflicts_with = "no_overwrite")]
         allow_overwrite: bool,
+        /// Refuse a STOR onto an existing file (553).
+        #[arg(long)]
+        no_overwrite: bool,
         /// How long a passive listener waits for the client (ms).
         #[arg(long, default_value_t = 30_000)]
         data_timeout_ms: u64,
@@ -325,7 +341,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             link_listen,
             pasv_without_pret,
             passive_ports,
-            allow_overwrite,
+            allow_overwrite: _,
+            no_overwrite,
             data_timeout_ms,
             record,
             tls,
@@ -383,7 +400,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 users: user_configs,
                 pasv_without_pret: parse_mode(&pasv_without_pret)?,
                 passive_ports,
-                allow_overwrite,
+                allow_overwrite: !no_overwrite,
                 data_timeout_ms,
                 record_dir: record,
                 tls,
@@ -395,12 +412,13 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 sync_copies,
             };
             let c = cluster::start(opts).await.context("starting the cluster")?;
-            println!(
+            say!(
                 "master ready on {} (slave link {})",
-                c.master.control_addr, c.master.link_addr
+                c.master.control_addr,
+                c.master.link_addr
             );
             for s in &c.slaves {
-                println!(
+                say!(
                     "{} ready: data address {}, storage {}",
                     s.name,
                     s.data_ip,
@@ -408,17 +426,20 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 );
             }
             if let Some(t) = &c.tls {
-                println!(
+                say!(
                     "tls: certificate {} sha256 {} (self-signed: curl -k or --cacert; AUTH TLS on the master, PROT P on the slaves, link over TLS)",
                     t.cert.display(),
                     t.fingerprint
                 );
             }
             print_ops(&c.ops);
-            if let Some(u) = printed_user {
-                println!("login: user {} password {}", u.name, u.password);
+            for line in routing_lines(opts_mode(&c), true) {
+                say!("{line}");
             }
-            println!(
+            if let Some(u) = printed_user {
+                say!("login: user {} password {}", u.name, u.password);
+            }
+            say!(
                 "cluster ready: ftp://{} (Ctrl-C to stop)",
                 c.master.control_addr
             );
@@ -439,7 +460,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     }
                 }
             }
-            println!("cluster stopped");
+            say!("cluster stopped");
         }
         Cmd::Master {
             config,
@@ -473,9 +494,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 dftpd::master::MasterTls::load(&cfg)
                     .with_context(|| format!("{label}: tls_cert/tls_key"))?;
                 for w in warnings {
-                    println!("warning: {w}");
+                    say!("warning: {w}");
                 }
-                println!("{label}: ok");
+                say!("{label}: ok");
                 return Ok(());
             }
             let mut signals = Signals::install()?;
@@ -487,7 +508,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     bail!("--rebuild needs a store file (`store` in the config or --store)");
                 };
                 let done = dftpd::master::store::rebuild(path, Env::real().unix_now())?;
-                println!("{done}");
+                say!("{done}");
             }
             let addrs = preflight::master_addrs(&cfg);
             let (admin_listen, xferlog) = (cfg.admin_listen, cfg.xferlog.clone());
@@ -499,15 +520,21 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             })?;
             let m = Arc::new(m);
             let ops = m.start_ops(admin_listen, xferlog.as_deref()).await?;
-            println!(
+            say!(
                 "master ready on {} (slave link {})",
-                m.control_addr, m.link_addr
+                m.control_addr,
+                m.link_addr
             );
             let fingerprint = m.state.tls().map(|t| t.fingerprint.clone());
             if let Some(fp) = fingerprint {
-                println!("tls: certificate sha256 {fp} (slaves pin it with master_cert_pin)");
+                say!("tls: certificate sha256 {fp} (slaves pin it with master_cert_pin)");
             }
             print_ops(&ops);
+            let mode = m.state.lock().config.pasv_without_pret;
+            for line in routing_lines(mode, false) {
+                say!("{line}");
+            }
+            tracing::info!(pasv_without_pret = ?mode, "transfers without PRET: {}", mode_summary(mode));
             notify::ready(&format!("serving ftp://{}", m.control_addr));
             loop {
                 match signals.next().await {
@@ -526,7 +553,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     }
                 }
             }
-            println!("master stopped");
+            say!("master stopped");
         }
         Cmd::HashPassword => {
             let mut line = String::new();
@@ -542,7 +569,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 salt,
                 dftpd::master::users::PasswordCost::default(),
             )?;
-            println!("{hash}");
+            say!("{hash}");
         }
         Cmd::Slave { config, check } => {
             let label = config_label(config.as_deref());
@@ -555,9 +582,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let tls = SlaveTls::load(&cfg).with_context(|| format!("{label}: TLS settings"))?;
             if check {
                 for w in warnings {
-                    println!("warning: {w}");
+                    say!("warning: {w}");
                 }
-                println!("{label}: ok");
+                say!("{label}: ok");
                 return Ok(());
             }
             for w in warnings {
@@ -592,7 +619,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     // Each reconnection reports ready again: say it once.
                     Some(_) = ready_rx.recv(), if !announced => {
                         announced = true;
-                        println!("{name} ready: data address {ip}, connected to master");
+                        say!("{name} ready: data address {ip}, connected to master");
                         notify::ready(&format!("{name} connected to master"));
                     }
                     ask = signals.next() => match ask {
@@ -610,7 +637,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             let _ = tx.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-            println!("{name} stopped");
+            say!("{name} stopped");
         }
     }
     Ok(())
@@ -624,16 +651,53 @@ fn config_label(path: Option<&Path>) -> String {
     }
 }
 
+/// The running mode of a cluster's master.
+fn opts_mode(c: &cluster::Cluster) -> PasvWithoutPret {
+    c.master.state.lock().config.pasv_without_pret
+}
+
+/// What happens to a passive transfer without PRET, in a few words.
+fn mode_summary(mode: PasvWithoutPret) -> &'static str {
+    match mode {
+        PasvWithoutPret::Relay => "relayed through the master",
+        PasvWithoutPret::Listings => {
+            "listings only; file transfers get a 503 naming PRET (pasv_without_pret = listings)"
+        }
+        PasvWithoutPret::Refuse => "PASV refused (pasv_without_pret = refuse)",
+    }
+}
+
+/// The banner lines saying which transfers go straight to the slaves,
+/// which the master relays, and how to change that (`cluster`: as flags,
+/// else as the config field).
+fn routing_lines(mode: PasvWithoutPret, cluster: bool) -> Vec<String> {
+    let (off, on) = if cluster {
+        ("--pasv-without-pret listings", "--pasv-without-pret relay")
+    } else {
+        (
+            "pasv_without_pret = \"listings\"",
+            "pasv_without_pret = \"relay\"",
+        )
+    };
+    let direct = "direct: PRET then PASV (lftp, rclone, curl --ftp-pret --no-ftp-skip-pasv-ip) and active mode (PORT) go straight to the slaves";
+    let other = match mode {
+        PasvWithoutPret::Relay => format!("relayed: PASV without PRET, and clients that ignore the 227 address, go through the master ({off} turns relaying off)"),
+        PasvWithoutPret::Listings => format!("not relayed: PASV without PRET serves listings only, file transfers get a 503 naming PRET ({on} relays them)"),
+        PasvWithoutPret::Refuse => format!("not relayed: PASV without PRET is refused with DrFTPD's 500 ({on} relays such transfers)"),
+    };
+    vec![direct.to_string(), other]
+}
+
 /// The admin and transfer-log lines of the ready banner.
 fn print_ops(ops: &Ops) {
     if let Some(a) = &ops.admin {
-        println!(
+        say!(
             "metrics: http://{}/metrics (health: /health, readiness: /ready)",
             a.addr
         );
     }
     if let Some(x) = &ops.xferlog {
-        println!("transfer log: {}", x.path().display());
+        say!("transfer log: {}", x.path().display());
     }
 }
 

@@ -119,7 +119,8 @@ fn curl_pret_upload_list_download_served_by_the_storing_slave() {
 
 #[test]
 fn curl_without_pret_lists_but_a_download_gets_a_503_naming_pret() {
-    let c = ClusterProc::start_with(&[], |dir| {
+    // Not the cluster's default (relay): what `listings` does.
+    let c = ClusterProc::start_with(&["--pasv-without-pret", "listings"], |dir| {
         std::fs::create_dir_all(dir.join("slave-2/pub")).unwrap();
         std::fs::write(dir.join("slave-2/pub/f.txt"), b"hello").unwrap();
     });
@@ -347,8 +348,6 @@ fn pret_mismatch_epsv_and_plan_rules() {
     let (_, bytes, fin) = raw.retr("b", addr);
     assert_eq!(bytes, b"bbb");
     assert!(fin.starts_with("226"));
-    // STOR onto an existing file: 553 unless overwrite is allowed.
-    assert!(raw.cmd("PRET STOR a").starts_with("553"));
     // Without PRET, EPSV gets the master and a listing works over it.
     let r = raw.cmd("EPSV");
     assert!(r.starts_with("229"), "{r}");
@@ -374,6 +373,14 @@ fn pret_mismatch_epsv_and_plan_rules() {
     // MLST and SIZE come from the database.
     assert_eq!(raw.cmd("SIZE a"), "213 3");
     assert!(raw.cmd("MLST a").contains("type=file;size=3;"));
+    // STOR onto an existing file is planned on a slave holding it
+    // (overwriting is allowed by default).
+    assert_eq!(
+        raw.cmd("PRET STOR a"),
+        "200 OK, planning for upcoming upload"
+    );
+    let (r, _) = raw.pasv();
+    assert_eq!(pasv_ip(&r).as_deref(), Some("127.0.0.11"));
 }
 
 #[test]
@@ -421,6 +428,18 @@ fn hostile_input_gets_replies_and_the_session_survives() {
     let who = raw.cmd("SITE WHO");
     assert!(who.contains(" u from 127.0.0.1"), "{who}");
     assert!(raw.cmd("QUIT").starts_with("221"));
+    // A run of garbage lines is not a client: 421 after 50 in a row.
+    let mut g = RawFtp::connect(c.addr);
+    g.send_raw(&b"\r\n".repeat(60));
+    let replies: Vec<String> = (0..50).map(|_| g.read_reply()).collect();
+    assert!(
+        replies[..49].iter().all(|r| r == "500 Empty command"),
+        "{replies:?}"
+    );
+    assert!(
+        replies[49].starts_with("421 Too many invalid commands"),
+        "{replies:?}"
+    );
 }
 
 #[test]
@@ -463,7 +482,7 @@ fn separate_master_and_slave_processes_and_a_wrong_key() {
     std::fs::write(
         &master_toml,
         format!(
-            "listen = \"127.0.0.1:0\"\nlink_listen = \"127.0.0.1:0\"\nlink_key = \"right-key\"\naccept_new_slaves = true\npassive_ports = \"0\"\nstore = \"{}\"\n[[users]]\nname = \"{USER}\"\npassword = \"{PASS}\"\n",
+            "listen = \"127.0.0.1:0\"\nlink_listen = \"127.0.0.1:0\"\nlink_key = \"right-key\"\naccept_new_slaves = true\npassive_ports = \"0\"\nstore = \"{}\"\n[[users]]\nname = \"{USER}\"\npassword = \"{PASS}\"\nadmin = true\n",
             dir.path().join("master.redb").display()
         ),
     )

@@ -286,7 +286,8 @@ fn master_config(lab: &Lab) -> String {
          store = \"{}\"\n\
          [[users]]\n\
          name = \"{USER}\"\n\
-         password = \"{PASS}\"\n",
+         password = \"{PASS}\"\n\
+         admin = true\n",
         lab.root("master.redb").display()
     )
 }

@@ -114,6 +114,49 @@ fn cluster_serves_metrics_health_and_ready_logs_json_and_stops_on_sigterm() {
         bytes(&after, "upload") - bytes(&before, "upload"),
         123_457.0
     );
+    // Commands by verb, logins, completed transfers and their durations.
+    for (name, at_least) in [
+        ("dftpd_commands_total{verb=\"RETR\"}", 1.0),
+        ("dftpd_commands_total{verb=\"STOR\"}", 1.0),
+        ("dftpd_commands_total{verb=\"PRET\"}", 2.0),
+        ("dftpd_logins_total{outcome=\"ok\"}", 2.0),
+        (
+            "dftpd_transfer_duration_seconds_count{direction=\"download\"}",
+            1.0,
+        ),
+        ("dftpd_store_commit_seconds_count", 1.0),
+    ] {
+        let v = metric(&after, name).unwrap_or(0.0);
+        assert!(v >= at_least, "{name} = {v} in\n{after}");
+    }
+    assert_eq!(
+        sum_metric(&after, "dftpd_transfers_total{direction=\"upload\""),
+        1.0
+    );
+    let bad = curl(&["-u", "u:wrong", &format!("ftp://{addr}/")]);
+    assert!(!bad.status.success());
+    let (_, later) = http_get(&admin, "/metrics");
+    assert_eq!(
+        metric(&later, "dftpd_logins_total{outcome=\"failed\"}"),
+        Some(1.0)
+    );
+    // One xferlog line per transfer: upload then download, user, path and
+    // the slave in the service-name field.
+    let xferlog = std::fs::read_to_string(dir.path().join("xferlog")).unwrap();
+    let lines: Vec<Vec<&str>> = xferlog
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{xferlog}");
+    for (words, direction) in lines.iter().zip(["i", "o"]) {
+        assert_eq!(words.len(), 18, "{xferlog}");
+        assert_eq!(
+            (words[6], words[7], words[8], words[11], words[13], words[17]),
+            ("127.0.0.1", "123457", "/m.bin", direction, USER, "c"),
+            "{xferlog}"
+        );
+        assert!(words[14].starts_with("ftp@slave-"), "{xferlog}");
+    }
 
     // Every log line is one JSON object.
     let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
@@ -152,6 +195,9 @@ fn sigterm_lets_a_running_download_finish_then_exits_0() {
         .parse()
         .unwrap();
 
+    // An idle session, told at once when the server stops.
+    let mut idle = RawFtp::connect(addr);
+    idle.login();
     let mut ftp = RawFtp::connect(addr);
     ftp.login();
     assert!(ftp.cmd("TYPE I").starts_with("200"));
@@ -164,7 +210,7 @@ fn sigterm_lets_a_running_download_finish_then_exits_0() {
     let mut got = vec![0u8; 1 << 20];
     d.read_exact(&mut got).unwrap();
     send_signal(&proc.0, "TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(idle.read_reply(), "421 Server shutting down");
     assert!(
         proc.0.try_wait().unwrap().is_none(),
         "waits for the download"
@@ -193,6 +239,8 @@ fn sigterm_lets_a_running_download_finish_then_exits_0() {
     let fin = ftp.read_reply();
     assert!(fin.starts_with("226"), "{fin}");
     assert!(got == payload, "the download is intact");
+    // After its final reply, the session that was transferring ends too.
+    assert_eq!(ftp.read_reply(), "421 Server shutting down");
     let status = wait_exit(&mut proc.0, 30).expect("exits once the download is done");
     assert_eq!(status.code(), Some(0));
 }
@@ -296,7 +344,10 @@ fn sighup_reloads_users_without_dropping_sessions_and_sigterm_stops_both_process
     };
     let users = user_toml(USER, PASS) + &user_toml("late", "late-pw");
     let mut cfg = master_toml(addr, link, site.dir.path(), &users);
-    cfg = cfg.replace("[password_cost]", "allow_overwrite = true\n[password_cost]");
+    cfg = cfg.replace(
+        "[password_cost]",
+        "allow_overwrite = false\n[password_cost]",
+    );
     std::fs::write(&site.master_cfg, &cfg).unwrap();
     send_signal(&site.master.0, "HUP");
     assert!(
@@ -338,7 +389,7 @@ fn sighup_reloads_users_without_dropping_sessions_and_sigterm_stops_both_process
     assert_eq!(status.code(), Some(0));
     send_signal(&site.master.0, "TERM");
     let status = wait_exit(&mut site.master.0, 30).expect("the master exits");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(0), "{}", site.log());
 }
 
 /// Runs `dftpd ARGS` to completion; returns (exit code, stdout, stderr).
@@ -566,4 +617,65 @@ fn systemd_is_told_ready_and_stopping() {
     let stopping = next();
     assert!(stopping.starts_with("STOPPING=1"), "{stopping}");
     assert_eq!(wait_exit(&mut proc.0, 30).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn site_who_shows_a_relayed_transfer_and_kick_ends_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("slave-1")).unwrap();
+    std::fs::write(
+        dir.path().join("slave-1/big.bin"),
+        random_bytes(16 << 20, 3),
+    )
+    .unwrap();
+    let user = format!("{USER}:{PASS}");
+    let (_proc, banner) = cluster(dir.path(), &["--user", &user, "--slaves", "1"]);
+    let addr: SocketAddr = banner
+        .value("cluster ready: ftp://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut admin = RawFtp::connect(addr);
+    admin.login();
+    // A download without PRET: relayed by the master (the cluster's
+    // default), read slowly.
+    let mut down = RawFtp::connect(addr);
+    down.login();
+    assert!(down.cmd("TYPE I").starts_with("200"));
+    let (_, data) = down.pasv();
+    let mut d = TcpStream::connect(data).unwrap();
+    assert!(down.cmd("RETR big.bin").starts_with("150"));
+    let mut buf = vec![0u8; 1 << 20];
+    d.read_exact(&mut buf).unwrap();
+    let who = admin.cmd("SITE WHO");
+    let line = who
+        .lines()
+        .find(|l| l.contains("RETR /big.bin on slave-1"))
+        .unwrap_or_else(|| panic!("{who}"));
+    assert!(
+        line.contains(" bytes/s") && line.contains(" from 127.0.0.1:"),
+        "{line}"
+    );
+    let id = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches('#')
+        .to_string();
+    // An idle session of the same user, and the kick of both.
+    let mut other = RawFtp::connect(addr);
+    other.login();
+    let kicked = admin.cmd(&format!("SITE KICK {id}"));
+    assert!(kicked.starts_with("200 Kicked 1 session"), "{kicked}");
+    let fin = down.read_reply();
+    assert!(fin.starts_with("426"), "the transfer is cancelled: {fin}");
+    assert_eq!(down.read_reply(), "421 Disconnected by an administrator");
+    let all = admin.cmd(&format!("SITE KICK {USER}"));
+    assert!(
+        all.starts_with("200 Kicked 1 session"),
+        "only the other one: {all}"
+    );
+    assert_eq!(other.read_reply(), "421 Disconnected by an administrator");
+    assert!(admin.cmd("NOOP").starts_with("200"), "the admin stays");
+    drop(d);
 }

@@ -174,6 +174,19 @@ fn session_flood_slow_login_and_command_flood_are_cut() {
         replies.last().unwrap().starts_with("421 Too many commands"),
         "{replies:?}"
     );
+    // A client that waits for each reply is slowed down past the burst
+    // (1 command/s here), never closed.
+    let mut d = RawFtp::connect(site.control);
+    assert!(login(&mut d, "alice", "alice-pw").starts_with("230"));
+    let started = std::time::Instant::now();
+    for _ in 0..11 {
+        assert_eq!(d.cmd("NOOP"), "200 NOOP ok");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "replies past the burst are delayed: {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -347,7 +360,7 @@ async fn a_rogue_slave_cannot_crash_the_master_or_take_over_files() {
     let control = site.control;
     let got = tokio::task::spawn_blocking(move || {
         let mut c = RawFtp::connect(control);
-        assert!(login(&mut c, "alice", "alice-pw").starts_with("230"));
+        assert!(login(&mut c, "root", "root-pw").starts_with("230"));
         let size = c.cmd("SIZE /f.bin");
         let slaves = c.cmd("SITE SLAVES");
         let down = curl(&[

@@ -383,7 +383,7 @@ fn require_tls_refuses_login_before_auth_and_clear_data() {
     assert!(out.contains(&format!("{user} -> 331")), "{out}");
     assert!(out.contains(&format!("{pass} -> 230")), "{out}");
     assert!(
-        out.contains("LIST -> 521 Data connections must be encrypted"),
+        out.contains("LIST -> 521 Send PBSZ 0 and PROT P: data connections must be encrypted"),
         "{out}"
     );
     assert!(out.contains("NOOP -> 200"), "{out}");
@@ -411,7 +411,7 @@ fn link_over_tls_refuses_slaves_that_do_not_pin_the_master() {
     std::fs::write(
         &master_toml,
         format!(
-            "listen = \"127.0.0.1:0\"\nlink_listen = \"127.0.0.1:0\"\nlink_key = \"k\"\naccept_new_slaves = true\npassive_ports = \"0\"\nstore = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nlink_tls = true\n[[users]]\nname = \"{USER}\"\npassword = \"{PASS}\"\n",
+            "listen = \"127.0.0.1:0\"\nlink_listen = \"127.0.0.1:0\"\nlink_key = \"k\"\naccept_new_slaves = true\npassive_ports = \"0\"\nstore = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nlink_tls = true\n[[users]]\nname = \"{USER}\"\npassword = \"{PASS}\"\nadmin = true\n",
             dir.path().join("master.redb").display(),
             cert.display(),
             key.display(),
@@ -514,7 +514,7 @@ fn link_over_tls_refuses_slaves_that_do_not_pin_the_master() {
         ],
     );
     assert!(
-        out.contains("STOR x -> 521 Slave good has no TLS certificate"),
+        out.contains("STOR x -> 521 Use PROT C: slave good has no TLS certificate"),
         "{out}"
     );
     assert!(raw.cmd("PRET STOR y.bin").starts_with("200"));
@@ -560,8 +560,8 @@ fn relay_serves_prot_p_clients_without_pret() {
     assert_eq!(std::fs::read(&dst).unwrap(), payload);
     let slaves = c.raw().cmd("SITE SLAVES");
     assert!(
-        slaves.contains("relayed=400000"),
-        "the upload was relayed: {slaves}"
+        slaves.contains("relayed=800000"),
+        "the upload and the caught download were relayed: {slaves}"
     );
 }
 
@@ -691,7 +691,7 @@ fn fxp_between_two_sites_with_sscn_and_cpsv() {
         "{r}"
     );
     assert!(r.contains("550 CPSV: server-to-server"), "{r}");
-    assert!(r.contains("504 PORT to an address other than yours"), "{r}");
+    assert!(r.contains("504 Use your own address in PORT"), "{r}");
     assert!(r.contains("200 SSCN:SERVER METHOD"), "{r}");
 }
 

@@ -22,6 +22,7 @@ use super::record::RecordSink;
 use super::store::{Durable, StoreHandle};
 use super::MasterTls;
 use crate::link::{MasterMsg, OpOutcome, Request, Response, LOG_CHUNK_BYTES};
+use crate::ops::{Metrics, OpsSinks};
 use dftpd_core::master::MasterState;
 
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -98,6 +99,17 @@ impl Core {
     }
 }
 
+/// Why a control session must end between commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The master stops (SIGTERM): `421 Server shutting down`; a session
+    /// in a transfer ends after its final reply.
+    Shutdown,
+    /// SITE KICK: `421 Disconnected by an administrator`; a running
+    /// transfer is cancelled first.
+    Kicked,
+}
+
 /// Everything the master's tasks share.
 pub struct Hub {
     core: Mutex<Core>,
@@ -118,6 +130,15 @@ pub struct Hub {
     /// (slave, sequence number). They outlive the link: an entry resent
     /// after a reconnect answers them too.
     commit_waiters: Mutex<BTreeMap<(SlaveId, u64), oneshot::Sender<OpOutcome>>>,
+    /// Metrics and the transfer log, once the master's operations are
+    /// started (`Master::start_ops`); never in the simulator. Kept here,
+    /// not in the IO-free `MasterState`.
+    ops: std::sync::OnceLock<OpsSinks>,
+    /// Each open control session's stop signal, by session id.
+    stops: Mutex<BTreeMap<u64, tokio::sync::watch::Sender<Option<Stop>>>>,
+    /// Set once the master shuts down: sessions registered later start
+    /// stopped.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 pub type Shared = Arc<Hub>;
@@ -141,6 +162,9 @@ impl Hub {
             started: tokio::time::Instant::now(),
             instance,
             commit_waiters: Mutex::new(BTreeMap::new()),
+            ops: std::sync::OnceLock::new(),
+            stops: Mutex::new(BTreeMap::new()),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -162,6 +186,63 @@ impl Hub {
     /// AUTH TLS.
     pub fn set_tls(&self, tls: Option<Arc<MasterTls>>) {
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = tls;
+    }
+
+    /// Where sessions report commands, logins and transfers (`None`:
+    /// nowhere, as in the simulator and unit tests).
+    pub fn ops(&self) -> Option<&OpsSinks> {
+        self.ops.get().filter(|o| !o.is_empty())
+    }
+
+    /// Sets the sinks of [`Hub::ops`] (once; later calls are ignored).
+    pub fn set_ops(&self, sinks: OpsSinks) {
+        let _ = self.ops.set(sinks);
+    }
+
+    /// The metrics, when the master has them.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.ops().and_then(|o| o.metrics.as_ref())
+    }
+
+    /// A new control session's stop signal.
+    pub fn register_session(&self, id: u64) -> tokio::sync::watch::Receiver<Option<Stop>> {
+        let initial = self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+            .then_some(Stop::Shutdown);
+        let (tx, rx) = tokio::sync::watch::channel(initial);
+        lock(&self.stops).insert(id, tx);
+        rx
+    }
+
+    /// The session ended.
+    pub fn unregister_session(&self, id: u64) {
+        lock(&self.stops).remove(&id);
+    }
+
+    /// Tells every session the master is shutting down: idle ones answer
+    /// 421 and end, ones in a transfer after its final reply.
+    pub fn stop_sessions(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        for tx in lock(&self.stops).values() {
+            tx.send_if_modified(|s| {
+                let first = s.is_none();
+                s.get_or_insert(Stop::Shutdown);
+                first
+            });
+        }
+    }
+
+    /// SITE KICK of session `id`; false when no such session is open.
+    pub fn kick(&self, id: u64) -> bool {
+        match lock(&self.stops).get(&id) {
+            Some(tx) => {
+                tx.send_replace(Some(Stop::Kicked));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Milliseconds since the hub was made (simulated time in the

@@ -336,11 +336,19 @@ impl Master {
             }
             None => None,
         };
-        Ok(Ops {
+        let ops = Ops {
             metrics,
             xferlog,
             admin,
-        })
+        };
+        // Sessions opened from now on feed the metrics and the transfer
+        // log; the store writer times its commits.
+        self.state.set_ops(ops.sinks());
+        if let Some(store) = &self.state.store {
+            let m = ops.metrics.clone();
+            store.time_commits(Arc::new(move |took| m.store_commit(took)));
+        }
+        Ok(ops)
     }
 
     /// `/ready`: the store is open (it is, from [`Master::start`] on) and
@@ -350,8 +358,9 @@ impl Master {
     }
 
     /// Sets the metrics that are read from the master's state: sessions,
-    /// each slave's state and free space, and (until the transfer hook
-    /// feeds them) the byte counters from the registry's totals.
+    /// each slave's state and free space. (Commands, logins and transfers
+    /// come from each session's `OpsObserver`, remerge progress from the
+    /// link server, commit latency from the store writer.)
     pub fn observe(&self, metrics: &Metrics) {
         observe(&self.state, metrics)
     }
@@ -392,8 +401,6 @@ fn observe(state: &Shared, metrics: &Metrics) {
             _ => SlaveStatus::Offline,
         };
         metrics.set_slave(&s.name, status, s.free);
-        // Until the transfer hook calls Metrics::transfer_done.
-        metrics.sync_slave_totals(&s.name, s.bytes_sent, s.bytes_received, s.relayed_bytes);
     }
 }
 
@@ -448,7 +455,7 @@ mod tests {
             user("new", "n"),
             user("sited", "d2"),
         ]);
-        new.allow_overwrite = true;
+        new.allow_overwrite = false;
         new.listen = "127.0.0.1:1".parse().unwrap();
         let report = m.reload(&env, new).unwrap();
         assert_eq!(report.users_added, ["new"]);
@@ -458,7 +465,7 @@ mod tests {
         assert_eq!(report.applied, ["allow_overwrite"]);
         assert_eq!(report.need_restart, ["listen"]);
         let st = m.state.lock();
-        assert!(st.config.allow_overwrite);
+        assert!(!st.config.allow_overwrite);
         let running: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
         assert_eq!(st.config.listen, running, "restart-only: kept");
         assert!(users::verify_password(

@@ -319,6 +319,9 @@ async fn read_loop(
                     remerge_chunk(&mut st, id, files, &mut seen);
                     state.flush(&mut st)
                 };
+                if let Some(m) = state.metrics() {
+                    m.remerge_progress(name, remerged);
+                }
                 // Waiting for the store here paces the slave's remerge to
                 // what the store can take (the lock is not held).
                 if let Some(d) = durable {

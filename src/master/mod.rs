@@ -17,5 +17,5 @@ pub use dftpd_core::master::{
     commit, copy, db, guard, observe, registry, remerge, replica, session, transfer, users,
     users_from_config, MasterState, SessionInfo,
 };
-pub use hub::{lock, Core, Hub, Shared, SlaveLink};
+pub use hub::{lock, Core, Hub, Shared, SlaveLink, Stop};
 pub use start::{Master, MasterTls};

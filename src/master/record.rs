@@ -700,6 +700,8 @@ impl SessionObserver for Recorder {
                 Err(e) => format!("data: listing failed: {e}"),
             }),
             SessionEvent::LoggedIn { user } => self.logged_in(user, st),
+            // The 530 reply is in the transcript already.
+            SessionEvent::LoginFailed { .. } => {}
             SessionEvent::TlsStarted => self.note("control connection encrypted (AUTH TLS)"),
             SessionEvent::Closed { at, client_closed } => self.finish(*at, *client_closed),
         }

@@ -172,7 +172,11 @@ impl Master {
         })
     }
 
+    /// Stops accepting control and link connections and tells every open
+    /// session to end (idle ones at once with `421 Server shutting down`,
+    /// ones in a transfer after its final reply).
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
+        self.state.stop_sessions();
     }
 }

@@ -22,7 +22,7 @@
 //! kept outside the master so a crashed master restarts with its store.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
@@ -415,7 +415,9 @@ impl MetaStore {
     /// Starts the writer and returns the handle sessions flush through.
     pub fn start_writer(self) -> StoreHandle {
         let (tx, rx) = mpsc::unbounded_channel::<Batch>();
+        let timer: Arc<OnceLock<CommitTimer>> = Arc::new(OnceLock::new());
         if self.inline {
+            // The simulator's store: never timed (no wall clock there).
             tokio::spawn(async move {
                 let mut rx = rx;
                 while let Some(first) = rx.recv().await {
@@ -426,19 +428,24 @@ impl MetaStore {
             // A real store syncs to disk on every commit: a blocking call
             // that must not stall the runtime's workers. Production only;
             // the simulator's store is inline (no OS threads there).
+            let timing = timer.clone();
             let spawned = std::thread::Builder::new()
                 .name("dftpd-store".into())
                 .spawn(move || {
                     let mut rx = rx;
                     while let Some(first) = rx.blocking_recv() {
+                        let started = std::time::Instant::now();
                         commit_group(&self, first, &mut rx);
+                        if let Some(t) = timing.get() {
+                            t(started.elapsed());
+                        }
                     }
                 });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start the metadata store writer");
             }
         }
-        StoreHandle { tx }
+        StoreHandle { tx, timer }
     }
 }
 
@@ -471,10 +478,15 @@ fn commit_group(store: &MetaStore, first: Batch, rx: &mut mpsc::UnboundedReceive
     }
 }
 
+/// Told how long each commit of the file store took (the metrics'
+/// `dftpd_store_commit_seconds`).
+pub type CommitTimer = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
 /// Where sessions and links send their journals.
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: mpsc::UnboundedSender<Batch>,
+    timer: Arc<OnceLock<CommitTimer>>,
 }
 
 /// A flushed batch: await [`Durable::wait`] before replying.
@@ -491,6 +503,12 @@ impl Durable {
 }
 
 impl StoreHandle {
+    /// Reports the duration of every later commit of a file store (once;
+    /// later calls are ignored). The simulator's store is not timed.
+    pub fn time_commits(&self, timer: CommitTimer) {
+        let _ = self.timer.set(timer);
+    }
+
     /// Queues `changes`; the returned [`Durable`] resolves once committed.
     pub fn submit(&self, changes: Vec<Change>) -> Durable {
         let (tx, rx) = oneshot::channel();

@@ -14,7 +14,7 @@
 //! get the `_total` suffix from the encoder.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -99,9 +99,6 @@ struct SlaveSeries {
     status: AtomicU8,
     free: U64Gauge,
     remerge_files: U64Gauge,
-    /// What [`Metrics::sync_slave_totals`] saw last: sent, received,
-    /// relayed.
-    synced: [AtomicU64; 3],
 }
 
 impl SlaveSeries {
@@ -114,7 +111,6 @@ impl SlaveSeries {
             status: AtomicU8::new(SlaveStatus::Offline as u8),
             free: U64Gauge::default(),
             remerge_files: U64Gauge::default(),
-            synced: Default::default(),
         }
     }
 
@@ -135,10 +131,6 @@ struct Inner {
     slaves: RwLock<BTreeMap<String, SlaveSeries>>,
     durations: [Histogram; 2],
     store_commit: Histogram,
-    /// Set by the first [`Metrics::transfer_done`]: byte counters then come
-    /// from those calls only, and [`Metrics::sync_slave_totals`] stops
-    /// feeding them (no double counting once the hooks are wired).
-    bytes_from_hooks: AtomicBool,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -181,7 +173,6 @@ impl Metrics {
                 Histogram::new(TRANSFER_BUCKETS),
             ],
             store_commit: Histogram::new(COMMIT_BUCKETS),
-            bytes_from_hooks: AtomicBool::new(false),
         });
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Collected(inner.clone())));
@@ -241,7 +232,6 @@ impl Metrics {
         relayed: bool,
     ) {
         let d = direction.index();
-        self.inner.bytes_from_hooks.store(true, Ordering::Relaxed);
         self.with_slave(slave, |s| {
             s.transfers[d].inc();
             s.bytes[d].inc_by(bytes);
@@ -277,27 +267,6 @@ impl Metrics {
     /// One store commit (submit to fsynced) took `took`.
     pub fn store_commit(&self, took: Duration) {
         self.inner.store_commit.observe(took.as_secs_f64());
-    }
-
-    /// Feeds the byte counters from running totals kept elsewhere (today:
-    /// the slave registry's `bytes_sent`, `bytes_received`,
-    /// `relayed_bytes`); counts what grew since the last call. Does
-    /// nothing to bytes once [`Metrics::transfer_done`] has been called.
-    pub fn sync_slave_totals(&self, slave: &str, sent: u64, received: u64, relayed: u64) {
-        if self.inner.bytes_from_hooks.load(Ordering::Relaxed) {
-            return;
-        }
-        self.with_slave(slave, |s| {
-            let grow = |i: usize, now: u64, c: &Counter| {
-                let before = s.synced[i].swap(now, Ordering::Relaxed);
-                if now > before {
-                    c.inc_by(now - before);
-                }
-            };
-            grow(0, sent, &s.bytes[Direction::Download.index()]);
-            grow(1, received, &s.bytes[Direction::Upload.index()]);
-            grow(2, relayed, &s.relayed_bytes);
-        });
     }
 
     /// The Prometheus text exposition of every metric.
@@ -433,7 +402,7 @@ impl Collector for Collected {
 
         m.store_commit.encode(enc.encode_descriptor(
             "dftpd_store_commit_seconds",
-            "Latency of metadata store commits (submit to durable)",
+            "Duration of metadata store commits (one fsynced transaction)",
             None,
             MetricType::Histogram,
         )?)?;
@@ -519,21 +488,5 @@ mod tests {
         assert!(s1 < s2);
         assert_eq!(t, m.encode());
         assert!(line(&t, "dftpd_build_info{version=").is_some());
-    }
-
-    #[test]
-    fn totals_feed_bytes_until_hooks_do() {
-        let m = Metrics::new();
-        m.sync_slave_totals("s", 100, 10, 0);
-        m.sync_slave_totals("s", 150, 10, 5);
-        let t = m.encode();
-        assert!(t.contains("dftpd_transfer_bytes_total{direction=\"download\",slave=\"s\"} 150\n"));
-        assert!(t.contains("dftpd_transfer_bytes_total{direction=\"upload\",slave=\"s\"} 10\n"));
-        assert!(t.contains("dftpd_relayed_bytes_total{slave=\"s\"} 5\n"));
-        m.transfer_done(Direction::Upload, "s", 1, Duration::ZERO, false);
-        m.sync_slave_totals("s", 999, 999, 999);
-        let t = m.encode();
-        assert!(t.contains("dftpd_transfer_bytes_total{direction=\"upload\",slave=\"s\"} 11\n"));
-        assert!(t.contains("dftpd_transfer_bytes_total{direction=\"download\",slave=\"s\"} 150\n"));
     }
 }

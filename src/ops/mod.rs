@@ -4,7 +4,7 @@
 //! - [`metrics`]: Prometheus metrics of a master;
 //! - [`admin`]: the HTTP admin listener (`/metrics`, `/health`, `/ready`);
 //! - [`xferlog`]: the transfer log in vsftpd's xferlog format;
-//! - [`audit`]: namespace changes (DELE, RNTO, MKD, RMD) at INFO;
+//! - [`observer`]: the session observer that feeds both;
 //! - [`preflight`]: config checks against the host before a start and for
 //!   `--check`;
 //! - [`drain`]: counting a slave's running transfers for a graceful stop;
@@ -14,14 +14,15 @@
 //! from `main.rs`, `cluster.rs` and the master's lifecycle methods.
 
 pub mod admin;
-pub mod audit;
 pub mod drain;
 pub mod metrics;
 pub mod notify;
+pub mod observer;
 pub mod preflight;
 pub mod xferlog;
 
 pub use metrics::{Direction, Metrics, SlaveStatus};
+pub use observer::{OpsObserver, OpsSinks};
 pub use xferlog::{XferLog, XferRecord};
 
 use std::sync::Arc;
@@ -44,9 +45,8 @@ pub enum OpsError {
 
 /// Reports one finished transfer everywhere it is counted: the metrics
 /// (a completed transfer with its bytes and duration, or a failed one) and
-/// the transfer log (one line, complete or incomplete). The one call the
-/// session code makes when a transfer's final reply is decided; either
-/// sink may be absent.
+/// the transfer log (one line, complete or incomplete). [`OpsObserver`]
+/// calls it when a transfer ends; either sink may be absent.
 pub fn transfer_finished(
     metrics: Option<&Metrics>,
     xferlog: Option<&XferLog>,
@@ -66,9 +66,12 @@ pub fn transfer_finished(
 }
 
 impl Ops {
-    /// [`transfer_finished`] with this master's sinks.
-    pub fn transfer_finished(&self, r: &XferRecord<'_>, relayed: bool) {
-        transfer_finished(Some(&self.metrics), self.xferlog.as_deref(), r, relayed);
+    /// The sinks sessions feed ([`OpsObserver`]).
+    pub fn sinks(&self) -> OpsSinks {
+        OpsSinks {
+            metrics: Some(self.metrics.clone()),
+            xferlog: self.xferlog.clone(),
+        }
     }
 
     /// Opens the transfer log again by name (after a rotation); logs the

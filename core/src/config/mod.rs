@@ -101,7 +101,9 @@ pub struct MasterConfig {
     /// Master passive ports (listings, relay), "LOW-HIGH" or "0" for any.
     pub passive_ports: String,
     pub pasv_without_pret: PasvWithoutPret,
-    /// May STOR replace an existing file?
+    /// May STOR replace an existing file? (Default: yes, as sync tools
+    /// expect. The replacement is atomic: the old version is served until
+    /// the new one is committed, and a failed upload leaves it intact.)
     pub allow_overwrite: bool,
     /// The master sends a heartbeat this often and expects one from each
     /// slave; `heartbeat_misses` silent intervals mark the slave offline.
@@ -187,7 +189,7 @@ impl Default for MasterConfig {
             pasv_address: None,
             passive_ports: "50000-50999".into(),
             pasv_without_pret: PasvWithoutPret::Listings,
-            allow_overwrite: false,
+            allow_overwrite: true,
             heartbeat_interval_ms: 2000,
             heartbeat_misses: 3,
             data_timeout_ms: 30_000,

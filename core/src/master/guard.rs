@@ -3,6 +3,15 @@
 //! name, concurrent-session limits per IP and per user, and a per-session
 //! command rate. Sans-IO: time comes in as milliseconds from the injected
 //! clock; the driver applies the delays and closes connections.
+//!
+//! Limits slow clients down; they cut off only abuse. A session that uses
+//! up its command budget has its next replies delayed until the budget
+//! refills ([`Pace::After`]): a legitimate client, which waits for each
+//! reply, is throttled to `commands_per_second` and never closed. Only a
+//! client that keeps sending while throttled (more than
+//! [`FLOOD_BACKLOG`] commands already waiting: thousands a second, not
+//! reading replies) or that sends [`MAX_BAD_RUN`] invalid lines in a row is
+//! closed with 421.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
@@ -150,6 +159,20 @@ impl LoginGuard {
         self.names.remove(name_key(user));
     }
 
+    /// SITE UNBAN: forgets the failures and any ban of an address (its
+    /// /64 for IPv6). Returns whether there was any on record.
+    pub fn unban_ip(&mut self, ip: IpAddr) -> bool {
+        self.ips.remove(&client_key(ip)).is_some()
+    }
+
+    /// SITE UNBAN: forgets the failures and any ban of a user name.
+    /// Returns whether there was any on record.
+    pub fn unban_name(&mut self, user: &str) -> bool {
+        let key = name_key(user);
+        self.name_order.retain(|n| n != key);
+        self.names.remove(key).is_some()
+    }
+
     /// Drops expired records (done every `PRUNE_EVERY` failures).
     pub fn prune(&mut self, cfg: &GuardConfig, now: u64) {
         self.since_prune = 0;
@@ -240,11 +263,31 @@ impl SessionLimits {
     }
 }
 
-/// A session's command budget (token bucket).
+/// Commands a throttled client may have sent ahead, unanswered, before it
+/// counts as a flood and is closed.
+pub const FLOOD_BACKLOG: usize = 16;
+
+/// Invalid lines in a row (unknown verbs, bad arguments, empty, too long,
+/// not UTF-8) after which a session is closed: garbage, not a client.
+pub const MAX_BAD_RUN: u32 = 50;
+
+/// When the next command may be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Now.
+    Now,
+    /// After this delay (the budget is used up; it refills meanwhile).
+    After(std::time::Duration),
+    /// Never: the client floods while throttled. Close it (421).
+    Flood,
+}
+
+/// A session's command budget (token bucket) and its run of invalid lines.
 #[derive(Debug, Clone)]
 pub struct CommandRate {
     tokens: f64,
     last: u64,
+    bad_run: u32,
 }
 
 impl CommandRate {
@@ -252,24 +295,46 @@ impl CommandRate {
         CommandRate {
             tokens: f64::from(cfg.command_burst),
             last: now,
+            bad_run: 0,
         }
     }
 
-    /// Takes one command; false when the budget is exhausted.
-    pub fn allow(&mut self, cfg: &GuardConfig, now: u64) -> bool {
+    /// Takes one command at `now` (ms). `waiting`: commands the client has
+    /// already sent behind this one. Within the budget: [`Pace::Now`].
+    /// Over it: [`Pace::After`] the time the budget needs to refill one
+    /// command (the token is taken ahead: the budget goes into debt, so
+    /// each further command waits one more interval), or [`Pace::Flood`]
+    /// when more than [`FLOOD_BACKLOG`] commands wait (or nothing ever
+    /// refills the budget).
+    pub fn take(&mut self, cfg: &GuardConfig, now: u64, waiting: usize) -> Pace {
         if cfg.command_burst == 0 {
-            return true;
+            return Pace::Now;
         }
+        let rate = f64::from(cfg.commands_per_second);
         let elapsed = now.saturating_sub(self.last) as f64 / 1000.0;
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * f64::from(cfg.commands_per_second))
-            .min(f64::from(cfg.command_burst));
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * rate).min(f64::from(cfg.command_burst));
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
-        } else {
-            false
+            return Pace::Now;
         }
+        if waiting > FLOOD_BACKLOG || rate <= 0.0 {
+            return Pace::Flood;
+        }
+        let wait = (1.0 - self.tokens) / rate;
+        self.tokens -= 1.0;
+        Pace::After(std::time::Duration::from_secs_f64(wait))
+    }
+
+    /// Records whether a line was a valid command; false once
+    /// [`MAX_BAD_RUN`] invalid lines came in a row (close the session).
+    pub fn line(&mut self, valid: bool) -> bool {
+        if valid {
+            self.bad_run = 0;
+        } else {
+            self.bad_run += 1;
+        }
+        self.bad_run < MAX_BAD_RUN
     }
 }
 
@@ -331,6 +396,26 @@ mod tests {
             ..cfg
         };
         assert_eq!(g.failure(&off, ip(1), "a", 0), Duration::ZERO);
+    }
+
+    #[test]
+    fn unban_lifts_a_ban_by_address_or_by_name() {
+        let cfg = GuardConfig::default();
+        let mut g = LoginGuard::default();
+        for i in 0..5 {
+            g.failure(&cfg, ip(1), "alice", i);
+        }
+        assert!(g.check(&cfg, ip(1), "bob", 10).is_err(), "address banned");
+        assert!(g.check(&cfg, ip(2), "alice", 10).is_err(), "name banned");
+        assert!(g.unban_ip(ip(1)));
+        assert!(g.check(&cfg, ip(1), "bob", 10).is_ok());
+        assert!(
+            g.check(&cfg, ip(1), "alice", 10).is_err(),
+            "the name still is"
+        );
+        assert!(g.unban_name("alice"));
+        assert!(g.check(&cfg, ip(2), "alice", 10).is_ok());
+        assert!(!g.unban_name("alice") && !g.unban_ip(ip(3)), "nothing left");
     }
 
     #[test]
@@ -401,16 +486,52 @@ mod tests {
     }
 
     #[test]
-    fn command_rate_allows_a_burst_then_refills() {
+    fn command_rate_delays_past_the_burst_and_closes_only_a_flood() {
         let cfg = GuardConfig {
             command_burst: 3,
             commands_per_second: 2,
             ..GuardConfig::default()
         };
+        let ms = |d: Pace| match d {
+            Pace::After(d) => d.as_millis() as u64,
+            other => panic!("{other:?}"),
+        };
         let mut r = CommandRate::new(&cfg, 0);
-        assert!(r.allow(&cfg, 0) && r.allow(&cfg, 0) && r.allow(&cfg, 0));
-        assert!(!r.allow(&cfg, 0));
-        assert!(r.allow(&cfg, 500));
-        assert!(!r.allow(&cfg, 500));
+        for _ in 0..3 {
+            assert_eq!(r.take(&cfg, 0, 0), Pace::Now);
+        }
+        // A client that waits for each reply: delayed, never closed.
+        assert_eq!(ms(r.take(&cfg, 0, 0)), 500);
+        // It comes back when told (500 ms later): the next waits 500 more.
+        assert_eq!(ms(r.take(&cfg, 500, 0)), 500);
+        // After a pause the budget has refilled.
+        assert_eq!(r.take(&cfg, 3000, 0), Pace::Now);
+        // A client with many commands queued while throttled: a flood.
+        let mut f = CommandRate::new(&cfg, 0);
+        for _ in 0..3 {
+            assert_eq!(f.take(&cfg, 0, 40), Pace::Now);
+        }
+        assert_eq!(f.take(&cfg, 0, FLOOD_BACKLOG + 1), Pace::Flood);
+        // Fast but legitimate over a long time: 100 commands, each sent
+        // when the previous one's delay ended, never a flood.
+        let mut t = 0;
+        let mut g = CommandRate::new(&cfg, 0);
+        for _ in 0..100 {
+            if let Pace::After(d) = g.take(&cfg, t, 1) {
+                t += d.as_millis() as u64;
+            }
+        }
+        assert!((45_000..=50_000).contains(&t), "{t}");
+        // Garbage: MAX_BAD_RUN invalid lines in a row close the session; a
+        // valid command in between resets the run.
+        let mut b = CommandRate::new(&cfg, 0);
+        for _ in 0..MAX_BAD_RUN - 1 {
+            assert!(b.line(false));
+        }
+        assert!(b.line(true));
+        for _ in 0..MAX_BAD_RUN - 1 {
+            assert!(b.line(false));
+        }
+        assert!(!b.line(false));
     }
 }

@@ -21,6 +21,7 @@ pub mod users;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crate::config::MasterConfig;
@@ -33,7 +34,32 @@ pub struct SessionInfo {
     pub peer: SocketAddr,
     pub user: Option<String>,
     pub cwd: String,
-    pub doing: Option<String>,
+    /// The transfer running now, if any.
+    pub transfer: Option<TransferInfo>,
+}
+
+impl SessionInfo {
+    pub fn new(peer: SocketAddr) -> SessionInfo {
+        SessionInfo {
+            peer,
+            user: None,
+            cwd: "/".into(),
+            transfer: None,
+        }
+    }
+}
+
+/// A session's running transfer, as SITE WHO shows it.
+#[derive(Debug, Clone)]
+pub struct TransferInfo {
+    /// `RETR /path on slave-2`.
+    pub what: String,
+    /// Wall-clock second it started (`MasterState::now`).
+    pub started: i64,
+    /// Bytes moved so far, counted by the driver where the bytes pass
+    /// through the master (a relay); `counted` says whether it does.
+    pub bytes: Arc<AtomicU64>,
+    pub counted: bool,
 }
 
 /// Everything sessions and links share. Drivers guard it with one mutex

@@ -49,17 +49,23 @@ pub enum SessionEvent<'a> {
     },
     /// A data command became a transfer on a slave.
     TransferStarted(&'a TransferJob),
-    /// The transfer ended. `aborted`: the client sent ABOR during it.
+    /// The transfer ended. `aborted`: the client sent ABOR during it;
+    /// `relayed`: the bytes went through the master (a relay route, or a
+    /// client caught at the master's address and relayed).
     TransferFinished {
         job: &'a TransferJob,
         outcome: &'a TransferOutcome,
         aborted: bool,
+        relayed: bool,
         duration: Duration,
     },
     /// A listing was sent (`Ok(bytes)`) or failed.
     ListingSent(Result<usize, &'a str>),
     /// The login succeeded.
     LoggedIn { user: &'a str },
+    /// A PASS was refused (wrong password, unknown user, a ban, a limit or
+    /// the user's TLS policy) for the name given with USER.
+    LoginFailed { user: &'a str },
     /// AUTH TLS: the control connection is encrypted from now on.
     TlsStarted,
     /// The session ended `at` after its start; `client_closed`: the client

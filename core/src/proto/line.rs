@@ -97,6 +97,12 @@ impl LineDecoder {
         out
     }
 
+    /// Complete lines the client already sent that were not handed out yet
+    /// (a client that waits for each reply has none; a flood has many).
+    pub fn lines_waiting(&self) -> usize {
+        usize::from(self.ready.is_some()) + self.raw.iter().filter(|&&b| b == b'\n').count()
+    }
+
     /// Bytes currently held (unexamined input plus the partial line).
     pub fn buffered(&self) -> usize {
         self.raw.len() + self.line.len() + usize::from(self.pending_cr)

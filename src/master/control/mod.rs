@@ -22,8 +22,8 @@ mod transfer;
 
 use data::{accept_opt, poll_once};
 
-use super::guard::CommandRate;
-use super::hub::SlaveLink;
+use super::guard::{CommandRate, Pace};
+use super::hub::{SlaveLink, Stop};
 use super::observe::{BadLine, SessionEvent, SessionObserver};
 use super::record::{Header, RecordSink, Recorder};
 use super::session::{Action, HashJob, LoginCheck, Session};
@@ -31,6 +31,7 @@ use super::store::Durable;
 use super::users;
 use super::{Hub, MasterState, SessionInfo, Shared};
 use crate::env::{next_connection, BoxStream, Env, NetListener};
+use crate::ops::OpsObserver;
 use crate::proto::{Command, Line, LineDecoder, Reply};
 
 pub async fn accept_sessions(
@@ -66,23 +67,17 @@ pub async fn accept_sessions(
         let (id, sink) = {
             let mut st = state.lock();
             let id = st.next_id();
-            st.sessions.insert(
-                id,
-                SessionInfo {
-                    peer,
-                    user: None,
-                    cwd: "/".into(),
-                    doing: None,
-                },
-            );
+            st.sessions.insert(id, SessionInfo::new(peer));
             (id, state.record.clone())
         };
+        let stop = state.register_session(id);
         let span = tracing::info_span!("session", id, %peer);
         let driver = ControlSession::new(
             env.clone(),
             state.clone(),
             stream,
             Session::new(id, peer, local),
+            stop,
         );
         tokio::spawn(driver.run(sink).instrument(span));
     }
@@ -163,6 +158,11 @@ pub(super) struct ControlSession {
     /// resumption data of its TLS sessions and sent with `PROT P` orders
     /// (see `tls.rs`, "Tying a data connection to its control connection").
     tls_token: Option<Vec<u8>>,
+    /// Told when the master shuts down or an admin kicks this session
+    /// ([`Hub::register_session`]).
+    stop: watch::Receiver<Option<Stop>>,
+    /// `stop` still has its sender.
+    stop_open: bool,
 }
 
 enum Next {
@@ -171,7 +171,13 @@ enum Next {
 }
 
 impl ControlSession {
-    fn new(env: Env, state: Shared, stream: BoxStream, session: Session) -> ControlSession {
+    fn new(
+        env: Env,
+        state: Shared,
+        stream: BoxStream,
+        session: Session,
+        stop: watch::Receiver<Option<Stop>>,
+    ) -> ControlSession {
         let (reader, writer) = tokio::io::split(stream);
         ControlSession {
             env,
@@ -188,13 +194,21 @@ impl ControlSession {
             started: tokio::time::Instant::now(),
             durable: None,
             tls_token: None,
+            stop,
+            stop_open: true,
         }
     }
 
     /// Attaches the session's observers: the recorder if the master
-    /// records sessions.
+    /// records sessions, the operations feed (metrics, transfer log) if
+    /// the master has them.
     fn attach_observers(&mut self, sink: Option<Arc<dyn RecordSink>>) {
         let unix_now = self.env.unix_now();
+        if let Some(ops) = self.state.ops() {
+            self.observers
+                .0
+                .push(Box::new(OpsObserver::new(ops.clone())));
+        }
         if let Some(out) = sink.and_then(|s| s.open(self.session.id)) {
             let st = self.state.lock();
             let h = Header {
@@ -221,6 +235,7 @@ impl ControlSession {
             self.serve().await;
         }
         self.release_endpoint();
+        self.state.unregister_session(self.session.id);
         {
             let mut st = self.state.lock();
             self.session.close(&mut st);
@@ -249,6 +264,18 @@ impl ControlSession {
             tokio::time::Instant::now() + Duration::from_millis(guard.login_timeout_ms.max(1));
         let mut rate = CommandRate::new(&guard, start);
         loop {
+            // Shutting down or kicked: a session between commands (also
+            // one whose transfer just got its final reply) ends here.
+            let stop = *self.stop.borrow();
+            if let Some(stop) = stop {
+                let text = match stop {
+                    Stop::Shutdown => "Server shutting down",
+                    Stop::Kicked => "Disconnected by an administrator",
+                };
+                tracing::info!("{text}; closing");
+                let _ = self.send(&Reply::new(421, text)).await;
+                return;
+            }
             // Not logged in yet: the login deadline, not the idle timeout.
             let wait = match self.session.user() {
                 Some(_) => idle,
@@ -256,10 +283,12 @@ impl ControlSession {
             };
             let line = match self.queued.pop_front() {
                 Some(l) => l,
-                None => match tokio::time::timeout(wait, self.read_line()).await {
-                    Ok(Some(l)) => l,
-                    Ok(None) => return,
-                    Err(_) => {
+                None => match self.read_line_or_stop(wait).await {
+                    Some(Ok(Some(l))) => l,
+                    Some(Ok(None)) => return,
+                    // Stopped: the loop's top says so.
+                    None => continue,
+                    Some(Err(_)) => {
                         let text = if self.session.user().is_some() {
                             "Idle timeout, closing control connection"
                         } else {
@@ -270,16 +299,22 @@ impl ControlSession {
                     }
                 },
             };
-            let now = self.state.mono_ms();
-            if !rate.allow(&guard, now) {
-                tracing::warn!("command rate exceeded; closing");
-                let _ = self
-                    .send(&Reply::new(
-                        421,
-                        "Too many commands too fast, closing control connection",
-                    ))
-                    .await;
-                return;
+            // Over the command budget: the reply waits (a client that
+            // waits for replies is slowed, not cut); a flood is closed.
+            let waiting = self.decoder.lines_waiting() + self.queued.len();
+            match rate.take(&guard, self.state.mono_ms(), waiting) {
+                Pace::Now => {}
+                Pace::After(delay) => tokio::time::sleep(delay).await,
+                Pace::Flood => {
+                    tracing::warn!(waiting, "command flood while throttled; closing");
+                    let _ = self
+                        .send(&Reply::new(
+                            421,
+                            "Too many commands too fast, closing control connection",
+                        ))
+                        .await;
+                    return;
+                }
             }
             if !self.observers.is_empty() {
                 let at = self.started.elapsed();
@@ -299,6 +334,7 @@ impl ControlSession {
                             Some(safe) => tracing::debug!("<- {safe}"),
                             None => tracing::debug!("<- {text}"),
                         }
+                        rate.line(true);
                         match self.perform(cmd).await {
                             Next::Continue => continue,
                             Next::Close => return,
@@ -310,19 +346,48 @@ impl ControlSession {
                 Line::NotUtf8 => Reply::new(501, "Command is not valid UTF-8"),
                 Line::Empty => Reply::new(500, "Empty command"),
             };
+            // Only invalid lines get here (commands continue above).
+            if !rate.line(false) {
+                tracing::warn!("a run of invalid lines; closing");
+                let _ = self
+                    .send(&Reply::new(
+                        421,
+                        "Too many invalid commands, closing control connection",
+                    ))
+                    .await;
+                return;
+            }
             if self.send(&reply).await.is_err() {
                 return;
             }
         }
     }
 
-    /// The next line from the client; `None` when the connection closed.
-    async fn read_line(&mut self) -> Option<Line> {
+    /// The next line from the client within `wait` (`Some(Ok(None))`: the
+    /// connection closed; `Some(Err)`: timed out), or `None` as soon as the
+    /// session is told to stop.
+    async fn read_line_or_stop(
+        &mut self,
+        wait: Duration,
+    ) -> Option<Result<Option<Line>, tokio::time::error::Elapsed>> {
         if self.closed {
             // What the decoder still holds, then the end.
-            return self.decoder.next_line();
+            return Some(Ok(self.decoder.next_line()));
         }
-        read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed).await
+        loop {
+            let read = read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed);
+            tokio::select! {
+                biased;
+                changed = self.stop.changed(), if self.stop_open => {
+                    if changed.is_ok() {
+                        return None;
+                    }
+                }
+                line = tokio::time::timeout(wait, read) => return Some(line),
+            }
+            // The hub dropped this session's stop signal: just read.
+            self.stop_open = false;
+        }
     }
 
     async fn send(&mut self, reply: &Reply) -> std::io::Result<()> {
@@ -390,6 +455,12 @@ impl ControlSession {
             Action::Close(r) => {
                 let _ = self.send(&r).await;
                 return Next::Close;
+            }
+            Action::Kick { sessions, reply } => {
+                for id in sessions {
+                    self.state.kick(id);
+                }
+                self.send(&reply).await
             }
             Action::ResetData(r) | Action::SetActive(r) => {
                 self.release_endpoint();
@@ -465,8 +536,11 @@ impl ControlSession {
             if let Some(d) = self.state.flush(&mut st) {
                 self.durable = Some(d);
             }
-            if let Some(user) = self.session.user() {
-                self.observers.emit(&st, &SessionEvent::LoggedIn { user });
+            match self.session.user() {
+                Some(user) => self.observers.emit(&st, &SessionEvent::LoggedIn { user }),
+                None => self
+                    .observers
+                    .emit(&st, &SessionEvent::LoginFailed { user: &check.user }),
             }
             result
         };

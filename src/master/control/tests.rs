@@ -84,7 +84,8 @@ impl Rig {
             CLIENT.parse::<SocketAddr>().unwrap(),
             LOCAL.parse().unwrap(),
         );
-        tokio::spawn(ControlSession::new(env, hub.clone(), server, session).run(None));
+        let stop = hub.register_session(session.id);
+        tokio::spawn(ControlSession::new(env, hub.clone(), server, session, stop).run(None));
         let mut rig = Rig {
             hub,
             link,

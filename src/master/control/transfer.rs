@@ -12,9 +12,9 @@ use super::{
     accept_opt, is_abor, poll_once, read_line_into, ClientSide, ControlSession, Endpoint, Next,
 };
 use crate::config::PasvWithoutPret;
-use crate::env::{accept_from, pump, BoxStream, NetListener};
+use crate::env::{accept_from, pump_counted, BoxStream, NetListener};
 use crate::link::{DataTls, Request, Response};
-use crate::master::hub::SlaveLink;
+use crate::master::hub::{SlaveLink, Stop};
 use crate::master::observe::SessionEvent;
 use crate::master::session::{Route, TransferJob, TransferOutcome};
 use crate::master::transfer::{Event, RelayClient, Step, TransferMachine};
@@ -23,20 +23,22 @@ use crate::proto::{Line, Reply};
 impl ControlSession {
     pub(super) async fn transfer(&mut self, job: TransferJob) -> Next {
         let started = tokio::time::Instant::now();
-        let outcome = self.run_transfer(&job).await;
-        let (outcome, aborted) = outcome;
-        tracing::info!(?outcome, "transfer finished");
-        let finished = SessionEvent::TransferFinished {
-            job: &job,
-            outcome: &outcome,
-            aborted,
-            duration: started.elapsed(),
-        };
-        self.observers.emit_locked(&self.state, &finished);
+        let (outcome, aborted, relayed) = self.run_transfer(&job).await;
+        tracing::info!(?outcome, relayed, "transfer finished");
         let reply = {
             let mut st = self.state.lock();
             st.now = self.env.unix_now();
-            let reply = self.session.transfer_done(&mut st, &job, outcome);
+            if !self.observers.is_empty() {
+                let finished = SessionEvent::TransferFinished {
+                    job: &job,
+                    outcome: &outcome,
+                    aborted,
+                    relayed,
+                    duration: started.elapsed(),
+                };
+                self.observers.emit(&st, &finished);
+            }
+            let reply = self.session.transfer_done(&mut st, &job, outcome, relayed);
             if let Some(d) = self.state.flush(&mut st) {
                 self.durable = Some(d);
             }
@@ -66,9 +68,11 @@ impl ControlSession {
     }
 
     /// Runs one slave transfer to its end by performing the transfer
-    /// machine's steps. Returns the outcome and whether the client sent
-    /// ABOR.
-    async fn run_transfer(&mut self, job: &TransferJob) -> (TransferOutcome, bool) {
+    /// machine's steps. Returns the outcome, whether the client sent ABOR
+    /// and whether the master relayed the bytes (the relay route, or a
+    /// client caught at the master's address: the machine decides, not
+    /// the job's route).
+    async fn run_transfer(&mut self, job: &TransferJob) -> (TransferOutcome, bool, bool) {
         let (link, timeout, relay_allowed) = {
             let st = self.state.lock();
             (
@@ -115,7 +119,9 @@ impl ControlSession {
                 if let Some(e) = self.perform_step(step, job, &mut io, timeout).await {
                     match e {
                         StepResult::Event(e) => event = Some(e),
-                        StepResult::Finish(outcome, aborted) => return (outcome, aborted),
+                        StepResult::Finish(outcome, aborted) => {
+                            return (outcome, aborted, m.relaying())
+                        }
                     }
                 }
             }
@@ -259,6 +265,18 @@ impl ControlSession {
                         Err(_) => Event::SlaveLost,
                     };
                 }
+                changed = self.stop.changed(), if control && self.stop_open => {
+                    match changed {
+                        // Kicked: cancel as if the client had gone (the
+                        // final reply, then 421). A shutdown lets the
+                        // transfer finish.
+                        Ok(()) if *self.stop.borrow() == Some(Stop::Kicked) => {
+                            return Event::ControlClosed
+                        }
+                        Ok(()) => {}
+                        Err(_) => self.stop_open = false,
+                    }
+                }
                 c = accept_opt(catch), if catching => {
                     if let Ok((stream, peer)) = c {
                         if peer.ip() == self.session.peer_ip() {
@@ -339,6 +357,15 @@ impl ControlSession {
         };
         let peer = self.session.peer_ip();
         let upload = job.is_upload();
+        // The bytes so far, for SITE WHO (the session's transfer info).
+        let progress = {
+            let mut st = self.state.lock();
+            st.sessions.get_mut(&self.session.id).and_then(|s| {
+                let t = s.transfer.as_mut()?;
+                t.counted = true;
+                Some(t.bytes.clone())
+            })
+        };
         io.relay = Some(tokio::spawn(async move {
             let mut client = match client {
                 ClientSide::Listener(l) => accept_from(l.as_ref(), Some(peer), timeout).await?,
@@ -348,10 +375,11 @@ impl ControlSession {
                 client =
                     Box::new(crate::tls::accept(&config, client, Some(&token), timeout).await?);
             }
+            let progress = progress.as_deref();
             if upload {
-                pump(&mut client, &mut slave_stream).await
+                pump_counted(&mut client, &mut slave_stream, progress).await
             } else {
-                pump(&mut slave_stream, &mut client).await
+                pump_counted(&mut slave_stream, &mut client, progress).await
             }
         }));
     }

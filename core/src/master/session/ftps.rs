@@ -80,7 +80,7 @@ impl Session {
             self.data = DataSetup::None;
             return Some(Action::ResetData(Reply::new(
                 521,
-                "Data connections must be encrypted: send PBSZ 0 and PROT P",
+                "Send PBSZ 0 and PROT P: data connections must be encrypted here",
             )));
         }
         None
@@ -105,7 +105,7 @@ impl Session {
         Some(Action::ResetData(Reply::new(
             521,
             format!(
-                "Slave {} has no TLS certificate, so it cannot open a PROT P data connection; use PROT C, or ask the operator to set tls_cert and tls_key on it",
+                "Use PROT C: slave {} has no TLS certificate for PROT P (its operator can set tls_cert)",
                 job.slave_name
             ),
         )))

@@ -93,6 +93,7 @@ impl Session {
             user: u.name.clone(),
             admin: u.admin,
         };
+        self.update_info(st, None);
         tracing::info!(user = %u.name, "logged in");
         (
             r(230, format!("User {} logged in", u.name)),

@@ -20,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::db::{DbError, SlaveId};
 use super::users::{self, Perm};
-use super::MasterState;
+use super::{MasterState, TransferInfo};
 use crate::link::{TransferFailure, TransferOrder};
 use crate::proto::{Command, EpsvArg, ListArgs, PathError, Reply, TransferType, VPath};
 
@@ -157,6 +157,12 @@ pub enum Action {
     },
     /// Release the current data endpoint (the client chose active mode).
     SetActive(Reply),
+    /// SITE KICK: end these sessions (the driver tells each one; it
+    /// answers `421` and closes), then send the reply.
+    Kick {
+        sessions: Vec<u64>,
+        reply: Reply,
+    },
     Transfer(Box<TransferJob>),
     Listing(Box<ListingJob>),
     /// `AUTH TLS` accepted: send the reply (234), then run the TLS
@@ -364,9 +370,13 @@ impl Session {
         st.sessions.remove(&self.id);
     }
 
-    fn set_doing(&self, st: &mut MasterState, doing: Option<String>) {
+    /// Brings what SITE WHO shows of this session up to date; `transfer`:
+    /// `Some` sets (or clears, with `Some(None)`) the running transfer.
+    fn update_info(&self, st: &mut MasterState, transfer: Option<Option<TransferInfo>>) {
         if let Some(info) = st.sessions.get_mut(&self.id) {
-            info.doing = doing;
+            if let Some(t) = transfer {
+                info.transfer = t;
+            }
             info.cwd = self.cwd.to_string();
             info.user = self.user().map(str::to_string);
         }
@@ -380,7 +390,7 @@ impl Session {
             return refused;
         }
         let action = self.dispatch(cmd, st);
-        self.set_doing(st, None);
+        self.update_info(st, None);
         action
     }
 

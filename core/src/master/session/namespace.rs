@@ -4,16 +4,56 @@
 //! confinement, reserved names) and every change through the permission
 //! rules; changes that slaves must apply to their disks are appended to
 //! their operation logs (`registry::log_op`), never sent from here.
+//!
+//! Every change made (never a refused one) is logged at INFO under the
+//! target `dftpd::audit` with the user, the client's address and the paths
+//! (`DFTPD_LOG=dftpd::audit=info` selects them; one JSON object each with
+//! `--log-format json`).
 
 use super::{db_reply, path_reply, r, Action, Session};
 use crate::link::FileOp;
-use crate::master::db::{FileMeta, SlaveId};
+use crate::master::db::{DbError, FileMeta, SlaveId};
 use crate::master::users::Perm;
 use crate::master::{commit, replica, MasterState};
 use crate::proto::listing;
 use crate::proto::reply::quote_path;
+use crate::proto::VPath;
+
+/// A change to the file tree, for the audit log.
+#[derive(Debug, Clone, Copy)]
+enum Change<'a> {
+    Mkdir(&'a VPath),
+    Rmdir(&'a VPath),
+    Delete(&'a VPath),
+    Rename(&'a VPath, &'a VPath),
+}
 
 impl Session {
+    /// Logs a namespace change at INFO (target `dftpd::audit`).
+    fn audit(&self, change: Change<'_>) {
+        let user = self.user().unwrap_or("-");
+        let peer = self.peer.ip();
+        match change {
+            Change::Rename(from, to) => tracing::info!(
+                target: "dftpd::audit",
+                user,
+                %peer,
+                verb = "RNTO",
+                from = %from,
+                to = %to,
+                "renamed {from} to {to}"
+            ),
+            Change::Mkdir(path) | Change::Rmdir(path) | Change::Delete(path) => {
+                let (verb, what) = match change {
+                    Change::Mkdir(_) => ("MKD", "directory made"),
+                    Change::Rmdir(_) => ("RMD", "directory removed"),
+                    _ => ("DELE", "deleted"),
+                };
+                tracing::info!(target: "dftpd::audit", user, %peer, verb, path = %path, "{what} {path}")
+            }
+        }
+    }
+
     pub(super) fn cwd(&mut self, arg: &str, st: &mut MasterState) -> Action {
         let p = match self.resolve(arg) {
             Ok(p) => p,
@@ -39,7 +79,12 @@ impl Session {
                 }
                 let now = st.now;
                 match st.db.mkdir(&p, &self.owner(), now) {
-                    Ok(()) => r(257, format!("{} created", quote_path(p.as_str()))),
+                    Ok(()) => {
+                        self.audit(Change::Mkdir(&p));
+                        r(257, format!("{} created", quote_path(p.as_str())))
+                    }
+                    // 550 as vsftpd: sync tools (rclone) read it as "exists".
+                    Err(DbError::Exists) => r(550, format!("{p}: {}", DbError::Exists)),
                     Err(e) => path_reply(&p, e),
                 }
             }
@@ -67,6 +112,7 @@ impl Session {
                         st.slaves.log_op(id, FileOp::RemoveDir { path: p.clone() });
                     }
                     st.slaves.touch(&p);
+                    self.audit(Change::Rmdir(&p));
                     r(250, format!("{} removed", quote_path(p.as_str())))
                 }
                 Err(e) => path_reply(&p, e),
@@ -87,6 +133,7 @@ impl Session {
                     }
                     st.slaves.touch(&p);
                     replica::note(st, &p);
+                    self.audit(Change::Delete(&p));
                     r(250, format!("{} deleted", quote_path(p.as_str())))
                 }
                 Err(e) => path_reply(&p, e),
@@ -128,6 +175,7 @@ impl Session {
         let now = st.now;
         match st.db.rename(&from, &to, now) {
             Ok(()) => {
+                self.audit(Change::Rename(&from, &to));
                 for h in holders {
                     st.slaves.log_op(
                         h,

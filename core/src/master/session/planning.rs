@@ -43,7 +43,7 @@ impl Session {
                 }
             }
             PlanVerb::Stor | PlanVerb::Appe | PlanVerb::Stou => {
-                match self.upload_slave(verb, path.as_ref(), st) {
+                match self.upload_slave(verb, path.as_ref(), true, st) {
                     Ok(s) => Target::Slave(s),
                     Err(a) => return a,
                 }
@@ -85,11 +85,15 @@ impl Session {
     }
 
     /// The slave an upload of `path` goes to. Overwriting, appending to or
-    /// resuming an existing file goes to a slave holding it.
+    /// resuming an existing file goes to a slave holding it. `pret`: a PRET
+    /// STOR plans it, and the overwrite checks wait for the data command
+    /// (the same PRET covers an APPE or REST+STOR that resumes the file:
+    /// `curl -C - -T`).
     pub(super) fn upload_slave(
         &self,
         verb: PlanVerb,
         path: Option<&VPath>,
+        pret: bool,
         st: &mut MasterState,
     ) -> Result<SlaveId, Action> {
         if let Some(user) = self.user().and_then(|u| st.users.get(u)) {
@@ -115,14 +119,8 @@ impl Session {
             match st.db.get(p) {
                 Some(Node::Dir(_)) => return Err(r(550, format!("{p}: is a directory"))),
                 Some(Node::File(f)) => {
-                    if verb == PlanVerb::Stor && self.rest == 0 {
-                        self.permit(st, Perm::Overwrite, p)?;
-                    }
-                    if verb == PlanVerb::Stor && !st.config.allow_overwrite {
-                        return Err(r(
-                            553,
-                            format!("{p}: file exists and overwriting is not allowed"),
-                        ));
+                    if verb == PlanVerb::Stor && self.rest == 0 && !pret {
+                        self.may_overwrite(p, st)?;
                     }
                     let holders = f.holders.clone();
                     return st.slaves.choose_download(&holders).ok_or_else(|| {
@@ -144,9 +142,22 @@ impl Session {
         })
     }
 
+    /// A STOR that would replace the existing file `p`: the site must
+    /// allow overwriting, and the user's rules too.
+    pub(super) fn may_overwrite(&self, p: &VPath, st: &MasterState) -> Result<(), Action> {
+        self.permit(st, Perm::Overwrite, p)?;
+        if !st.config.allow_overwrite {
+            return Err(r(
+                553,
+                format!("Delete the file first or use another name: overwriting is off here ({p})"),
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn pasv(&mut self, epsv: bool, st: &mut MasterState) -> Action {
         if self.epsv_all && !epsv {
-            return r(503, "EPSV ALL is in effect: use EPSV");
+            return r(503, "Use EPSV: EPSV ALL is in effect");
         }
         match self.plan.as_ref().map(|p| p.target) {
             Some(Target::Slave(s)) => {
@@ -154,7 +165,7 @@ impl Session {
                     self.clear_plan(st);
                     return Action::ResetData(Reply::new(
                         425,
-                        "The slave planned by PRET went offline; send PRET again",
+                        "Send PRET again: the slave it planned went offline",
                     ));
                 }
                 if epsv {
@@ -166,7 +177,7 @@ impl Session {
                         return r(
                             502,
                             format!(
-                                "EPSV cannot name slave {}'s address; use PASV",
+                                "Use PASV: EPSV cannot name slave {}'s address",
                                 st.slaves.name(s)
                             ),
                         );
@@ -233,14 +244,14 @@ impl Session {
             ),
             SocketAddr::V6(_) => {
                 self.data = DataSetup::None;
-                Reply::new(425, "PASV needs an IPv4 address; use EPSV")
+                Reply::new(425, "Use EPSV: PASV needs an IPv4 address")
             }
         }
     }
 
     pub(super) fn port(&mut self, a: SocketAddr, st: &MasterState) -> Action {
         if self.epsv_all {
-            return r(503, "EPSV ALL is in effect: use EPSV");
+            return r(503, "Use EPSV: EPSV ALL is in effect");
         }
         // Bounce protection (RFC 2577 §3): data only to the control peer,
         // never to a privileged port. Users allowed FXP may name another
@@ -252,11 +263,14 @@ impl Session {
         if a.ip() != self.peer.ip() && !fxp {
             return r(
                 504,
-                "PORT to an address other than yours is refused (RFC 2577)",
+                "Use your own address in PORT: another one is refused (RFC 2577)",
             );
         }
         if a.port() < 1024 {
-            return r(504, "PORT to a privileged port is refused (RFC 2577)");
+            return r(
+                504,
+                "Use a port of 1024 or above in PORT: privileged ports are refused (RFC 2577)",
+            );
         }
         self.data = DataSetup::Active(a);
         Action::SetActive(Reply::new(200, "PORT command successful"))
@@ -276,7 +290,10 @@ impl Session {
         // Listings are all served by the master: any listing PRET covers
         // any listing command (ftplib's nlst after PRET LIST).
         let listing = |v: PlanVerb| matches!(v, PlanVerb::List | PlanVerb::Nlst | PlanVerb::Mlsd);
-        let verb_ok = plan.verb == verb || (listing(plan.verb) && listing(verb));
+        // PRET STOR also covers the APPE that resumes the same file (curl
+        // -C - -T sends PRET STOR, then APPE).
+        let resume = plan.verb == PlanVerb::Stor && verb == PlanVerb::Appe;
+        let verb_ok = plan.verb == verb || resume || (listing(plan.verb) && listing(verb));
         let path_ok = match verb {
             PlanVerb::Retr | PlanVerb::Stor | PlanVerb::Appe => plan.path.as_ref() == path,
             _ => true,
@@ -296,7 +313,7 @@ impl Session {
         self.data = DataSetup::None;
         Err(Action::ResetData(Reply::new(
             503,
-            format!("{got} does not match {announced}; send PRET again"),
+            format!("Send PRET again: {got} does not match {announced}"),
         )))
     }
 
@@ -324,7 +341,7 @@ impl Session {
             }
             match verb {
                 PlanVerb::Retr => this.download_slave(path.unwrap_or(&VPath::root()), st),
-                _ => this.upload_slave(verb, path, st),
+                _ => this.upload_slave(verb, path, false, st),
             }
         };
         match data {
@@ -398,12 +415,14 @@ impl Session {
     }
 }
 
-/// A file transfer over the master's own passive port (no PRET).
+/// A file transfer over the master's own passive port (no PRET, and the
+/// master does not relay): the fix first, short enough for clients that
+/// cut long replies (ncftp).
 fn needs_pret(verb: PlanVerb) -> Action {
     r(
         503,
         format!(
-            "{} over PASV needs PRET first: files live on other hosts. Enable PRET in your client (curl --ftp-pret; lftp and rclone send it when FEAT lists PRET) or use active mode (PORT)",
+            "Send PRET {} <file> before PASV (curl --ftp-pret) or use PORT: files live on other hosts",
             verb.as_str()
         ),
     )

@@ -7,10 +7,14 @@ use crate::proto::Reply;
 
 impl Session {
     pub(super) fn site(&mut self, verb: &str, args: &str, st: &mut MasterState) -> Action {
+        let admin_only = matches!(
+            verb,
+            "ADDUSER" | "DELUSER" | "CHPASS" | "CHGRP" | "KICK" | "UNBAN" | "USERS" | "SLAVES"
+        );
+        if admin_only && !self.is_admin(st) {
+            return r(550, format!("SITE {verb}: permission denied (admins only)"));
+        }
         if matches!(verb, "ADDUSER" | "DELUSER" | "CHPASS" | "CHGRP") {
-            if !self.is_admin(st) {
-                return r(550, format!("SITE {verb}: permission denied (admins only)"));
-            }
             return match self.site_user(verb, args, st) {
                 Ok(UserOutcome::Done(text)) => r(200, text),
                 Ok(UserOutcome::Hash(job)) => Action::HashPassword(Box::new(job)),
@@ -22,8 +26,13 @@ impl Session {
                 214,
                 vec![
                     "SITE commands:".into(),
-                    "SITE SLAVES  each slave: state, free space, files, active transfers".into(),
-                    "SITE WHO     sessions on this master".into(),
+                    "SITE WHO     your session (admins: every session, address, transfer)".into(),
+                    "SITE CHMOD <mode> <path>                 (accepted, modes are not kept)"
+                        .into(),
+                    "SITE SLAVES  each slave: state, free space, files, transfers (admins)".into(),
+                    "SITE USERS                               (admins)".into(),
+                    "SITE KICK <session id|user>              (admins)".into(),
+                    "SITE UNBAN <address|user>                (admins; lifts login bans)".into(),
                     "SITE ADDUSER <user> <password> [group]   (admins)".into(),
                     "SITE DELUSER <user>                      (admins)".into(),
                     "SITE CHPASS <user> <password>            (admins)".into(),
@@ -32,8 +41,10 @@ impl Session {
                 ],
             )),
             "SLAVES" => {
-                let mut lines = vec![format!("{} slaves:", st.slaves.iter().count())];
-                for (id, s) in st.slaves.iter() {
+                let mut slaves: Vec<_> = st.slaves.iter().collect();
+                slaves.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+                let mut lines = vec![format!("{} slaves:", slaves.len())];
+                for (id, s) in slaves {
                     lines.push(format!(
                         "{} {} free={} files={} active={} planned={} sent={} received={} relayed={}",
                         s.name,
@@ -50,27 +61,147 @@ impl Session {
                 lines.push("End".into());
                 Action::Reply(Reply::multi(200, lines))
             }
-            "WHO" => {
-                let mut lines = vec![format!("{} sessions:", st.sessions.len())];
-                for (id, s) in &st.sessions {
+            "WHO" => self.who(st),
+            "USERS" => {
+                let mut lines = vec![format!("{} users:", st.users.len())];
+                for u in st.users.iter() {
+                    let open = st
+                        .sessions
+                        .values()
+                        .filter(|s| s.user.as_deref() == Some(u.name.as_str()))
+                        .count();
+                    let mut flags = Vec::new();
+                    if u.admin {
+                        flags.push("admin");
+                    }
+                    if u.fxp {
+                        flags.push("fxp");
+                    }
                     lines.push(format!(
-                        "#{id} {} from {} in {} {}",
-                        s.user.as_deref().unwrap_or("-"),
-                        s.peer,
-                        s.cwd,
-                        s.doing.as_deref().unwrap_or("idle")
+                        "{} groups={} home={} sessions={open} uploaded={}{}{}",
+                        u.name,
+                        if u.groups.is_empty() {
+                            "-".to_string()
+                        } else {
+                            u.groups.join(",")
+                        },
+                        u.home,
+                        u.uploaded,
+                        u.upload_quota
+                            .map(|q| format!(" quota={q}"))
+                            .unwrap_or_default(),
+                        if flags.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" {}", flags.join(" "))
+                        },
                     ));
                 }
                 lines.push("End".into());
                 Action::Reply(Reply::multi(200, lines))
             }
-            // lftp sends SITE CHMOD after uploads; modes are not kept (each
-            // slave's disk has its own), so say exactly that.
-            "CHMOD" => r(
-                502,
-                "SITE CHMOD is not implemented: dftpd does not keep Unix modes",
-            ),
+            "KICK" => self.kick(args.trim(), st),
+            "UNBAN" => {
+                let who = args.trim();
+                if who.is_empty() {
+                    return r(501, "Usage: SITE UNBAN <address|user>");
+                }
+                let lifted = match who.parse::<std::net::IpAddr>() {
+                    Ok(ip) => st.login_guard.unban_ip(ip),
+                    Err(_) => st.login_guard.unban_name(who),
+                };
+                if lifted {
+                    tracing::info!(admin = ?self.user(), who, "login ban lifted");
+                    r(200, format!("Failed logins and bans of {who} forgotten"))
+                } else {
+                    r(550, format!("{who}: no failed logins or ban on record"))
+                }
+            }
+            // lftp (mirror -R) and others send SITE CHMOD after uploads and
+            // fail on an error. Modes are not kept (each slave's disk has its
+            // own), so it is accepted and ignored, and says so.
+            "CHMOD" => self.site_chmod(args, st),
             _ => r(500, format!("Unknown SITE command {verb}; try SITE HELP")),
+        }
+    }
+
+    /// SITE WHO: admins see every session with its address and running
+    /// transfer; others see their own session only.
+    fn who(&self, st: &MasterState) -> Action {
+        let admin = self.is_admin(st);
+        let shown: Vec<_> = st
+            .sessions
+            .iter()
+            .filter(|(id, _)| admin || **id == self.id)
+            .collect();
+        let mut lines = vec![format!("{} sessions:", shown.len())];
+        for (id, s) in shown {
+            let doing = match &s.transfer {
+                None => "idle".to_string(),
+                Some(t) => {
+                    let secs = (st.now - t.started).max(0);
+                    if t.counted {
+                        let bytes = t.bytes.load(std::sync::atomic::Ordering::Relaxed);
+                        let rate = bytes / secs.max(1) as u64;
+                        format!("{} for {secs} s, {bytes} bytes, {rate} bytes/s", t.what)
+                    } else {
+                        format!("{} for {secs} s (bytes go straight to the slave)", t.what)
+                    }
+                }
+            };
+            lines.push(format!(
+                "#{id} {} from {} in {} {doing}",
+                s.user.as_deref().unwrap_or("-"),
+                s.peer,
+                s.cwd,
+            ));
+        }
+        lines.push("End".into());
+        Action::Reply(Reply::multi(200, lines))
+    }
+
+    /// SITE KICK <session id|user>: ends another session (or all of a
+    /// user's sessions but this one).
+    fn kick(&self, arg: &str, st: &MasterState) -> Action {
+        if arg.is_empty() {
+            return r(501, "Usage: SITE KICK <session id|user>");
+        }
+        let by_id = arg.trim_start_matches('#').parse::<u64>().ok();
+        let sessions: Vec<u64> = st
+            .sessions
+            .iter()
+            .filter(|(id, s)| match by_id {
+                Some(n) => **id == n,
+                None => s.user.as_deref() == Some(arg),
+            })
+            .map(|(id, _)| *id)
+            .filter(|id| *id != self.id)
+            .collect();
+        if sessions.is_empty() {
+            return r(550, format!("{arg}: no other session matches"));
+        }
+        tracing::info!(admin = ?self.user(), target = arg, count = sessions.len(), "sessions kicked");
+        let reply = Reply::new(
+            200,
+            format!("Kicked {} session(s) of {arg}", sessions.len()),
+        );
+        Action::Kick { sessions, reply }
+    }
+
+    /// SITE CHMOD <mode> <path>: 200 for a file or directory the user may
+    /// name, and nothing changes.
+    fn site_chmod(&self, args: &str, st: &MasterState) -> Action {
+        let (mode, path) = args.trim().split_once(' ').unwrap_or((args.trim(), ""));
+        let path = path.trim();
+        if mode.is_empty() || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) || path.is_empty() {
+            return r(501, "Usage: SITE CHMOD <octal mode> <path>");
+        }
+        match self.resolve(path) {
+            Ok(p) if st.db.get(&p).is_some() => {
+                r(200, "SITE CHMOD ignored: dftpd does not keep Unix modes")
+            }
+            Ok(p) => r(550, format!("{p}: No such file or directory")),
+            Err(a) => a,
         }
     }
 

@@ -178,7 +178,7 @@ fn pret_retr_pasv_retr_runs_on_the_holder() {
         ),
         (0, 1)
     );
-    let done = s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 3 });
+    let done = s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 3 }, false);
     assert!(done.to_string().starts_with("226"));
     assert_eq!(st.slaves.get(0).unwrap().active, 0);
     // The passive endpoint was used up.
@@ -191,7 +191,7 @@ fn epsv_after_pret_is_refused_and_the_plan_kept() {
     let mut s = session(&mut st);
     s.handle(cmd("PRET RETR a"), &mut st);
     let r = passive(&mut s, &mut st, "EPSV");
-    assert!(r.starts_with("502 ") && r.contains("use PASV"), "{r}");
+    assert!(r.starts_with("502 Use PASV: "), "{r}");
     assert!(passive(&mut s, &mut st, "PASV").contains("(127,0,0,11,"));
 }
 
@@ -204,7 +204,7 @@ fn mismatch_missing_and_offline() {
     let r = text(s.handle(cmd("RETR b"), &mut st));
     assert_eq!(
         r,
-        "503 RETR /b does not match PRET RETR /a; send PRET again"
+        "503 Send PRET again: RETR /b does not match PRET RETR /a"
     );
     assert_eq!(
         st.slaves.get(0).unwrap().reserved,
@@ -236,7 +236,10 @@ fn listings_without_pret_work_but_files_need_pret() {
     assert!(listing.contains(" both\r\n"));
     passive(&mut s, &mut st, "PASV");
     let r = text(s.handle(cmd("RETR a"), &mut st));
-    assert!(r.starts_with("503 RETR over PASV needs PRET"), "{r}");
+    assert!(
+        r.starts_with("503 Send PRET RETR <file> before PASV"),
+        "{r}"
+    );
     // Active mode needs no PRET: the slave connects out.
     assert_eq!(
         text(s.handle(cmd("PORT 127,0,0,1,200,10"), &mut st)),
@@ -263,7 +266,7 @@ fn refuse_and_relay_modes() {
         panic!()
     };
     assert_eq!(job.route, Route::Relay);
-    let done = s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 4 });
+    let done = s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 4 }, true);
     assert!(done.to_string().starts_with("226"));
     assert_eq!(st.slaves.get(job.slave).unwrap().relayed_bytes, 4);
 }
@@ -272,10 +275,15 @@ fn refuse_and_relay_modes() {
 fn uploads_go_to_the_roomiest_slave_and_are_recorded_on_commit() {
     let mut st = state(PasvWithoutPret::Listings);
     let mut s = session(&mut st);
-    assert!(
-        text(s.handle(cmd("PRET STOR a"), &mut st)).starts_with("553"),
-        "no overwrite"
-    );
+    // A site that forbids overwriting: PRET STOR plans (it may be a
+    // resume), the plain STOR is refused.
+    let mut no_overwrite = (*st.config).clone();
+    no_overwrite.allow_overwrite = false;
+    st.config = Arc::new(no_overwrite);
+    assert!(text(s.handle(cmd("PRET STOR a"), &mut st)).starts_with("200"));
+    assert!(passive(&mut s, &mut st, "PASV").contains("227"));
+    let refused = text(s.handle(cmd("STOR a"), &mut st));
+    assert!(refused.starts_with("553"), "no overwrite: {refused}");
     assert_eq!(
         text(s.handle(cmd("PRET STOR new"), &mut st)),
         "200 OK, planning for upcoming upload"
@@ -295,6 +303,7 @@ fn uploads_go_to_the_roomiest_slave_and_are_recorded_on_commit() {
         &mut st,
         &job,
         TransferOutcome::Failed(TransferFailure::Network("reset".into())),
+        false,
     );
     assert!(failed.to_string().starts_with("426"));
     assert!(
@@ -331,6 +340,7 @@ fn uploads_go_to_the_roomiest_slave_and_are_recorded_on_commit() {
             mtime: 5,
             crc32: 1,
         },
+        false,
     );
     assert!(done.to_string().starts_with("226"));
 }
@@ -872,7 +882,7 @@ fn require_tls_data_refuses_clear_transfers_with_521() {
     match s.handle(cmd("RETR a"), &mut st) {
         Action::ResetData(r) => assert_eq!(
             r.to_string(),
-            "521 Data connections must be encrypted: send PBSZ 0 and PROT P"
+            "521 Send PBSZ 0 and PROT P: data connections must be encrypted here"
         ),
         other => panic!("{other:?}"),
     }
@@ -895,7 +905,10 @@ fn prot_p_to_a_slave_without_certificate_is_refused() {
     s.handle(cmd("PRET RETR a"), &mut st);
     passive(&mut s, &mut st, "PASV");
     let r = text(s.handle(cmd("RETR a"), &mut st));
-    assert!(r.starts_with("521 Slave s1 has no TLS certificate"), "{r}");
+    assert!(
+        r.starts_with("521 Use PROT C: slave s1 has no TLS certificate"),
+        "{r}"
+    );
     assert_eq!(st.slaves.get(0).unwrap().reserved, 0);
     assert_eq!(st.slaves.get(0).unwrap().active, 0);
     // PROT C goes through, and so does PROT P on a slave with one.
@@ -913,4 +926,248 @@ fn prot_p_to_a_slave_without_certificate_is_refused() {
         s.handle(cmd("RETR both"), &mut st),
         Action::Transfer(_)
     ));
+}
+
+#[test]
+fn sync_tools_get_safe_answers_by_default() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    // MKD of an existing directory: 550, which rclone reads as "exists".
+    assert!(text(s.handle(cmd("MKD /d"), &mut st)).starts_with("257"));
+    let again = text(s.handle(cmd("MKD /d"), &mut st));
+    assert!(again.starts_with("550 "), "{again}");
+    // SITE CHMOD is accepted and ignored (lftp mirror -R sends it).
+    let chmod = text(s.handle(cmd("SITE CHMOD 644 /a"), &mut st));
+    assert!(chmod.starts_with("200 "), "{chmod}");
+    // Overwriting is allowed by default, on a slave holding the file.
+    assert!(st.config.allow_overwrite);
+    assert_eq!(
+        text(s.handle(cmd("PRET STOR /a"), &mut st)),
+        "200 OK, planning for upcoming upload"
+    );
+    assert!(passive(&mut s, &mut st, "PASV").contains("127,0,0,11"));
+    let Action::Transfer(job) = s.handle(cmd("STOR /a"), &mut st) else {
+        panic!("STOR over an existing file must run")
+    };
+    assert_eq!(job.slave_name, "s1");
+}
+
+#[test]
+fn pret_stor_covers_the_appe_or_rest_stor_that_resumes_it() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    // curl -C - -T: PRET STOR, PASV, then APPE of the same path.
+    assert!(text(s.handle(cmd("PRET STOR /b"), &mut st)).starts_with("200"));
+    assert!(passive(&mut s, &mut st, "PASV").contains("127,0,0,11"));
+    let Action::Transfer(job) = s.handle(cmd("APPE /b"), &mut st) else {
+        panic!("APPE after PRET STOR of the same path must run")
+    };
+    let b = crate::master::commit::file_version(&st, st.db.file(&p("/b")).unwrap());
+    assert_eq!(
+        job.order,
+        TransferOrder::Receive {
+            path: p("/b"),
+            offset: Some(crate::link::APPEND),
+            base: Some(b),
+        }
+    );
+    assert_eq!(job.slave_name, "s1", "on the slave holding the file");
+    s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 0 }, false);
+    // Or REST n + STOR of the same path.
+    assert!(text(s.handle(cmd("PRET STOR /b"), &mut st)).starts_with("200"));
+    assert!(passive(&mut s, &mut st, "PASV").contains("127,0,0,11"));
+    assert!(text(s.handle(cmd("REST 3"), &mut st)).starts_with("350"));
+    let Action::Transfer(job) = s.handle(cmd("STOR /b"), &mut st) else {
+        panic!("REST+STOR after PRET STOR must run")
+    };
+    assert_eq!(
+        job.order,
+        TransferOrder::Receive {
+            path: p("/b"),
+            offset: Some(3),
+            base: Some(b),
+        }
+    );
+    s.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 0 }, false);
+    // APPE of another path still does not match.
+    assert!(text(s.handle(cmd("PRET STOR /b"), &mut st)).starts_with("200"));
+    assert!(passive(&mut s, &mut st, "PASV").contains("227"));
+    let other = text(s.handle(cmd("APPE /a"), &mut st));
+    assert!(other.starts_with("503"), "{other}");
+}
+
+fn open_as(st: &mut MasterState, id: u64, peer: &str, name: &str) -> Session {
+    let peer: SocketAddr = peer.parse().unwrap();
+    st.sessions
+        .insert(id, crate::master::SessionInfo::new(peer));
+    let mut s = Session::new(id, peer, LOCAL.parse().unwrap());
+    s.handle(cmd(&format!("USER {name}")), st);
+    let (reply, _) = pass(&mut s, st, "pw");
+    assert!(reply.starts_with("230"), "{reply}");
+    s
+}
+
+#[test]
+fn admin_site_commands_who_kick_unban_users_slaves() {
+    let mut st = state_with(
+        vec![
+            user_cfg("root", "/", true, &["staff"]),
+            user_cfg("bob", "/", false, &[]),
+        ],
+        "",
+    );
+    st.now = 100;
+    let mut root = open_as(&mut st, 1, "127.0.0.5:1000", "root");
+    let mut bob = open_as(&mut st, 2, "127.0.0.6:2000", "bob");
+    let mut bob2 = open_as(&mut st, 3, "127.0.0.6:2001", "bob");
+    // bob downloads: SITE WHO shows the transfer, not "idle".
+    assert!(text(bob.handle(cmd("PRET RETR /a"), &mut st)).starts_with("200"));
+    passive(&mut bob, &mut st, "PASV");
+    let Action::Transfer(job) = bob.handle(cmd("RETR /a"), &mut st) else {
+        panic!()
+    };
+    st.now = 104;
+    let who = text(root.handle(cmd("SITE WHO"), &mut st));
+    assert!(who.contains("3 sessions:"), "{who}");
+    assert!(
+        who.contains("#2 bob from 127.0.0.6:2000 in / RETR /a on s1 for 4 s"),
+        "{who}"
+    );
+    assert!(
+        who.contains("#1 root from 127.0.0.5:1000 in / idle"),
+        "{who}"
+    );
+    // bob sees only his own session.
+    let mine = text(bob2.handle(cmd("SITE WHO"), &mut st));
+    assert!(
+        mine.contains("1 sessions:") && mine.contains("#3 bob"),
+        "{mine}"
+    );
+    assert!(!mine.contains("127.0.0.5"), "{mine}");
+    bob.transfer_done(&mut st, &job, TransferOutcome::Sent { bytes: 3 }, false);
+    let who = text(root.handle(cmd("SITE WHO"), &mut st));
+    assert!(
+        who.contains("#2 bob from 127.0.0.6:2000 in / idle"),
+        "{who}"
+    );
+    // Admin commands are for admins.
+    for c in [
+        "SITE SLAVES",
+        "SITE USERS",
+        "SITE KICK root",
+        "SITE UNBAN 10.0.0.1",
+    ] {
+        let r = text(bob.handle(cmd(c), &mut st));
+        assert!(
+            r.starts_with("550 ") && r.contains("admins only"),
+            "{c}: {r}"
+        );
+    }
+    // SLAVES sorted by name, whatever the registry's order.
+    st.slaves.id_for("a0");
+    let slaves = text(root.handle(cmd("SITE SLAVES"), &mut st));
+    let names: Vec<&str> = slaves
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(' ').next())
+        .filter(|n| *n != "200")
+        .collect();
+    assert_eq!(names, ["a0", "s1", "s2", "s3"], "{slaves}");
+    let users = text(root.handle(cmd("SITE USERS"), &mut st));
+    assert!(
+        users.contains("bob groups=- home=/ sessions=2 uploaded=0"),
+        "{users}"
+    );
+    assert!(
+        users.contains("root groups=staff home=/ sessions=1 uploaded=0 admin"),
+        "{users}"
+    );
+    // KICK by user: every session of bob; by id; never the admin's own.
+    match root.handle(cmd("SITE KICK bob"), &mut st) {
+        Action::Kick { sessions, reply } => {
+            assert_eq!(sessions, [2, 3]);
+            assert!(reply.to_string().starts_with("200"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        root.handle(cmd("SITE KICK 3"), &mut st),
+        Action::Kick { sessions, .. } if sessions == [3]
+    ));
+    assert!(text(root.handle(cmd("SITE KICK 1"), &mut st)).starts_with("550"));
+    assert!(text(root.handle(cmd("SITE KICK"), &mut st)).starts_with("501"));
+    // UNBAN lifts a login ban by address or by name.
+    let cfg = st.config.guard.clone();
+    let ip: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+    for i in 0..5 {
+        st.login_guard.failure(&cfg, ip, "bob", i);
+    }
+    assert!(st.login_guard.check(&cfg, ip, "x", 10).is_err());
+    assert!(text(root.handle(cmd("SITE UNBAN 10.0.0.9"), &mut st)).starts_with("200"));
+    assert!(st.login_guard.check(&cfg, ip, "x", 10).is_ok());
+    assert!(text(root.handle(cmd("SITE UNBAN bob"), &mut st)).starts_with("200"));
+    assert!(st.login_guard.check(&cfg, ip, "bob", 10).is_ok());
+    assert!(text(root.handle(cmd("SITE UNBAN bob"), &mut st)).starts_with("550"));
+}
+
+/// Every reply that refuses a transfer: the fix first, under 120
+/// characters (ncftp and others cut long replies), for a typical path.
+#[test]
+fn transfer_refusals_put_the_fix_first_and_fit_120_characters() {
+    let mut refusals = Vec::new();
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    passive(&mut s, &mut st, "PASV");
+    refusals.push(text(s.handle(cmd("RETR b"), &mut st)));
+    s.handle(cmd("PRET RETR a"), &mut st);
+    refusals.push(passive(&mut s, &mut st, "EPSV"));
+    passive(&mut s, &mut st, "PASV");
+    refusals.push(text(s.handle(cmd("RETR b"), &mut st)));
+    refusals.push(text(s.handle(cmd("RETR a"), &mut st)));
+    refusals.push(text(s.handle(cmd("PORT 10,1,2,3,200,1"), &mut st)));
+    refusals.push(text(s.handle(cmd("PORT 127,0,0,1,0,21"), &mut st)));
+    let transfer = |announced: &str| {
+        let job = TransferJob {
+            slave: 0,
+            slave_name: "slave-1".into(),
+            xfer: 1,
+            order: TransferOrder::Send {
+                path: p("/a"),
+                offset: 0,
+                version: None,
+                rate: None,
+            },
+            route: Route::SlavePassive,
+            opening: Reply::new(150, "x"),
+            upload: None,
+        };
+        let outcome = TransferOutcome::IgnoredPasvAddress {
+            announced: announced.parse().unwrap(),
+            used: "192.168.100.200:65000".parse().unwrap(),
+        };
+        (job, outcome)
+    };
+    s.handle(cmd("PRET RETR a"), &mut st);
+    passive(&mut s, &mut st, "PASV");
+    let Action::Transfer(_) = s.handle(cmd("RETR a"), &mut st) else {
+        panic!()
+    };
+    let (job, outcome) = transfer("203.0.113.254:65000");
+    refusals.push(s.transfer_done(&mut st, &job, outcome, false).to_string());
+    let mut no_overwrite = (*st.config).clone();
+    no_overwrite.allow_overwrite = false;
+    st.config = Arc::new(no_overwrite);
+    s.handle(cmd("PRET STOR a"), &mut st);
+    passive(&mut s, &mut st, "PASV");
+    refusals.push(text(s.handle(cmd("STOR a"), &mut st)));
+    let fixes = ["Send ", "Use ", "Connect ", "Delete "];
+    for r in &refusals {
+        let r = r.trim_end();
+        assert!(r.len() < 120, "{} characters: {r}", r.len());
+        assert!(
+            fixes.iter().any(|f| r[4..].starts_with(f)),
+            "the fix first: {r}"
+        );
+    }
+    assert_eq!(refusals.len(), 8);
 }

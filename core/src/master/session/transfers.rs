@@ -9,6 +9,7 @@ use crate::link::{TransferFailure, TransferOrder, APPEND};
 use crate::master::commit::{self, Expect, UploadTarget};
 use crate::master::db::{DbError, Node};
 use crate::master::MasterState;
+use crate::master::TransferInfo;
 use crate::proto::{Reply, TransferType, VPath};
 
 impl Session {
@@ -42,7 +43,7 @@ impl Session {
             return r(
                 554,
                 format!(
-                    "Restart offset {rest} is beyond the end of the file ({})",
+                    "Send a smaller REST: {rest} is beyond the end of the file ({} bytes)",
                     meta.size
                 ),
             );
@@ -55,7 +56,7 @@ impl Session {
             self.data = DataSetup::None;
             return Action::ResetData(Reply::new(
                 550,
-                format!("{path}: the planned slave no longer holds the file; send PRET again"),
+                format!("Send PRET again: the planned slave no longer holds {path}"),
             ));
         }
         let offset = std::mem::take(&mut self.rest);
@@ -104,11 +105,17 @@ impl Session {
             })
         );
         st.slaves.start_transfer(job.slave, planned);
-        let doing = match &job.order {
+        let what = match &job.order {
             TransferOrder::Send { path, .. } => format!("RETR {path} on {}", job.slave_name),
             TransferOrder::Receive { path, .. } => format!("STOR {path} on {}", job.slave_name),
         };
-        self.set_doing(st, Some(doing));
+        let info = TransferInfo {
+            what,
+            started: st.now,
+            bytes: Default::default(),
+            counted: job.route == Route::Relay,
+        };
+        self.update_info(st, Some(Some(info)));
         Action::Transfer(Box::new(job))
     }
 
@@ -161,16 +168,15 @@ impl Session {
         };
         if plan.is_none() {
             // No PRET: the checks PRET would have made happen now.
-            if let Err(a) = self.upload_slave(verb, Some(&path), st).map(|_| ()) {
+            if let Err(a) = self.upload_slave(verb, Some(&path), false, st).map(|_| ()) {
                 return a;
             }
-        } else if verb == PlanVerb::Stor && !st.config.allow_overwrite && st.db.get(&path).is_some()
-        {
-            self.clear_plan(st);
-            return Action::ResetData(Reply::new(
-                553,
-                format!("{path}: file exists and overwriting is not allowed"),
-            ));
+        } else if verb == PlanVerb::Stor && self.rest == 0 && st.db.file(&path).is_ok() {
+            // PRET STOR left the overwrite checks to this command.
+            if let Err(Action::Reply(refused)) = self.may_overwrite(&path, st) {
+                self.clear_plan(st);
+                return Action::ResetData(refused);
+            }
         }
         let offset = match verb {
             PlanVerb::Appe => Some(APPEND),
@@ -187,9 +193,7 @@ impl Session {
                     self.rest = 0;
                     return Action::ResetData(Reply::new(
                         550,
-                        format!(
-                            "{path}: resume must go to a slave holding the file; send PRET again"
-                        ),
+                        format!("Send PRET again: a resume must go to a slave holding {path}"),
                     ));
                 }
             }
@@ -262,13 +266,16 @@ impl Session {
     }
 
     /// The driver finished a slave transfer (successfully or not).
+    /// `relayed`: the master carried the bytes (the relay route, or a
+    /// client caught at the master's address and relayed there).
     pub fn transfer_done(
         &mut self,
         st: &mut MasterState,
         job: &TransferJob,
         outcome: TransferOutcome,
+        relayed: bool,
     ) -> Reply {
-        self.set_doing(st, None);
+        self.update_info(st, Some(None));
         let (mut sent, mut received) = (0, 0);
         let reply = match outcome {
             TransferOutcome::Sent { bytes } => {
@@ -311,11 +318,13 @@ impl Session {
                 )
             }
             TransferOutcome::Failed(f) => failure_reply(&f, &job.slave_name),
+            // The fix first and short (see README, "Clients" for each
+            // client's setting); the recording and the log say more.
             TransferOutcome::IgnoredPasvAddress { announced, used } => Reply::new(
                 425,
                 format!(
-                    "Can't open data connection: your client connected to {used} instead of {announced} (slave {}) from the 227 reply. Make it use that address: curl --no-ftp-skip-pasv-ip; Python ftplib: ftp.trust_server_pasv_ipv4_address = True; or use active mode (PORT)",
-                    job.slave_name
+                    "Connect to the 227 address {announced} (curl --no-ftp-skip-pasv-ip) or use PORT, not {}",
+                    used.ip()
                 ),
             ),
             TransferOutcome::SlaveLost => Reply::new(
@@ -327,7 +336,7 @@ impl Session {
             ),
         };
         st.slaves
-            .finish_transfer(job.slave, sent, received, job.route == Route::Relay);
+            .finish_transfer(job.slave, sent, received, relayed);
         reply
     }
 }
