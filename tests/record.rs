@@ -144,13 +144,19 @@ fn a_recorded_curl_session_replays_with_no_difference_and_an_edit_shows() {
         .position(|l| l == "client< 213 70001")
         .unwrap()
         + 1;
-    assert_eq!(
-        report.diff[..3],
-        [
-            format!("{}:{line}: client", edited_path.display()),
-            "-  213 70001".to_string(),
-            "+  213 70000".to_string(),
-        ],
+    assert!(
+        report
+            .diff
+            .contains(&format!("@@ {}:{line} @@", edited_path.display())),
+        "{:?}",
+        report.diff
+    );
+    assert!(
+        report.diff.contains(&format!("- {line:>5}  213 70001"))
+            && report
+                .diff
+                .iter()
+                .any(|l| l.starts_with('+') && l.ends_with(" 213 70000")),
         "{:?}",
         report.diff
     );

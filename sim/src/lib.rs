@@ -8,6 +8,7 @@
 //! and one seed always give the same transcript, byte for byte.
 
 pub mod client;
+pub mod diff;
 pub mod env;
 pub mod replay;
 pub mod runner;

@@ -374,7 +374,7 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
     if let Some(b) = d.broken.clone() {
         d.violation(format!("simulation: {b}"));
     }
-    let reply_diff = crate::replay::reply_diff(sc, &transcript.borrow().lines);
+    let reply_diff = crate::diff::reply_diff(sc, &transcript.borrow().lines);
     let t = transcript.borrow();
     let mut text = String::new();
     for l in &t.lines {
@@ -1070,12 +1070,16 @@ mod tests {
         let wrong = text.replace("230 User alice", "230 User bob");
         let sc = scenario(&wrong);
         let o = run(&sc, 0);
+        assert_eq!(o.reply_diff[1], "@@ t.scn:9 @@");
         assert_eq!(
-            o.reply_diff[1..],
-            ["-  230 User bob logged in", "+  230 User alice logged in"]
+            o.reply_diff[4..],
+            [
+                "-     9  230 User bob logged in",
+                "+        230 User alice logged in"
+            ]
         );
         assert!(
-            o.transcript.contains("!! REPLY DIFF t.scn:9: alice\n"),
+            o.transcript.contains("!! REPLY DIFF @@ t.scn:9 @@\n"),
             "{}",
             o.transcript
         );
