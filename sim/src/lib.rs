@@ -18,6 +18,8 @@ pub mod script;
 /// root package depending on insta itself.
 pub use insta;
 
-pub use replay::{replay_file, Fault, ReplayError, ReplayOptions, ReplayReport};
-pub use runner::{run, Outcome};
+pub use replay::{
+    replay_file, replay_paths, Fault, ReplayError, ReplayOptions, ReplayReport, When,
+};
+pub use runner::{run, run_timed, Outcome, Timing};
 pub use script::{parse_file, ParseError, Scenario};

@@ -110,6 +110,8 @@ pub struct Hub {
     tls: std::sync::RwLock<Option<Arc<MasterTls>>>,
     /// Monotonic origin for the guard's clock ([`Hub::mono_ms`]).
     started: tokio::time::Instant,
+    /// FTPS at the FTP level only ([`Hub::simulate_tls`]).
+    tls_in_clear: std::sync::atomic::AtomicBool,
 }
 
 pub type Shared = Arc<Hub>;
@@ -130,6 +132,7 @@ impl Hub {
             record,
             tls: std::sync::RwLock::new(tls),
             started: tokio::time::Instant::now(),
+            tls_in_clear: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -151,6 +154,27 @@ impl Hub {
     /// AUTH TLS.
     pub fn set_tls(&self, tls: Option<Arc<MasterTls>>) {
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = tls;
+    }
+
+    /// FTPS at the FTP level only, for the simulator's replay of FTPS
+    /// sessions (TLS itself is never run there): AUTH TLS, PBSZ and PROT are
+    /// answered as by a master with a certificate, slaves count as having
+    /// one, and every connection stays in clear.
+    pub fn simulate_tls(&self) {
+        self.tls_in_clear
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.lock().st.tls_available = true;
+    }
+
+    /// See [`Hub::simulate_tls`].
+    pub fn tls_in_clear(&self) -> bool {
+        self.tls_in_clear.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Time since the hub was made (the master started): the clock all
+    /// sessions share (simulated time in the simulator).
+    pub fn clock(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// Milliseconds since the hub was made (simulated time in the

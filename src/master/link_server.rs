@@ -198,7 +198,8 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
         info.ready_listeners.clear();
         info.state = SlaveState::Remerging;
         info.data_ip = Some(data_ip);
-        info.data_tls = data_tls;
+        // The simulator's FTPS at the FTP level: no slave has a certificate.
+        info.data_tls = data_tls || state.tls_in_clear();
         // Kept queued (and stored) until this remerge completes: the slave
         // applies them before listing its files, so a finished remerge
         // proves they were applied; a link lost before that resends them.

@@ -9,6 +9,7 @@
 pub mod db;
 pub mod guard;
 pub mod observe;
+pub mod pins;
 pub mod registry;
 pub mod session;
 pub mod transfer;
@@ -53,6 +54,8 @@ pub struct MasterState {
     user_changes: Option<Vec<db::Change>>,
     /// FTPS is configured on this master (AUTH TLS is offered).
     pub tls_available: bool,
+    /// Decisions a replay imposes (the simulator's; empty otherwise).
+    pub pins: pins::Pins,
     next_id: u64,
 }
 
@@ -76,6 +79,7 @@ impl MasterState {
             sessions: BTreeMap::new(),
             now: 0,
             tls_available: false,
+            pins: Default::default(),
             next_id: 0,
         }
     }

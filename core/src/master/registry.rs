@@ -128,6 +128,11 @@ impl SlaveRegistry {
         }
     }
 
+    /// The id of a known slave.
+    pub fn find(&self, name: &str) -> Option<SlaveId> {
+        self.by_name.get(name).copied()
+    }
+
     /// The id of `name`, registering it (offline) when new.
     pub fn id_for(&mut self, name: &str) -> SlaveId {
         if let Some(&id) = self.by_name.get(name) {

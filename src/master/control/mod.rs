@@ -201,6 +201,7 @@ impl ControlSession {
                 session: self.session.id,
                 peer: self.session.peer,
                 unix_now,
+                clock: self.state.clock(),
             };
             self.observers
                 .0
@@ -210,6 +211,7 @@ impl ControlSession {
             session: self.session.id,
             peer: self.session.peer,
             unix_now,
+            clock: self.state.clock(),
         };
         self.observers.emit_locked(&self.state, &opened);
     }

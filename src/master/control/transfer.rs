@@ -15,7 +15,7 @@ use crate::config::PasvWithoutPret;
 use crate::env::{accept_from, pump, BoxStream, NetListener};
 use crate::link::{DataTls, Request, Response};
 use crate::master::hub::SlaveLink;
-use crate::master::observe::SessionEvent;
+use crate::master::observe::{DataFacts, SessionEvent};
 use crate::master::session::{Route, TransferJob, TransferOutcome};
 use crate::master::transfer::{Event, RelayClient, Step, TransferMachine};
 use crate::proto::{Line, Reply};
@@ -23,14 +23,15 @@ use crate::proto::{Line, Reply};
 impl ControlSession {
     pub(super) async fn transfer(&mut self, job: TransferJob) -> Next {
         let started = tokio::time::Instant::now();
-        let outcome = self.run_transfer(&job).await;
-        let (outcome, aborted) = outcome;
+        let (outcome, aborted, mut data) = self.run_transfer(&job).await;
+        data.client_gone |= self.closed;
         tracing::info!(?outcome, "transfer finished");
         let finished = SessionEvent::TransferFinished {
             job: &job,
             outcome: &outcome,
             aborted,
             duration: started.elapsed(),
+            data,
         };
         self.observers.emit_locked(&self.state, &finished);
         let reply = {
@@ -66,9 +67,9 @@ impl ControlSession {
     }
 
     /// Runs one slave transfer to its end by performing the transfer
-    /// machine's steps. Returns the outcome and whether the client sent
-    /// ABOR.
-    async fn run_transfer(&mut self, job: &TransferJob) -> (TransferOutcome, bool) {
+    /// machine's steps. Returns the outcome, whether the client sent ABOR,
+    /// and what the data connection carried.
+    async fn run_transfer(&mut self, job: &TransferJob) -> (TransferOutcome, bool, DataFacts) {
         let (link, timeout, relay_allowed) = {
             let st = self.state.lock();
             (
@@ -92,6 +93,7 @@ impl ControlSession {
             slave_stream: None,
             relay: None,
             response: None,
+            facts: DataFacts::default(),
         };
         // curl and ftplib connect right after the 227 reply, so a client
         // that ignored its address is usually already waiting at the
@@ -103,6 +105,7 @@ impl ControlSession {
                 if let Some(Ok((stream, peer))) = poll_once(l.accept()) {
                     if peer.ip() == self.session.peer_ip() {
                         io.caught = Some(stream);
+                        io.facts.caught = true;
                         caught_now = true;
                     }
                 }
@@ -115,7 +118,10 @@ impl ControlSession {
                 if let Some(e) = self.perform_step(step, job, &mut io, timeout).await {
                     match e {
                         StepResult::Event(e) => event = Some(e),
-                        StepResult::Finish(outcome, aborted) => return (outcome, aborted),
+                        StepResult::Finish(outcome, aborted) => {
+                            io.facts.relayed = m.relaying();
+                            return (outcome, aborted, io.facts);
+                        }
                     }
                 }
             }
@@ -126,6 +132,14 @@ impl ControlSession {
                         .await
                 }
             };
+            match &event {
+                Event::Slave(Response::Sent { bytes } | Response::Received { bytes, .. }) => {
+                    io.facts.bytes = Some(*bytes)
+                }
+                Event::Caught => io.facts.caught = true,
+                Event::ControlClosed => io.facts.client_gone = true,
+                _ => {}
+            }
             steps = m.on(event);
         }
     }
@@ -155,6 +169,7 @@ impl ControlSession {
                     self.session.tls.private,
                     io.slave_stream.is_some() || io.relay.is_some(),
                 ) {
+                    _ if self.state.tls_in_clear() => None,
                     (Some(token), true, false) => Some(DataTls {
                         session_token: token.clone(),
                         client: self.session.tls.sscn || self.session.tls.cpsv,
@@ -192,7 +207,9 @@ impl ControlSession {
                     if cancel {
                         t.abort();
                     }
-                    let _ = t.await;
+                    if let Ok(Ok(n)) = t.await {
+                        io.facts.bytes.get_or_insert(n);
+                    }
                 }
             }
             Step::ProbeControl => return Some(StepResult::Event(self.probe_control().await)),
@@ -378,6 +395,8 @@ struct TransferIo {
     relay: Option<tokio::task::JoinHandle<std::io::Result<u64>>>,
     /// The answer awaited from the slave (order or commit).
     response: Option<tokio::sync::oneshot::Receiver<Response>>,
+    /// What the data connection carried, as far as seen.
+    facts: DataFacts,
 }
 
 enum StepResult {
