@@ -112,6 +112,8 @@ pub struct Hub {
     started: tokio::time::Instant,
     /// FTPS at the FTP level only ([`Hub::simulate_tls`]).
     tls_in_clear: std::sync::atomic::AtomicBool,
+    /// Wall-clock seconds when the master started ([`Hub::started_unix`]).
+    started_unix: std::sync::atomic::AtomicI64,
 }
 
 pub type Shared = Arc<Hub>;
@@ -133,6 +135,7 @@ impl Hub {
             tls: std::sync::RwLock::new(tls),
             started: tokio::time::Instant::now(),
             tls_in_clear: std::sync::atomic::AtomicBool::new(false),
+            started_unix: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -169,6 +172,17 @@ impl Hub {
     /// See [`Hub::simulate_tls`].
     pub fn tls_in_clear(&self) -> bool {
         self.tls_in_clear.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Wall-clock seconds when the master started: with [`Hub::clock`],
+    /// what names a moment across the sessions of one master run.
+    pub fn started_unix(&self) -> i64 {
+        self.started_unix.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_started_unix(&self, t: i64) {
+        self.started_unix
+            .store(t, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Time since the hub was made (the master started): the clock all

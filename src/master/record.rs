@@ -176,6 +176,8 @@ pub struct Header {
     /// The master's monotonic clock at session start (time since the master
     /// started), shared by all its sessions.
     pub clock: Duration,
+    /// Wall-clock seconds when the master started (names the master run).
+    pub master_start: i64,
 }
 
 /// The lines of one command (or the connect), written when the next one
@@ -332,7 +334,7 @@ impl Recorder {
             // several recordings orders them by it.
             format!(
                 "# clock: master-start={} session-start={}",
-                h.unix_now - h.clock.as_secs() as i64,
+                h.master_start,
                 micros(h.clock, "s")
             ),
             format!("# dftpd version: {}", env!("CARGO_PKG_VERSION")),
@@ -996,6 +998,7 @@ mod tests {
             peer: "10.0.0.9:4000".parse().unwrap(),
             unix_now: 1_700_000_000,
             clock: Duration::from_micros(2_500_000),
+            master_start: 1_699_999_998,
         };
         let mut r = Recorder::start(Box::new(buf.clone()), &h, &st);
         let root = VPath::root();
@@ -1123,6 +1126,7 @@ mod tests {
             peer: "127.0.0.1:1".parse().unwrap(),
             unix_now: 0,
             clock: Duration::ZERO,
+            master_start: 0,
         };
         let mut r = Recorder::start(Box::new(buf.clone()), &h, &st);
         r.command(Duration::ZERO, "FEAT");

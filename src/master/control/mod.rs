@@ -202,6 +202,7 @@ impl ControlSession {
                 peer: self.session.peer,
                 unix_now,
                 clock: self.state.clock(),
+                master_start: self.state.started_unix(),
             };
             self.observers
                 .0
