@@ -191,8 +191,8 @@ fn ftplib_appe_and_rest_stor_replay_with_no_difference() {
     replay_clean("ftplib APPE, REST+STOR", &files);
 }
 
-/// Starts curl with `args`, kills it (SIGKILL) once `progress` says it has
-/// moved some bytes, returns its stderr.
+/// Runs curl with `args` at 1 MB/s and kills it (SIGKILL) after 1.2 s,
+/// mid-transfer.
 fn curl_killed_midway(args: &[&str]) {
     let mut child = Command::new("curl")
         .args([
@@ -200,7 +200,7 @@ fn curl_killed_midway(args: &[&str]) {
             "--ftp-pret",
             "--no-ftp-skip-pasv-ip",
             "--limit-rate",
-            "4M",
+            "1M",
         ])
         .args(["-u", &format!("{USER}:{PASS}")])
         .args(args)
@@ -218,7 +218,7 @@ fn curl_killed_mid_download_and_mid_upload_replay_their_failures() {
     let (rec, c) = rec_cluster(&[]);
     let work = tempfile::tempdir().unwrap();
     let big = work.path().join("big.bin");
-    std::fs::write(&big, random_bytes(24 << 20, 9)).unwrap();
+    std::fs::write(&big, random_bytes(32 << 20, 9)).unwrap();
     // Session 1: the file arrives whole.
     let out = curl(&[
         "--ftp-pret",

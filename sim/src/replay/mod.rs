@@ -134,7 +134,19 @@ pub fn replay_paths(paths: &[PathBuf], opts: &ReplayOptions) -> Result<ReplayRep
         .map(|(r, o)| *o + r.length)
         .max()
         .unwrap_or_default();
-    let timing = timing(length, opts.tick);
+    let mut gaps = Vec::new();
+    for r in &recs {
+        let mut last = None;
+        for st in &r.sc.steps {
+            if let StepKind::At(t) = st.kind {
+                if let Some(l) = last {
+                    gaps.push(t.saturating_sub(l));
+                }
+                last = Some(t);
+            }
+        }
+    }
+    let timing = timing(length, &mut gaps, opts.tick);
     let (sc, faults) = prepare(merged, &recs, &opts.faults)?;
     let outcome = run_timed(&sc, opts.seed, timing);
     let lines: Vec<String> = outcome.transcript.lines().map(String::from).collect();
@@ -169,12 +181,17 @@ pub fn replay_paths(paths: &[PathBuf], opts: &ReplayOptions) -> Result<ReplayRep
     })
 }
 
-/// The replay's step: about 50,000 steps over the recordings' length,
-/// between 10 us (a loopback round trip is tens of microseconds) and 1 ms.
-/// Every message takes one step.
-pub fn timing(length: Duration, tick: Option<Duration>) -> Timing {
+/// The replay's step, from the recorded gaps between commands: a quarter
+/// of the median gap, so that a command (a message each way, a step each)
+/// is answered before the next one is due; between 10 us (a loopback round
+/// trip is tens of microseconds) and 1 ms, and at most 400,000 steps over
+/// the recordings' length. Every message takes one step.
+pub fn timing(length: Duration, gaps: &mut [Duration], tick: Option<Duration>) -> Timing {
     let tick = tick.unwrap_or_else(|| {
-        let us = (length.as_micros() / 50_000) as u64;
+        gaps.sort();
+        let median = gaps.get(gaps.len() / 2).copied().unwrap_or(length);
+        let floor = (length.as_micros() / 400_000) as u64;
+        let us = (median.as_micros() as u64 / 4).max(floor);
         Duration::from_micros(us.clamp(10, 1000))
     });
     Timing {
@@ -474,18 +491,18 @@ mod tests {
     }
 
     #[test]
-    fn the_step_follows_the_length() {
-        assert_eq!(
-            timing(Duration::from_millis(200), None).tick,
-            Duration::from_micros(10)
-        );
-        assert_eq!(
-            timing(Duration::from_secs(2), None).tick,
-            Duration::from_micros(40)
-        );
-        assert_eq!(
-            timing(Duration::from_secs(3600), None).tick,
-            Duration::from_millis(1)
-        );
+    fn the_step_follows_the_gaps_between_commands() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        let tick = |len, gaps: &[Duration]| timing(len, &mut gaps.to_vec(), None).tick;
+        // Dense: 70 us between commands.
+        assert_eq!(tick(ms(350), &[us(70); 5000]), us(17));
+        assert_eq!(tick(ms(350), &[us(20); 5000]), us(10));
+        // Paced every 20 ms.
+        assert_eq!(tick(ms(2000), &[ms(20); 100]), us(1000));
+        assert_eq!(tick(ms(2000), &[ms(2); 100]), us(500));
+        // A long idle session: at most 400,000 steps.
+        assert_eq!(tick(Duration::from_secs(100), &[us(40); 10]), us(250));
+        assert_eq!(tick(ms(1), &[]), us(250));
     }
 }
