@@ -174,20 +174,35 @@ ftp.storbinary('STOR part.bin', io.BytesIO(b'z' * 10000))
 ftp.sendcmd('PRET STOR part.bin')
 ftp.storbinary('STOR part.bin', io.BytesIO(b'w' * 5000), rest=10000)
 print(ftp.sendcmd('SIZE part.bin'))
+ftp.sendcmd('PRET STOU')
+print(ftp.storbinary('STOU', io.BytesIO(b'q' * 100)))
+# ftplib's default: it ignores the 227 address and is relayed.
+ftp.trust_server_pasv_ipv4_address = False
+ftp.sendcmd('PRET RETR grow.bin')
+got = []
+ftp.retrbinary('RETR grow.bin', got.append)
+print(sum(len(b) for b in got))
 ftp.quit()
 "#;
 
 #[test]
-fn ftplib_appe_and_rest_stor_replay_with_no_difference() {
-    let (rec, c) = rec_cluster(&["--allow-overwrite"]);
+fn ftplib_appe_rest_stor_stou_and_relay_replay_with_no_difference() {
+    let (rec, c) = rec_cluster(&["--allow-overwrite", "--pasv-without-pret", "relay"]);
     let port = c.addr.port().to_string();
     let out = python(FTPLIB_APPE_REST, &["127.0.0.1", &port, USER, PASS]);
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["213 51234", "213 15000"]);
+    let out: Vec<&str> = out.lines().collect();
+    assert_eq!(out[..2], ["213 51234", "213 15000"]);
+    assert!(out[2].starts_with("226 "), "{out:?}");
+    assert_eq!(out[3], "51234");
     let files = finished_recordings(rec.path(), 1);
     let text = std::fs::read_to_string(&files[0]).unwrap();
     // What crossed the data connections, not the files' final sizes.
     assert!(text.contains("client: data send 1234\n"), "{text}");
     assert!(text.contains("client: data send 5000\n"), "{text}");
+    // STOU's name, and the client relayed after ignoring the 227 address.
+    assert!(text.contains("client: pin-stou stou."), "{text}");
+    assert!(text.contains("# data: relayed through the master"), "{text}");
+    assert!(text.contains("client: data connect ignore-address"), "{text}");
     replay_clean("ftplib APPE, REST+STOR", &files);
 }
 

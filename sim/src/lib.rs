@@ -3,9 +3,10 @@
 //! [`script`] parses the scenario language (`scenarios/README.md`),
 //! [`client`] is the scripted FTP client, [`runner`] builds and drives one
 //! simulation per (scenario, seed) and checks the invariants, [`replay`]
-//! replays a session recorded by a real master (`--record`) and compares
-//! its replies. One scenario
-//! and one seed always give the same transcript, byte for byte.
+//! replays sessions recorded by a real master (`--record`), together and
+//! on their recorded clock, and [`diff`] compares expected replies with
+//! received ones. One scenario and one seed always give the same
+//! transcript, byte for byte.
 
 pub mod client;
 pub mod diff;
