@@ -82,7 +82,8 @@ fn lftp_mirror_up_and_back_replays_with_no_difference() {
     let (rec, c) = rec_cluster(&[]);
     let work = tempfile::tempdir().unwrap();
     let up = work.path().join("tree");
-    // `deep/` holds only a directory: the recording must declare it.
+    // `deep/` holds only a directory, `empty/` nothing: the recording of
+    // the session that finds them must declare them.
     write_tree(
         &up,
         &[
@@ -92,18 +93,34 @@ fn lftp_mirror_up_and_back_replays_with_no_difference() {
             ("deep/er/three.bin", 5, 4),
         ],
     );
+    // And an empty one.
+    std::fs::create_dir_all(up.join("empty")).unwrap();
     let back = work.path().join("back");
     // Active mode: lftp replaces a 127.x 227 address (see tests/clients.rs).
+    // Two sessions: the second finds the tree the first made, directories
+    // that hold only directories included.
     lftp(
         c.addr,
         &format!(
-            "set ftp:passive-mode off; mirror -R {} /site; mirror /site {}; quit",
-            up.display(),
+            "set ftp:passive-mode off; mirror -R {} /site; quit",
+            up.display()
+        ),
+    );
+    lftp(
+        c.addr,
+        &format!(
+            "set ftp:passive-mode off; mirror /site {}; quit",
             back.display()
         ),
     );
-    let files = finished_recordings(rec.path(), 1);
-    replay_clean("lftp mirror", &files);
+    let files = finished_recordings(rec.path(), 2);
+    let second = std::fs::read_to_string(&files[1]).unwrap();
+    assert!(second.contains("\ndir /site/deep\n"), "{second}");
+    assert!(second.contains("\ndir /site/empty\n"), "{second}");
+    // Each alone (the second from the state it found), and together.
+    replay_clean("lftp mirror -R", &files[..1]);
+    replay_clean("lftp mirror back", &files[1..]);
+    replay_clean("lftp mirror up and back", &files);
 }
 
 #[test]
