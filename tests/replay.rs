@@ -218,8 +218,14 @@ fn ftplib_appe_rest_stor_stou_and_relay_replay_with_no_difference() {
     assert!(text.contains("client: data send 5000\n"), "{text}");
     // STOU's name, and the client relayed after ignoring the 227 address.
     assert!(text.contains("client: pin-stou stou."), "{text}");
-    assert!(text.contains("# data: relayed through the master"), "{text}");
-    assert!(text.contains("client: data connect ignore-address"), "{text}");
+    assert!(
+        text.contains("# data: relayed through the master"),
+        "{text}"
+    );
+    assert!(
+        text.contains("client: data connect ignore-address"),
+        "{text}"
+    );
     replay_clean("ftplib APPE, REST+STOR", &files);
 }
 
@@ -243,6 +249,10 @@ fn curl_killed_midway(args: &[&str]) {
     std::thread::sleep(Duration::from_millis(1200));
     let _ = child.kill();
     let _ = child.wait();
+}
+
+fn upload_text(f: &Path) -> String {
+    std::fs::read_to_string(f).unwrap()
 }
 
 #[test]
@@ -277,11 +287,20 @@ fn curl_killed_mid_download_and_mid_upload_replay_their_failures() {
     let files = finished_recordings(rec.path(), 4);
     let download = std::fs::read_to_string(&files[1]).unwrap();
     assert!(
-        download.contains("reset-after=") || download.contains("gone-after="),
+        download.contains("client: data read reset-after=")
+            || download.contains("client: data read gone-after="),
         "{download}"
     );
+    for l in download.lines().chain(upload_text(&files[2]).lines()) {
+        if l.starts_with("client: data ") || l.starts_with("# data: ") {
+            println!("recorded: {l}");
+        }
+    }
+    // The slave reports how far the download got.
+    assert!(!download.contains("-after=0\n"), "{download}");
     let upload = std::fs::read_to_string(&files[2]).unwrap();
     assert!(upload.contains("gone-after="), "{upload}");
+    assert!(!upload.contains("gone-after=0\n"), "{upload}");
     replay_clean("curl killed mid-transfer", &files);
 }
 

@@ -675,6 +675,68 @@ async fn protect(
     Ok(Box::new(secured))
 }
 
+/// A data connection that counts the bytes read from and written to it
+/// (the real socket stays reachable for `sendfile(2)`, whose bytes the
+/// storage reports in its error, see `storage::sent_before`).
+struct Counted {
+    inner: BoxStream,
+    moved: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.moved
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.moved
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl crate::env::NetStream for Counted {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+    fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+    fn as_tcp(&mut self) -> Option<&mut tokio::net::TcpStream> {
+        self.inner.as_tcp()
+    }
+}
+
 fn failure(e: StorageError) -> TransferFailure {
     match e {
         StorageError::NotFound => TransferFailure::FileNotFound,
@@ -696,7 +758,7 @@ async fn execute(
     mut cmds: mpsc::UnboundedReceiver<XferCmd>,
 ) {
     let protected = tls.is_some();
-    let mut stream = match tls {
+    let stream = match tls {
         None => stream,
         Some(tls) => {
             let secured = tokio::select! {
@@ -717,13 +779,32 @@ async fn execute(
             }
         }
     };
+    // What crossed the data connection, for a failure's report.
+    let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut stream: BoxStream = Box::new(Counted {
+        inner: stream,
+        moved: moved.clone(),
+    });
+    let failed = |e: StorageError| {
+        let bytes = storage::sent_before(&e)
+            .unwrap_or(0)
+            .max(moved.load(std::sync::atomic::Ordering::Relaxed));
+        Response::FailedAfter {
+            failure: failure(e),
+            bytes,
+        }
+    };
+    let aborted = || Response::FailedAfter {
+        failure: TransferFailure::Aborted,
+        bytes: moved.load(std::sync::atomic::Ordering::Relaxed),
+    };
     let started = tokio::time::Instant::now();
     match order {
         TransferOrder::Send { path, offset } => {
             let result = tokio::select! {
                 biased;
                 _ = wait_closed(&mut cmds) => {
-                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                    reply(&ctx, rid, aborted());
                     return;
                 }
                 r = ctx.storage.send(&path, offset, &mut stream, ctx.config.data_timeout()) => r,
@@ -735,7 +816,7 @@ async fn execute(
                 }
                 Err(e) => {
                     tracing::info!(%path, error = %e, "send failed");
-                    reply(&ctx, rid, Response::Failed(failure(e)));
+                    reply(&ctx, rid, failed(e));
                 }
             }
         }
@@ -750,12 +831,12 @@ async fn execute(
                 // slave's next start if the future was dropped mid-write.
                 None => {
                     let _ = ctx.storage.cleanup_one(xfer).await;
-                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                    reply(&ctx, rid, aborted());
                     return;
                 }
                 Some(Err(e)) => {
                     tracing::info!(%path, error = %e, "receive failed");
-                    reply(&ctx, rid, Response::Failed(failure(e)));
+                    reply(&ctx, rid, failed(e));
                     return;
                 }
                 Some(Ok(up)) => up,

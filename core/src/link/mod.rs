@@ -54,7 +54,8 @@ impl std::fmt::Debug for TicketKey {
 
 /// Bumped on any incompatible change to the messages below.
 /// 2: FTPS (`Hello::data_tls`, `Welcome::ticket_key`, `Transfer::tls`).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: `Response::FailedAfter` (the bytes a failed transfer moved).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest frame either side accepts. A remerge is sent in chunks well
 /// below this.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -192,6 +193,12 @@ pub enum Response {
         mtime: i64,
     },
     Failed(TransferFailure),
+    /// A `Send` or `Receive` that failed after `bytes` crossed its data
+    /// connection (the master records it; otherwise it is `Failed`).
+    FailedAfter {
+        failure: TransferFailure,
+        bytes: u64,
+    },
 }
 
 /// Slave -> master.

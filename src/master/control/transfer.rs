@@ -132,6 +132,14 @@ impl ControlSession {
                         .await
                 }
             };
+            let event = match event {
+                // The machine needs only the failure; the count is a fact.
+                Event::Slave(Response::FailedAfter { failure, bytes }) => {
+                    io.facts.bytes = Some(bytes);
+                    Event::Slave(Response::Failed(failure))
+                }
+                e => e,
+            };
             match &event {
                 Event::Slave(Response::Sent { bytes } | Response::Received { bytes, .. }) => {
                     io.facts.bytes = Some(*bytes)
