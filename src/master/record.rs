@@ -254,6 +254,8 @@ pub struct Recorder {
     planned: Option<String>,
     entry: Entry,
     last_verb: String,
+    /// When the current command arrived (after session start).
+    last_at: Duration,
     /// The slaves at session start (name, free bytes, online), written at
     /// the session's first upload decision or at its end, whichever comes
     /// first (see [`Self::upload_decision`]).
@@ -317,6 +319,7 @@ impl Recorder {
             planned: None,
             entry: Entry::default(),
             last_verb: String::new(),
+            last_at: Duration::ZERO,
             slaves: Some(
                 st.slaves
                     .iter()
@@ -485,6 +488,7 @@ impl Recorder {
         self.entry.prelude.extend(prelude);
         self.entry.lines.push(line);
         self.last_verb = verb;
+        self.last_at = at;
     }
 
     /// Whether a command may name a path to declare (the driver takes the
@@ -769,6 +773,7 @@ impl Recorder {
         job: &TransferJob,
         outcome: &TransferOutcome,
         aborted: bool,
+        duration: Duration,
         data: &DataFacts,
     ) {
         let slave = &job.slave_name;
@@ -782,7 +787,12 @@ impl Recorder {
                 data.bytes.unwrap_or(*size)
             ),
             TransferOutcome::Failed(f) => format!("data: slave {slave} failed: {f:?}{carried}"),
-            TransferOutcome::SlaveLost => format!("data: slave {slave} lost{carried}"),
+            // A fault of the cluster is not replayed by itself: say how.
+            TransferOutcome::SlaveLost => format!(
+                "data: slave {slave} lost{carried}, {} into the session (to replay it with this session alone: --crash-slave {slave} --at {})",
+                micros(self.last_at + duration, "s"),
+                micros(self.last_at + duration / 2, "s")
+            ),
             TransferOutcome::IgnoredPasvAddress { announced, used } => {
                 format!("data: the client connected to {used}, not the announced {announced}")
             }
@@ -919,9 +929,9 @@ impl SessionObserver for Recorder {
                 job,
                 outcome,
                 aborted,
+                duration,
                 data,
-                ..
-            } => self.transfer_finished(job, outcome, *aborted, data),
+            } => self.transfer_finished(job, outcome, *aborted, *duration, data),
             SessionEvent::ListingSent(result) => self.note(&match result {
                 Ok(n) => format!("data: listing of {n} bytes sent"),
                 Err(e) => format!("data: listing failed: {e}"),
@@ -1115,6 +1125,140 @@ mod tests {
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn data_connections_and_decisions_are_recorded_for_the_replayed_client() {
+        use crate::link::{TransferFailure, TransferOrder};
+        use crate::master::registry::SlaveState;
+        use crate::master::session::{Plan, TransferJob};
+        let mut st = state();
+        let s2 = st.slaves.id_for("s2");
+        for id in [0, s2] {
+            st.slaves.get_mut(id).unwrap().state = SlaveState::Online;
+        }
+        let buf = Buf::default();
+        let h = Header {
+            session: 1,
+            peer: "127.0.0.1:1".parse().unwrap(),
+            unix_now: 0,
+            clock: Duration::ZERO,
+            master_start: 0,
+        };
+        let mut r = Recorder::start(Box::new(buf.clone()), &h, &st);
+        let root = VPath::root();
+        let job = |path: &str, upload: bool| {
+            let path = VPath::parse_absolute(path).unwrap();
+            TransferJob {
+                slave: s2,
+                slave_name: "s2".into(),
+                xfer: 9,
+                order: if upload {
+                    TransferOrder::Receive {
+                        path: path.clone(),
+                        offset: None,
+                    }
+                } else {
+                    TransferOrder::Send { path, offset: 0 }
+                },
+                route: Route::SlavePassive,
+                opening: Reply::new(150, "go"),
+                upload_path: None,
+            }
+        };
+        let finished = |r: &mut Recorder, st: &MasterState, job: &TransferJob, o, data| {
+            r.on(
+                &SessionEvent::TransferFinished {
+                    job,
+                    outcome: &o,
+                    aborted: false,
+                    duration: Duration::from_millis(500),
+                    data,
+                },
+                st,
+            )
+        };
+        // An upload planned by PRET on one of two online slaves: pinned.
+        let event = SessionEvent::Command {
+            at: Duration::from_millis(1),
+            text: "PRET STOR /pub/new",
+            cwd: &root,
+        };
+        r.on(&event, &st);
+        let plan = Plan {
+            verb: PlanVerb::Stor,
+            path: Some(VPath::parse_absolute("/pub/new").unwrap()),
+            target: Target::Slave(s2),
+        };
+        r.on(&SessionEvent::Planned(&plan), &st);
+        // A download the client reset after 700 bytes; it got its 426.
+        let event = SessionEvent::Command {
+            at: Duration::from_millis(2),
+            text: "RETR /pub/a.bin",
+            cwd: &root,
+        };
+        r.on(&event, &st);
+        let down = job("/pub/a.bin", false);
+        r.on(&SessionEvent::TransferStarted(&down), &st);
+        let reset = TransferOutcome::Failed(TransferFailure::Network("Connection reset".into()));
+        let moved = DataFacts {
+            bytes: Some(700),
+            ..DataFacts::default()
+        };
+        finished(&mut r, &st, &down, reset, moved);
+        r.reply(&Reply::new(426, "Connection closed; transfer aborted"));
+        // An upload whose client died after 300 bytes: no final reply.
+        let event = SessionEvent::Command {
+            at: Duration::from_millis(3),
+            text: "STOR /pub/b",
+            cwd: &root,
+        };
+        r.on(&event, &st);
+        let up = job("/pub/b", true);
+        let gone = DataFacts {
+            bytes: Some(300),
+            client_gone: true,
+            ..DataFacts::default()
+        };
+        finished(
+            &mut r,
+            &st,
+            &up,
+            TransferOutcome::Failed(TransferFailure::Aborted),
+            gone,
+        );
+        // The slave lost mid-download: where to put the what-if crash.
+        let event = SessionEvent::Command {
+            at: Duration::from_millis(4),
+            text: "RETR /pub/a.bin",
+            cwd: &root,
+        };
+        r.on(&event, &st);
+        finished(
+            &mut r,
+            &st,
+            &down,
+            TransferOutcome::SlaveLost,
+            DataFacts::default(),
+        );
+        r.finish(Duration::from_millis(5), true);
+        let t = text(&buf);
+        assert!(
+            t.contains("at 1.000ms\nclient: pin /pub/new s2\nclient> PRET STOR /pub/new\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("at 2.000ms\nclient: data read reset-after=700\nclient> RETR /pub/a.bin\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("at 3.000ms\nclient: data send 300 gone-after=300\nclient> STOR /pub/b\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# data: slave s2 lost (bytes not reported), 0.504000s into the session (to replay it with this session alone: --crash-slave s2 --at 0.254000s)\n"),
+            "{t}"
+        );
     }
 
     #[test]
