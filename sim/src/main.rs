@@ -27,13 +27,14 @@ const USAGE: &str =
   --seeds N            run under seeds 0..N
   --check-determinism  run every (scenario, seed) twice and compare transcripts
   --print              print each transcript
-usage: dftpd-sim replay PATH... [--seed S] [--trace] [--print] [--json] [FAULT (--at T | --at-command [SESSION:]N)]...
+usage: dftpd-sim replay PATH... [--seed S] [--trace] [--print] [--json] [--tick D] [FAULT (--at T | --at-command [SESSION:]N)]...
   PATH                 a session recorded with `dftpd master|cluster --record DIR`, or DIR:
                        every session given is replayed together, on the clock they shared
   --trace              print the master's and slaves' tracing events (simulated time)
   --print              print the replay's transcript
   --json               the result as JSON (one object per session) instead of text
-  --tick D             the simulation step (default: from the recordings' length, 10us-1ms)
+  --tick D             the simulation step (default: a quarter of the median recorded gap
+                       between commands, 10us-1ms)
   --crash-slave NAME   FAULT: crash that slave
   --partition A,B      FAULT: cut the link between hosts A and B (master, a slave, a session's client)
   --at T               when: T after the first session started (e.g. 1.5s); lands after every
