@@ -15,6 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dftpd::proto::VPath;
@@ -30,8 +31,9 @@ use crate::script::{ClientOp, Cut, Payload};
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a data connection may stall before the client gives up on it.
 pub const DATA_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long `data connect ignore-address` waits before the next step.
-const IGNORED_ADDRESS_HEAD_START: Duration = Duration::from_millis(50);
+/// How long `data connect ignore-address` waits before the next step
+/// (scenarios; a replay gives its own, see [`ClientWorld::head_start`]).
+pub const IGNORED_ADDRESS_HEAD_START: Duration = Duration::from_millis(50);
 /// Listings up to this size are copied into the transcript.
 const SHOW_LISTING: usize = 4096;
 const CHUNK: usize = 16 * 1024;
@@ -78,6 +80,18 @@ pub struct ClientWorld {
     /// Bumped by the runner whenever the master crashes or restarts: a
     /// missing reply across a master crash is expected.
     pub master_epoch: Rc<Cell<u64>>,
+    /// Operations begun (the runner compares it with the operations given:
+    /// a replay's fault waits until every command due before it was sent).
+    pub started: Rc<Cell<usize>>,
+    /// How long `data connect ignore-address` waits before the next step:
+    /// longer than any message latency.
+    pub head_start: Duration,
+    /// The longest a message takes: a client that dies closes its control
+    /// connection that long before its data connection, so the master sees
+    /// the control connection go first, as it does for a killed process.
+    pub latency: Duration,
+    /// The master's state, when it runs: `pin` steps write into it.
+    pub master_state: Arc<Mutex<Option<dftpd::master::Shared>>>,
 }
 
 struct Control {
@@ -117,6 +131,8 @@ struct Client {
     payload: Option<Payload>,
     read_cut: Option<Cut>,
     rest: u64,
+    /// The client process "died" (`gone-after`): later steps are skipped.
+    gone: bool,
 }
 
 enum ReplyError {
@@ -142,9 +158,15 @@ pub async fn run(
         cwd: VPath::root(),
         stou_name: None,
         started: Duration::ZERO,
+        gone: false,
     };
     while let Some(op) = ops.recv().await {
-        c.exec(op).await;
+        c.world.started.set(c.world.started.get() + 1);
+        if c.gone {
+            c.log(format!("{}: (gone) {op:?} skipped", c.world.name));
+        } else {
+            c.exec(op).await;
+        }
         let p = c.world.pending.get();
         c.world.pending.set(p.saturating_sub(1));
     }
@@ -208,6 +230,21 @@ impl Client {
     async fn exec(&mut self, op: ClientOp) {
         let name = self.world.name.clone();
         match op {
+            ClientOp::PinSlave { path, slave } => {
+                let shown = path.as_ref().map_or("-".to_string(), |p| p.to_string());
+                self.log(format!("{name}: pin {shown} {slave}"));
+                let ip = turmoil::lookup(name.as_str());
+                if let Some(m) = dftpd::master::lock(&self.world.master_state).clone() {
+                    m.lock().pins.pin_slave(ip, path, slave);
+                }
+            }
+            ClientOp::PinStou(file) => {
+                self.log(format!("{name}: pin-stou {file}"));
+                let ip = turmoil::lookup(name.as_str());
+                if let Some(m) = dftpd::master::lock(&self.world.master_state).clone() {
+                    m.lock().pins.pin_stou(ip, file);
+                }
+            }
             ClientOp::Connect => {
                 self.log(format!("{name}: connect"));
                 match SimStream::connect(self.world.master).await {
@@ -260,7 +297,7 @@ impl Client {
                     // command comes. Here the connection completes only
                     // when the master accepts it: give it time to arrive
                     // (more than any message latency) before the command.
-                    tokio::time::sleep(IGNORED_ADDRESS_HEAD_START).await;
+                    tokio::time::sleep(self.world.head_start).await;
                 }
             }
             ClientOp::DataListen => {
@@ -656,6 +693,8 @@ impl Client {
         let mut stalled = None;
         let link_faults = self.world.link_faults.get();
         self.world.data_bytes.set(0);
+        // A stalled data connection stays open until the final reply.
+        let mut stalled_open = None;
         if let Some(mut s) = stream {
             if upload {
                 let p = self.payload.unwrap_or(Payload {
@@ -666,6 +705,10 @@ impl Client {
                 let data = content(p.seed, p.size);
                 cut = p.cut;
                 let limit = p.cut.map_or(p.size, Cut::at).min(p.size) as usize;
+                if matches!(cut, Some(Cut::Gone(_) | Cut::Reset(_) | Cut::Stall(_))) {
+                    // Counted on the sending side: this one.
+                    cut_reached = true;
+                }
                 let mut sent = 0usize;
                 let mut failed = None;
                 for chunk in data[..limit].chunks(CHUNK) {
@@ -680,16 +723,29 @@ impl Client {
                         }
                     }
                 }
-                let _ = s.shutdown().await;
-                drop(s);
-                let how = match failed {
-                    Some(e) => format!(" (failed: {e})"),
-                    None if limit < data.len() => {
+                let how = match (failed, cut) {
+                    (Some(e), _) => {
+                        cut_reached = false;
+                        format!(" (failed: {e})")
+                    }
+                    (None, Some(Cut::Reset(_))) => " (reset)".to_string(),
+                    (None, Some(Cut::Gone(_))) => " (the client dies)".to_string(),
+                    (None, Some(Cut::Stall(_))) => " (stalled)".to_string(),
+                    (None, _) if limit < data.len() => {
                         cut_reached = true;
                         " (closed early)".to_string()
                     }
-                    None => String::new(),
+                    (None, _) => String::new(),
                 };
+                match (cut_reached, cut) {
+                    (true, Some(Cut::Reset(_))) => s.reset(),
+                    (true, Some(Cut::Gone(_))) => self.die(s, true).await,
+                    (true, Some(Cut::Stall(_))) => stalled_open = Some(s),
+                    _ => {
+                        let _ = s.shutdown().await;
+                        drop(s);
+                    }
+                }
                 self.log(format!(
                     "{name}  data: sent {sent} bytes crc32={:08x}{how}",
                     crc32(&data[..sent])
@@ -698,10 +754,20 @@ impl Client {
                 intended = Some(Rc::new(data));
             } else {
                 cut = self.read_cut;
-                let limit = self.read_cut.map_or(u64::MAX, Cut::at);
+                // Close and abort count what this client read; reset, gone
+                // and stall what the server sent.
+                let (limit, sent_limit) = match self.read_cut {
+                    Some(c @ (Cut::Close(_) | Cut::Abort(_))) => (c.at(), None),
+                    Some(c) => (u64::MAX, Some(c.at())),
+                    None => (u64::MAX, None),
+                };
                 let mut failed = None;
                 let mut tmp = vec![0u8; CHUNK];
                 while (received.len() as u64) < limit {
+                    if sent_limit.is_some_and(|n| s.peer_written() >= n) {
+                        cut_reached = true;
+                        break;
+                    }
                     match tokio::time::timeout(DATA_TIMEOUT, s.read(&mut tmp)).await {
                         Ok(Ok(0)) => break,
                         Ok(Ok(n)) => {
@@ -720,9 +786,11 @@ impl Client {
                         }
                     }
                 }
-                drop(s);
                 let how = match failed {
                     Some(e) => format!(" (failed: {e})"),
+                    None if cut_reached => {
+                        format!(" ({})", cut.map_or(String::new(), |c| c.to_string()))
+                    }
                     None if (received.len() as u64) >= limit => {
                         cut_reached = true;
                         " (closed early)".to_string()
@@ -732,6 +800,12 @@ impl Client {
                         String::new()
                     }
                 };
+                match (cut_reached, cut) {
+                    (true, Some(Cut::Reset(_))) => s.reset(),
+                    (true, Some(Cut::Gone(_))) => self.die(s, false).await,
+                    (true, Some(Cut::Stall(_))) => stalled_open = Some(s),
+                    _ => drop(s),
+                }
                 self.log(format!(
                     "{name}  data: received {} bytes crc32={:08x}{how}",
                     received.len(),
@@ -746,6 +820,23 @@ impl Client {
         }
         let rest = self.rest;
         self.reset_data();
+        if self.gone {
+            // A dead client never hears the outcome: it may have happened.
+            if matches!(verb, "STOR" | "APPE") {
+                if let Some(data) = sent_bytes.clone() {
+                    let offset = match verb {
+                        "APPE" => Some(u64::MAX),
+                        _ if rest > 0 => Some(rest),
+                        _ => None,
+                    };
+                    self.hist(arg, Effect::Write { data, offset }, None);
+                }
+            }
+            if let Some(intended) = intended {
+                self.record_upload(verb, arg, intended, false);
+            }
+            return;
+        }
         let aborting = cut_reached && matches!(cut, Some(Cut::Abort(_)));
         if aborting {
             // RFC 959 §4.1.3: the transfer's reply (426 if it was cut
@@ -773,7 +864,9 @@ impl Client {
                 },
             })
         };
-        let Some((code, lines)) = self.final_reply(verb, epoch).await else {
+        let reply = self.final_reply(verb, epoch).await;
+        drop(stalled_open);
+        let Some((code, lines)) = reply else {
             if matches!(verb, "STOR" | "APPE") {
                 if let Some(e) = write_effect(&sent_bytes) {
                     self.hist(arg, e, None);
@@ -848,6 +941,24 @@ impl Client {
             end: now(),
             status,
         });
+    }
+
+    /// The client process dies mid-transfer: its control connection
+    /// closes, then (once the master has surely seen that) its data
+    /// connection; nothing it would do later happens.
+    /// The kernel of a killed process closes an upload's connection (no
+    /// unread data) and resets a download's (unread data).
+    async fn die(&mut self, mut data: SimStream, upload: bool) {
+        let name = self.world.name.clone();
+        self.log(format!("{name}: dies (control connection closed)"));
+        self.gone = true;
+        self.ctrl = None;
+        tokio::time::sleep(self.world.latency).await;
+        if upload {
+            let _ = data.shutdown().await;
+        } else {
+            data.reset();
+        }
     }
 
     fn record_upload(&self, verb: &str, arg: &str, intended: Rc<Vec<u8>>, completed: bool) {

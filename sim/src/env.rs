@@ -99,6 +99,10 @@ struct Window {
     read: u64,
     /// The writer waiting for room.
     waker: Option<Waker>,
+    /// The writer reset the connection ([`SimStream::reset`]): the reader
+    /// gets `ConnectionReset` instead of the end of the stream, and its own
+    /// writes fail.
+    reset: bool,
 }
 
 thread_local! {
@@ -167,6 +171,33 @@ impl SimStream {
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.inner.peer_addr()
     }
+
+    /// Bytes the other end has written into this connection so far (read
+    /// by this end or still in flight).
+    pub fn peer_written(&self) -> u64 {
+        lock_dirs(&self.dirs)[1 - self.side].written
+    }
+
+    /// Ends the connection as a reset (a process that dies or gives up
+    /// mid-transfer): the other end's reads end with `ConnectionReset`
+    /// once the close reaches it, and its writes fail. turmoil itself sends
+    /// a reset only for a reader that drops unread data.
+    pub fn reset(self) {
+        let waker = {
+            let mut dirs = lock_dirs(&self.dirs);
+            dirs[self.side].reset = true;
+            // The other end may wait for room towards us: it fails now.
+            dirs[1 - self.side].waker.take()
+        };
+        drop(self);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+fn reset_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "Connection reset by peer")
 }
 
 /// The address turmoil will accept for a bind of `addr`.
@@ -222,6 +253,12 @@ impl AsyncRead for SimStream {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
+        if n == 0 && buf.remaining() > 0 && matches!(r, Poll::Ready(Ok(()))) {
+            // The end of the stream: a reset, if the peer reset it.
+            if lock_dirs(&self.dirs)[1 - self.side].reset {
+                return Poll::Ready(Err(reset_error()));
+            }
+        }
         if n > 0 {
             let waker = {
                 let mut dirs = lock_dirs(&self.dirs);
@@ -257,6 +294,9 @@ impl AsyncWrite for SimStream {
         }
         {
             let mut dirs = lock_dirs(&self.dirs);
+            if dirs[1 - self.side].reset {
+                return Poll::Ready(Err(reset_error()));
+            }
             let w = &mut dirs[self.side];
             if w.unread.len() >= WINDOW {
                 w.waker = Some(cx.waker().clone());

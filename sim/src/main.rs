@@ -4,10 +4,12 @@
 //! failure with the command that reproduces it, and ends with
 //! `N passed, M failed`. Exits non-zero on any failure.
 //!
-//! `dftpd-sim replay FILE [--seed S] [--trace] [--crash-slave NAME --at T]
-//! [--partition A,B --at T]`: replays a session recorded by a real master
-//! (`--record DIR`), prints the difference between recorded and replayed
-//! replies (nothing when they agree) and exits 1 when there is one.
+//! `dftpd-sim replay PATH... [--seed S] [--trace] [--print] [--json]
+//! [--crash-slave NAME (--at T | --at-command [SESSION:]N)] [--partition
+//! A,B ...]`: replays sessions recorded by a real master (`--record DIR`),
+//! all files and directories given together, prints each session's
+//! summary and the differences between recorded and replayed replies, and
+//! exits 1 when there is one.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,30 +27,39 @@ const USAGE: &str =
   --seeds N            run under seeds 0..N
   --check-determinism  run every (scenario, seed) twice and compare transcripts
   --print              print each transcript
-usage: dftpd-sim replay FILE [--seed S] [--trace] [--print] [--crash-slave NAME --at T] [--partition A,B --at T]
-  FILE                 a session recorded with `dftpd master|cluster --record DIR`
+usage: dftpd-sim replay PATH... [--seed S] [--trace] [--print] [--json] [--tick D] [FAULT (--at T | --at-command [SESSION:]N)]...
+  PATH                 a session recorded with `dftpd master|cluster --record DIR`, or DIR:
+                       every session given is replayed together, on the clock they shared
   --trace              print the master's and slaves' tracing events (simulated time)
   --print              print the replay's transcript
-  --crash-slave NAME   crash that slave at the time given by the following --at
-  --partition A,B      cut the link between hosts A and B (master, a slave, client)
-  --at T               when (after session start), e.g. 1.5s or 1500ms
+  --json               the result as JSON (one object per session) instead of text
+  --tick D             the simulation step (default: a quarter of the median recorded gap
+                       between commands, 10us-1ms)
+  --crash-slave NAME   FAULT: crash that slave
+  --partition A,B      FAULT: cut the link between hosts A and B (master, a slave, a session's client)
+  --at T               when: T after the first session started (e.g. 1.5s); lands after every
+                       command recorded before T and before those recorded after it
+  --at-command [S:]N   when: just before command N of session S (default: the first), once
+                       that session's earlier commands are answered
   exit status: 0 replies agree, 1 they differ (or an invariant broke), 2 bad input
 environment: RUST_LOG=dftpd=debug shows the cluster's own logs";
 
 struct ReplayArgs {
-    file: PathBuf,
+    paths: Vec<PathBuf>,
     opts: dftpd_sim::ReplayOptions,
     trace: bool,
     print: bool,
+    json: bool,
 }
 
 fn parse_replay_args(args: &[String]) -> Result<ReplayArgs, String> {
-    use dftpd_sim::Fault;
-    let mut file = None;
+    use dftpd_sim::{Fault, When};
+    let mut paths = Vec::new();
     let mut opts = dftpd_sim::ReplayOptions::default();
-    let (mut trace, mut print) = (false, false);
-    // A fault waits for its --at.
-    let mut pending: Option<Box<dyn Fn(std::time::Duration) -> Fault>> = None;
+    let (mut trace, mut print, mut json) = (false, false, false);
+    // A fault waits for its --at or --at-command.
+    type Pending = Box<dyn Fn(When) -> Fault>;
+    let mut pending: Option<Pending> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or(format!("{a} needs a value"));
@@ -59,56 +70,80 @@ fn parse_replay_args(args: &[String]) -> Result<ReplayArgs, String> {
                     .parse()
                     .map_err(|_| format!("--seed: '{v}' is not a number"))?;
             }
+            "--tick" => {
+                let v = value()?;
+                opts.tick = Some(
+                    dftpd_sim::script::parse_duration(v)
+                        .filter(|d| !d.is_zero())
+                        .ok_or(format!("--tick: invalid duration '{v}' (e.g. 50us, 1ms)"))?,
+                );
+            }
             "--trace" => trace = true,
             "--print" => print = true,
+            "--json" => json = true,
             "--crash-slave" | "--partition" => {
                 if pending.is_some() {
-                    return Err("each fault needs its --at".into());
+                    return Err("each fault needs its --at or --at-command".into());
                 }
                 let v = value()?.clone();
                 pending = Some(if a == "--crash-slave" {
-                    Box::new(move |at| Fault::CrashSlave {
+                    Box::new(move |when| Fault::CrashSlave {
                         slave: v.clone(),
-                        at,
+                        when,
                     })
                 } else {
                     let (x, y) = v
                         .split_once(',')
                         .ok_or(format!("--partition takes A,B, got '{v}'"))?;
                     let (x, y) = (x.to_string(), y.to_string());
-                    Box::new(move |at| Fault::Partition {
+                    Box::new(move |when| Fault::Partition {
                         a: x.clone(),
                         b: y.clone(),
-                        at,
+                        when,
                     })
                 });
             }
-            "--at" => {
+            "--at" | "--at-command" => {
                 let v = value()?;
-                let at = dftpd_sim::script::parse_duration(v)
-                    .ok_or(format!("--at: invalid duration '{v}' (e.g. 1.5s, 1500ms)"))?;
+                let when = if a == "--at" {
+                    When::At(
+                        dftpd_sim::script::parse_duration(v)
+                            .ok_or(format!("--at: invalid duration '{v}' (e.g. 1.5s, 1500ms)"))?,
+                    )
+                } else {
+                    let (session, n) = match v.rsplit_once(':') {
+                        Some((s, n)) => (Some(s.to_string()), n),
+                        None => (None, v.as_str()),
+                    };
+                    let n: usize = n
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or(format!("--at-command: '{v}' is not [SESSION:]N"))?;
+                    When::Command { session, n }
+                };
                 let f = pending
                     .take()
-                    .ok_or("--at follows --crash-slave or --partition")?;
-                opts.faults.push(f(at));
+                    .ok_or(format!("{a} follows --crash-slave or --partition"))?;
+                opts.faults.push(f(when));
             }
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with("--") => return Err(format!("unknown option '{s}'")),
-            p => {
-                if file.replace(PathBuf::from(p)).is_some() {
-                    return Err("replay takes one FILE".into());
-                }
-            }
+            p => paths.push(PathBuf::from(p)),
         }
     }
     if pending.is_some() {
-        return Err("a fault needs --at T".into());
+        return Err("a fault needs --at T or --at-command N".into());
+    }
+    if paths.is_empty() {
+        return Err("replay needs a recording (a file or a directory)".into());
     }
     Ok(ReplayArgs {
-        file: file.ok_or("replay needs a FILE")?,
+        paths,
         opts,
         trace,
         print,
+        json,
     })
 }
 
@@ -146,43 +181,65 @@ fn replay_main(args: &[String]) -> ExitCode {
         .with_ansi(false)
         .with_writer(std::io::stdout)
         .init();
-    let report = match dftpd_sim::replay_file(&r.file, &r.opts) {
+    let started = Instant::now();
+    let report = match dftpd_sim::replay_paths(&r.paths, &r.opts) {
         Ok(rep) => rep,
         Err(e) => {
             eprintln!("dftpd-sim: {e}");
             return ExitCode::from(2);
         }
     };
+    let wall = started.elapsed();
     if r.print {
         print!("{}", report.outcome.transcript);
     }
-    for l in &report.diff {
-        println!("{l}");
-    }
-    let others: Vec<&String> = report
-        .outcome
-        .violations
-        .iter()
-        .filter(|v| !v.starts_with("replies differ"))
-        .collect();
-    for v in &others {
-        println!("!! {v}");
+    let violations = report.violations();
+    if r.json {
+        println!("{}", dftpd_sim::replay::report_json(&report, wall));
+    } else {
+        for f in &report.faults {
+            println!("fault: {f}");
+        }
+        for s in &report.sessions {
+            let ftps = if s.ftps {
+                " [FTPS in production: TLS not replayed, the FTP conversation is]"
+            } else {
+                ""
+            };
+            if s.diff.agrees() {
+                println!("{}{ftps}", s.diff.summary());
+            } else {
+                for l in s.diff.render() {
+                    println!("{l}");
+                }
+                if !ftps.is_empty() {
+                    println!("  {}", ftps.trim());
+                }
+            }
+        }
+        for v in &violations {
+            println!("!! {v}");
+        }
     }
     let _ = std::io::stdout().flush();
-    if report.agrees() && others.is_empty() {
-        eprintln!(
-            "replay of {} agrees (seed {})",
-            r.file.display(),
-            r.opts.seed
-        );
+    let differ = report.sessions.iter().filter(|s| !s.diff.agrees()).count();
+    eprintln!(
+        "{} session(s) replayed ({} commands) in {:.3}s ({} simulated, step {}us), seed {}: {}",
+        report.sessions.len(),
+        report.sessions.iter().map(|s| s.commands).sum::<usize>(),
+        wall.as_secs_f64(),
+        format_args!("{:.3}s", report.outcome.sim_time.as_secs_f64()),
+        report.timing.tick.as_micros(),
+        r.opts.seed,
+        if differ == 0 && violations.is_empty() {
+            "all agree".to_string()
+        } else {
+            format!("{differ} differ, {} violation(s)", violations.len())
+        }
+    );
+    if differ == 0 && violations.is_empty() {
         ExitCode::SUCCESS
     } else {
-        eprintln!(
-            "replay of {} differs: {} diff line(s), {} violation(s)",
-            r.file.display(),
-            report.diff.len(),
-            others.len()
-        );
         ExitCode::FAILURE
     }
 }

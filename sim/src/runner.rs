@@ -229,6 +229,30 @@ struct ClientHandle {
     pending: Rc<Cell<usize>>,
     data_bytes: Rc<Cell<u64>>,
     link_faults: Rc<Cell<u64>>,
+    /// Operations given, and begun by the client.
+    given: Cell<usize>,
+    started: Rc<Cell<usize>>,
+}
+
+/// How simulated time and the network run. Scenarios: 1 ms steps and a
+/// latency between 1 ms and a seed-chosen 2-21 ms per message. A replay
+/// runs finer and faster, like the loopback it was recorded on (see
+/// `replay`), so commands keep their recorded times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// One simulation step.
+    pub tick: Duration,
+    /// Every message's latency, fixed; `None`: the seed's range.
+    pub latency: Option<Duration>,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            tick: Duration::from_millis(1),
+            latency: None,
+        }
+    }
 }
 
 struct World<'a> {
@@ -251,8 +275,11 @@ struct World<'a> {
     active: BTreeMap<String, u32>,
     /// Set when the simulation itself failed; the run stops.
     broken: Option<String>,
-    /// This run's upper latency bound (the lower one is [`MIN_LATENCY`]).
+    /// This run's latency bounds.
+    min_latency: Duration,
     max_latency: Duration,
+    /// See [`ClientWorld::head_start`].
+    head_start: Duration,
     /// When the script's steps began (the cluster was up): `at` counts
     /// from here.
     script_start: Duration,
@@ -276,9 +303,15 @@ fn secs(d: Duration) -> String {
 /// Runs `sc` under `seed`. Never panics on account of the scenario: a
 /// panic anywhere in the simulation becomes a violation.
 pub fn run(sc: &Scenario, seed: u64) -> Outcome {
+    run_timed(sc, seed, Timing::default())
+}
+
+/// [`run`] with another [`Timing`].
+pub fn run_timed(sc: &Scenario, seed: u64, timing: Timing) -> Outcome {
     install_panic_hook();
     PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_inner(sc, seed)));
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_inner(sc, seed, timing)));
     let panics = PANICS.with(|p| p.borrow_mut().take()).unwrap_or_default();
     let mut outcome = match result {
         Ok(Ok(o)) => o,
@@ -305,7 +338,7 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
     outcome
 }
 
-fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
+fn run_inner(sc: &Scenario, seed: u64, timing: Timing) -> Result<Outcome, SetupError> {
     let mcfg = master_config(sc)?;
     let mut slave_cfgs = Vec::new();
     for s in &sc.topology.slaves {
@@ -313,13 +346,16 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
     }
     // Latency bounds vary with the seed; turmoil draws each message's
     // latency between them from the same seed.
-    let max_latency = Duration::from_millis(2 + splitmix(seed) % 20);
+    let (min_latency, max_latency) = match timing.latency {
+        Some(l) => (l, l),
+        None => (MIN_LATENCY, Duration::from_millis(2 + splitmix(seed) % 20)),
+    };
     let sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(epoch())
         .simulation_duration(SIM_LIMIT)
-        .tick_duration(Duration::from_millis(1))
-        .min_message_latency(MIN_LATENCY)
+        .tick_duration(timing.tick)
+        .min_message_latency(min_latency)
         .max_message_latency(max_latency)
         // One slot more than a `SimStream` ever has in flight: a FIN always
         // finds room in the receive queue (see `env::WINDOW`).
@@ -361,6 +397,8 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
             pending: Rc::new(Cell::new(0)),
             data_bytes: Rc::new(Cell::new(0)),
             link_faults: Rc::new(Cell::new(0)),
+            given: Cell::new(0),
+            started: Rc::new(Cell::new(0)),
         },
         probe_transcript: Rc::new(RefCell::new(Transcript::default())),
         disks: Rc::new(disks),
@@ -371,9 +409,15 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
         states: BTreeMap::new(),
         active: BTreeMap::new(),
         broken: None,
+        min_latency,
         max_latency,
+        head_start: match timing.latency {
+            Some(l) => 2 * l + timing.tick,
+            None => client::IGNORED_ADDRESS_HEAD_START,
+        },
         script_start: Duration::ZERO,
     };
+    d.declare_dirs()?;
     d.add_hosts(seed, mcfg, slave_cfgs);
     d.log(format!(
         "# scenario {} seed {seed}: {} slaves, {} clients",
@@ -395,7 +439,7 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
     if let Some(b) = d.broken.clone() {
         d.violation(format!("simulation: {b}"));
     }
-    let reply_diff = crate::replay::reply_diff(sc, &transcript.borrow().lines);
+    let reply_diff = crate::diff::reply_diff(sc, &transcript.borrow().lines);
     let t = transcript.borrow();
     let mut text = String::new();
     for l in &t.lines {
@@ -419,6 +463,42 @@ fn run_inner(sc: &Scenario, seed: u64) -> Result<Outcome, SetupError> {
 }
 
 impl<'a> World<'a> {
+    /// `dir` lines: directories (and their parents) the master's store
+    /// holds before it starts, owned by `dftpd`.
+    fn declare_dirs(&mut self) -> Result<(), SetupError> {
+        use dftpd::master::db::{Change, StoredNode};
+        let mut all = BTreeSet::new();
+        for d in &self.sc.topology.dirs {
+            let mut p = Some(d.path.clone());
+            while let Some(x) = p.filter(|x| !x.is_root()) {
+                p = x.parent();
+                all.insert(x);
+            }
+        }
+        if all.is_empty() {
+            return Ok(());
+        }
+        let err = |e: String| SetupError::Config {
+            key: "dir".into(),
+            value: String::new(),
+            msg: e,
+        };
+        let store = MetaStore::open_memory(&self.master_store).map_err(|e| err(e.to_string()))?;
+        let mut changes = vec![Change::Name(0, "dftpd".into())];
+        // Parents sort before their children.
+        for p in all {
+            changes.push(Change::Put(
+                p,
+                StoredNode::Dir {
+                    mtime: EPOCH_SECS as i64,
+                    owner: 0,
+                    group: 0,
+                },
+            ));
+        }
+        store.apply(&changes).map_err(|e| err(e.to_string()))
+    }
+
     fn log(&self, line: String) {
         self.transcript.borrow_mut().lines.push(line);
     }
@@ -437,6 +517,7 @@ impl<'a> World<'a> {
         let incarnation = Rc::new(Cell::new(0u64));
         let mcfg = Arc::new(mcfg);
         let mem = self.master_store.clone();
+        let ftps = self.sc.topology.ftps;
         self.sim.host("master", move || {
             let slot = slot.clone();
             let cfg = (*mcfg).clone();
@@ -447,6 +528,9 @@ impl<'a> World<'a> {
                 let env = sim_env(seed, "master", n);
                 let store = MetaStore::open_memory(&mem)?;
                 let master = Master::start_with_store(env, cfg, store).await?;
+                if ftps {
+                    master.state.simulate_tls();
+                }
                 *lock(&slot) = Some(master.state.clone());
                 std::future::pending::<()>().await;
                 drop(master);
@@ -510,6 +594,8 @@ impl<'a> World<'a> {
             pending: Rc::new(Cell::new(0)),
             data_bytes: Rc::new(Cell::new(0)),
             link_faults: Rc::new(Cell::new(0)),
+            given: Cell::new(0),
+            started: Rc::new(Cell::new(0)),
         };
         let world = ClientWorld {
             name: name.to_string(),
@@ -520,6 +606,10 @@ impl<'a> World<'a> {
             data_bytes: handle.data_bytes.clone(),
             link_faults: handle.link_faults.clone(),
             master_epoch: self.master_epoch.clone(),
+            started: handle.started.clone(),
+            head_start: self.head_start,
+            latency: self.max_latency,
+            master_state: self.master_slot.clone(),
         };
         (handle, world, rx)
     }
@@ -643,6 +733,7 @@ impl<'a> World<'a> {
         }
         if let Some(c) = self.clients.get(client) {
             c.pending.set(c.pending.get() + 1);
+            c.given.set(c.given.get() + 1);
             let _ = c.tx.send(op);
         }
     }
@@ -675,6 +766,17 @@ impl<'a> World<'a> {
                 }
             }
             StepKind::Wait(names) => self.wait_clients(line, names),
+            StepKind::CatchUp(names) => {
+                let names = names.clone();
+                self.run_until(STEP_LIMIT, |d| {
+                    names.iter().all(|n| {
+                        d.client_idle(n)
+                            || d.clients
+                                .get(n)
+                                .is_none_or(|c| c.started.get() >= c.given.get())
+                    })
+                });
+            }
             StepKind::At(t) => {
                 let end = self.script_start + *t;
                 let left = end.saturating_sub(self.sim.elapsed());
@@ -864,7 +966,7 @@ impl<'a> World<'a> {
     /// same delay, so the order no longer matters and the run stays a
     /// function of its seed.
     fn without_latency_variance(&mut self, f: impl FnOnce(&mut turmoil::Sim<'a>)) {
-        self.sim.set_max_message_latency(MIN_LATENCY);
+        self.sim.set_max_message_latency(self.min_latency);
         f(&mut self.sim);
         self.sim.set_max_message_latency(self.max_latency);
     }
@@ -1200,12 +1302,16 @@ mod tests {
         let wrong = text.replace("230 User alice", "230 User bob");
         let sc = scenario(&wrong);
         let o = run(&sc, 0);
+        assert_eq!(o.reply_diff[1], "@@ t.scn:9 @@");
         assert_eq!(
-            o.reply_diff[1..],
-            ["-  230 User bob logged in", "+  230 User alice logged in"]
+            o.reply_diff[4..],
+            [
+                "-     9  230 User bob logged in",
+                "+        230 User alice logged in"
+            ]
         );
         assert!(
-            o.transcript.contains("!! REPLY DIFF t.scn:9: alice\n"),
+            o.transcript.contains("!! REPLY DIFF @@ t.scn:9 @@\n"),
             "{}",
             o.transcript
         );

@@ -50,6 +50,17 @@ pub struct FileDecl {
     pub path: VPath,
     pub size: u64,
     pub seed: u64,
+    /// Where it is declared (a recording declares a file where the session
+    /// first names it: the multi-session replay orders declarations by it).
+    pub line: usize,
+}
+
+/// `dir PATH`: a directory the master knows at start, with its parents
+/// (recordings declare every directory on the way to a path they name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirDecl {
+    pub path: VPath,
+    pub line: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +76,15 @@ pub struct Topology {
     pub slaves: Vec<SlaveDecl>,
     pub files: Vec<FileDecl>,
     pub users: Vec<UserDecl>,
+    pub dirs: Vec<DirDecl>,
+    /// `absent PATH`: the recording named PATH when it did not exist (its
+    /// session made it); nothing in a run, the multi-session replay's
+    /// evidence that no session found it there before.
+    pub absent: Vec<DirDecl>,
+    /// `ftps`: the master offers FTPS at the FTP level only (AUTH TLS, PBSZ
+    /// and PROT answered as by a master with a certificate; every
+    /// connection stays in clear). Recordings of a master with `tls_cert`.
+    pub ftps: bool,
     /// `config key=value`: master configuration overrides, in order.
     pub master_config: Vec<(String, String)>,
     /// `slave-config key=value`: applied to every slave.
@@ -80,12 +100,25 @@ pub enum Cut {
     Close(u64),
     /// Send ABOR after this many bytes, then close the data connection.
     Abort(u64),
+    /// Reset the data connection (as a client that fails or is
+    /// interrupted) once this many bytes crossed it, counted on the
+    /// sending side; the client keeps its control connection and reads the
+    /// transfer's final reply.
+    Reset(u64),
+    /// The client process dies once this many bytes crossed the data
+    /// connection (counted on the sending side): its control connection
+    /// closes, then the data connection; its later steps are skipped.
+    Gone(u64),
+    /// The client stops reading or writing after this many bytes and
+    /// waits, the data connection open, for the final reply (the server's
+    /// data timeout).
+    Stall(u64),
 }
 
 impl Cut {
     pub fn at(self) -> u64 {
         match self {
-            Cut::Close(n) | Cut::Abort(n) => n,
+            Cut::Close(n) | Cut::Abort(n) | Cut::Reset(n) | Cut::Gone(n) | Cut::Stall(n) => n,
         }
     }
 }
@@ -95,7 +128,23 @@ impl std::fmt::Display for Cut {
         match self {
             Cut::Close(n) => write!(f, "close-after={n}"),
             Cut::Abort(n) => write!(f, "abort-after={n}"),
+            Cut::Reset(n) => write!(f, "reset-after={n}"),
+            Cut::Gone(n) => write!(f, "gone-after={n}"),
+            Cut::Stall(n) => write!(f, "stall-after={n}"),
         }
+    }
+}
+
+impl Cut {
+    fn parse(key: &str, n: u64) -> Option<Cut> {
+        Some(match key {
+            "close-after" => Cut::Close(n),
+            "abort-after" => Cut::Abort(n),
+            "reset-after" => Cut::Reset(n),
+            "gone-after" => Cut::Gone(n),
+            "stall-after" => Cut::Stall(n),
+            _ => return None,
+        })
     }
 }
 
@@ -129,6 +178,13 @@ pub enum ClientOp {
     DataRead(Cut),
     /// Close the control connection (without QUIT).
     Close,
+    /// Replays a recorded decision: the master's choice of slave for
+    /// transfers of `path` (`None`: a STOU without a name) made for this
+    /// client goes to `slave` from now on.
+    PinSlave { path: Option<VPath>, slave: String },
+    /// Replays a recorded decision: this client's next STOU names its file
+    /// `name`.
+    PinStou(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +250,10 @@ pub enum StepKind {
     ShowSlaves,
     /// Print what is on a slave's disk (complete files and temporary ones).
     ShowDisk(String),
+    /// Wait until these clients have begun every step given to them (not
+    /// in the language: a replay puts it before a fault, so the fault lands
+    /// after every command recorded before its time was sent).
+    CatchUp(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,23 +304,33 @@ pub fn parse_size(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
-/// Durations: `250ms`, `5s`, `1.5s`, `2m`.
+/// Durations: `250ms`, `5s`, `1.5s`, `2m`; to the microsecond:
+/// `12.345ms`, `1.000250s`, `80us`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
+    // A number with at most `digits` decimals, in units of 10^-digits.
+    let fixed = |n: &str, digits: usize| -> Option<u64> {
+        let (whole, frac) = n.split_once('.').unwrap_or((n, ""));
+        if n.contains('.') && frac.is_empty() || frac.len() > digits {
+            return None;
+        }
+        if !frac.bytes().all(|b| b.is_ascii_digit()) || whole.starts_with('+') {
+            return None;
+        }
+        let whole: u64 = whole.parse().ok()?;
+        let frac: u64 = format!("{frac:0<digits$}").parse().unwrap_or(0);
+        whole
+            .checked_mul(10u64.pow(digits as u32))?
+            .checked_add(frac)
+    };
+    if let Some(n) = s.strip_suffix("us") {
+        return fixed(n, 0).map(Duration::from_micros);
+    }
     if let Some(n) = s.strip_suffix("ms") {
-        return n.parse().ok().map(Duration::from_millis);
+        return fixed(n, 3).map(Duration::from_micros);
     }
     if let Some(n) = s.strip_suffix('s') {
-        if let Some((whole, frac)) = n.split_once('.') {
-            // Milliseconds at most: `1.5s`, `0.250s`.
-            if frac.is_empty() || frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let whole: u64 = whole.parse().ok()?;
-            let ms: u64 = format!("{frac:0<3}").parse().ok()?;
-            return Some(Duration::from_secs(whole) + Duration::from_millis(ms));
-        }
-        return n.parse().ok().map(Duration::from_secs);
+        return fixed(n, 6).map(Duration::from_micros);
     }
     if let Some(n) = s.strip_suffix('m') {
         return n.parse::<u64>().ok().map(|m| Duration::from_secs(m * 60));
@@ -515,7 +585,24 @@ fn parse_line(p: &Parser, sc: &mut Scenario, line: &str) -> Result<(), ParseErro
                 path,
                 size,
                 seed,
+                line: p.line,
             });
+        }
+        "dir" | "absent" => {
+            p.args::<2>(&words, &format!("{} PATH", words[0]))?;
+            let decl = DirDecl {
+                path: p.vpath(words[1])?,
+                line: p.line,
+            };
+            if words[0] == "dir" {
+                sc.topology.dirs.push(decl);
+            } else {
+                sc.topology.absent.push(decl);
+            }
+        }
+        "ftps" => {
+            p.args::<1>(&words, "ftps")?;
+            sc.topology.ftps = true;
         }
         "user" => {
             if words.len() < 3 {
@@ -719,7 +806,7 @@ fn parse_await(p: &Parser, sc: &mut Scenario, words: &[&str]) -> Result<(), Pars
 
 fn parse_client_action(p: &Parser, rest: &str) -> Result<ClientOp, ParseError> {
     let words: Vec<&str> = rest.split_whitespace().collect();
-    let usage = "client actions: connect, close, send-long N, send-hex HEX..., data connect [ignore-address], data listen, data send SIZE [seed=N] [close-after=SIZE | abort-after=SIZE], data read close-after=SIZE | abort-after=SIZE";
+    let usage = "client actions: connect, close, send-long N, send-hex HEX..., data connect [ignore-address], data listen, data send SIZE [seed=N] [CUT=SIZE], data read CUT=SIZE (CUT: close-after, abort-after, reset-after, gone-after, stall-after), pin PATH|- SLAVE, pin-stou NAME";
     match words.as_slice() {
         ["connect"] => Ok(ClientOp::Connect),
         ["close"] => Ok(ClientOp::Close),
@@ -756,9 +843,10 @@ fn parse_client_action(p: &Parser, rest: &str) -> Result<ClientOp, ParseError> {
             for kv in opts {
                 match p.key_value(kv)? {
                     ("seed", v) => payload.seed = p.number(v, "seed")?,
-                    ("close-after", v) => payload.cut = Some(Cut::Close(p.size(v)?)),
-                    ("abort-after", v) => payload.cut = Some(Cut::Abort(p.size(v)?)),
-                    (k, _) => return Err(p.err(format!("unknown data send option '{k}'"))),
+                    (k, v) => match Cut::parse(k, p.size(v)?) {
+                        Some(cut) => payload.cut = Some(cut),
+                        None => return Err(p.err(format!("unknown data send option '{k}'"))),
+                    },
                 }
             }
             if payload.size > 256 << 20 {
@@ -766,11 +854,21 @@ fn parse_client_action(p: &Parser, rest: &str) -> Result<ClientOp, ParseError> {
             }
             Ok(ClientOp::DataSend(payload))
         }
-        ["data", "read", kv] => match p.key_value(kv)? {
-            ("close-after", v) => Ok(ClientOp::DataRead(Cut::Close(p.size(v)?))),
-            ("abort-after", v) => Ok(ClientOp::DataRead(Cut::Abort(p.size(v)?))),
-            (k, _) => Err(p.err(format!("unknown data read option '{k}'"))),
-        },
+        ["data", "read", kv] => {
+            let (k, v) = p.key_value(kv)?;
+            match Cut::parse(k, p.size(v)?) {
+                Some(cut) => Ok(ClientOp::DataRead(cut)),
+                None => Err(p.err(format!("unknown data read option '{k}'"))),
+            }
+        }
+        ["pin", path, slave] => Ok(ClientOp::PinSlave {
+            path: match *path {
+                "-" => None,
+                p2 => Some(p.vpath(p2)?),
+            },
+            slave: p.name(slave, "slave")?,
+        }),
+        ["pin-stou", name] => Ok(ClientOp::PinStou(name.to_string())),
         _ => Err(p.err(format!("unknown client action '{rest}'; {usage}"))),
     }
 }
@@ -894,7 +992,18 @@ mod tests {
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("0.025s"), Some(Duration::from_millis(25)));
-        assert_eq!(parse_duration("1.2345s"), None);
+        assert_eq!(
+            parse_duration("1.2345s"),
+            Some(Duration::from_micros(1_234_500))
+        );
+        assert_eq!(parse_duration("1.2345678s"), None);
+        assert_eq!(
+            parse_duration("12.345ms"),
+            Some(Duration::from_micros(12_345))
+        );
+        assert_eq!(parse_duration("80us"), Some(Duration::from_micros(80)));
+        assert_eq!(parse_duration("1.2345ms"), None);
+        assert_eq!(parse_duration("-1ms"), None);
         assert_eq!(parse_duration("1.s"), None);
     }
 
@@ -978,6 +1087,61 @@ bob< 200 x
 at soon
 ")
         .starts_with("t.scn:2: invalid duration"));
+    }
+
+    #[test]
+    fn replay_statements_parse() {
+        let sc = ok("slave s1
+            ftps
+            dir /a/b
+            absent /a/new
+            c: pin /a/f.bin s1
+            c: pin - s1
+            c: pin-stou stou.3.3
+            c: data send 10 gone-after=4
+            c: data read reset-after=2k
+            c: data read stall-after=0
+");
+        assert!(sc.topology.ftps);
+        assert_eq!(sc.topology.dirs[0].path.as_str(), "/a/b");
+        assert_eq!(sc.topology.dirs[0].line, 3);
+        assert_eq!(sc.topology.absent[0].path.as_str(), "/a/new");
+        let ops: Vec<&ClientOp> = sc
+            .steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                StepKind::Client { op, .. } => Some(op),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            ops[0],
+            &ClientOp::PinSlave {
+                path: Some(VPath::parse_absolute("/a/f.bin").unwrap()),
+                slave: "s1".into()
+            }
+        );
+        assert_eq!(
+            ops[1],
+            &ClientOp::PinSlave {
+                path: None,
+                slave: "s1".into()
+            }
+        );
+        assert_eq!(ops[2], &ClientOp::PinStou("stou.3.3".into()));
+        assert_eq!(
+            ops[3],
+            &ClientOp::DataSend(Payload {
+                size: 10,
+                seed: 1,
+                cut: Some(Cut::Gone(4))
+            })
+        );
+        assert_eq!(ops[4], &ClientOp::DataRead(Cut::Reset(2048)));
+        assert_eq!(ops[5], &ClientOp::DataRead(Cut::Stall(0)));
+        assert!(
+            bad("slave s1\nc: data read explode-after=3\n").contains("unknown data read option")
+        );
     }
 
     #[test]

@@ -41,11 +41,39 @@ pub struct SlaveLink {
     pub epoch: u64,
     tx: mpsc::UnboundedSender<MasterMsg>,
     pending: PendingReplies,
+    /// Set by [`SlaveLink::close`]: the link server ends the link with
+    /// this reason.
+    closing: Arc<(tokio::sync::Notify, Mutex<Option<&'static str>>)>,
 }
 
 impl SlaveLink {
     pub fn new(epoch: u64, tx: mpsc::UnboundedSender<MasterMsg>, pending: PendingReplies) -> Self {
-        SlaveLink { epoch, tx, pending }
+        SlaveLink {
+            epoch,
+            tx,
+            pending,
+            closing: Arc::new((tokio::sync::Notify::new(), Mutex::new(None))),
+        }
+    }
+
+    /// Ends the link (SITE KICKSLAVE, REMERGE, DELSLAVE): the slave sees it
+    /// close and reconnects (a removed one is refused then).
+    pub fn close(&self, reason: &'static str) {
+        *lock(&self.closing.1) = Some(reason);
+        self.closing.0.notify_one();
+    }
+
+    /// Resolves with the reason once [`SlaveLink::close`] is called.
+    pub fn closed(&self) -> impl std::future::Future<Output = &'static str> + Send + 'static {
+        let closing = self.closing.clone();
+        async move {
+            loop {
+                if let Some(reason) = *lock(&closing.1) {
+                    return reason;
+                }
+                closing.0.notified().await;
+            }
+        }
     }
 
     /// Sends a request; the receiver yields its response, or an error when
@@ -139,6 +167,10 @@ pub struct Hub {
     /// Set once the master shuts down: sessions registered later start
     /// stopped.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// FTPS at the FTP level only ([`Hub::simulate_tls`]).
+    tls_in_clear: std::sync::atomic::AtomicBool,
+    /// Wall-clock seconds when the master started ([`Hub::started_unix`]).
+    started_unix: std::sync::atomic::AtomicI64,
 }
 
 pub type Shared = Arc<Hub>;
@@ -165,6 +197,8 @@ impl Hub {
             ops: std::sync::OnceLock::new(),
             stops: Mutex::new(BTreeMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            tls_in_clear: std::sync::atomic::AtomicBool::new(false),
+            started_unix: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -234,6 +268,14 @@ impl Hub {
         }
     }
 
+    /// Ends slave `id`'s link, if it has one (SITE KICKSLAVE, REMERGE,
+    /// DELSLAVE).
+    pub fn drop_link(&self, id: SlaveId, reason: &'static str) {
+        if let Some(link) = self.lock().links.get(&id) {
+            link.close(reason);
+        }
+    }
+
     /// SITE KICK of session `id`; false when no such session is open.
     pub fn kick(&self, id: u64) -> bool {
         match lock(&self.stops).get(&id) {
@@ -243,6 +285,38 @@ impl Hub {
             }
             None => false,
         }
+    }
+
+    /// FTPS at the FTP level only, for the simulator's replay of FTPS
+    /// sessions (TLS itself is never run there): AUTH TLS, PBSZ and PROT are
+    /// answered as by a master with a certificate, slaves count as having
+    /// one, and every connection stays in clear.
+    pub fn simulate_tls(&self) {
+        self.tls_in_clear
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.lock().st.tls_available = true;
+    }
+
+    /// See [`Hub::simulate_tls`].
+    pub fn tls_in_clear(&self) -> bool {
+        self.tls_in_clear.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Wall-clock seconds when the master started: with [`Hub::clock`],
+    /// what names a moment across the sessions of one master run.
+    pub fn started_unix(&self) -> i64 {
+        self.started_unix.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_started_unix(&self, t: i64) {
+        self.started_unix
+            .store(t, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since the hub was made (the master started): the clock all
+    /// sessions share (simulated time in the simulator).
+    pub fn clock(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// Milliseconds since the hub was made (simulated time in the

@@ -225,7 +225,7 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
     } = hello;
     let (tx, rx) = mpsc::unbounded_channel();
     let pending: PendingReplies = Arc::new(Mutex::new(Default::default()));
-    let (id, epoch, log_upto, interval, deadline) = {
+    let (id, epoch, log_upto, interval, deadline, closed) = {
         let mut st = state.lock();
         // The ticket key opens every TLS session of the cluster: only over
         // an encrypted link.
@@ -239,6 +239,7 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
         let deadline = st.config.heartbeat_deadline();
         let data_timeout_ms = st.config.data_timeout_ms;
         let link = SlaveLink::new(epoch, tx.clone(), pending.clone());
+        let closed = link.closed();
         if st.links.contains_key(&id) {
             // Admitted a moment ago; another link with its name won the race.
             tracing::warn!(slave = %name, %peer, "slave refused: a slave of that name is already connected");
@@ -251,7 +252,9 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
         let log_upto = st.slaves.link_up(id);
         if let Some(info) = st.slaves.get_mut(id) {
             info.data_ip = Some(data_ip);
-            info.data_tls = data_tls;
+            // The simulator's FTPS at the FTP level: no slave has a
+            // certificate.
+            info.data_tls = data_tls || state.tls_in_clear();
             info.zone = zone;
             info.offline_since_ms = None;
         }
@@ -265,12 +268,15 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
         // A new slave's id must be stored before any file names it; the
         // store applies batches in order, so no need to wait here.
         let _ = state.flush(&mut st);
-        (id, epoch, log_upto, interval, deadline)
+        (id, epoch, log_upto, interval, deadline, closed)
     };
     tracing::info!(slave = %name, %peer, log_upto, link_tls = encrypted, data_tls, "slave authenticated, remerging");
     let (reader, writer) = tokio::io::split(stream);
     let writer_task = tokio::spawn(write_loop(writer, rx, interval));
-    let end = read_loop(&state, reader, id, &name, &pending, deadline).await;
+    let end = tokio::select! {
+        end = read_loop(&state, reader, id, &name, &pending, deadline) => end,
+        reason = closed => reason.to_string(),
+    };
     writer_task.abort();
     {
         let mut st = state.lock();

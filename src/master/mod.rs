@@ -14,7 +14,7 @@ pub mod start;
 pub mod store;
 
 pub use dftpd_core::master::{
-    commit, copy, db, guard, observe, registry, remerge, replica, session, transfer, users,
+    commit, copy, db, fleet, guard, observe, registry, remerge, replica, session, transfer, users,
     users_from_config, MasterState, SessionInfo,
 };
 pub use hub::{lock, Core, Hub, Shared, SlaveLink, Stop};

@@ -22,10 +22,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::db::{FileMeta, Node};
-use super::observe::{BadLine, SessionEvent, SessionObserver};
-use super::session::{PlanVerb, Target, TransferOutcome};
+use super::observe::{BadLine, DataFacts, SessionEvent, SessionObserver};
+use super::session::{PlanVerb, Route, Target, TransferJob, TransferOutcome};
 use super::MasterState;
 use crate::config::PasvWithoutPret;
+use crate::link::{TransferFailure, TransferOrder};
 use crate::proto::{Reply, VPath};
 
 /// The client's name in a recording.
@@ -172,32 +173,89 @@ pub struct Header {
     pub peer: SocketAddr,
     /// Wall-clock seconds at session start.
     pub unix_now: i64,
+    /// The master's monotonic clock at session start (time since the master
+    /// started), shared by all its sessions.
+    pub clock: Duration,
+    /// Wall-clock seconds when the master started (names the master run).
+    pub master_start: i64,
 }
 
 /// The lines of one command (or the connect), written when the next one
-/// starts: an upload's payload size is known only at its end, and must
-/// precede the command in the scenario.
+/// starts: what the data connection carried is known only at the
+/// transfer's end, and must precede the command in the scenario.
 #[derive(Default)]
 struct Entry {
+    /// `at`, then client steps that go before the command (pins, `data
+    /// listen`).
     prelude: Vec<String>,
     lines: Vec<String>,
-    /// `Some` for an upload: its size when known.
-    upload: Option<Option<u64>>,
+    /// The data connection of this command, once its transfer ended.
+    data: Option<DataStep>,
     /// Index in `lines` of a PASS command, filled in at flush.
     pass_at: Option<usize>,
     /// The client connected to the master instead of the 227 address.
     ignored_address: bool,
     pass_ok: bool,
+    /// The transfer of this command ended...
+    transfer_done: bool,
+    /// ...and a final reply followed.
+    final_after_transfer: bool,
+}
+
+/// What a command's data connection did, for the replayed client.
+struct DataStep {
+    upload: bool,
+    /// Bytes it carried (0 when nobody reported them).
+    bytes: u64,
+    /// How the client cut it short, if it did.
+    cut: Option<CutKind>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CutKind {
+    /// ABOR during the transfer.
+    Abort,
+    /// The data connection broke on the client's side (reset).
+    Reset,
+    /// The client went away (control connection closed).
+    Gone,
+    /// The client stopped moving bytes: the data timeout ended it.
+    Stall,
+}
+
+impl DataStep {
+    /// The scenario line; `final_reply`: a final reply was sent after the
+    /// transfer (a client that died only after reading it was still there).
+    fn line(&self, final_reply: bool) -> String {
+        let cut = self.cut.map(|c| match c {
+            CutKind::Abort => "abort-after",
+            CutKind::Reset => "reset-after",
+            CutKind::Gone if final_reply => "reset-after",
+            CutKind::Gone => "gone-after",
+            CutKind::Stall => "stall-after",
+        });
+        let n = self.bytes;
+        match (self.upload, cut) {
+            (true, None) => format!("{CLIENT}: data send {n}"),
+            (true, Some(c)) => format!("{CLIENT}: data send {n} {c}={n}"),
+            (false, Some(c)) => format!("{CLIENT}: data read {c}={n}"),
+            (false, None) => String::new(),
+        }
+    }
 }
 
 /// Formats one session's recording.
 pub struct Recorder {
     out: Box<dyn Write + Send>,
-    files: BTreeSet<VPath>,
-    dirs: BTreeSet<VPath>,
+    /// Every path already declared (`file`, `dir`) or found absent.
+    named: BTreeSet<VPath>,
     users: BTreeSet<String>,
+    /// The slave the last PRET planned (its decision was pinned then).
+    planned: Option<String>,
     entry: Entry,
     last_verb: String,
+    /// When the current command arrived (after session start).
+    last_at: Duration,
     /// The slaves at session start (name, free bytes, online), written at
     /// the session's first upload decision or at its end, whichever comes
     /// first (see [`Self::upload_decision`]).
@@ -236,6 +294,15 @@ fn iso(t: i64) -> String {
     )
 }
 
+/// `12.345ms` / `1.000250s`: a duration to the microsecond.
+fn micros(d: Duration, unit: &str) -> String {
+    let us = d.as_micros();
+    match unit {
+        "s" => format!("{}.{:06}s", us / 1_000_000, us % 1_000_000),
+        _ => format!("{}.{:03}ms", us / 1000, us % 1000),
+    }
+}
+
 /// A path the scenario language can carry in a `file` line.
 fn declarable(p: &VPath) -> bool {
     !p.as_str().contains(|c: char| c.is_whitespace() || c == '#')
@@ -247,11 +314,12 @@ impl Recorder {
     pub fn start(out: Box<dyn Write + Send>, h: &Header, st: &MasterState) -> Recorder {
         let mut r = Recorder {
             out,
-            files: BTreeSet::new(),
-            dirs: BTreeSet::new(),
+            named: BTreeSet::new(),
             users: BTreeSet::new(),
+            planned: None,
             entry: Entry::default(),
             last_verb: String::new(),
+            last_at: Duration::ZERO,
             slaves: Some(
                 st.slaves
                     .iter()
@@ -265,8 +333,16 @@ impl Recorder {
             "# dftpd session recording".to_string(),
             format!("# date: {}", iso(h.unix_now)),
             format!("# session: {}  peer: {}", h.session, h.peer),
+            // The clock all sessions of this master share: a replay of
+            // several recordings orders them by it.
+            format!(
+                "# clock: master-start={} session-start={}",
+                h.master_start,
+                micros(h.clock, "s")
+            ),
             format!("# dftpd version: {}", env!("CARGO_PKG_VERSION")),
-            "# replay: dftpd-sim replay THIS_FILE [--seed S] [--trace]".to_string(),
+            "# replay: dftpd-sim replay THIS_FILE (or the directory) [--seed S] [--trace]"
+                .to_string(),
             "# cluster at session start".to_string(),
             format!(
                 "config pasv_without_pret={}",
@@ -274,11 +350,31 @@ impl Recorder {
             ),
             format!("config allow_overwrite={}", st.config.allow_overwrite),
         ];
+        let defaults = crate::config::MasterConfig::default();
         if st.config.min_free_bytes > 0 {
             head.push(format!(
                 "config min_free_bytes={}",
                 st.config.min_free_bytes
             ));
+        }
+        for (key, value, default) in [
+            (
+                "data_timeout_ms",
+                st.config.data_timeout_ms,
+                defaults.data_timeout_ms,
+            ),
+            (
+                "idle_timeout_ms",
+                st.config.idle_timeout_ms,
+                defaults.idle_timeout_ms,
+            ),
+        ] {
+            if value != default {
+                head.push(format!("config {key}={value}"));
+            }
+        }
+        if st.tls_available {
+            head.push("ftps  # FTPS offered: replayed at the FTP level, in clear".into());
         }
         head.push(format!("{CLIENT}: connect"));
         r.write_lines(&head);
@@ -349,14 +445,14 @@ impl Recorder {
             e.lines[i] = format!("{CLIENT}> PASS {pw}");
         }
         let mut all = e.prelude;
+        if let Some(d) = &e.data {
+            let line = d.line(e.final_after_transfer);
+            if !line.is_empty() {
+                all.push(line);
+            }
+        }
         if e.ignored_address {
             all.push(format!("{CLIENT}: data connect ignore-address"));
-        }
-        if let Some(size) = e.upload {
-            all.insert(0, format!("{CLIENT}: data send {}", size.unwrap_or(0)));
-            if size.is_none() {
-                all.insert(0, "# upload size unknown (the transfer failed)".into());
-            }
         }
         all.extend(e.lines);
         self.write_lines(&all);
@@ -367,7 +463,7 @@ impl Recorder {
     pub fn command(&mut self, at: Duration, text: &str) {
         self.flush_entry();
         let (verb, _) = split_verb(text);
-        let at_line = format!("at {}ms", at.as_millis());
+        let at_line = format!("at {}", micros(at, "ms"));
         let (prelude, line) = match verb.as_str() {
             "PASS" => {
                 self.entry.pass_at = Some(0);
@@ -392,6 +488,7 @@ impl Recorder {
         self.entry.prelude.extend(prelude);
         self.entry.lines.push(line);
         self.last_verb = verb;
+        self.last_at = at;
     }
 
     /// Whether a command may name a path to declare (the driver takes the
@@ -458,42 +555,80 @@ impl Recorder {
                 Err(_) => return,
             }
         };
-        if let Ok(f) = st.db.file(&path) {
-            self.declare_file(&path, f, st);
-        } else if st.db.dir(&path).is_ok() {
-            self.declare_dir(&path, DIR_FILES, st);
-        } else {
-            // Not there yet: whatever the session later finds under this
-            // name, it made itself (an upload), so it is never declared.
-            self.files.insert(path.clone());
+        self.declare(&path, st);
+    }
+
+    /// Declares `path` as it is now (a file, a directory with its entries,
+    /// or `absent`), and every directory on the way to it.
+    fn declare(&mut self, path: &VPath, st: &MasterState) {
+        if path.is_root() {
+            return;
         }
-        // The parent must exist in the replay too (an upload into it).
+        if let Ok(f) = st.db.file(path) {
+            self.declare_file(path, f, st);
+        } else if st.db.dir(path).is_ok() {
+            self.declare_dir(path, DIR_FILES, st);
+        } else if self.named.insert(path.clone()) && declarable(path) {
+            // Not there yet: whatever the session later finds under this
+            // name, it made itself, so it is never declared.
+            self.write_lines(&[format!("absent {path}")]);
+        }
         if let Some(parent) = path.parent() {
-            if !parent.is_root() {
-                self.declare_dir(&parent, 1, st);
+            self.declare_ancestors(&parent, st);
+        }
+    }
+
+    /// `dir` lines for the directories on the way to a path (`absent` for
+    /// those that do not exist), nearest first until one already named.
+    fn declare_ancestors(&mut self, dir: &VPath, st: &MasterState) {
+        let mut d = dir.clone();
+        while !d.is_root() && !self.named.contains(&d) {
+            self.named.insert(d.clone());
+            if declarable(&d) {
+                let kind = if st.db.dir(&d).is_ok() {
+                    "dir"
+                } else {
+                    "absent"
+                };
+                self.write_lines(&[format!("{kind} {d}")]);
+            }
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
             }
         }
     }
 
+    /// A directory and up to `limit` of its entries (files, and its
+    /// subdirectories as `dir` lines), so listings and CWD find them.
     fn declare_dir(&mut self, dir: &VPath, limit: usize, st: &MasterState) {
-        if !self.dirs.insert(dir.clone()) {
+        if !self.named.insert(dir.clone()) {
             return;
         }
         let Ok(d) = st.db.dir(dir) else { return };
+        if declarable(dir) {
+            self.write_lines(&[format!("dir {dir}")]);
+        }
         let mut n = 0;
         for (name, node) in &d.children {
             if n >= limit {
                 break;
             }
-            if let (Node::File(f), Ok(p)) = (node, dir.join(name)) {
-                self.declare_file(&p, f, st);
-                n += 1;
+            let Ok(p) = dir.join(name) else { continue };
+            match node {
+                Node::File(f) => self.declare_file(&p, f, st),
+                Node::Dir(_) => {
+                    if self.named.insert(p.clone()) && declarable(&p) {
+                        self.write_lines(&[format!("dir {p}")]);
+                    }
+                }
             }
+            n += 1;
         }
     }
 
     fn declare_file(&mut self, path: &VPath, f: &FileMeta, st: &MasterState) {
-        if !self.files.insert(path.clone()) {
+        if !self.named.insert(path.clone()) {
             return;
         }
         if f.holders.is_empty() {
@@ -521,6 +656,9 @@ impl Recorder {
     pub fn reply(&mut self, r: &Reply) {
         for l in r.to_wire().split("\r\n").filter(|l| !l.is_empty()) {
             self.entry.lines.push(format!("{CLIENT}< {l}"));
+        }
+        if self.entry.transfer_done && r.code >= 200 {
+            self.entry.final_after_transfer = true;
         }
         if self.entry.pass_at.is_some() && r.code == 230 {
             self.entry.pass_ok = true;
@@ -563,7 +701,148 @@ impl Recorder {
 
     /// The current command is an upload of `size` bytes (`None`: unknown).
     pub fn upload(&mut self, size: Option<u64>) {
-        self.entry.upload = Some(size);
+        self.entry.data = Some(DataStep {
+            upload: true,
+            bytes: size.unwrap_or(0),
+            cut: None,
+        });
+    }
+
+    /// The master's choice of slave for `path` (a PRET's, or a data
+    /// command's without PRET), pinned for the replay when there was a
+    /// choice to make.
+    fn decision(&mut self, verb: PlanVerb, path: Option<&VPath>, slave: &str, st: &MasterState) {
+        let online = |ids: &mut dyn Iterator<Item = super::db::SlaveId>| {
+            ids.filter(|&id| st.slaves.is_online(id)).count()
+        };
+        let existing = path.and_then(|p| st.db.file(p).ok());
+        let choices = match (verb, existing) {
+            (PlanVerb::Retr, Some(f)) | (PlanVerb::Stor | PlanVerb::Appe, Some(f)) => {
+                online(&mut f.holders.iter().copied())
+            }
+            _ => online(&mut st.slaves.iter().map(|(id, _)| id)),
+        };
+        if choices < 2 {
+            return;
+        }
+        let shown = match path {
+            Some(p) if declarable(p) => p.to_string(),
+            Some(_) => return,
+            None => "-".to_string(),
+        };
+        self.entry
+            .prelude
+            .push(format!("{CLIENT}: pin {shown} {slave}"));
+    }
+
+    /// A transfer started: pins a decision made by the data command itself
+    /// (no PRET) and the name a STOU picked.
+    fn transfer_started(&mut self, job: &TransferJob, st: &MasterState) {
+        let planned = self.planned.take();
+        let path = match &job.order {
+            TransferOrder::Send { path, .. } | TransferOrder::Receive { path, .. } => path,
+        };
+        if self.last_verb == "STOU" {
+            if let Some(name) = path
+                .file_name()
+                .filter(|n| !n.contains(char::is_whitespace))
+            {
+                self.entry
+                    .prelude
+                    .push(format!("{CLIENT}: pin-stou {name}"));
+            }
+        }
+        if job.is_upload() {
+            self.upload_decision(Some(&job.slave_name));
+        }
+        let fresh = job.route != Route::SlavePassive && planned.as_deref() != Some(&job.slave_name);
+        if fresh {
+            let verb = match (job.is_upload(), self.last_verb.as_str()) {
+                (false, _) => PlanVerb::Retr,
+                (true, "APPE") => PlanVerb::Appe,
+                (true, _) => PlanVerb::Stor,
+            };
+            self.decision(verb, Some(path), &job.slave_name, st);
+        }
+    }
+
+    /// A transfer ended: notes what happened, and what the replayed
+    /// client must do with its data connection to get the same.
+    fn transfer_finished(
+        &mut self,
+        job: &TransferJob,
+        outcome: &TransferOutcome,
+        aborted: bool,
+        duration: Duration,
+        data: &DataFacts,
+    ) {
+        let slave = &job.slave_name;
+        let carried = data.bytes.map_or(" (bytes not reported)".to_string(), |n| {
+            format!(" after {n} bytes")
+        });
+        self.note(&match outcome {
+            TransferOutcome::Sent { bytes } => format!("data: slave {slave} sent {bytes} bytes"),
+            TransferOutcome::Committed { size, crc32, .. } => format!(
+                "data: slave {slave} stored {size} bytes crc32={crc32:08x} ({} received)",
+                data.bytes.unwrap_or(*size)
+            ),
+            TransferOutcome::Failed(f) => format!("data: slave {slave} failed: {f:?}{carried}"),
+            // A fault of the cluster is not replayed by itself: say how.
+            TransferOutcome::SlaveLost => format!(
+                "data: slave {slave} lost{carried}, {} into the session (to replay it with this session alone: --crash-slave {slave} --at {})",
+                micros(self.last_at + duration, "s"),
+                micros(self.last_at + duration / 2, "s")
+            ),
+            TransferOutcome::IgnoredPasvAddress { announced, used } => {
+                format!("data: the client connected to {used}, not the announced {announced}")
+            }
+            TransferOutcome::Refused(r) => {
+                format!("data: slave {slave} received it; commit refused: {}", r.code)
+            }
+            TransferOutcome::Unknown => {
+                format!("data: slave {slave} lost while committing: outcome unknown")
+            }
+        });
+        if data.relayed {
+            self.note("data: relayed through the master");
+        }
+        if data.caught {
+            self.ignored_address();
+        }
+        if aborted {
+            self.note("the client sent ABOR during the transfer");
+        }
+        if data.client_gone {
+            self.note("the client went away during the transfer");
+        }
+        let cut = if aborted {
+            Some(CutKind::Abort)
+        } else if data.client_gone {
+            Some(CutKind::Gone)
+        } else {
+            match outcome {
+                TransferOutcome::Failed(TransferFailure::Network(why)) => {
+                    Some(if why.contains("no progress") {
+                        CutKind::Stall
+                    } else {
+                        CutKind::Reset
+                    })
+                }
+                _ => None,
+            }
+        };
+        let bytes = match outcome {
+            TransferOutcome::Committed { size, .. } => data.bytes.unwrap_or(*size),
+            _ => data.bytes.unwrap_or(0),
+        };
+        if job.is_upload() || cut.is_some() {
+            self.entry.data = Some(DataStep {
+                upload: job.is_upload(),
+                bytes,
+                cut,
+            });
+        }
+        self.entry.transfer_done = true;
     }
 
     /// The session ended `at` after its start; `client_closed`: the client
@@ -577,10 +856,10 @@ impl Recorder {
         self.flush_entry();
         let mut tail = Vec::new();
         if client_closed && self.last_verb != "QUIT" {
-            tail.push(format!("at {}ms", at.as_millis()));
+            tail.push(format!("at {}", micros(at, "ms")));
             tail.push(format!("{CLIENT}: close"));
         }
-        tail.push(format!("# session ended at {}ms", at.as_millis()));
+        tail.push(format!("# session ended at {}", micros(at, "ms")));
         self.write_lines(&tail);
         if !self.failed {
             if let Err(e) = self.out.flush() {
@@ -626,10 +905,13 @@ impl SessionObserver for Recorder {
                 let on = match plan.target {
                     Target::Master => "the master".to_string(),
                     Target::Slave(s) => {
+                        let name = st.slaves.name(s).to_string();
                         if matches!(plan.verb, PlanVerb::Stor | PlanVerb::Appe | PlanVerb::Stou) {
-                            self.upload_decision(Some(st.slaves.name(s)));
+                            self.upload_decision(Some(&name));
                         }
-                        format!("slave {}", st.slaves.name(s))
+                        self.decision(plan.verb, plan.path.as_ref(), &name, st);
+                        self.planned = Some(name.clone());
+                        format!("slave {name}")
                     }
                 };
                 self.note(&format!("PRET decision: {on}"));
@@ -648,53 +930,15 @@ impl SessionObserver for Recorder {
                     Err(e) => format!("passive decision: {on} failed: {e}"),
                 });
             }
-            SessionEvent::TransferStarted(job) => {
-                if job.is_upload() {
-                    self.upload_decision(Some(&job.slave_name));
-                }
-            }
+            SessionEvent::TransferStarted(job) => self.transfer_started(job, st),
             SessionEvent::TransferFinished {
                 job,
                 outcome,
                 aborted,
+                duration,
+                data,
                 ..
-            } => {
-                let slave = &job.slave_name;
-                self.note(&match outcome {
-                    TransferOutcome::Sent { bytes } => {
-                        format!("data: slave {slave} sent {bytes} bytes")
-                    }
-                    TransferOutcome::Committed { size, crc32, .. } => {
-                        format!("data: slave {slave} stored {size} bytes crc32={crc32:08x}")
-                    }
-                    TransferOutcome::Failed(f) => format!("data: slave {slave} failed: {f:?}"),
-                    TransferOutcome::SlaveLost => format!("data: slave {slave} lost"),
-                    TransferOutcome::IgnoredPasvAddress { announced, used } => format!(
-                        "data: the client connected to {used}, not the announced {announced}"
-                    ),
-                    TransferOutcome::Refused(r) => {
-                        format!(
-                            "data: slave {slave} received it; commit refused: {}",
-                            r.code
-                        )
-                    }
-                    TransferOutcome::Unknown => {
-                        format!("data: slave {slave} lost while committing: outcome unknown")
-                    }
-                });
-                if matches!(outcome, TransferOutcome::IgnoredPasvAddress { .. }) {
-                    self.ignored_address();
-                }
-                if *aborted {
-                    self.note("the client sent ABOR during the transfer");
-                }
-                if job.is_upload() {
-                    self.upload(match outcome {
-                        TransferOutcome::Committed { size, .. } => Some(*size),
-                        _ => None,
-                    });
-                }
-            }
+            } => self.transfer_finished(job, outcome, *aborted, *duration, data),
             SessionEvent::ListingSent(result) => self.note(&match result {
                 Ok(n) => format!("data: listing of {n} bytes sent"),
                 Err(e) => format!("data: listing failed: {e}"),
@@ -773,6 +1017,8 @@ mod tests {
             session: 7,
             peer: "10.0.0.9:4000".parse().unwrap(),
             unix_now: 1_700_000_000,
+            clock: Duration::from_micros(2_500_000),
+            master_start: 1_699_999_998,
         };
         let mut r = Recorder::start(Box::new(buf.clone()), &h, &st);
         let root = VPath::root();
@@ -826,7 +1072,7 @@ mod tests {
         );
         assert!(t.contains("slave s1 avail=0  # offline\ncrash s1\n"), "{t}");
         assert!(
-            t.contains("at 5ms\nclient> PASS $PASSWORD\nclient< 230 User alice logged in\n"),
+            t.contains("at 5.000ms\nclient> PASS $PASSWORD\nclient< 230 User alice logged in\n"),
             "{t}"
         );
         assert!(t.contains("user alice $PASSWORD\n"), "{t}");
@@ -834,7 +1080,14 @@ mod tests {
             t.contains("file s1 /pub/a.bin size=1234  # crc32=0000abcd\n"),
             "{t}"
         );
-        assert!(t.contains("client: data send 10\nat 12ms\nclient> STOR /pub/new\nclient< 150 go\n# data: stored 10 bytes\nclient< 226 Transfer complete\n"), "{t}");
+        assert!(t.contains("at 12.000ms\nclient: data send 10\nclient> STOR /pub/new\nclient< 150 go\n# data: stored 10 bytes\nclient< 226 Transfer complete\n"), "{t}");
+        // The shared clock, the directory on the way, the path not there yet.
+        assert!(
+            t.contains("# clock: master-start=1699999998 session-start=2.500000s\n"),
+            "{t}"
+        );
+        assert!(t.contains("dir /pub\n"), "{t}");
+        assert!(t.contains("absent /pub/new\n"), "{t}");
         assert!(
             t.contains(&format!("client> PASS {WRONG_PASSWORD}\n")),
             "{t}"
@@ -844,7 +1097,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.ends_with("at 30ms\nclient: close\n# session ended at 30ms\n"),
+            t.ends_with("at 30.000ms\nclient: close\n# session ended at 30.000ms\n"),
             "{t}"
         );
         // The file is declared once, however often it is named.
@@ -886,6 +1139,146 @@ mod tests {
     }
 
     #[test]
+    fn data_connections_and_decisions_are_recorded_for_the_replayed_client() {
+        use crate::link::{TransferFailure, TransferOrder};
+        use crate::master::registry::SlaveState;
+        use crate::master::session::{Plan, TransferJob};
+        let mut st = state();
+        let s2 = st.slaves.id_for("s2");
+        for id in [0, s2] {
+            st.slaves.get_mut(id).unwrap().state = SlaveState::Online;
+        }
+        let buf = Buf::default();
+        let h = Header {
+            session: 1,
+            peer: "127.0.0.1:1".parse().unwrap(),
+            unix_now: 0,
+            clock: Duration::ZERO,
+            master_start: 0,
+        };
+        let mut r = Recorder::start(Box::new(buf.clone()), &h, &st);
+        let root = VPath::root();
+        let job = |path: &str, upload: bool| {
+            let path = VPath::parse_absolute(path).unwrap();
+            TransferJob {
+                slave: s2,
+                slave_name: "s2".into(),
+                xfer: 9,
+                order: if upload {
+                    TransferOrder::Receive {
+                        path: path.clone(),
+                        offset: None,
+                        base: None,
+                    }
+                } else {
+                    TransferOrder::Send {
+                        path,
+                        offset: 0,
+                        version: None,
+                        rate: None,
+                    }
+                },
+                route: Route::SlavePassive,
+                opening: Reply::new(150, "go"),
+                upload: None,
+            }
+        };
+        let finished = |r: &mut Recorder, st: &MasterState, job: &TransferJob, o, data| {
+            r.on(
+                &SessionEvent::TransferFinished {
+                    job,
+                    outcome: &o,
+                    aborted: false,
+                    duration: Duration::from_millis(500),
+                    data,
+                },
+                st,
+            )
+        };
+        // An upload planned by PRET on one of two online slaves: pinned.
+        let event = SessionEvent::Command {
+            at: Duration::from_millis(1),
+            text: "PRET STOR /pub/new",
+            cwd: &root,
+        };
+        r.on(&event, &st);
+        let plan = Plan {
+            verb: PlanVerb::Stor,
+            path: Some(VPath::parse_absolute("/pub/new").unwrap()),
+            target: Target::Slave(s2),
+        };
+        r.on(&SessionEvent::Planned(&plan), &st);
+        // A download the client reset after 700 bytes; it got its 426.
+        let event = SessionEvent::Command {
+            at: Duration::from_millis(2),
+            text: "RETR /pub/a.bin",
+            cwd: &root,
+        };
+        r.on(&event, &st);
+        let down = job("/pub/a.bin", false);
+        r.on(&SessionEvent::TransferStarted(&down), &st);
+        let reset = TransferOutcome::Failed(TransferFailure::Network("Connection reset".into()));
+        let moved = DataFacts {
+            bytes: Some(700),
+            ..DataFacts::default()
+        };
+        finished(&mut r, &st, &down, reset, moved);
+        r.reply(&Reply::new(426, "Connection closed; transfer aborted"));
+        // An upload whose client died after 300 bytes: no final reply.
+        let event = SessionEvent::Command {
+            at: Duration::from_millis(3),
+            text: "STOR /pub/b",
+            cwd: &root,
+        };
+        r.on(&event, &st);
+        let up = job("/pub/b", true);
+        let gone = DataFacts {
+            bytes: Some(300),
+            client_gone: true,
+            ..DataFacts::default()
+        };
+        finished(
+            &mut r,
+            &st,
+            &up,
+            TransferOutcome::Failed(TransferFailure::Aborted),
+            gone,
+        );
+        // The slave lost mid-download: where to put the what-if crash.
+        let event = SessionEvent::Command {
+            at: Duration::from_millis(4),
+            text: "RETR /pub/a.bin",
+            cwd: &root,
+        };
+        r.on(&event, &st);
+        finished(
+            &mut r,
+            &st,
+            &down,
+            TransferOutcome::SlaveLost,
+            DataFacts::default(),
+        );
+        r.finish(Duration::from_millis(5), true);
+        let t = text(&buf);
+        assert!(
+            t.contains("at 1.000ms\nclient: pin /pub/new s2\nclient> PRET STOR /pub/new\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("at 2.000ms\nclient: data read reset-after=700\nclient> RETR /pub/a.bin\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("at 3.000ms\nclient: data send 300 gone-after=300\nclient> STOR /pub/b\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# data: slave s2 lost (bytes not reported), 0.504000s into the session (to replay it with this session alone: --crash-slave s2 --at 0.254000s)\n"),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn multi_line_replies_keep_each_line() {
         let st = state();
         let buf = Buf::default();
@@ -893,6 +1286,8 @@ mod tests {
             session: 1,
             peer: "127.0.0.1:1".parse().unwrap(),
             unix_now: 0,
+            clock: Duration::ZERO,
+            master_start: 0,
         };
         let mut r = Recorder::start(Box::new(buf.clone()), &h, &st);
         r.command(Duration::ZERO, "FEAT");

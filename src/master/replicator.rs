@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use super::copy::{CopyEvent, CopyMachine, CopyStep, End};
+use super::fleet;
 use super::hub::{Shared, SlaveLink};
 use super::registry::SlaveState;
 use super::replica::{self, CopyJob};
@@ -38,6 +39,8 @@ pub async fn run(env: Env, hub: Shared, mut shutdown: watch::Receiver<bool>) {
         let jobs = {
             let mut st = hub.lock();
             st.now_ms = hub.mono_ms();
+            let now = st.now_ms;
+            fleet::sample_rates(&mut st, now);
             lost.retain(|id| {
                 st.slaves
                     .get(*id)

@@ -146,6 +146,7 @@ impl Master {
             sink = Some(Arc::new(dir_sink));
         }
         let state: Shared = Arc::new(Hub::new(st, Some(writer), sink, tls, env.rng_u64()));
+        state.set_started_unix(env.unix_now());
         let control = env.net.bind(config.listen).await?;
         let link = env.net.bind(config.link_listen).await?;
         let control_addr = control.local_addr()?;

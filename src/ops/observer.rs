@@ -14,10 +14,10 @@ use std::sync::Arc;
 use super::metrics::{Direction, Metrics};
 use super::xferlog::{XferLog, XferRecord};
 use crate::link::{TransferOrder, APPEND};
-use crate::master::observe::{SessionEvent, SessionObserver};
-use crate::master::session::TransferOutcome;
-use crate::master::MasterState;
 use crate::proto::Command;
+use dftpd_core::master::observe::{SessionEvent, SessionObserver};
+use dftpd_core::master::session::TransferOutcome;
+use dftpd_core::master::MasterState;
 
 /// Where a master's operational records go; either may be off.
 #[derive(Clone, Default)]
@@ -52,11 +52,7 @@ impl OpsObserver {
 }
 
 /// What a finished transfer moved, and whether it completed.
-fn transfer_bytes(
-    order: &TransferOrder,
-    outcome: &TransferOutcome,
-    aborted: bool,
-) -> (u64, bool) {
+fn transfer_bytes(order: &TransferOrder, outcome: &TransferOutcome, aborted: bool) -> (u64, bool) {
     match outcome {
         TransferOutcome::Sent { bytes } => (*bytes, !aborted),
         TransferOutcome::Committed { size, .. } => {
@@ -103,8 +99,8 @@ impl SessionObserver for OpsObserver {
                 job,
                 outcome,
                 aborted,
-                relayed,
                 duration,
+                data,
             } => {
                 let direction = if job.is_upload() {
                     Direction::Upload
@@ -132,7 +128,7 @@ impl SessionObserver for OpsObserver {
                     self.sinks.metrics.as_deref(),
                     self.sinks.xferlog.as_deref(),
                     &record,
-                    *relayed,
+                    data.relayed,
                 );
             }
             _ => {}
@@ -144,8 +140,8 @@ impl SessionObserver for OpsObserver {
 mod tests {
     use super::*;
     use crate::config::MasterConfig;
-    use crate::master::session::{Route, TransferJob};
     use crate::proto::{Reply, VPath};
+    use dftpd_core::master::session::{Route, TransferJob};
     use std::time::Duration;
 
     fn job(upload: bool, offset: Option<u64>) -> TransferJob {
@@ -215,6 +211,7 @@ mod tests {
                 session: 1,
                 peer: "127.0.0.9:4000".parse().unwrap(),
                 unix_now: 0,
+                clock: Duration::ZERO,
             },
             &st,
         );
@@ -236,8 +233,11 @@ mod tests {
                 job: &down,
                 outcome: &TransferOutcome::Sent { bytes: 4096 },
                 aborted: false,
-                relayed: true,
                 duration: Duration::from_millis(30),
+                data: dftpd_core::master::observe::DataFacts {
+                    relayed: true,
+                    ..Default::default()
+                },
             },
             &st,
         );
@@ -251,8 +251,11 @@ mod tests {
                     crc32: 0,
                 },
                 aborted: false,
-                relayed: false,
                 duration: Duration::from_secs(2),
+                data: dftpd_core::master::observe::DataFacts {
+                    relayed: false,
+                    ..Default::default()
+                },
             },
             &st,
         );
@@ -261,8 +264,11 @@ mod tests {
                 job: &up,
                 outcome: &TransferOutcome::SlaveLost,
                 aborted: false,
-                relayed: false,
                 duration: Duration::from_secs(1),
+                data: dftpd_core::master::observe::DataFacts {
+                    relayed: false,
+                    ..Default::default()
+                },
             },
             &st,
         );

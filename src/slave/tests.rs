@@ -223,7 +223,10 @@ async fn an_upload_waits_for_its_commit_entry_and_keeps_the_version() {
         rig.next().await,
         SlaveMsg::Reply {
             rid: 6,
-            response: Response::Failed(link::TransferFailure::NotCurrent)
+            response: Response::FailedAfter {
+                failure: link::TransferFailure::NotCurrent,
+                bytes: 0
+            }
         }
     );
 }

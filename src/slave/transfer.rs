@@ -5,9 +5,12 @@
 //! master's decision arrives through the slave's operation log.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
 use super::storage::{self, StorageError};
@@ -185,7 +188,7 @@ async fn execute(
     mut cmds: mpsc::UnboundedReceiver<XferCmd>,
 ) {
     let protected = tls.is_some();
-    let mut stream = match tls {
+    let stream = match tls {
         None => stream,
         Some(tls) => {
             let secured = tokio::select! {
@@ -206,6 +209,25 @@ async fn execute(
             }
         }
     };
+    // What crossed the data connection, for a failure's report.
+    let moved = Arc::new(AtomicU64::new(0));
+    let mut stream: BoxStream = Box::new(Counted {
+        inner: stream,
+        moved: moved.clone(),
+    });
+    let failed = |e: StorageError| {
+        let bytes = storage::sent_before(&e)
+            .unwrap_or(0)
+            .max(moved.load(Ordering::Relaxed));
+        Response::FailedAfter {
+            failure: failure(e),
+            bytes,
+        }
+    };
+    let aborted = || Response::FailedAfter {
+        failure: TransferFailure::Aborted,
+        bytes: moved.load(Ordering::Relaxed),
+    };
     let started = tokio::time::Instant::now();
     match order {
         TransferOrder::Send {
@@ -222,7 +244,7 @@ async fn execute(
             let result = tokio::select! {
                 biased;
                 _ = wait_closed(&mut cmds) => {
-                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                    reply(&ctx, rid, aborted());
                     return;
                 }
                 r = ctx.storage.send(&path, offset, version.as_ref(), &mut stream, ctx.data_timeout) => r,
@@ -234,7 +256,7 @@ async fn execute(
                 }
                 Err(e) => {
                     tracing::info!(%path, error = %e, "send failed");
-                    reply(&ctx, rid, Response::Failed(failure(e)));
+                    reply(&ctx, rid, failed(e));
                 }
             }
         }
@@ -249,12 +271,12 @@ async fn execute(
                 // slave's next start if the future was dropped mid-write.
                 None => {
                     let _ = ctx.storage.cleanup_one(xfer).await;
-                    reply(&ctx, rid, Response::Failed(TransferFailure::Aborted));
+                    reply(&ctx, rid, aborted());
                     return;
                 }
                 Some(Err(e)) => {
                     tracing::info!(%path, error = %e, "receive failed");
-                    reply(&ctx, rid, Response::Failed(failure(e)));
+                    reply(&ctx, rid, failed(e));
                     return;
                 }
                 Some(Ok(up)) => up,
@@ -288,4 +310,58 @@ async fn execute(
 /// Resolves when the master aborts this transfer (drops the channel).
 async fn wait_closed(cmds: &mut mpsc::UnboundedReceiver<XferCmd>) {
     while cmds.recv().await.is_some() {}
+}
+
+/// A data connection that counts the bytes read from and written to it
+/// (the real socket stays reachable for `sendfile(2)`, whose bytes the
+/// storage reports in its error, see `storage::sent_before`).
+struct Counted {
+    inner: BoxStream,
+    moved: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.moved.fetch_add(n, Ordering::Relaxed);
+        r
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl crate::env::NetStream for Counted {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+    fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+    fn as_tcp(&mut self) -> Option<&mut tokio::net::TcpStream> {
+        self.inner.as_tcp()
+    }
 }

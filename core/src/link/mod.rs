@@ -56,7 +56,8 @@ impl std::fmt::Debug for TicketKey {
 /// 2: FTPS (`Hello::data_tls`, `Welcome::ticket_key`, `Transfer::tls`).
 /// 4: file versions, the per-slave operation log (`Log`, `Applied`), log
 /// resent after `Welcome` in chunks.
-/// 5: replication (`Hello::zone`, `Send::rate`), `Receive::base`.
+/// 5: replication (`Hello::zone`, `Send::rate`), `Receive::base`,
+/// `Response::FailedAfter` (the bytes a failed transfer moved).
 pub const PROTOCOL_VERSION: u32 = 5;
 /// Bytes of operations per `Log` frame (a long queue is streamed).
 pub const LOG_CHUNK_BYTES: usize = 1 << 20;
@@ -273,6 +274,12 @@ pub enum Response {
         mtime: i64,
     },
     Failed(TransferFailure),
+    /// A `Send` or `Receive` that failed after `bytes` crossed its data
+    /// connection (the master records it; otherwise it is `Failed`).
+    FailedAfter {
+        failure: TransferFailure,
+        bytes: u64,
+    },
 }
 
 /// Slave -> master.

@@ -156,6 +156,29 @@ pub fn queue_figures(st: &MasterState, id: SlaveId) -> (u64, u64) {
     (under, jobs)
 }
 
+/// Samples every slave's byte counters (call about once a second): its
+/// `rate_out`/`rate_in` become the bytes per second since the last sample.
+/// Client transfers count when they end, copies when they are committed.
+pub fn sample_rates(st: &mut MasterState, now_ms: u64) {
+    let ids: Vec<SlaveId> = st.slaves.iter().map(|(id, _)| id).collect();
+    for id in ids {
+        let Some(s) = st.slaves.get_mut(id) else {
+            continue;
+        };
+        let out = s.bytes_sent + s.copied_out;
+        let inn = s.bytes_received + s.copied_in;
+        if let Some((t, o, i)) = s.rate_mark {
+            let dt = now_ms.saturating_sub(t);
+            if dt < 500 {
+                continue;
+            }
+            s.rate_out = out.saturating_sub(o) * 1000 / dt;
+            s.rate_in = inn.saturating_sub(i) * 1000 / dt;
+        }
+        s.rate_mark = Some((now_ms, out, inn));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +242,23 @@ mod tests {
         assert_eq!((jobs[0].path.as_str(), jobs[0].from), ("/one", a));
         assert_ne!(jobs[0].to, a);
         assert_eq!(queue_figures(&st, a), (1, 1));
+    }
+
+    #[test]
+    fn rates_are_bytes_per_second_between_samples() {
+        let mut st = cluster(1);
+        sample_rates(&mut st, 1_000);
+        let s = st.slaves.get_mut(0).unwrap();
+        s.bytes_sent += 4_000;
+        s.copied_in += 1_000;
+        sample_rates(&mut st, 3_000);
+        let s = st.slaves.get(0).unwrap();
+        assert_eq!((s.rate_out, s.rate_in), (2_000, 500));
+        // Too soon for a new sample: the rate stays.
+        sample_rates(&mut st, 3_100);
+        assert_eq!(st.slaves.get(0).unwrap().rate_out, 2_000);
+        sample_rates(&mut st, 4_000);
+        assert_eq!(st.slaves.get(0).unwrap().rate_out, 0);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod db;
 pub mod fleet;
 pub mod guard;
 pub mod observe;
+pub mod pins;
 pub mod registry;
 pub mod remerge;
 pub mod replica;
@@ -95,6 +96,8 @@ pub struct MasterState {
     /// Commits decided and not yet acknowledged by their slave, by (slave,
     /// log sequence number).
     pub commits: BTreeMap<(db::SlaveId, u64), commit::PendingCommit>,
+    /// Decisions a replay imposes (the simulator's; empty otherwise).
+    pub pins: pins::Pins,
     next_id: u64,
 }
 
@@ -122,6 +125,7 @@ impl MasterState {
             tls_available: false,
             store_id: 0,
             commits: BTreeMap::new(),
+            pins: Default::default(),
             next_id: 0,
         }
     }

@@ -22,11 +22,14 @@ pub enum BadLine {
 
 #[derive(Debug)]
 pub enum SessionEvent<'a> {
-    /// The session started: its id, the client's address, the wall clock.
+    /// The session started: its id, the client's address, the wall clock,
+    /// and `clock`, the master's monotonic clock (time since the master
+    /// started): shared by every session, it orders them.
     Opened {
         session: u64,
         peer: SocketAddr,
         unix_now: i64,
+        clock: Duration,
     },
     /// A command line arrived `at` after the session started (empty for an
     /// empty line); `cwd` is the directory it is resolved against.
@@ -50,14 +53,13 @@ pub enum SessionEvent<'a> {
     /// A data command became a transfer on a slave.
     TransferStarted(&'a TransferJob),
     /// The transfer ended. `aborted`: the client sent ABOR during it;
-    /// `relayed`: the bytes went through the master (a relay route, or a
-    /// client caught at the master's address and relayed).
+    /// `data`: what its data connection carried and how.
     TransferFinished {
         job: &'a TransferJob,
         outcome: &'a TransferOutcome,
         aborted: bool,
-        relayed: bool,
         duration: Duration,
+        data: DataFacts,
     },
     /// A listing was sent (`Ok(bytes)`) or failed.
     ListingSent(Result<usize, &'a str>),
@@ -71,6 +73,24 @@ pub enum SessionEvent<'a> {
     /// The session ended `at` after its start; `client_closed`: the client
     /// went away (not after QUIT, not closed by the server).
     Closed { at: Duration, client_closed: bool },
+}
+
+/// What a transfer's data connection carried, as the driver saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DataFacts {
+    /// Bytes that crossed the data connection (the slave's count, or the
+    /// relay's); `None` when nobody reported it.
+    pub bytes: Option<u64>,
+    /// The master relayed the bytes between the client and the slave (a
+    /// relay route, or a client caught at the master's address and
+    /// relayed: the transfer machine decides, not the job's route).
+    pub relayed: bool,
+    /// The client connected to the master's address instead of the one in
+    /// the 227 reply (then got a 425, or was relayed).
+    pub caught: bool,
+    /// The control connection closed during the transfer: the client went
+    /// away.
+    pub client_gone: bool,
 }
 
 /// Something that watches sessions. Called by the driver with the state

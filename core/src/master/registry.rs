@@ -75,6 +75,12 @@ pub struct SlaveInfo {
     /// Bytes it sent and received for copies.
     pub copied_out: u64,
     pub copied_in: u64,
+    /// Bytes per second out and in (client transfers and copies) over the
+    /// last sample ([`super::fleet::sample_rates`]).
+    pub rate_out: u64,
+    pub rate_in: u64,
+    /// The last sample: (milliseconds, bytes out, bytes in so far).
+    pub rate_mark: Option<(u64, u64, u64)>,
 }
 
 impl SlaveInfo {
@@ -147,6 +153,11 @@ impl SlaveRegistry {
         }
     }
 
+    /// The id of a known slave.
+    pub fn find(&self, name: &str) -> Option<SlaveId> {
+        self.by_name.get(name).copied()
+    }
+
     /// The id of `name`, registering it (offline) when new.
     pub fn id_for(&mut self, name: &str) -> SlaveId {
         if let Some(&id) = self.by_name.get(name) {
@@ -181,6 +192,9 @@ impl SlaveRegistry {
             copy_jobs: 0,
             copied_out: 0,
             copied_in: 0,
+            rate_out: 0,
+            rate_in: 0,
+            rate_mark: None,
         });
         self.by_name.insert(name.to_string(), id);
         id

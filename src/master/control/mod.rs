@@ -215,6 +215,8 @@ impl ControlSession {
                 session: self.session.id,
                 peer: self.session.peer,
                 unix_now,
+                clock: self.state.clock(),
+                master_start: self.state.started_unix(),
             };
             self.observers
                 .0
@@ -224,6 +226,7 @@ impl ControlSession {
             session: self.session.id,
             peer: self.session.peer,
             unix_now,
+            clock: self.state.clock(),
         };
         self.observers.emit_locked(&self.state, &opened);
     }
@@ -459,6 +462,16 @@ impl ControlSession {
             Action::Kick { sessions, reply } => {
                 for id in sessions {
                     self.state.kick(id);
+                }
+                self.send(&reply).await
+            }
+            Action::DropLinks {
+                slaves,
+                reason,
+                reply,
+            } => {
+                for id in slaves {
+                    self.state.drop_link(id, reason);
                 }
                 self.send(&reply).await
             }

@@ -25,6 +25,18 @@ impl ControlSession {
             (self.state.tls(), st.config.data_timeout())
         };
         let Some(tls) = tls else {
+            if self.state.tls_in_clear() {
+                // The simulator: the FTP conversation of a TLS session,
+                // without TLS.
+                self.decoder = LineDecoder::new();
+                self.queued.clear();
+                let mut token = vec![0u8; 16];
+                self.env.rng_fill(&mut token);
+                self.tls_token = Some(token);
+                self.observers
+                    .emit_locked(&self.state, &SessionEvent::TlsStarted);
+                return Next::Continue;
+            }
             return Next::Close;
         };
         let dropped = self.decoder.buffered() + self.queued.len();
@@ -76,6 +88,9 @@ impl ControlSession {
             (self.state.tls(), st.config.data_timeout())
         };
         let Some(tls) = tls else {
+            if self.state.tls_in_clear() {
+                return Ok(stream);
+            }
             return Err(std::io::Error::other("TLS is not configured"));
         };
         let secured = crate::tls::accept(&tls.data, stream, Some(token), limit)

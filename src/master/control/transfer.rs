@@ -15,7 +15,7 @@ use crate::config::PasvWithoutPret;
 use crate::env::{accept_from, pump_counted, BoxStream, NetListener};
 use crate::link::{DataTls, Request, Response};
 use crate::master::hub::{SlaveLink, Stop};
-use crate::master::observe::SessionEvent;
+use crate::master::observe::{DataFacts, SessionEvent};
 use crate::master::session::{Route, TransferJob, TransferOutcome};
 use crate::master::transfer::{Event, RelayClient, Step, TransferMachine};
 use crate::proto::{Line, Reply};
@@ -23,7 +23,9 @@ use crate::proto::{Line, Reply};
 impl ControlSession {
     pub(super) async fn transfer(&mut self, job: TransferJob) -> Next {
         let started = tokio::time::Instant::now();
-        let (outcome, aborted, relayed) = self.run_transfer(&job).await;
+        let (outcome, aborted, mut data) = self.run_transfer(&job).await;
+        data.client_gone |= self.closed;
+        let relayed = data.relayed;
         tracing::info!(?outcome, relayed, "transfer finished");
         let reply = {
             let mut st = self.state.lock();
@@ -33,8 +35,8 @@ impl ControlSession {
                     job: &job,
                     outcome: &outcome,
                     aborted,
-                    relayed,
                     duration: started.elapsed(),
+                    data,
                 };
                 self.observers.emit(&st, &finished);
             }
@@ -68,11 +70,11 @@ impl ControlSession {
     }
 
     /// Runs one slave transfer to its end by performing the transfer
-    /// machine's steps. Returns the outcome, whether the client sent ABOR
-    /// and whether the master relayed the bytes (the relay route, or a
-    /// client caught at the master's address: the machine decides, not
-    /// the job's route).
-    async fn run_transfer(&mut self, job: &TransferJob) -> (TransferOutcome, bool, bool) {
+    /// machine's steps. Returns the outcome, whether the client sent ABOR,
+    /// and what the data connection carried (with whether the master
+    /// relayed the bytes: the relay route, or a client caught at the
+    /// master's address; the machine decides, not the job's route).
+    async fn run_transfer(&mut self, job: &TransferJob) -> (TransferOutcome, bool, DataFacts) {
         let (link, timeout, relay_allowed) = {
             let st = self.state.lock();
             (
@@ -96,6 +98,7 @@ impl ControlSession {
             slave_stream: None,
             relay: None,
             response: None,
+            facts: DataFacts::default(),
         };
         // curl and ftplib connect right after the 227 reply, so a client
         // that ignored its address is usually already waiting at the
@@ -107,6 +110,7 @@ impl ControlSession {
                 if let Some(Ok((stream, peer))) = poll_once(l.accept()) {
                     if peer.ip() == self.session.peer_ip() {
                         io.caught = Some(stream);
+                        io.facts.caught = true;
                         caught_now = true;
                     }
                 }
@@ -120,7 +124,8 @@ impl ControlSession {
                     match e {
                         StepResult::Event(e) => event = Some(e),
                         StepResult::Finish(outcome, aborted) => {
-                            return (outcome, aborted, m.relaying())
+                            io.facts.relayed = m.relaying();
+                            return (outcome, aborted, io.facts);
                         }
                     }
                 }
@@ -132,6 +137,22 @@ impl ControlSession {
                         .await
                 }
             };
+            let event = match event {
+                // The machine needs only the failure; the count is a fact.
+                Event::Slave(Response::FailedAfter { failure, bytes }) => {
+                    io.facts.bytes = Some(bytes);
+                    Event::Slave(Response::Failed(failure))
+                }
+                e => e,
+            };
+            match &event {
+                Event::Slave(Response::Sent { bytes } | Response::Received { bytes, .. }) => {
+                    io.facts.bytes = Some(*bytes)
+                }
+                Event::Caught => io.facts.caught = true,
+                Event::ControlClosed => io.facts.client_gone = true,
+                _ => {}
+            }
             steps = m.on(event);
         }
     }
@@ -161,6 +182,7 @@ impl ControlSession {
                     self.session.tls.private,
                     io.slave_stream.is_some() || io.relay.is_some(),
                 ) {
+                    _ if self.state.tls_in_clear() => None,
                     (Some(token), true, false) => Some(DataTls {
                         session_token: token.clone(),
                         client: self.session.tls.sscn || self.session.tls.cpsv,
@@ -198,7 +220,9 @@ impl ControlSession {
                     if cancel {
                         t.abort();
                     }
-                    let _ = t.await;
+                    if let Ok(Ok(n)) = t.await {
+                        io.facts.bytes.get_or_insert(n);
+                    }
                 }
             }
             Step::ProbeControl => return Some(StepResult::Event(self.probe_control().await)),
@@ -437,6 +461,8 @@ struct TransferIo {
     relay: Option<tokio::task::JoinHandle<std::io::Result<u64>>>,
     /// The answer awaited from the slave (order or commit).
     response: Option<tokio::sync::oneshot::Receiver<Response>>,
+    /// What the data connection carried, as far as seen.
+    facts: DataFacts,
 }
 
 enum StepResult {

@@ -163,6 +163,13 @@ pub enum Action {
         sessions: Vec<u64>,
         reply: Reply,
     },
+    /// SITE KICKSLAVE, REMERGE, DELSLAVE: drop these slaves' links (each
+    /// reconnects and remerges, unless removed), then send the reply.
+    DropLinks {
+        slaves: Vec<crate::master::db::SlaveId>,
+        reason: &'static str,
+        reply: Reply,
+    },
     Transfer(Box<TransferJob>),
     Listing(Box<ListingJob>),
     /// `AUTH TLS` accepted: send the reply (234), then run the TLS
@@ -252,6 +259,7 @@ fn path_reply(path: &VPath, e: DbError) -> Action {
 }
 
 mod basics;
+mod fleet;
 mod ftps;
 mod listings;
 mod login;

@@ -76,6 +76,9 @@ impl Session {
             Ok(f) => f.holders.clone(),
             Err(e) => return Err(path_reply(path, e)),
         };
+        if let Some(s) = self.pinned(st, Some(path), Some(&holders)) {
+            return Ok(s);
+        }
         st.slaves.choose_download(&holders).ok_or_else(|| {
             r(
                 550,
@@ -123,6 +126,9 @@ impl Session {
                         self.may_overwrite(p, st)?;
                     }
                     let holders = f.holders.clone();
+                    if let Some(s) = self.pinned(st, Some(p), Some(&holders)) {
+                        return Ok(s);
+                    }
                     return st.slaves.choose_download(&holders).ok_or_else(|| {
                         r(
                             550,
@@ -132,6 +138,9 @@ impl Session {
                 }
                 None => {}
             }
+        }
+        if let Some(s) = self.pinned(st, path, None) {
+            return Ok(s);
         }
         let min_free = st.config.min_free_bytes;
         st.slaves.choose_upload(min_free).ok_or_else(|| {
@@ -153,6 +162,21 @@ impl Session {
             ));
         }
         Ok(())
+    }
+
+    /// A choice a replay pinned for this client and path (see
+    /// `master::pins`), when that slave is online and, for an existing
+    /// file, one of its `holders`.
+    fn pinned(
+        &self,
+        st: &MasterState,
+        path: Option<&VPath>,
+        holders: Option<&[SlaveId]>,
+    ) -> Option<SlaveId> {
+        let name = st.pins.slave(self.peer.ip(), path)?;
+        let id = st.slaves.find(name)?;
+        let ok = st.slaves.is_online(id) && holders.is_none_or(|h| h.contains(&id));
+        ok.then_some(id)
     }
 
     pub(super) fn pasv(&mut self, epsv: bool, st: &mut MasterState) -> Action {

@@ -1,5 +1,6 @@
-//! SITE commands: HELP, SLAVES, WHO, CHMOD, and the admin commands ADDUSER,
-//! DELUSER, CHPASS, CHGRP (kept in the store, overriding the config).
+//! SITE commands: HELP, WHO, CHMOD, and the admin commands ADDUSER,
+//! DELUSER, CHPASS, CHGRP (kept in the store, overriding the config), KICK,
+//! UNBAN, USERS; the slave commands are in `fleet.rs`.
 
 use super::{r, Action, Session};
 use crate::master::{users, MasterState};
@@ -9,10 +10,13 @@ impl Session {
     pub(super) fn site(&mut self, verb: &str, args: &str, st: &mut MasterState) -> Action {
         let admin_only = matches!(
             verb,
-            "ADDUSER" | "DELUSER" | "CHPASS" | "CHGRP" | "KICK" | "UNBAN" | "USERS" | "SLAVES"
-        );
+            "ADDUSER" | "DELUSER" | "CHPASS" | "CHGRP" | "KICK" | "UNBAN" | "USERS"
+        ) || super::fleet::VERBS.contains(&verb);
         if admin_only && !self.is_admin(st) {
             return r(550, format!("SITE {verb}: permission denied (admins only)"));
+        }
+        if super::fleet::VERBS.contains(&verb) {
+            return self.site_fleet(verb, args, st);
         }
         if matches!(verb, "ADDUSER" | "DELUSER" | "CHPASS" | "CHGRP") {
             return match self.site_user(verb, args, st) {
@@ -29,7 +33,14 @@ impl Session {
                     "SITE WHO     your session (admins: every session, address, transfer)".into(),
                     "SITE CHMOD <mode> <path>                 (accepted, modes are not kept)"
                         .into(),
-                    "SITE SLAVES  each slave: state, free space, files, transfers (admins)".into(),
+                    "SITE SLAVES  each slave: state, space, files, copies, rates (admins)".into(),
+                    "SITE SLAVE <name> [DRAIN|UNDRAIN]        (admins; one slave, drain it)".into(),
+                    "SITE ADDSLAVE <name>                     (admins; a new slave may join)"
+                        .into(),
+                    "SITE DELSLAVE <name>                     (admins; forget it, repair)".into(),
+                    "SITE KICKSLAVE <name>                    (admins; drop its link)".into(),
+                    "SITE REMERGE <name>                      (admins; it lists its files again)"
+                        .into(),
                     "SITE USERS                               (admins)".into(),
                     "SITE KICK <session id|user>              (admins)".into(),
                     "SITE UNBAN <address|user>                (admins; lifts login bans)".into(),
@@ -40,27 +51,6 @@ impl Session {
                     "End".into(),
                 ],
             )),
-            "SLAVES" => {
-                let mut slaves: Vec<_> = st.slaves.iter().collect();
-                slaves.sort_by(|a, b| a.1.name.cmp(&b.1.name));
-                let mut lines = vec![format!("{} slaves:", slaves.len())];
-                for (id, s) in slaves {
-                    lines.push(format!(
-                        "{} {} free={} files={} active={} planned={} sent={} received={} relayed={}",
-                        s.name,
-                        s.state.as_str(),
-                        s.free,
-                        st.db.held_by(id),
-                        s.active,
-                        s.reserved,
-                        s.bytes_sent,
-                        s.bytes_received,
-                        s.relayed_bytes
-                    ));
-                }
-                lines.push("End".into());
-                Action::Reply(Reply::multi(200, lines))
-            }
             "WHO" => self.who(st),
             "USERS" => {
                 let mut lines = vec![format!("{} users:", st.users.len())];

@@ -348,6 +348,9 @@ fn uploads_go_to_the_roomiest_slave_and_are_recorded_on_commit() {
 #[test]
 fn commits_are_compare_and_swap() {
     let mut st = state(PasvWithoutPret::Listings);
+    let mut cfg = (*st.config).clone();
+    cfg.allow_overwrite = false;
+    st.config = std::sync::Arc::new(cfg);
     let mut s = session(&mut st);
     let upload = |s: &mut Session, st: &mut MasterState, line: &str| {
         let verb = line.split(' ').next().unwrap();
@@ -1170,4 +1173,94 @@ fn transfer_refusals_put_the_fix_first_and_fit_120_characters() {
         );
     }
     assert_eq!(refusals.len(), 8);
+}
+
+#[test]
+fn slave_lifecycle_site_commands() {
+    let mut st = state_with(
+        vec![
+            user_cfg("root", "/", true, &[]),
+            user_cfg("bob", "/", false, &[]),
+        ],
+        "",
+    );
+    let mut root = open_as(&mut st, 1, "127.0.0.5:1000", "root");
+    let mut bob = open_as(&mut st, 2, "127.0.0.6:2000", "bob");
+    for c in [
+        "SITE SLAVE s1 DRAIN",
+        "SITE ADDSLAVE s9",
+        "SITE DELSLAVE s1",
+        "SITE KICKSLAVE s1",
+        "SITE REMERGE s1",
+        "SITE SLAVE s1",
+    ] {
+        let r = text(bob.handle(cmd(c), &mut st));
+        assert!(
+            r.starts_with("550 ") && r.contains("admins only"),
+            "{c}: {r}"
+        );
+    }
+    let mut site = |c: &str, st: &mut MasterState| text(root.handle(cmd(c), st));
+    // Usage and unknown names.
+    assert!(site("SITE SLAVE", &mut st).starts_with("501 Usage: SITE SLAVE <name>"));
+    assert!(site("SITE SLAVE s1 SHRINK", &mut st).starts_with("501"));
+    assert!(site("SITE DELSLAVE", &mut st).starts_with("501 Usage: SITE DELSLAVE"));
+    assert!(site("SITE KICKSLAVE nope", &mut st).starts_with("550 no slave named nope"));
+    assert!(site("SITE ADDSLAVE ../x", &mut st).starts_with("501"));
+    // DRAIN: no new upload goes there; progress shown.
+    let r = site("SITE SLAVE s2 DRAIN", &mut st);
+    assert!(r.starts_with("200 s2 is draining"), "{r}");
+    assert!(st.slaves.get(1).unwrap().draining);
+    let one = site("SITE SLAVE s2", &mut st);
+    assert!(one.contains("s2 online draining="), "{one}");
+    for _ in 0..4 {
+        assert!(text(root.handle(cmd("PRET STOR /new"), &mut st)).contains("200"));
+        let pasv = passive(&mut root, &mut st, "PASV");
+        assert!(
+            !pasv.contains("127,0,0,12"),
+            "an upload went to the draining s2: {pasv}"
+        );
+        root.handle(cmd("ABOR"), &mut st);
+    }
+    let mut site = |c: &str, st: &mut MasterState| text(root.handle(cmd(c), st));
+    assert!(site("SITE SLAVE s2 UNDRAIN", &mut st).starts_with("200"));
+    assert!(!st.slaves.get(1).unwrap().draining);
+    // KICKSLAVE / REMERGE: the driver drops the link; offline: refused.
+    match root.handle(cmd("SITE KICKSLAVE s1"), &mut st) {
+        Action::DropLinks { slaves, reply, .. } => {
+            assert_eq!(slaves, vec![0]);
+            assert!(reply.to_string().contains("reconnects"), "{reply}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        root.handle(cmd("SITE REMERGE s1"), &mut st),
+        Action::DropLinks { .. }
+    ));
+    let mut site = |c: &str, st: &mut MasterState| text(root.handle(cmd(c), st));
+    assert!(site("SITE REMERGE s3", &mut st).starts_with("550 s3 is not connected"));
+    // ADDSLAVE persists the name; a second time it exists.
+    assert!(site("SITE ADDSLAVE s9", &mut st).starts_with("200 Slave s9 added"));
+    assert!(st.slaves.knows("s9").is_some());
+    assert!(site("SITE ADDSLAVE s9", &mut st).starts_with("550 slave s9 is already known"));
+    // DELSLAVE: forgotten, its link dropped, its files repaired elsewhere.
+    let held = st.db.held_by(0);
+    match root.handle(cmd("SITE DELSLAVE s1"), &mut st) {
+        Action::DropLinks { slaves, reply, .. } => {
+            assert_eq!(slaves, vec![0]);
+            assert!(
+                reply.to_string().contains(&format!("it held {held} files")),
+                "{reply}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(st.db.held_by(0), 0);
+    let mut site = |c: &str, st: &mut MasterState| text(root.handle(cmd(c), st));
+    assert!(site("SITE KICKSLAVE s1", &mut st).starts_with("550 slave s1 was removed"));
+    let all = site("SITE SLAVES", &mut st);
+    assert!(all.contains("s1 removed"), "{all}");
+    assert!(all.contains("repair queue"), "{all}");
+    assert!(site("SITE ADDSLAVE s1", &mut st).starts_with("200"));
+    assert!(!st.slaves.get(0).unwrap().removed);
 }

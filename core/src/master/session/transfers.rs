@@ -151,8 +151,17 @@ impl Session {
                 Some(p) => p.parent().unwrap_or_else(VPath::root),
                 None => self.cwd.clone(),
             };
+            // A name a replay pinned, if free (see `master::pins`).
+            let pinned = st
+                .pins
+                .take_stou(self.peer.ip())
+                .and_then(|name| dir.join(&name).ok())
+                .filter(|p| st.db.get(p).is_none());
             let mut n = self.id;
             let unique = loop {
+                if let Some(p) = &pinned {
+                    break p.clone();
+                }
                 let Ok(candidate) = dir.join(&format!("stou.{}.{n}", self.id)) else {
                     return r(553, "Cannot make a unique name here");
                 };

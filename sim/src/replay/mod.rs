@@ -1,0 +1,508 @@
+//! Replaying sessions recorded by a real master (`dftpd master --record
+//! DIR`). A recording is a scenario; a replay of one or several recordings
+//! is a run with these differences:
+//!
+//! - every session is a client of its own, its steps in the background at
+//!   their recorded times on the clock the master's sessions shared, so
+//!   sessions that overlapped in production overlap here, in the same
+//!   order ([`merge`]);
+//! - the simulated network and hosts run at the speed of the loopback the
+//!   recordings come from (steps of 10 us to 1 ms, chosen from the
+//!   recordings' length; every message one step): commands leave at their
+//!   recorded times;
+//! - faults given on the command line are inserted: `--at T` lands once
+//!   every command recorded before T was sent and before any recorded
+//!   after it, `--at-command N` just before command N (its session's
+//!   earlier commands all answered);
+//! - the result is one diff per session between its recorded replies and
+//!   the replayed ones ([`crate::diff`]).
+
+pub mod merge;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::diff::{self, SessionDiff};
+use crate::runner::{run_timed, Outcome, Timing};
+use crate::script::{ClientOp, ParseError, Scenario, Step, StepKind};
+
+/// When a fault happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum When {
+    /// This long after the first session started.
+    At(Duration),
+    /// Just before command `n` (1-based) of a session (its client name;
+    /// `None`: the first session).
+    Command { session: Option<String>, n: usize },
+}
+
+/// A "what if" for a replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// `--crash-slave NAME --at T`
+    CrashSlave { slave: String, when: When },
+    /// `--partition A,B --at T`: messages between the two hosts vanish.
+    Partition { a: String, b: String, when: When },
+}
+
+impl Fault {
+    fn when(&self) -> &When {
+        match self {
+            Fault::CrashSlave { when, .. } | Fault::Partition { when, .. } => when,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Fault::CrashSlave { slave, .. } => format!("crash {slave}"),
+            Fault::Partition { a, b, .. } => format!("partition {a} {b}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    pub seed: u64,
+    pub faults: Vec<Fault>,
+    /// The simulation step; `None`: chosen from the recordings' length.
+    pub tick: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error("{0}")]
+    Fault(String),
+    #[error("no recordings given")]
+    Empty,
+}
+
+/// One session's result.
+#[derive(Debug, Clone)]
+pub struct SessionReport {
+    pub file: String,
+    /// Its client in the replay's transcript.
+    pub client: String,
+    /// The session ran over TLS in production (replayed in clear).
+    pub ftps: bool,
+    pub commands: usize,
+    /// When it started, after the first session.
+    pub offset: Duration,
+    pub diff: SessionDiff,
+}
+
+/// A replay's result.
+#[derive(Debug, Clone)]
+pub struct ReplayReport {
+    pub sessions: Vec<SessionReport>,
+    /// Every session's differences, rendered; empty when all agree.
+    pub diff: Vec<String>,
+    /// Where each fault landed.
+    pub faults: Vec<String>,
+    pub timing: Timing,
+    pub outcome: Outcome,
+}
+
+impl ReplayReport {
+    /// Every session agrees with its recording (violations aside).
+    pub fn agrees(&self) -> bool {
+        self.sessions.iter().all(|s| s.diff.agrees())
+    }
+
+    /// Broken invariants (other than reply differences).
+    pub fn violations(&self) -> Vec<&String> {
+        self.outcome.violations.iter().collect()
+    }
+}
+
+/// Replays one recording.
+pub fn replay_file(path: &Path, opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
+    replay_paths(&[path.to_path_buf()], opts)
+}
+
+/// Replays recordings together: files, or directories of them.
+pub fn replay_paths(paths: &[PathBuf], opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
+    let recs = merge::load(paths)?;
+    if recs.is_empty() {
+        return Err(ReplayError::Empty);
+    }
+    let (merged, offsets) = merge::merge(&recs);
+    let length = recs
+        .iter()
+        .zip(&offsets)
+        .map(|(r, o)| *o + r.length)
+        .max()
+        .unwrap_or_default();
+    let mut gaps = Vec::new();
+    for r in &recs {
+        let mut last = None;
+        for st in &r.sc.steps {
+            if let StepKind::At(t) = st.kind {
+                if let Some(l) = last {
+                    gaps.push(t.saturating_sub(l));
+                }
+                last = Some(t);
+            }
+        }
+    }
+    let timing = timing(length, &mut gaps, opts.tick);
+    let (sc, faults) = prepare(merged, &recs, &opts.faults)?;
+    let outcome = run_timed(&sc, opts.seed, timing);
+    let lines: Vec<String> = outcome.transcript.lines().map(String::from).collect();
+    let mut sessions = Vec::new();
+    for (r, offset) in recs.iter().zip(offsets) {
+        let expected: Vec<(usize, &str)> =
+            r.sc.expectations
+                .iter()
+                .map(|e| (e.line, e.text.as_str()))
+                .collect();
+        let got = diff::received(&lines, &r.client);
+        sessions.push(SessionReport {
+            file: r.file.clone(),
+            client: r.client.clone(),
+            ftps: r.ftps,
+            commands: r.commands,
+            offset,
+            diff: diff::compare(&r.file, &r.client, &expected, &got),
+        });
+    }
+    let diff = sessions
+        .iter()
+        .filter(|s| !s.diff.agrees())
+        .flat_map(|s| s.diff.render())
+        .collect();
+    Ok(ReplayReport {
+        sessions,
+        diff,
+        faults,
+        timing,
+        outcome,
+    })
+}
+
+/// The replay's step, from the recorded gaps between commands: a quarter
+/// of the median gap, so that a command (a message each way, a step each)
+/// is answered before the next one is due; between 10 us (a loopback round
+/// trip is tens of microseconds) and 1 ms, and at most 400,000 steps over
+/// the recordings' length. Every message takes one step.
+pub fn timing(length: Duration, gaps: &mut [Duration], tick: Option<Duration>) -> Timing {
+    let tick = tick.unwrap_or_else(|| {
+        gaps.sort();
+        let median = gaps.get(gaps.len() / 2).copied().unwrap_or(length);
+        let floor = (length.as_micros() / 400_000) as u64;
+        let us = (median.as_micros() as u64 / 4).max(floor);
+        Duration::from_micros(us.clamp(10, 1000))
+    });
+    Timing {
+        tick,
+        latency: Some(tick),
+    }
+}
+
+/// Turns the merged recordings into the run: expected replies are taken out
+/// (the replay compares them per session), faults are inserted. Returns
+/// the scenario and where each fault goes, in words.
+pub fn prepare(
+    mut sc: Scenario,
+    recs: &[merge::Recording],
+    faults: &[Fault],
+) -> Result<(Scenario, Vec<String>), ReplayError> {
+    sc.expectations.clear();
+    let clients: Vec<String> = recs.iter().map(|r| r.client.clone()).collect();
+    let mut placed = Vec::new();
+    for f in faults {
+        let hosts: Vec<&String> = match f {
+            Fault::CrashSlave { slave, .. } => {
+                if !sc.topology.slaves.iter().any(|s| &s.name == slave) {
+                    return Err(ReplayError::Fault(format!(
+                        "--crash-slave {slave}: no such slave in the recording"
+                    )));
+                }
+                vec![slave]
+            }
+            Fault::Partition { a, b, .. } => vec![a, b],
+        };
+        for h in hosts {
+            let known = h == "master"
+                || sc.topology.slaves.iter().any(|s| &s.name == h)
+                || sc.topology.clients.contains(h);
+            if !known {
+                return Err(ReplayError::Fault(format!(
+                    "unknown host '{h}' (master, a slave, or a client of the recording: {})",
+                    clients.join(", ")
+                )));
+            }
+        }
+        let kind = match f {
+            Fault::CrashSlave { slave, .. } => StepKind::Crash(slave.clone()),
+            Fault::Partition { a, b, .. } => StepKind::Partition(a.clone(), b.clone()),
+        };
+        let (pos, mut inserted, words) = match f.when() {
+            When::At(t) => {
+                // Before the first step due after the fault, once every
+                // client has begun every step given to it.
+                let pos = sc
+                    .steps
+                    .iter()
+                    .position(|s| matches!(s.kind, StepKind::At(x) if x > *t))
+                    .unwrap_or(sc.steps.len());
+                let before = last_command(&sc.steps[..pos]);
+                let after = first_command(&sc.steps[pos..]);
+                let words = format!(
+                    "{} at {}: after {}, before {}",
+                    f.describe(),
+                    secs(*t),
+                    before.unwrap_or_else(|| "the start".into()),
+                    after.unwrap_or_else(|| "the end".into())
+                );
+                (
+                    pos,
+                    vec![StepKind::At(*t), StepKind::CatchUp(clients.clone())],
+                    words,
+                )
+            }
+            When::Command { session, n } => {
+                let client = match session {
+                    Some(s) => s.clone(),
+                    None => clients[0].clone(),
+                };
+                if !clients.contains(&client) {
+                    return Err(ReplayError::Fault(format!(
+                        "--at-command {client}:{n}: no such session (sessions: {})",
+                        clients.join(", ")
+                    )));
+                }
+                let idx = sc
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| is_command_of(s, &client))
+                    .nth(n.saturating_sub(1))
+                    .map(|(i, _)| i)
+                    .ok_or_else(|| {
+                        ReplayError::Fault(format!(
+                            "--at-command {n}: session {client} has fewer commands"
+                        ))
+                    })?;
+                // Before the command's own preparations (pins, data steps).
+                let mut pos = idx;
+                while pos > 0
+                    && matches!(&sc.steps[pos - 1].kind,
+                        StepKind::Client { client: c, op, .. }
+                            if *c == client && !matches!(op, ClientOp::Command(_)))
+                {
+                    pos -= 1;
+                }
+                let words = format!(
+                    "{} before command {n} of {client} ({})",
+                    f.describe(),
+                    describe_step(&sc.steps[idx]).unwrap_or_default()
+                );
+                (pos, vec![StepKind::Wait(vec![client])], words)
+            }
+        };
+        inserted.push(kind);
+        for (k, kind) in inserted.into_iter().enumerate() {
+            sc.steps.insert(pos + k, Step { line: 0, kind });
+        }
+        placed.push(words);
+    }
+    Ok((sc, placed))
+}
+
+/// The report as JSON, for tools: one object per session with its counts
+/// and hunks, the faults' placement, the violations and the timing.
+pub fn report_json(r: &ReplayReport, wall: Duration) -> String {
+    use serde_json::json;
+    let sessions: Vec<serde_json::Value> = r
+        .sessions
+        .iter()
+        .map(|s| {
+            let hunks: Vec<serde_json::Value> = s
+                .diff
+                .hunks
+                .iter()
+                .map(|h| {
+                    let lines: Vec<serde_json::Value> = h
+                        .iter()
+                        .map(|l| {
+                            json!({
+                                "tag": match l.tag {
+                                    diff::Tag::Same => "same",
+                                    diff::Tag::Recorded => "recorded",
+                                    diff::Tag::Replayed => "replayed",
+                                },
+                                "line": l.line,
+                                "text": l.text,
+                            })
+                        })
+                        .collect();
+                    json!({ "lines": lines })
+                })
+                .collect();
+            json!({
+                "file": s.file,
+                "client": s.client,
+                "ftps": s.ftps,
+                "commands": s.commands,
+                "start_offset_us": s.offset.as_micros() as u64,
+                "agrees": s.diff.agrees(),
+                "recorded_lines": s.diff.recorded,
+                "replayed_lines": s.diff.replayed,
+                "removed": s.diff.removed,
+                "added": s.diff.added,
+                "hunks": hunks,
+            })
+        })
+        .collect();
+    json!({
+        "agrees": r.agrees() && r.outcome.violations.is_empty(),
+        "sessions": sessions,
+        "faults": r.faults,
+        "violations": r.outcome.violations,
+        "simulated_s": r.outcome.sim_time.as_secs_f64(),
+        "tick_us": r.timing.tick.as_micros() as u64,
+        "wall_s": wall.as_secs_f64(),
+    })
+    .to_string()
+}
+
+fn is_command_of(s: &Step, client: &str) -> bool {
+    matches!(&s.kind, StepKind::Client { client: c, op: ClientOp::Command(_), .. } if c == client)
+}
+
+fn describe_step(s: &Step) -> Option<String> {
+    match &s.kind {
+        StepKind::Client {
+            client,
+            op: ClientOp::Command(c),
+            ..
+        } => Some(format!("{client}> {c} (line {})", s.line)),
+        _ => None,
+    }
+}
+
+/// The last command in `steps`, with its recorded time.
+fn last_command(steps: &[Step]) -> Option<String> {
+    let mut at = Duration::ZERO;
+    let mut last = None;
+    for s in steps {
+        if let StepKind::At(t) = s.kind {
+            at = t;
+        }
+        if let Some(d) = describe_step(s) {
+            last = Some(format!("{d} recorded at {}", secs(at)));
+        }
+    }
+    last
+}
+
+/// The first command in `steps`, with its recorded time.
+fn first_command(steps: &[Step]) -> Option<String> {
+    let mut at = None;
+    for s in steps {
+        if let StepKind::At(t) = s.kind {
+            at = Some(t);
+        }
+        if let Some(d) = describe_step(s) {
+            return Some(match at {
+                Some(t) => format!("{d} recorded at {}", secs(t)),
+                None => d,
+            });
+        }
+    }
+    None
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}.{:06}s", d.as_secs(), d.subsec_micros())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::parse;
+
+    fn recs(text: &str) -> (Scenario, Vec<merge::Recording>) {
+        let sc = parse("r", "r.scn", text).unwrap();
+        let r = merge::Recording {
+            file: "r.scn".into(),
+            sc,
+            client: "client".into(),
+            start: Duration::ZERO,
+            length: Duration::from_secs(3),
+            ftps: false,
+            commands: 2,
+        };
+        let (merged, _) = merge::merge(std::slice::from_ref(&r));
+        (merged, vec![r])
+    }
+
+    #[test]
+    fn faults_land_between_the_commands_recorded_around_them() {
+        let (sc, r) =
+            recs("slave s1\nclient: connect\nat 10ms\nclient> NOOP\nat 2000ms\nclient> QUIT\n");
+        let f = Fault::CrashSlave {
+            slave: "s1".into(),
+            when: When::At(Duration::from_millis(1500)),
+        };
+        let (p, words) = prepare(sc.clone(), &r, &[f]).unwrap();
+        let kinds: Vec<&StepKind> = p.steps.iter().map(|s| &s.kind).collect();
+        let at = kinds
+            .iter()
+            .position(|k| **k == StepKind::At(Duration::from_millis(1500)))
+            .unwrap();
+        assert_eq!(kinds[at + 1], &StepKind::CatchUp(vec!["client".into()]));
+        assert_eq!(kinds[at + 2], &StepKind::Crash("s1".into()));
+        assert_eq!(kinds[at + 3], &StepKind::At(Duration::from_secs(2)));
+        assert!(
+            words[0].contains("after client> NOOP (line 4) recorded at 0.010000s"),
+            "{words:?}"
+        );
+        // By command: before the second one, once the first is answered.
+        let f = Fault::CrashSlave {
+            slave: "s1".into(),
+            when: When::Command {
+                session: None,
+                n: 2,
+            },
+        };
+        let (p, _) = prepare(sc.clone(), &r, &[f]).unwrap();
+        let quit = p.steps.iter().position(|s| is_command_of(s, "client") && matches!(&s.kind, StepKind::Client { op: ClientOp::Command(c), .. } if c == "QUIT")).unwrap();
+        assert_eq!(p.steps[quit - 1].kind, StepKind::Crash("s1".into()));
+        assert_eq!(
+            p.steps[quit - 2].kind,
+            StepKind::Wait(vec!["client".into()])
+        );
+        let bad = Fault::CrashSlave {
+            slave: "nope".into(),
+            when: When::At(Duration::ZERO),
+        };
+        assert!(prepare(sc.clone(), &r, &[bad]).is_err());
+        let far = Fault::CrashSlave {
+            slave: "s1".into(),
+            when: When::Command {
+                session: None,
+                n: 9,
+            },
+        };
+        assert!(prepare(sc, &r, &[far]).is_err());
+    }
+
+    #[test]
+    fn the_step_follows_the_gaps_between_commands() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        let tick = |len, gaps: &[Duration]| timing(len, &mut gaps.to_vec(), None).tick;
+        // Dense: 70 us between commands.
+        assert_eq!(tick(ms(350), &[us(70); 5000]), us(17));
+        assert_eq!(tick(ms(350), &[us(20); 5000]), us(10));
+        // Paced every 20 ms.
+        assert_eq!(tick(ms(2000), &[ms(20); 100]), us(1000));
+        assert_eq!(tick(ms(2000), &[ms(2); 100]), us(500));
+        // A long idle session: at most 400,000 steps.
+        assert_eq!(tick(Duration::from_secs(100), &[us(40); 10]), us(250));
+        assert_eq!(tick(ms(1), &[]), us(250));
+    }
+}
