@@ -12,9 +12,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// `heartbeat()` message on every `interval` tick. Writes are batched: one
 /// flush when the queue is empty, so pipelined orders share a write when the
 /// link is busy. Ends when the queue closes or a write fails.
+/// Writes what arrives on `rx` as frames (flushing when nothing more is
+/// waiting) and a heartbeat every `interval` of silence. `bulk` (a bounded
+/// channel: remerge chunks) is taken only when `rx` is empty, so replies
+/// and acknowledgements never queue behind a long file list.
 pub async fn write_frames<W, T, F, Fut>(
     w: &mut W,
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    mut bulk: Option<&mut tokio::sync::mpsc::Receiver<T>>,
     interval: std::time::Duration,
     mut heartbeat: F,
 ) where
@@ -32,6 +37,12 @@ pub async fn write_frames<W, T, F, Fut>(
                 Some(m) => m,
                 None => break,
             },
+            Some(m) = async {
+                match bulk.as_deref_mut() {
+                    Some(b) => b.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => m,
             _ = tick.tick() => heartbeat().await,
         };
         let Ok(frame) = encode_frame(&msg) else {

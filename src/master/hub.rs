@@ -117,9 +117,10 @@ impl DerefMut for Core {
 }
 
 impl Core {
-    /// The link of an online slave.
+    /// The link of a slave that serves (online, or remerging: see
+    /// `SlaveInfo::serves`).
     pub fn link(&self, id: SlaveId) -> Option<SlaveLink> {
-        if self.st.slaves.is_online(id) {
+        if self.st.slaves.serves(id) {
             self.links.get(&id).cloned()
         } else {
             None

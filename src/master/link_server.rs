@@ -297,7 +297,10 @@ async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<MasterMsg>,
     interval: std::time::Duration,
 ) {
-    link::write_frames(&mut w, &mut rx, interval, || async { MasterMsg::Heartbeat }).await;
+    link::write_frames(&mut w, &mut rx, None, interval, || async {
+        MasterMsg::Heartbeat
+    })
+    .await;
     let _ = w.shutdown().await;
 }
 

@@ -173,6 +173,8 @@ struct Ctx {
     config: Arc<SlaveConfig>,
     storage: Arc<dyn Storage>,
     out: mpsc::UnboundedSender<SlaveMsg>,
+    /// Remerge chunks: the writer takes one only when `out` is empty.
+    bulk: mpsc::Sender<SlaveMsg>,
     /// `PROT P` data connections' TLS server; `None`: no certificate.
     data_tls: Option<Arc<rustls::ServerConfig>>,
     /// The master's `data_timeout_ms` (from `Welcome`): it rules every
@@ -343,16 +345,18 @@ async fn serve(
     tracing::info!(log_upto = welcome.log_upto, "authenticated to master");
     let (reader, writer) = tokio::io::split(stream);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (bulk_tx, bulk_rx) = mpsc::channel(1);
     let ctx = Arc::new(Ctx {
         env: env.clone(),
         config: config.clone(),
         storage: storage.clone(),
         out: out_tx,
+        bulk: bulk_tx,
         data_tls,
         data_timeout: welcome.data_timeout,
         awaiting,
     });
-    let writer_task = tokio::spawn(write_loop(writer, out_rx, ctx.clone()));
+    let writer_task = tokio::spawn(write_loop(writer, out_rx, bulk_rx, ctx.clone()));
     let (applied_tx, applied_rx) = watch::channel(0u64);
     let remerge_task = tokio::spawn(remerge(
         ctx.clone(),
@@ -391,14 +395,21 @@ async fn remerge(
     loop {
         let chunk: Vec<_> = files.by_ref().take(REMERGE_CHUNK).collect();
         let last = files.peek().is_none();
-        let _ = ctx.out.send(SlaveMsg::Remerge { files: chunk, last });
+        // One chunk at a time, after anything more urgent (replies to
+        // orders: this slave serves while it remerges).
+        if ctx
+            .bulk
+            .send(SlaveMsg::Remerge { files: chunk, last })
+            .await
+            .is_err()
+        {
+            return;
+        }
         if last {
             break;
         }
-        // Let the writer and the orders loop run between chunks.
-        tokio::task::yield_now().await;
     }
-    let _ = ctx.out.send(SlaveMsg::Status { free, transfers: 0 });
+    let _ = ctx.bulk.send(SlaveMsg::Status { free, transfers: 0 }).await;
     tracing::info!(files = count, free, "remerge sent");
     if let Some(r) = ready {
         let _ = r.send(ctx.config.name.clone());
@@ -408,10 +419,11 @@ async fn remerge(
 async fn write_loop(
     mut w: tokio::io::WriteHalf<BoxStream>,
     mut rx: mpsc::UnboundedReceiver<SlaveMsg>,
+    mut bulk: mpsc::Receiver<SlaveMsg>,
     ctx: Arc<Ctx>,
 ) {
     let interval = ctx.config.heartbeat_interval();
-    link::write_frames(&mut w, &mut rx, interval, || async {
+    link::write_frames(&mut w, &mut rx, Some(&mut bulk), interval, || async {
         SlaveMsg::Status {
             free: ctx.storage.free_space().await.unwrap_or(0),
             transfers: 0,

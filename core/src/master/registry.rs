@@ -87,6 +87,12 @@ impl SlaveInfo {
     pub fn is_online(&self) -> bool {
         self.state == SlaveState::Online
     }
+    /// Whether it may serve downloads: online, or remerging (its link is
+    /// up; the files the master records for it are served at once, each
+    /// order naming the version, which a stale copy refuses).
+    pub fn serves(&self) -> bool {
+        matches!(self.state, SlaveState::Online | SlaveState::Remerging) && !self.removed
+    }
     /// Whether its copies count toward a file's copies at `now_ms`: not
     /// draining, and online or away for less than `lost_after_ms`.
     pub fn counts(&self, now_ms: u64, lost_after_ms: u64) -> bool {
@@ -228,6 +234,11 @@ impl SlaveRegistry {
         self.get(id).is_some_and(SlaveInfo::is_online)
     }
 
+    /// See [`SlaveInfo::serves`].
+    pub fn serves(&self, id: SlaveId) -> bool {
+        self.get(id).is_some_and(SlaveInfo::serves)
+    }
+
     /// Whether `addr` is on the address slave `id` announced at its
     /// handshake. A listener elsewhere is refused: a compromised slave must
     /// not send clients (or the relaying master) to a third host.
@@ -247,9 +258,24 @@ impl SlaveRegistry {
         .collect()
     }
 
-    /// An online holder for a download, or `None` when no copy is online.
+    /// A holder for a download: an online one, else one still remerging
+    /// (a rejoining slave serves what the master records for it at once);
+    /// `None` when no holder's link is up.
     pub fn choose_download(&mut self, holders: &[SlaveId]) -> Option<SlaveId> {
-        let c = self.candidates(holders.iter().copied());
+        let mut c = self.candidates(holders.iter().copied());
+        if c.is_empty() {
+            c = holders
+                .iter()
+                .filter_map(|&id| {
+                    let s = self.get(id)?;
+                    s.serves().then_some(Candidate {
+                        id,
+                        load: s.load(),
+                        free: s.free,
+                    })
+                })
+                .collect();
+        }
         let pick = pick_download(&c, self.rr);
         self.rr = self.rr.wrapping_add(1);
         pick
@@ -547,6 +573,32 @@ mod tests {
         let tie = [c(0, 0, 5), c(1, 0, 5)];
         assert_eq!(pick_upload(&tie, 0, 0), Some(0));
         assert_eq!(pick_upload(&tie, 0, 1), Some(1));
+    }
+
+    #[test]
+    fn a_remerging_holder_serves_when_no_online_one_does_but_takes_no_upload() {
+        let mut r = SlaveRegistry::default();
+        let a = r.id_for("a");
+        let b = r.id_for("b");
+        for (id, state) in [(a, SlaveState::Remerging), (b, SlaveState::Online)] {
+            let s = r.get_mut(id).unwrap();
+            s.state = state;
+            s.free = 100;
+        }
+        // An online holder first.
+        for _ in 0..4 {
+            assert_eq!(r.choose_download(&[a, b]), Some(b));
+        }
+        // Only the remerging one holds it: it serves.
+        assert_eq!(r.choose_download(&[a]), Some(a));
+        assert!(r.serves(a) && !r.is_online(a));
+        // Uploads go to online slaves only.
+        for _ in 0..4 {
+            assert_eq!(r.choose_upload(0), Some(b));
+        }
+        r.get_mut(b).unwrap().state = SlaveState::Offline;
+        assert_eq!(r.choose_upload(0), None);
+        assert_eq!(r.choose_download(&[b]), None);
     }
 
     #[test]

@@ -173,6 +173,8 @@ pub fn remerge_chunk(
                 continue;
             }
         }
+        // A new file, or a copy back: copies per the replication rules.
+        super::replica::note(st, &f.path);
         seen.insert(f.path);
     }
 }

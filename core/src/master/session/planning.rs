@@ -185,7 +185,7 @@ impl Session {
         }
         match self.plan.as_ref().map(|p| p.target) {
             Some(Target::Slave(s)) => {
-                if !st.slaves.is_online(s) {
+                if !st.slaves.serves(s) {
                     self.clear_plan(st);
                     return Action::ResetData(Reply::new(
                         425,

@@ -30,6 +30,9 @@ use crate::client::{self, ClientWorld, SharedTranscript, Transcript};
 use crate::env::{content, epoch, sim_env, splitmix, SimClock, EPOCH_SECS, TCP_CAPACITY};
 use crate::script::{ClientOp, Scenario, SlaveStateWanted, StepKind};
 
+mod checks;
+mod steps;
+
 /// The FTP control port and the link port inside the simulation.
 pub const CONTROL_PORT: u16 = 21;
 pub const LINK_PORT: u16 = 2100;
@@ -753,208 +756,6 @@ impl<'a> World<'a> {
         }
     }
 
-    fn exec(&mut self, line: usize, kind: &StepKind) {
-        match kind {
-            StepKind::Client {
-                client,
-                op,
-                background,
-            } => {
-                self.give(client, op.clone());
-                if !background {
-                    self.wait_clients(line, std::slice::from_ref(client));
-                }
-            }
-            StepKind::Wait(names) => self.wait_clients(line, names),
-            StepKind::CatchUp(names) => {
-                let names = names.clone();
-                self.run_until(STEP_LIMIT, |d| {
-                    names.iter().all(|n| {
-                        d.client_idle(n)
-                            || d.clients
-                                .get(n)
-                                .is_none_or(|c| c.started.get() >= c.given.get())
-                    })
-                });
-            }
-            StepKind::At(t) => {
-                let end = self.script_start + *t;
-                let left = end.saturating_sub(self.sim.elapsed());
-                self.run_until(left + Duration::from_millis(1), |s| s.sim.elapsed() >= end);
-            }
-            StepKind::Sleep(d) => {
-                let end = self.sim.elapsed() + *d;
-                self.run_until(*d + Duration::from_millis(1), |s| s.sim.elapsed() >= end);
-            }
-            StepKind::Crash(h) => {
-                self.event(format!("crash {h}"));
-                self.without_latency_variance(|sim| sim.crash(h.as_str()));
-                self.crashed.insert(h.clone());
-                if h == "master" {
-                    *lock(&self.master_slot) = None;
-                    self.master_epoch.set(self.master_epoch.get() + 1);
-                    self.states.clear();
-                    self.active.clear();
-                }
-            }
-            StepKind::Restart(h) => {
-                self.event(format!("restart {h}"));
-                if h == "master" {
-                    *lock(&self.master_slot) = None;
-                    self.master_epoch.set(self.master_epoch.get() + 1);
-                    self.states.clear();
-                    self.active.clear();
-                }
-                self.without_latency_variance(|sim| sim.bounce(h.as_str()));
-                self.crashed.remove(h);
-            }
-            StepKind::WipeStore => {
-                self.event("master store lost (wiped)".into());
-                self.master_store.wipe();
-                self.store_wiped = true;
-            }
-            StepKind::Partition(a, b) | StepKind::Hold(a, b) => {
-                let verb = if matches!(kind, StepKind::Partition(..)) {
-                    self.sim.partition(a.as_str(), b.as_str());
-                    "partition"
-                } else {
-                    self.sim.hold(a.as_str(), b.as_str());
-                    "hold"
-                };
-                self.event(format!("{verb} {a} {b}"));
-                self.cut.insert(pair(a, b));
-                for c in [a, b] {
-                    if let Some(c) = self.clients.get(c) {
-                        c.link_faults.set(c.link_faults.get() + 1);
-                    }
-                }
-            }
-            StepKind::Repair(a, b) | StepKind::Release(a, b) => {
-                let verb = if matches!(kind, StepKind::Repair(..)) {
-                    self.sim.repair(a.as_str(), b.as_str());
-                    "repair"
-                } else {
-                    self.sim.release(a.as_str(), b.as_str());
-                    "release"
-                };
-                self.event(format!("{verb} {a} {b}"));
-                self.cut.remove(&pair(a, b));
-            }
-            StepKind::Latency(a, b, lat) => {
-                self.event(format!("latency {a} {b} {}", secs(*lat)));
-                self.sim.set_link_latency(a.as_str(), b.as_str(), *lat);
-            }
-            StepKind::AwaitSlave {
-                slave,
-                state,
-                within,
-            } => {
-                let want = match state {
-                    SlaveStateWanted::Online => "online",
-                    SlaveStateWanted::Offline => "offline",
-                    SlaveStateWanted::Remerging => "remerging",
-                };
-                let start = self.sim.elapsed();
-                let ok = self.run_until(*within, |d| d.slave_state(slave) == want);
-                if ok {
-                    self.event(format!(
-                        "slave {slave} is {want} (waited {})",
-                        secs(self.sim.elapsed() - start)
-                    ));
-                } else {
-                    self.violation(format!(
-                        "line {line}: slave {slave} not {want} within {}",
-                        secs(*within)
-                    ));
-                }
-            }
-            StepKind::AwaitBytes {
-                client,
-                bytes,
-                within,
-            } => {
-                let ok = self.run_until(*within, |d| {
-                    d.clients
-                        .get(client)
-                        .is_some_and(|c| c.data_bytes.get() >= *bytes)
-                });
-                if ok {
-                    self.event(format!("{client} moved {bytes}+ data bytes"));
-                } else {
-                    self.violation(format!(
-                        "line {line}: {client} did not move {bytes} data bytes within {}",
-                        secs(*within)
-                    ));
-                }
-            }
-            StepKind::DiskPut {
-                slave,
-                path,
-                size,
-                seed,
-                count,
-            } => {
-                let now = (EPOCH_SECS + self.sim.elapsed().as_secs()) as i64;
-                let Some(disk) = self.disks.get(slave) else {
-                    return;
-                };
-                // Behind the master's back: the history check takes it as
-                // a write that may or may not count (the master learns of
-                // it at the slave's next remerge, and then it may stay).
-                let at = self.sim.elapsed();
-                let behind = |p: &VPath, data: &[u8]| crate::history::Op {
-                    client: format!("disk {slave}"),
-                    path: p.to_string(),
-                    effect: crate::history::Effect::Write {
-                        data: Rc::new(data.to_vec()),
-                        offset: None,
-                    },
-                    start: at,
-                    end: at,
-                    status: crate::history::Status::Maybe,
-                };
-                if *count == 0 {
-                    let data = content(*seed, *size);
-                    let op = behind(path, &data);
-                    self.transcript.borrow_mut().history.push(op);
-                    disk.put(path.clone(), data, now);
-                    self.event(format!("disk {slave}: put {path} ({size} bytes)"));
-                } else {
-                    let data = content(*seed, *size);
-                    for i in 1..=*count {
-                        if let Ok(p) = VPath::parse_absolute(&format!("{path}{i}")) {
-                            let op = behind(&p, &data);
-                            self.transcript.borrow_mut().history.push(op);
-                            disk.put(p, data.clone(), now);
-                        }
-                    }
-                    self.event(format!(
-                        "disk {slave}: put {path}1 .. {path}{count} ({size} bytes each)"
-                    ));
-                }
-            }
-            StepKind::DiskRemove { slave, path } => {
-                let op = crate::history::Op {
-                    client: format!("disk {slave}"),
-                    path: path.to_string(),
-                    effect: crate::history::Effect::Delete,
-                    start: self.sim.elapsed(),
-                    end: self.sim.elapsed(),
-                    status: crate::history::Status::Maybe,
-                };
-                self.transcript.borrow_mut().history.push(op);
-                let removed = self.disks.get(slave).is_some_and(|d| d.remove(path));
-                self.event(format!(
-                    "disk {slave}: remove {path}{}",
-                    if removed { "" } else { " (was not there)" }
-                ));
-            }
-            StepKind::ShowDb => self.show_db(),
-            StepKind::ShowSlaves => self.show_slaves(),
-            StepKind::ShowDisk(slave) => self.show_disk(slave),
-        }
-    }
-
     /// Runs a crash or bounce with every message latency fixed.
     ///
     /// Dropping a host's runtime drops its tasks in an order that depends
@@ -969,254 +770,6 @@ impl<'a> World<'a> {
         self.sim.set_max_message_latency(self.min_latency);
         f(&mut self.sim);
         self.sim.set_max_message_latency(self.max_latency);
-    }
-
-    fn show_db(&self) {
-        let Some(state) = self.master_state() else {
-            self.log("== db: master is down".into());
-            return;
-        };
-        let lines: Vec<String> = {
-            let st = state.lock();
-            st.db
-                .files_under(&VPath::root())
-                .into_iter()
-                .map(|(p, m)| {
-                    let holders: Vec<&str> = m.holders.iter().map(|&h| st.slaves.name(h)).collect();
-                    format!("== db {p} {} bytes on [{}]", m.size, holders.join(","))
-                })
-                .collect()
-        };
-        if lines.is_empty() {
-            self.log("== db: empty".into());
-        }
-        for l in lines {
-            self.log(l);
-        }
-    }
-
-    fn show_disk(&self, slave: &str) {
-        let Some(disk) = self.disks.get(slave) else {
-            return;
-        };
-        let d = disk.lock();
-        let mut lines = Vec::new();
-        for (p, f) in &d.files {
-            lines.push(format!(
-                "== disk {slave} {p} {} bytes crc32={:08x}",
-                f.data.len(),
-                crate::env::crc32(&f.data)
-            ));
-        }
-        for (name, t) in &d.temp {
-            lines.push(format!(
-                "== disk {slave} (temporary {name}) {} bytes",
-                t.len()
-            ));
-        }
-        if lines.is_empty() {
-            lines.push(format!("== disk {slave}: empty"));
-        }
-        drop(d);
-        for l in lines {
-            self.log(l);
-        }
-    }
-
-    fn show_slaves(&self) {
-        let Some(state) = self.master_state() else {
-            self.log("== slaves: master is down".into());
-            return;
-        };
-        let lines: Vec<String> = {
-            let st = state.lock();
-            st.slaves
-                .iter()
-                .map(|(id, s)| {
-                    format!(
-                        "== slave {} {} files={} active={} reserved={}",
-                        s.name,
-                        if s.is_online() {
-                            "online"
-                        } else {
-                            s.state.as_str()
-                        },
-                        st.db.held_by(id),
-                        s.active,
-                        s.reserved
-                    )
-                })
-                .collect()
-        };
-        for l in lines {
-            self.log(l);
-        }
-    }
-
-    /// End of script: wait for the clients, let the cluster settle, then
-    /// check what must hold at the end of every run.
-    fn finish(&mut self) {
-        let names: Vec<String> = self.clients.keys().cloned().collect();
-        let ok = self.run_until(STEP_LIMIT, |d| names.iter().all(|n| d.client_idle(n)));
-        if !ok && self.broken.is_none() {
-            self.violation("clients still busy at the end".into());
-        }
-        if !self.master_up() {
-            self.event("end: master is down, cluster checks skipped".into());
-            self.check_uploads();
-            return;
-        }
-        // Every slave the master can reach ends online.
-        let ok = self.run_until(SETTLE, |d| d.all_reachable_online().is_empty());
-        if !ok {
-            let missing = self.all_reachable_online().join(", ");
-            self.violation(format!(
-                "reachable slave(s) {missing} not online {} after the script",
-                secs(SETTLE)
-            ));
-        }
-        // The master still accepts sessions.
-        if !self.cut.iter().any(|(a, b)| a == "probe" || b == "probe") {
-            self.probe.pending.set(2);
-            let _ = self.probe.tx.send(ClientOp::Connect);
-            let _ = self.probe.tx.send(ClientOp::Command("QUIT".into()));
-            let pending = self.probe.pending.clone();
-            self.run_until(STEP_LIMIT, |_| pending.get() == 0);
-            let greeted = self
-                .probe_transcript
-                .borrow()
-                .lines
-                .iter()
-                .any(|l| l.starts_with("probe< 220"));
-            if !greeted {
-                self.violation(
-                    "the master no longer accepts sessions (no 220 for a new client)".into(),
-                );
-            }
-        }
-        self.check_uploads();
-        if self.all_reachable_online().is_empty() {
-            self.check_history();
-        }
-    }
-
-    /// The history check ([`crate::history`]) on the settled cluster: the
-    /// master's listing and the online slaves' disks against every reply
-    /// the clients got.
-    fn check_history(&self) {
-        if self.store_wiped {
-            self.event("end: the store was wiped, history check skipped".into());
-            return;
-        }
-        let Some(state) = self.master_state() else {
-            return;
-        };
-        let mut initial = BTreeMap::new();
-        for f in &self.sc.topology.files {
-            initial.insert(f.path.to_string(), Rc::new(content(f.seed, f.size)));
-        }
-        let mut ops = self.transcript.borrow().history.clone();
-        ops.extend(self.probe_transcript.borrow().history.iter().cloned());
-        ops.sort_by_key(|o| (o.start, o.end));
-        let history = crate::history::History::new(ops, initial);
-        let (listed, allow_overwrite) = {
-            let st = state.lock();
-            let mut listed: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
-            for (path, meta) in st.db.files_under(&VPath::root()) {
-                let holders = meta
-                    .holders
-                    .iter()
-                    .map(|h| st.slaves.name(*h).to_string())
-                    .collect();
-                listed.insert(path.to_string(), (meta.size, holders));
-            }
-            (listed, st.config.allow_overwrite)
-        };
-        let online: Vec<&String> = self.disks.keys().filter(|n| self.reachable(n)).collect();
-        let mut final_state = BTreeMap::new();
-        for (path, (_, holders)) in &listed {
-            let vpath = VPath::parse_absolute(path).ok();
-            let copy = holders.iter().find_map(|h| {
-                let d = self.disks.get(h)?;
-                vpath.as_ref().and_then(|p| d.get(p))
-            });
-            let c = match copy {
-                Some(data) => Rc::new(data.as_ref().clone()),
-                None => Rc::new(format!("<listed, but no holder has {path}>").into_bytes()),
-            };
-            final_state.insert(path.clone(), Some(c));
-        }
-        let end = self.sim.elapsed();
-        for v in history.check(end, allow_overwrite, &final_state) {
-            self.violation(format!("history: {v}"));
-        }
-        // No online slave keeps another content under a name, nor a name
-        // the master does not list.
-        for name in online {
-            let Some(disk) = self.disks.get(name) else {
-                continue;
-            };
-            let d = disk.lock();
-            for (path, f) in &d.files {
-                match final_state.get(&path.to_string()) {
-                    Some(Some(c)) if c.len() == f.data.len() && c[..] == f.data[..] => {}
-                    Some(_) => self.violation(format!(
-                        "history: slave {name} keeps {path} with other content than the listed version ({} bytes)",
-                        f.data.len()
-                    )),
-                    None => self.violation(format!(
-                        "history: slave {name} keeps {path}, which the master does not list"
-                    )),
-                }
-            }
-        }
-    }
-
-    /// No upload that did not complete is visible: no slave holds a strict
-    /// prefix of what the client meant to store under that name, and the
-    /// master does not list one.
-    fn check_uploads(&self) {
-        let uploads = self.transcript.borrow().uploads.clone();
-        let initial: BTreeSet<&VPath> = self.sc.topology.files.iter().map(|f| &f.path).collect();
-        for up in uploads.iter().filter(|u| !u.completed && u.verb == "STOR") {
-            let Ok(path) = VPath::parse_absolute(up.arg.trim()) else {
-                continue;
-            };
-            let n = up.intended.len();
-            for (slave, disk) in self.disks.iter() {
-                let d = disk.lock();
-                if let Some(f) = d.files.get(&path) {
-                    let k = f.data.len();
-                    if k < n && up.intended[..k] == f.data[..] {
-                        let done_later = uploads
-                            .iter()
-                            .any(|u| u.completed && u.arg.trim() == up.arg.trim());
-                        if !done_later && !initial.contains(&path) {
-                            drop(d);
-                            self.violation(format!(
-                                "partial upload {path} by {} stored complete on slave {slave} ({k} of {n} bytes)",
-                                up.client
-                            ));
-                            break;
-                        }
-                    }
-                }
-            }
-            if let Some(state) = self.master_state() {
-                let listed = state.lock().db.file(&path).ok().map(|m| m.size);
-                if let Some(k) = listed {
-                    let done_later = uploads
-                        .iter()
-                        .any(|u| u.completed && u.arg.trim() == up.arg.trim());
-                    if (k as usize) < n && !done_later && !initial.contains(&path) {
-                        self.violation(format!(
-                            "partial upload {path} by {} listed by the master ({k} of {n} bytes)",
-                            up.client
-                        ));
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -1282,6 +835,26 @@ mod tests {
             all.contains("partial upload /up by alice listed by the master"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn missing_copies_are_caught() {
+        // A copy vanishes behind the master's back on a slave that stays
+        // online (nothing tells the master), and a file whose rule wants
+        // two copies keeps one: both are violations of invariant 8.
+        let sc = scenario(
+            "slave s1\nslave s2\nfile s1,s2 /a size=4k\nfile s1 /b size=4k\n\
+             config replication.copies=2\nconfig replication.jobs_per_slave=1\n\
+             disk s2 remove /a\n",
+        );
+        let o = run(&sc, 0);
+        let all = o.violations.join("\n");
+        assert!(
+            all.contains("replication: /a lists s2 as a holder, but its disk lacks it"),
+            "{all}"
+        );
+        // /b got its second copy: no violation names it.
+        assert!(!all.contains("/b"), "{all}");
     }
 
     #[test]
