@@ -43,6 +43,18 @@ pub trait NetListener: Send + Sync {
 pub trait Net: Send + Sync + 'static {
     async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn NetListener>>;
     async fn connect(&self, addr: SocketAddr) -> io::Result<BoxStream>;
+    /// Connects from `local` (a slave's data address, so the peer sees
+    /// the address it expects: another slave's listener accepts only it).
+    /// Where `local` cannot be bound (not an address of this host, as
+    /// behind NAT) the system picks, as with [`Net::connect`].
+    async fn connect_from(
+        &self,
+        local: std::net::IpAddr,
+        addr: SocketAddr,
+    ) -> io::Result<BoxStream> {
+        let _ = local;
+        self.connect(addr).await
+    }
 }
 
 /// Wall-clock time, for MDTM, listings and file times. Monotonic time and
@@ -295,6 +307,26 @@ impl Net for TokioNet {
     }
     async fn connect(&self, addr: SocketAddr) -> io::Result<BoxStream> {
         let s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(Box::new(s))
+    }
+    async fn connect_from(
+        &self,
+        local: std::net::IpAddr,
+        addr: SocketAddr,
+    ) -> io::Result<BoxStream> {
+        if local.is_unspecified() || local.is_ipv4() != addr.is_ipv4() {
+            return self.connect(addr).await;
+        }
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if socket.bind(SocketAddr::new(local, 0)).is_err() {
+            return self.connect(addr).await;
+        }
+        let s = socket.connect(addr).await?;
         s.set_nodelay(true)?;
         Ok(Box::new(s))
     }

@@ -6,78 +6,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{
-    connect_from, curl, free_port, random_bytes, spawn_config, wait_line, KillOnDrop, RawFtp,
-};
-
-/// A master (and optionally one slave) from config text; `extra` is
-/// appended to the master's config.
-struct Site {
-    dir: tempfile::TempDir,
-    control: SocketAddr,
-    link: SocketAddr,
-    procs: Vec<KillOnDrop>,
-}
-
-impl Site {
-    fn start(extra: &str) -> Site {
-        let dir = tempfile::tempdir().unwrap();
-        let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let link: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let cfg = dir.path().join("master.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "listen = \"{control}\"\nlink_listen = \"{link}\"\nlink_key = \"sec-key\"\naccept_new_slaves = true\n\
-                 passive_ports = \"0\"\nstore = \"{}\"\n{extra}",
-                dir.path().join("master.redb").display()
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("master.log");
-        let mut child = spawn_config("master", &cfg, &log);
-        wait_line(&mut child, "master ready on", &log);
-        Site {
-            dir,
-            control,
-            link,
-            procs: vec![KillOnDrop(child)],
-        }
-    }
-
-    fn add_slave(&mut self, name: &str, ip: &str, seed: impl FnOnce(&Path)) {
-        let root = self.dir.path().join(name);
-        std::fs::create_dir_all(&root).unwrap();
-        seed(&root);
-        let cfg = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "name = \"{name}\"\nmaster = \"{}\"\nlink_key = \"sec-key\"\nroot = \"{}\"\n\
-                 data_ip = \"{ip}\"\npassive_ports = \"0\"\n",
-                self.link,
-                root.display()
-            ),
-        )
-        .unwrap();
-        let log = self.dir.path().join(format!("{name}.log"));
-        let mut child = spawn_config("slave", &cfg, &log);
-        wait_line(&mut child, &format!("{name} ready"), &log);
-        self.procs.push(KillOnDrop(child));
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("master.log")).unwrap_or_default()
-    }
-
-    fn raw(&self) -> RawFtp {
-        RawFtp::connect(self.control)
-    }
-}
+use common::{connect_from, curl, random_bytes, RawFtp, Site};
 
 const USERS: &str = "[[users]]\nname = \"alice\"\npassword = \"alice-pw\"\n\
     [[users]]\nname = \"root\"\npassword = \"root-pw\"\nadmin = true\n\

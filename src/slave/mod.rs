@@ -143,6 +143,11 @@ pub async fn run_with_tls(
         };
         match result {
             Ok(()) => backoff = min,
+            Err(LinkError::Handshake(why)) if why.starts_with("refused: ") => tracing::error!(
+                slave = %config.name,
+                reason = %why.trim_start_matches("refused: "),
+                "the master refused this slave; retrying"
+            ),
             Err(e) => tracing::warn!(slave = %config.name, error = %e, "link to master lost"),
         }
         // Jitter from the seeded RNG: a restarted master is not hit by every

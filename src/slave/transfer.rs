@@ -91,7 +91,10 @@ pub(super) async fn active_task(
     cmds: mpsc::UnboundedReceiver<XferCmd>,
 ) {
     let timeout = ctx.data_timeout;
-    let stream = match tokio::time::timeout(timeout, ctx.env.net.connect(addr)).await {
+    // From the data address: the peer (another slave's listener for a
+    // copy, an FXP server) may accept only that address.
+    let connect = ctx.env.net.connect_from(ctx.config.data_ip, addr);
+    let stream = match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             reply(

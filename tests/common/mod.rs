@@ -567,3 +567,139 @@ pub fn metric(exposition: &str, name: &str) -> Option<f64> {
         (n == name).then(|| v.parse().ok())?
     })
 }
+
+/// The link key of a [`Site`].
+pub const SITE_KEY: &str = "sec-key";
+
+/// A master and slave processes, each from its own config file (`dftpd
+/// master --config`, `dftpd slave --config`) under one temporary directory.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub control: SocketAddr,
+    pub link: SocketAddr,
+    master: KillOnDrop,
+    /// Slave processes by name.
+    slaves: Vec<(String, KillOnDrop)>,
+}
+
+impl Site {
+    /// A master whose config is the site's addresses, store and key, then
+    /// `extra` (users, `[replication]`, ...; it accepts new slave names).
+    pub fn start(extra: &str) -> Site {
+        Site::start_accepting(true, extra)
+    }
+
+    /// [`Site::start`]; `accept_new_slaves` as given.
+    pub fn start_accepting(accept_new_slaves: bool, extra: &str) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let link: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let cfg = dir.path().join("master.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"{control}\"\nlink_listen = \"{link}\"\nlink_key = \"{SITE_KEY}\"\naccept_new_slaves = {accept_new_slaves}\n\
+                 passive_ports = \"0\"\nstore = \"{}\"\n{extra}",
+                dir.path().join("master.redb").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("master.log");
+        let mut child = spawn_config("master", &cfg, &log);
+        wait_line(&mut child, "master ready on", &log);
+        Site {
+            dir,
+            control,
+            link,
+            master: KillOnDrop(child),
+            slaves: Vec::new(),
+        }
+    }
+
+    /// Starts slave `name` on data address `ip`, its root under the site's
+    /// directory (`seed` fills it first), and waits until it is ready.
+    pub fn add_slave(&mut self, name: &str, ip: &str, seed: impl FnOnce(&Path)) {
+        self.add_slave_with(name, ip, "", seed)
+    }
+
+    /// [`Site::add_slave`] with `extra` appended to the slave's config.
+    pub fn add_slave_with(&mut self, name: &str, ip: &str, extra: &str, seed: impl FnOnce(&Path)) {
+        let root = self.root(name);
+        std::fs::create_dir_all(&root).unwrap();
+        seed(&root);
+        let cfg = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "name = \"{name}\"\nmaster = \"{}\"\nlink_key = \"{SITE_KEY}\"\nroot = \"{}\"\n\
+                 data_ip = \"{ip}\"\npassive_ports = \"0\"\nreconnect_min_ms = 100\nreconnect_max_ms = 500\n{extra}",
+                self.link,
+                root.display()
+            ),
+        )
+        .unwrap();
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut child = spawn_config("slave", &cfg, &log);
+        wait_line(&mut child, &format!("{name} ready"), &log);
+        self.slaves.push((name.to_string(), KillOnDrop(child)));
+    }
+
+    /// Starts slave `name` and expects the master to refuse it: a line
+    /// saying so (with the reason) in both logs within 20 s.
+    pub fn add_slave_refused(&mut self, name: &str, ip: &str) -> String {
+        let root = self.root(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let cfg = self.dir.path().join(format!("{name}-again.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "name = \"{name}\"\nmaster = \"{}\"\nlink_key = \"{SITE_KEY}\"\nroot = \"{}\"\n\
+                 data_ip = \"{ip}\"\npassive_ports = \"0\"\nreconnect_min_ms = 100\nreconnect_max_ms = 500\n",
+                self.link,
+                root.display()
+            ),
+        )
+        .unwrap();
+        let log = self.dir.path().join(format!("{name}-again.log"));
+        let child = spawn_config("slave", &cfg, &log);
+        self.slaves
+            .push((format!("{name}-again"), KillOnDrop(child)));
+        let refused = wait_until(|| {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("the master refused this slave"))
+                && self.log().contains("slave refused")
+        });
+        let slave_log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            refused,
+            "no refusal in both logs:\n{slave_log}\n{}",
+            self.log()
+        );
+        slave_log
+    }
+
+    /// kill -9 of slave `name` (reaped).
+    pub fn kill_slave(&mut self, name: &str) {
+        self.slaves.retain(|(n, _)| n != name);
+    }
+
+    /// Slave `name`'s storage root.
+    pub fn root(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("master.log")).unwrap_or_default()
+    }
+
+    pub fn slave_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    pub fn raw(&self) -> RawFtp {
+        RawFtp::connect(self.control)
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.master.0.id()
+    }
+}
