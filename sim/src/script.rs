@@ -244,6 +244,11 @@ pub enum StepKind {
         slave: String,
         path: VPath,
     },
+    /// Bit rot: one byte of the copy flipped, its version kept.
+    DiskCorrupt {
+        slave: String,
+        path: VPath,
+    },
     /// Print the master's file database into the transcript.
     ShowDb,
     /// Print the master's view of the slaves into the transcript.
@@ -744,7 +749,15 @@ fn parse_line(p: &Parser, sc: &mut Scenario, line: &str) -> Result<(), ParseErro
                     p.args::<4>(&words, "disk SLAVE remove PATH")?;
                     sc.steps.push(step(StepKind::DiskRemove { slave, path }));
                 }
-                other => return Err(p.err(format!("unknown disk action '{other}' (put, remove)"))),
+                "corrupt" => {
+                    p.args::<4>(&words, "disk SLAVE corrupt PATH")?;
+                    sc.steps.push(step(StepKind::DiskCorrupt { slave, path }));
+                }
+                other => {
+                    return Err(p.err(format!(
+                        "unknown disk action '{other}' (put, remove, corrupt)"
+                    )))
+                }
             }
         }
         "show" => {
@@ -950,6 +963,7 @@ fn check(sc: &Scenario, file: &str) -> Result<(), ParseError> {
             | StepKind::ShowDisk(slave)
             | StepKind::DiskPut { slave, .. }
             | StepKind::DiskRemove { slave, .. }
+            | StepKind::DiskCorrupt { slave, .. }
                 if !is_slave(slave) =>
             {
                 return Err(err(st.line, format!("unknown slave '{slave}'")));

@@ -418,6 +418,28 @@ async fn read_loop(
                 // waits for this commit.
                 let _ = state.flush(&mut st);
             }
+            SlaveMsg::Corrupt {
+                path,
+                version,
+                found,
+            } => {
+                let mut st = state.lock();
+                let expected = version.crc32.unwrap_or(0);
+                match replica::corrupt(&mut st, id, &path, &version) {
+                    replica::Corruption::Repairing => tracing::error!(
+                        slave = %name, %path, expected = format_args!("{expected:08x}"), found = format_args!("{found:08x}"),
+                        "corrupt copy (scrub): dropped, repaired from a good copy"
+                    ),
+                    replica::Corruption::OnlyCopy => tracing::error!(
+                        slave = %name, %path, expected = format_args!("{expected:08x}"), found = format_args!("{found:08x}"),
+                        "corrupt copy (scrub) and no other copy: kept, restore it from a backup"
+                    ),
+                    replica::Corruption::NotCurrent => tracing::info!(
+                        slave = %name, %path, "corrupt copy of an old version: removed"
+                    ),
+                }
+                let _ = state.flush(&mut st);
+            }
             SlaveMsg::Hello { .. } | SlaveMsg::Auth { .. } => {
                 return "protocol error: handshake message after handshake".into()
             }

@@ -147,6 +147,13 @@ impl Storage for CountingStorage {
     ) -> io::Result<Option<(u64, i64, Option<FileVersion>)>> {
         self.inner.version_of(path).await
     }
+    async fn checksum(
+        &self,
+        path: &VPath,
+        rate: u64,
+    ) -> io::Result<Option<(Option<FileVersion>, u32)>> {
+        self.inner.checksum(path, rate).await
+    }
     async fn apply(&self, op: &FileOp) -> io::Result<OpOutcome> {
         self.inner.apply(op).await
     }

@@ -96,6 +96,24 @@ impl MemDisk {
         self.lock().files.remove(path).is_some()
     }
 
+    /// Bit rot: flips one byte in the middle of `path`'s bytes, keeping
+    /// its version (the scrub's case). False when there is no such file
+    /// or it is empty.
+    pub fn corrupt(&self, path: &VPath) -> bool {
+        let mut d = self.lock();
+        let Some(f) = d.files.get_mut(path) else {
+            return false;
+        };
+        let mut data = f.data.as_ref().clone();
+        let mid = data.len() / 2;
+        let Some(b) = data.get_mut(mid) else {
+            return false;
+        };
+        *b ^= 0x5a;
+        f.data = Arc::new(data);
+        true
+    }
+
     /// The content of a complete file.
     pub fn get(&self, path: &VPath) -> Option<Arc<Vec<u8>>> {
         self.lock().files.get(path).map(|f| f.data.clone())
@@ -312,6 +330,27 @@ impl Storage for MemStorage {
             let size = f.data.len() as u64;
             (size, f.mtime, f.version.filter(|v| v.size == size))
         }))
+    }
+
+    async fn checksum(
+        &self,
+        path: &VPath,
+        rate: u64,
+    ) -> io::Result<Option<(Option<FileVersion>, u32)>> {
+        let Some((data, version)) = self
+            .disk
+            .lock()
+            .files
+            .get(path)
+            .map(|f| (f.data.clone(), f.version))
+        else {
+            return Ok(None);
+        };
+        // As long as reading it at `rate` would take.
+        if let Some(ms) = (data.len() as u64 * 1000).checked_div(rate) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Ok(Some((version, crc32fast::hash(&data))))
     }
 
     async fn apply(&self, op: &FileOp) -> io::Result<OpOutcome> {

@@ -14,8 +14,10 @@
 pub mod commit;
 pub mod mem;
 mod orders;
+mod scrub;
 pub mod storage;
 mod transfer;
+mod xattr;
 
 use commit::Awaiting;
 
@@ -363,6 +365,7 @@ async fn serve(
     });
     let writer_task = tokio::spawn(write_loop(writer, out_rx, bulk_rx, ctx.clone()));
     let (applied_tx, applied_rx) = watch::channel(0u64);
+    let scrub_task = tokio::spawn(scrub::run(ctx.clone()));
     let remerge_task = tokio::spawn(remerge(
         ctx.clone(),
         welcome.log_upto,
@@ -371,6 +374,7 @@ async fn serve(
     ));
     let result = orders::read_loop(ctx, reader, applied_tx).await;
     remerge_task.abort();
+    scrub_task.abort();
     writer_task.abort();
     result
 }

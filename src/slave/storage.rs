@@ -23,6 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use super::xattr::{read_version, read_version_fd, write_version};
 use crate::env::{BoxStream, COPY_BUF};
 use crate::link::{FileOp, FileVersion, OpOutcome, RemoteFile, APPEND};
 use crate::proto::VPath;
@@ -173,6 +174,14 @@ pub trait Storage: Send + Sync + 'static {
     /// The file at `path`: size, mtime and the version kept with it.
     async fn version_of(&self, path: &VPath)
         -> io::Result<Option<(u64, i64, Option<FileVersion>)>>;
+    /// Reads the file at `path` at most `rate` bytes per second (the
+    /// scrub): the version kept with the copy read and the CRC-32 of its
+    /// bytes; `None` when there is no such file.
+    async fn checksum(
+        &self,
+        path: &VPath,
+        rate: u64,
+    ) -> io::Result<Option<(Option<FileVersion>, u32)>>;
     /// Applies one logged operation (not `Commit`: the slave's waiting
     /// room does that). Idempotent.
     async fn apply(&self, op: &FileOp) -> io::Result<OpOutcome>;
@@ -275,107 +284,6 @@ fn mtime_of(meta: &std::fs::Metadata) -> i64 {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// The extended attribute a file's version is kept in. Its value is text
-/// (`getfattr -n user.dftpd.version FILE` shows it): `1 STORE GEN SIZE
-/// CRC32` (hex store and CRC, `-` for an unknown CRC).
-pub const VERSION_XATTR: &str = "user.dftpd.version";
-
-fn encode_version(v: &FileVersion) -> String {
-    let crc = v.crc32.map_or("-".to_string(), |c| format!("{c:08x}"));
-    format!("1 {:016x} {} {} {crc}", v.store, v.gen, v.size)
-}
-
-fn decode_version(text: &[u8]) -> Option<FileVersion> {
-    let text = std::str::from_utf8(text).ok()?;
-    let w: Vec<&str> = text.split_whitespace().collect();
-    if w.len() != 5 || w[0] != "1" {
-        return None;
-    }
-    Some(FileVersion {
-        store: u64::from_str_radix(w[1], 16).ok()?,
-        gen: w[2].parse().ok()?,
-        size: w[3].parse().ok()?,
-        crc32: match w[4] {
-            "-" => None,
-            c => Some(u32::from_str_radix(c, 16).ok()?),
-        },
-    })
-}
-
-fn cpath(p: &Path) -> io::Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
-}
-
-/// The version kept with the file at `p` (never following a symlink).
-fn read_version(p: &Path) -> io::Result<Option<FileVersion>> {
-    let c = cpath(p)?;
-    let name = std::ffi::CString::new(VERSION_XATTR).unwrap_or_default();
-    let mut buf = [0u8; 128];
-    // SAFETY: valid NUL-terminated strings and a buffer of the given size.
-    let n = unsafe {
-        nix::libc::lgetxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    version_read(n, &buf)
-}
-
-/// The version kept with an open file: the copy opened, whatever is
-/// renamed over its path afterwards.
-fn read_version_fd(f: &std::fs::File) -> io::Result<Option<FileVersion>> {
-    use std::os::fd::AsRawFd;
-    let name = std::ffi::CString::new(VERSION_XATTR).unwrap_or_default();
-    let mut buf = [0u8; 128];
-    // SAFETY: an open descriptor, a NUL-terminated name and a buffer of the
-    // given size.
-    let n = unsafe {
-        nix::libc::fgetxattr(
-            f.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    version_read(n, &buf)
-}
-
-fn version_read(n: isize, buf: &[u8]) -> io::Result<Option<FileVersion>> {
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(nix::libc::ENODATA) | Some(nix::libc::ENOTSUP) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    Ok(decode_version(&buf[..n as usize]))
-}
-
-/// Keeps `v` with the file at `p`.
-fn write_version(p: &Path, v: &FileVersion) -> io::Result<()> {
-    let c = cpath(p)?;
-    let name = std::ffi::CString::new(VERSION_XATTR).unwrap_or_default();
-    let value = encode_version(v);
-    // SAFETY: valid NUL-terminated strings and a value of the given size.
-    let r = unsafe {
-        nix::libc::lsetxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn walk(dir: &Path, rel: &str, out: &mut Vec<RemoteFile>) -> io::Result<()> {
@@ -804,6 +712,23 @@ impl Storage for DiskStorage {
         }
     }
 
+    async fn checksum(
+        &self,
+        path: &VPath,
+        rate: u64,
+    ) -> io::Result<Option<(Option<FileVersion>, u32)>> {
+        let real = self.real(path)?;
+        let file = match std::fs::File::open(&real) {
+            Ok(f) if f.metadata()?.is_file() => f,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let version = read_version_fd(&file)?;
+        let crc = super::scrub::paced_crc(tokio::fs::File::from_std(file), rate).await?;
+        Ok(Some((version, crc)))
+    }
+
     async fn apply(&self, op: &FileOp) -> io::Result<OpOutcome> {
         let ignore_missing = |r: io::Result<()>| match r {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -939,6 +864,37 @@ mod tests {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn checksum_reads_the_copy_and_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DiskStorage::new(dir.path()).unwrap();
+        let path = VPath::parse_absolute("/f.bin").unwrap();
+        let file = dir.path().join("f.bin");
+        std::fs::write(&file, b"hello world").unwrap();
+        let v = FileVersion {
+            store: 1,
+            gen: 3,
+            size: 11,
+            crc32: Some(crc32fast::hash(b"hello world")),
+        };
+        write_version(&file, &v).unwrap();
+        assert_eq!(
+            s.checksum(&path, 0).await.unwrap(),
+            Some((Some(v), crc32fast::hash(b"hello world")))
+        );
+        // Bit rot: the bytes change in place, the version stays.
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.seek(std::io::SeekFrom::Start(4)).unwrap();
+        f.write_all(b"0").unwrap();
+        drop(f);
+        let (found, crc) = s.checksum(&path, 1 << 20).await.unwrap().unwrap();
+        assert_eq!(found, Some(v));
+        assert_eq!(crc, crc32fast::hash(b"hell0 world"));
+        let missing = VPath::parse_absolute("/nope").unwrap();
+        assert_eq!(s.checksum(&missing, 0).await.unwrap(), None);
     }
 
     #[tokio::test]

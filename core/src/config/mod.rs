@@ -348,6 +348,9 @@ pub struct SlaveConfig {
     /// Bytes per second this slave may read to verify its copies' CRC-32 in
     /// the background (scrub); 0: no scrub.
     pub scrub_rate: u64,
+    /// A scrub pass over every file starts this long after the previous
+    /// one began (the first a minute after the slave joins).
+    pub scrub_interval_ms: u64,
     /// Create `root` when it does not exist. Off: a missing root is an
     /// error at start (a disk that is not mounted must not fill the
     /// system disk instead). `dftpd cluster` sets it.
@@ -375,6 +378,7 @@ impl Default for SlaveConfig {
             commit_grace_ms: 60_000,
             zone: None,
             scrub_rate: 8 << 20,
+            scrub_interval_ms: 24 * 3600 * 1000,
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
             tls_cert: None,

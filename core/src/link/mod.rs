@@ -56,7 +56,8 @@ impl std::fmt::Debug for TicketKey {
 /// 2: FTPS (`Hello::data_tls`, `Welcome::ticket_key`, `Transfer::tls`).
 /// 4: file versions, the per-slave operation log (`Log`, `Applied`), log
 /// resent after `Welcome` in chunks.
-/// 5: replication (`Hello::zone`, `Send::rate`), `Receive::base`,
+/// 5: replication (`Hello::zone`, `Send::rate`, `SlaveMsg::Corrupt`),
+/// `Receive::base`,
 /// `Response::FailedAfter` (the bytes a failed transfer moved).
 pub const PROTOCOL_VERSION: u32 = 5;
 /// Bytes of operations per `Log` frame (a long queue is streamed).
@@ -318,6 +319,14 @@ pub enum SlaveMsg {
     Reply {
         rid: u64,
         response: Response,
+    },
+    /// The scrub found this copy's bytes do not match its version's
+    /// CRC-32 (`found`): the master drops it as a holder and repairs it
+    /// from a good copy.
+    Corrupt {
+        path: VPath,
+        version: FileVersion,
+        found: u32,
     },
     /// Logged operations applied, in order, with what each did.
     Applied {

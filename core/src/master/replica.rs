@@ -360,6 +360,59 @@ pub fn acked(st: &mut MasterState, slave: SlaveId, seq: u64, outcome: &OpOutcome
     note(st, &job.path);
 }
 
+/// What a corrupt copy reported by a slave's scrub led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Corruption {
+    /// Dropped as a holder (and from its disk); a copy from a good holder
+    /// is queued.
+    Repairing,
+    /// The only copy: kept (dropping it loses the file for good), and
+    /// reported for the operator.
+    OnlyCopy,
+    /// A copy of another version than the record's: removed as stale.
+    NotCurrent,
+}
+
+/// The scrub of `slave` found its copy of `path` (of `version`) corrupt.
+pub fn corrupt(
+    st: &mut MasterState,
+    slave: SlaveId,
+    path: &VPath,
+    version: &FileVersion,
+) -> Corruption {
+    let drop_it = |st: &mut MasterState| {
+        st.slaves.log_op(
+            slave,
+            FileOp::DropStale {
+                path: path.clone(),
+                version: Some(*version),
+                size: version.size,
+            },
+        );
+    };
+    let current = st
+        .db
+        .file(path)
+        .ok()
+        .filter(|m| m.version == version.gen && version.store == st.store_id)
+        .map(|m| m.holders.iter().filter(|&&h| h != slave).count());
+    match current {
+        None => {
+            drop_it(st);
+            Corruption::NotCurrent
+        }
+        Some(0) => Corruption::OnlyCopy,
+        Some(_) => {
+            // Changed now: a remerge in flight must not take it back.
+            st.slaves.touch(path);
+            let _ = st.db.remove_holder(path, slave);
+            drop_it(st);
+            note(st, path);
+            Corruption::Repairing
+        }
+    }
+}
+
 /// A rename moved `from` to `to`: queued and running paths move along.
 pub fn renamed(st: &mut MasterState, from: &VPath, to: &VPath) {
     let moved: Vec<VPath> = st
@@ -429,6 +482,40 @@ mod tests {
             )
             .unwrap();
         note(st, &p(path));
+    }
+
+    #[test]
+    fn a_corrupt_copy_is_dropped_and_repaired_unless_it_is_the_only_one() {
+        let mut st = state(2);
+        put(&mut st, "/two", &[0, 1]);
+        put(&mut st, "/one", &[0]);
+        let v = |st: &MasterState, path: &str| file_version(st, st.db.file(&p(path)).unwrap());
+        let two = v(&st, "/two");
+        assert_eq!(corrupt(&mut st, 0, &p("/two"), &two), Corruption::Repairing);
+        assert_eq!(st.db.file(&p("/two")).unwrap().holders.to_vec(), vec![1]);
+        assert!(matches!(
+            st.slaves.get(0).unwrap().log.back(),
+            Some((_, FileOp::DropStale { .. }))
+        ));
+        let jobs = next_jobs(&mut st, 10);
+        assert!(
+            jobs.iter().any(|j| j.path == p("/two") && j.from == 1),
+            "repaired from the good copy: {jobs:?}"
+        );
+        // The only copy: kept.
+        let one = v(&st, "/one");
+        let logged = st.slaves.get(0).unwrap().log.len();
+        assert_eq!(corrupt(&mut st, 0, &p("/one"), &one), Corruption::OnlyCopy);
+        assert_eq!(st.db.file(&p("/one")).unwrap().holders.to_vec(), vec![0]);
+        assert_eq!(st.slaves.get(0).unwrap().log.len(), logged);
+        // Another version than the record's: removed as stale.
+        let mut old = one;
+        old.gen -= 1;
+        assert_eq!(
+            corrupt(&mut st, 0, &p("/one"), &old),
+            Corruption::NotCurrent
+        );
+        assert_eq!(st.db.file(&p("/one")).unwrap().holders.to_vec(), vec![0]);
     }
 
     #[test]

@@ -185,6 +185,17 @@ impl World<'_> {
                     ));
                 }
             }
+            StepKind::DiskCorrupt { slave, path } => {
+                let done = self.disks.get(slave).is_some_and(|d| d.corrupt(path));
+                self.event(format!(
+                    "disk {slave}: corrupt {path}{}",
+                    if done {
+                        " (a byte flipped, its version kept)"
+                    } else {
+                        " (was not there)"
+                    }
+                ));
+            }
             StepKind::DiskRemove { slave, path } => {
                 let op = crate::history::Op {
                     client: format!("disk {slave}"),
