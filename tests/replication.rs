@@ -215,3 +215,33 @@ fn only_known_slave_names_join_and_addslave_lets_one_in() {
     assert!(slaves.contains("s2 online"), "{slaves}");
     assert!(!slaves.contains("intruder"), "{slaves}");
 }
+
+#[test]
+fn with_sync_copies_two_disks_hold_an_upload_when_its_226_comes() {
+    let mut site = Site::start(
+        "[replication]\ncopies = 2\nsync_copies = 2\n\
+         [[users]]\nname = \"root\"\npassword = \"root-pw\"\nadmin = true\n",
+    );
+    for (i, name) in ["s1", "s2", "s3"].iter().enumerate() {
+        site.add_slave(name, &format!("127.0.0.{}", 95 + i), |_| {});
+    }
+    let mut c = login(&site);
+    let all = ["s1", "s2", "s3"];
+    for i in 0..10u64 {
+        let rel = format!("f{i}.bin");
+        let data = random_bytes(100_000 + i as usize * 50_000, 40 + i);
+        assert!(c.cmd(&format!("PRET STOR /{rel}")).starts_with("200"));
+        let (_, addr) = c.pasv();
+        let (_, fin) = c.stor(&format!("/{rel}"), addr, &data);
+        assert!(
+            fin.starts_with("226") && fin.contains(" and s"),
+            "{rel}: {fin}"
+        );
+        // At the 226, not later: two disks hold it, byte-identical.
+        let h = holders(&site, &all, &rel, &data);
+        assert_eq!(h.len(), 2, "{rel} on {h:?} at its 226");
+    }
+    for n in all {
+        no_temp_left(&site.root(n));
+    }
+}

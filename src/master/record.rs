@@ -1176,6 +1176,7 @@ mod tests {
                         offset: 0,
                         version: None,
                         rate: None,
+                        pending: None,
                     }
                 },
                 route: Route::SlavePassive,

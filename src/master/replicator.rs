@@ -7,6 +7,10 @@
 //! version (paced at `rate_per_slave`), the target receives it into a
 //! temporary file, the master checks size and CRC-32 against the record and
 //! logs the commit on the target, whose acknowledgement makes it a holder.
+//!
+//! It also makes the synchronous copies of uploads (`sync_copies`,
+//! [`sync_copies`]): from the upload waiting for its commit on the
+//! receiving slave, unpaced, before the commit decision.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -14,12 +18,14 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use super::copy::{CopyEvent, CopyMachine, CopyStep, End};
+use super::db::SlaveId;
 use super::fleet;
 use super::hub::{Shared, SlaveLink};
 use super::registry::SlaveState;
 use super::replica::{self, CopyJob};
 use crate::env::Env;
-use crate::link::{DataTls, MasterMsg, Request, Response};
+use crate::link::{DataTls, FileVersion, MasterMsg, Request, Response};
+use crate::proto::VPath;
 
 /// How often the repair queue is looked at.
 const TICK: Duration = Duration::from_millis(250);
@@ -87,11 +93,125 @@ impl Ends {
     }
 }
 
-/// Runs one copy to its end.
+/// Runs one background copy to its end.
 async fn copy(env: Env, hub: Shared, job: CopyJob) {
+    let result = drive(&env, &hub, &job, None).await;
+    let mut st = hub.lock();
+    match result {
+        Ok(_) => tracing::info!(
+            path = %job.path,
+            from = %st.slaves.name(job.from),
+            to = %st.slaves.name(job.to),
+            bytes = job.version.size,
+            "copy made"
+        ),
+        Err(why) => {
+            tracing::info!(path = %job.path, to = %st.slaves.name(job.to), %why, "copy failed; will retry");
+            replica::failed(&mut st, job.id);
+        }
+    }
+    let _ = hub.flush(&mut st);
+}
+
+/// The upload a synchronous copy is made from: waiting for its commit on
+/// `slave` as transfer `xfer`, received as `size` bytes with `crc32`.
+#[derive(Debug, Clone)]
+pub struct SyncSource {
+    pub slave: SlaveId,
+    pub xfer: u64,
+    pub path: VPath,
+    pub size: u64,
+    pub crc32: u32,
+}
+
+/// Makes `want` synchronous copies of an upload waiting for its commit
+/// (`sync_copies`), one target after another (a failed one is replaced by
+/// the next candidate). Returns each copy's (slave, transfer), held
+/// uncommitted for the commit decision; on failure the copies made are
+/// released (their slaves discard them) and nothing is committed.
+pub async fn sync_copies(
+    env: &Env,
+    hub: &Shared,
+    src: SyncSource,
+    want: u32,
+) -> Result<Vec<(SlaveId, u64)>, String> {
+    let mut made: Vec<(SlaveId, u64)> = Vec::new();
+    let mut tried = BTreeSet::from([src.slave]);
+    let mut last_error = String::new();
+    while made.len() < want as usize {
+        let (target, store) = {
+            let st = hub.lock();
+            let mut holders = vec![src.slave];
+            holders.extend(made.iter().map(|(s, _)| *s));
+            (
+                replica::sync_target(&st, &holders, &tried, src.size),
+                st.store_id,
+            )
+        };
+        let Some(to) = target else {
+            release(hub, &made);
+            let why = format!(
+                "{} of {want} made, no other slave can take one{}",
+                made.len(),
+                if last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!("; last failure: {last_error}")
+                }
+            );
+            return Err(why);
+        };
+        tried.insert(to);
+        let job = CopyJob {
+            id: 0,
+            path: src.path.clone(),
+            version: FileVersion {
+                store,
+                gen: 0,
+                size: src.size,
+                crc32: Some(src.crc32),
+            },
+            from: src.slave,
+            to,
+        };
+        match drive(env, hub, &job, Some(src.xfer)).await {
+            Ok(xfer) => made.push((to, xfer)),
+            Err(why) => {
+                tracing::info!(path = %src.path, to = %hub.lock().slaves.name(to), %why, "synchronous copy failed; trying another slave");
+                last_error = why;
+            }
+        }
+    }
+    Ok(made)
+}
+
+/// Synchronous copies that will not be committed: their slaves discard
+/// them (or drop them when their wait runs out).
+fn release(hub: &Shared, made: &[(SlaveId, u64)]) {
+    let st = hub.lock();
+    for &(slave, xfer) in made {
+        if let Some(link) = st.link(slave) {
+            link.send(MasterMsg::Abort { xfer });
+        }
+    }
+}
+
+/// Performs one copy machine to its end: a background copy (`pending`
+/// None: checked against the record and committed) or a synchronous copy
+/// of the source's upload waiting as transfer `pending` (held
+/// uncommitted). `Ok`: the target's transfer id.
+async fn drive(
+    env: &Env,
+    hub: &Shared,
+    job: &CopyJob,
+    pending: Option<u64>,
+) -> Result<u64, String> {
     let prepared = {
         let mut st = hub.lock();
-        let rate = st.config.replication.rate_per_slave;
+        let rate = match (pending, st.config.replication.rate_per_slave) {
+            (Some(_), _) | (None, 0) => None,
+            (None, r) => Some(r),
+        };
         let links = (st.link(job.from), st.link(job.to));
         let from_ip = st.slaves.get(job.from).and_then(|s| s.data_ip);
         // TLS between the slaves when the link uses TLS (and the target
@@ -115,19 +235,19 @@ async fn copy(env: Env, hub: Shared, job: CopyJob) {
                     from_answer: None,
                     to_answer: None,
                 };
-                Some((ends, (rate > 0).then_some(rate)))
+                Some((ends, rate))
             }
-            _ => {
-                replica::failed(&mut st, job.id);
-                None
-            }
+            _ => None,
         }
     };
     let Some((mut ends, rate)) = prepared else {
-        return;
+        return Err("a slave of the copy is not connected".into());
     };
     let timeout = hub.lock().config.data_timeout();
-    let mut m = CopyMachine::new(job.clone(), rate);
+    let mut m = match pending {
+        Some(x) => CopyMachine::synchronous(job.clone(), x),
+        None => CopyMachine::new(job.clone(), rate),
+    };
     let mut steps = m.start();
     loop {
         let mut event = None;
@@ -176,7 +296,7 @@ async fn copy(env: Env, hub: Shared, job: CopyJob) {
                 }
                 CopyStep::Decide { size, crc32 } => {
                     let mut st = hub.lock();
-                    let decided = replica::received(&mut st, &job, ends.xfer_to, size, crc32);
+                    let decided = replica::received(&mut st, job, ends.xfer_to, size, crc32);
                     let _ = hub.flush(&mut st);
                     event = Some(CopyEvent::Decided(decided));
                 }
@@ -195,24 +315,7 @@ async fn copy(env: Env, hub: Shared, job: CopyJob) {
                     let (link, xfer) = ends.link(end);
                     link.send(MasterMsg::Abort { xfer });
                 }
-                CopyStep::Finish(result) => {
-                    let mut st = hub.lock();
-                    match result {
-                        Ok(()) => tracing::info!(
-                            path = %job.path,
-                            from = %st.slaves.name(job.from),
-                            to = %st.slaves.name(job.to),
-                            bytes = job.version.size,
-                            "copy made"
-                        ),
-                        Err(why) => {
-                            tracing::info!(path = %job.path, to = %st.slaves.name(job.to), %why, "copy failed; will retry");
-                            replica::failed(&mut st, job.id);
-                        }
-                    }
-                    let _ = hub.flush(&mut st);
-                    return;
-                }
+                CopyStep::Finish(result) => return result.map(|()| ends.xfer_to),
             }
         }
         let event = match event {

@@ -108,6 +108,15 @@ impl Storage for CountingStorage {
         let _moving = Moving::start(&self.count);
         self.inner.send(path, offset, version, out, idle).await
     }
+    async fn send_upload(
+        &self,
+        up: &PendingUpload,
+        out: &mut BoxStream,
+        idle: Duration,
+    ) -> Result<u64, StorageError> {
+        let _moving = Moving::start(&self.count);
+        self.inner.send_upload(up, out, idle).await
+    }
     async fn receive(
         &self,
         path: &VPath,

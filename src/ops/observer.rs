@@ -162,6 +162,7 @@ mod tests {
                     offset: 0,
                     version: None,
                     rate: None,
+                    pending: None,
                 }
             },
             route: Route::SlavePassive,

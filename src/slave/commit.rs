@@ -18,7 +18,8 @@ use crate::proto::VPath;
 struct Held {
     /// The master process these uploads belong to.
     instance: u64,
-    uploads: BTreeMap<u64, PendingUpload>,
+    /// Each with the moment it is discarded unless committed.
+    uploads: BTreeMap<u64, (PendingUpload, tokio::time::Instant)>,
 }
 
 /// The waiting room (cheap to clone; one per slave process).
@@ -49,7 +50,10 @@ impl Awaiting {
                 return;
             }
             h.instance = instance;
-            std::mem::take(&mut h.uploads).into_values().collect()
+            std::mem::take(&mut h.uploads)
+                .into_values()
+                .map(|(up, _)| up)
+                .collect()
         };
         for up in stale {
             storage.discard(&up).await;
@@ -59,22 +63,48 @@ impl Awaiting {
     /// Holds transfer `xfer`'s received upload until its commit, an abort
     /// or the grace period's end.
     pub fn hold(&self, xfer: u64, up: PendingUpload, storage: Arc<dyn Storage>) {
-        self.lock().uploads.insert(xfer, up);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        self.lock().uploads.insert(xfer, (up, deadline));
         let me = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(me.grace).await;
-            let expired = me.lock().uploads.remove(&xfer);
-            if let Some(up) = expired {
-                tracing::info!(xfer, path = %up.path, "upload discarded: no commit in time");
-                storage.discard(&up).await;
+            let mut wake = deadline;
+            loop {
+                tokio::time::sleep_until(wake).await;
+                let expired = {
+                    let mut h = me.lock();
+                    match h.uploads.get(&xfer) {
+                        None => return,
+                        // Lent for a synchronous copy meanwhile: later.
+                        Some((_, d)) if *d > tokio::time::Instant::now() => {
+                            wake = *d;
+                            None
+                        }
+                        Some(_) => h.uploads.remove(&xfer).map(|(up, _)| up),
+                    }
+                };
+                if let Some(up) = expired {
+                    tracing::info!(xfer, path = %up.path, "upload discarded: no commit in time");
+                    storage.discard(&up).await;
+                    return;
+                }
             }
         });
+    }
+
+    /// The upload of transfer `xfer`, to send it to another slave (a
+    /// synchronous copy): it waits a full grace period again from now.
+    pub fn lend(&self, xfer: u64) -> Option<PendingUpload> {
+        let grace = self.grace;
+        let mut h = self.lock();
+        let (up, deadline) = h.uploads.get_mut(&xfer)?;
+        *deadline = tokio::time::Instant::now() + grace;
+        Some(up.clone())
     }
 
     /// The master aborted transfer `xfer` (ABOR, a lost race): discard it.
     pub async fn discard(&self, xfer: u64, storage: &Arc<dyn Storage>) {
         let up = self.lock().uploads.remove(&xfer);
-        if let Some(up) = up {
+        if let Some((up, _)) = up {
             storage.discard(&up).await;
         }
     }
@@ -89,7 +119,7 @@ impl Awaiting {
         version: &FileVersion,
         storage: &Arc<dyn Storage>,
     ) -> OpOutcome {
-        let up = self.lock().uploads.remove(&xfer);
+        let up = self.lock().uploads.remove(&xfer).map(|(up, _)| up);
         match up {
             Some(up) if up.path == *path => match storage.commit(&up, version).await {
                 Ok((size, mtime)) => OpOutcome::Committed { size, mtime },

@@ -120,6 +120,23 @@ impl MemDisk {
     }
 }
 
+/// Writes `data` from `offset` to `out` in chunks, then shuts it down.
+async fn send_bytes(
+    data: &[u8],
+    offset: u64,
+    out: &mut BoxStream,
+    idle: Duration,
+) -> Result<u64, StorageError> {
+    let start = (offset.min(data.len() as u64)) as usize;
+    let mut sent = 0u64;
+    for chunk in data[start..].chunks(CHUNK) {
+        on_data(idle, out.write_all(chunk)).await?;
+        sent += chunk.len() as u64;
+    }
+    on_data(idle, out.shutdown()).await?;
+    Ok(sent)
+}
+
 /// [`Storage`] over a [`MemDisk`].
 pub struct MemStorage {
     disk: MemDisk,
@@ -186,15 +203,21 @@ impl Storage for MemStorage {
                 return Err(StorageError::NotCurrent);
             }
         }
-        let data = file.data;
-        let start = (offset.min(data.len() as u64)) as usize;
-        let mut sent = 0u64;
-        for chunk in data[start..].chunks(CHUNK) {
-            on_data(idle, out.write_all(chunk)).await?;
-            sent += chunk.len() as u64;
-        }
-        on_data(idle, out.shutdown()).await?;
-        Ok(sent)
+        send_bytes(&file.data, offset, out, idle).await
+    }
+
+    async fn send_upload(
+        &self,
+        up: &PendingUpload,
+        out: &mut BoxStream,
+        idle: Duration,
+    ) -> Result<u64, StorageError> {
+        let data = up
+            .temp
+            .as_ref()
+            .and_then(|name| self.disk.lock().temp.get(name).cloned())
+            .ok_or(StorageError::NotFound)?;
+        send_bytes(&data, 0, out, idle).await
     }
 
     async fn receive(

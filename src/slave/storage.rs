@@ -149,6 +149,14 @@ pub trait Storage: Send + Sync + 'static {
         out: &mut BoxStream,
         idle: Duration,
     ) -> Result<u64, StorageError>;
+    /// Sends a received upload that waits for its commit (a synchronous
+    /// copy to another slave), then shuts `out` down.
+    async fn send_upload(
+        &self,
+        up: &PendingUpload,
+        out: &mut BoxStream,
+        idle: Duration,
+    ) -> Result<u64, StorageError>;
     /// Receives `input` until EOF. `offset` and `base` as in
     /// [`crate::link::TransferOrder::Receive`].
     async fn receive(
@@ -267,6 +275,60 @@ impl DiskStorage {
 
     fn temp_path(&self, name: &str) -> PathBuf {
         self.root.join(TEMP_DIR).join(name)
+    }
+
+    /// Sends the file at `real` from `offset` (with `version`: only if that
+    /// is the copy opened), then shuts `out` down.
+    async fn send_at(
+        &self,
+        real: &Path,
+        offset: u64,
+        version: Option<&FileVersion>,
+        out: &mut BoxStream,
+        idle: Duration,
+    ) -> Result<u64, StorageError> {
+        // Opened on this worker thread, not the blocking pool: open + fstat
+        // of a file whose metadata is cached costs microseconds, a hand-off
+        // to the pool costs two thread wake-ups, and small-file rates are
+        // bounded by exactly those (see ARCHITECTURE.md, performance).
+        let open = || -> io::Result<(std::fs::File, u64)> {
+            let f = std::fs::File::open(real)?;
+            let m = f.metadata()?;
+            if !m.is_file() {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "not a file"));
+            }
+            Ok((f, m.len()))
+        };
+        let (file, len) = open().map_err(disk)?;
+        if let Some(wanted) = version {
+            // The copy opened is the one served (a rename over the path
+            // afterwards does not change an open file).
+            let found = read_version_fd(&file).map_err(disk)?;
+            if !is_version(found.as_ref(), wanted) || len != wanted.size {
+                return Err(StorageError::NotCurrent);
+            }
+        }
+        let sent = if let Some(tcp) = out.as_tcp() {
+            sendfile_all(tcp, &file, offset.min(len), len, idle).await?
+        } else {
+            let mut f = tokio::fs::File::from_std(file);
+            f.seek(io::SeekFrom::Start(offset))
+                .await
+                .map_err(StorageError::Disk)?;
+            let mut buf = vec![0u8; COPY_BUF];
+            let mut sent = 0u64;
+            loop {
+                let n = f.read(&mut buf).await.map_err(StorageError::Disk)?;
+                if n == 0 {
+                    break;
+                }
+                on_data(idle, out.write_all(&buf[..n])).await?;
+                sent += n as u64;
+            }
+            sent
+        };
+        on_data(idle, out.shutdown()).await?;
+        Ok(sent)
     }
 }
 
@@ -483,49 +545,21 @@ impl Storage for DiskStorage {
         out: &mut BoxStream,
         idle: Duration,
     ) -> Result<u64, StorageError> {
-        // Opened on this worker thread, not the blocking pool: open + fstat
-        // of a file whose metadata is cached costs microseconds, a hand-off
-        // to the pool costs two thread wake-ups, and small-file rates are
-        // bounded by exactly those (see ARCHITECTURE.md, performance).
         let real = self.real(path).map_err(disk)?;
-        let open = || -> io::Result<(std::fs::File, u64)> {
-            let f = std::fs::File::open(&real)?;
-            let m = f.metadata()?;
-            if !m.is_file() {
-                return Err(io::Error::new(io::ErrorKind::NotFound, "not a file"));
-            }
-            Ok((f, m.len()))
+        self.send_at(&real, offset, version, out, idle).await
+    }
+
+    async fn send_upload(
+        &self,
+        up: &PendingUpload,
+        out: &mut BoxStream,
+        idle: Duration,
+    ) -> Result<u64, StorageError> {
+        let Some(name) = &up.temp else {
+            return Err(StorageError::NotFound);
         };
-        let (file, len) = open().map_err(disk)?;
-        if let Some(wanted) = version {
-            // The copy opened is the one served (a rename over the path
-            // afterwards does not change an open file).
-            let found = read_version_fd(&file).map_err(disk)?;
-            if !is_version(found.as_ref(), wanted) || len != wanted.size {
-                return Err(StorageError::NotCurrent);
-            }
-        }
-        let sent = if let Some(tcp) = out.as_tcp() {
-            sendfile_all(tcp, &file, offset.min(len), len, idle).await?
-        } else {
-            let mut f = tokio::fs::File::from_std(file);
-            f.seek(io::SeekFrom::Start(offset))
-                .await
-                .map_err(StorageError::Disk)?;
-            let mut buf = vec![0u8; COPY_BUF];
-            let mut sent = 0u64;
-            loop {
-                let n = f.read(&mut buf).await.map_err(StorageError::Disk)?;
-                if n == 0 {
-                    break;
-                }
-                on_data(idle, out.write_all(&buf[..n])).await?;
-                sent += n as u64;
-            }
-            sent
-        };
-        on_data(idle, out.shutdown()).await?;
-        Ok(sent)
+        self.send_at(&self.temp_path(name), 0, None, out, idle)
+            .await
     }
 
     async fn receive(

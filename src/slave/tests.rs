@@ -209,6 +209,7 @@ async fn an_upload_waits_for_its_commit_entry_and_keeps_the_version() {
                 offset: 0,
                 version: Some(older),
                 rate: None,
+                pending: None,
             },
             data: DataConn::Active(addr),
             tls: None,

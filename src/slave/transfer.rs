@@ -238,20 +238,33 @@ async fn execute(
             offset,
             version,
             rate,
+            pending,
         } => {
             if let Some(rate) = rate {
                 // A copy to another slave: paced, so client transfers keep
                 // priority.
                 stream = Box::new(crate::env::Paced::new(stream, rate));
             }
+            // A synchronous copy sends an upload still waiting for its
+            // commit here (it waits a full grace period again).
+            let lent = pending.map(|x| ctx.awaiting.lend(x));
             let result = tokio::select! {
                 biased;
                 _ = wait_closed(&mut cmds) => {
                     reply(&ctx, rid, aborted());
                     return;
                 }
-                r = ctx.storage.send(&path, offset, version.as_ref(), &mut stream, ctx.data_timeout) => r,
+                r = async {
+                    match &lent {
+                        None => ctx.storage.send(&path, offset, version.as_ref(), &mut stream, ctx.data_timeout).await,
+                        Some(Some(up)) => ctx.storage.send_upload(up, &mut stream, ctx.data_timeout).await,
+                        Some(None) => Err(StorageError::NotFound),
+                    }
+                } => r,
             };
+            if let Some(x) = pending {
+                ctx.awaiting.lend(x);
+            }
             match result {
                 Ok(bytes) => {
                     tracing::debug!(%path, bytes, ms = started.elapsed().as_millis() as u64, "sent");

@@ -57,7 +57,7 @@ impl std::fmt::Debug for TicketKey {
 /// 4: file versions, the per-slave operation log (`Log`, `Applied`), log
 /// resent after `Welcome` in chunks.
 /// 5: replication (`Hello::zone`, `Send::rate`, `SlaveMsg::Corrupt`),
-/// `Receive::base`,
+/// `Receive::base`, `Send::pending`,
 /// `Response::FailedAfter` (the bytes a failed transfer moved).
 pub const PROTOCOL_VERSION: u32 = 5;
 /// Bytes of operations per `Log` frame (a long queue is streamed).
@@ -201,6 +201,10 @@ pub enum TransferOrder {
         /// Bytes per second at most (copies between slaves are capped so
         /// client transfers keep priority); `None`: as fast as it goes.
         rate: Option<u64>,
+        /// Send the upload of transfer `pending` that waits here for its
+        /// commit (a synchronous copy, made before the commit decision)
+        /// instead of the file at `path`.
+        pending: Option<u64>,
     },
     /// Receive into `path`. `offset`: `None` writes a new file through a
     /// temporary name; `Some(n)` writes into the existing file from byte `n`

@@ -42,6 +42,10 @@ pub enum Expect {
 pub struct UploadTarget {
     pub path: VPath,
     pub expect: Expect,
+    /// Copies on other slaves its 226 waits for (`sync_copies` - 1): made
+    /// from the received upload before the commit decision, committed
+    /// with it.
+    pub sync: u32,
 }
 
 /// A decided commit waiting for the slave's acknowledgement.
@@ -52,6 +56,9 @@ pub struct PendingCommit {
     pub version: u64,
     /// The record it replaced, restored if the commit fails.
     pub prev: Option<FileMeta>,
+    /// The uploading slave's commit (else a synchronous copy's: its
+    /// failure only drops that copy).
+    pub primary: bool,
 }
 
 /// The version as slaves keep it.
@@ -64,19 +71,19 @@ pub fn file_version(st: &MasterState, meta: &FileMeta) -> FileVersion {
     }
 }
 
-/// Step 3: the compare-and-swap and the new version. Returns the sequence
-/// number of the `Commit` entry in `slave`'s log, or the reply for a lost
-/// race.
-#[allow(clippy::too_many_arguments)]
+/// Step 3: the compare-and-swap and the new version. `copies`: the
+/// uploading slave and its transfer, then the synchronous copies' (slave,
+/// transfer) waiting on other slaves; every one becomes a holder and gets
+/// a `Commit` entry. Returns (slave, sequence number) of each entry, the
+/// uploading slave's first, or the reply for a lost race.
 pub fn decide(
     st: &mut MasterState,
-    slave: SlaveId,
-    xfer: u64,
+    copies: &[(SlaveId, u64)],
     target: &UploadTarget,
     size: u64,
     crc32: u32,
     owner: &str,
-) -> Result<u64, Reply> {
+) -> Result<Vec<(SlaveId, u64)>, Reply> {
     let path = &target.path;
     let current = match st.db.get(path) {
         Some(Node::Dir(_)) => {
@@ -110,6 +117,9 @@ pub fn decide(
     }
     let owner_id = st.db.intern(owner);
     let gen = st.db.new_version();
+    let mut holders: Vec<SlaveId> = copies.iter().map(|(s, _)| *s).collect();
+    holders.sort_unstable();
+    holders.dedup();
     let meta = FileMeta {
         size,
         mtime: now,
@@ -117,7 +127,7 @@ pub fn decide(
         group: owner_id,
         crc32: Some(crc32),
         version: gen,
-        holders: Holders::from_slice(&[slave]),
+        holders: Holders::from_vec(holders),
     };
     let version = file_version(st, &meta);
     let prev = match st.db.put_file(path, meta) {
@@ -125,23 +135,28 @@ pub fn decide(
         Err(e) => return Err(Reply::new(550, format!("{path}: {e}; nothing stored"))),
     };
     st.slaves.touch(path);
-    let seq = st.slaves.log_op(
-        slave,
-        FileOp::Commit {
-            xfer,
-            path: path.clone(),
-            version,
-        },
-    );
-    st.commits.insert(
-        (slave, seq),
-        PendingCommit {
-            path: path.clone(),
-            version: gen,
-            prev,
-        },
-    );
-    Ok(seq)
+    let mut seqs = Vec::with_capacity(copies.len());
+    for (i, &(slave, xfer)) in copies.iter().enumerate() {
+        let seq = st.slaves.log_op(
+            slave,
+            FileOp::Commit {
+                xfer,
+                path: path.clone(),
+                version,
+            },
+        );
+        st.commits.insert(
+            (slave, seq),
+            PendingCommit {
+                path: path.clone(),
+                version: gen,
+                prev: if i == 0 { prev.clone() } else { None },
+                primary: i == 0,
+            },
+        );
+        seqs.push((slave, seq));
+    }
+    Ok(seqs)
 }
 
 /// Step 4: slave `slave` acknowledged log entry `seq`; if it was a commit,
@@ -152,6 +167,42 @@ pub fn acked(st: &mut MasterState, slave: SlaveId, seq: u64, outcome: &OpOutcome
     };
     let ours = st.db.file(&pc.path).is_ok_and(|f| f.version == pc.version);
     let committed = !matches!(outcome, OpOutcome::Failed(_));
+    if !pc.primary {
+        // A synchronous copy: a failed one is just not a holder; one whose
+        // upload did not commit after all (the record went back) is stale.
+        match (committed, ours) {
+            (false, true) => {
+                let _ = st.db.remove_holder(&pc.path, slave);
+            }
+            (true, false)
+                if !st
+                    .db
+                    .file(&pc.path)
+                    .is_ok_and(|f| f.holders.contains(&slave)) =>
+            {
+                let size = match outcome {
+                    OpOutcome::Committed { size, .. } => *size,
+                    _ => 0,
+                };
+                st.slaves.log_op(
+                    slave,
+                    FileOp::DropStale {
+                        path: pc.path.clone(),
+                        version: Some(FileVersion {
+                            store: st.store_id,
+                            gen: pc.version,
+                            size,
+                            crc32: None,
+                        }),
+                        size,
+                    },
+                );
+            }
+            _ => {}
+        }
+        super::replica::note(st, &pc.path);
+        return;
+    }
     if committed {
         if let (true, OpOutcome::Committed { mtime, .. }) = (ours, outcome) {
             let _ = st.db.set_mtime(&pc.path, *mtime);
@@ -201,5 +252,77 @@ pub fn renamed(st: &mut MasterState, from: &VPath, to: &VPath) {
                 pc.path = p;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MasterConfig;
+    use std::sync::Arc;
+
+    fn p(s: &str) -> VPath {
+        VPath::parse_absolute(s).unwrap()
+    }
+
+    fn state() -> MasterState {
+        let mut st = MasterState::new(Arc::new(MasterConfig::default()));
+        for name in ["a", "b", "c"] {
+            st.slaves.id_for(name);
+        }
+        st
+    }
+
+    fn target(path: &str) -> UploadTarget {
+        UploadTarget {
+            path: p(path),
+            expect: Expect::Any,
+            sync: 1,
+        }
+    }
+
+    #[test]
+    fn synchronous_copies_are_committed_with_the_upload() {
+        let mut st = state();
+        let seqs = decide(&mut st, &[(0, 10), (2, 11)], &target("/f"), 5, 7, "u").unwrap();
+        assert_eq!(seqs.iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 2]);
+        let f = st.db.file(&p("/f")).unwrap();
+        assert_eq!(f.holders.to_vec(), vec![0, 2]);
+        for (slave, xfer) in [(0, 10), (2, 11)] {
+            assert!(matches!(
+                st.slaves.get(slave).unwrap().log.back(),
+                Some((_, FileOp::Commit { xfer: x, .. })) if *x == xfer
+            ));
+        }
+        // The copy on c fails to commit: c is no holder; the upload stays.
+        acked(&mut st, 2, seqs[1].1, &OpOutcome::Failed("disk".into()));
+        acked(
+            &mut st,
+            0,
+            seqs[0].1,
+            &OpOutcome::Committed { size: 5, mtime: 3 },
+        );
+        let f = st.db.file(&p("/f")).unwrap();
+        assert_eq!((f.holders.to_vec(), f.mtime), (vec![0], 3));
+    }
+
+    #[test]
+    fn a_copy_of_an_upload_that_did_not_commit_is_removed() {
+        let mut st = state();
+        let seqs = decide(&mut st, &[(0, 10), (1, 11)], &target("/g"), 5, 7, "u").unwrap();
+        // The upload's own commit fails: the record goes (nothing before).
+        acked(&mut st, 0, seqs[0].1, &OpOutcome::Failed("disk".into()));
+        assert!(st.db.file(&p("/g")).is_err());
+        // Its copy on b committed meanwhile: stale, removed.
+        acked(
+            &mut st,
+            1,
+            seqs[1].1,
+            &OpOutcome::Committed { size: 5, mtime: 3 },
+        );
+        assert!(matches!(
+            st.slaves.get(1).unwrap().log.back(),
+            Some((_, FileOp::DropStale { path, .. })) if *path == p("/g")
+        ));
     }
 }

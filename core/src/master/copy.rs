@@ -13,6 +13,12 @@
 //! counts only after the master checked its size and CRC-32 against the
 //! record ([`super::replica::received`]) and the target committed it with
 //! the same version (two-phase, as an upload).
+//!
+//! A synchronous copy ([`CopyMachine::synchronous`], `sync_copies`) is
+//! made from an upload still waiting for its commit on the source, before
+//! the commit decision: it ends once the target holds the bytes (size and
+//! CRC-32 as received from the client), uncommitted; the upload's commit
+//! decision then commits it on every such target at once.
 
 use std::net::SocketAddr;
 
@@ -73,6 +79,8 @@ enum Phase {
 pub struct CopyMachine {
     job: CopyJob,
     rate: Option<u64>,
+    /// A synchronous copy of the source's upload waiting as transfer N.
+    pending: Option<u64>,
     phase: Phase,
 }
 
@@ -82,6 +90,19 @@ impl CopyMachine {
         CopyMachine {
             job,
             rate,
+            pending: None,
+            phase: Phase::Listening,
+        }
+    }
+
+    /// A synchronous copy of the upload of transfer `pending`, waiting for
+    /// its commit on `job.from`; `job.version` holds the size and CRC-32
+    /// it was received with. Done when the target holds it uncommitted.
+    pub fn synchronous(job: CopyJob, pending: u64) -> CopyMachine {
+        CopyMachine {
+            job,
+            rate: None,
+            pending: Some(pending),
             phase: Phase::Listening,
         }
     }
@@ -114,12 +135,30 @@ impl CopyMachine {
                         order: TransferOrder::Send {
                             path: self.job.path.clone(),
                             offset: 0,
-                            version: Some(self.job.version),
+                            version: self.pending.is_none().then_some(self.job.version),
                             rate: self.rate,
+                            pending: self.pending,
                         },
                         data: DataConn::Active(addr),
                     },
                 ]
+            }
+            (
+                Phase::Copying,
+                CopyEvent::Answer(End::To, Response::Received { size, crc32, .. }),
+            ) if self.pending.is_some() => {
+                let v = self.job.version;
+                if size == v.size && Some(crc32) == v.crc32 {
+                    self.phase = Phase::Done;
+                    vec![CopyStep::Finish(Ok(()))]
+                } else {
+                    self.fail(
+                        vec![CopyStep::Abort(End::To)],
+                        format!(
+                            "the copy arrived as {size} bytes crc32 {crc32:08x}, not as uploaded"
+                        ),
+                    )
+                }
             }
             (
                 Phase::Copying,
@@ -197,6 +236,54 @@ mod tests {
             from: 0,
             to: 1,
         }
+    }
+
+    #[test]
+    fn a_synchronous_copy_sends_the_waiting_upload_and_ends_uncommitted() {
+        let mut m = CopyMachine::synchronous(job(), 77);
+        assert_eq!(m.start(), vec![CopyStep::Listen]);
+        let addr: SocketAddr = "127.0.0.12:5000".parse().unwrap();
+        let s = m.on(CopyEvent::Listening(addr));
+        assert!(
+            s.iter().any(|s| matches!(
+                s,
+                CopyStep::Order {
+                    end: End::From,
+                    order: TransferOrder::Send {
+                        pending: Some(77),
+                        version: None,
+                        rate: None,
+                        ..
+                    },
+                    ..
+                }
+            )),
+            "{s:?}"
+        );
+        // Received as uploaded (size 3, crc 4): done, no decision.
+        let s = m.on(CopyEvent::Answer(
+            End::To,
+            Response::Received {
+                bytes: 3,
+                size: 3,
+                crc32: 4,
+            },
+        ));
+        assert_eq!(s, vec![CopyStep::Finish(Ok(()))]);
+        // Other bytes: the target's copy is dropped, the copy failed.
+        let mut m = CopyMachine::synchronous(job(), 77);
+        m.start();
+        m.on(CopyEvent::Listening(addr));
+        let s = m.on(CopyEvent::Answer(
+            End::To,
+            Response::Received {
+                bytes: 3,
+                size: 3,
+                crc32: 5,
+            },
+        ));
+        assert_eq!(s[0], CopyStep::Abort(End::To));
+        assert!(matches!(s[1], CopyStep::Finish(Err(_))));
     }
 
     #[test]

@@ -157,8 +157,31 @@ pub fn newly_lost(st: &MasterState, seen: &BTreeSet<SlaveId>) -> Vec<SlaveId> {
 /// with room and a free copy slot; a zone no holder is in first, then the
 /// most free space.
 fn target(st: &MasterState, meta: &FileMeta, size: u64) -> Option<SlaveId> {
-    let zones: BTreeSet<&str> = meta
-        .holders
+    pick_target(st, &meta.holders, &meta.holders, size, true)
+}
+
+/// A target for a synchronous copy of an upload of `size` bytes whose
+/// copies are on `holders` (the uploading slave first), never one of
+/// `tried`: as for background copies, without the per-slave copy limit
+/// (the client waits).
+pub fn sync_target(
+    st: &MasterState,
+    holders: &[SlaveId],
+    tried: &BTreeSet<SlaveId>,
+    size: u64,
+) -> Option<SlaveId> {
+    let tried: Vec<SlaveId> = tried.iter().copied().collect();
+    pick_target(st, holders, &tried, size, false)
+}
+
+fn pick_target(
+    st: &MasterState,
+    holders: &[SlaveId],
+    exclude: &[SlaveId],
+    size: u64,
+    limited: bool,
+) -> Option<SlaveId> {
+    let zones: BTreeSet<&str> = holders
         .iter()
         .filter_map(|h| st.slaves.get(*h)?.zone.as_deref())
         .collect();
@@ -169,8 +192,9 @@ fn target(st: &MasterState, meta: &FileMeta, size: u64) -> Option<SlaveId> {
             s.is_online()
                 && !s.draining
                 && !s.removed
-                && !meta.holders.contains(id)
-                && s.copy_jobs < limit
+                && !holders.contains(id)
+                && !exclude.contains(id)
+                && (!limited || s.copy_jobs < limit)
                 && s.free > size.saturating_add(st.config.min_free_bytes)
         })
         .max_by_key(|(id, s)| {

@@ -9,9 +9,14 @@
 //!    │                                      │
 //!    └──────────── Order + 150 ────────────▶│ Received
 //!                                           ▼
-//!                                        Probing ──alive──▶ Deciding ──▶ Committing ──▶ Done
+//!                                        Probing ──alive──▶ [Syncing] ──▶ Deciding ──▶ Committing ──▶ Done
 //!                                           └──ABOR/closed──▶ Done (aborted)   └─lost race─▶ Done
 //! ```
+//!
+//! `Syncing` (`sync_copies` > 1): the received upload is copied to other
+//! slaves before the commit decision, which then commits every copy; the
+//! 226 waits for all of them. Fewer copies than wanted: nothing is
+//! committed anywhere.
 //!
 //! Decisions made here, not in the driver:
 //! - an upload is committed only after the slave has it all, the control
@@ -24,6 +29,7 @@
 
 use std::net::SocketAddr;
 
+use super::db::SlaveId;
 use super::session::{Route, TransferJob, TransferOutcome};
 use crate::link::{DataConn, OpOutcome, Response, TransferFailure};
 use crate::proto::Reply;
@@ -57,13 +63,22 @@ pub enum Step {
     /// Look at the control connection once before committing, then report
     /// [`Event::ControlAlive`], [`Event::Abor`] or [`Event::ControlClosed`].
     ProbeControl,
+    /// Copy the received (uncommitted) upload to `want` other slaves, then
+    /// report [`Event::Synced`] with each copy's (slave, transfer).
+    SyncCopies { size: u64, crc32: u32, want: u32 },
     /// Make the commit decision (`Session::decide_commit`, under the state
-    /// lock) and report [`Event::Decided`].
-    Decide { size: u64, crc32: u32 },
-    /// Wait for the slave's acknowledgement of log entry `seq` (the
-    /// commit), across a reconnect, for a bounded time; report
-    /// [`Event::CommitAck`] or [`Event::CommitUnknown`].
-    AwaitCommit { seq: u64 },
+    /// lock) for the upload and its synchronous `copies`, and report
+    /// [`Event::Decided`].
+    Decide {
+        size: u64,
+        crc32: u32,
+        copies: Vec<(SlaveId, u64)>,
+    },
+    /// Wait for the acknowledgement of each (slave, log entry) (the
+    /// commits; the uploading slave's first), across reconnects, for a
+    /// bounded time; report [`Event::CommitAck`] (the uploading slave's,
+    /// every copy committed) or [`Event::CommitUnknown`].
+    AwaitCommit { seqs: Vec<(SlaveId, u64)> },
     /// Hold the caught data connection open until the final reply is sent
     /// (a client must read the 425 before its data connection closes).
     Park,
@@ -95,9 +110,12 @@ pub enum Event {
     /// The relay could not be set up. `listening`: the slave had opened a
     /// listener for it (which must be released).
     RelayFailed { listening: bool, lost: bool },
-    /// The commit decision: the log entry to wait for, or the reply of an
-    /// upload that lost a race.
-    Decided(Result<u64, Reply>),
+    /// The synchronous copies: each (slave, transfer) holding the upload
+    /// uncommitted, or why fewer than wanted could be made.
+    Synced(Result<Vec<(SlaveId, u64)>, String>),
+    /// The commit decision: the log entries to wait for, or the reply of
+    /// an upload that lost a race.
+    Decided(Result<Vec<(SlaveId, u64)>, Reply>),
     /// The slave applied the commit entry.
     CommitAck(OpOutcome),
     /// No acknowledgement within the bound.
@@ -109,6 +127,7 @@ enum Phase {
     RelaySetup,
     Running,
     Probing { size: u64, crc32: u32 },
+    Syncing { size: u64, crc32: u32 },
     Deciding { crc32: u32 },
     Committing { crc32: u32 },
     Done,
@@ -131,6 +150,8 @@ pub struct TransferMachine {
     control_closed: bool,
     /// A client was caught mid-transfer; the slave's side is being aborted.
     caught: bool,
+    /// Synchronous copies an upload waits for (`UploadTarget::sync`).
+    sync: u32,
 }
 
 impl TransferMachine {
@@ -152,6 +173,7 @@ impl TransferMachine {
             aborted: false,
             control_closed: false,
             caught: false,
+            sync: job.upload.as_ref().map_or(0, |u| u.sync),
         }
     }
 
@@ -267,12 +289,43 @@ impl TransferMachine {
                 if self.gone() {
                     return self.cancel_commit();
                 }
+                if self.sync > 0 {
+                    self.phase = Phase::Syncing { size, crc32 };
+                    return vec![Step::SyncCopies {
+                        size,
+                        crc32,
+                        want: self.sync,
+                    }];
+                }
                 self.phase = Phase::Deciding { crc32 };
-                vec![Step::Decide { size, crc32 }]
+                vec![Step::Decide {
+                    size,
+                    crc32,
+                    copies: Vec::new(),
+                }]
             }
-            (Phase::Deciding { crc32 }, Event::Decided(Ok(seq))) => {
+            (Phase::Syncing { size, crc32 }, Event::Synced(Ok(copies))) => {
+                self.phase = Phase::Deciding { crc32 };
+                vec![Step::Decide {
+                    size,
+                    crc32,
+                    copies,
+                }]
+            }
+            (Phase::Syncing { .. }, Event::Synced(Err(why))) => {
+                // Nothing committed anywhere: the slave discards the upload
+                // (the driver released the copies it made).
+                vec![
+                    Step::AbortSlave,
+                    self.finish(TransferOutcome::Failed(TransferFailure::Storage(format!(
+                        "could not make the synchronous {} ({why}); nothing stored",
+                        if self.sync == 1 { "copy" } else { "copies" }
+                    )))),
+                ]
+            }
+            (Phase::Deciding { crc32 }, Event::Decided(Ok(seqs))) => {
                 self.phase = Phase::Committing { crc32 };
-                vec![Step::AwaitCommit { seq }]
+                vec![Step::AwaitCommit { seqs }]
             }
             (Phase::Deciding { .. }, Event::Decided(Err(reply))) => {
                 // Lost a race: the slave discards the received file.
@@ -407,6 +460,7 @@ mod tests {
                     offset: 0,
                     version: None,
                     rate: None,
+                    pending: None,
                 }
             },
             route,
@@ -470,11 +524,17 @@ mod tests {
         assert_eq!(s, vec![Step::ProbeControl]);
         assert_eq!(
             m.on(Event::ControlAlive),
-            vec![Step::Decide { size: 3, crc32: 9 }]
+            vec![Step::Decide {
+                size: 3,
+                crc32: 9,
+                copies: Vec::new()
+            }]
         );
         assert_eq!(
-            m.on(Event::Decided(Ok(41))),
-            vec![Step::AwaitCommit { seq: 41 }]
+            m.on(Event::Decided(Ok(vec![(0, 41)]))),
+            vec![Step::AwaitCommit {
+                seqs: vec![(0, 41)]
+            }]
         );
         // A lost link does not end it: the entry is resent on reconnect.
         assert!(m.on(Event::SlaveLost).is_empty());
@@ -490,6 +550,62 @@ mod tests {
                 false
             ))
         );
+    }
+
+    #[test]
+    fn synchronous_copies_come_before_the_decision_or_nothing_is_stored() {
+        let received = Event::Slave(Response::Received {
+            bytes: 3,
+            size: 3,
+            crc32: 9,
+        });
+        let with_sync = |sync| {
+            let mut j = job(Route::SlavePassive, true);
+            j.upload = Some(crate::master::commit::UploadTarget {
+                path: VPath::parse_absolute("/f").unwrap(),
+                expect: crate::master::commit::Expect::Any,
+                sync,
+            });
+            let mut m = TransferMachine::new(&j, false, announced(), local());
+            m.start(true, false, false);
+            m.on(received.clone());
+            m
+        };
+        let mut m = with_sync(2);
+        assert_eq!(
+            m.on(Event::ControlAlive),
+            vec![Step::SyncCopies {
+                size: 3,
+                crc32: 9,
+                want: 2
+            }]
+        );
+        assert_eq!(
+            m.on(Event::Synced(Ok(vec![(1, 70), (2, 71)]))),
+            vec![Step::Decide {
+                size: 3,
+                crc32: 9,
+                copies: vec![(1, 70), (2, 71)]
+            }]
+        );
+        assert_eq!(
+            m.on(Event::Decided(Ok(vec![(0, 5), (1, 6), (2, 7)]))),
+            vec![Step::AwaitCommit {
+                seqs: vec![(0, 5), (1, 6), (2, 7)]
+            }]
+        );
+        // Too few copies: the upload is discarded, nothing decided.
+        let mut m = with_sync(1);
+        m.on(Event::ControlAlive);
+        let s = m.on(Event::Synced(Err("no other slave".into())));
+        assert_eq!(s[0], Step::AbortSlave);
+        assert!(!s.iter().any(|s| matches!(s, Step::Decide { .. })));
+        match finish(&s) {
+            Some((TransferOutcome::Failed(TransferFailure::Storage(why)), false)) => {
+                assert!(why.contains("nothing stored"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -511,7 +627,7 @@ mod tests {
         m.start(true, false, false);
         m.on(received);
         m.on(Event::ControlAlive);
-        m.on(Event::Decided(Ok(3)));
+        m.on(Event::Decided(Ok(vec![(0, 3)])));
         let s = m.on(Event::CommitUnknown);
         assert_eq!(finish(&s).unwrap().0, TransferOutcome::Unknown);
     }

@@ -13,7 +13,8 @@ use super::{
 };
 use crate::config::PasvWithoutPret;
 use crate::env::{accept_from, pump_counted, BoxStream, NetListener};
-use crate::link::{DataTls, Request, Response};
+use crate::link::{DataTls, OpOutcome, Request, Response};
+use crate::master::db::SlaveId;
 use crate::master::hub::{SlaveLink, Stop};
 use crate::master::observe::{DataFacts, SessionEvent};
 use crate::master::session::{Route, TransferJob, TransferOutcome};
@@ -226,11 +227,38 @@ impl ControlSession {
                 }
             }
             Step::ProbeControl => return Some(StepResult::Event(self.probe_control().await)),
-            Step::Decide { size, crc32 } => {
+            Step::SyncCopies { size, crc32, want } => {
+                let Some(target) = &job.upload else {
+                    return Some(StepResult::Event(Event::Synced(
+                        Err("not an upload".into()),
+                    )));
+                };
+                let synced = crate::master::replicator::sync_copies(
+                    &self.env,
+                    &self.state,
+                    crate::master::replicator::SyncSource {
+                        slave: job.slave,
+                        xfer: job.xfer,
+                        path: target.path.clone(),
+                        size,
+                        crc32,
+                    },
+                    want,
+                )
+                .await;
+                return Some(StepResult::Event(Event::Synced(synced)));
+            }
+            Step::Decide {
+                size,
+                crc32,
+                copies,
+            } => {
                 let decided = {
                     let mut st = self.state.lock();
                     st.now = self.env.unix_now();
-                    let decided = self.session.decide_commit(&mut st, job, size, crc32);
+                    let decided = self
+                        .session
+                        .decide_commit(&mut st, job, size, crc32, &copies);
                     // The new version and the commit entry go out now, in
                     // order with every other decision on that slave.
                     if let Some(d) = self.state.flush(&mut st) {
@@ -240,8 +268,8 @@ impl ControlSession {
                 };
                 return Some(StepResult::Event(Event::Decided(decided)));
             }
-            Step::AwaitCommit { seq } => {
-                return Some(StepResult::Event(self.await_commit(job, seq).await));
+            Step::AwaitCommit { seqs } => {
+                return Some(StepResult::Event(self.await_commits(&seqs).await));
             }
             Step::Park => self.parked = io.caught.take(),
             Step::Finish { outcome, aborted } => {
@@ -412,19 +440,54 @@ impl ControlSession {
     /// outlives the link: a slave lost now gets the entry again when it
     /// reconnects, and its acknowledgement still arrives here, within
     /// `commit_wait_ms`.
-    async fn await_commit(&mut self, job: &TransferJob, seq: u64) -> Event {
-        let rx = self.state.await_commit(job.slave, seq);
+    /// Waits for every commit entry's acknowledgement (the uploading
+    /// slave's first), each bounded by `commit_wait_ms`. The uploading
+    /// slave's outcome when every copy committed; unknown otherwise (the
+    /// file may be there with fewer copies than wanted).
+    async fn await_commits(&mut self, seqs: &[(SlaveId, u64)]) -> Event {
         let wait = self.state.lock().config.commit_wait();
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(outcome)) => Event::CommitAck(outcome),
-            _ => {
-                self.state.forget_commit(job.slave, seq);
-                tracing::warn!(
-                    seq,
-                    "no acknowledgement of the commit in time: outcome unknown"
-                );
-                Event::CommitUnknown
+        // Every waiter first: an acknowledgement may come while an earlier
+        // one is awaited.
+        let waiters: Vec<_> = seqs
+            .iter()
+            .map(|&(slave, seq)| (slave, seq, self.state.await_commit(slave, seq)))
+            .collect();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut primary = None;
+        let mut unknown = false;
+        for (slave, seq, rx) in waiters {
+            if unknown {
+                self.state.forget_commit(slave, seq);
+                continue;
             }
+            let outcome = match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(outcome)) => outcome,
+                _ => {
+                    self.state.forget_commit(slave, seq);
+                    tracing::warn!(
+                        slave,
+                        seq,
+                        "no acknowledgement of the commit in time: outcome unknown"
+                    );
+                    unknown = true;
+                    continue;
+                }
+            };
+            match (&primary, &outcome) {
+                (None, _) => primary = Some(outcome),
+                (Some(_), OpOutcome::Committed { .. }) => {}
+                (Some(_), _) => {
+                    tracing::warn!(slave, ?outcome, "a synchronous copy did not commit");
+                    unknown = true;
+                }
+            }
+        }
+        match primary {
+            // The upload itself failed: whatever its copies did, it is not
+            // stored (the record went back).
+            Some(p @ OpOutcome::Failed(_)) => Event::CommitAck(p),
+            Some(p) if !unknown => Event::CommitAck(p),
+            _ => Event::CommitUnknown,
         }
     }
 

@@ -162,6 +162,7 @@ fn pret_retr_pasv_retr_runs_on_the_holder() {
         TransferOrder::Send {
             path: p("/a"),
             offset: 0,
+            pending: None,
             version: Some(crate::link::FileVersion {
                 store: 0,
                 gen: 1,
@@ -317,7 +318,7 @@ fn uploads_go_to_the_roomiest_slave_and_are_recorded_on_commit() {
     };
     // The commit decision records the new version at once, with its owner,
     // and logs the commit for the slave.
-    let seq = s.decide_commit(&mut st, &job, 9, 1).unwrap();
+    let seq = s.decide_commit(&mut st, &job, 9, 1, &[]).unwrap()[0].1;
     let f = st.db.file(&p("/new")).unwrap();
     assert_eq!((f.size, f.holders.to_vec(), f.crc32), (9, vec![1], Some(1)));
     assert_eq!(st.db.name(f.owner), "u");
@@ -365,8 +366,8 @@ fn commits_are_compare_and_swap() {
     // Two STORs of one new name without overwrite: the second loses.
     let a = upload(&mut s, &mut st, "STOR n");
     let b = upload(&mut s, &mut st, "STOR n");
-    assert!(s.decide_commit(&mut st, &a, 1, 1).is_ok());
-    let lost = s.decide_commit(&mut st, &b, 2, 2).unwrap_err();
+    assert!(s.decide_commit(&mut st, &a, 1, 1, &[]).is_ok());
+    let lost = s.decide_commit(&mut st, &b, 2, 2, &[]).unwrap_err();
     assert_eq!(lost.code, 553, "{lost}");
     assert_eq!(st.db.file(&p("/n")).unwrap().size, 1);
     // Two APPEs to one file: the later one built on a replaced version.
@@ -393,15 +394,18 @@ fn commits_are_compare_and_swap() {
         &fresh.order,
         TransferOrder::Receive { base: None, .. }
     ));
-    assert!(s.decide_commit(&mut st, &x, 8, 8).is_ok());
-    assert_eq!(s.decide_commit(&mut st, &y, 9, 9).unwrap_err().code, 450);
+    assert!(s.decide_commit(&mut st, &x, 8, 8, &[]).is_ok());
+    assert_eq!(
+        s.decide_commit(&mut st, &y, 9, 9, &[]).unwrap_err().code,
+        450
+    );
     // A failed commit restores the previous version with its holders.
     let before = st.db.file(&p("/both")).unwrap().clone();
     let mut cfg = (*st.config).clone();
     cfg.allow_overwrite = true;
     st.config = std::sync::Arc::new(cfg);
     let z = upload(&mut s, &mut st, "STOR both");
-    let seq = s.decide_commit(&mut st, &z, 7, 7).unwrap();
+    let seq = s.decide_commit(&mut st, &z, 7, 7, &[]).unwrap()[0].1;
     assert_eq!(st.db.file(&p("/both")).unwrap().size, 7);
     crate::master::commit::acked(
         &mut st,
@@ -1139,6 +1143,7 @@ fn transfer_refusals_put_the_fix_first_and_fit_120_characters() {
                 offset: 0,
                 version: None,
                 rate: None,
+                pending: None,
             },
             route: Route::SlavePassive,
             opening: Reply::new(150, "x"),

@@ -7,7 +7,7 @@ use super::{db_reply, r, Action, DataSetup, Plan, PlanVerb, Route, Session, Targ
 use super::{TransferJob, TransferOutcome};
 use crate::link::{TransferFailure, TransferOrder, APPEND};
 use crate::master::commit::{self, Expect, UploadTarget};
-use crate::master::db::{DbError, Node};
+use crate::master::db::{DbError, Node, SlaveId};
 use crate::master::MasterState;
 use crate::master::TransferInfo;
 use crate::proto::{Reply, TransferType, VPath};
@@ -84,6 +84,7 @@ impl Session {
                     offset,
                     version: Some(commit::file_version(st, &meta)),
                     rate: None,
+                    pending: None,
                 },
                 route,
                 opening,
@@ -251,7 +252,11 @@ impl Session {
                 },
                 route,
                 opening,
-                upload: Some(UploadTarget { path, expect }),
+                upload: Some(UploadTarget {
+                    sync: crate::master::replica::rule(st, &path).1.saturating_sub(1),
+                    path,
+                    expect,
+                }),
             },
         )
     }
@@ -266,12 +271,15 @@ impl Session {
         job: &TransferJob,
         size: u64,
         crc32: u32,
-    ) -> Result<u64, Reply> {
+        copies: &[(SlaveId, u64)],
+    ) -> Result<Vec<(SlaveId, u64)>, Reply> {
         let Some(target) = &job.upload else {
             return Err(Reply::new(451, "Local error: not an upload"));
         };
         let owner = self.owner();
-        commit::decide(st, job.slave, job.xfer, target, size, crc32, &owner)
+        let mut all = vec![(job.slave, job.xfer)];
+        all.extend_from_slice(copies);
+        commit::decide(st, &all, target, size, crc32, &owner)
     }
 
     /// The driver finished a slave transfer (successfully or not).
@@ -307,13 +315,17 @@ impl Session {
                     }
                 }
                 received = size;
-                Reply::new(
-                    226,
-                    format!(
-                        "Transfer complete, {size} bytes stored on {}",
-                        job.slave_name
-                    ),
-                )
+                // With synchronous copies: every slave that holds it now.
+                let mut on = job.slave_name.clone();
+                if job.upload.as_ref().is_some_and(|u| u.sync > 0) {
+                    if let Some(f) = job.upload.as_ref().and_then(|u| st.db.file(&u.path).ok()) {
+                        for h in f.holders.iter().filter(|&&h| h != job.slave) {
+                            on.push_str(" and ");
+                            on.push_str(st.slaves.name(*h));
+                        }
+                    }
+                }
+                Reply::new(226, format!("Transfer complete, {size} bytes stored on {on}"))
             }
             TransferOutcome::Refused(reply) => reply,
             TransferOutcome::Unknown => {
