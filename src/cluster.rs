@@ -54,6 +54,8 @@ pub struct ClusterOptions {
     /// `[replication] copies` and `sync_copies` (1 and 1: one copy).
     pub copies: u32,
     pub sync_copies: u32,
+    /// `[replication] rate_per_slave` (bytes/s; 0: no cap).
+    pub copy_rate: u64,
 }
 
 impl Default for ClusterOptions {
@@ -77,6 +79,7 @@ impl Default for ClusterOptions {
             xferlog: Some(PathBuf::from("./dftpd-data/xferlog")),
             copies: 1,
             sync_copies: 1,
+            copy_rate: crate::config::ReplicationConfig::default().rate_per_slave,
         }
     }
 }
@@ -199,6 +202,7 @@ pub async fn start(opts: ClusterOptions) -> std::io::Result<Cluster> {
         replication: crate::config::ReplicationConfig {
             copies: opts.copies,
             sync_copies: opts.sync_copies,
+            rate_per_slave: opts.copy_rate,
             ..Default::default()
         },
         ..MasterConfig::default()

@@ -138,6 +138,10 @@ enum Cmd {
         /// Copies an upload waits for before its 226 (`sync_copies`).
         #[arg(long, default_value_t = 1)]
         sync_copies: u32,
+        /// Bytes/s a slave may send for background copies
+        /// (`rate_per_slave`; 0: no cap).
+        #[arg(long, default_value_t = config::ReplicationConfig::default().rate_per_slave)]
+        copy_rate: u64,
     },
     /// Run a master from a config file (see master.example.toml).
     Master {
@@ -356,6 +360,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             shutdown_grace_ms,
             copies,
             sync_copies,
+            copy_rate,
         } => {
             let mut signals = Signals::install()?;
             let mut user_configs = Vec::new();
@@ -410,6 +415,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 admin_listen,
                 copies,
                 sync_copies,
+                copy_rate,
             };
             let c = cluster::start(opts).await.context("starting the cluster")?;
             say!(

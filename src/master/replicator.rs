@@ -1,5 +1,5 @@
 //! The replicator: a task that makes the copies replication wants. Every
-//! 250 ms it marks slaves away longer than `slave_lost_after_ms` as lost
+//! 250 ms, and whenever a copy ends, it marks slaves away longer than `slave_lost_after_ms` as lost
 //! (their files join the repair queue), asks the core for the next copies
 //! (`replica::next_jobs`: fewest copies first, per-slave limits), and runs
 //! each as a copy machine (`dftpd_core::master::copy`) on the two slaves'
@@ -13,9 +13,10 @@
 //! receiving slave, unpaced, before the commit decision.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 
 use super::copy::{CopyEvent, CopyMachine, CopyStep, End};
 use super::db::SlaveId;
@@ -36,11 +37,16 @@ pub async fn run(env: Env, hub: Shared, mut shutdown: watch::Receiver<bool>) {
     let mut lost: BTreeSet<u16> = BTreeSet::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A copy that ends frees a job slot on two slaves: the next copies start
+    // then, not at the next tick (which capped repair at a few files per
+    // tick and slave).
+    let ended = Arc::new(Notify::new());
     loop {
         tokio::select! {
             biased;
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
+            _ = ended.notified() => {}
         }
         let jobs = {
             let mut st = hub.lock();
@@ -67,7 +73,11 @@ pub async fn run(env: Env, hub: Shared, mut shutdown: watch::Receiver<bool>) {
             jobs
         };
         for job in jobs {
-            tokio::spawn(copy(env.clone(), hub.clone(), job));
+            let (env, hub, ended) = (env.clone(), hub.clone(), ended.clone());
+            tokio::spawn(async move {
+                copy(env, hub, job).await;
+                ended.notify_one();
+            });
         }
     }
 }
