@@ -120,6 +120,9 @@ enum Endpoint {
         /// The master's own address at the same port: a client that ignores
         /// the 227 address (curl's and ftplib's default) lands here.
         catch: Option<Box<dyn NetListener>>,
+        /// The claim of a listener the slave opened ahead, sent with the
+        /// first message about this transfer (the order, or the abort).
+        claim: Option<data::Claim>,
     },
 }
 
@@ -163,7 +166,20 @@ pub(super) struct ControlSession {
     stop: watch::Receiver<Option<Stop>>,
     /// `stop` still has its sender.
     stop_open: bool,
+    /// Replies written but not sent yet: a small download's 150 waits for
+    /// the transfer's final reply, so both leave in one write (one wake-up
+    /// of the client), for at most [`HOLD_OPENING`].
+    held: Vec<u8>,
+    held_until: Option<tokio::time::Instant>,
+    /// Slave addresses this client connected to as its 227 replies said:
+    /// it uses the announced address, so no catch listener is opened for
+    /// them any more (see `data.rs`, `slave_endpoint`).
+    direct: Vec<std::net::IpAddr>,
 }
+
+/// How long a held 150 may wait for the transfer's end (see
+/// `ControlSession::held`).
+const HOLD_OPENING: Duration = Duration::from_millis(2);
 
 enum Next {
     Continue,
@@ -196,6 +212,9 @@ impl ControlSession {
             tls_token: None,
             stop,
             stop_open: true,
+            held: Vec::new(),
+            held_until: None,
+            direct: Vec::new(),
         }
     }
 
@@ -416,15 +435,55 @@ impl ControlSession {
         );
         self.observers
             .emit_locked(&self.state, &SessionEvent::Reply(reply));
-        self.writer.write_all(reply.to_wire().as_bytes()).await?;
+        let wire = reply.to_wire();
+        if self.held.is_empty() {
+            self.writer.write_all(wire.as_bytes()).await?;
+        } else {
+            let mut out = std::mem::take(&mut self.held);
+            self.held_until = None;
+            out.extend_from_slice(wire.as_bytes());
+            self.writer.write_all(&out).await?;
+        }
+        self.writer.flush().await
+    }
+
+    /// Writes `reply` with the next one, or after [`HOLD_OPENING`] at the
+    /// latest ([`ControlSession::release_held`]).
+    fn hold(&mut self, reply: &Reply) {
+        tracing::debug!(
+            "-> {} {} (held)",
+            reply.code,
+            reply.lines.first().map(String::as_str).unwrap_or("")
+        );
+        self.observers
+            .emit_locked(&self.state, &SessionEvent::Reply(reply));
+        self.held.extend_from_slice(reply.to_wire().as_bytes());
+        self.held_until
+            .get_or_insert_with(|| tokio::time::Instant::now() + HOLD_OPENING);
+    }
+
+    /// Sends the held replies now.
+    async fn release_held(&mut self) -> std::io::Result<()> {
+        self.held_until = None;
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.held);
+        self.writer.write_all(&out).await?;
         self.writer.flush().await
     }
 
     fn release_endpoint(&mut self) {
-        if let Endpoint::Slave { xfer, link, .. } =
-            std::mem::replace(&mut self.endpoint, Endpoint::None)
+        if let Endpoint::Slave {
+            xfer, link, claim, ..
+        } = std::mem::replace(&mut self.endpoint, Endpoint::None)
         {
-            link.send(crate::link::MasterMsg::Abort { xfer });
+            let abort = crate::link::MasterMsg::Abort { xfer };
+            match claim {
+                // The slave releases the listener it opened ahead.
+                Some(claim) => link.send_two(claim.message(xfer), abort),
+                None => link.send(abort),
+            }
         }
     }
 
