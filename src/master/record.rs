@@ -888,7 +888,7 @@ impl SessionObserver for Recorder {
         match event {
             // The header is written by `start`.
             SessionEvent::Opened { .. } => {}
-            SessionEvent::Command { at, text, cwd } => {
+            SessionEvent::Command { at, text, cwd, .. } => {
                 self.command(*at, text);
                 if Recorder::names_paths(text) {
                     self.touch(text, cwd, st);
@@ -1191,6 +1191,7 @@ mod tests {
                     aborted: false,
                     duration: Duration::from_millis(500),
                     data,
+                    unix_now: 0,
                 },
                 st,
             )
@@ -1200,6 +1201,7 @@ mod tests {
             at: Duration::from_millis(1),
             text: "PRET STOR /pub/new",
             cwd: &root,
+            verb: None,
         };
         r.on(&event, &st);
         let plan = Plan {
@@ -1213,6 +1215,7 @@ mod tests {
             at: Duration::from_millis(2),
             text: "RETR /pub/a.bin",
             cwd: &root,
+            verb: None,
         };
         r.on(&event, &st);
         let down = job("/pub/a.bin", false);
@@ -1229,6 +1232,7 @@ mod tests {
             at: Duration::from_millis(3),
             text: "STOR /pub/b",
             cwd: &root,
+            verb: None,
         };
         r.on(&event, &st);
         let up = job("/pub/b", true);
@@ -1249,6 +1253,7 @@ mod tests {
             at: Duration::from_millis(4),
             text: "RETR /pub/a.bin",
             cwd: &root,
+            verb: None,
         };
         r.on(&event, &st);
         finished(

@@ -85,25 +85,41 @@ pub async fn accept_sessions(
 
 /// A session's observers; publishing to none costs nothing.
 #[derive(Default)]
-struct Observers(Vec<Box<dyn SessionObserver>>);
+struct Observers {
+    all: Vec<Box<dyn SessionObserver>>,
+    /// Some of them read the state (the recorder): publishing needs the
+    /// state lock.
+    read_state: bool,
+}
 
 impl Observers {
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.all.is_empty()
+    }
+
+    fn push(&mut self, o: Box<dyn SessionObserver>) {
+        self.read_state |= o.reads_state();
+        self.all.push(o);
     }
 
     /// Publishes `event` (the state lock is held by the caller).
     fn emit(&mut self, st: &MasterState, event: &SessionEvent<'_>) {
-        for o in &mut self.0 {
+        for o in &mut self.all {
             o.on(event, st);
         }
     }
 
-    /// Publishes `event`, taking the state lock only if someone listens.
+    /// Publishes `event`, taking the state lock only if an observer reads
+    /// the state (metrics and the transfer log do not: with only those, a
+    /// command or a reply takes no lock for them).
     fn emit_locked(&mut self, hub: &Hub, event: &SessionEvent<'_>) {
-        if !self.0.is_empty() {
+        if self.read_state {
             let core = hub.lock();
             self.emit(&core, event);
+        } else {
+            for o in &mut self.all {
+                o.on_event(event);
+            }
         }
     }
 }
@@ -224,9 +240,7 @@ impl ControlSession {
     fn attach_observers(&mut self, sink: Option<Arc<dyn RecordSink>>) {
         let unix_now = self.env.unix_now();
         if let Some(ops) = self.state.ops() {
-            self.observers
-                .0
-                .push(Box::new(OpsObserver::new(ops.clone())));
+            self.observers.push(Box::new(OpsObserver::new(ops.clone())));
         }
         if let Some(out) = sink.and_then(|s| s.open(self.session.id)) {
             let st = self.state.lock();
@@ -237,9 +251,7 @@ impl ControlSession {
                 clock: self.state.clock(),
                 master_start: self.state.started_unix(),
             };
-            self.observers
-                .0
-                .push(Box::new(Recorder::start(out, &h, &st)));
+            self.observers.push(Box::new(Recorder::start(out, &h, &st)));
         }
         let opened = SessionEvent::Opened {
             session: self.session.id,
@@ -338,19 +350,37 @@ impl ControlSession {
                     return;
                 }
             }
+            let parsed = match &line {
+                Line::Command(text) => Some(Command::parse(text)),
+                _ => None,
+            };
             if !self.observers.is_empty() {
                 let at = self.started.elapsed();
                 let cwd = &self.session.cwd;
+                let verb = parsed
+                    .as_ref()
+                    .and_then(|p| p.as_ref().ok())
+                    .map(Command::verb);
                 let event = match &line {
-                    Line::Command(text) => SessionEvent::Command { at, text, cwd },
-                    Line::Empty => SessionEvent::Command { at, text: "", cwd },
+                    Line::Command(text) => SessionEvent::Command {
+                        at,
+                        text,
+                        cwd,
+                        verb,
+                    },
+                    Line::Empty => SessionEvent::Command {
+                        at,
+                        text: "",
+                        cwd,
+                        verb: None,
+                    },
                     Line::TooLong => SessionEvent::BadLine(BadLine::TooLong),
                     Line::NotUtf8 => SessionEvent::BadLine(BadLine::NotUtf8),
                 };
                 self.observers.emit_locked(&self.state, &event);
             }
             let reply = match line {
-                Line::Command(text) => match Command::parse(&text) {
+                Line::Command(text) => match parsed.unwrap_or_else(|| Command::parse(&text)) {
                     Ok(cmd) => {
                         match users::redacted(&text) {
                             Some(safe) => tracing::debug!("<- {safe}"),

@@ -45,6 +45,7 @@ impl ControlSession {
                     aborted,
                     duration: started.elapsed(),
                     data,
+                    unix_now: st.now,
                 };
                 self.observers.emit(&st, &finished);
             }
