@@ -627,7 +627,13 @@ impl ControlSession {
         let (hash, password) = (check.hash.clone(), check.password.clone());
         let verified = self
             .env
-            .run_blocking(move || users::verify_password(&hash, &password))
+            .run_blocking(move || {
+                // argon2's memory stays with the pool thread while logins
+                // queue, and goes back to the system once none does.
+                crate::env::with_pool_scratch(|memory: &mut users::Argon2Memory| {
+                    users::verify_password_with(&hash, &password, memory)
+                })
+            })
             .await
             .unwrap_or(false);
         let (action, delay) = {
