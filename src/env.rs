@@ -505,6 +505,34 @@ impl NetStream for Paced {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+thread_local! {
+    /// Set on the [`CpuPool`]'s threads.
+    static ON_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// What jobs on this pool thread keep from one to the next
+    /// ([`with_pool_scratch`]).
+    static SCRATCH: std::cell::RefCell<Option<Box<dyn std::any::Any>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with a `T` that a [`CpuPool`] thread keeps from one job to the
+/// next while jobs are queued (argon2's 19 MiB of working memory: mapped,
+/// faulted in and zeroed once for a burst of logins, not once per login)
+/// and drops as soon as its queue is empty, so the memory goes back to the
+/// system between bursts. Elsewhere (the simulator runs jobs inline) `f`
+/// gets a fresh `T`.
+pub fn with_pool_scratch<T: Default + 'static, R>(f: impl FnOnce(&mut T) -> R) -> R {
+    if !ON_POOL.with(|p| p.get()) {
+        return f(&mut T::default());
+    }
+    let kept = SCRATCH.with(|s| s.borrow_mut().take());
+    let mut value = kept
+        .and_then(|b| b.downcast::<T>().ok())
+        .unwrap_or_default();
+    let r = f(&mut value);
+    SCRATCH.with(|s| *s.borrow_mut() = Some(value));
+    r
+}
+
 /// A fixed set of worker threads for CPU-heavy work (argon2 password
 /// verification and hashing, 19 MiB of memory each at the default cost).
 /// `spawn_blocking` would run every waiting login at once (up to 512
@@ -546,12 +574,26 @@ impl CpuPool {
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("dftpd-cpu-{i}"))
-                .spawn(move || loop {
-                    let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-                        Ok(job) => job,
-                        Err(_) => return,
-                    };
-                    job();
+                .spawn(move || {
+                    ON_POOL.with(|p| p.set(true));
+                    let rx = || rx.lock().unwrap_or_else(|e| e.into_inner());
+                    loop {
+                        let next = rx().try_recv();
+                        let job = match next {
+                            Ok(job) => job,
+                            Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                                // Nothing queued: what jobs kept goes back
+                                // to the system before this thread waits.
+                                SCRATCH.with(|s| s.borrow_mut().take());
+                                match rx().recv() {
+                                    Ok(job) => job,
+                                    Err(_) => return,
+                                }
+                            }
+                        };
+                        job();
+                    }
                 })
                 .expect("cannot start a CPU worker thread");
         }
@@ -644,5 +686,66 @@ mod tests {
         assert!(max.load(Ordering::SeqCst) <= 2, "{max:?}");
         assert_eq!(pool.run(|| panic!("boom")).await, None::<()>);
         assert_eq!(pool.run(|| 7).await, Some(7), "the pool outlives a panic");
+    }
+
+    static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// Counts how many of itself were made and are alive (only the test
+    /// below makes them).
+    struct Tracked;
+
+    impl Default for Tracked {
+        fn default() -> Tracked {
+            MADE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            LIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Tracked
+        }
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            LIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn pool_scratch_is_kept_through_a_burst_and_dropped_when_idle() {
+        use std::sync::atomic::Ordering;
+        let pool: &'static CpuPool = Box::leak(Box::new(CpuPool::start(1)));
+        // A burst: the first job holds the thread while the others queue.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn(pool.run(move || {
+            let _ = wait.recv();
+            with_pool_scratch(|_: &mut Tracked| ())
+        }));
+        let rest: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(pool.run(|| with_pool_scratch(|_: &mut Tracked| ()))))
+            .collect();
+        // Let every task queue its job.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        go.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        for r in rest {
+            r.await.unwrap().unwrap();
+        }
+        assert_eq!(MADE.load(Ordering::SeqCst), 1, "one value for the burst");
+        // Dropped once the queue is empty (the thread then waits).
+        let mut dropped = false;
+        for _ in 0..400 {
+            if LIVE.load(Ordering::SeqCst) == 0 {
+                dropped = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(dropped, "the scratch outlived the burst");
+        // Outside the pool: a fresh value each time, none kept.
+        with_pool_scratch(|_: &mut Tracked| ());
+        with_pool_scratch(|_: &mut Tracked| ());
+        assert_eq!(MADE.load(Ordering::SeqCst), 3);
+        assert_eq!(LIVE.load(Ordering::SeqCst), 0);
     }
 }

@@ -8,14 +8,43 @@ pub use dftpd_core::link::*;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// What a link writer's queue carries: something that encodes as one or
+/// more frames, in order.
+pub trait Frames {
+    fn encode_frames(&self, buf: &mut Vec<u8>);
+}
+
+impl Frames for MasterMsg {
+    fn encode_frames(&self, buf: &mut Vec<u8>) {
+        if let Err(e) = encode_frame_into(self, buf) {
+            tracing::error!(error = %e, "link message not sent");
+        }
+    }
+}
+
+impl Frames for SlaveMsg {
+    fn encode_frames(&self, buf: &mut Vec<u8>) {
+        if let Err(e) = encode_frame_into(self, buf) {
+            tracing::error!(error = %e, "link message not sent");
+        }
+    }
+}
+
+/// Most bytes one write of a link writer carries: frames queued at once
+/// go out together up to this size.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// What a link's reader buffers: one read takes every frame that arrived
+/// together (a 4-byte length and its payload are otherwise two reads).
+pub const READ_BUFFER: usize = 16 * 1024;
+
 /// The write side of a link: sends each queued message as a frame, and a
-/// `heartbeat()` message on every `interval` tick. Writes are batched: one
-/// flush when the queue is empty, so pipelined orders share a write when the
-/// link is busy. Ends when the queue closes or a write fails.
-/// Writes what arrives on `rx` as frames (flushing when nothing more is
-/// waiting) and a heartbeat every `interval` of silence. `bulk` (a bounded
-/// channel: remerge chunks) is taken only when `rx` is empty, so replies
-/// and acknowledgements never queue behind a long file list.
+/// `heartbeat()` message on every `interval` tick of silence. Writes are
+/// batched: the frames queued when the writer wakes go out in one write (up
+/// to [`BATCH_BYTES`]), so pipelined messages share a system call and a
+/// wake-up of the peer. `bulk` (a bounded channel: remerge chunks) is taken
+/// only when `rx` is empty, so replies and acknowledgements never queue
+/// behind a long file list. Ends when the queue closes or a write fails.
 pub async fn write_frames<W, T, F, Fut>(
     w: &mut W,
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
@@ -24,12 +53,13 @@ pub async fn write_frames<W, T, F, Fut>(
     mut heartbeat: F,
 ) where
     W: AsyncWrite + Unpin + ?Sized,
-    T: Serialize,
+    T: Frames,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = T>,
 {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = Vec::with_capacity(4096);
     loop {
         let msg = tokio::select! {
             biased;
@@ -45,14 +75,26 @@ pub async fn write_frames<W, T, F, Fut>(
             } => m,
             _ = tick.tick() => heartbeat().await,
         };
-        let Ok(frame) = encode_frame(&msg) else {
+        buf.clear();
+        msg.encode_frames(&mut buf);
+        while buf.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(m) => m.encode_frames(&mut buf),
+                Err(_) => break,
+            }
+        }
+        if buf.is_empty() {
             continue;
-        };
-        if w.write_all(&frame).await.is_err() {
+        }
+        if w.write_all(&buf).await.is_err() {
             break;
         }
         if rx.is_empty() && w.flush().await.is_err() {
             break;
+        }
+        if buf.capacity() > BATCH_BYTES * 2 {
+            // A remerge chunk grew it: give the memory back.
+            buf = Vec::with_capacity(4096);
         }
     }
 }
@@ -131,6 +173,69 @@ mod tests {
             read_frame::<_, SlaveMsg>(&mut r).await,
             Err(LinkError::Closed)
         ));
+    }
+
+    /// A writer that keeps each write apart.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_queued_together_leave_in_one_write_and_read_back() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for xfer in 1..=3 {
+            tx.send(MasterMsg::Abort { xfer }).unwrap();
+        }
+        drop(tx);
+        let mut w = Writes::default();
+        let hour = std::time::Duration::from_secs(3600);
+        write_frames(&mut w, &mut rx, hour, || async { MasterMsg::Heartbeat }).await;
+        // The interval's first tick is immediate: a heartbeat may lead.
+        let writes: Vec<Vec<u8>> =
+            w.0.into_iter()
+                .filter(|b| b[..] != encode_frame(&MasterMsg::Heartbeat).unwrap()[..])
+                .collect();
+        assert_eq!(writes.len(), 1, "{writes:?}");
+        let mut r = tokio::io::BufReader::with_capacity(READ_BUFFER, &writes[0][..]);
+        for xfer in 1..=3 {
+            let got: MasterMsg = read_frame(&mut r).await.unwrap();
+            assert_eq!(got, MasterMsg::Abort { xfer });
+        }
+    }
+
+    #[test]
+    fn a_frame_appended_to_a_batch_keeps_what_came_before() {
+        let mut buf = Vec::new();
+        encode_frame_into(&MasterMsg::Heartbeat, &mut buf).unwrap();
+        let before = buf.clone();
+        encode_frame_into(&MasterMsg::Abort { xfer: 7 }, &mut buf).unwrap();
+        assert_eq!(&buf[..before.len()], &before[..]);
+        assert_eq!(
+            &buf[before.len()..],
+            &encode_frame(&MasterMsg::Abort { xfer: 7 }).unwrap()[..]
+        );
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use super::db::SlaveId;
 use super::record::RecordSink;
 use super::store::{Durable, StoreHandle};
 use super::MasterTls;
-use crate::link::{MasterMsg, OpOutcome, Request, Response, LOG_CHUNK_BYTES};
+use crate::link::{Frames, MasterMsg, OpOutcome, Request, Response, LOG_CHUNK_BYTES};
 use crate::ops::{Metrics, OpsSinks};
 use dftpd_core::master::MasterState;
 
@@ -35,11 +35,42 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// map's senders (link closed) wakes every waiter with an error.
 pub type PendingReplies = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Response>>>>;
 
+/// What the queue of a slave's link writer carries: a message, or two that
+/// leave in one write (a listener's claim and the order that uses it: the
+/// slave wakes once for both).
+#[derive(Debug)]
+pub enum Outbound {
+    One(MasterMsg),
+    Two(Box<(MasterMsg, MasterMsg)>),
+}
+
+impl Outbound {
+    /// The messages, in order.
+    pub fn into_vec(self) -> Vec<MasterMsg> {
+        match self {
+            Outbound::One(m) => vec![m],
+            Outbound::Two(b) => vec![b.0, b.1],
+        }
+    }
+}
+
+impl Frames for Outbound {
+    fn encode_frames(&self, buf: &mut Vec<u8>) {
+        match self {
+            Outbound::One(m) => m.encode_frames(buf),
+            Outbound::Two(b) => {
+                b.0.encode_frames(buf);
+                b.1.encode_frames(buf);
+            }
+        }
+    }
+}
+
 /// Handle to send messages to one connected slave.
 #[derive(Clone)]
 pub struct SlaveLink {
     pub epoch: u64,
-    tx: mpsc::UnboundedSender<MasterMsg>,
+    tx: mpsc::UnboundedSender<Outbound>,
     pending: PendingReplies,
     /// Set by [`SlaveLink::close`]: the link server ends the link with
     /// this reason.
@@ -47,7 +78,7 @@ pub struct SlaveLink {
 }
 
 impl SlaveLink {
-    pub fn new(epoch: u64, tx: mpsc::UnboundedSender<MasterMsg>, pending: PendingReplies) -> Self {
+    pub fn new(epoch: u64, tx: mpsc::UnboundedSender<Outbound>, pending: PendingReplies) -> Self {
         SlaveLink {
             epoch,
             tx,
@@ -79,16 +110,37 @@ impl SlaveLink {
     /// Sends a request; the receiver yields its response, or an error when
     /// the link goes down first.
     pub fn request(&self, rid: u64, request: Request) -> oneshot::Receiver<Response> {
+        self.request_after(None, rid, request)
+    }
+
+    /// [`SlaveLink::request`], with `first` sent just before it in the
+    /// same write.
+    pub fn request_after(
+        &self,
+        first: Option<MasterMsg>,
+        rid: u64,
+        request: Request,
+    ) -> oneshot::Receiver<Response> {
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(rid, tx);
-        if self.tx.send(MasterMsg::Request { rid, request }).is_err() {
+        let msg = MasterMsg::Request { rid, request };
+        let out = match first {
+            Some(first) => Outbound::Two(Box::new((first, msg))),
+            None => Outbound::One(msg),
+        };
+        if self.tx.send(out).is_err() {
             lock(&self.pending).remove(&rid);
         }
         rx
     }
 
     pub fn send(&self, msg: MasterMsg) {
-        let _ = self.tx.send(msg);
+        let _ = self.tx.send(Outbound::One(msg));
+    }
+
+    /// Sends `a` then `b` in one write.
+    pub fn send_two(&self, a: MasterMsg, b: MasterMsg) {
+        let _ = self.tx.send(Outbound::Two(Box::new((a, b))));
     }
 
     pub fn is_closed(&self) -> bool {

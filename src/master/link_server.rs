@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::db::SlaveId;
-use super::hub::{lock, PendingReplies, SlaveLink};
+use super::hub::{lock, Outbound, PendingReplies, SlaveLink};
 use super::registry::valid_slave_name;
 use super::remerge::{remerge_chunk, remerge_sweep};
 use super::Shared;
@@ -258,13 +258,13 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
             info.zone = zone;
             info.offline_since_ms = None;
         }
-        let _ = tx.send(MasterMsg::Welcome {
+        let _ = tx.send(Outbound::One(MasterMsg::Welcome {
             proof,
             ticket_key,
             master_instance: state.instance,
             log_upto,
             data_timeout_ms,
-        });
+        }));
         // A new slave's id must be stored before any file names it; the
         // store applies batches in order, so no need to wait here.
         let _ = state.flush(&mut st);
@@ -294,11 +294,11 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
 
 async fn write_loop(
     mut w: tokio::io::WriteHalf<BoxStream>,
-    mut rx: mpsc::UnboundedReceiver<MasterMsg>,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
     interval: std::time::Duration,
 ) {
     link::write_frames(&mut w, &mut rx, None, interval, || async {
-        MasterMsg::Heartbeat
+        Outbound::One(MasterMsg::Heartbeat)
     })
     .await;
     let _ = w.shutdown().await;
@@ -306,7 +306,7 @@ async fn write_loop(
 
 async fn read_loop(
     state: &Shared,
-    mut r: tokio::io::ReadHalf<BoxStream>,
+    r: tokio::io::ReadHalf<BoxStream>,
     id: SlaveId,
     name: &str,
     pending: &PendingReplies,
@@ -314,6 +314,7 @@ async fn read_loop(
 ) -> String {
     let mut seen: BTreeSet<VPath> = BTreeSet::new();
     let mut remerged = 0u64;
+    let mut r = tokio::io::BufReader::with_capacity(link::READ_BUFFER, r);
     loop {
         let msg: SlaveMsg = match tokio::time::timeout(deadline, link::read_frame(&mut r)).await {
             Err(_) => return format!("no heartbeat for {} ms", deadline.as_millis()),

@@ -888,7 +888,7 @@ impl SessionObserver for Recorder {
         match event {
             // The header is written by `start`.
             SessionEvent::Opened { .. } => {}
-            SessionEvent::Command { at, text, cwd } => {
+            SessionEvent::Command { at, text, cwd, .. } => {
                 self.command(*at, text);
                 if Recorder::names_paths(text) {
                     self.touch(text, cwd, st);
@@ -1192,6 +1192,7 @@ mod tests {
                     aborted: false,
                     duration: Duration::from_millis(500),
                     data,
+                    unix_now: 0,
                 },
                 st,
             )
@@ -1201,6 +1202,7 @@ mod tests {
             at: Duration::from_millis(1),
             text: "PRET STOR /pub/new",
             cwd: &root,
+            verb: None,
         };
         r.on(&event, &st);
         let plan = Plan {
@@ -1214,6 +1216,7 @@ mod tests {
             at: Duration::from_millis(2),
             text: "RETR /pub/a.bin",
             cwd: &root,
+            verb: None,
         };
         r.on(&event, &st);
         let down = job("/pub/a.bin", false);
@@ -1230,6 +1233,7 @@ mod tests {
             at: Duration::from_millis(3),
             text: "STOR /pub/b",
             cwd: &root,
+            verb: None,
         };
         r.on(&event, &st);
         let up = job("/pub/b", true);
@@ -1250,6 +1254,7 @@ mod tests {
             at: Duration::from_millis(4),
             text: "RETR /pub/a.bin",
             cwd: &root,
+            verb: None,
         };
         r.on(&event, &st);
         finished(

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use super::metrics::{Direction, Metrics};
 use super::xferlog::{XferLog, XferRecord};
 use crate::link::{TransferOrder, APPEND};
-use crate::proto::Command;
 use dftpd_core::master::observe::{SessionEvent, SessionObserver};
 use dftpd_core::master::session::TransferOutcome;
 use dftpd_core::master::MasterState;
@@ -76,12 +75,22 @@ fn transfer_bytes(order: &TransferOrder, outcome: &TransferOutcome, aborted: boo
 }
 
 impl SessionObserver for OpsObserver {
-    fn on(&mut self, event: &SessionEvent<'_>, st: &MasterState) {
+    fn on(&mut self, event: &SessionEvent<'_>, _st: &MasterState) {
+        self.on_event(event)
+    }
+
+    /// Everything it needs is in the events: it never holds up the state
+    /// lock.
+    fn reads_state(&self) -> bool {
+        false
+    }
+
+    fn on_event(&mut self, event: &SessionEvent<'_>) {
         match event {
             SessionEvent::Opened { peer, .. } => self.remote = Some(peer.ip()),
-            SessionEvent::Command { text, .. } => {
-                if let (Some(m), Ok(cmd)) = (&self.sinks.metrics, Command::parse(text)) {
-                    m.command(cmd.verb());
+            SessionEvent::Command { verb, .. } => {
+                if let (Some(m), Some(verb)) = (&self.sinks.metrics, verb) {
+                    m.command(verb);
                 }
             }
             SessionEvent::LoggedIn { user } => {
@@ -101,6 +110,7 @@ impl SessionObserver for OpsObserver {
                 aborted,
                 duration,
                 data,
+                unix_now,
             } => {
                 let direction = if job.is_upload() {
                     Direction::Upload
@@ -112,7 +122,7 @@ impl SessionObserver for OpsObserver {
                     TransferOrder::Send { path, .. } | TransferOrder::Receive { path, .. } => path,
                 };
                 let record = XferRecord {
-                    end_unix: st.now,
+                    end_unix: *unix_now,
                     duration: *duration,
                     remote: self
                         .remote
@@ -140,7 +150,7 @@ impl SessionObserver for OpsObserver {
 mod tests {
     use super::*;
     use crate::config::MasterConfig;
-    use crate::proto::{Reply, VPath};
+    use crate::proto::{Command, Reply, VPath};
     use dftpd_core::master::session::{Route, TransferJob};
     use std::time::Duration;
 
@@ -222,6 +232,7 @@ mod tests {
                     at,
                     text,
                     cwd: &cwd,
+                    verb: Command::parse(text).ok().map(|c| c.verb()),
                 },
                 &st,
             );
@@ -234,6 +245,7 @@ mod tests {
                 job: &down,
                 outcome: &TransferOutcome::Sent { bytes: 4096 },
                 aborted: false,
+                unix_now: st.now,
                 duration: Duration::from_millis(30),
                 data: dftpd_core::master::observe::DataFacts {
                     relayed: true,
@@ -252,6 +264,7 @@ mod tests {
                     crc32: 0,
                 },
                 aborted: false,
+                unix_now: st.now,
                 duration: Duration::from_secs(2),
                 data: dftpd_core::master::observe::DataFacts {
                     relayed: false,
@@ -265,6 +278,7 @@ mod tests {
                 job: &up,
                 outcome: &TransferOutcome::SlaveLost,
                 aborted: false,
+                unix_now: st.now,
                 duration: Duration::from_secs(1),
                 data: dftpd_core::master::observe::DataFacts {
                     relayed: false,

@@ -80,10 +80,11 @@ async fn apply_log(ctx: &Ctx, entries: Vec<(u64, FileOp)>, applied: &watch::Send
 
 pub(super) async fn read_loop(
     ctx: Arc<Ctx>,
-    mut r: tokio::io::ReadHalf<BoxStream>,
+    r: tokio::io::ReadHalf<BoxStream>,
     applied: watch::Sender<u64>,
 ) -> Result<(), LinkError> {
     let deadline = ctx.config.heartbeat_deadline();
+    let mut r = tokio::io::BufReader::with_capacity(link::READ_BUFFER, r);
     // Transfer tasks by id; dropping a sender aborts its task.
     let mut xfers: BTreeMap<u64, mpsc::UnboundedSender<XferCmd>> = BTreeMap::new();
     let mut pool = ListenerPool {
@@ -124,7 +125,11 @@ pub(super) async fn read_loop(
                         passive_task(ctx.clone(), xfer, listener, accept_from, rx).instrument(span),
                     );
                 }
-                pool.fill(&ctx, pool_size).await;
+                // Refilled in batches, at half: one `Listeners` message
+                // for several transfers, not one each.
+                if pool.ready.len() <= pool_size / 2 {
+                    pool.fill(&ctx, pool_size).await;
+                }
             }
             MasterMsg::Request { rid, request } => match request {
                 Request::Listen { xfer, accept_from } => {

@@ -200,6 +200,12 @@ pub trait Storage: Send + Sync + 'static {
 /// Files on the local disk below `root`.
 pub struct DiskStorage {
     root: PathBuf,
+    /// The root, open: downloads are opened below it with `openat2(2)`,
+    /// which refuses symbolic links in one system call.
+    root_dir: std::fs::File,
+    /// `openat2` is missing here (Linux before 5.6, or a sandbox refuses
+    /// it): [`DiskStorage::real`]'s checks instead.
+    no_openat2: std::sync::atomic::AtomicBool,
 }
 
 impl DiskStorage {
@@ -236,7 +242,12 @@ impl DiskStorage {
                 ),
             ));
         }
-        Ok(DiskStorage { root })
+        let root_dir = std::fs::File::open(&root)?;
+        Ok(DiskStorage {
+            root,
+            root_dir,
+            no_openat2: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -273,15 +284,52 @@ impl DiskStorage {
         Ok(out)
     }
 
+    /// Opens `p` for reading, refusing a symbolic link anywhere on the way
+    /// like [`DiskStorage::real`]: one `openat2(2)` with
+    /// `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH` where the kernel has it (a
+    /// lstat per component otherwise).
+    fn open_read(&self, p: &VPath) -> io::Result<std::fs::File> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::sync::atomic::Ordering;
+        if !self.no_openat2.load(Ordering::Relaxed) {
+            let how = nix::fcntl::OpenHow::new()
+                .flags(nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC)
+                .resolve(
+                    nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS
+                        | nix::fcntl::ResolveFlag::RESOLVE_BENEATH,
+                );
+            let rel = p.as_str().trim_start_matches('/');
+            let rel = if rel.is_empty() { "." } else { rel };
+            match nix::fcntl::openat2(self.root_dir.as_raw_fd(), rel, how) {
+                // SAFETY: a descriptor the call just opened, owned by nobody else.
+                Ok(fd) => return Ok(unsafe { std::fs::File::from_raw_fd(fd) }),
+                Err(nix::errno::Errno::ELOOP) | Err(nix::errno::Errno::EXDEV) => {
+                    tracing::warn!(path = %p, "symlink in a storage path refused");
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "symbolic links are not followed",
+                    ));
+                }
+                Err(nix::errno::Errno::ENOSYS)
+                | Err(nix::errno::Errno::EPERM)
+                | Err(nix::errno::Errno::EINVAL) => {
+                    self.no_openat2.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        std::fs::File::open(self.real(p)?)
+    }
+
     fn temp_path(&self, name: &str) -> PathBuf {
         self.root.join(TEMP_DIR).join(name)
     }
 
-    /// Sends the file at `real` from `offset` (with `version`: only if that
+    /// Sends `file` (as opened) from `offset` (with `version`: only if that
     /// is the copy opened), then shuts `out` down.
     async fn send_at(
         &self,
-        real: &Path,
+        file: io::Result<std::fs::File>,
         offset: u64,
         version: Option<&FileVersion>,
         out: &mut BoxStream,
@@ -292,7 +340,7 @@ impl DiskStorage {
         // to the pool costs two thread wake-ups, and small-file rates are
         // bounded by exactly those (see ARCHITECTURE.md, performance).
         let open = || -> io::Result<(std::fs::File, u64)> {
-            let f = std::fs::File::open(real)?;
+            let f = file?;
             let m = f.metadata()?;
             if !m.is_file() {
                 return Err(io::Error::new(io::ErrorKind::NotFound, "not a file"));
@@ -545,8 +593,8 @@ impl Storage for DiskStorage {
         out: &mut BoxStream,
         idle: Duration,
     ) -> Result<u64, StorageError> {
-        let real = self.real(path).map_err(disk)?;
-        self.send_at(&real, offset, version, out, idle).await
+        self.send_at(self.open_read(path), offset, version, out, idle)
+            .await
     }
 
     async fn send_upload(
@@ -558,8 +606,8 @@ impl Storage for DiskStorage {
         let Some(name) = &up.temp else {
             return Err(StorageError::NotFound);
         };
-        self.send_at(&self.temp_path(name), 0, None, out, idle)
-            .await
+        let file = std::fs::File::open(self.temp_path(name));
+        self.send_at(file, 0, None, out, idle).await
     }
 
     async fn receive(
@@ -873,6 +921,53 @@ mod tests {
         s.apply(&FileOp::Delete { path: to }).await.unwrap();
         assert!(s.list().await.unwrap().is_empty());
         assert!(s.free_space().await.unwrap() > 0);
+    }
+
+    #[tokio::test]
+    async fn a_download_never_follows_a_symlink() {
+        // With openat2, and with the lstat checks kernels without it get.
+        for fallback in [false, true] {
+            a_download_never_follows_a_symlink_with(fallback).await;
+        }
+    }
+
+    async fn a_download_never_follows_a_symlink_with(fallback: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+        let s = DiskStorage::new(dir.path()).unwrap();
+        s.no_openat2
+            .store(fallback, std::sync::atomic::Ordering::Relaxed);
+        std::fs::create_dir_all(dir.path().join("a")).unwrap();
+        std::fs::write(dir.path().join("a/f.bin"), b"hello").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("a/evil"))
+            .unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("linked")).unwrap();
+        let idle = Duration::from_secs(5);
+        for path in ["/a/evil", "/linked/secret"] {
+            let (mut client, mut server) = tcp_pair().await;
+            let path = VPath::parse_absolute(path).unwrap();
+            let r = s.send(&path, 0, None, &mut server, idle).await;
+            assert!(
+                matches!(&r, Err(StorageError::Disk(e)) if e.kind() == io::ErrorKind::PermissionDenied),
+                "{path}: {r:?}"
+            );
+            drop(server);
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            assert!(got.is_empty(), "{path}: sent {got:?}");
+        }
+        let (mut client, mut server) = tcp_pair().await;
+        let path = VPath::parse_absolute("/a/f.bin").unwrap();
+        assert_eq!(s.send(&path, 0, None, &mut server, idle).await.unwrap(), 5);
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello");
+        let missing = VPath::parse_absolute("/a/none").unwrap();
+        let (_client, mut server) = tcp_pair().await;
+        let r = s.send(&missing, 0, None, &mut server, idle).await;
+        assert!(matches!(r, Err(StorageError::NotFound)), "{r:?}");
     }
 
     const V: FileVersion = FileVersion {

@@ -34,6 +34,11 @@ impl Rig {
     /// A slave with /x and /a on its disk, whose master says its log goes
     /// up to `log_upto`.
     async fn start(log_upto: u64) -> Rig {
+        Rig::start_with_pool(log_upto, 0).await
+    }
+
+    /// [`Rig::start`] with `pool` passive listeners opened ahead.
+    async fn start_with_pool(log_upto: u64, pool: usize) -> Rig {
         let disk = MemDisk::new(1 << 30);
         disk.put(p("/x"), b"xx".to_vec(), 1);
         disk.put(p("/a"), b"aaa".to_vec(), 1);
@@ -44,7 +49,7 @@ impl Rig {
             name: "s1".into(),
             data_ip: "127.0.0.1".parse().unwrap(),
             passive_ports: "0".into(),
-            passive_pool: 0,
+            passive_pool: pool,
             ..SlaveConfig::default()
         });
         let (master_end, slave_end) = pipe(
@@ -80,6 +85,20 @@ impl Rig {
 
     async fn send(&mut self, msg: MasterMsg) {
         link::write_frame(&mut self.link, &msg).await.unwrap();
+    }
+
+    /// The next message from the slave that is not a heartbeat.
+    async fn next_any(&mut self) -> SlaveMsg {
+        loop {
+            let msg =
+                tokio::time::timeout(Duration::from_secs(10), link::read_frame(&mut self.link))
+                    .await
+                    .expect("a message in time")
+                    .expect("a frame");
+            if !matches!(msg, SlaveMsg::Status { .. }) {
+                return msg;
+            }
+        }
     }
 
     /// The next message from the slave that is not a heartbeat or a
@@ -230,4 +249,46 @@ async fn an_upload_waits_for_its_commit_entry_and_keeps_the_version() {
             }
         }
     );
+}
+
+#[tokio::test]
+async fn the_listener_pool_is_refilled_in_batches_at_half() {
+    let mut rig = Rig::start_with_pool(0, 4).await;
+    let mut first = None;
+    while first.is_none() {
+        if let SlaveMsg::Listeners { ready } = rig.next_any().await {
+            first = Some(ready);
+        }
+    }
+    let tokens: Vec<u64> = first.unwrap().iter().map(|(t, _)| *t).collect();
+    assert_eq!(tokens, [1, 2, 3, 4]);
+    // Three left of four: no refill yet. The log entry after the claim is
+    // a fence: its acknowledgement comes after anything the claim caused.
+    let claim = |token, xfer| MasterMsg::Claim {
+        token,
+        xfer,
+        accept_from: None,
+    };
+    rig.send(claim(1, 10)).await;
+    rig.send(MasterMsg::Log(vec![(
+        1,
+        FileOp::Delete { path: p("/none") },
+    )]))
+    .await;
+    loop {
+        match rig.next_any().await {
+            SlaveMsg::Applied { .. } => break,
+            SlaveMsg::Listeners { ready } => panic!("refilled after one claim: {ready:?}"),
+            _ => {}
+        }
+    }
+    // Two left: refilled to four in one report.
+    rig.send(claim(2, 11)).await;
+    loop {
+        if let SlaveMsg::Listeners { ready } = rig.next_any().await {
+            let tokens: Vec<u64> = ready.iter().map(|(t, _)| *t).collect();
+            assert_eq!(tokens, [5, 6]);
+            break;
+        }
+    }
 }

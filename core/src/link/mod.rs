@@ -387,15 +387,27 @@ pub enum MasterMsg {
 }
 
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, LinkError> {
-    let buf = vec![0u8; 4];
-    let payload = postcard::to_extend(msg, buf).map_err(|e| LinkError::Decode(e.to_string()))?;
-    let len = payload.len() - 4;
+    let mut buf = Vec::new();
+    encode_frame_into(msg, &mut buf)?;
+    Ok(buf)
+}
+
+/// Appends `msg` as one frame to `buf` (a link writer batches the frames
+/// queued at once into one write). On error `buf` is left as it was.
+pub fn encode_frame_into<T: Serialize>(msg: &T, buf: &mut Vec<u8>) -> Result<(), LinkError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; 4]);
+    if let Err(e) = postcard::to_io(msg, &mut *buf) {
+        buf.truncate(start);
+        return Err(LinkError::Decode(e.to_string()));
+    }
+    let len = buf.len() - start - 4;
     if len > MAX_FRAME {
+        buf.truncate(start);
         return Err(LinkError::TooLarge(len));
     }
-    let mut payload = payload;
-    payload[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(payload)
+    buf[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
 }
 
 pub fn decode_payload<T: DeserializeOwned>(buf: &[u8]) -> Result<T, LinkError> {

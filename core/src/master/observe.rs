@@ -32,11 +32,13 @@ pub enum SessionEvent<'a> {
         clock: Duration,
     },
     /// A command line arrived `at` after the session started (empty for an
-    /// empty line); `cwd` is the directory it is resolved against.
+    /// empty line); `cwd` is the directory it is resolved against; `verb`:
+    /// the command's verb (`Command::verb`), `None` when it does not parse.
     Command {
         at: Duration,
         text: &'a str,
         cwd: &'a VPath,
+        verb: Option<&'static str>,
     },
     /// A line that is not a command.
     BadLine(BadLine),
@@ -52,14 +54,16 @@ pub enum SessionEvent<'a> {
     },
     /// A data command became a transfer on a slave.
     TransferStarted(&'a TransferJob),
-    /// The transfer ended. `aborted`: the client sent ABOR during it;
-    /// `data`: what its data connection carried and how.
+    /// The transfer ended (at `unix_now`, the wall clock). `aborted`: the
+    /// client sent ABOR during it; `data`: what its data connection carried
+    /// and how.
     TransferFinished {
         job: &'a TransferJob,
         outcome: &'a TransferOutcome,
         aborted: bool,
         duration: Duration,
         data: DataFacts,
+        unix_now: i64,
     },
     /// A listing was sent (`Ok(bytes)`) or failed.
     ListingSent(Result<usize, &'a str>),
@@ -93,8 +97,20 @@ pub struct DataFacts {
     pub client_gone: bool,
 }
 
-/// Something that watches sessions. Called by the driver with the state
-/// lock held: keep it short, and never block.
+/// Something that watches sessions. Keep it short, and never block.
 pub trait SessionObserver: Send {
+    /// Called with the state lock held.
     fn on(&mut self, event: &SessionEvent<'_>, st: &MasterState);
+
+    /// Whether [`SessionObserver::on`] reads the state. An observer that
+    /// never does (metrics, the transfer log) says so: the driver then calls
+    /// [`SessionObserver::on_event`] without taking the state lock, for
+    /// every command and reply.
+    fn reads_state(&self) -> bool {
+        true
+    }
+
+    /// The event, without the state (observers whose `reads_state` is
+    /// false).
+    fn on_event(&mut self, _event: &SessionEvent<'_>) {}
 }

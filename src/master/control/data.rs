@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ControlSession, Endpoint};
 use crate::env::{accept_from, bind_in_range, BoxStream, Env, NetListener};
-use crate::link::{Request, Response};
+use crate::link::{MasterMsg, Request, Response};
 use crate::master::hub::SlaveLink;
 use crate::master::observe::SessionEvent;
 use crate::master::session::{ListingJob, Target};
@@ -52,16 +52,16 @@ impl ControlSession {
                 };
                 let link = link.ok_or("the slave went offline")?;
                 if let Some((token, addr)) = ready {
-                    // Fast path: a listener opened ahead. The claim is
-                    // pipelined; the link keeps it ahead of the transfer
-                    // order, and the client's connection waits in the
-                    // listener's backlog meanwhile.
-                    link.send(crate::link::MasterMsg::Claim {
+                    // Fast path: a listener opened ahead. The claim waits
+                    // for the data command and leaves in the same write as
+                    // the transfer order (one link message, one wake-up of
+                    // the slave per transfer); the client's connection
+                    // waits in the listener's backlog meanwhile.
+                    let claim = Claim {
                         token,
-                        xfer,
                         accept_from: peer,
-                    });
-                    self.slave_endpoint(xfer, link, addr).await;
+                    };
+                    self.slave_endpoint(xfer, link, addr, Some(claim)).await;
                     return Ok(addr);
                 }
                 let rx = link.request(
@@ -79,7 +79,7 @@ impl ControlSession {
                         Err("the slave named a listener on another host".into())
                     }
                     Ok(Ok(Response::Listening { addr })) => {
-                        self.slave_endpoint(xfer, link, addr).await;
+                        self.slave_endpoint(xfer, link, addr, None).await;
                         Ok(addr)
                     }
                     Ok(Ok(Response::Failed(f))) => Err(format!("{f:?}")),
@@ -92,14 +92,29 @@ impl ControlSession {
     }
 
     /// Records the slave listener announced at `addr`, with the master's
-    /// catch listener at the same port.
-    pub(super) async fn slave_endpoint(&mut self, xfer: u64, link: SlaveLink, addr: SocketAddr) {
-        let catch = catch_listener(&self.env, self.session.local.ip(), addr).await;
+    /// catch listener at the same port. `claim`: the claim of a listener
+    /// opened ahead, not sent yet.
+    pub(super) async fn slave_endpoint(
+        &mut self,
+        xfer: u64,
+        link: SlaveLink,
+        addr: SocketAddr,
+        claim: Option<Claim>,
+    ) {
+        // A client that connected to this address before uses the 227
+        // address: it will not land at the master's (the catch costs a
+        // listening socket per PASV).
+        let catch = if self.direct.contains(&addr.ip()) {
+            None
+        } else {
+            catch_listener(&self.env, self.session.local.ip(), addr).await
+        };
         self.endpoint = Endpoint::Slave {
             xfer,
             link,
             addr,
             catch,
+            claim,
         };
     }
 
@@ -169,6 +184,24 @@ impl ControlSession {
                 ))
                 .await
             }
+        }
+    }
+}
+
+/// The claim of a listener a slave opened ahead, not sent yet: it leaves
+/// with the first message about its transfer (the order, or the release).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Claim {
+    pub token: u64,
+    pub accept_from: Option<std::net::IpAddr>,
+}
+
+impl Claim {
+    pub fn message(self, xfer: u64) -> MasterMsg {
+        MasterMsg::Claim {
+            token: self.token,
+            xfer,
+            accept_from: self.accept_from,
         }
     }
 }

@@ -85,25 +85,41 @@ pub async fn accept_sessions(
 
 /// A session's observers; publishing to none costs nothing.
 #[derive(Default)]
-struct Observers(Vec<Box<dyn SessionObserver>>);
+struct Observers {
+    all: Vec<Box<dyn SessionObserver>>,
+    /// Some of them read the state (the recorder): publishing needs the
+    /// state lock.
+    read_state: bool,
+}
 
 impl Observers {
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.all.is_empty()
+    }
+
+    fn push(&mut self, o: Box<dyn SessionObserver>) {
+        self.read_state |= o.reads_state();
+        self.all.push(o);
     }
 
     /// Publishes `event` (the state lock is held by the caller).
     fn emit(&mut self, st: &MasterState, event: &SessionEvent<'_>) {
-        for o in &mut self.0 {
+        for o in &mut self.all {
             o.on(event, st);
         }
     }
 
-    /// Publishes `event`, taking the state lock only if someone listens.
+    /// Publishes `event`, taking the state lock only if an observer reads
+    /// the state (metrics and the transfer log do not: with only those, a
+    /// command or a reply takes no lock for them).
     fn emit_locked(&mut self, hub: &Hub, event: &SessionEvent<'_>) {
-        if !self.0.is_empty() {
+        if self.read_state {
             let core = hub.lock();
             self.emit(&core, event);
+        } else {
+            for o in &mut self.all {
+                o.on_event(event);
+            }
         }
     }
 }
@@ -120,6 +136,9 @@ enum Endpoint {
         /// The master's own address at the same port: a client that ignores
         /// the 227 address (curl's and ftplib's default) lands here.
         catch: Option<Box<dyn NetListener>>,
+        /// The claim of a listener the slave opened ahead, sent with the
+        /// first message about this transfer (the order, or the abort).
+        claim: Option<data::Claim>,
     },
 }
 
@@ -163,7 +182,20 @@ pub(super) struct ControlSession {
     stop: watch::Receiver<Option<Stop>>,
     /// `stop` still has its sender.
     stop_open: bool,
+    /// Replies written but not sent yet: a small download's 150 waits for
+    /// the transfer's final reply, so both leave in one write (one wake-up
+    /// of the client), for at most [`HOLD_OPENING`].
+    held: Vec<u8>,
+    held_until: Option<tokio::time::Instant>,
+    /// Slave addresses this client connected to as its 227 replies said:
+    /// it uses the announced address, so no catch listener is opened for
+    /// them any more (see `data.rs`, `slave_endpoint`).
+    direct: Vec<std::net::IpAddr>,
 }
+
+/// How long a held 150 may wait for the transfer's end (see
+/// `ControlSession::held`).
+const HOLD_OPENING: Duration = Duration::from_millis(2);
 
 enum Next {
     Continue,
@@ -196,6 +228,9 @@ impl ControlSession {
             tls_token: None,
             stop,
             stop_open: true,
+            held: Vec::new(),
+            held_until: None,
+            direct: Vec::new(),
         }
     }
 
@@ -205,9 +240,7 @@ impl ControlSession {
     fn attach_observers(&mut self, sink: Option<Arc<dyn RecordSink>>) {
         let unix_now = self.env.unix_now();
         if let Some(ops) = self.state.ops() {
-            self.observers
-                .0
-                .push(Box::new(OpsObserver::new(ops.clone())));
+            self.observers.push(Box::new(OpsObserver::new(ops.clone())));
         }
         if let Some(out) = sink.and_then(|s| s.open(self.session.id)) {
             let st = self.state.lock();
@@ -218,9 +251,7 @@ impl ControlSession {
                 clock: self.state.clock(),
                 master_start: self.state.started_unix(),
             };
-            self.observers
-                .0
-                .push(Box::new(Recorder::start(out, &h, &st)));
+            self.observers.push(Box::new(Recorder::start(out, &h, &st)));
         }
         let opened = SessionEvent::Opened {
             session: self.session.id,
@@ -319,19 +350,37 @@ impl ControlSession {
                     return;
                 }
             }
+            let parsed = match &line {
+                Line::Command(text) => Some(Command::parse(text)),
+                _ => None,
+            };
             if !self.observers.is_empty() {
                 let at = self.started.elapsed();
                 let cwd = &self.session.cwd;
+                let verb = parsed
+                    .as_ref()
+                    .and_then(|p| p.as_ref().ok())
+                    .map(Command::verb);
                 let event = match &line {
-                    Line::Command(text) => SessionEvent::Command { at, text, cwd },
-                    Line::Empty => SessionEvent::Command { at, text: "", cwd },
+                    Line::Command(text) => SessionEvent::Command {
+                        at,
+                        text,
+                        cwd,
+                        verb,
+                    },
+                    Line::Empty => SessionEvent::Command {
+                        at,
+                        text: "",
+                        cwd,
+                        verb: None,
+                    },
                     Line::TooLong => SessionEvent::BadLine(BadLine::TooLong),
                     Line::NotUtf8 => SessionEvent::BadLine(BadLine::NotUtf8),
                 };
                 self.observers.emit_locked(&self.state, &event);
             }
             let reply = match line {
-                Line::Command(text) => match Command::parse(&text) {
+                Line::Command(text) => match parsed.unwrap_or_else(|| Command::parse(&text)) {
                     Ok(cmd) => {
                         match users::redacted(&text) {
                             Some(safe) => tracing::debug!("<- {safe}"),
@@ -416,15 +465,55 @@ impl ControlSession {
         );
         self.observers
             .emit_locked(&self.state, &SessionEvent::Reply(reply));
-        self.writer.write_all(reply.to_wire().as_bytes()).await?;
+        let wire = reply.to_wire();
+        if self.held.is_empty() {
+            self.writer.write_all(wire.as_bytes()).await?;
+        } else {
+            let mut out = std::mem::take(&mut self.held);
+            self.held_until = None;
+            out.extend_from_slice(wire.as_bytes());
+            self.writer.write_all(&out).await?;
+        }
+        self.writer.flush().await
+    }
+
+    /// Writes `reply` with the next one, or after [`HOLD_OPENING`] at the
+    /// latest ([`ControlSession::release_held`]).
+    fn hold(&mut self, reply: &Reply) {
+        tracing::debug!(
+            "-> {} {} (held)",
+            reply.code,
+            reply.lines.first().map(String::as_str).unwrap_or("")
+        );
+        self.observers
+            .emit_locked(&self.state, &SessionEvent::Reply(reply));
+        self.held.extend_from_slice(reply.to_wire().as_bytes());
+        self.held_until
+            .get_or_insert_with(|| tokio::time::Instant::now() + HOLD_OPENING);
+    }
+
+    /// Sends the held replies now.
+    async fn release_held(&mut self) -> std::io::Result<()> {
+        self.held_until = None;
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.held);
+        self.writer.write_all(&out).await?;
         self.writer.flush().await
     }
 
     fn release_endpoint(&mut self) {
-        if let Endpoint::Slave { xfer, link, .. } =
-            std::mem::replace(&mut self.endpoint, Endpoint::None)
+        if let Endpoint::Slave {
+            xfer, link, claim, ..
+        } = std::mem::replace(&mut self.endpoint, Endpoint::None)
         {
-            link.send(crate::link::MasterMsg::Abort { xfer });
+            let abort = crate::link::MasterMsg::Abort { xfer };
+            match claim {
+                // The slave releases the listener it opened ahead.
+                Some(claim) => link.send_two(claim.message(xfer), abort),
+                None => link.send(abort),
+            }
         }
     }
 
@@ -538,7 +627,13 @@ impl ControlSession {
         let (hash, password) = (check.hash.clone(), check.password.clone());
         let verified = self
             .env
-            .run_blocking(move || users::verify_password(&hash, &password))
+            .run_blocking(move || {
+                // argon2's memory stays with the pool thread while logins
+                // queue, and goes back to the system once none does.
+                crate::env::with_pool_scratch(|memory: &mut users::Argon2Memory| {
+                    users::verify_password_with(&hash, &password, memory)
+                })
+            })
             .await
             .unwrap_or(false);
         let (action, delay) = {

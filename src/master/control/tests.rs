@@ -2,11 +2,12 @@
 //! pipe, the test playing the slave on a link handle (it reads what the
 //! driver sends the slave and answers), the core state in a bare hub.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::ControlSession;
@@ -14,7 +15,7 @@ use crate::config::{MasterConfig, UserConfig};
 use crate::env::{pipe, BoxStream, Env, FixedClock, TokioNet};
 use crate::link::{FileOp, MasterMsg, OpOutcome, Request, Response, TransferOrder};
 use crate::master::db::{FileMeta, Holders};
-use crate::master::hub::{Hub, PendingReplies, SlaveLink};
+use crate::master::hub::{Hub, Outbound, PendingReplies, SlaveLink};
 use crate::master::registry::SlaveState;
 use crate::master::session::Session;
 use crate::master::{commit, users, MasterState, Shared};
@@ -27,11 +28,14 @@ fn p(s: &str) -> VPath {
     VPath::parse_absolute(s).unwrap()
 }
 
-/// A master with one online slave `s1` (a ready passive listener, /a.bin of
-/// 3 bytes) and the user u/p; the slave's side of its link.
+/// A master with one online slave `s1` (two ready passive listeners,
+/// /a.bin of 3 bytes, /big.bin of 1 MiB) and the user u/p; the slave's
+/// side of its link.
 struct Rig {
     hub: Shared,
-    link: mpsc::UnboundedReceiver<MasterMsg>,
+    link: mpsc::UnboundedReceiver<Outbound>,
+    /// Messages of a write not taken yet.
+    inbox: VecDeque<MasterMsg>,
     pending: PendingReplies,
     client: BufReader<BoxStream>,
 }
@@ -57,20 +61,24 @@ impl Rig {
         info.free = 1 << 30;
         info.ready_listeners
             .push_back((1, "127.0.0.11:5000".parse().unwrap()));
-        st.db
-            .put_file(
-                &p("/a.bin"),
-                FileMeta {
-                    size: 3,
-                    mtime: 0,
-                    owner: 0,
-                    group: 0,
-                    crc32: None,
-                    version: 1,
-                    holders: Holders::from_slice(&[s1]),
-                },
-            )
-            .unwrap();
+        info.ready_listeners
+            .push_back((2, "127.0.0.11:5001".parse().unwrap()));
+        for (path, size) in [("/a.bin", 3), ("/big.bin", 1 << 20)] {
+            st.db
+                .put_file(
+                    &p(path),
+                    FileMeta {
+                        size,
+                        mtime: 0,
+                        owner: 0,
+                        group: 0,
+                        crc32: None,
+                        version: 1,
+                        holders: Holders::from_slice(&[s1]),
+                    },
+                )
+                .unwrap();
+        }
         let hub = Hub::bare(st);
         let (tx, link) = mpsc::unbounded_channel();
         let pending = PendingReplies::default();
@@ -89,6 +97,7 @@ impl Rig {
         let mut rig = Rig {
             hub,
             link,
+            inbox: VecDeque::new(),
             pending,
             client: BufReader::new(client),
         };
@@ -119,10 +128,54 @@ impl Rig {
 
     /// The next message the driver sent the slave.
     async fn sent_to_slave(&mut self) -> MasterMsg {
+        if let Some(m) = self.inbox.pop_front() {
+            return m;
+        }
+        let mut batch = self.sent_together().await.into_iter();
+        let first = batch.next().expect("a message");
+        self.inbox.extend(batch);
+        first
+    }
+
+    /// The messages of the driver's next write to the slave's link.
+    async fn sent_together(&mut self) -> Vec<MasterMsg> {
+        assert!(self.inbox.is_empty(), "messages left: {:?}", self.inbox);
         tokio::time::timeout(Duration::from_secs(10), self.link.recv())
             .await
             .expect("a message to the slave")
             .expect("link open")
+            .into_vec()
+    }
+
+    /// The transfer order that follows a data command, sent together with
+    /// the claim of the ready listener `token`; returns the order's request
+    /// id and transfer id.
+    async fn order(&mut self, token: u64) -> (u64, u64, TransferOrder) {
+        let batch = self.sent_together().await;
+        match &batch[..] {
+            [MasterMsg::Claim {
+                token: t,
+                xfer: claimed,
+                ..
+            }, MasterMsg::Request {
+                rid,
+                request: Request::Transfer { xfer, order, .. },
+            }] if *t == token && claimed == xfer => (*rid, *xfer, order.clone()),
+            other => panic!("expected the claim and the order in one write, got {other:?}"),
+        }
+    }
+
+    /// The bytes the client has received, without waiting.
+    fn received_now(&mut self) -> Vec<u8> {
+        let mut got = self.client.buffer().to_vec();
+        let mut buf = [0u8; 4096];
+        while let Some(Ok(n)) = super::data::poll_once(self.client.get_mut().read(&mut buf)) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
     }
 
     /// Answers request `rid` as the slave.
@@ -139,30 +192,23 @@ impl Rig {
         self.hub.commit_acked(0, seq, &outcome);
     }
 
-    async fn plan(&mut self, line: &str) -> u64 {
+    /// PRET and PASV: the first ready listener (127.0.0.11:5000) is
+    /// announced; its claim waits for the data command.
+    async fn plan(&mut self, line: &str) {
         assert!(self.cmd(&format!("PRET {line}")).await.starts_with("200"));
         let pasv = self.cmd("PASV").await;
         assert!(pasv.contains("(127,0,0,11,19,136)"), "{pasv}");
-        match self.sent_to_slave().await {
-            MasterMsg::Claim { token: 1, xfer, .. } => xfer,
-            other => panic!("expected a claim of the ready listener, got {other:?}"),
-        }
+        let early = tokio::time::timeout(Duration::from_millis(20), self.link.recv()).await;
+        assert!(early.is_err(), "sent before the data command: {early:?}");
     }
 }
 
 #[tokio::test]
 async fn a_download_is_ordered_on_the_slave_and_answered_226() {
     let mut rig = Rig::start().await;
-    let xfer = rig.plan("RETR /a.bin").await;
+    rig.plan("RETR /a.bin").await;
     rig.send("RETR /a.bin").await;
-    let MasterMsg::Request {
-        rid,
-        request: Request::Transfer { xfer: x, order, .. },
-    } = rig.sent_to_slave().await
-    else {
-        panic!("expected the transfer order")
-    };
-    assert_eq!(x, xfer);
+    let (rid, _, order) = rig.order(1).await;
     assert!(matches!(
         order,
         TransferOrder::Send { version: Some(v), .. } if v.gen == 1
@@ -178,9 +224,7 @@ async fn an_upload_commits_through_the_log_and_waits_for_the_acknowledgement() {
     let mut rig = Rig::start().await;
     rig.plan("STOR /new.bin").await;
     rig.send("STOR /new.bin").await;
-    let MasterMsg::Request { rid, .. } = rig.sent_to_slave().await else {
-        panic!("expected the transfer order")
-    };
+    let (rid, _, _) = rig.order(1).await;
     assert!(rig.reply().await.starts_with("150"));
     rig.answer(
         rid,
@@ -219,11 +263,9 @@ async fn an_upload_commits_through_the_log_and_waits_for_the_acknowledgement() {
 #[tokio::test]
 async fn abor_cancels_the_slave_and_gets_both_replies() {
     let mut rig = Rig::start().await;
-    let xfer = rig.plan("RETR /a.bin").await;
+    rig.plan("RETR /a.bin").await;
     rig.send("RETR /a.bin").await;
-    let MasterMsg::Request { rid, .. } = rig.sent_to_slave().await else {
-        panic!("expected the transfer order")
-    };
+    let (rid, xfer, _) = rig.order(1).await;
     assert!(rig.reply().await.starts_with("150"));
     rig.send("ABOR").await;
     assert!(matches!(rig.sent_to_slave().await, MasterMsg::Abort { xfer: x } if x == xfer));
@@ -238,12 +280,100 @@ async fn a_lost_slave_ends_a_running_transfer_with_426() {
     let mut rig = Rig::start().await;
     rig.plan("RETR /a.bin").await;
     rig.send("RETR /a.bin").await;
-    let MasterMsg::Request { .. } = rig.sent_to_slave().await else {
-        panic!("expected the transfer order")
-    };
+    rig.order(1).await;
     assert!(rig.reply().await.starts_with("150"));
     // The link goes: every waiter sees it.
     rig.pending.lock().unwrap().clear();
     let r = rig.reply().await;
     assert!(r.starts_with("426") && r.contains("went offline"), "{r}");
+}
+
+#[tokio::test]
+async fn a_small_downloads_150_leaves_with_its_226_in_one_write() {
+    let mut rig = Rig::start().await;
+    // Time stands still unless every task waits: the hold cannot run out
+    // while the test looks.
+    tokio::time::pause();
+    rig.plan("RETR /a.bin").await;
+    rig.send("RETR /a.bin").await;
+    let (rid, _, _) = rig.order(1).await;
+    assert!(
+        rig.received_now().is_empty(),
+        "150 sent before the transfer ended"
+    );
+    rig.answer(rid, Response::Sent { bytes: 3 });
+    let mut first = String::new();
+    rig.client.read_line(&mut first).await.unwrap();
+    assert!(first.starts_with("150"), "{first}");
+    // The 226 came in the same write: already buffered.
+    let rest = String::from_utf8(rig.received_now()).unwrap();
+    assert_eq!(rest, "226 Transfer complete, 3 bytes from s1\r\n");
+}
+
+#[tokio::test]
+async fn a_held_150_goes_out_alone_when_the_slave_takes_longer() {
+    let mut rig = Rig::start().await;
+    tokio::time::pause();
+    rig.plan("RETR /a.bin").await;
+    rig.send("RETR /a.bin").await;
+    let (rid, _, _) = rig.order(1).await;
+    let before = tokio::time::Instant::now();
+    assert!(rig.reply().await.starts_with("150"));
+    assert!(before.elapsed() >= super::HOLD_OPENING);
+    rig.answer(rid, Response::Sent { bytes: 3 });
+    assert_eq!(rig.reply().await, "226 Transfer complete, 3 bytes from s1");
+}
+
+#[tokio::test]
+async fn a_large_downloads_150_is_not_held() {
+    let mut rig = Rig::start().await;
+    tokio::time::pause();
+    rig.plan("RETR /big.bin").await;
+    rig.send("RETR /big.bin").await;
+    let (rid, _, _) = rig.order(1).await;
+    // Sent before the transfer order was even read: no waiting.
+    let now = String::from_utf8(rig.received_now()).unwrap();
+    assert!(now.starts_with("150"), "{now:?}");
+    rig.answer(rid, Response::Sent { bytes: 1 << 20 });
+    assert!(rig.reply().await.starts_with("226"));
+}
+
+#[tokio::test]
+async fn an_unused_claim_is_sent_with_its_release() {
+    let mut rig = Rig::start().await;
+    rig.plan("RETR /a.bin").await;
+    // A new PASV replaces the endpoint: the slave must release the listener
+    // it opened ahead, so the claim goes with the abort.
+    assert!(rig.cmd("PASV").await.starts_with("227"));
+    let batch = rig.sent_together().await;
+    assert!(
+        matches!(
+            &batch[..],
+            [MasterMsg::Claim { token: 1, xfer, .. }, MasterMsg::Abort { xfer: a }] if xfer == a
+        ),
+        "{batch:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_catch_listener_once_the_client_used_the_announced_address() {
+    let mut rig = Rig::start().await;
+    let own = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port));
+    rig.plan("RETR /a.bin").await;
+    // The master listens at its own address, announced port (a client
+    // that ignores the 227 address lands there).
+    assert!(own(5000).is_err(), "no catch listener at 127.0.0.1:5000");
+    rig.send("RETR /a.bin").await;
+    let (rid, _, _) = rig.order(1).await;
+    // The slave served it: the client connected where the 227 said.
+    rig.answer(rid, Response::Sent { bytes: 3 });
+    assert!(rig.reply().await.starts_with("150"));
+    assert!(rig.reply().await.starts_with("226"));
+    assert!(rig.cmd("PRET RETR /a.bin").await.starts_with("200"));
+    let pasv = rig.cmd("PASV").await;
+    assert!(pasv.contains("(127,0,0,11,19,137)"), "{pasv}");
+    assert!(
+        own(5001).is_ok(),
+        "a catch listener for a client that needs none"
+    );
 }

@@ -27,7 +27,15 @@ impl ControlSession {
         let (outcome, aborted, mut data) = self.run_transfer(&job).await;
         data.client_gone |= self.closed;
         let relayed = data.relayed;
-        tracing::info!(?outcome, relayed, "transfer finished");
+        // A completed transfer is the transfer log's line (xferlog), not
+        // the main log's: at thousands of small files a second a line each
+        // would cost more than the session's own work. Failures stay here.
+        match &outcome {
+            TransferOutcome::Sent { .. } | TransferOutcome::Committed { .. } if !aborted => {
+                tracing::debug!(?outcome, relayed, "transfer finished")
+            }
+            _ => tracing::info!(?outcome, relayed, "transfer finished"),
+        }
         let reply = {
             let mut st = self.state.lock();
             st.now = self.env.unix_now();
@@ -38,6 +46,7 @@ impl ControlSession {
                     aborted,
                     duration: started.elapsed(),
                     data,
+                    unix_now: st.now,
                 };
                 self.observers.emit(&st, &finished);
             }
@@ -85,15 +94,18 @@ impl ControlSession {
             )
         };
         // The passive listener (if any) is consumed by this transfer.
-        let (master_listener, catch, announced) =
+        let (master_listener, catch, announced, claim) =
             match std::mem::replace(&mut self.endpoint, Endpoint::None) {
-                Endpoint::Master(l) => (Some(l), None, None),
-                Endpoint::Slave { catch, addr, .. } => (None, catch, Some(addr)),
-                Endpoint::None => (None, None, None),
+                Endpoint::Master(l) => (Some(l), None, None, None),
+                Endpoint::Slave {
+                    catch, addr, claim, ..
+                } => (None, catch, Some(addr), claim),
+                Endpoint::None => (None, None, None, None),
             };
         let mut m = TransferMachine::new(job, relay_allowed, announced, self.session.local);
         let mut io = TransferIo {
             link,
+            claim,
             master_listener,
             caught: None,
             slave_stream: None,
@@ -126,6 +138,11 @@ impl ControlSession {
                         StepResult::Event(e) => event = Some(e),
                         StepResult::Finish(outcome, aborted) => {
                             io.facts.relayed = m.relaying();
+                            if let (Some(claim), Some(link)) = (io.claim.take(), &io.link) {
+                                // Never used: the slave releases it.
+                                let abort = crate::link::MasterMsg::Abort { xfer: job.xfer };
+                                link.send_two(claim.message(job.xfer), abort);
+                            }
                             return (outcome, aborted, io.facts);
                         }
                     }
@@ -148,7 +165,13 @@ impl ControlSession {
             };
             match &event {
                 Event::Slave(Response::Sent { bytes } | Response::Received { bytes, .. }) => {
-                    io.facts.bytes = Some(*bytes)
+                    io.facts.bytes = Some(*bytes);
+                    // The client reached the slave at the announced address.
+                    if let (Some(addr), false, false) = (announced, m.relaying(), io.facts.caught) {
+                        if !self.direct.contains(&addr.ip()) && self.direct.len() < MAX_DIRECT {
+                            self.direct.push(addr.ip());
+                        }
+                    }
                 }
                 Event::Caught => io.facts.caught = true,
                 Event::ControlClosed => io.facts.client_gone = true,
@@ -168,9 +191,13 @@ impl ControlSession {
         io: &mut TransferIo,
         timeout: Duration,
     ) -> Option<StepResult> {
-        let abort = |io: &TransferIo| {
+        let abort = |io: &mut TransferIo| {
             if let Some(link) = &io.link {
-                link.send(crate::link::MasterMsg::Abort { xfer: job.xfer });
+                let abort = crate::link::MasterMsg::Abort { xfer: job.xfer };
+                match io.claim.take() {
+                    Some(claim) => link.send_two(claim.message(job.xfer), abort),
+                    None => link.send(abort),
+                }
             }
         };
         match step {
@@ -192,7 +219,8 @@ impl ControlSession {
                 };
                 let rid = self.state.lock().next_id();
                 if let Some(link) = &io.link {
-                    io.response = Some(link.request(
+                    io.response = Some(link.request_after(
+                        io.claim.take().map(|c| c.message(job.xfer)),
                         rid,
                         Request::Transfer {
                             xfer: job.xfer,
@@ -204,7 +232,11 @@ impl ControlSession {
                 }
             }
             Step::Reply(r) => {
-                if self.send(&r).await.is_err() {
+                // A small download's 150 goes out with its 226 (unless a
+                // change must be confirmed first: `send` waits for that).
+                if job.may_hold_opening() && self.durable.is_none() {
+                    self.hold(&r);
+                } else if self.send(&r).await.is_err() {
                     self.closed = true;
                 }
             }
@@ -296,6 +328,7 @@ impl ControlSession {
         loop {
             let control = watch_control && !self.closed;
             let catching = watch_catch && !self.closed;
+            let mut release = false;
             tokio::select! {
                 biased;
                 line = read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed), if control => {
@@ -337,6 +370,10 @@ impl ControlSession {
                         }
                     }
                 }
+                _ = held_deadline(self.held_until) => release = true,
+            }
+            if release && self.release_held().await.is_err() {
+                self.closed = true;
             }
         }
     }
@@ -355,7 +392,8 @@ impl ControlSession {
             };
         };
         let rid = self.state.lock().next_id();
-        let rx = link.request(
+        let rx = link.request_after(
+            io.claim.take().map(|c| c.message(job.xfer)),
             rid,
             Request::Listen {
                 xfer: job.xfer,
@@ -511,10 +549,25 @@ impl ControlSession {
     }
 }
 
+/// Slave addresses a session remembers as reached directly (see
+/// `ControlSession::direct`).
+const MAX_DIRECT: usize = 16;
+
+/// Resolves at `until`, or never.
+async fn held_deadline(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The IO side of one running transfer: what the machine's steps open and
 /// the driver holds until the transfer ends.
 struct TransferIo {
     link: Option<SlaveLink>,
+    /// The claim of the slave listener opened ahead, until it is sent with
+    /// the first message of this transfer.
+    claim: Option<super::data::Claim>,
     /// The client's passive listener on the master (relay route).
     master_listener: Option<Box<dyn NetListener>>,
     /// A client caught at the master's address.

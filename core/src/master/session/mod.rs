@@ -102,9 +102,30 @@ pub struct TransferJob {
     pub upload: Option<crate::master::commit::UploadTarget>,
 }
 
+/// Largest download whose 150 the driver may hold back until the transfer
+/// ends ([`TransferJob::may_hold_opening`]): well within what a data
+/// connection buffers, so the slave finishes without the client reading.
+pub const HOLD_OPENING_MAX_BYTES: u64 = 64 * 1024;
+
 impl TransferJob {
     pub fn is_upload(&self) -> bool {
         matches!(self.order, TransferOrder::Receive { .. })
+    }
+
+    /// Whether the 150 may wait for the final reply (a few milliseconds at
+    /// most), so both leave in one write: a download of at most
+    /// [`HOLD_OPENING_MAX_BYTES`] completes whether or not the client reads
+    /// before its 150. Never an upload: clients send only after the 150.
+    pub fn may_hold_opening(&self) -> bool {
+        match &self.order {
+            TransferOrder::Send {
+                offset,
+                version: Some(v),
+                rate: None,
+                ..
+            } => v.size.saturating_sub(*offset) <= HOLD_OPENING_MAX_BYTES,
+            _ => false,
+        }
     }
 }
 
