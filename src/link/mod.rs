@@ -211,7 +211,10 @@ mod tests {
         drop(tx);
         let mut w = Writes::default();
         let hour = std::time::Duration::from_secs(3600);
-        write_frames(&mut w, &mut rx, hour, || async { MasterMsg::Heartbeat }).await;
+        write_frames(&mut w, &mut rx, None, hour, || async {
+            MasterMsg::Heartbeat
+        })
+        .await;
         // The interval's first tick is immediate: a heartbeat may lead.
         let writes: Vec<Vec<u8>> =
             w.0.into_iter()
