@@ -101,14 +101,10 @@ impl ControlSession {
         addr: SocketAddr,
         claim: Option<Claim>,
     ) {
-        // A client that connected to this address before uses the 227
-        // address: it will not land at the master's (the catch costs a
-        // listening socket per PASV).
-        let catch = if self.direct.contains(&addr.ip()) {
-            None
-        } else {
-            catch_listener(&self.env, self.session.local.ip(), addr).await
-        };
+        // Also for a client that reached this slave directly before: a
+        // session may change its mind (or be several programs behind one
+        // NAT address), and a refused connection is worse than a socket.
+        let catch = catch_listener(&self.env, self.session.local.ip(), addr).await;
         self.endpoint = Endpoint::Slave {
             xfer,
             link,

@@ -187,10 +187,6 @@ pub(super) struct ControlSession {
     /// of the client), for at most [`HOLD_OPENING`].
     held: Vec<u8>,
     held_until: Option<tokio::time::Instant>,
-    /// Slave addresses this client connected to as its 227 replies said:
-    /// it uses the announced address, so no catch listener is opened for
-    /// them any more (see `data.rs`, `slave_endpoint`).
-    direct: Vec<std::net::IpAddr>,
 }
 
 /// How long a held 150 may wait for the transfer's end (see
@@ -230,7 +226,6 @@ impl ControlSession {
             stop_open: true,
             held: Vec::new(),
             held_until: None,
-            direct: Vec::new(),
         }
     }
 

@@ -12,7 +12,7 @@ use super::{
     accept_opt, is_abor, poll_once, read_line_into, ClientSide, ControlSession, Endpoint, Next,
 };
 use crate::config::PasvWithoutPret;
-use crate::env::{accept_from, pump_counted, BoxStream, NetListener};
+use crate::env::{accept_from, relay_counted, BoxStream, NetListener};
 use crate::link::{DataTls, OpOutcome, Request, Response};
 use crate::master::db::SlaveId;
 use crate::master::hub::{SlaveLink, Stop};
@@ -94,14 +94,27 @@ impl ControlSession {
             )
         };
         // The passive listener (if any) is consumed by this transfer.
-        let (master_listener, catch, announced, claim) =
+        let (master_listener, catch, announced, claim, listened_on) =
             match std::mem::replace(&mut self.endpoint, Endpoint::None) {
-                Endpoint::Master(l) => (Some(l), None, None, None),
+                Endpoint::Master(l) => (Some(l), None, None, None, None),
                 Endpoint::Slave {
-                    catch, addr, claim, ..
-                } => (None, catch, Some(addr), claim),
-                Endpoint::None => (None, None, None, None),
+                    catch,
+                    addr,
+                    claim,
+                    link,
+                    ..
+                } => (None, catch, Some(addr), claim, Some(link.epoch)),
+                Endpoint::None => (None, None, None, None, None),
             };
+        // The listener (and its claim token) belongs to the slave process
+        // of the link it was announced on. A slave that restarted since has
+        // other listeners under the same tokens, maybe on the same ports:
+        // an order there could hand this client another session's
+        // connection. The transfer fails as if the slave were offline.
+        let link = match (link, listened_on) {
+            (Some(l), Some(epoch)) if l.epoch != epoch => None,
+            (link, _) => link,
+        };
         let mut m = TransferMachine::new(job, relay_allowed, announced, self.session.local);
         let mut io = TransferIo {
             link,
@@ -166,12 +179,6 @@ impl ControlSession {
             match &event {
                 Event::Slave(Response::Sent { bytes } | Response::Received { bytes, .. }) => {
                     io.facts.bytes = Some(*bytes);
-                    // The client reached the slave at the announced address.
-                    if let (Some(addr), false, false) = (announced, m.relaying(), io.facts.caught) {
-                        if !self.direct.contains(&addr.ip()) && self.direct.len() < MAX_DIRECT {
-                            self.direct.push(addr.ip());
-                        }
-                    }
                 }
                 Event::Caught => io.facts.caught = true,
                 Event::ControlClosed => io.facts.client_gone = true,
@@ -467,9 +474,9 @@ impl ControlSession {
             }
             let progress = progress.as_deref();
             if upload {
-                pump_counted(&mut client, &mut slave_stream, progress).await
+                relay_counted(&mut client, &mut slave_stream, progress).await
             } else {
-                pump_counted(&mut slave_stream, &mut client, progress).await
+                relay_counted(&mut slave_stream, &mut client, progress).await
             }
         }));
     }
@@ -548,10 +555,6 @@ impl ControlSession {
         }
     }
 }
-
-/// Slave addresses a session remembers as reached directly (see
-/// `ControlSession::direct`).
-const MAX_DIRECT: usize = 16;
 
 /// Resolves at `until`, or never.
 async fn held_deadline(until: Option<tokio::time::Instant>) {
