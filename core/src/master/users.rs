@@ -367,7 +367,11 @@ mod tests {
         let m: crate::config::MasterConfig = toml::from_str(text).unwrap();
         let alice = m.users.iter().find(|u| u.name == "alice").unwrap();
         let hash = alice.password_hash.as_deref().unwrap();
-        assert!(verify_password_with(hash, "alice-example-password", &mut memory));
+        assert!(verify_password_with(
+            hash,
+            "alice-example-password",
+            &mut memory
+        ));
         assert!(!verify_password_with(hash, "alice", &mut memory));
     }
 
