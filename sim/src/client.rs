@@ -10,6 +10,10 @@
 //! It is deliberately a plain, strict client: it follows the 227/229 address
 //! it is given, connects the data connection when the server says 1xx (or
 //! earlier on `data connect`), and never retries.
+//!
+//! Size: one scripted client's whole state machine (commands, data
+//! connections, TLS, the transcript) is kept in one file, so the ordering
+//! rules of a session read top to bottom.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;

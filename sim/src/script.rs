@@ -3,6 +3,9 @@
 //! the file, no panics on bad input — every mistake is a [`ParseError`]
 //! naming `file:line`. The language itself is documented in
 //! `scenarios/README.md`.
+//!
+//! Size: one parser for every step of the language, a match arm per
+//! keyword; split by keyword it would hide the shared grammar.
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -14,6 +14,9 @@
 //! output is buffered in memory and handed to a writer thread in 16 KiB
 //! chunks and at session end: a crash of the master may lose a session's
 //! tail.
+//!
+//! Size: the recorder formats every command kind and data outcome from one
+//! per-session state; the pieces are not useful apart.
 
 use std::collections::BTreeSet;
 use std::io::Write;

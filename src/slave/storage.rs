@@ -14,6 +14,10 @@
 //! hand it on (an error, a cancelled transfer) by [`TempFile`]'s drop. Writes into an existing file (REST+STOR, APPE) are copy-on-write:
 //! the file is copied to the temporary name (copy_file_range, a reflink
 //! where the filesystem can), written there, and renamed over it on commit.
+//!
+//! Size: the seam and its disk implementation (temporaries, copy-on-write,
+//! sendfile, write-behind, versions); the in-memory one is `slave/mem.rs`,
+//! extended attributes `slave/xattr.rs`.
 
 use std::future::Future;
 use std::io;
