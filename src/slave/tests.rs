@@ -105,13 +105,8 @@ impl Rig {
     /// listener report.
     async fn next(&mut self) -> SlaveMsg {
         loop {
-            let msg =
-                tokio::time::timeout(Duration::from_secs(10), link::read_frame(&mut self.link))
-                    .await
-                    .expect("a message in time")
-                    .expect("a frame");
-            match msg {
-                SlaveMsg::Status { .. } | SlaveMsg::Listeners { .. } => continue,
+            match self.next_any().await {
+                SlaveMsg::Listeners { .. } => continue,
                 m => return m,
             }
         }
