@@ -126,6 +126,7 @@ impl SessionObserver for OpsObserver {
                     duration: *duration,
                     remote: self
                         .remote
+                        // bind-ok: no bind; the xferlog's "unknown" remote.
                         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
                     bytes,
                     path: path.as_str(),
