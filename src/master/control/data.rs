@@ -9,6 +9,7 @@ use tokio::io::AsyncWriteExt;
 use super::{ControlSession, Endpoint};
 use crate::env::{accept_from, bind_in_range, BoxStream, Env, NetListener};
 use crate::link::{MasterMsg, Request, Response};
+use crate::master::db::SlaveId;
 use crate::master::hub::SlaveLink;
 use crate::master::observe::SessionEvent;
 use crate::master::session::{ListingJob, Target};
@@ -39,55 +40,79 @@ impl ControlSession {
                 Ok(SocketAddr::new(advertised.unwrap_or(ip), port))
             }
             Target::Slave(s) => {
-                let (link, rid, ready, peer) = {
-                    let mut st = self.state.lock();
-                    let peer = self.session.passive_peer(&st);
-                    let rid = st.next_id();
-                    let link = st.link(s);
-                    let ready = match (&link, st.slaves.get_mut(s)) {
-                        (Some(_), Some(info)) => info.ready_listeners.pop_front(),
-                        _ => None,
-                    };
-                    (link, rid, ready, peer)
-                };
-                let link = link.ok_or("the slave went offline")?;
-                if let Some((token, addr)) = ready {
-                    // Fast path: a listener opened ahead. The claim waits
-                    // for the data command and leaves in the same write as
-                    // the transfer order (one link message, one wake-up of
-                    // the slave per transfer); the client's connection
-                    // waits in the listener's backlog meanwhile.
-                    let claim = Claim {
-                        token,
-                        accept_from: peer,
-                    };
-                    self.slave_endpoint(xfer, link, addr, Some(claim)).await;
-                    return Ok(addr);
-                }
-                let rx = link.request(
-                    rid,
-                    Request::Listen {
-                        xfer,
-                        accept_from: peer,
-                    },
-                );
-                match tokio::time::timeout(timeout, rx).await {
-                    Ok(Ok(Response::Listening { addr }))
-                        if !self.state.lock().slaves.is_own_address(s, addr) =>
-                    {
-                        tracing::warn!(%addr, "slave answered with a foreign listener address");
-                        Err("the slave named a listener on another host".into())
+                // A client that ignores the 227 address lands on the
+                // master's address at the slave's port, so the master
+                // listens there too; when that port is taken here (another
+                // program's socket), another listener is tried.
+                for attempt in 1..=CATCH_ATTEMPTS {
+                    let addr = self.slave_listener(s, xfer, timeout).await?;
+                    let caught = matches!(&self.endpoint, Endpoint::Slave { catch: Some(_), .. });
+                    if caught || addr.ip() == self.session.local.ip() || attempt == CATCH_ATTEMPTS {
+                        return Ok(addr);
                     }
-                    Ok(Ok(Response::Listening { addr })) => {
-                        self.slave_endpoint(xfer, link, addr, None).await;
-                        Ok(addr)
-                    }
-                    Ok(Ok(Response::Failed(f))) => Err(format!("{f:?}")),
-                    Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
-                    Ok(Err(_)) => Err("the slave went offline".into()),
-                    Err(_) => Err("the slave did not answer in time".into()),
+                    tracing::debug!(%addr, "port taken at the master's address; another listener");
+                    self.release_endpoint();
                 }
+                Err("no passive listener".into())
             }
+        }
+    }
+
+    /// Gets a listener of slave `s` for transfer `xfer` (one opened ahead,
+    /// or a new one) and records it as the session's endpoint.
+    async fn slave_listener(
+        &mut self,
+        s: SlaveId,
+        xfer: u64,
+        timeout: std::time::Duration,
+    ) -> Result<SocketAddr, String> {
+        let (link, rid, ready, peer) = {
+            let mut st = self.state.lock();
+            let peer = self.session.passive_peer(&st);
+            let rid = st.next_id();
+            let link = st.link(s);
+            let ready = match (&link, st.slaves.get_mut(s)) {
+                (Some(_), Some(info)) => info.ready_listeners.pop_front(),
+                _ => None,
+            };
+            (link, rid, ready, peer)
+        };
+        let link = link.ok_or("the slave went offline")?;
+        if let Some((token, addr)) = ready {
+            // Fast path: a listener opened ahead. The claim waits for the
+            // data command and leaves in the same write as the transfer
+            // order (one link message, one wake-up of the slave per
+            // transfer); the client's connection waits in the listener's
+            // backlog meanwhile.
+            let claim = Claim {
+                token,
+                accept_from: peer,
+            };
+            self.slave_endpoint(xfer, link, addr, Some(claim)).await;
+            return Ok(addr);
+        }
+        let rx = link.request(
+            rid,
+            Request::Listen {
+                xfer,
+                accept_from: peer,
+            },
+        );
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Response::Listening { addr }))
+                if !self.state.lock().slaves.is_own_address(s, addr) =>
+            {
+                tracing::warn!(%addr, "slave answered with a foreign listener address");
+                Err("the slave named a listener on another host".into())
+            }
+            Ok(Ok(Response::Listening { addr })) => {
+                self.slave_endpoint(xfer, link, addr, None).await;
+                Ok(addr)
+            }
+            Ok(Ok(Response::Failed(f))) => Err(format!("{f:?}")),
+            Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+            Ok(Err(_)) => Err("the slave went offline".into()),
+            Err(_) => Err("the slave did not answer in time".into()),
         }
     }
 
@@ -183,6 +208,10 @@ impl ControlSession {
         }
     }
 }
+
+/// Slave listeners tried for one PASV when the master cannot listen at the
+/// same port (see `open_passive`).
+const CATCH_ATTEMPTS: u32 = 4;
 
 /// The claim of a listener a slave opened ahead, not sent yet: it leaves
 /// with the first message about its transfer (the order, or the release).

@@ -38,10 +38,30 @@ struct Rig {
     inbox: VecDeque<MasterMsg>,
     pending: PendingReplies,
     client: BufReader<BoxStream>,
+    /// The ports of the slave's two ready listeners: free on 127.0.0.1
+    /// when the rig starts (the master listens at its own address on the
+    /// announced port too), distinct for tests running at once.
+    ports: [u16; 2],
+}
+
+/// Two ports free on 127.0.0.1 now.
+fn free_ports() -> [u16; 2] {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    [
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    ]
+}
+
+/// How a PASV reply writes 127.0.0.11 at `port`.
+fn pasv_at(port: u16) -> String {
+    format!("(127,0,0,11,{},{})", port >> 8, port & 0xff)
 }
 
 impl Rig {
     async fn start() -> Rig {
+        let ports = free_ports();
         let cfg = MasterConfig {
             users: vec![UserConfig {
                 name: "u".into(),
@@ -60,9 +80,9 @@ impl Rig {
         info.data_ip = Some("127.0.0.11".parse().unwrap());
         info.free = 1 << 30;
         info.ready_listeners
-            .push_back((1, "127.0.0.11:5000".parse().unwrap()));
+            .push_back((1, SocketAddr::from(([127, 0, 0, 11], ports[0]))));
         info.ready_listeners
-            .push_back((2, "127.0.0.11:5001".parse().unwrap()));
+            .push_back((2, SocketAddr::from(([127, 0, 0, 11], ports[1]))));
         for (path, size) in [("/a.bin", 3), ("/big.bin", 1 << 20)] {
             st.db
                 .put_file(
@@ -100,6 +120,7 @@ impl Rig {
             inbox: VecDeque::new(),
             pending,
             client: BufReader::new(client),
+            ports,
         };
         assert!(rig.reply().await.starts_with("220"));
         assert!(rig.cmd("USER u").await.starts_with("331"));
@@ -192,12 +213,12 @@ impl Rig {
         self.hub.commit_acked(0, seq, &outcome);
     }
 
-    /// PRET and PASV: the first ready listener (127.0.0.11:5000) is
+    /// PRET and PASV: the first ready listener (127.0.0.11, `ports[0]`) is
     /// announced; its claim waits for the data command.
     async fn plan(&mut self, line: &str) {
         assert!(self.cmd(&format!("PRET {line}")).await.starts_with("200"));
         let pasv = self.cmd("PASV").await;
-        assert!(pasv.contains("(127,0,0,11,19,136)"), "{pasv}");
+        assert!(pasv.contains(&pasv_at(self.ports[0])), "{pasv}");
         let early = tokio::time::timeout(Duration::from_millis(20), self.link.recv()).await;
         assert!(early.is_err(), "sent before the data command: {early:?}");
     }
@@ -362,7 +383,7 @@ async fn a_catch_listener_even_after_the_client_used_the_announced_address() {
     rig.plan("RETR /a.bin").await;
     // The master listens at its own address, announced port (a client
     // that ignores the 227 address lands there).
-    assert!(own(5000).is_err(), "no catch listener at 127.0.0.1:5000");
+    assert!(own(rig.ports[0]).is_err(), "no catch listener at 127.0.0.1");
     rig.send("RETR /a.bin").await;
     let (rid, _, _) = rig.order(1).await;
     // The slave served it: the client connected where the 227 said.
@@ -371,11 +392,11 @@ async fn a_catch_listener_even_after_the_client_used_the_announced_address() {
     assert!(rig.reply().await.starts_with("226"));
     assert!(rig.cmd("PRET RETR /a.bin").await.starts_with("200"));
     let pasv = rig.cmd("PASV").await;
-    assert!(pasv.contains("(127,0,0,11,19,137)"), "{pasv}");
+    assert!(pasv.contains(&pasv_at(rig.ports[1])), "{pasv}");
     // A client may ignore the 227 address later in the same session (or
     // be another program behind one address): it is still caught.
     assert!(
-        own(5001).is_err(),
+        own(rig.ports[1]).is_err(),
         "no catch listener after a direct transfer"
     );
 }
@@ -402,5 +423,30 @@ async fn a_claim_never_reaches_a_slave_process_that_restarted_since_the_pasv() {
     assert!(
         second.try_recv().is_err(),
         "a claim or order went to the new slave process"
+    );
+}
+
+#[tokio::test]
+async fn a_pasv_skips_a_slave_port_the_master_cannot_also_listen_on() {
+    let mut rig = Rig::start().await;
+    // Another program holds the master's address at the port of the
+    // slave's first ready listener: a client that ignores the 227 address
+    // would be refused there, so the second listener is announced.
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", rig.ports[0])).unwrap();
+    assert!(rig.cmd("PRET RETR /a.bin").await.starts_with("200"));
+    let pasv = rig.cmd("PASV").await;
+    assert!(pasv.contains(&pasv_at(rig.ports[1])), "{pasv}");
+    // The first is released on the slave (its claim with an abort).
+    let batch = rig.sent_together().await;
+    assert!(
+        matches!(
+            &batch[..],
+            [MasterMsg::Claim { token: 1, xfer, .. }, MasterMsg::Abort { xfer: a }] if xfer == a
+        ),
+        "{batch:?}"
+    );
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", rig.ports[1])).is_err(),
+        "no catch listener at the announced port"
     );
 }
