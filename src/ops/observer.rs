@@ -126,8 +126,8 @@ impl SessionObserver for OpsObserver {
                     duration: *duration,
                     remote: self
                         .remote
-                        // bind-ok: no bind; the xferlog's "unknown" remote.
-                        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                        // The xferlog's "unknown" remote, not a bind.
+                        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)), // bind-ok
                     bytes,
                     path: path.as_str(),
                     direction,
