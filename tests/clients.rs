@@ -180,25 +180,7 @@ fn rclone_copy_up_down_and_check_agree() {
     let work = tempfile::tempdir().unwrap();
     let up = work.path().join("tree");
     let files = make_tree(&up);
-    let obscured = Command::new("rclone")
-        .args(["obscure", PASS])
-        .output()
-        .expect("rclone must be installed (see .ci/run)");
-    let remote = format!(
-        ":ftp,host=127.0.0.1,port={},user={USER},pass={}:rtree",
-        c.addr.port(),
-        text(&obscured.stdout).trim()
-    );
-    let rclone = |args: &[&str]| {
-        let out = Command::new("rclone").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "rclone {args:?}:\n{}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stderr)
-    };
+    let remote = rclone_remote(c.addr, "rtree");
     rclone(&["copy", up.to_str().unwrap(), &remote]);
     let down = work.path().join("down");
     rclone(&["copy", &remote, down.to_str().unwrap()]);

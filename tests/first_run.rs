@@ -277,21 +277,7 @@ fn rclone_copyto_of_a_changed_file_twice_leaves_the_new_content() {
     }
     let c = ClusterProc::start(&[]);
     let work = tempfile::tempdir().unwrap();
-    let obscured = Command::new("rclone")
-        .args(["obscure", PASS])
-        .output()
-        .unwrap();
-    let remote = format!(
-        ":ftp,host=127.0.0.1,port={},user={USER},pass={}:",
-        c.addr.port(),
-        text(&obscured.stdout).trim()
-    );
-    let rclone = |args: &[&str]| {
-        ok(
-            &format!("rclone {args:?}"),
-            &Command::new("rclone").args(args).output().unwrap(),
-        )
-    };
+    let remote = rclone_remote(c.addr, "");
     let file = work.path().join("r.bin");
     let back = work.path().join("back.bin");
     for (round, size) in [(1u64, 150_000usize), (2, 90_000), (3, 210_000)] {

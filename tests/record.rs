@@ -5,35 +5,9 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dftpd_sim::{replay_file, ReplayOptions};
-
-/// The recordings in `dir` once every session has ended (a recording is
-/// flushed when its session ends, a moment after curl exits).
-fn finished_recordings(dir: &Path, want: usize) -> Vec<PathBuf> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        // In session order: session-9 before session-10.
-        files.sort_by_key(|f| (f.as_os_str().len(), f.clone()));
-        let done = files.len() >= want
-            && files.iter().all(|f| {
-                std::fs::read_to_string(f).is_ok_and(|t| t.contains("# session ended at"))
-            });
-        if done {
-            return files;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "recordings not finished: {files:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn curl_ok(args: &[&str]) {
     let out = curl(args);

@@ -14,30 +14,6 @@ use std::time::{Duration, Instant};
 
 use dftpd_sim::replay::{replay_paths, Fault, ReplayOptions, ReplayReport, When};
 
-/// The recordings in `dir` once `want` sessions have ended (a recording is
-/// complete when its session ends, a moment after the client exits).
-fn finished_recordings(dir: &Path, want: usize) -> Vec<PathBuf> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        files.sort_by_key(|f| (f.as_os_str().len(), f.clone()));
-        let done = files.len() >= want
-            && files.iter().all(|f| {
-                std::fs::read_to_string(f).is_ok_and(|t| t.contains("# session ended at"))
-            });
-        if done {
-            return files;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "recordings not finished: {files:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Replays `paths` together; every session must agree and no invariant
 /// break. Prints the per-session summaries and the wall time.
 fn replay_clean(what: &str, paths: &[PathBuf]) -> ReplayReport {
@@ -138,24 +114,7 @@ fn rclone_sync_twice_replays_its_parallel_sessions_together() {
             ("sub/deeper/leaf.bin", 10_000, 5),
         ],
     );
-    let obscured = Command::new("rclone")
-        .args(["obscure", PASS])
-        .output()
-        .expect("rclone must be installed (see .ci/run)");
-    let remote = format!(
-        ":ftp,host=127.0.0.1,port={},user={USER},pass={}:rsync",
-        c.addr.port(),
-        text(&obscured.stdout).trim()
-    );
-    let rclone = |args: &[&str]| {
-        let out = Command::new("rclone").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "rclone {args:?}:\n{}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-    };
+    let remote = rclone_remote(c.addr, "rsync");
     rclone(&["sync", up.to_str().unwrap(), &remote]);
     // Changes and deletions, synced again.
     std::fs::write(up.join("change.bin"), random_bytes(55_555, 6)).unwrap();

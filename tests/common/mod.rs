@@ -703,3 +703,55 @@ impl Site {
         self.master.0.id()
     }
 }
+
+/// The recordings in `dir` once `want` sessions have ended (a recording is
+/// complete when its session ends, a moment after the client exits).
+pub fn finished_recordings(dir: &Path, want: usize) -> Vec<PathBuf> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        // In session order: session-9 before session-10.
+        files.sort_by_key(|f| (f.as_os_str().len(), f.clone()));
+        let done = files.len() >= want
+            && files.iter().all(|f| {
+                std::fs::read_to_string(f).is_ok_and(|t| t.contains("# session ended at"))
+            });
+        if done {
+            return files;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recordings not finished: {files:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// rclone's on-the-fly remote for the cluster at `addr` as USER, rooted
+/// at `dir` (empty: the top).
+pub fn rclone_remote(addr: SocketAddr, dir: &str) -> String {
+    let obscured = Command::new("rclone")
+        .args(["obscure", PASS])
+        .output()
+        .expect("rclone must be installed (see .ci/run)");
+    format!(
+        ":ftp,host=127.0.0.1,port={},user={USER},pass={}:{dir}",
+        addr.port(),
+        text(&obscured.stdout).trim()
+    )
+}
+
+/// Runs rclone with `args`, which must succeed; returns its stderr (where
+/// rclone reports, e.g. `check`'s differences).
+pub fn rclone(args: &[&str]) -> String {
+    let out = Command::new("rclone").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "rclone {args:?}:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stderr)
+}
