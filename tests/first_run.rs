@@ -46,6 +46,29 @@ fn same(got: &Path, want: &[u8], what: &str) {
     assert!(got == want, "{what}: downloaded bytes differ");
 }
 
+/// A Python client script (argv: host, port, user, password, source,
+/// destination) uploads a payload to a default cluster and downloads it
+/// back; the bytes must agree.
+fn python_round_trip(script: &str, name: &str, size: usize, seed: u64, what: &str) {
+    let c = ClusterProc::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let (src, bytes) = payload(work.path(), name, size, seed);
+    let back = work.path().join("back.bin");
+    let port = c.addr.port().to_string();
+    python(
+        script,
+        &[
+            "127.0.0.1",
+            &port,
+            USER,
+            PASS,
+            src.to_str().unwrap(),
+            back.to_str().unwrap(),
+        ],
+    );
+    same(&back, &bytes, what);
+}
+
 /// The sum of `relayed=` over SITE SLAVES.
 fn relayed(c: &ClusterProc) -> u64 {
     let mut raw = c.raw();
@@ -251,23 +274,7 @@ ftp.quit()
 
 #[test]
 fn python_ftplib_with_defaults_stores_and_retrieves() {
-    let c = ClusterProc::start(&[]);
-    let work = tempfile::tempdir().unwrap();
-    let (src, bytes) = payload(work.path(), "py.bin", 350_000, 6);
-    let back = work.path().join("back.bin");
-    let port = c.addr.port().to_string();
-    python(
-        FTPLIB,
-        &[
-            "127.0.0.1",
-            &port,
-            USER,
-            PASS,
-            src.to_str().unwrap(),
-            back.to_str().unwrap(),
-        ],
-    );
-    same(&back, &bytes, "ftplib");
+    python_round_trip(FTPLIB, "py.bin", 350_000, 6, "ftplib");
 }
 
 #[test]
@@ -355,23 +362,7 @@ fn aioftp_uploads_and_downloads() {
     ) {
         return;
     }
-    let c = ClusterProc::start(&[]);
-    let work = tempfile::tempdir().unwrap();
-    let (src, bytes) = payload(work.path(), "aio.bin", 320_000, 9);
-    let back = work.path().join("back.bin");
-    let port = c.addr.port().to_string();
-    python(
-        AIOFTP,
-        &[
-            "127.0.0.1",
-            &port,
-            USER,
-            PASS,
-            src.to_str().unwrap(),
-            back.to_str().unwrap(),
-        ],
-    );
-    same(&back, &bytes, "aioftp");
+    python_round_trip(AIOFTP, "aio.bin", 320_000, 9, "aioftp");
 }
 
 const BASIC_FTP: &str = r#"
