@@ -27,6 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use super::sink;
 use super::xattr::{read_version, read_version_fd, write_version};
 use crate::env::{BoxStream, COPY_BUF};
 use crate::link::{FileOp, FileVersion, OpOutcome, RemoteFile, APPEND};
@@ -465,28 +466,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(io::Error::other)?
 }
 
-/// Bytes between two writeback kicks during an upload.
-const WRITEBACK_STEP: u64 = 8 << 20;
-
-/// Starts writeback of a just-written range (`sync_file_range` with
-/// `SYNC_FILE_RANGE_WRITE`: it queues the I/O and returns). The disk then
-/// works during the upload instead of all at once in the final fsync, which
-/// stays the durability point. A failure only means less overlap.
-fn start_writeback(file: &tokio::fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: `fd` belongs to `file`, which outlives this call; the call
-    // reads no memory of ours.
-    let _ = unsafe {
-        nix::libc::sync_file_range(
-            fd,
-            offset as nix::libc::off64_t,
-            len as nix::libc::off64_t,
-            nix::libc::SYNC_FILE_RANGE_WRITE,
-        )
-    };
-}
-
 /// `sendfile(2)` from `file` to the socket under tokio's readiness API:
 /// the bytes never enter user space.
 async fn sendfile_all(
@@ -635,17 +614,18 @@ impl Storage for DiskStorage {
         let target = self.temp_path(&name);
         let guard = TempFile(Some(target.clone()));
         let temp = Some(name);
-        let mut file = match offset {
-            None => tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&target)
-                .await
-                .map_err(StorageError::Disk)?,
+        let (file, direct, at) = match offset {
+            None => {
+                let t = target.clone();
+                let (file, direct) = blocking(move || sink::create_new(&t))
+                    .await
+                    .map_err(StorageError::Disk)?;
+                (file, direct, 0)
+            }
             Some(off) => {
                 let (src, dst) = (self.real(path).map_err(disk)?, target.clone());
                 let base = base.copied();
-                blocking(move || {
+                let at = blocking(move || {
                     let mut out = std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -655,7 +635,7 @@ impl Storage for DiskStorage {
                         // file (RFC 959), whatever a stale copy on this disk
                         // still holds; REST+STOR needs a file.
                         return if off == APPEND || off == 0 {
-                            Ok(Ok(()))
+                            Ok(Ok((out, 0)))
                         } else {
                             Ok(Err(StorageError::NotFound))
                         };
@@ -667,59 +647,18 @@ impl Storage for DiskStorage {
                         return Ok(Err(StorageError::NotCurrent));
                     }
                     std::io::copy(&mut from, &mut out)?;
-                    Ok(Ok(()))
+                    let at = if off == APPEND { base.size } else { off };
+                    out.set_len(at)?;
+                    Ok(Ok((out, at)))
                 })
                 .await
                 .map_err(disk)??;
-                let mut f = tokio::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&target)
-                    .await
-                    .map_err(disk)?;
-                if off == APPEND {
-                    f.seek(io::SeekFrom::End(0))
-                        .await
-                        .map_err(StorageError::Disk)?;
-                } else {
-                    f.set_len(off).await.map_err(StorageError::Disk)?;
-                    f.seek(io::SeekFrom::Start(off))
-                        .await
-                        .map_err(StorageError::Disk)?;
-                }
-                f
+                (at.0, false, at.1)
             }
         };
-        let mut hasher = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; COPY_BUF];
-        let mut bytes = 0u64;
-        let mut written_back = 0u64;
-        let result: Result<(), StorageError> = async {
-            loop {
-                let n = on_data(idle, input.read(&mut buf)).await?;
-                if n == 0 {
-                    break;
-                }
-                file.write_all(&buf[..n])
-                    .await
-                    .map_err(StorageError::Disk)?;
-                hasher.update(&buf[..n]);
-                bytes += n as u64;
-                if bytes - written_back >= WRITEBACK_STEP {
-                    start_writeback(&file, written_back, bytes - written_back);
-                    written_back = bytes;
-                }
-            }
-            file.flush().await.map_err(StorageError::Disk)?;
-            // One sync at the end: the bytes are on disk before the master
-            // is told the upload is complete.
-            file.sync_all().await.map_err(StorageError::Disk)?;
-            Ok(())
-        }
-        .await;
-        drop(file);
-        result?;
+        let (bytes, crc) = sink::receive(file, direct, at, input, idle).await?;
         let (size, crc32) = if offset.is_none() {
-            (bytes, hasher.finalize())
+            (bytes, crc)
         } else {
             let t = target.clone();
             let size = tokio::fs::metadata(&target)
