@@ -279,23 +279,41 @@ where
     Ok(total)
 }
 
+/// How [`relay_counted`] moves the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// Between two TCP sockets through a kernel pipe (`splice(2)`), never
+    /// through user space: for a download, whose pages come from the
+    /// slave's page cache (`sendfile`).
+    Splice,
+    /// Through a user-space buffer: for an upload. Spliced, a client's
+    /// socket pages stay in the pipe and the next hop until the slave reads
+    /// them, so the client's kernel cannot reuse them and allocates fresh
+    /// ones for every send: curl's system time doubled and a relayed 1 GiB
+    /// STOR ran at 0.67x of direct, against about 0.82x copied.
+    Copy,
+}
+
 /// Moves everything `r` sends to `w` (then shuts `w` down), counting
 /// into `progress`: the relay of a data connection through the master.
-/// Between two TCP sockets the bytes go through a kernel pipe
-/// (`splice(2)`), never through user space; otherwise (TLS, the
-/// simulator) through [`pump_counted`]'s buffer.
+/// With [`Relay::Splice`], between two TCP sockets, the bytes go through
+/// a kernel pipe; otherwise (an upload, TLS, the simulator) through
+/// [`pump_counted`]'s buffer.
 pub async fn relay_counted(
     r: &mut BoxStream,
     w: &mut BoxStream,
+    how: Relay,
     progress: Option<&std::sync::atomic::AtomicU64>,
 ) -> io::Result<u64> {
     #[cfg(target_os = "linux")]
-    if let (Some(from), Some(to)) = (r.as_tcp(), w.as_tcp()) {
-        if let Ok(pipe) = SplicePipe::new() {
-            let total = pipe.relay(from, to, progress).await?;
-            use tokio::io::AsyncWriteExt;
-            w.shutdown().await?;
-            return Ok(total);
+    if how == Relay::Splice {
+        if let (Some(from), Some(to)) = (r.as_tcp(), w.as_tcp()) {
+            if let Ok(pipe) = SplicePipe::new() {
+                let total = pipe.relay(from, to, progress).await?;
+                use tokio::io::AsyncWriteExt;
+                w.shutdown().await?;
+                return Ok(total);
+            }
         }
     }
     pump_counted(r, w, progress).await
@@ -1015,6 +1033,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_relay_between_sockets_moves_every_byte_in_order() {
+        for how in [Relay::Splice, Relay::Copy] {
+            relay_moves_every_byte_in_order(how).await;
+        }
+    }
+
+    async fn relay_moves_every_byte_in_order(how: Relay) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let data: Vec<u8> = (0..(9u32 << 20) + 12345)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -1036,14 +1060,14 @@ mod tests {
         };
         let (_, moved, got) = tokio::join!(
             send,
-            relay_counted(&mut from, &mut to, Some(&progress)),
+            relay_counted(&mut from, &mut to, how, Some(&progress)),
             receive
         );
-        assert_eq!(moved.unwrap(), data.len() as u64);
+        assert_eq!(moved.unwrap(), data.len() as u64, "{how:?}");
         assert_eq!(
             progress.load(std::sync::atomic::Ordering::Relaxed),
             data.len() as u64
         );
-        assert!(got == data, "the bytes differ");
+        assert!(got == data, "{how:?}: the bytes differ");
     }
 }

@@ -12,7 +12,7 @@ use super::{
     accept_opt, is_abor, poll_once, read_line_into, ClientSide, ControlSession, Endpoint, Next,
 };
 use crate::config::PasvWithoutPret;
-use crate::env::{accept_from, relay_counted, BoxStream, NetListener};
+use crate::env::{accept_from, relay_counted, BoxStream, NetListener, Relay};
 use crate::link::{DataTls, OpOutcome, Request, Response};
 use crate::master::db::SlaveId;
 use crate::master::hub::{SlaveLink, Stop};
@@ -474,9 +474,9 @@ impl ControlSession {
             }
             let progress = progress.as_deref();
             if upload {
-                relay_counted(&mut client, &mut slave_stream, progress).await
+                relay_counted(&mut client, &mut slave_stream, Relay::Copy, progress).await
             } else {
-                relay_counted(&mut slave_stream, &mut client, progress).await
+                relay_counted(&mut slave_stream, &mut client, Relay::Splice, progress).await
             }
         }));
     }
