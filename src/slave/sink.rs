@@ -217,16 +217,16 @@ pub(super) async fn receive(
             let full = std::mem::replace(&mut cur, spare.take().unwrap_or_else(Chunk::new));
             let at = pos;
             pos += CHUNK as u64;
-            // seam-ok: the real disk only; the simulator uses MemStorage
-            inflight = Some(tokio::task::spawn_blocking(move || writer.write(at, full)));
+            let write = move || writer.write(at, full);
+            inflight = Some(tokio::task::spawn_blocking(write)); // seam-ok: the real disk only (DiskStorage)
         }
     }
     let writer = match inflight.take() {
         Some(h) => joined(h.await)?.0,
         None => idle_writer.take().expect("a writer is idle or in flight"),
     };
-    // seam-ok: the real disk only; the simulator uses MemStorage
-    let crc = joined(tokio::task::spawn_blocking(move || writer.finish(pos, cur)).await)?;
+    let finish = move || writer.finish(pos, cur);
+    let crc = joined(tokio::task::spawn_blocking(finish).await)?; // seam-ok: the real disk only (DiskStorage)
     Ok((bytes, crc))
 }
 
