@@ -88,3 +88,43 @@ fn a_copy_on_write_that_fills_the_disk_leaves_nothing_behind() {
     drop(mount);
     drop(c);
 }
+
+#[test]
+fn an_upload_that_fills_the_disk_fails_and_leaves_nothing_behind() {
+    // A fresh STOR larger than the disk: the upload pipeline's write fails
+    // mid-way (O_DIRECT where the file system takes it, else the page
+    // cache), the client is told, nothing is stored or left, and the next
+    // upload fits.
+    let mut mount = None;
+    let mut root = PathBuf::new();
+    let c = ClusterProc::start_with(&["--slaves", "1"], |dir| {
+        root = dir.join("slave-1");
+        mount = Mount::tmpfs(&root, "4m");
+    });
+    if mount.is_none() {
+        drop(c);
+        assert!(
+            std::env::var("CI").is_err(),
+            "cannot mount a tmpfs (CI runs as root and must)"
+        );
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let mut ftp = c.raw();
+    let r = upload(&mut ftp, "STOR", "/huge.bin", &random_bytes(6_000_000, 4));
+    assert!(r.starts_with('4') || r.starts_with('5'), "{r}");
+    assert!(ftp.cmd("SIZE /huge.bin").starts_with("550"));
+    let tmp = root.join(".dftpd-tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    let data = random_bytes(3_000_001, 5);
+    let r = upload(&mut ftp, "STOR", "/next.bin", &data);
+    assert!(r.starts_with("226"), "the next upload: {r}");
+    assert_eq!(ftp.cmd("SIZE /next.bin"), "213 3000001");
+    assert_eq!(std::fs::read(root.join("next.bin")).unwrap(), data);
+    drop(ftp);
+    drop(mount);
+    drop(c);
+}

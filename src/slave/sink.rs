@@ -9,7 +9,7 @@
 //! cache and without dirty pages for the kernel to flush later. The last
 //! partial block is written padded and the file cut back to its size
 //! (`ftruncate`) before the one `fsync`, which stays the durability point.
-//! Where the file system refuses `O_DIRECT` (tmpfs, some network file
+//! Where the file system refuses `O_DIRECT` (tmpfs before Linux 6.6, some network file
 //! systems) or a write into the middle of a file (REST+STOR, APPE), the
 //! same pipeline writes through the page cache and starts writeback of each
 //! chunk as it lands (`sync_file_range`).
