@@ -853,40 +853,42 @@ mod tests {
 
     #[tokio::test]
     async fn any_port_is_named_from_the_system_range_never_port_0_first() {
-        let ip = "127.0.0.1".parse().unwrap();
-        let net = Arc::new(Binds {
-            asked: Mutex::new(vec![]),
-            refuse: 3,
-            range: Some((40000, 40999)),
-        });
-        let env = Env::new(net.clone(), Arc::new(FixedClock(0.into())), 1);
-        bind_in_range(&env, ip, (0, 0)).await.unwrap();
-        let asked = net.asked.lock().unwrap().clone();
-        assert_eq!(asked.len(), 4, "{asked:?}");
+        // The ports asked of a network that refuses the first `refuse`
+        // binds and names `range` as "any port", for one bind in `wanted`;
+        // and whether that bind succeeded.
+        async fn asked(refuse: usize, range: (u16, u16), wanted: (u16, u16)) -> (Vec<u16>, bool) {
+            let net = Arc::new(Binds {
+                asked: Mutex::new(vec![]),
+                refuse,
+                range: Some(range),
+            });
+            let env = Env::new(net.clone(), Arc::new(FixedClock(0.into())), 1);
+            let ip = "127.0.0.1".parse().unwrap();
+            let ok = bind_in_range(&env, ip, wanted).await.is_ok();
+            let ports = net.asked.lock().unwrap().iter().map(|a| a.port()).collect();
+            (ports, ok)
+        }
+        let (ports, ok) = asked(3, (40000, 40999), (0, 0)).await;
+        assert!(ok);
+        assert_eq!(ports.len(), 4, "{ports:?}");
         assert!(
-            asked.iter().all(|a| (40000..=40999).contains(&a.port())),
-            "{asked:?}"
+            ports.iter().all(|p| (40000..=40999).contains(p)),
+            "{ports:?}"
         );
         // Every named port taken: the system's choice after all.
-        let net = Arc::new(Binds {
-            asked: Mutex::new(vec![]),
-            refuse: 2,
-            range: Some((40000, 40001)),
-        });
-        let env = Env::new(net.clone(), Arc::new(FixedClock(0.into())), 1);
-        bind_in_range(&env, ip, (0, 0)).await.unwrap();
-        let ports: Vec<u16> = net.asked.lock().unwrap().iter().map(|a| a.port()).collect();
-        assert_eq!(ports.len(), 3);
-        assert_eq!(ports[2], 0);
+        let (mut ports, ok) = asked(2, (40000, 40001), (0, 0)).await;
+        assert!(ok);
+        assert_eq!(ports.pop(), Some(0), "{ports:?}");
+        ports.sort();
+        assert_eq!(ports, [40000, 40001]);
         // A configured range is never left.
-        let net = Arc::new(Binds {
-            asked: Mutex::new(vec![]),
-            refuse: 2,
-            range: Some((40000, 40999)),
-        });
-        let env = Env::new(net.clone(), Arc::new(FixedClock(0.into())), 1);
-        assert!(bind_in_range(&env, ip, (47000, 47001)).await.is_err());
-        assert!(net.asked.lock().unwrap().iter().all(|a| a.port() >= 47000));
+        let (ports, ok) = asked(2, (40000, 40999), (47000, 47001)).await;
+        assert!(!ok);
+        assert_eq!(ports.len(), 2, "{ports:?}");
+        assert!(
+            ports.iter().all(|p| (47000..=47001).contains(p)),
+            "{ports:?}"
+        );
         // This host's range is read (Linux).
         if let Some((a, b)) = TokioNet.any_port_range() {
             assert!(a > 0 && b >= a);

@@ -48,34 +48,47 @@ fn upload(c: &mut RawFtp, verb: &str, path: &str, data: &[u8]) -> String {
     c.read_reply()
 }
 
-#[test]
-fn a_copy_on_write_that_fills_the_disk_leaves_nothing_behind() {
-    // The slave's root, in the cluster's data directory, is the tmpfs.
+/// A one-slave cluster whose slave root (in the cluster's data directory)
+/// is a 4 MiB tmpfs; `None` (with a message) where nothing can be mounted,
+/// which fails under CI=true.
+fn cluster_on_a_small_disk() -> Option<(ClusterProc, Mount, PathBuf)> {
     let mut mount = None;
     let mut root = PathBuf::new();
     let c = ClusterProc::start_with(&["--slaves", "1"], |dir| {
         root = dir.join("slave-1");
         mount = Mount::tmpfs(&root, "4m");
     });
-    if mount.is_none() {
+    let Some(mount) = mount else {
         drop(c);
         assert!(
             std::env::var("CI").is_err(),
             "cannot mount a tmpfs (CI runs as root and must)"
         );
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return None;
+    };
+    Some((c, mount, root))
+}
+
+/// The names left in the slave's temporary directory.
+fn temporaries(root: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(root.join(".dftpd-tmp"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_copy_on_write_that_fills_the_disk_leaves_nothing_behind() {
+    let Some((c, mount, root)) = cluster_on_a_small_disk() else {
         return;
-    }
+    };
     let mut ftp = c.raw();
     let big = random_bytes(2_500_000, 1);
     assert!(upload(&mut ftp, "STOR", "/f.bin", &big).starts_with("226"));
     // The copy of 2.5 MB does not fit beside the file.
     let r = upload(&mut ftp, "APPE", "/f.bin", &random_bytes(10_000, 2));
     assert!(r.starts_with('4') || r.starts_with('5'), "{r}");
-    let tmp = root.join(".dftpd-tmp");
-    let left: Vec<_> = std::fs::read_dir(&tmp)
-        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let left = temporaries(&root);
     assert!(left.is_empty(), "temporary files left: {left:?}");
     // The file is as it was, and the disk takes the next upload.
     assert_eq!(ftp.cmd("SIZE /f.bin"), "213 2500000");
@@ -95,29 +108,14 @@ fn an_upload_that_fills_the_disk_fails_and_leaves_nothing_behind() {
     // mid-way (O_DIRECT where the file system takes it, else the page
     // cache), the client is told, nothing is stored or left, and the next
     // upload fits.
-    let mut mount = None;
-    let mut root = PathBuf::new();
-    let c = ClusterProc::start_with(&["--slaves", "1"], |dir| {
-        root = dir.join("slave-1");
-        mount = Mount::tmpfs(&root, "4m");
-    });
-    if mount.is_none() {
-        drop(c);
-        assert!(
-            std::env::var("CI").is_err(),
-            "cannot mount a tmpfs (CI runs as root and must)"
-        );
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+    let Some((c, mount, root)) = cluster_on_a_small_disk() else {
         return;
-    }
+    };
     let mut ftp = c.raw();
     let r = upload(&mut ftp, "STOR", "/huge.bin", &random_bytes(6_000_000, 4));
     assert!(r.starts_with('4') || r.starts_with('5'), "{r}");
     assert!(ftp.cmd("SIZE /huge.bin").starts_with("550"));
-    let tmp = root.join(".dftpd-tmp");
-    let left: Vec<_> = std::fs::read_dir(&tmp)
-        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let left = temporaries(&root);
     assert!(left.is_empty(), "temporary files left: {left:?}");
     let data = random_bytes(3_000_001, 5);
     let r = upload(&mut ftp, "STOR", "/next.bin", &data);
