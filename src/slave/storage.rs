@@ -625,7 +625,7 @@ impl Storage for DiskStorage {
             Some(off) => {
                 let (src, dst) = (self.real(path).map_err(disk)?, target.clone());
                 let base = base.copied();
-                let at = blocking(move || {
+                let (file, at) = blocking(move || {
                     let mut out = std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -653,7 +653,7 @@ impl Storage for DiskStorage {
                 })
                 .await
                 .map_err(disk)??;
-                (at.0, false, at.1)
+                (file, false, at)
             }
         };
         let (bytes, crc) = sink::receive(file, direct, at, input, idle).await?;
