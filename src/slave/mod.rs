@@ -15,6 +15,7 @@ pub mod commit;
 pub mod mem;
 mod orders;
 mod scrub;
+mod sendfile;
 mod sink;
 pub mod storage;
 mod transfer;
