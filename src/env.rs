@@ -922,24 +922,27 @@ mod tests {
         assert_eq!(pool.run(|| 7).await, Some(7), "the pool outlives a panic");
     }
 
-    static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    /// How many `Tracked<K>` were made, and are alive, per test `K` (the
+    /// tests run in parallel, so each counts its own).
+    static MADE: [std::sync::atomic::AtomicUsize; 2] =
+        [const { std::sync::atomic::AtomicUsize::new(0) }; 2];
+    static LIVE: [std::sync::atomic::AtomicUsize; 2] =
+        [const { std::sync::atomic::AtomicUsize::new(0) }; 2];
 
-    /// Counts how many of itself were made and are alive (only the test
-    /// below makes them).
-    struct Tracked;
+    /// Scratch that counts itself in `MADE[K]` and `LIVE[K]`.
+    struct Tracked<const K: usize>;
 
-    impl Default for Tracked {
-        fn default() -> Tracked {
-            MADE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            LIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    impl<const K: usize> Default for Tracked<K> {
+        fn default() -> Tracked<K> {
+            MADE[K].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            LIVE[K].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Tracked
         }
     }
 
-    impl Drop for Tracked {
+    impl<const K: usize> Drop for Tracked<K> {
         fn drop(&mut self) {
-            LIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            LIVE[K].fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -951,10 +954,10 @@ mod tests {
         let (go, wait) = std::sync::mpsc::channel::<()>();
         let first = tokio::spawn(pool.run(move || {
             let _ = wait.recv();
-            with_pool_scratch(|_: &mut Tracked| ())
+            with_pool_scratch(|_: &mut Tracked<0>| ())
         }));
         let rest: Vec<_> = (0..5)
-            .map(|_| tokio::spawn(pool.run(|| with_pool_scratch(|_: &mut Tracked| ()))))
+            .map(|_| tokio::spawn(pool.run(|| with_pool_scratch(|_: &mut Tracked<0>| ()))))
             .collect();
         // Let every task queue its job.
         for _ in 0..3 {
@@ -965,11 +968,11 @@ mod tests {
         for r in rest {
             r.await.unwrap().unwrap();
         }
-        assert_eq!(MADE.load(Ordering::SeqCst), 1, "one value for the burst");
+        assert_eq!(MADE[0].load(Ordering::SeqCst), 1, "one value for the burst");
         // Dropped once the queue is empty (the thread then waits).
         let mut dropped = false;
         for _ in 0..400 {
-            if LIVE.load(Ordering::SeqCst) == 0 {
+            if LIVE[0].load(Ordering::SeqCst) == 0 {
                 dropped = true;
                 break;
             }
@@ -977,28 +980,10 @@ mod tests {
         }
         assert!(dropped, "the scratch outlived the burst");
         // Outside the pool: a fresh value each time, none kept.
-        with_pool_scratch(|_: &mut Tracked| ());
-        with_pool_scratch(|_: &mut Tracked| ());
-        assert_eq!(MADE.load(Ordering::SeqCst), 3);
-        assert_eq!(LIVE.load(Ordering::SeqCst), 0);
-    }
-
-    static LIVE2: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-    /// Counts how many of itself are alive (only the test below makes them).
-    struct Tracked2;
-
-    impl Default for Tracked2 {
-        fn default() -> Tracked2 {
-            LIVE2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Tracked2
-        }
-    }
-
-    impl Drop for Tracked2 {
-        fn drop(&mut self) {
-            LIVE2.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        }
+        with_pool_scratch(|_: &mut Tracked<0>| ());
+        with_pool_scratch(|_: &mut Tracked<0>| ());
+        assert_eq!(MADE[0].load(Ordering::SeqCst), 3);
+        assert_eq!(LIVE[0].load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
@@ -1011,7 +996,7 @@ mod tests {
             // As long as a login takes: the idle thread is waiting again
             // well before the job ends.
             pool.run(|| {
-                with_pool_scratch(|_: &mut Tracked2| {
+                with_pool_scratch(|_: &mut Tracked<1>| {
                     std::thread::sleep(std::time::Duration::from_millis(30))
                 })
             })
@@ -1019,7 +1004,7 @@ mod tests {
             .unwrap();
             let freed = (0..400).any(|_| {
                 std::thread::sleep(std::time::Duration::from_millis(5));
-                LIVE2.load(Ordering::SeqCst) == 0
+                LIVE[1].load(Ordering::SeqCst) == 0
             });
             assert!(freed, "a lone job's scratch kept until the next job");
         }
