@@ -15,8 +15,10 @@
 //! chunks and at session end: a crash of the master may lose a session's
 //! tail.
 //!
-//! Size: the recorder formats every command kind and data outcome from one
-//! per-session state; the pieces are not useful apart.
+//! Here: the recorder's state and the formatting of commands, replies and
+//! transfers. `declare.rs`: the slice of cluster state a session touches
+//! (`file`, `dir`, `user` lines). `sink.rs`: the production sink and its
+//! writer thread.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -32,6 +34,10 @@ use crate::config::PasvWithoutPret;
 use crate::link::{TransferFailure, TransferOrder};
 use crate::proto::{Reply, VPath};
 
+mod declare;
+mod sink;
+pub use sink::DirSink;
+
 /// The client's name in a recording.
 pub const CLIENT: &str = "client";
 /// Stands for the user's password in a recording; the replayer resolves it.
@@ -45,129 +51,6 @@ const DIR_FILES: usize = 200;
 /// Where recordings go: one writer per session.
 pub trait RecordSink: Send + Sync {
     fn open(&self, session: u64) -> Option<Box<dyn Write + Send>>;
-}
-
-/// Production sink: `DIR/session-<id>.scn` (`session-<id>.<n>.scn` when a
-/// restarted master reuses an id). Sessions only append to a buffer in
-/// memory; full buffers (and the rest at session end) go over a channel to
-/// one writer thread that creates and writes the files, so no session
-/// task ever waits on the file system.
-pub struct DirSink {
-    tx: std::sync::Mutex<std::sync::mpsc::Sender<Chunk>>,
-}
-
-/// Buffered bytes of one session; `last` closes its file.
-struct Chunk {
-    session: u64,
-    bytes: Vec<u8>,
-    last: bool,
-}
-
-/// Bytes handed to the writer thread at a time.
-const CHUNK: usize = 16 << 10;
-
-impl DirSink {
-    pub fn create(dir: PathBuf) -> std::io::Result<DirSink> {
-        std::fs::create_dir_all(&dir)?;
-        let (tx, rx) = std::sync::mpsc::channel::<Chunk>();
-        std::thread::Builder::new()
-            .name("dftpd-record".into())
-            .spawn(move || write_files(&dir, rx))?;
-        Ok(DirSink {
-            tx: std::sync::Mutex::new(tx),
-        })
-    }
-}
-
-/// The writer thread: one open file per recording session.
-fn write_files(dir: &std::path::Path, rx: std::sync::mpsc::Receiver<Chunk>) {
-    let mut open: std::collections::BTreeMap<u64, Option<std::fs::File>> = Default::default();
-    while let Ok(c) = rx.recv() {
-        let file = open
-            .entry(c.session)
-            .or_insert_with(|| create_file(dir, c.session));
-        if let Some(f) = file {
-            if let Err(e) = f.write_all(&c.bytes) {
-                tracing::warn!(session = c.session, error = %e, "session recording: write failed");
-                *file = None;
-            }
-        }
-        if c.last {
-            open.remove(&c.session);
-        }
-    }
-}
-
-fn create_file(dir: &std::path::Path, session: u64) -> Option<std::fs::File> {
-    for n in 0..1000u32 {
-        let name = if n == 0 {
-            format!("session-{session}.scn")
-        } else {
-            format!("session-{session}.{n}.scn")
-        };
-        let path = dir.join(name);
-        match std::fs::File::create_new(&path) {
-            Ok(f) => return Some(f),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot record session");
-                return None;
-            }
-        }
-    }
-    None
-}
-
-/// A session's end of [`DirSink`].
-struct ChunkWriter {
-    session: u64,
-    buf: Vec<u8>,
-    tx: std::sync::mpsc::Sender<Chunk>,
-}
-
-impl ChunkWriter {
-    fn send(&mut self, last: bool) {
-        let bytes = std::mem::take(&mut self.buf);
-        let _ = self.tx.send(Chunk {
-            session: self.session,
-            bytes,
-            last,
-        });
-    }
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(b);
-        if self.buf.len() >= CHUNK {
-            self.send(false);
-        }
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
-            self.send(false);
-        }
-        Ok(())
-    }
-}
-
-impl Drop for ChunkWriter {
-    fn drop(&mut self) {
-        self.send(true);
-    }
-}
-
-impl RecordSink for DirSink {
-    fn open(&self, session: u64) -> Option<Box<dyn Write + Send>> {
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Some(Box::new(ChunkWriter {
-            session,
-            buf: Vec::with_capacity(1024),
-            tx,
-        }))
-    }
 }
 
 /// What the header says about a session.
@@ -492,167 +375,6 @@ impl Recorder {
         self.entry.lines.push(line);
         self.last_verb = verb;
         self.last_at = at;
-    }
-
-    /// Whether a command may name a path to declare (the driver takes the
-    /// state lock for [`Self::touch`] only then).
-    pub fn names_paths(text: &str) -> bool {
-        let (verb, arg) = split_verb(text);
-        let verb = if verb == "PRET" {
-            split_verb(arg).0
-        } else {
-            verb
-        };
-        matches!(
-            verb.as_str(),
-            "LIST"
-                | "NLST"
-                | "STAT"
-                | "RETR"
-                | "STOR"
-                | "APPE"
-                | "SIZE"
-                | "MDTM"
-                | "DELE"
-                | "RNFR"
-                | "RNTO"
-                | "MLST"
-                | "MLSD"
-                | "CWD"
-                | "RMD"
-                | "MKD"
-                | "MFMT"
-        )
-    }
-
-    /// Declares, as `file` lines, what a command's path argument names as
-    /// it is now: the file, or a directory's files (so listings and CWD
-    /// find it).
-    pub fn touch(&mut self, text: &str, cwd: &VPath, st: &MasterState) {
-        let (verb, arg) = split_verb(text);
-        let (verb, arg) = if verb == "PRET" {
-            split_verb(arg)
-        } else {
-            (verb, arg)
-        };
-        let arg = match verb.as_str() {
-            "LIST" | "NLST" | "STAT" => arg
-                .split_whitespace()
-                .skip_while(|w| w.starts_with('-'))
-                .collect::<Vec<_>>()
-                .join(" "),
-            "RETR" | "STOR" | "APPE" | "SIZE" | "MDTM" | "DELE" | "RNFR" | "RNTO" | "MLST"
-            | "MLSD" | "CWD" | "RMD" | "MKD" | "MFMT" => arg.to_string(),
-            _ => return,
-        };
-        let arg = if verb == "MFMT" {
-            arg.split_once(' ').map_or("", |(_, p)| p).to_string()
-        } else {
-            arg
-        };
-        let path = if arg.is_empty() {
-            cwd.clone()
-        } else {
-            match VPath::resolve(cwd, &arg) {
-                Ok(p) => p,
-                Err(_) => return,
-            }
-        };
-        self.declare(&path, st);
-    }
-
-    /// Declares `path` as it is now (a file, a directory with its entries,
-    /// or `absent`), and every directory on the way to it.
-    fn declare(&mut self, path: &VPath, st: &MasterState) {
-        if path.is_root() {
-            return;
-        }
-        if let Ok(f) = st.db.file(path) {
-            self.declare_file(path, f, st);
-        } else if st.db.dir(path).is_ok() {
-            self.declare_dir(path, DIR_FILES, st);
-        } else if self.named.insert(path.clone()) && declarable(path) {
-            // Not there yet: whatever the session later finds under this
-            // name, it made itself, so it is never declared.
-            self.write_lines(&[format!("absent {path}")]);
-        }
-        if let Some(parent) = path.parent() {
-            self.declare_ancestors(&parent, st);
-        }
-    }
-
-    /// `dir` lines for the directories on the way to a path (`absent` for
-    /// those that do not exist), nearest first until one already named.
-    fn declare_ancestors(&mut self, dir: &VPath, st: &MasterState) {
-        let mut d = dir.clone();
-        while !d.is_root() && !self.named.contains(&d) {
-            self.named.insert(d.clone());
-            if declarable(&d) {
-                let kind = if st.db.dir(&d).is_ok() {
-                    "dir"
-                } else {
-                    "absent"
-                };
-                self.write_lines(&[format!("{kind} {d}")]);
-            }
-            match d.parent() {
-                Some(p) => d = p,
-                None => break,
-            }
-        }
-    }
-
-    /// A directory and up to `limit` of its entries (files, and its
-    /// subdirectories as `dir` lines), so listings and CWD find them.
-    fn declare_dir(&mut self, dir: &VPath, limit: usize, st: &MasterState) {
-        if !self.named.insert(dir.clone()) {
-            return;
-        }
-        let Ok(d) = st.db.dir(dir) else { return };
-        if declarable(dir) {
-            self.write_lines(&[format!("dir {dir}")]);
-        }
-        let mut n = 0;
-        for (name, node) in &d.children {
-            if n >= limit {
-                break;
-            }
-            let Ok(p) = dir.join(name) else { continue };
-            match node {
-                Node::File(f) => self.declare_file(&p, f, st),
-                Node::Dir(_) => {
-                    if self.named.insert(p.clone()) && declarable(&p) {
-                        self.write_lines(&[format!("dir {p}")]);
-                    }
-                }
-            }
-            n += 1;
-        }
-    }
-
-    fn declare_file(&mut self, path: &VPath, f: &FileMeta, st: &MasterState) {
-        if !self.named.insert(path.clone()) {
-            return;
-        }
-        if f.holders.is_empty() {
-            return;
-        }
-        if !declarable(path) {
-            self.write_lines(&[format!(
-                "# not declarable (blank or '#' in the name): {path:?}"
-            )]);
-            return;
-        }
-        let holders: Vec<&str> = f.holders.iter().map(|&h| st.slaves.name(h)).collect();
-        let crc = f
-            .crc32
-            .map(|c| format!("  # crc32={c:08x}"))
-            .unwrap_or_default();
-        self.write_lines(&[format!(
-            "file {} {path} size={}{crc}",
-            holders.join(","),
-            f.size
-        )]);
     }
 
     /// One reply sent to the client.
