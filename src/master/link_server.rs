@@ -16,11 +16,13 @@ use tracing::Instrument;
 use super::db::SlaveId;
 use super::hub::{lock, Outbound, PendingReplies, SlaveLink};
 use super::registry::valid_slave_name;
-use super::remerge::{remerge_chunk, remerge_sweep};
+use super::remerge::{remerge_chunk, remerge_sweep, verified, Verify};
 use super::Shared;
 use super::{commit, replica};
 use crate::env::{next_connection, BoxStream, Env, NetListener};
-use crate::link::{self, auth, LinkError, MasterMsg, OpOutcome, SlaveMsg, PROTOCOL_VERSION};
+use crate::link::{
+    self, auth, LinkError, MasterMsg, OpOutcome, Request, Response, SlaveMsg, PROTOCOL_VERSION,
+};
 use crate::proto::VPath;
 
 /// The TLS handshake of a `link_tls` link (before the slave's own
@@ -292,6 +294,25 @@ async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr
     tracing::warn!(slave = %name, reason = %end, "slave offline");
 }
 
+/// Waits for a slave's reading of a copy the remerge could not match by
+/// its version, and hands it to the core (`remerge::verified`). A link lost
+/// first drops it: the next remerge asks again.
+async fn verify_copy(
+    state: Shared,
+    id: SlaveId,
+    check: Verify,
+    rx: tokio::sync::oneshot::Receiver<Response>,
+) {
+    let read = match rx.await {
+        Ok(Response::Checksum { size, mtime, crc32 }) => Some((size, mtime, crc32)),
+        Ok(_) => None,
+        Err(_) => return,
+    };
+    let mut st = state.lock();
+    verified(&mut st, id, &check, read);
+    let _ = state.flush(&mut st);
+}
+
 async fn write_loop(
     mut w: tokio::io::WriteHalf<BoxStream>,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
@@ -326,7 +347,19 @@ async fn read_loop(
                 let durable = {
                     let mut st = state.lock();
                     remerged += files.len() as u64;
-                    remerge_chunk(&mut st, id, files, &mut seen);
+                    let checks = remerge_chunk(&mut st, id, files, &mut seen);
+                    for check in checks {
+                        let (rid, link) = (st.next_id(), st.link(id));
+                        if let Some(link) = link {
+                            let rx = link.request(
+                                rid,
+                                Request::Checksum {
+                                    path: check.path.clone(),
+                                },
+                            );
+                            tokio::spawn(verify_copy(state.clone(), id, check, rx));
+                        }
+                    }
                     state.flush(&mut st)
                 };
                 if let Some(m) = state.metrics() {

@@ -17,6 +17,7 @@ use crate::link::{
     self, DataConn, FileOp, LinkError, MasterMsg, OpOutcome, Request, Response, SlaveMsg,
     TransferFailure,
 };
+use crate::proto::VPath;
 
 /// Passive listeners opened ahead of any PASV, so the master can answer
 /// PASV without asking (the "hidden hop" of the fast path).
@@ -76,6 +77,23 @@ async fn apply_log(ctx: &Ctx, entries: Vec<(u64, FileOp)>, applied: &watch::Send
         applied.send_replace(seq);
     }
     let _ = ctx.out.send(SlaveMsg::Applied { outcomes });
+}
+
+/// Answers [`Request::Checksum`]: the file's size and mtime, then the
+/// CRC-32 of its bytes (read at full speed: only copies a remerge could not
+/// match to the record by their version are asked for).
+async fn checksum(ctx: Arc<Ctx>, rid: u64, path: VPath) {
+    let failed = |e: std::io::Error| Response::Failed(TransferFailure::Storage(e.to_string()));
+    let response = match ctx.storage.version_of(&path).await {
+        Ok(Some((size, mtime, _))) => match ctx.storage.checksum(&path, 0).await {
+            Ok(Some((_, crc32))) => Response::Checksum { size, mtime, crc32 },
+            Ok(None) => Response::Failed(TransferFailure::FileNotFound),
+            Err(e) => failed(e),
+        },
+        Ok(None) => Response::Failed(TransferFailure::FileNotFound),
+        Err(e) => failed(e),
+    };
+    reply(&ctx, rid, response);
 }
 
 pub(super) async fn read_loop(
@@ -184,6 +202,10 @@ pub(super) async fn read_loop(
                         );
                     }
                 },
+                // Reading a whole file must not hold up the link.
+                Request::Checksum { path } => {
+                    tokio::spawn(checksum(ctx.clone(), rid, path));
+                }
             },
             MasterMsg::Challenge { .. } | MasterMsg::Welcome { .. } | MasterMsg::Refused { .. } => {
                 return Err(LinkError::Handshake(

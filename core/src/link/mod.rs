@@ -59,7 +59,7 @@ impl std::fmt::Debug for TicketKey {
 /// 5: replication (`Hello::zone`, `Send::rate`, `SlaveMsg::Corrupt`),
 /// `Receive::base`, `Send::pending`,
 /// `Response::FailedAfter` (the bytes a failed transfer moved).
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Bytes of operations per `Log` frame (a long queue is streamed).
 pub const LOG_CHUNK_BYTES: usize = 1 << 20;
 /// Largest frame either side accepts. A remerge is sent in chunks well
@@ -238,6 +238,10 @@ pub enum Request {
         /// `Some`: TLS on the data connection.
         tls: Option<DataTls>,
     },
+    /// Read the file at `path` and answer its size, mtime and CRC-32
+    /// ([`Response::Checksum`]): a copy without a version that a remerge
+    /// found must agree with the record before it counts.
+    Checksum { path: VPath },
 }
 
 /// Why a transfer failed, as the slave saw it. Each maps to one FTP reply.
@@ -284,6 +288,13 @@ pub enum Response {
     FailedAfter {
         failure: TransferFailure,
         bytes: u64,
+    },
+    /// What [`Request::Checksum`] read: the file's size and mtime (before
+    /// reading) and the CRC-32 of its bytes.
+    Checksum {
+        size: u64,
+        mtime: i64,
+        crc32: u32,
     },
 }
 

@@ -11,11 +11,16 @@
 //!   `DropStale` order (only if the file is still that copy);
 //! - an unversioned copy (placed by hand, or from before versions) or one
 //!   from an earlier store (before `--rebuild`) is adopted when it agrees
-//!   with the record (same size, and CRC-32 when both are known) or when
-//!   the database has no other copy of that path (a new file, or the only
-//!   copy changed behind the master's back: the disk wins); adopted copies
-//!   get the record's version (`Stamp`). It is stale when another holder
-//!   has the recorded version and it disagrees;
+//!   with the record (same size, and CRC-32 when known) or when the
+//!   database has no other copy of that path (a new file, or the only copy
+//!   changed behind the master's back: the disk wins); adopted copies get
+//!   the record's version (`Stamp`). It is stale when another holder has
+//!   the recorded version and it disagrees;
+//! - a copy of the recorded size whose CRC-32 is unknown while the record's
+//!   is known is checked first ([`Verify`]: the slave reads it and answers
+//!   its CRC-32, then [`verified`] decides). Until then it does not count
+//!   when another slave holds the file; the only copy keeps serving (the
+//!   disk wins either way), and takes the new CRC-32 if it differs;
 //! - a file where the database has a directory is stale;
 //! - after the last chunk, files the slave did not report lose it as a
 //!   holder (and leave the database when no holder is left).
@@ -42,6 +47,8 @@ enum Verdict {
     Adopt,
     /// A new record (or a changed only copy) from this copy, stamped.
     New,
+    /// Same size, CRC-32 unknown, the record's known: read it first.
+    Verify,
     /// Not counted; removed from the slave's disk.
     Stale(&'static str),
 }
@@ -59,7 +66,10 @@ fn verdict(st: &MasterState, id: SlaveId, f: &RemoteFile) -> Verdict {
                     _ => true,
                 };
                 let others = meta.holders.iter().any(|&h| h != id);
-                if f.size == meta.size && crc_agrees {
+                let crc_unknown = f.version.and_then(|v| v.crc32).is_none();
+                if f.size == meta.size && crc_unknown && meta.crc32.is_some() {
+                    Verdict::Verify
+                } else if f.size == meta.size && crc_agrees {
                     Verdict::Adopt
                 } else if others {
                     Verdict::Stale("another content than the recorded version")
@@ -75,13 +85,24 @@ fn verdict(st: &MasterState, id: SlaveId, f: &RemoteFile) -> Verdict {
     }
 }
 
+/// A copy to read before it counts: ask its slave for the CRC-32
+/// ([`crate::link::Request::Checksum`]) and give the answer to [`verified`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verify {
+    pub path: VPath,
+    /// The record's version when the copy was listed.
+    pub gen: u64,
+}
+
 /// Reconciles one chunk of a slave's file list (see the module rules).
+/// Returns the copies to check before they count.
 pub fn remerge_chunk(
     st: &mut MasterState,
     id: SlaveId,
     files: Vec<RemoteFile>,
     seen: &mut BTreeSet<VPath>,
-) {
+) -> Vec<Verify> {
+    let mut verify = Vec::new();
     let slave = st.slaves.name(id).to_string();
     for f in files {
         if f.path.is_root() {
@@ -155,6 +176,28 @@ pub fn remerge_chunk(
                     },
                 );
             }
+            Verdict::Verify => {
+                let Ok(meta) = st.db.file(&f.path) else {
+                    continue;
+                };
+                let gen = meta.version;
+                if meta.holders.iter().any(|&h| h != id) {
+                    // Another slave has the recorded version: this copy
+                    // counts only once its bytes are known to match.
+                    if meta.holders.contains(&id) {
+                        let _ = st.db.remove_holder(&f.path, id);
+                    }
+                    super::replica::note(st, &f.path);
+                    verify.push(Verify { path: f.path, gen });
+                    continue;
+                }
+                // The only copy: the disk wins whatever the check finds.
+                let _ = st.db.add_holder(&f.path, id);
+                verify.push(Verify {
+                    path: f.path.clone(),
+                    gen,
+                });
+            }
             Verdict::Stale(why) => {
                 tracing::info!(%slave, path = %f.path, size = f.size, "stale copy ({why}): not used, removed from the slave");
                 if st.db.file(&f.path).is_ok_and(|m| m.holders.contains(&id)) {
@@ -176,6 +219,95 @@ pub fn remerge_chunk(
         // A new file, or a copy back: copies per the replication rules.
         super::replica::note(st, &f.path);
         seen.insert(f.path);
+    }
+    verify
+}
+
+/// What slave `id` read of a copy [`remerge_chunk`] asked to check:
+/// `Some((size, mtime, crc32))`, or `None` when it could not (the file is
+/// gone, a disk error). A copy that matches the record is adopted and
+/// stamped; one that does not is stale when another slave holds the file,
+/// and otherwise (the only copy) becomes the record, with its CRC-32.
+/// Nothing happens when the record changed since (the next remerge
+/// decides).
+pub fn verified(st: &mut MasterState, id: SlaveId, check: &Verify, read: Option<(u64, i64, u32)>) {
+    let Ok(meta) = st.db.file(&check.path).cloned() else {
+        return;
+    };
+    if meta.version != check.gen {
+        return;
+    }
+    let slave = st.slaves.name(id).to_string();
+    let path = &check.path;
+    let Some((size, mtime, crc32)) = read else {
+        tracing::info!(%slave, %path, "copy could not be read for its check: not counted");
+        if meta.holders.iter().any(|&h| h != id) && meta.holders.contains(&id) {
+            let _ = st.db.remove_holder(path, id);
+            super::replica::note(st, path);
+        }
+        return;
+    };
+    let others = meta.holders.iter().any(|&h| h != id);
+    if size == meta.size && Some(crc32) == meta.crc32 {
+        let _ = st.db.add_holder(path, id);
+        let version = FileVersion {
+            store: st.store_id,
+            gen: meta.version,
+            size,
+            crc32: Some(crc32),
+        };
+        st.slaves.log_op(
+            id,
+            FileOp::Stamp {
+                path: path.clone(),
+                version,
+                mtime,
+            },
+        );
+        super::replica::note(st, path);
+    } else if others {
+        tracing::info!(%slave, %path, size, crc32 = format_args!("{crc32:08x}"), "stale copy (another content than the recorded version): not used, removed from the slave");
+        if meta.holders.contains(&id) {
+            let _ = st.db.remove_holder(path, id);
+        }
+        st.slaves.log_op(
+            id,
+            FileOp::DropStale {
+                path: path.clone(),
+                version: None,
+                size,
+            },
+        );
+        super::replica::note(st, path);
+    } else {
+        tracing::warn!(%slave, %path, recorded = format_args!("{:08x}", meta.crc32.unwrap_or(0)), found = format_args!("{crc32:08x}"), "the only copy changed on the slave's disk; taking it");
+        let gen = st.db.new_version();
+        let _ = st.db.put_file(
+            path,
+            FileMeta {
+                size,
+                mtime,
+                crc32: Some(crc32),
+                version: gen,
+                holders: Holders::from_slice(&[id]),
+                ..meta
+            },
+        );
+        let version = FileVersion {
+            store: st.store_id,
+            gen,
+            size,
+            crc32: Some(crc32),
+        };
+        st.slaves.log_op(
+            id,
+            FileOp::Stamp {
+                path: path.clone(),
+                version,
+                mtime,
+            },
+        );
+        super::replica::note(st, path);
     }
 }
 
@@ -251,6 +383,68 @@ mod tests {
             .log
             .back()
             .map(|(_, op)| op.clone())
+    }
+
+    #[test]
+    fn a_same_size_copy_counts_only_once_its_crc_matches_the_record() {
+        let mut st = MasterState::new(Arc::new(MasterConfig::default()));
+        st.store_id = 5;
+        let (a, b) = (st.slaves.id_for("a"), st.slaves.id_for("b"));
+        remerge(&mut st, a, vec![rf("/f", 10, None), rf("/g", 10, None)]);
+        for f in ["/f", "/g"] {
+            let mut m = st.db.file(&p(f)).unwrap().clone();
+            m.crc32 = Some(0xAAAA);
+            st.db.put_file(&p(f), m).unwrap();
+        }
+        let gen = |st: &MasterState, f: &str| st.db.file(&p(f)).unwrap().version;
+        // b lists both unversioned, the record's size: neither counts yet.
+        st.slaves.link_up(b);
+        let mut seen = BTreeSet::new();
+        let checks = remerge_chunk(
+            &mut st,
+            b,
+            vec![rf("/f", 10, None), rf("/g", 10, None)],
+            &mut seen,
+        );
+        assert_eq!(
+            checks.iter().map(|c| c.path.as_str()).collect::<Vec<_>>(),
+            ["/f", "/g"]
+        );
+        assert_eq!(st.db.file(&p("/f")).unwrap().holders.as_slice(), &[a]);
+        // /f matches: adopted and stamped. /g differs while a has it: stale.
+        verified(&mut st, b, &checks[0], Some((10, 7, 0xAAAA)));
+        assert_eq!(st.db.file(&p("/f")).unwrap().holders.as_slice(), &[a, b]);
+        assert!(
+            matches!(last_op(&st, b), Some(FileOp::Stamp { version, .. }) if version.gen == gen(&st, "/f"))
+        );
+        verified(&mut st, b, &checks[1], Some((10, 7, 0xBBBB)));
+        assert_eq!(st.db.file(&p("/g")).unwrap().holders.as_slice(), &[a]);
+        assert_eq!(
+            last_op(&st, b),
+            Some(FileOp::DropStale {
+                path: p("/g"),
+                version: None,
+                size: 10
+            })
+        );
+        // The only copy (a alone holds /g): it keeps serving while checked, and
+        // its new bytes become the record, CRC-32 included.
+        assert_eq!(remerge(&mut st, b, vec![rf("/f", 10, None)]), 0);
+        st.slaves.link_up(a);
+        let old = gen(&st, "/g");
+        let checks = remerge_chunk(&mut st, a, vec![rf("/g", 10, None)], &mut BTreeSet::new());
+        assert_eq!(st.db.file(&p("/g")).unwrap().holders.as_slice(), &[a]);
+        verified(&mut st, a, &checks[0], Some((10, 7, 0xCCCC)));
+        let g = st.db.file(&p("/g")).unwrap();
+        assert_eq!((g.crc32, g.holders.as_slice()), (Some(0xCCCC), &[a][..]));
+        assert_ne!(g.version, old);
+        // A check answered after the record changed decides nothing.
+        let stale = Verify {
+            path: p("/f"),
+            gen: old,
+        };
+        verified(&mut st, b, &stale, Some((10, 7, 0xDDDD)));
+        assert_eq!(st.db.file(&p("/f")).unwrap().crc32, Some(0xAAAA));
     }
 
     #[test]
