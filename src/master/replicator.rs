@@ -116,8 +116,8 @@ async fn copy(env: Env, hub: Shared, job: CopyJob) {
             "copy made"
         ),
         Err(why) => {
-            tracing::info!(path = %job.path, to = %st.slaves.name(job.to), %why, "copy failed; will retry");
-            replica::failed(&mut st, job.id);
+            let wait_ms = replica::failed(&mut st, job.id).unwrap_or(0);
+            tracing::info!(path = %job.path, to = %st.slaves.name(job.to), %why, wait_ms, "copy failed; will retry");
         }
     }
     let _ = hub.flush(&mut st);

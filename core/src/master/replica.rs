@@ -8,7 +8,10 @@
 //! not draining, not removed, and online or away for less than
 //! `slave_lost_after_ms`. Paths that may lack copies sit in the repair
 //! queue (kept in the store), ordered by the copies they had when queued;
-//! the scheduler takes the fewest first and re-checks each.
+//! the scheduler takes the fewest first and re-checks each. A path whose
+//! copy failed waits before its next try (1 s, doubling up to 5 min), so
+//! a copy that cannot be made (its only source is corrupt) neither spins
+//! nor keeps other paths from their copies.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -43,6 +46,16 @@ pub struct Replication {
     next_job: u64,
     /// Copies finished (for SITE SLAVES and tests).
     pub done: u64,
+    /// Paths whose last copies failed: (failures in a row, no new try
+    /// before this `now_ms`, of the version then recorded; a new version
+    /// starts afresh).
+    retry: BTreeMap<VPath, (u32, u64, u64)>,
+}
+
+/// The wait before the next try of a path whose copy failed `failures`
+/// times in a row: 1 s, doubling, at most 5 min.
+pub fn retry_delay_ms(failures: u32) -> u64 {
+    (1000u64 << failures.saturating_sub(1).min(9)).min(300_000)
 }
 
 impl Replication {
@@ -95,6 +108,7 @@ pub fn note(st: &mut MasterState, path: &VPath) {
 }
 
 fn unqueue(st: &mut MasterState, path: &VPath) {
+    st.replication.retry.remove(path);
     if let Some(old) = st.replication.queued.remove(path) {
         st.replication.queue.remove(&(old, path.clone()));
         st.db.record_change(Change::Repair(path.clone(), false));
@@ -242,6 +256,14 @@ pub fn next_jobs(st: &mut MasterState, max: usize) -> Vec<CopyJob> {
             unqueue(st, &path);
             continue;
         };
+        if st
+            .replication
+            .retry
+            .get(&path)
+            .is_some_and(|&(_, at, gen)| gen == meta.version && at > st.now_ms)
+        {
+            continue;
+        }
         let have = live_copies(st, &meta);
         let (want, _) = rule(st, &path);
         if have >= want {
@@ -297,10 +319,24 @@ pub fn received(
             ))
         }
         Some((_, _, Some(c))) if c != crc32 => {
+            // Every byte arrived and the CRC-32 differs: the source's copy
+            // is not the recorded version (bit rot, or changed in place
+            // behind the master's back), as if its scrub had said so.
+            let slave = st.slaves.name(job.from).to_string();
+            let path = &job.path;
+            match corrupt(st, job.from, path, &job.version) {
+                Corruption::Repairing => {
+                    tracing::error!(%slave, %path, expected = format_args!("{c:08x}"), found = format_args!("{crc32:08x}"), "corrupt copy (found by a copy from it): dropped, repaired from a good copy")
+                }
+                Corruption::OnlyCopy => {
+                    tracing::error!(%slave, %path, expected = format_args!("{c:08x}"), found = format_args!("{crc32:08x}"), "corrupt copy (found by a copy from it) and no other copy: kept, restore it from a backup")
+                }
+                Corruption::NotCurrent => {}
+            }
             return Err(format!(
                 "{}: the copy's CRC-32 {crc32:08x} is not the record's {c:08x}",
                 job.path
-            ))
+            ));
         }
         _ => {}
     }
@@ -328,12 +364,34 @@ pub fn received(
 }
 
 /// The copy failed (or was given up) before its commit: free its slots;
-/// the path stays queued.
-pub fn failed(st: &mut MasterState, job_id: u64) {
-    if let Some(job) = st.replication.running.remove(&job_id) {
-        release(st, &job);
+/// the path stays queued. When both slaves are still online the failure
+/// is the file's (or would happen again): the path waits
+/// [`retry_delay_ms`] before its next try. A copy lost with a slave is
+/// tried again at once, between the slaves still there. Returns the wait
+/// (`None`: no such job running).
+pub fn failed(st: &mut MasterState, job_id: u64) -> Option<u64> {
+    let job = st.replication.running.remove(&job_id)?;
+    release(st, &job);
+    let online = |id: SlaveId| st.slaves.get(id).is_some_and(|s| s.is_online());
+    if !(online(job.from) && online(job.to)) {
         note(st, &job.path);
+        return Some(0);
     }
+    let now = st.now_ms;
+    let gen = job.version.gen;
+    let entry = st
+        .replication
+        .retry
+        .entry(job.path.clone())
+        .or_insert((0, 0, gen));
+    if entry.2 != gen {
+        *entry = (0, 0, gen);
+    }
+    entry.0 = entry.0.saturating_add(1);
+    let delay = retry_delay_ms(entry.0);
+    entry.1 = now.saturating_add(delay);
+    note(st, &job.path);
+    Some(delay)
 }
 
 fn release(st: &mut MasterState, job: &CopyJob) {
@@ -362,6 +420,7 @@ pub fn acked(st: &mut MasterState, slave: SlaveId, seq: u64, outcome: &OpOutcome
         OpOutcome::Failed(_) => {}
         _ if still => {
             let _ = st.db.add_holder(&job.path, slave);
+            st.replication.retry.remove(&job.path);
             st.replication.done += 1;
             if let Some(s) = st.slaves.get_mut(job.from) {
                 s.copied_out += job.version.size;
@@ -569,7 +628,9 @@ mod tests {
         put(&mut st, "/f", &[0]);
         let job = next_jobs(&mut st, 10).remove(0);
         assert!(received(&mut st, &job, 1, 10, 8).is_err(), "CRC differs");
-        failed(&mut st, job.id);
+        assert_eq!(failed(&mut st, job.id), Some(1000));
+        assert!(next_jobs(&mut st, 10).is_empty(), "not again at once");
+        st.now_ms += 1000;
         let job = next_jobs(&mut st, 10).remove(0);
         let seq = received(&mut st, &job, 2, 10, 7).unwrap();
         // Overwritten meanwhile: the copy is stale.
@@ -583,6 +644,56 @@ mod tests {
         assert!(!st.db.file(&p("/f")).unwrap().holders.contains(&job.to));
         assert!(matches!(
             st.slaves.get(job.to).unwrap().log.back(),
+            Some((_, FileOp::DropStale { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_copy_that_keeps_failing_backs_off_and_lets_other_paths_through() {
+        let mut st = state(2);
+        let mut cfg = (*st.config).clone();
+        cfg.replication.jobs_per_slave = 1;
+        st.config = Arc::new(cfg);
+        put(&mut st, "/bad", &[0]);
+        put(&mut st, "/good", &[0]);
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            // /bad first (same copies, smaller name), once its wait is over.
+            let job = next_jobs(&mut st, 10).remove(0);
+            assert_eq!(job.path, p("/bad"));
+            assert!(received(&mut st, &job, 1, 10, 8).is_err());
+            // The only copy is corrupt: kept, for the operator.
+            assert_eq!(st.db.file(&p("/bad")).unwrap().holders.as_slice(), &[0]);
+            waits.push(failed(&mut st, job.id).unwrap());
+            // Meanwhile the next path gets its copy.
+            let jobs = next_jobs(&mut st, 10);
+            assert_eq!(
+                jobs.iter().map(|j| j.path.clone()).collect::<Vec<_>>(),
+                [p("/good")]
+            );
+            failed(&mut st, jobs[0].id);
+            st.replication.retry.remove(&p("/good"));
+            st.now_ms += waits.last().unwrap();
+        }
+        assert_eq!(waits, [1000, 2000, 4000, 8000]);
+        assert_eq!(retry_delay_ms(30), 300_000);
+        // A new version starts afresh.
+        let job = next_jobs(&mut st, 10).remove(0);
+        failed(&mut st, job.id);
+        put(&mut st, "/bad", &[0]);
+        assert_eq!(next_jobs(&mut st, 10)[0].path, p("/bad"));
+    }
+
+    #[test]
+    fn a_copy_with_the_wrong_crc_marks_its_source_corrupt() {
+        let mut st = state(3);
+        put(&mut st, "/f", &[0, 1]);
+        let job = next_jobs(&mut st, 10).remove(0);
+        assert!(received(&mut st, &job, 1, 10, 8).is_err());
+        let holders = st.db.file(&p("/f")).unwrap().holders.to_vec();
+        assert!(!holders.contains(&job.from), "{holders:?}");
+        assert!(matches!(
+            st.slaves.get(job.from).unwrap().log.back(),
             Some((_, FileOp::DropStale { .. }))
         ));
     }
