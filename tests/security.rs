@@ -80,6 +80,17 @@ fn session_flood_slow_login_and_command_flood_are_cut() {
         r.starts_with("421 Too many sessions from your address"),
         "{r}"
     );
+    // A flood of refused sessions is logged at most once a second.
+    for _ in 0..50 {
+        let mut extra = BufReader::new(TcpStream::connect(site.control).unwrap());
+        assert!(read_line(&mut extra).starts_with("421 Too many sessions"));
+    }
+    let refusals = site.log().matches("session refused").count();
+    assert!(
+        (1..=3).contains(&refusals),
+        "{refusals} lines: {}",
+        site.log()
+    );
     // A connection that never logs in is closed with 421 after the login
     // timeout (`a` sits idle without logging in).
     assert_eq!(

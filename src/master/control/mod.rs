@@ -40,6 +40,9 @@ pub async fn accept_sessions(
     listener: Box<dyn NetListener>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Refused sessions are logged at most once a second (a flood from one
+    // address must not flood the log): the line counts the ones not shown.
+    let (mut refusal_logged_ms, mut refusals_unlogged) = (None::<u64>, 0u64);
     while let Some((stream, peer)) = next_connection(listener.as_ref(), &mut shutdown).await {
         let local = match stream.local_addr() {
             Ok(a) => a,
@@ -51,7 +54,14 @@ pub async fn accept_sessions(
             st.limits.open(&cfg, peer.ip()).err()
         };
         if let Some(e) = refused {
-            tracing::warn!(%peer, "session refused: {e}");
+            let now = state.mono_ms();
+            if refusal_logged_ms.is_none_or(|t| now.saturating_sub(t) >= 1000) {
+                tracing::warn!(%peer, not_logged_since = refusals_unlogged, "session refused: {e}");
+                refusal_logged_ms = Some(now);
+                refusals_unlogged = 0;
+            } else {
+                refusals_unlogged += 1;
+            }
             let mut stream = stream;
             tokio::spawn(async move {
                 let reply = Reply::new(e.code(), e.to_string());
