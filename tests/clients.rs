@@ -337,3 +337,39 @@ fn active_mode_needs_neither_pret_nor_relay() {
     assert!(out.starts_with("ok"), "{out}");
     assert_eq!(c.holders("legacy-active.bin").len(), 1);
 }
+
+/// Over IPv6 a PRET client's EPSV cannot name an IPv4 slave, and there is
+/// no PASV to fall back to (curl gives up: "Failed EPSV attempt"): the
+/// master relays the transfer, as for a client without PRET.
+#[test]
+fn ipv6_pret_clients_are_relayed_through_the_master() {
+    let c = ClusterProc::start(&["--listen", "[::1]:0"]);
+    assert!(c.addr.is_ipv6(), "{}", c.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up.bin");
+    std::fs::write(&up, random_bytes(300_000, 6)).unwrap();
+    let login = format!("{USER}:{PASS}");
+    let url = c.url("v6.bin");
+    let o = curl(&[
+        "-g",
+        "--ftp-pret",
+        "-u",
+        &login,
+        "-T",
+        up.to_str().unwrap(),
+        &url,
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let down = dir.path().join("down.bin");
+    let o = curl(&[
+        "-g",
+        "--ftp-pret",
+        "-u",
+        &login,
+        "-o",
+        down.to_str().unwrap(),
+        &url,
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read(&down).unwrap(), std::fs::read(&up).unwrap());
+}

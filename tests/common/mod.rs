@@ -33,14 +33,16 @@ impl ClusterProc {
         seed(dir.path());
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        // `extra` may name its own address.
+        let listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(bin())
-            .args([
-                "cluster",
-                "--listen",
-                "127.0.0.1:0",
-                "--user",
-                &format!("{USER}:{PASS}"),
-            ])
+            .arg("cluster")
+            .args(listen)
+            .args(["--user", &format!("{USER}:{PASS}")])
             .arg("--data-dir")
             .arg(dir.path())
             .args(extra)

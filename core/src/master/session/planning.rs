@@ -197,6 +197,18 @@ impl Session {
                     // shares the master's address. Keep the plan, so the
                     // client's fallback PASV (curl, rclone) still routes.
                     let same = st.slaves.get(s).and_then(|i| i.data_ip) == Some(self.local.ip());
+                    let relay = st.config.pasv_without_pret == PasvWithoutPret::Relay;
+                    if !same && self.local.is_ipv6() && relay {
+                        // An IPv6 client has no PASV to fall back to: the
+                        // transfer goes through the master, as without PRET.
+                        self.clear_plan(st);
+                        let xfer = st.next_id();
+                        return Action::OpenPassive {
+                            target: Target::Master,
+                            xfer,
+                            epsv,
+                        };
+                    }
                     if !same {
                         return r(
                             502,

@@ -197,6 +197,51 @@ fn epsv_after_pret_is_refused_and_the_plan_kept() {
 }
 
 #[test]
+fn epsv_after_pret_on_ipv6_is_relayed_where_relaying_is_allowed() {
+    // Over IPv6 a client cannot fall back to PASV: EPSV goes through the
+    // master (relay mode), and is refused as over IPv4 otherwise.
+    for (mode, relayed) in [
+        (PasvWithoutPret::Relay, true),
+        (PasvWithoutPret::Listings, false),
+    ] {
+        let mut st = state(mode);
+        let mut s = Session::new(
+            1,
+            "[::1]:40000".parse().unwrap(),
+            "[::1]:21".parse().unwrap(),
+        );
+        s.handle(cmd("USER u"), &mut st);
+        assert_eq!(pass(&mut s, &mut st, "p").0, "230 User u logged in");
+        s.handle(cmd("PRET RETR a"), &mut st);
+        let a = s.handle(cmd("EPSV"), &mut st);
+        if !relayed {
+            assert!(text(a).starts_with("502 Use PASV: "));
+            continue;
+        }
+        let Action::OpenPassive {
+            target: Target::Master,
+            xfer,
+            epsv: true,
+        } = a
+        else {
+            panic!("{a:?}");
+        };
+        let r = s.passive_opened(
+            &mut st,
+            Target::Master,
+            xfer,
+            true,
+            Ok("[::1]:50001".parse().unwrap()),
+        );
+        assert!(r.to_string().starts_with("229 "), "{r}");
+        let Action::Transfer(job) = s.handle(cmd("RETR a"), &mut st) else {
+            panic!()
+        };
+        assert_eq!(job.route, Route::Relay);
+    }
+}
+
+#[test]
 fn mismatch_missing_and_offline() {
     let mut st = state(PasvWithoutPret::Listings);
     let mut s = session(&mut st);
