@@ -247,16 +247,60 @@ where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
-    pump_counted(r, w, None).await
+    pump_counted(r, w, None, None).await.map_err(|e| e.error)
+}
+
+/// Which end of a relay failed: the one it reads from or the one it
+/// writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leg {
+    From,
+    To,
+}
+
+/// A relay that failed, or made no progress for its idle bound, on `leg`.
+#[derive(Debug)]
+pub struct RelayError {
+    pub leg: Leg,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for RelayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// One operation on a relayed connection, bounded by `idle` when given
+/// (no progress for that long is an error, as the slave's
+/// `storage::on_data`). `tokio::time`, so the simulator's clock rules it.
+async fn on_leg<T>(
+    leg: Leg,
+    idle: Option<std::time::Duration>,
+    op: impl std::future::Future<Output = io::Result<T>>,
+) -> Result<T, RelayError> {
+    let r = match idle {
+        None => op.await,
+        Some(idle) => match tokio::time::timeout(idle, op).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no progress for {} ms", idle.as_millis()),
+            )),
+        },
+    };
+    r.map_err(|error| RelayError { leg, error })
 }
 
 /// [`pump`], adding each chunk written to `progress` as it goes (SITE WHO
-/// shows a relayed transfer's bytes so far).
+/// shows a relayed transfer's bytes so far), each read, write and the
+/// shutdown bounded by `idle`.
 pub async fn pump_counted<R, W>(
     r: &mut R,
     w: &mut W,
     progress: Option<&std::sync::atomic::AtomicU64>,
-) -> io::Result<u64>
+    idle: Option<std::time::Duration>,
+) -> Result<u64, RelayError>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
@@ -265,17 +309,17 @@ where
     let mut buf = vec![0u8; COPY_BUF];
     let mut total = 0u64;
     loop {
-        let n = r.read(&mut buf).await?;
+        let n = on_leg(Leg::From, idle, r.read(&mut buf)).await?;
         if n == 0 {
             break;
         }
-        w.write_all(&buf[..n]).await?;
+        on_leg(Leg::To, idle, w.write_all(&buf[..n])).await?;
         total += n as u64;
         if let Some(p) = progress {
             p.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
-    w.shutdown().await?;
+    on_leg(Leg::To, idle, w.shutdown()).await?;
     Ok(total)
 }
 
@@ -298,25 +342,27 @@ pub enum Relay {
 /// into `progress`: the relay of a data connection through the master.
 /// With [`Relay::Splice`], between two TCP sockets, the bytes go through
 /// a kernel pipe; otherwise (an upload, TLS, the simulator) through
-/// [`pump_counted`]'s buffer.
+/// [`pump_counted`]'s buffer. A leg that makes no progress for `idle`
+/// (waiting to read, or to write) ends the relay with an error naming it.
 pub async fn relay_counted(
     r: &mut BoxStream,
     w: &mut BoxStream,
     how: Relay,
     progress: Option<&std::sync::atomic::AtomicU64>,
-) -> io::Result<u64> {
+    idle: std::time::Duration,
+) -> Result<u64, RelayError> {
     #[cfg(target_os = "linux")]
     if how == Relay::Splice {
         if let (Some(from), Some(to)) = (r.as_tcp(), w.as_tcp()) {
             if let Ok(pipe) = SplicePipe::new() {
-                let total = pipe.relay(from, to, progress).await?;
+                let total = pipe.relay(from, to, progress, idle).await?;
                 use tokio::io::AsyncWriteExt;
-                w.shutdown().await?;
+                on_leg(Leg::To, Some(idle), w.shutdown()).await?;
                 return Ok(total);
             }
         }
     }
-    pump_counted(r, w, progress).await
+    pump_counted(r, w, progress, Some(idle)).await
 }
 
 /// A kernel pipe between two sockets (see [`relay_counted`]).
@@ -341,12 +387,15 @@ impl SplicePipe {
         Ok(SplicePipe { read, write, size })
     }
 
+    /// Only the waits for readiness are bounded by `idle`: a splice that
+    /// moves bytes is progress.
     async fn relay(
         &self,
         from: &mut tokio::net::TcpStream,
         to: &mut tokio::net::TcpStream,
         progress: Option<&std::sync::atomic::AtomicU64>,
-    ) -> io::Result<u64> {
+        idle: std::time::Duration,
+    ) -> Result<u64, RelayError> {
         use nix::fcntl::{splice, SpliceFFlags};
         use std::os::fd::AsFd;
         use tokio::io::Interest;
@@ -372,10 +421,15 @@ impl SplicePipe {
                     Ok(0) => return Ok(total),
                     Ok(n) => in_pipe = n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        from.readable().await?;
+                        on_leg(Leg::From, Some(idle), from.readable()).await?;
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    Err(error) => {
+                        return Err(RelayError {
+                            leg: Leg::From,
+                            error,
+                        })
+                    }
                 }
             }
             let r = to.try_io(Interest::WRITABLE, || {
@@ -390,8 +444,15 @@ impl SplicePipe {
                         p.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    on_leg(Leg::To, Some(idle), to.writable()).await?
+                }
+                Err(error) => {
+                    return Err(RelayError {
+                        leg: Leg::To,
+                        error,
+                    })
+                }
             }
         }
     }
@@ -1010,6 +1071,9 @@ mod tests {
         }
     }
 
+    /// The idle bound of the relays that stall in these tests.
+    const IDLE: std::time::Duration = std::time::Duration::from_millis(500);
+
     /// Two connected sockets on loopback, as boxed streams.
     async fn tcp_pair() -> (BoxStream, BoxStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1047,7 +1111,7 @@ mod tests {
         };
         let (_, moved, got) = tokio::join!(
             send,
-            relay_counted(&mut from, &mut to, how, Some(&progress)),
+            relay_counted(&mut from, &mut to, how, Some(&progress), IDLE * 60),
             receive
         );
         assert_eq!(moved.unwrap(), data.len() as u64, "{how:?}");
@@ -1056,5 +1120,49 @@ mod tests {
             data.len() as u64
         );
         assert!(got == data, "{how:?}: the bytes differ");
+    }
+
+    #[tokio::test]
+    async fn a_relay_whose_reader_or_writer_stalls_fails_within_its_idle_bound() {
+        for how in [Relay::Splice, Relay::Copy] {
+            relay_fails_on_a_stalled_leg(how).await;
+        }
+    }
+
+    async fn relay_fails_on_a_stalled_leg(how: Relay) {
+        use tokio::io::AsyncWriteExt;
+        // The receiver never reads: once the socket buffers are full the
+        // writing leg makes no progress.
+        let (mut sender, mut from) = tcp_pair().await;
+        let (mut to, _receiver) = tcp_pair().await;
+        let data = vec![7u8; 1 << 20];
+        let send = async move {
+            loop {
+                if sender.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let failed = tokio::select! {
+            r = relay_counted(&mut from, &mut to, how, None, IDLE) => r.unwrap_err(),
+            _ = send => panic!("the sender stopped first"),
+        };
+        assert_eq!(failed.leg, Leg::To, "{how:?}: {failed}");
+        assert_eq!(failed.error.kind(), io::ErrorKind::TimedOut, "{how:?}");
+        assert!(failed.to_string().contains("no progress"), "{failed}");
+        assert!(started.elapsed() < IDLE * 20, "{how:?}");
+        // The sender sends a little, then nothing, without closing.
+        let (mut sender, mut from) = tcp_pair().await;
+        let (mut to, _receiver) = tcp_pair().await;
+        sender.write_all(b"some bytes").await.unwrap();
+        let started = tokio::time::Instant::now();
+        let failed = relay_counted(&mut from, &mut to, how, None, IDLE)
+            .await
+            .unwrap_err();
+        assert_eq!(failed.leg, Leg::From, "{how:?}: {failed}");
+        assert_eq!(failed.error.kind(), io::ErrorKind::TimedOut, "{how:?}");
+        assert!(started.elapsed() >= IDLE, "{how:?}");
+        drop(sender);
     }
 }

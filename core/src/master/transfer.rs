@@ -6,12 +6,19 @@
 //!
 //! ```text
 //!  start ──▶ [RelaySetup] ──RelayReady──▶ Running ──Sent/Failed/lost──▶ Done
-//!    │                                      │
-//!    └──────────── Order + 150 ────────────▶│ Received
-//!                                           ▼
-//!                                        Probing ──alive──▶ [Syncing] ──▶ Deciding ──▶ Committing ──▶ Done
+//!    │                                      │   └─Sent/Received, relayed─▶ [Draining] ──RelayBroken──▶ Done
+//!    └──────────── Order + 150 ────────────▶│ Received                        │ RelayDone
+//!                                           ▼                                  ▼
+//!                                        Probing ◀──────────────────── (Received) / Done (Sent)
+//!                                           │──alive──▶ [Syncing] ──▶ Deciding ──▶ Committing ──▶ Done
 //!                                           └──ABOR/closed──▶ Done (aborted)   └─lost race─▶ Done
 //! ```
+//!
+//! A relayed transfer is over only when the relay is: the slave's `Sent`
+//! means its bytes reached the master, not the client (`Draining` waits for
+//! the relay's last bytes). A relay leg that fails or makes no progress for
+//! `data_timeout_ms` (`RelayBroken`) cancels the slave's side, and the
+//! transfer fails with the relay's reason whatever the slave answers.
 //!
 //! `Syncing` (`sync_copies` > 1): the received upload is copied to other
 //! slaves before the commit decision, which then commits every copy; the
@@ -25,7 +32,9 @@
 //!   (it ignores 227 addresses) is relayed when relaying is allowed, else
 //!   answered with a 425 that names the fix;
 //! - ABOR or a lost control connection cancel the slave's side, and the
-//!   slave's answer is still awaited (every order gets exactly one answer).
+//!   slave's answer is still awaited (every order gets exactly one answer);
+//! - a relay that broke cancels the slave's side the same way, and a failed
+//!   slave side ends the relay at once.
 
 use std::net::SocketAddr;
 
@@ -57,8 +66,9 @@ pub enum Step {
     SetUpRelay(RelayClient),
     /// Start moving bytes between the relay's two legs.
     StartRelay,
-    /// Stop the relay (cancel it when `cancel`, else let it finish) and
-    /// wait for it.
+    /// Stop the relay: cancel it and close both legs (`cancel`), or wait
+    /// for its last bytes (bounded by the relay's idle timeout) and report
+    /// [`Event::RelayDone`] or [`Event::RelayBroken`].
     EndRelay { cancel: bool },
     /// Look at the control connection once before committing, then report
     /// [`Event::ControlAlive`], [`Event::Abor`] or [`Event::ControlClosed`].
@@ -110,6 +120,11 @@ pub enum Event {
     /// The relay could not be set up. `listening`: the slave had opened a
     /// listener for it (which must be released).
     RelayFailed { listening: bool, lost: bool },
+    /// The running relay failed: the client never connected, or a leg
+    /// broke or made no progress for `data_timeout_ms`.
+    RelayBroken(TransferFailure),
+    /// The relay moved its last byte (answers `EndRelay` without cancel).
+    RelayDone,
     /// The synchronous copies: each (slave, transfer) holding the upload
     /// uncommitted, or why fewer than wanted could be made.
     Synced(Result<Vec<(SlaveId, u64)>, String>),
@@ -126,11 +141,30 @@ pub enum Event {
 enum Phase {
     RelaySetup,
     Running,
-    Probing { size: u64, crc32: u32 },
-    Syncing { size: u64, crc32: u32 },
-    Deciding { crc32: u32 },
-    Committing { crc32: u32 },
+    /// The slave's side is done; the relay still moves its last bytes.
+    Draining(Drained),
+    Probing {
+        size: u64,
+        crc32: u32,
+    },
+    Syncing {
+        size: u64,
+        crc32: u32,
+    },
+    Deciding {
+        crc32: u32,
+    },
+    Committing {
+        crc32: u32,
+    },
     Done,
+}
+
+/// What the slave answered before the relay drained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    Sent { bytes: u64 },
+    Received { size: u64, crc32: u32 },
 }
 
 /// One slave transfer in progress.
@@ -150,6 +184,8 @@ pub struct TransferMachine {
     control_closed: bool,
     /// A client was caught mid-transfer; the slave's side is being aborted.
     caught: bool,
+    /// The relay broke (why); the slave's side is being aborted.
+    relay_broken: Option<TransferFailure>,
     /// Synchronous copies an upload waits for (`UploadTarget::sync`).
     sync: u32,
 }
@@ -173,6 +209,7 @@ impl TransferMachine {
             aborted: false,
             control_closed: false,
             caught: false,
+            relay_broken: None,
             sync: job.upload.as_ref().map_or(0, |u| u.sync),
         }
     }
@@ -270,6 +307,30 @@ impl TransferMachine {
                 self.caught = true;
                 vec![Step::AbortSlave]
             }
+            (Phase::Running, Event::RelayBroken(why))
+                if self.relaying && self.relay_broken.is_none() =>
+            {
+                // The slave's answer (to the abort, or what it had already
+                // sent) ends the transfer.
+                self.relay_broken = Some(why);
+                vec![Step::AbortSlave]
+            }
+            (Phase::Draining(drained), Event::RelayDone) => match drained {
+                Drained::Sent { bytes } => vec![self.finish(TransferOutcome::Sent { bytes })],
+                Drained::Received { size, crc32 } => {
+                    self.phase = Phase::Probing { size, crc32 };
+                    vec![Step::ProbeControl]
+                }
+            },
+            (Phase::Draining(drained), Event::RelayBroken(why)) => {
+                let mut steps = Vec::new();
+                if matches!(drained, Drained::Received { .. }) {
+                    // The slave discards what it received.
+                    steps.push(Step::AbortSlave);
+                }
+                steps.push(self.finish(TransferOutcome::Failed(why)));
+                steps
+            }
             (Phase::Running, Event::Slave(_)) if self.caught && !self.gone() => {
                 // The slave's side was cancelled for a client that ignored
                 // the 227 address: serve that client instead.
@@ -361,21 +422,38 @@ impl TransferMachine {
 
     /// The slave answered a running transfer.
     fn answered(&mut self, response: Response) -> Vec<Step> {
+        if let Some(why) = self.relay_broken.clone() {
+            // Whatever the slave did, the client did not get (or send)
+            // it all through the relay.
+            let mut steps = self.end_relay();
+            if matches!(response, Response::Received { .. }) {
+                steps.push(Step::AbortSlave);
+            }
+            steps.push(self.finish(TransferOutcome::Failed(why)));
+            return steps;
+        }
         match response {
+            Response::Sent { bytes } if self.relaying && !self.gone() => {
+                self.phase = Phase::Draining(Drained::Sent { bytes });
+                vec![Step::EndRelay { cancel: false }]
+            }
             Response::Sent { bytes } => self.end(TransferOutcome::Sent { bytes }),
             Response::Failed(f) => self.end(TransferOutcome::Failed(f)),
             Response::Received { size, crc32, .. } => {
                 // Second phase: commit only while the client is still there
                 // and did not abort. A client that died mid-upload leaves a
                 // partial file, which must never be recorded.
-                self.phase = Phase::Probing { size, crc32 };
-                let mut steps = self.end_relay();
                 if self.gone() {
+                    let mut steps = self.end_relay();
                     steps.extend(self.cancel_commit());
-                } else {
-                    steps.push(Step::ProbeControl);
+                    return steps;
                 }
-                steps
+                if self.relaying {
+                    self.phase = Phase::Draining(Drained::Received { size, crc32 });
+                    return vec![Step::EndRelay { cancel: false }];
+                }
+                self.phase = Phase::Probing { size, crc32 };
+                vec![Step::ProbeControl]
             }
             other => self.end(TransferOutcome::Failed(TransferFailure::Storage(format!(
                 "unexpected answer {other:?}"
@@ -406,11 +484,10 @@ impl TransferMachine {
         ]
     }
 
+    /// Cancels the relay (the transfer ends without it).
     fn end_relay(&self) -> Vec<Step> {
         if self.relaying {
-            vec![Step::EndRelay {
-                cancel: self.gone(),
-            }]
+            vec![Step::EndRelay { cancel: true }]
         } else {
             Vec::new()
         }
@@ -688,9 +765,107 @@ mod tests {
         // The 150 was already sent: only the order and the relay.
         assert_eq!(s, vec![Step::Order(DataConn::Passive), Step::StartRelay]);
         assert!(m.relaying());
+        // The slave's bytes are at the master: done when the relay is.
         let s = m.on(Event::Slave(Response::Sent { bytes: 9 }));
-        assert_eq!(s[0], Step::EndRelay { cancel: false });
+        assert_eq!(s, vec![Step::EndRelay { cancel: false }]);
+        let s = m.on(Event::RelayDone);
         assert_eq!(finish(&s).unwrap().0, TransferOutcome::Sent { bytes: 9 });
+    }
+
+    fn relaying(upload: bool) -> TransferMachine {
+        let mut m = machine(Route::Relay, upload, true);
+        m.start(true, true, false);
+        let s = m.on(Event::RelayReady);
+        assert_eq!(s.last(), Some(&Step::StartRelay));
+        m
+    }
+
+    fn stalled() -> TransferFailure {
+        TransferFailure::Network("client data connection: no progress for 2000 ms".into())
+    }
+
+    #[test]
+    fn a_broken_relay_cancels_the_slave_and_fails_whatever_it_answers() {
+        let answers = [
+            Response::Failed(TransferFailure::Aborted),
+            Response::Sent { bytes: 9 },
+            Response::Received {
+                bytes: 3,
+                size: 3,
+                crc32: 1,
+            },
+        ];
+        for answer in answers {
+            let upload = matches!(answer, Response::Received { .. });
+            let mut m = relaying(upload);
+            assert_eq!(m.on(Event::RelayBroken(stalled())), vec![Step::AbortSlave]);
+            assert!(m.watching(), "ABOR and the slave's answer still count");
+            assert!(m.on(Event::RelayBroken(stalled())).is_empty(), "once");
+            let s = m.on(Event::Slave(answer.clone()));
+            assert_eq!(s[0], Step::EndRelay { cancel: true }, "{answer:?}");
+            // A received upload is discarded, never decided.
+            assert_eq!(s.contains(&Step::AbortSlave), upload, "{answer:?}");
+            assert!(!s.contains(&Step::ProbeControl));
+            assert_eq!(
+                finish(&s),
+                Some((TransferOutcome::Failed(stalled()), false)),
+                "{answer:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_relay_that_fails_while_draining_fails_the_transfer() {
+        // A download: the slave sent it all, the client stopped reading.
+        let mut m = relaying(false);
+        let s = m.on(Event::Slave(Response::Sent { bytes: 9 }));
+        assert_eq!(s, vec![Step::EndRelay { cancel: false }]);
+        assert!(!m.watching());
+        let s = m.on(Event::RelayBroken(stalled()));
+        assert_eq!(s, vec![m_finish(TransferOutcome::Failed(stalled()))]);
+        // An upload: drained, then probed and decided as a direct one.
+        let received = Response::Received {
+            bytes: 3,
+            size: 3,
+            crc32: 1,
+        };
+        let mut m = relaying(true);
+        let s = m.on(Event::Slave(received.clone()));
+        assert_eq!(s, vec![Step::EndRelay { cancel: false }]);
+        assert_eq!(m.on(Event::RelayDone), vec![Step::ProbeControl]);
+        // Broken instead: discarded.
+        let mut m = relaying(true);
+        m.on(Event::Slave(received));
+        let s = m.on(Event::RelayBroken(stalled()));
+        assert_eq!(
+            s,
+            vec![
+                Step::AbortSlave,
+                m_finish(TransferOutcome::Failed(stalled()))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_slave_side_or_a_lost_slave_cancels_the_relay_at_once() {
+        for event in [
+            Event::Slave(Response::Failed(TransferFailure::Network(
+                "no progress on the data connection for 2000 ms".into(),
+            ))),
+            Event::SlaveLost,
+        ] {
+            let mut m = relaying(false);
+            let s = m.on(event.clone());
+            assert_eq!(s[0], Step::EndRelay { cancel: true }, "{event:?}");
+            assert!(finish(&s).is_some(), "{event:?}");
+        }
+    }
+
+    fn m_finish(outcome: TransferOutcome) -> Step {
+        Step::Finish {
+            outcome,
+            aborted: false,
+        }
     }
 
     #[test]

@@ -12,8 +12,8 @@ use super::{
     accept_opt, is_abor, poll_once, read_line_into, ClientSide, ControlSession, Endpoint, Next,
 };
 use crate::config::PasvWithoutPret;
-use crate::env::{accept_from, relay_counted, BoxStream, NetListener, Relay};
-use crate::link::{DataTls, OpOutcome, Request, Response};
+use crate::env::{accept_from, relay_counted, BoxStream, Leg, NetListener, Relay};
+use crate::link::{DataTls, OpOutcome, Request, Response, TransferFailure};
 use crate::master::db::SlaveId;
 use crate::master::hub::{SlaveLink, Stop};
 use crate::master::observe::{DataFacts, SessionEvent};
@@ -123,6 +123,9 @@ impl ControlSession {
             caught: None,
             slave_stream: None,
             relay: None,
+            relay_done: None,
+            relay_bytes: None,
+            held: Vec::new(),
             response: None,
             facts: DataFacts::default(),
         };
@@ -151,6 +154,11 @@ impl ControlSession {
                         StepResult::Event(e) => event = Some(e),
                         StepResult::Finish(outcome, aborted) => {
                             io.facts.relayed = m.relaying();
+                            if let Some(n) = io.relay_bytes {
+                                // What reached the client (or came from it)
+                                // before the relay broke.
+                                io.facts.bytes = Some(n);
+                            }
                             if let (Some(claim), Some(link)) = (io.claim.take(), &io.link) {
                                 // Never used: the slave releases it.
                                 let abort = crate::link::MasterMsg::Abort { xfer: job.xfer };
@@ -254,16 +262,46 @@ impl ControlSession {
                 }
                 return Some(StepResult::Event(self.set_up_relay(job, io, timeout).await));
             }
-            Step::StartRelay => self.start_relay(job, io, timeout),
-            Step::EndRelay { cancel } => {
-                if let Some(t) = io.relay.take() {
-                    if cancel {
-                        t.abort();
-                    }
-                    if let Ok(Ok(n)) = t.await {
-                        io.facts.bytes.get_or_insert(n);
-                    }
+            Step::StartRelay => {
+                if !self.start_relay(job, io, timeout) {
+                    return Some(StepResult::Event(Event::RelayBroken(
+                        TransferFailure::NoDataConnection("no relay".into()),
+                    )));
                 }
+            }
+            Step::EndRelay { cancel: true } => {
+                if let Some(t) = io.relay.take() {
+                    t.abort();
+                    let _ = t.await;
+                }
+                io.held.clear();
+            }
+            Step::EndRelay { cancel: false } => {
+                // Bounded: the relay ends when a leg makes no progress for
+                // the data timeout.
+                let end = match (io.relay_done.take(), io.relay.take()) {
+                    (Some(n), _) => RelayEnd::Done(n),
+                    (None, Some(mut t)) => loop {
+                        // A held 150 goes out meanwhile: the slave's `Sent`
+                        // came without the client, which may wait for the
+                        // 150 before it reads (or makes its TLS handshake).
+                        tokio::select! {
+                            biased;
+                            end = &mut t => break end.unwrap_or_else(RelayEnd::panicked),
+                            _ = held_deadline(self.held_until) => {
+                                if self.release_held().await.is_err() {
+                                    self.closed = true;
+                                }
+                            }
+                        }
+                    },
+                    (None, None) => RelayEnd::Broken {
+                        why: TransferFailure::NoDataConnection("no relay".into()),
+                        bytes: 0,
+                        legs: Vec::new(),
+                    },
+                };
+                return Some(StepResult::Event(io.relay_ended(end)));
             }
             Step::ProbeControl => return Some(StepResult::Event(self.probe_control().await)),
             Step::SyncCopies { size, crc32, want } => {
@@ -336,6 +374,8 @@ impl ControlSession {
             let control = watch_control && !self.closed;
             let catching = watch_catch && !self.closed;
             let mut release = false;
+            let (response, relay) = (&mut io.response, &mut io.relay);
+            let mut relay_end = None;
             tokio::select! {
                 biased;
                 line = read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed), if control => {
@@ -346,17 +386,26 @@ impl ControlSession {
                     }
                 }
                 r = async {
-                    match io.response.as_mut() {
+                    match response.as_mut() {
                         Some(rx) => rx.await,
                         None => std::future::pending().await,
                     }
                 } => {
-                    io.response = None;
+                    *response = None;
                     return match r {
                         Ok(r) => Event::Slave(r),
                         Err(_) => Event::SlaveLost,
                     };
                 }
+                // The relay ending before the slave answers: done (an
+                // upload's client closed), or broken (the client never
+                // connected, a leg failed or stalled).
+                end = async {
+                    match relay.as_mut() {
+                        Some(t) => t.await.unwrap_or_else(RelayEnd::panicked),
+                        None => std::future::pending().await,
+                    }
+                }, if relay.is_some() => relay_end = Some(end),
                 changed = self.stop.changed(), if control && self.stop_open => {
                     match changed {
                         // Kicked: cancel as if the client had gone (the
@@ -378,6 +427,13 @@ impl ControlSession {
                     }
                 }
                 _ = held_deadline(self.held_until) => release = true,
+            }
+            if let Some(end) = relay_end {
+                io.relay = None;
+                match io.relay_ended(end) {
+                    Event::RelayDone => {}
+                    broken => return broken,
+                }
             }
             if release && self.release_held().await.is_err() {
                 self.closed = true;
@@ -438,15 +494,18 @@ impl ControlSession {
         }
     }
 
-    /// Starts moving bytes between the client and the slave's listener.
-    fn start_relay(&mut self, job: &TransferJob, io: &mut TransferIo, timeout: Duration) {
+    /// Starts moving bytes between the client and the slave's listener
+    /// (false: no legs to relay between). Every wait is bounded by the
+    /// data timeout: the client's connection, its TLS handshake, and each
+    /// leg's progress. The task ends with [`RelayEnd`].
+    fn start_relay(&mut self, job: &TransferJob, io: &mut TransferIo, timeout: Duration) -> bool {
         let Some(mut slave_stream) = io.slave_stream.take() else {
-            return;
+            return false;
         };
         let client = match (io.caught.take(), io.master_listener.take()) {
             (Some(s), _) => ClientSide::Caught(s),
             (None, Some(l)) => ClientSide::Listener(l),
-            (None, None) => return,
+            (None, None) => return false,
         };
         let relay_tls = match (&self.tls_token, self.session.tls.private) {
             (Some(token), true) => self.state.tls().map(|t| (t.data.clone(), token.clone())),
@@ -463,22 +522,78 @@ impl ControlSession {
                 Some(t.bytes.clone())
             })
         };
+        let progress = progress.unwrap_or_default();
         io.relay = Some(tokio::spawn(async move {
+            let before = progress.load(std::sync::atomic::Ordering::Relaxed);
+            // Until the client is there only the slave's leg is open; it
+            // is held, not closed, when the client never comes (see
+            // `RelayEnd::Broken`).
+            let no_client = |why: String, slave_stream| RelayEnd::Broken {
+                why: TransferFailure::NoDataConnection(why),
+                bytes: 0,
+                legs: vec![slave_stream],
+            };
             let mut client = match client {
-                ClientSide::Listener(l) => accept_from(l.as_ref(), Some(peer), timeout).await?,
+                ClientSide::Listener(l) => match accept_from(l.as_ref(), Some(peer), timeout).await
+                {
+                    Ok(s) => s,
+                    Err(e) => return no_client(e.to_string(), slave_stream),
+                },
                 ClientSide::Caught(s) => s,
             };
             if let Some((config, token)) = relay_tls {
-                client =
-                    Box::new(crate::tls::accept(&config, client, Some(&token), timeout).await?);
+                client = match crate::tls::accept(&config, client, Some(&token), timeout).await {
+                    Ok(s) => Box::new(s),
+                    Err(e) => return no_client(format!("TLS handshake failed: {e}"), slave_stream),
+                };
             }
-            let progress = progress.as_deref();
-            if upload {
-                relay_counted(&mut client, &mut slave_stream, Relay::Copy, progress).await
+            let moved = if upload {
+                relay_counted(
+                    &mut client,
+                    &mut slave_stream,
+                    Relay::Copy,
+                    Some(&progress),
+                    timeout,
+                )
+                .await
             } else {
-                relay_counted(&mut slave_stream, &mut client, Relay::Splice, progress).await
+                relay_counted(
+                    &mut slave_stream,
+                    &mut client,
+                    Relay::Splice,
+                    Some(&progress),
+                    timeout,
+                )
+                .await
+            };
+            match moved {
+                Ok(n) => {
+                    if upload {
+                        // The client ended its upload (under TLS with
+                        // close_notify, else the read failed); answer in
+                        // kind, as a slave does: Python's `unwrap()` waits
+                        // for the server's close_notify.
+                        let _ = tokio::time::timeout(timeout, client.shutdown()).await;
+                    }
+                    RelayEnd::Done(n)
+                }
+                Err(e) => {
+                    let client_leg = match e.leg {
+                        Leg::From => upload,
+                        Leg::To => !upload,
+                    };
+                    let who = if client_leg { "client" } else { "slave" };
+                    RelayEnd::Broken {
+                        why: TransferFailure::Network(format!("{who} data connection: {e}")),
+                        bytes: progress
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                            .saturating_sub(before),
+                        legs: vec![client, slave_stream],
+                    }
+                }
             }
         }));
+        true
     }
 
     /// Waits for the slave to acknowledge the commit entry `seq`. The wait
@@ -577,11 +692,62 @@ struct TransferIo {
     caught: Option<BoxStream>,
     /// The relay's connection to the slave's listener.
     slave_stream: Option<BoxStream>,
-    relay: Option<tokio::task::JoinHandle<std::io::Result<u64>>>,
+    relay: Option<tokio::task::JoinHandle<RelayEnd>>,
+    /// The relay moved every byte (this many) before the slave answered.
+    relay_done: Option<u64>,
+    /// The bytes the relay moved before it broke.
+    relay_bytes: Option<u64>,
+    /// A broken relay's connections, open until the transfer ends.
+    held: Vec<BoxStream>,
     /// The answer awaited from the slave (order or commit).
     response: Option<tokio::sync::oneshot::Receiver<Response>>,
     /// What the data connection carried, as far as seen.
     facts: DataFacts,
+}
+
+impl TransferIo {
+    /// Takes in how the relay ended, for the transfer machine.
+    fn relay_ended(&mut self, end: RelayEnd) -> Event {
+        match end {
+            RelayEnd::Done(n) => {
+                self.relay_done = Some(n);
+                self.facts.bytes.get_or_insert(n);
+                Event::RelayDone
+            }
+            RelayEnd::Broken { why, bytes, legs } => {
+                tracing::info!(?why, bytes, "relay broken");
+                self.relay_bytes = Some(bytes);
+                self.held = legs;
+                Event::RelayBroken(why)
+            }
+        }
+    }
+}
+
+/// How a relay task ended.
+enum RelayEnd {
+    /// Every byte crossed (this many), both legs closed.
+    Done(u64),
+    /// The client never connected (or failed its TLS handshake), or a leg
+    /// failed or made no progress for the data timeout, after `bytes`.
+    /// The open `legs` are handed back, to stay open until the slave's
+    /// side is cancelled: closing the slave's leg first would end an
+    /// upload there as if the client had sent it all.
+    Broken {
+        why: TransferFailure,
+        bytes: u64,
+        legs: Vec<BoxStream>,
+    },
+}
+
+impl RelayEnd {
+    fn panicked(e: tokio::task::JoinError) -> RelayEnd {
+        RelayEnd::Broken {
+            why: TransferFailure::Network(format!("relay: {e}")),
+            bytes: 0,
+            legs: Vec::new(),
+        }
+    }
 }
 
 enum StepResult {
