@@ -227,7 +227,7 @@ fn epsv_after_pret_on_ipv6_is_relayed_where_relaying_is_allowed() {
             panic!("{a:?}");
         };
         let r = s.passive_opened(
-            &mut st,
+            &st,
             Target::Master,
             xfer,
             true,
