@@ -373,3 +373,47 @@ fn ipv6_pret_clients_are_relayed_through_the_master() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(std::fs::read(&down).unwrap(), std::fs::read(&up).unwrap());
 }
+
+/// ncftp straight to the slaves: active mode (`-E`) with `-o
+/// allowProxyForPORT=1`. Without that option ncftp refuses the data
+/// connection, which comes from the slave's address, not the server's.
+#[test]
+fn ncftp_active_mode_reaches_the_slaves_with_allow_proxy_for_port() {
+    // Without relaying: only a transfer straight to a slave can work.
+    let c = ClusterProc::start(&["--pasv-without-pret", "listings"]);
+    let work = tempfile::tempdir().unwrap();
+    let bytes = random_bytes(260_000, 51);
+    let src = work.path().join("nc.bin");
+    std::fs::write(&src, &bytes).unwrap();
+    let port = c.addr.port().to_string();
+    let login = ["-u", USER, "-p", PASS, "-P", port.as_str(), "-t", "30"];
+    let ncftp = |tool: &str, active: &[&str], args: &[&std::ffi::OsStr]| {
+        let out = Command::new(tool)
+            .args(login)
+            .args(active)
+            .arg("127.0.0.1")
+            .args(args)
+            .output()
+            .expect("ncftp must be installed (see .ci/run)");
+        (out.status.success(), text(&out.stdout) + &text(&out.stderr))
+    };
+    let (ok, log) = ncftp("ncftpput", &["-E"], &["/".as_ref(), src.as_os_str()]);
+    assert!(
+        !ok && log.contains("did not originate"),
+        "-E alone: ncftp refuses the slave's connection:\n{log}"
+    );
+    let active = ["-E", "-o", "allowProxyForPORT=1"];
+    let (ok, log) = ncftp("ncftpput", &active, &["/".as_ref(), src.as_os_str()]);
+    assert!(ok, "{log}");
+    assert_eq!(c.holders("nc.bin").len(), 1);
+    let down = work.path().join("down");
+    std::fs::create_dir_all(&down).unwrap();
+    let (ok, log) = ncftp("ncftpget", &active, &[down.as_os_str(), "/nc.bin".as_ref()]);
+    assert!(ok, "{log}");
+    assert!(std::fs::read(down.join("nc.bin")).unwrap() == bytes);
+    let log = c.log();
+    assert!(
+        log.contains("<- PORT ") || log.contains("<- EPRT "),
+        "{log}"
+    );
+}

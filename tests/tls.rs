@@ -133,6 +133,7 @@ fn curl_ssl_uses_tls_when_offered_and_falls_back_to_plain_when_not() {
 const FTPLIB_TLS: &str = r#"
 import ftplib, io, ssl, sys
 host, port, user, pw, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+other_user, other_pw = sys.argv[6], sys.argv[7]
 payload = open(path, 'rb').read()
 
 class Resuming(ftplib.FTP_TLS):
@@ -174,29 +175,45 @@ for name, version in [('tls1.3', ssl.TLSVersion.TLSv1_3), ('tls1.2', ssl.TLSVers
     print(name, 'list on', ftp.data_peer, 'resumed', ftp.reused, sorted(names))
     ftp.quit()
 
-# Someone else's session on a data connection: refused by the slave.
+# A data connection of b that resumes the TLS session of another control
+# connection: accepted only from one of the same user at the same address
+# (rclone's parallel connections share one session cache), refused from
+# another user's or from another address, on a slave and on the master.
 ctx = context(ssl.TLSVersion.TLSv1_3)
-def login():
+def login(name, secret, source='127.0.0.1'):
     f = ftplib.FTP_TLS(context=ctx)
     f.trust_server_pasv_ipv4_address = True
-    f.connect(host, port, timeout=30)
-    f.login(user, pw)
+    f.connect(host, port, timeout=30, source_address=(source, 0))
+    f.login(name, secret)
     f.prot_p()
     f.voidcmd('NOOP')   # reads the session tickets
     return f
-a, b = login(), login()
-b.sendcmd('PRET RETR tls1.3')
-conn, _ = ftplib.FTP.ntransfercmd(b, 'RETR tls1.3')
-try:
-    data = ctx.wrap_socket(conn, server_hostname=host, session=a.sock.session)
-    got = data.recv(100)
-    print('foreign data bytes', len(got))
-except (OSError, ssl.SSLError) as e:
-    print('foreign data refused', type(e).__name__)
-try:
-    print('foreign reply', b.voidresp())
-except ftplib.Error as e:
-    print('foreign reply', e)
+def resume(what, b, a, cmd):
+    b.sendcmd('PRET ' + cmd)
+    conn, _ = ftplib.FTP.ntransfercmd(b, cmd)
+    try:
+        data = ctx.wrap_socket(conn, server_hostname=host, session=a.sock.session)
+        got = b''
+        while True:
+            chunk = data.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        print(what, 'data bytes', len(got), 'resumed', data.session_reused)
+        data.close()
+    except (OSError, ssl.SSLError) as e:
+        print(what, 'data refused', type(e).__name__)
+    try:
+        print(what, 'reply', b.voidresp())
+    except ftplib.Error as e:
+        print(what, 'reply', e)
+b = login(user, pw)
+other = login(other_user, other_pw)
+elsewhere = login(user, pw, source='127.0.0.2')
+sibling = login(user, pw)
+for what, a in [('foreign', other), ('elsewhere', elsewhere), ('sibling', sibling)]:
+    resume(what, b, a, 'RETR tls1.3')
+    resume(what + ' list', b, a, 'NLST')
 
 # An upload whose TCP connection ends without TLS close_notify may have
 # been cut by an attacker: it is not stored.
@@ -215,14 +232,22 @@ print('ok')
 
 #[test]
 fn python_ftplib_prot_p_resumes_the_control_session_on_the_slave() {
-    let c = ClusterProc::start_tls(&[]);
+    let c = ClusterProc::start_tls(&["--user", "other:other-pw"]);
     let work = tempfile::tempdir().unwrap();
     let payload = random_bytes(300_000, 5);
     let path = write_file(work.path(), "p.bin", &payload);
     let port = c.addr.port().to_string();
     let out = python(
         FTPLIB_TLS,
-        &["127.0.0.1", &port, USER, PASS, path.to_str().unwrap()],
+        &[
+            "127.0.0.1",
+            &port,
+            USER,
+            PASS,
+            path.to_str().unwrap(),
+            "other",
+            "other-pw",
+        ],
     );
     assert!(out.contains("234 AUTH TLS successful"), "{out}");
     assert!(out.contains("200 Protection level set to Private"), "{out}");
@@ -247,19 +272,97 @@ fn python_ftplib_prot_p_resumes_the_control_session_on_the_slave() {
             payload
         );
     }
-    // The stolen session: the slave refuses it; the reply says why.
+    // Another user's session, or the same user's from another address: the
+    // slave (RETR) and the master (NLST) refuse it; the reply says why.
+    for what in ["foreign", "elsewhere"] {
+        assert!(
+            out.contains(&format!(
+                "{what} reply 425 Can't open data connection on slave"
+            )),
+            "{what}: {out}"
+        );
+        assert!(
+            out.contains(&format!("{what} list reply 425 Can't open data connection")),
+            "{what}: {out}"
+        );
+        // Not a byte reached the client.
+        for conn in [what.to_string(), format!("{what} list")] {
+            let data = out
+                .lines()
+                .find(|l| l.starts_with(&format!("{conn} data ")))
+                .unwrap_or_else(|| panic!("{conn}: {out}"));
+            assert!(
+                data.starts_with(&format!("{conn} data bytes 0 "))
+                    || data.starts_with(&format!("{conn} data refused")),
+                "{data}"
+            );
+        }
+    }
     assert!(
-        out.contains("foreign reply 425 Can't open data connection on slave")
-            && out.contains("belongs to another control connection"),
+        out.contains("belongs to another control connection"),
         "{out}"
     );
-    assert!(!out.contains("foreign data bytes 1"), "{out}");
+    // The same user's other control connection from the same address: the
+    // data connection goes through.
+    assert!(
+        out.contains("sibling data bytes 300000 resumed True\nsibling reply 226"),
+        "{out}"
+    );
+    assert!(out.contains("sibling list reply 226"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("sibling list data bytes") && l.ends_with("resumed True")),
+        "{out}"
+    );
     assert!(
         out.contains("cut reply 426 ") && out.contains("close_notify"),
         "{out}"
     );
     assert!(out.contains("cut listed False"), "{out}");
     assert!(out.ends_with("ok\n"), "{out}");
+}
+
+/// rclone with explicit TLS and its default settings: parallel control
+/// connections (4 transfers, 8 checkers) share one TLS session cache, so a
+/// data connection resumes whichever control connection's ticket came
+/// last. That one belongs to the same user at the same address: accepted.
+#[test]
+fn rclone_explicit_tls_with_parallel_connections_copies_a_tree() {
+    let c = ClusterProc::start_tls(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let up = work.path().join("rcs");
+    std::fs::create_dir_all(&up).unwrap();
+    let files: Vec<(String, Vec<u8>)> = (1..=12)
+        .map(|i| (format!("f{i}"), random_bytes(i * 5000, 90 + i as u64)))
+        .collect();
+    for (name, bytes) in &files {
+        std::fs::write(up.join(name), bytes).unwrap();
+    }
+    let remote = rclone_remote(c.addr, "rcs1").replacen(
+        ":ftp,",
+        ":ftp,explicit_tls=true,no_check_certificate=true,",
+        1,
+    );
+    let log = rclone(&["copy", up.to_str().unwrap(), &remote]);
+    assert!(!log.contains("ERROR"), "{log}");
+    let down = work.path().join("down");
+    rclone(&["copy", &remote, down.to_str().unwrap()]);
+    let check = rclone(&["check", up.to_str().unwrap(), &remote]);
+    assert!(check.contains("0 differences found"), "{check}");
+    for (name, bytes) in &files {
+        assert!(&std::fs::read(down.join(name)).unwrap() == bytes, "{name}");
+        assert_eq!(c.holders(&format!("rcs1/{name}")).len(), 1, "{name}");
+    }
+    let log = c.log();
+    assert!(
+        !log.contains("data connection refused"),
+        "no data connection refused:\n{log}"
+    );
+    assert!(
+        log.contains("resumed a sibling's TLS session"),
+        "data connections resumed other control connections' sessions:\n{log}"
+    );
+    assert!(log.contains("<- PRET STOR"), "straight to the slaves");
 }
 
 /// Raw control connection, upgraded with Python's `ssl` at AUTH: sends each

@@ -224,6 +224,12 @@ pub struct Hub {
     tls_in_clear: std::sync::atomic::AtomicBool,
     /// Wall-clock seconds when the master started ([`Hub::started_unix`]).
     started_unix: std::sync::atomic::AtomicI64,
+    /// The TLS tokens of control sessions with their users and addresses:
+    /// the sessions a data connection may resume besides its own
+    /// ([`Hub::resumed_sibling`]); `tls_logins` wakes those waiting for a
+    /// login to be decided.
+    tls_siblings: Mutex<crate::tls::Siblings>,
+    tls_logins: tokio::sync::Notify,
 }
 
 pub type Shared = Arc<Hub>;
@@ -252,6 +258,8 @@ impl Hub {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             tls_in_clear: std::sync::atomic::AtomicBool::new(false),
             started_unix: std::sync::atomic::AtomicI64::new(0),
+            tls_siblings: Mutex::new(crate::tls::Siblings::default()),
+            tls_logins: tokio::sync::Notify::new(),
         }
     }
 
@@ -273,6 +281,48 @@ impl Hub {
     /// AUTH TLS.
     pub fn set_tls(&self, tls: Option<Arc<MasterTls>>) {
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = tls;
+    }
+
+    /// TLS control session `id` (token `token`, client address `ip`) is
+    /// now in state `login` (`LoginState::None`: it ended or is not logging
+    /// in).
+    pub fn list_tls_session(
+        &self,
+        id: u64,
+        login: crate::tls::LoginState<'_>,
+        ip: std::net::IpAddr,
+        token: &[u8],
+    ) {
+        lock(&self.tls_siblings).set(id, login, ip, token);
+        self.tls_logins.notify_waiters();
+    }
+
+    /// A data connection of the control session tagged `own` resumed the
+    /// TLS session tagged `resumed`: whether that is a sibling's (the same
+    /// logged-in user's control connection from the same address). A
+    /// sibling still logging in is waited for, up to `limit`.
+    pub async fn resumed_sibling(
+        &self,
+        own: &[u8],
+        resumed: &[u8],
+        limit: std::time::Duration,
+    ) -> bool {
+        use crate::tls::Verdict;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Registered before the look, so a change in between wakes it.
+            let changed = self.tls_logins.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match lock(&self.tls_siblings).verdict(own, resumed) {
+                Verdict::Sibling => return true,
+                Verdict::Refused => return false,
+                Verdict::Wait => {}
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Where sessions report commands, logins and transfers (`None`:
@@ -416,5 +466,53 @@ impl Hub {
         if let Some(w) = lock(&self.commit_waiters).remove(&(slave, seq)) {
             let _ = w.send(outcome.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::MasterConfig;
+    use crate::tls::LoginState;
+
+    fn ask(
+        hub: &Shared,
+        own: &'static [u8],
+        resumed: &'static [u8],
+    ) -> tokio::task::JoinHandle<bool> {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            hub.resumed_sibling(own, resumed, Duration::from_secs(5))
+                .await
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_sibling_still_logging_in_is_waited_for() {
+        let hub = Hub::bare(MasterState::new(Arc::new(MasterConfig::default())));
+        let ip = "192.0.2.1".parse().unwrap();
+        hub.list_tls_session(1, LoginState::LoggedIn("alice"), ip, b"one");
+        hub.list_tls_session(2, LoginState::Pending("alice"), ip, b"two");
+        hub.list_tls_session(3, LoginState::LoggedIn("bob"), ip, b"three");
+        assert!(!ask(&hub, b"one", b"three").await.unwrap(), "another user");
+        // The password is still being checked: the answer waits for it.
+        let asked = ask(&hub, b"one", b"two");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!asked.is_finished());
+        hub.list_tls_session(2, LoginState::LoggedIn("alice"), ip, b"two");
+        assert!(asked.await.unwrap());
+        // A failed login: refused as soon as it fails.
+        hub.list_tls_session(4, LoginState::Pending("alice"), ip, b"four");
+        let asked = ask(&hub, b"one", b"four");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        hub.list_tls_session(4, LoginState::None, ip, b"four");
+        assert!(!asked.await.unwrap());
+        // Never decided: refused at the limit.
+        hub.list_tls_session(5, LoginState::Pending("alice"), ip, b"five");
+        let started = tokio::time::Instant::now();
+        assert!(!ask(&hub, b"one", b"five").await.unwrap());
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 }

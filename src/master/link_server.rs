@@ -474,6 +474,27 @@ async fn read_loop(
                 }
                 let _ = state.flush(&mut st);
             }
+            SlaveMsg::Resumed {
+                check,
+                token,
+                resumed,
+            } => {
+                // A PROT P data connection resumed another control
+                // connection's TLS session: a sibling's (same user, same
+                // address) may serve. Answered off this loop: a sibling
+                // still logging in is waited for.
+                let (link, limit) = {
+                    let st = state.lock();
+                    (st.link(id), st.config.data_timeout())
+                };
+                if let Some(link) = link {
+                    let hub = state.clone();
+                    tokio::spawn(async move {
+                        let sibling = hub.resumed_sibling(&token, &resumed, limit).await;
+                        link.send(MasterMsg::Resumed { check, sibling });
+                    });
+                }
+            }
             SlaveMsg::Hello { .. } | SlaveMsg::Auth { .. } => {
                 return "protocol error: handshake message after handshake".into()
             }

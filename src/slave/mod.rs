@@ -191,6 +191,9 @@ struct Ctx {
     data_timeout: Duration,
     /// Received uploads waiting for their commit (outlives the link).
     awaiting: Awaiting,
+    /// Questions to the master about data connections that resumed another
+    /// control connection's TLS session, waiting for their answers.
+    resumed: transfer::ResumedChecks,
 }
 
 fn reply(ctx: &Ctx, rid: u64, response: Response) {
@@ -364,6 +367,7 @@ async fn serve(
         data_tls,
         data_timeout: welcome.data_timeout,
         awaiting,
+        resumed: transfer::ResumedChecks::default(),
     });
     let writer_task = tokio::spawn(write_loop(writer, out_rx, bulk_rx, ctx.clone()));
     let (applied_tx, applied_rx) = watch::channel(0u64);

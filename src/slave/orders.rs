@@ -207,6 +207,7 @@ pub(super) async fn read_loop(
                     tokio::spawn(checksum(ctx.clone(), rid, path));
                 }
             },
+            MasterMsg::Resumed { check, sibling } => ctx.resumed.answer(check, sibling),
             MasterMsg::Challenge { .. } | MasterMsg::Welcome { .. } | MasterMsg::Refused { .. } => {
                 return Err(LinkError::Handshake(
                     "handshake message after handshake".into(),

@@ -4,19 +4,20 @@
 //! upload is handed to the commit waiting room ([`super::commit`]); the
 //! master's decision arrives through the slave's operation log.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::storage::{self, StorageError};
 use super::{reply, Ctx, XferCmd};
 use crate::env::{accept_from, BoxStream, NetListener};
-use crate::link::{DataTls, Response, TransferFailure, TransferOrder};
+use crate::link::{DataTls, Response, SlaveMsg, TransferFailure, TransferOrder};
 use crate::tls::SessionTie;
 
 pub(super) async fn passive_task(
@@ -120,10 +121,61 @@ pub(super) async fn active_task(
     execute(ctx, xfer, stream, rid, order, tls, cmds).await;
 }
 
+/// The master's answers to [`SlaveMsg::Resumed`], by check number. A link
+/// lost drops the waiting senders with its `Ctx`: no answer, refused.
+#[derive(Default)]
+pub(super) struct ResumedChecks(Mutex<(u64, BTreeMap<u64, oneshot::Sender<bool>>)>);
+
+impl ResumedChecks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, oneshot::Sender<bool>>)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the master whether a data connection of the control session
+    /// tagged `token` may serve after resuming the session tagged
+    /// `resumed`; `false` without an answer within `limit`.
+    async fn ask(ctx: &Ctx, token: &[u8], resumed: &[u8], limit: std::time::Duration) -> bool {
+        /// Forgets the question however the wait ends (an abort drops it).
+        struct Asked<'a>(&'a ResumedChecks, u64);
+        impl Drop for Asked<'_> {
+            fn drop(&mut self) {
+                self.0.lock().1.remove(&self.1);
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let check = {
+            let mut checks = ctx.resumed.lock();
+            checks.0 += 1;
+            let check = checks.0;
+            checks.1.insert(check, tx);
+            check
+        };
+        let _asked = Asked(&ctx.resumed, check);
+        let _ = ctx.out.send(SlaveMsg::Resumed {
+            check,
+            token: token.to_vec(),
+            resumed: resumed.to_vec(),
+        });
+        matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(true)))
+    }
+
+    /// The master's answer to `check` (one nobody waits for any more is
+    /// dropped).
+    pub(super) fn answer(&self, check: u64, sibling: bool) {
+        let waiter = self.lock().1.remove(&check);
+        if let Some(tx) = waiter {
+            let _ = tx.send(sibling);
+        }
+    }
+}
+
 /// The TLS server side of a `PROT P` data connection (the FTP client is
 /// the TLS client, also when this slave dialled out for PORT). A client
 /// that resumes a TLS 1.3 session of another control connection is
-/// refused: it holds someone else's ticket (RFC 4217 §10.2).
+/// refused, unless the master says it is a sibling's: the same logged-in
+/// user's control connection from the same address (rclone shares one
+/// session cache between its connections). Otherwise it holds someone
+/// else's ticket (RFC 4217 §10.2).
 async fn protect(
     ctx: &Ctx,
     stream: BoxStream,
@@ -156,16 +208,25 @@ async fn protect(
     let secured = crate::tls::accept(config, stream, Some(&tls.session_token), ctx.data_timeout)
         .await
         .map_err(|e| TransferFailure::NoDataConnection(format!("TLS handshake failed: {e}")))?;
-    let tie = SessionTie::of(secured.get_ref().1, &tls.session_token);
+    let conn = secured.get_ref().1;
+    let tie = SessionTie::of(conn, &tls.session_token);
     if tie == SessionTie::Foreign {
-        tracing::warn!(
-            "data connection refused: it resumed the TLS session of another control connection"
-        );
-        return Err(TransferFailure::NoDataConnection(
-            "the TLS session of the data connection belongs to another control connection".into(),
-        ));
+        let resumed = conn.received_resumption_data().unwrap_or_default();
+        let (token, limit) = (&tls.session_token, ctx.data_timeout);
+        if !ResumedChecks::ask(ctx, token, resumed, limit).await {
+            tracing::warn!(
+                "data connection refused: it resumed the TLS session of another control \
+                 connection (not one of this user's from this address)"
+            );
+            return Err(TransferFailure::NoDataConnection(
+                "the TLS session of the data connection belongs to another control connection"
+                    .into(),
+            ));
+        }
+        tracing::debug!("data connection secured: it resumed a sibling's TLS session");
+    } else {
+        tracing::debug!(?tie, "data connection secured");
     }
-    tracing::debug!(?tie, "data connection secured");
     Ok(Box::new(secured))
 }
 

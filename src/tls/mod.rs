@@ -50,7 +50,11 @@
 //! the transfer order, accept the data connection the same way (so the
 //! slave's own tickets carry the token on), and compare
 //! `received_resumption_data()` with it. rustls hands the token back for
-//! TLS 1.3 only: a resumed TLS 1.2 data connection shows `None`.
+//! TLS 1.3 only: a resumed TLS 1.2 data connection shows `None`. Another
+//! token is accepted if it is a sibling's, the same logged-in user's
+//! control connection from the same address ([`Siblings`]; a slave asks
+//! the master): clients such as rclone share one session cache between
+//! their connections.
 //!
 //! # Wiring notes
 //!
@@ -86,10 +90,11 @@
 //!
 //! One file per concern: `cert.rs` (certificates, fingerprints, pins),
 //! `tickets.rs` (the session tickets the cluster shares), `config.rs` (the
-//! rustls configurations and their certificate verifiers) and `stream.rs`
+//! rustls configurations and their certificate verifiers), `stream.rs`
 //! (handshakes with a deadline, TLS streams as network streams, a data
-//! connection's tie to its control session). This file holds what they
-//! share: the error type and the crypto provider.
+//! connection's tie to its control session) and `siblings.rs` (the control
+//! sessions whose TLS sessions a data connection may resume). This file
+//! holds what they share: the error type and the crypto provider.
 //!
 //! [`BoxStream`]: crate::env::BoxStream
 //! [`NetStream`]: crate::env::NetStream
@@ -104,6 +109,7 @@ use rustls::pki_types::pem;
 
 mod cert;
 mod config;
+mod siblings;
 mod stream;
 #[cfg(test)]
 mod testutil;
@@ -114,6 +120,7 @@ pub use config::{
     data_server_config, fxp_client_config, pinned_client_config, pinned_fingerprint_client_config,
     server_config, SESSION_CACHE_SIZE, TLS13_TICKETS_PER_HANDSHAKE,
 };
+pub use siblings::{LoginState, Siblings, Verdict};
 pub use stream::{accept, connect, SessionTie, MAX_RESUMPTION_DATA};
 pub use tickets::{new_ticket_key, SharedTicketer, TicketKey, DEFAULT_TICKET_LIFETIME};
 

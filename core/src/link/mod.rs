@@ -59,7 +59,9 @@ impl std::fmt::Debug for TicketKey {
 /// 5: replication (`Hello::zone`, `Send::rate`, `SlaveMsg::Corrupt`),
 /// `Receive::base`, `Send::pending`,
 /// `Response::FailedAfter` (the bytes a failed transfer moved).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: `SlaveMsg::Resumed`, `MasterMsg::Resumed` (a data connection that
+/// resumed the TLS session of another control connection).
+pub const PROTOCOL_VERSION: u32 = 7;
 /// Bytes of operations per `Log` frame (a long queue is streamed).
 pub const LOG_CHUNK_BYTES: usize = 1 << 20;
 /// Largest frame either side accepts. A remerge is sent in chunks well
@@ -182,8 +184,10 @@ pub struct DataTls {
     /// The control session's token (random, per control connection). The
     /// master tags the sessions of the control connection with it, so a
     /// TLS 1.3 data connection that resumes one carries it back: the slave
-    /// accepts it only if it matches (someone else's ticket is refused),
-    /// and tags its own tickets with it.
+    /// accepts it if it matches, asks the master about another token
+    /// ([`SlaveMsg::Resumed`]: a session of the same user's control
+    /// connection from the same address is accepted, someone else's
+    /// refused), and tags its own tickets with it.
     pub session_token: Vec<u8>,
     /// FXP (SSCN ON, CPSV): this slave is the TLS *client* on the data
     /// connection, whose peer is another FTP server acting as TLS server.
@@ -347,6 +351,15 @@ pub enum SlaveMsg {
     Applied {
         outcomes: Vec<(u64, OpOutcome)>,
     },
+    /// A TLS 1.3 data connection of the control session tagged `token`
+    /// resumed the TLS session tagged `resumed`, another control
+    /// connection's: may it serve? Answered by [`MasterMsg::Resumed`] with
+    /// the same `check`.
+    Resumed {
+        check: u64,
+        token: Vec<u8>,
+        resumed: Vec<u8>,
+    },
 }
 
 /// Master -> slave.
@@ -395,6 +408,13 @@ pub enum MasterMsg {
         accept_from: Option<IpAddr>,
     },
     Heartbeat,
+    /// The answer to [`SlaveMsg::Resumed`] `check`: whether the resumed
+    /// session is a sibling's (the same user's control connection from the
+    /// same client address), so the data connection may serve.
+    Resumed {
+        check: u64,
+        sibling: bool,
+    },
 }
 
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, LinkError> {

@@ -276,6 +276,30 @@ mod tests {
     }
 
     #[test]
+    fn telnet_commands_around_abor_are_dropped() {
+        // (lftp's IAC IP IAC DM: `telnet_sequences_are_removed`.) Abort Output, Are You There, NOP, SE: two-byte commands.
+        assert_eq!(
+            decode(b"\xff\xf5\xff\xf6AB\xff\xf1OR\xff\xf0\r\n"),
+            vec![cmd("ABOR")]
+        );
+        // ftplib's urgent ABOR reaches the decoder in two reads (split at
+        // the urgent mark, before its LF).
+        let mut d = LineDecoder::new();
+        d.push(b"ABOR\r");
+        assert_eq!(d.next_line(), None);
+        d.push(b"\n");
+        assert_eq!(d.next_line(), Some(cmd("ABOR")));
+        // IAC IAC is one literal 0xFF (not UTF-8, so the line is refused),
+        // and the IAC after it starts a command again.
+        assert_eq!(
+            decode(b"\xff\xff\xff\xf4NOOP\r\nNOOP\r\n"),
+            vec![Line::NotUtf8, cmd("NOOP")]
+        );
+        assert_eq!(decode(b"\xff\xff\xff\xf4\r\n"), vec![Line::NotUtf8]);
+        assert_eq!(decode(b"\xff\xf4\r\n"), vec![Line::Empty]);
+    }
+
+    #[test]
     fn empty_and_whitespace_lines() {
         assert_eq!(
             decode(b"\r\n\n  \t \r\n"),

@@ -19,6 +19,7 @@ use tracing::Instrument;
 mod data;
 mod tls;
 mod transfer;
+mod urgent;
 
 use data::{accept_opt, poll_once};
 
@@ -33,6 +34,7 @@ use super::{Hub, MasterState, SessionInfo, Shared};
 use crate::env::{next_connection, BoxStream, Env, NetListener};
 use crate::ops::OpsObserver;
 use crate::proto::{Command, Line, LineDecoder, Reply};
+use crate::tls::LoginState;
 
 pub async fn accept_sessions(
     env: Env,
@@ -43,7 +45,8 @@ pub async fn accept_sessions(
     // Refused sessions are logged at most once a second (a flood from one
     // address must not flood the log): the line counts the ones not shown.
     let (mut refusal_logged_ms, mut refusals_unlogged) = (None::<u64>, 0u64);
-    while let Some((stream, peer)) = next_connection(listener.as_ref(), &mut shutdown).await {
+    while let Some((mut stream, peer)) = next_connection(listener.as_ref(), &mut shutdown).await {
+        urgent::urgent_data_inline(&mut stream);
         let local = match stream.local_addr() {
             Ok(a) => a,
             Err(_) => continue,
@@ -183,10 +186,17 @@ pub(super) struct ControlSession {
     /// next reply waits for them (a client is never told "done" before the
     /// change would survive a crash).
     durable: Option<Durable>,
+    /// Cleared at `AUTH TLS`: the control stream stops reading ahead past
+    /// TCP urgent marks (`urgent.rs`).
+    plain_control: Arc<std::sync::atomic::AtomicBool>,
     /// After `AUTH TLS`: this control session's random token, set as the
     /// resumption data of its TLS sessions and sent with `PROT P` orders
     /// (see `tls.rs`, "Tying a data connection to its control connection").
     tls_token: Option<Vec<u8>>,
+    /// How this TLS session is listed among the sessions a data connection
+    /// may resume (`Hub::list_tls_session`): the user, and whether logged
+    /// in (`None`: not listed).
+    tls_listed: Option<(String, bool)>,
     /// Told when the master shuts down or an admin kicks this session
     /// ([`Hub::register_session`]).
     stop: watch::Receiver<Option<Stop>>,
@@ -216,6 +226,7 @@ impl ControlSession {
         session: Session,
         stop: watch::Receiver<Option<Stop>>,
     ) -> ControlSession {
+        let (stream, plain_control) = urgent::ControlStream::wrap(stream);
         let (reader, writer) = tokio::io::split(stream);
         ControlSession {
             env,
@@ -231,7 +242,9 @@ impl ControlSession {
             observers: Observers::default(),
             started: tokio::time::Instant::now(),
             durable: None,
+            plain_control,
             tls_token: None,
+            tls_listed: None,
             stop,
             stop_open: true,
             held: Vec::new(),
@@ -275,6 +288,11 @@ impl ControlSession {
         }
         self.release_endpoint();
         self.state.unregister_session(self.session.id);
+        if let (Some(token), Some(_)) = (&self.tls_token, &self.tls_listed) {
+            let ip = self.session.peer_ip();
+            self.state
+                .list_tls_session(self.session.id, LoginState::None, ip, token);
+        }
         {
             let mut st = self.state.lock();
             self.session.close(&mut st);
@@ -542,6 +560,9 @@ impl ControlSession {
             }
             action
         };
+        // Before the reply: a client caches a new connection's TLS tickets
+        // as it reads the 331 to USER.
+        self.list_tls_session();
         let result = match action {
             Action::CheckPassword(check) => return self.check_password(*check).await,
             Action::HashPassword(job) => {
@@ -604,6 +625,32 @@ impl ControlSession {
         }
     }
 
+    /// Keeps this TLS session's entry among the sessions a data connection
+    /// may resume in step with its login: called once a command is handled
+    /// (before its reply) and once a password check is decided.
+    fn list_tls_session(&mut self) {
+        let Some(token) = &self.tls_token else {
+            return;
+        };
+        let login = match (self.session.user(), self.session.login_name()) {
+            (Some(user), _) => LoginState::LoggedIn(user),
+            (None, Some(name)) => LoginState::Pending(name),
+            (None, None) => LoginState::None,
+        };
+        let listed = match login {
+            LoginState::LoggedIn(u) => Some((u, true)),
+            LoginState::Pending(u) => Some((u, false)),
+            LoginState::None => None,
+        };
+        if listed == self.tls_listed.as_ref().map(|(u, l)| (u.as_str(), *l)) {
+            return;
+        }
+        let ip = self.session.peer_ip();
+        self.state
+            .list_tls_session(self.session.id, login, ip, token);
+        self.tls_listed = listed.map(|(u, l)| (u.to_owned(), l));
+    }
+
     /// Hashes a new password (SITE ADDUSER, CHPASS) off the state lock,
     /// then lets the session apply it.
     async fn hash_password(&mut self, job: HashJob) -> Reply {
@@ -657,6 +704,7 @@ impl ControlSession {
             }
             result
         };
+        self.list_tls_session();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }

@@ -20,6 +20,8 @@ impl ControlSession {
         if self.send(&reply).await.is_err() {
             return Next::Close;
         }
+        self.plain_control
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let (tls, limit) = {
             let st = self.state.lock();
             (self.state.tls(), st.config.data_timeout())
@@ -75,7 +77,8 @@ impl ControlSession {
 
     /// A data connection the master serves itself (listings): TLS server
     /// side under `PROT P`, tagged with this session's token; a client that
-    /// resumes another control connection's session is refused.
+    /// resumes the session of another control connection is refused unless
+    /// that is the same logged-in user's from the same address.
     pub(super) async fn protect_master_data(
         &mut self,
         stream: BoxStream,
@@ -96,14 +99,19 @@ impl ControlSession {
         let secured = crate::tls::accept(&tls.data, stream, Some(token), limit)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
-        if crate::tls::SessionTie::of(secured.get_ref().1, token) == crate::tls::SessionTie::Foreign
-        {
-            tracing::warn!(
-                "data connection refused: it resumed the TLS session of another control connection"
-            );
-            return Err(std::io::Error::other(
-                "the TLS session of the data connection belongs to another control connection",
-            ));
+        let conn = secured.get_ref().1;
+        if crate::tls::SessionTie::of(conn, token) == crate::tls::SessionTie::Foreign {
+            let resumed = conn.received_resumption_data().unwrap_or_default();
+            if !self.state.resumed_sibling(token, resumed, limit).await {
+                tracing::warn!(
+                    "data connection refused: it resumed the TLS session of another control \
+                     connection (not one of this user's from this address)"
+                );
+                return Err(std::io::Error::other(
+                    "the TLS session of the data connection belongs to another control connection",
+                ));
+            }
+            tracing::debug!("data connection resumed a sibling's TLS session");
         }
         Ok(Box::new(secured))
     }

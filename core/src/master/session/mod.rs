@@ -325,6 +325,16 @@ impl Session {
         }
     }
 
+    /// The user this session logs in as: logged in, or named by USER with
+    /// the password not checked yet (`None` before USER and after a failed
+    /// login).
+    pub fn login_name(&self) -> Option<&str> {
+        match &self.login {
+            Login::LoggedIn { user, .. } | Login::NeedPass(user) => Some(user),
+            Login::NeedUser => None,
+        }
+    }
+
     /// The current PRET plan, if any (the session recorder notes where it
     /// routed the transfer).
     pub fn plan(&self) -> Option<&Plan> {
