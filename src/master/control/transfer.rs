@@ -249,7 +249,9 @@ impl ControlSession {
             Step::Reply(r) => {
                 // A small download's 150 goes out with its 226 (unless a
                 // change must be confirmed first: `send` waits for that).
-                if job.may_hold_opening() && self.durable.is_none() {
+                // Not under PROT P: the client starts the data connection's
+                // TLS handshake only once it has read the 150.
+                if job.may_hold_opening() && self.durable.is_none() && !self.session.tls.private {
                     self.hold(&r);
                 } else if self.send(&r).await.is_err() {
                     self.closed = true;
