@@ -248,23 +248,9 @@ pub fn verified(st: &mut MasterState, id: SlaveId, check: &Verify, read: Option<
         return;
     };
     let others = meta.holders.iter().any(|&h| h != id);
-    if size == meta.size && Some(crc32) == meta.crc32 {
+    let gen = if size == meta.size && Some(crc32) == meta.crc32 {
         let _ = st.db.add_holder(path, id);
-        let version = FileVersion {
-            store: st.store_id,
-            gen: meta.version,
-            size,
-            crc32: Some(crc32),
-        };
-        st.slaves.log_op(
-            id,
-            FileOp::Stamp {
-                path: path.clone(),
-                version,
-                mtime,
-            },
-        );
-        super::replica::note(st, path);
+        meta.version
     } else if others {
         tracing::info!(%slave, %path, size, crc32 = format_args!("{crc32:08x}"), "stale copy (another content than the recorded version): not used, removed from the slave");
         if meta.holders.contains(&id) {
@@ -279,6 +265,7 @@ pub fn verified(st: &mut MasterState, id: SlaveId, check: &Verify, read: Option<
             },
         );
         super::replica::note(st, path);
+        return;
     } else {
         tracing::warn!(%slave, %path, recorded = format_args!("{:08x}", meta.crc32.unwrap_or(0)), found = format_args!("{crc32:08x}"), "the only copy changed on the slave's disk; taking it");
         let gen = st.db.new_version();
@@ -293,22 +280,24 @@ pub fn verified(st: &mut MasterState, id: SlaveId, check: &Verify, read: Option<
                 ..meta
             },
         );
-        let version = FileVersion {
-            store: st.store_id,
-            gen,
-            size,
-            crc32: Some(crc32),
-        };
-        st.slaves.log_op(
-            id,
-            FileOp::Stamp {
-                path: path.clone(),
-                version,
-                mtime,
-            },
-        );
-        super::replica::note(st, path);
-    }
+        gen
+    };
+    // Adopted as the record's version, or the new record: stamped.
+    let version = FileVersion {
+        store: st.store_id,
+        gen,
+        size,
+        crc32: Some(crc32),
+    };
+    st.slaves.log_op(
+        id,
+        FileOp::Stamp {
+            path: path.clone(),
+            version,
+            mtime,
+        },
+    );
+    super::replica::note(st, path);
 }
 
 /// One slice of the end-of-remerge sweep: drops `id` from files it no
