@@ -43,7 +43,7 @@ const RULES: &[Rule] = &[
         never: &[],
     },
     Rule {
-        dir: "src/env.rs",
+        dir: "src/env",
         may: &[],
         never: &[],
     },
