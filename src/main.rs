@@ -328,11 +328,32 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Once, on one line: the context chain joined with ": ".
-            eprintln!("dftpd: {e:#}");
+            eprintln!("dftpd: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error once, on one line: its context chain joined with ": ", each
+/// cause left out when the text before already says it (errors whose
+/// message includes their source), line breaks folded.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 async fn run(cmd: Cmd) -> anyhow::Result<()> {
@@ -735,7 +756,7 @@ async fn reload_master(
     }) {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(config = %path.display(), "reload refused, the running config is kept: {e:#}");
+            tracing::warn!(config = %path.display(), "reload refused, the running config is kept: {}", one_line(&e));
             return;
         }
     };
@@ -759,7 +780,7 @@ async fn reload_master(
             }
         }
         Ok(Err(e)) => {
-            tracing::warn!(config = %path.display(), "reload refused, the running config is kept: {e}")
+            tracing::warn!(config = %path.display(), "reload refused, the running config is kept: {}", one_line(&anyhow::Error::from(e)))
         }
         Err(e) => tracing::error!("reload failed: {e}"),
     }

@@ -404,13 +404,22 @@ fn run(args: &[&str], cwd: &Path) -> (Option<i32>, String, String) {
     (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
-/// The process failed with exactly one error line containing `want`.
+/// The process failed with exactly one error line, saying `want` once.
 fn fails_with(args: &[&str], cwd: &Path, want: &str) {
     let (code, _, stderr) = run(args, cwd);
     assert!(code.is_some_and(|c| c != 0), "{args:?} must fail: {stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(want)).collect();
-    assert_eq!(errors.len(), 1, "once, on one line: {stderr}");
-    assert!(errors[0].starts_with("dftpd: "), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("dftpd: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert_eq!(errors[0].matches(want).count(), 1, "said once: {stderr}");
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| !l.starts_with("dftpd: ") && !l.contains(" WARN ")),
+        "nothing else printed: {stderr}"
+    );
 }
 
 #[test]
@@ -453,6 +462,34 @@ fn config_mistakes_are_refused_at_start_with_one_line_naming_the_field() {
         "does not exist: create it (is its disk mounted?), or set create_root = true",
     );
     assert!(!d.join("not-mounted").exists(), "nothing created");
+
+    // Parse errors, bad values and a missing file, at start and with
+    // --check: the TOML error's place and message, without its snippet.
+    let unknown = write("unknown.toml", slave("bogus_field = 1", &root));
+    let ports = write(
+        "ports.toml",
+        slave("passive_ports = \"40000-30000\"", &root),
+    );
+    for check in [false, true] {
+        let with = |path: &str| {
+            let mut a = vec!["slave", "--config"];
+            a.push(if path.is_empty() { "absent.toml" } else { path });
+            if check {
+                a.push("--check");
+            }
+            a.into_iter().map(String::from).collect::<Vec<_>>()
+        };
+        let args = with(&unknown);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_with(&args, d, "unknown field `bogus_field`");
+        fails_with(&args, d, "line 4, column 1");
+        let args = with(&ports);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_with(&args, d, "invalid port range '40000-30000'");
+        let args = with("");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_with(&args, d, "No such file or directory");
+    }
 
     let placeholder = write("placeholder.toml", "listen = \"127.0.0.1:0\"\n".into());
     fails_with(

@@ -20,10 +20,12 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    /// One line: where, then what (toml's own text spans several lines
+    /// with a snippet of the file).
+    #[error("{path}: {}", toml_one_line(error))]
     Parse {
         path: String,
-        source: toml::de::Error,
+        error: toml::de::Error,
     },
     #[error("invalid port range '{0}': use LOW-HIGH, e.g. 50000-50999, or 0 for any")]
     PortRange(String),
@@ -462,15 +464,46 @@ pub fn load<T: for<'de> Deserialize<'de>>(path: &std::path::Path) -> Result<T, C
         path: path.display().to_string(),
         source,
     })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+    toml::from_str(&text).map_err(|error| ConfigError::Parse {
         path: path.display().to_string(),
-        source,
+        error,
     })
+}
+
+/// `TOML parse error at line 1, column 1: unknown field ...`: toml's
+/// first line (where) and its message, without the snippet.
+fn toml_one_line(e: &toml::de::Error) -> String {
+    let text = e.to_string();
+    let at = text.lines().next().unwrap_or("").trim();
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    if at.is_empty() || at == message {
+        message
+    } else {
+        format!("{at}: {message}")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parse_error_is_one_line_naming_the_place() {
+        let error = toml::from_str::<MasterConfig>("bogus_field = 1\n").unwrap_err();
+        let e = ConfigError::Parse {
+            path: "bad.toml".into(),
+            error,
+        };
+        // No source either: printing the chain must not repeat it.
+        assert!(std::error::Error::source(&e).is_none());
+        let e = e.to_string();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(
+            e.starts_with("bad.toml: TOML parse error at line 1, column 1: "),
+            "{e}"
+        );
+        assert!(e.contains("unknown field `bogus_field`"), "{e}");
+    }
 
     #[test]
     fn empty_files_are_valid_configs() {
