@@ -243,7 +243,7 @@ impl Master {
                     st.users.insert(user);
                 }
                 (None, Some(_)) => {
-                    st.users.remove(name);
+                    st.remove_user(name);
                     report.users_removed.push(name.to_string());
                 }
                 (None, None) => {}

@@ -83,6 +83,10 @@ pub struct MasterState {
     /// Copies between slaves: the repair queue and running copies.
     pub replication: replica::Replication,
     pub users: users::UserDb,
+    /// Users deleted (SITE DELUSER, or gone from the config at a reload)
+    /// while this master runs: their open sessions go on with these rights
+    /// until they end; nobody can log in as them.
+    departed_users: std::collections::BTreeMap<String, users::User>,
     pub login_guard: guard::LoginGuard,
     pub limits: guard::SessionLimits,
     /// User changes not yet taken by the driver for the store (recorded
@@ -112,6 +116,7 @@ impl MasterState {
     pub fn with_users(config: Arc<MasterConfig>, users: users::UserDb) -> MasterState {
         MasterState {
             users,
+            departed_users: Default::default(),
             login_guard: Default::default(),
             limits: Default::default(),
             user_changes: None,
@@ -159,6 +164,22 @@ impl MasterState {
     }
 
     /// Records a user change for the store.
+    /// The rights of a logged-in session's user: the current record, or
+    /// the last one of a user deleted since the session logged in.
+    pub fn session_user(&self, name: &str) -> Option<&users::User> {
+        self.users
+            .get(name)
+            .or_else(|| self.departed_users.get(name))
+    }
+
+    /// Deletes user `name` (no new login); its open sessions keep the
+    /// rights it had ([`MasterState::session_user`]).
+    pub fn remove_user(&mut self, name: &str) -> Option<users::User> {
+        let u = self.users.remove(name)?;
+        self.departed_users.insert(name.to_string(), u.clone());
+        Some(u)
+    }
+
     pub fn user_changed(&mut self, name: &str) {
         let c = match self.users.get(name) {
             Some(u) => db::Change::PutUser(u.clone()),

@@ -58,7 +58,7 @@ impl Session {
         // A user's own policy adds to the global one.
         let policy = self
             .user()
-            .and_then(|u| st.users.get(u))
+            .and_then(|u| st.session_user(u))
             .map_or(users::TlsPolicy::Optional, |u| u.tls);
         TlsRequirement {
             control: st.config.require_tls_control || policy != users::TlsPolicy::Optional,

@@ -366,7 +366,7 @@ impl Session {
 
     /// Checks the site's permission rules for the logged-in user.
     fn permit(&self, st: &MasterState, action: Perm, path: &VPath) -> Result<(), Action> {
-        let Some(user) = self.user().and_then(|u| st.users.get(u)) else {
+        let Some(user) = self.user().and_then(|u| st.session_user(u)) else {
             return Err(r(530, "Not logged in"));
         };
         if users::allows(&st.config.permissions, user, action, path) {
@@ -384,7 +384,7 @@ impl Session {
 
     fn is_admin(&self, st: &MasterState) -> bool {
         self.user()
-            .and_then(|u| st.users.get(u))
+            .and_then(|u| st.session_user(u))
             .is_some_and(|u| u.admin)
     }
 

@@ -99,7 +99,7 @@ impl Session {
         pret: bool,
         st: &mut MasterState,
     ) -> Result<SlaveId, Action> {
-        if let Some(user) = self.user().and_then(|u| st.users.get(u)) {
+        if let Some(user) = self.user().and_then(|u| st.session_user(u)) {
             if user.upload_quota.is_some_and(|q| user.uploaded >= q) {
                 return Err(r(
                     552,
@@ -294,7 +294,7 @@ impl Session {
         // host (server-to-server transfers), still not a privileged port.
         let fxp = self
             .user()
-            .and_then(|u| st.users.get(u))
+            .and_then(|u| st.session_user(u))
             .is_some_and(|u| u.fxp);
         if a.ip() != self.peer.ip() && !fxp {
             return r(
@@ -435,7 +435,7 @@ impl Session {
 
     pub(super) fn may_fxp(&self, st: &MasterState) -> bool {
         self.user()
-            .and_then(|u| st.users.get(u))
+            .and_then(|u| st.session_user(u))
             .is_some_and(|u| u.fxp)
     }
 

@@ -233,8 +233,7 @@ impl Session {
                 if Some(name) == self.user() {
                     return Err(UserError::Usage("SITE DELUSER <user> (not yourself)"));
                 }
-                st.users
-                    .remove(name)
+                st.remove_user(name)
                     .ok_or_else(|| UserError::Unknown(name.into()))?;
                 st.user_changed(name);
                 tracing::info!(admin = ?self.user(), user = name, "user deleted");

@@ -679,6 +679,29 @@ fn site_user(s: &mut Session, st: &mut MasterState, line: &str) -> Action {
 }
 
 #[test]
+fn a_deleted_users_open_session_goes_on_until_it_ends() {
+    let mut st = state_with(
+        vec![
+            user_cfg("root", "/", true, &[]),
+            user_cfg("joe", "/", false, &[]),
+        ],
+        "",
+    );
+    let mut joe = login_as(&mut st, "joe");
+    let mut root = login_as(&mut st, "root");
+    assert!(text(root.handle(cmd("SITE DELUSER joe"), &mut st)).starts_with("200"));
+    // joe's session keeps the rights it had (SITE DELUSER here; a reload
+    // that drops joe from the config goes through the same remove_user).
+    assert!(text(joe.handle(cmd("PWD"), &mut st)).starts_with("257"));
+    assert!(text(joe.handle(cmd("MKD /j"), &mut st)).starts_with("257"));
+    assert!(text(joe.handle(cmd("PRET RETR /a"), &mut st)).starts_with("200"));
+    // Nobody logs in as joe any more.
+    let mut again = Session::new(9, PEER.parse().unwrap(), LOCAL.parse().unwrap());
+    again.handle(cmd("USER joe"), &mut st);
+    assert_eq!(pass(&mut again, &mut st, "pw").0, "530 Login incorrect");
+}
+
+#[test]
 fn site_user_commands_are_for_admins_and_persist_hashed() {
     let mut st = state_with(
         vec![
