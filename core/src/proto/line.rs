@@ -18,6 +18,9 @@ pub const MAX_LINE: usize = 4096;
 const IAC: u8 = 255;
 /// WILL (251), WONT (252), DO (253) and DONT (254) carry one option byte.
 const NEGOTIATION: std::ops::RangeInclusive<u8> = 251..=254;
+/// Telnet SB and SE: a subnegotiation's start and end.
+const SB: u8 = 250;
+const SE: u8 = 240;
 
 /// One event from the decoder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +43,11 @@ enum Telnet {
     Iac,
     /// After IAC WILL/WONT/DO/DONT; the next byte is the option.
     Option,
+    /// Inside IAC SB ... IAC SE (a subnegotiation): dropped up to the SE,
+    /// or up to a line end, so a client that never sends SE is not stuck.
+    Sub,
+    /// After IAC inside a subnegotiation.
+    SubIac,
 }
 
 /// Incremental decoder; see the module documentation.
@@ -139,12 +147,22 @@ impl LineDecoder {
                     self.data_byte(IAC);
                 } else if NEGOTIATION.contains(&b) {
                     self.telnet = Telnet::Option;
+                } else if b == SB {
+                    self.telnet = Telnet::Sub;
                 } else {
                     // IP, DM, AYT, NOP...: two-byte commands, dropped.
                     self.telnet = Telnet::Data;
                 }
             }
             Telnet::Option => self.telnet = Telnet::Data,
+            Telnet::Sub | Telnet::SubIac if b == b'\n' => {
+                self.telnet = Telnet::Data;
+                self.data_byte(b);
+            }
+            Telnet::Sub if b == IAC => self.telnet = Telnet::SubIac,
+            Telnet::Sub => {}
+            Telnet::SubIac if b == SE => self.telnet = Telnet::Data,
+            Telnet::SubIac => self.telnet = Telnet::Sub,
         }
     }
 
@@ -216,6 +234,21 @@ mod tests {
         assert_eq!(
             decode(b"USER a\r\nPASS b\nNOOP"),
             vec![cmd("USER a"), cmd("PASS b")]
+        );
+    }
+
+    #[test]
+    fn a_subnegotiation_is_dropped_whole() {
+        // IAC SB TERMINAL-TYPE SEND IAC SE, then a command; an escaped
+        // 0xFF inside the subnegotiation does not end it.
+        assert_eq!(
+            decode(b"\xff\xfa\x18\x01\xff\xff\x02\xff\xf0NOOP\r\n"),
+            vec![cmd("NOOP")]
+        );
+        // Without its SE, the line end ends it: the next command is read.
+        assert_eq!(
+            decode(b"\xff\xfa\x18\x01\r\nPWD\r\n"),
+            vec![Line::Empty, cmd("PWD")]
         );
     }
 
