@@ -218,6 +218,22 @@ fn pick_target(
         .map(|(id, _)| id)
 }
 
+/// Right after the master starts, a known slave that has not connected
+/// yet, or is still remerging, may hold copies the database does not list
+/// (every copy, after `--rebuild`): no copy starts until every slave has
+/// remerged, or `slave_lost_after_ms` after the start.
+fn starting(st: &MasterState) -> bool {
+    st.now_ms < st.config.replication.slave_lost_after_ms
+        && st.slaves.iter().any(|(_, s)| {
+            !s.removed
+                && match s.state {
+                    SlaveState::Remerging => true,
+                    SlaveState::Offline => s.offline_since_ms.is_none(),
+                    SlaveState::Online => false,
+                }
+        })
+}
+
 /// A source for a copy of `meta`: an online holder with a free copy slot,
 /// the least busy (a draining slave is a fine source).
 fn source(st: &MasterState, meta: &FileMeta) -> Option<SlaveId> {
@@ -238,6 +254,9 @@ fn source(st: &MasterState, meta: &FileMeta) -> Option<SlaveId> {
 /// source, no target) stay.
 pub fn next_jobs(st: &mut MasterState, max: usize) -> Vec<CopyJob> {
     let mut jobs = Vec::new();
+    if starting(st) {
+        return jobs;
+    }
     let busy: BTreeSet<VPath> = st
         .replication
         .running
@@ -696,6 +715,29 @@ mod tests {
             st.slaves.get(job.from).unwrap().log.back(),
             Some((_, FileOp::DropStale { .. }))
         ));
+    }
+
+    #[test]
+    fn no_copy_starts_before_every_slave_has_remerged_once() {
+        let mut st = state(2);
+        // c has not connected since the start (after --rebuild its copies
+        // are not in the database yet).
+        st.slaves.get_mut(2).unwrap().state = SlaveState::Offline;
+        put(&mut st, "/f", &[0]);
+        assert!(next_jobs(&mut st, 10).is_empty());
+        st.slaves.link_up(2);
+        assert!(next_jobs(&mut st, 10).is_empty(), "still remerging");
+        st.slaves.remerged(2);
+        assert_eq!(next_jobs(&mut st, 10).len(), 1);
+        // One that never comes: copies start slave_lost_after_ms after the
+        // start.
+        let mut st = state(2);
+        st.slaves.get_mut(2).unwrap().state = SlaveState::Offline;
+        put(&mut st, "/f", &[0]);
+        st.now_ms = 999;
+        assert!(next_jobs(&mut st, 10).is_empty());
+        st.now_ms = 1000;
+        assert_eq!(next_jobs(&mut st, 10).len(), 1);
     }
 
     #[test]
