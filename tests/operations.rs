@@ -521,6 +521,10 @@ fn config_mistakes_are_refused_at_start_with_one_line_naming_the_field() {
         out.contains(&format!("listen {busy} is in use now")),
         "{out}"
     );
+    assert!(
+        out.contains("warning: user a: plain-text password in the config"),
+        "{out}"
+    );
 
     fails_with(
         &[

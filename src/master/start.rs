@@ -101,9 +101,6 @@ impl Master {
             salt
         });
         let mut st = MasterState::with_users(config.clone(), users);
-        for u in config.users.iter().filter(|u| u.password_hash.is_none()) {
-            tracing::warn!(user = %u.name, "plain-text password in the config: store password_hash instead (dftpd hash-password)");
-        }
         st.tls_available = tls.is_some();
         let stats = store
             .load(&mut st)

@@ -84,6 +84,12 @@ pub fn check_master(cfg: &MasterConfig, mode: Mode) -> Result<Vec<String>, Prefl
                 .to_string(),
         );
     }
+    for u in cfg.users.iter().filter(|u| u.password_hash.is_none()) {
+        warnings.push(format!(
+            "user {}: plain-text password in the config: store password_hash instead (dftpd hash-password)",
+            u.name
+        ));
+    }
     for (field, path) in [("store", &cfg.store), ("xferlog", &cfg.xferlog)] {
         if let Some(dir) = path.as_deref().and_then(existing_parent_missing) {
             return Err(PreflightError::MissingDir { field, dir });
