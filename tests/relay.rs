@@ -94,6 +94,10 @@ fn a_relayed_upload_whose_client_stops_sending_ends_with_426_and_stores_nothing(
     let c = seeded(&[]);
     let lines = stall(&c, "stor");
     assert_426_in_time(&lines, &c.log());
+    assert!(
+        lines[0].contains("client data connection: no progress for"),
+        "README's wording: {lines:?}"
+    );
     assert!(c.holders("stalled.bin").is_empty(), "nothing stored");
     let list = c.raw().cmd("SIZE /stalled.bin");
     assert!(list.starts_with("550"), "{list}");
@@ -189,4 +193,152 @@ fn a_relayed_prot_p_upload_gets_the_masters_close_notify() {
         std::fs::read(c.slave_root(holders[0]).join("x.txt")).unwrap(),
         b"hello\n"
     );
+}
+
+fn seeded_sizes() -> ClusterProc {
+    ClusterProc::start_with(&["--data-timeout-ms", TIMEOUT_MS], |dir| {
+        std::fs::create_dir_all(dir.join("slave-1")).unwrap();
+        std::fs::write(dir.join("slave-1/mib.bin"), random_bytes(1_048_576, 7)).unwrap();
+        std::fs::write(dir.join("slave-1/small.bin"), random_bytes(30_000, 8)).unwrap();
+    })
+}
+
+/// ABOR after the 150 of a relayed RETR whose client never opened the data
+/// connection: answered at once, 426 for the transfer (no byte reached the
+/// client, whatever the slave had pushed into the relay) and ABOR's 226.
+#[test]
+fn abor_of_a_relayed_download_before_the_client_connects_is_answered_at_once() {
+    let c = seeded_sizes();
+    for name in ["mib.bin", "small.bin"] {
+        let mut raw = c.raw();
+        assert!(raw.cmd("TYPE I").starts_with("200"));
+        let _ = raw.pasv();
+        let prelim = raw.cmd(&format!("RETR /{name}"));
+        assert!(prelim.starts_with("150"), "{name}: {prelim}");
+        // Give the slave time to push what it can into the relay's leg.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let t = std::time::Instant::now();
+        let first = raw.cmd("ABOR");
+        let second = raw.read_reply();
+        let secs = t.elapsed().as_secs_f64();
+        assert!(
+            first.starts_with("426 "),
+            "{name}: {first} | {second}\n{}",
+            c.log()
+        );
+        assert!(second.starts_with("226 "), "{name}: {first} | {second}");
+        assert!(secs < 1.5, "{name}: answered after {secs} s");
+        assert!(raw.cmd("NOOP").starts_with("200"));
+        let slaves = raw.cmd("SITE SLAVES");
+        assert!(!slaves.contains("active=1"), "{slaves}");
+    }
+}
+
+/// A relayed download aborted after the client read part of it: SITE
+/// SLAVES counts the bytes the master relayed.
+const ABOR_PART: &str = r#"
+import ftplib, sys
+host, port, user, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+f = ftplib.FTP(timeout=20)
+f.connect(host, port)
+f.login(user, pw)
+f.voidcmd('TYPE I')
+c = f.transfercmd('RETR /big.bin')
+got = 0
+while got < 1000000:
+    d = c.recv(65536)
+    assert d
+    got += len(d)
+f.putcmd('ABOR')
+c.close()
+print(f.getline().strip())
+print(f.getline().strip())
+print(f.sendcmd('SITE SLAVES'))
+f.quit()
+"#;
+
+#[test]
+fn an_aborted_relayed_download_counts_the_bytes_the_master_relayed() {
+    let c = seeded(&[]);
+    let out = python(
+        ABOR_PART,
+        &["127.0.0.1", &c.addr.port().to_string(), USER, PASS],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("426 "), "{out}");
+    assert!(lines[1].starts_with("226 "), "{out}");
+    let relayed: u64 = out
+        .split("relayed=")
+        .skip(1)
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(relayed >= 1_000_000, "relayed bytes counted: {out}");
+    assert!(relayed < 20_000_000, "not the whole file: {out}");
+}
+
+/// A relayed PROT P data connection that resumes the TLS session of
+/// another user's control connection is refused (425, not a byte served);
+/// one that resumes a sibling's (same user, same address) goes through.
+const TLS_FOREIGN: &str = r#"
+import ftplib, io, ssl, sys, socket, re
+host, port, user, pw, other, other_pw, cafile = sys.argv[1:8]
+port = int(port)
+ctx = ssl.create_default_context(cafile=cafile)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+def login(u, p):
+    f = ftplib.FTP_TLS(context=ctx, timeout=20)
+    f.connect(host, port)
+    f.login(u, p)
+    f.prot_p()
+    f.voidcmd('NOOP')
+    return f
+a = login(user, pw)
+a.storbinary('STOR victim', io.BytesIO(b'secret' * 5000))
+for what, b in [('foreign', login(other, other_pw)), ('sibling', login(user, pw))]:
+    n = [int(x) for x in re.search(r'\((.*)\)', a.sendcmd('PASV')).group(1).split(',')]
+    s = socket.create_connection((host, n[4] * 256 + n[5]))
+    a.putcmd('RETR victim')
+    got = b''
+    try:
+        ss = ctx.wrap_socket(s, server_hostname=host, session=b.sock.session)
+        while True:
+            d = ss.recv(65536)
+            if not d:
+                break
+            got += d
+    except (OSError, ssl.SSLError) as e:
+        pass
+    print(what, 'bytes', len(got))
+    print(what, 'reply', a.getmultiline().replace('\n', ' '), '|', a.getmultiline().replace('\n', ' ') if got == b'' else '')
+    try: s.close()
+    except Exception: pass
+"#;
+
+#[test]
+fn a_relayed_prot_p_download_refuses_another_users_tls_session() {
+    let c = ClusterProc::start_tls(&["--data-timeout-ms", TIMEOUT_MS, "--user", "other:other-pw"]);
+    let cert = c.tls_cert();
+    let out = python(
+        TLS_FOREIGN,
+        &[
+            "127.0.0.1",
+            &c.addr.port().to_string(),
+            USER,
+            PASS,
+            "other",
+            "other-pw",
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("foreign bytes 0\n"), "{out}\n{}", c.log());
+    assert!(
+        out.contains("foreign reply 150 ") && out.contains("| 425 "),
+        "{out}\n{}",
+        c.log()
+    );
+    assert!(
+        out.contains("belongs to another control connection"),
+        "{out}"
+    );
+    assert!(out.contains("sibling bytes 30000\n"), "{out}\n{}", c.log());
 }

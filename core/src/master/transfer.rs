@@ -186,6 +186,9 @@ pub struct TransferMachine {
     caught: bool,
     /// The relay broke (why); the slave's side is being aborted.
     relay_broken: Option<TransferFailure>,
+    /// The relay moved its last byte while the slave's side was running
+    /// (the client has everything the slave sent, or sent everything).
+    relay_drained: bool,
     /// Synchronous copies an upload waits for (`UploadTarget::sync`).
     sync: u32,
 }
@@ -210,6 +213,7 @@ impl TransferMachine {
             control_closed: false,
             caught: false,
             relay_broken: None,
+            relay_drained: false,
             sync: job.upload.as_ref().map_or(0, |u| u.sync),
         }
     }
@@ -314,6 +318,27 @@ impl TransferMachine {
                 // sent) ends the transfer.
                 self.relay_broken = Some(why);
                 vec![Step::AbortSlave]
+            }
+            (Phase::Running, Event::RelayDone) if self.relaying => {
+                // The slave's answer follows; `EndRelay` then finds it done.
+                self.relay_drained = true;
+                Vec::new()
+            }
+            (Phase::Draining(drained), e @ (Event::Abor | Event::ControlClosed)) => {
+                // The client gave up before the relay's last byte: not
+                // complete, whatever the slave had sent or received.
+                if e == Event::Abor {
+                    self.aborted = true;
+                } else {
+                    self.control_closed = true;
+                }
+                let mut steps = vec![Step::EndRelay { cancel: true }];
+                if matches!(drained, Drained::Received { .. }) {
+                    // The slave discards what it received.
+                    steps.push(Step::AbortSlave);
+                }
+                steps.push(self.finish(TransferOutcome::Failed(TransferFailure::Aborted)));
+                steps
             }
             (Phase::Draining(drained), Event::RelayDone) => match drained {
                 Drained::Sent { bytes } => vec![self.finish(TransferOutcome::Sent { bytes })],
@@ -436,6 +461,12 @@ impl TransferMachine {
             Response::Sent { bytes } if self.relaying && !self.gone() => {
                 self.phase = Phase::Draining(Drained::Sent { bytes });
                 vec![Step::EndRelay { cancel: false }]
+            }
+            // ABOR (or the client gone) during a relayed download: the
+            // slave's `Sent` means its bytes reached the master, not the
+            // client. Complete only if the relay had delivered them all.
+            Response::Sent { .. } if self.relaying && !self.relay_drained => {
+                self.end(TransferOutcome::Failed(TransferFailure::Aborted))
             }
             Response::Sent { bytes } => self.end(TransferOutcome::Sent { bytes }),
             Response::Failed(f) => self.end(TransferOutcome::Failed(f)),
@@ -778,6 +809,50 @@ mod tests {
         let s = m.on(Event::RelayReady);
         assert_eq!(s.last(), Some(&Step::StartRelay));
         m
+    }
+
+    #[test]
+    fn abor_during_a_relayed_download_is_complete_only_if_the_relay_delivered_it_all() {
+        // ABOR before the relay delivered anything: the slave's `Sent`
+        // (its bytes reached the master) is not a completed transfer.
+        let mut m = relaying(false);
+        assert_eq!(m.on(Event::Abor), vec![Step::AbortSlave]);
+        let s = m.on(Event::Slave(Response::Sent { bytes: 9 }));
+        assert_eq!(s[0], Step::EndRelay { cancel: true });
+        assert_eq!(
+            finish(&s).unwrap(),
+            (TransferOutcome::Failed(TransferFailure::Aborted), true)
+        );
+        // The relay had delivered every byte: complete.
+        let mut m = relaying(false);
+        assert!(m.on(Event::RelayDone).is_empty());
+        m.on(Event::Abor);
+        let s = m.on(Event::Slave(Response::Sent { bytes: 9 }));
+        assert_eq!(finish(&s).unwrap().0, TransferOutcome::Sent { bytes: 9 });
+        // ABOR while the relay drains the slave's last bytes: cancelled.
+        for upload in [false, true] {
+            let mut m = relaying(upload);
+            let answer = if upload {
+                Response::Received {
+                    bytes: 3,
+                    size: 3,
+                    crc32: 1,
+                }
+            } else {
+                Response::Sent { bytes: 9 }
+            };
+            assert_eq!(
+                m.on(Event::Slave(answer)),
+                vec![Step::EndRelay { cancel: false }]
+            );
+            let s = m.on(Event::Abor);
+            assert_eq!(s[0], Step::EndRelay { cancel: true });
+            assert_eq!(s.contains(&Step::AbortSlave), upload);
+            assert_eq!(
+                finish(&s).unwrap(),
+                (TransferOutcome::Failed(TransferFailure::Aborted), true)
+            );
+        }
     }
 
     fn stalled() -> TransferFailure {

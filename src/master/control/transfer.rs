@@ -50,7 +50,20 @@ impl ControlSession {
                 };
                 self.observers.emit(&st, &finished);
             }
+            // A failed or aborted relay still moved bytes through the
+            // master: SITE SLAVES' relayed= counts them (the session counts
+            // only a completed transfer's).
+            let partly_relayed = match &outcome {
+                TransferOutcome::Sent { .. } | TransferOutcome::Committed { .. } => 0,
+                _ if relayed => data.bytes.unwrap_or(0),
+                _ => 0,
+            };
             let reply = self.session.transfer_done(&mut st, &job, outcome, relayed);
+            if partly_relayed > 0 {
+                if let Some(s) = st.slaves.get_mut(job.slave) {
+                    s.relayed_bytes += partly_relayed;
+                }
+            }
             if let Some(d) = self.state.flush(&mut st) {
                 self.durable = Some(d);
             }
@@ -125,7 +138,9 @@ impl ControlSession {
             relay: None,
             relay_done: None,
             relay_bytes: None,
+            relay_progress: None,
             held: Vec::new(),
+            stashed: None,
             response: None,
             facts: DataFacts::default(),
         };
@@ -159,6 +174,17 @@ impl ControlSession {
                                 // before the relay broke.
                                 io.facts.bytes = Some(n);
                             }
+                            let complete = matches!(
+                                outcome,
+                                TransferOutcome::Sent { .. } | TransferOutcome::Committed { .. }
+                            );
+                            if io.facts.relayed && (!complete || aborted) {
+                                // Failed or aborted: what the relay moved,
+                                // not what the slave sent into it.
+                                if let Some(n) = io.relay_moved() {
+                                    io.facts.bytes = Some(n);
+                                }
+                            }
                             if let (Some(claim), Some(link)) = (io.claim.take(), &io.link) {
                                 // Never used: the slave releases it.
                                 let abort = crate::link::MasterMsg::Abort { xfer: job.xfer };
@@ -169,9 +195,13 @@ impl ControlSession {
                     }
                 }
             }
-            let event = match event {
-                Some(e) => e,
-                None => {
+            let event = match (event, io.stashed.take()) {
+                (Some(e), stashed) => {
+                    io.stashed = stashed;
+                    e
+                }
+                (None, Some(e)) => e,
+                (None, None) => {
                     self.next_event(&mut io, catch.as_deref(), m.watching(), m.may_catch())
                         .await
                 }
@@ -287,14 +317,30 @@ impl ControlSession {
                         // A held 150 goes out meanwhile: the slave's `Sent`
                         // came without the client, which may wait for the
                         // 150 before it reads (or makes its TLS handshake).
+                        // An ABOR (or the client gone) ends the wait: the
+                        // client never gets the rest.
+                        let control = !self.closed;
+                        let mut gave_up = None;
                         tokio::select! {
                             biased;
+                            line = read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed), if control => {
+                                match line {
+                                    Some(Line::Command(t)) if is_abor(&t) => gave_up = Some(Event::Abor),
+                                    Some(l) => self.queued.push_back(l),
+                                    None => gave_up = Some(Event::ControlClosed),
+                                }
+                            }
                             end = &mut t => break end.unwrap_or_else(RelayEnd::panicked),
                             _ = held_deadline(self.held_until) => {
                                 if self.release_held().await.is_err() {
                                     self.closed = true;
                                 }
                             }
+                        }
+                        if let Some(event) = gave_up {
+                            // The machine cancels the relay next.
+                            io.relay = Some(t);
+                            return Some(StepResult::Event(event));
                         }
                     },
                     (None, None) => RelayEnd::Broken {
@@ -378,6 +424,7 @@ impl ControlSession {
             let mut release = false;
             let (response, relay) = (&mut io.response, &mut io.relay);
             let mut relay_end = None;
+            let mut slave_event = None;
             tokio::select! {
                 biased;
                 line = read_line_into(&mut self.reader, &mut self.decoder, &mut self.closed), if control => {
@@ -394,10 +441,10 @@ impl ControlSession {
                     }
                 } => {
                     *response = None;
-                    return match r {
+                    slave_event = Some(match r {
                         Ok(r) => Event::Slave(r),
                         Err(_) => Event::SlaveLost,
-                    };
+                    });
                 }
                 // The relay ending before the slave answers: done (an
                 // upload's client closed), or broken (the client never
@@ -432,14 +479,44 @@ impl ControlSession {
             }
             if let Some(end) = relay_end {
                 io.relay = None;
-                match io.relay_ended(end) {
-                    Event::RelayDone => {}
-                    broken => return broken,
-                }
+                return io.relay_ended(end);
+            }
+            if let Some(event) = slave_event {
+                return self.after_slave_failure(io, event).await;
             }
             if release && self.release_held().await.is_err() {
                 self.closed = true;
             }
+        }
+    }
+
+    /// The slave's answer while the relay runs. A slave whose data
+    /// connection failed or stalled saw the master's leg of the relay: its
+    /// cause is on the relay's other side, which the relay names ("client
+    /// data connection: no progress for ..."), usually at the same moment.
+    /// The relay gets a moment to end first; its reason then rules, and the
+    /// slave's answer comes next.
+    async fn after_slave_failure(&mut self, io: &mut TransferIo, event: Event) -> Event {
+        let network = matches!(
+            &event,
+            Event::Slave(
+                Response::Failed(TransferFailure::Network(_))
+                    | Response::FailedAfter {
+                        failure: TransferFailure::Network(_),
+                        ..
+                    }
+            )
+        );
+        let Some(task) = io.relay.as_mut().filter(|_| network) else {
+            return event;
+        };
+        match tokio::time::timeout(RELAY_GRACE, task).await {
+            Ok(end) => {
+                io.relay = None;
+                io.stashed = Some(event);
+                io.relay_ended(end.unwrap_or_else(RelayEnd::panicked))
+            }
+            Err(_) => event,
         }
     }
 
@@ -525,8 +602,10 @@ impl ControlSession {
             })
         };
         let progress = progress.unwrap_or_default();
+        let before = progress.load(std::sync::atomic::Ordering::Relaxed);
+        io.relay_progress = Some((progress.clone(), before));
+        let state = self.state.clone();
         io.relay = Some(tokio::spawn(async move {
-            let before = progress.load(std::sync::atomic::Ordering::Relaxed);
             // Until the client is there only the slave's leg is open; it
             // is held, not closed, when the client never comes (see
             // `RelayEnd::Broken`).
@@ -544,10 +623,32 @@ impl ControlSession {
                 ClientSide::Caught(s) => s,
             };
             if let Some((config, token)) = relay_tls {
-                client = match crate::tls::accept(&config, client, Some(&token), timeout).await {
-                    Ok(s) => Box::new(s),
+                let secured = match crate::tls::accept(&config, client, Some(&token), timeout).await
+                {
+                    Ok(s) => s,
                     Err(e) => return no_client(format!("TLS handshake failed: {e}"), slave_stream),
                 };
+                // The tie check of the slaves and the master's listings:
+                // the session of this control connection, or a sibling's
+                // (the same logged-in user's from the same address).
+                let conn = secured.get_ref().1;
+                if crate::tls::SessionTie::of(conn, &token) == crate::tls::SessionTie::Foreign {
+                    let resumed = conn.received_resumption_data().unwrap_or_default().to_vec();
+                    if !state.resumed_sibling(&token, &resumed, timeout).await {
+                        tracing::warn!(
+                            "relayed data connection refused: it resumed the TLS session of \
+                             another control connection (not one of this user's from this address)"
+                        );
+                        return no_client(
+                            "the TLS session of the data connection belongs to another control \
+                             connection"
+                                .into(),
+                            slave_stream,
+                        );
+                    }
+                    tracing::debug!("relayed data connection resumed a sibling's TLS session");
+                }
+                client = Box::new(secured);
             }
             let moved = if upload {
                 relay_counted(
@@ -673,6 +774,10 @@ impl ControlSession {
     }
 }
 
+/// How long a slave's data-connection failure waits for the relay's own
+/// verdict (see `after_slave_failure`).
+const RELAY_GRACE: Duration = Duration::from_millis(500);
+
 /// Resolves at `until`, or never.
 async fn held_deadline(until: Option<tokio::time::Instant>) {
     match until {
@@ -699,15 +804,31 @@ struct TransferIo {
     relay_done: Option<u64>,
     /// The bytes the relay moved before it broke.
     relay_bytes: Option<u64>,
+    /// The relay's byte counter (SITE WHO's) and its value when the relay
+    /// started: what it moved, however it ended.
+    relay_progress: Option<(std::sync::Arc<std::sync::atomic::AtomicU64>, u64)>,
     /// A broken relay's connections, open until the transfer ends.
     held: Vec<BoxStream>,
     /// The answer awaited from the slave (order or commit).
     response: Option<tokio::sync::oneshot::Receiver<Response>>,
     /// What the data connection carried, as far as seen.
     facts: DataFacts,
+    /// An event to feed the machine after the one at hand (the slave's
+    /// answer that came with the relay's end).
+    stashed: Option<Event>,
 }
 
 impl TransferIo {
+    /// The bytes the relay has moved so far (None: no relay started).
+    fn relay_moved(&self) -> Option<u64> {
+        let (counter, before) = self.relay_progress.as_ref()?;
+        Some(
+            counter
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_sub(*before),
+        )
+    }
+
     /// Takes in how the relay ended, for the transfer machine.
     fn relay_ended(&mut self, end: RelayEnd) -> Event {
         match end {
