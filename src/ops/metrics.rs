@@ -243,8 +243,13 @@ impl Metrics {
     }
 
     /// A transfer on `slave` failed or was aborted (4xx/5xx final reply).
-    pub fn transfer_failed(&self, direction: Direction, slave: &str) {
-        self.with_slave(slave, |s| s.failed[direction.index()].inc());
+    /// A transfer failed or was aborted; `relayed`: the bytes the master
+    /// relayed for it before that.
+    pub fn transfer_failed(&self, direction: Direction, slave: &str, relayed: u64) {
+        self.with_slave(slave, |s| {
+            s.failed[direction.index()].inc();
+            s.relayed_bytes.inc_by(relayed);
+        });
     }
 
     /// The state and free space of a slave (its heartbeat, or a reading of
@@ -449,7 +454,7 @@ mod tests {
             Duration::from_millis(20),
             true,
         );
-        m.transfer_failed(Direction::Upload, "slave-1");
+        m.transfer_failed(Direction::Upload, "slave-1", 0);
         m.remerge_progress("slave-1", 42);
         m.store_commit(Duration::from_micros(800));
         let t = m.encode();

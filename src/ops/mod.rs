@@ -57,7 +57,7 @@ pub fn transfer_finished(
         if r.complete {
             m.transfer_done(r.direction, r.slave, r.bytes, r.duration, relayed);
         } else {
-            m.transfer_failed(r.direction, r.slave);
+            m.transfer_failed(r.direction, r.slave, if relayed { r.bytes } else { 0 });
         }
     }
     if let Some(x) = xferlog {

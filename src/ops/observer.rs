@@ -118,6 +118,12 @@ impl SessionObserver for OpsObserver {
                     Direction::Download
                 };
                 let (bytes, complete) = transfer_bytes(&job.order, outcome, *aborted);
+                // A failed or aborted transfer: the bytes the master knows
+                // (what it relayed; 0 when they went straight to a slave).
+                let bytes = match (complete, data.relayed, data.bytes) {
+                    (false, true, Some(moved)) => moved,
+                    _ => bytes,
+                };
                 let path = match &job.order {
                     TransferOrder::Send { path, .. } | TransferOrder::Receive { path, .. } => path,
                 };
@@ -288,6 +294,23 @@ mod tests {
             },
             &st,
         );
+        // A relayed download cut after 1000 bytes: the bytes the master
+        // relayed, in the log and the relayed counter.
+        o.on(
+            &SessionEvent::TransferFinished {
+                job: &down,
+                outcome: &TransferOutcome::SlaveLost,
+                aborted: false,
+                unix_now: st.now,
+                duration: Duration::from_secs(1),
+                data: dftpd_core::master::observe::DataFacts {
+                    relayed: true,
+                    bytes: Some(1000),
+                    ..Default::default()
+                },
+            },
+            &st,
+        );
         let t = metrics.encode();
         for want in [
             "dftpd_commands_total{verb=\"RETR\"} 1\n",
@@ -295,7 +318,7 @@ mod tests {
             "dftpd_logins_total{outcome=\"ok\"} 1\n",
             "dftpd_logins_total{outcome=\"failed\"} 1\n",
             "dftpd_transfer_bytes_total{direction=\"download\",slave=\"slave-2\"} 4096\n",
-            "dftpd_relayed_bytes_total{slave=\"slave-2\"} 4096\n",
+            "dftpd_relayed_bytes_total{slave=\"slave-2\"} 5096\n",
             "dftpd_transfer_bytes_total{direction=\"upload\",slave=\"slave-2\"} 50\n",
             "dftpd_transfers_failed_total{direction=\"upload\",slave=\"slave-2\"} 1\n",
         ] {
@@ -309,6 +332,7 @@ mod tests {
                 "Thu Mar  4 08:12:30 2004 1 127.0.0.9 4096 /d/f.bin b _ o r bob ftp@slave-2 0 * c",
                 "Thu Mar  4 08:12:30 2004 2 127.0.0.9 50 /d/f.bin b _ i r bob ftp@slave-2 0 * c",
                 "Thu Mar  4 08:12:30 2004 1 127.0.0.9 0 /d/f.bin b _ i r bob ftp@slave-2 0 * i",
+                "Thu Mar  4 08:12:30 2004 1 127.0.0.9 1000 /d/f.bin b _ o r bob ftp@slave-2 0 * i",
             ]
         );
     }
