@@ -20,6 +20,11 @@ struct Held {
     instance: u64,
     /// Each with the moment it is discarded unless committed.
     uploads: BTreeMap<u64, (PendingUpload, tokio::time::Instant)>,
+    /// Transfers the master aborted before their upload arrived here (the
+    /// Abort overtook the transfer task between `Received` and
+    /// [`Awaiting::hold`]), each until a grace period after the abort: the
+    /// upload is discarded on arrival.
+    aborted: BTreeMap<u64, tokio::time::Instant>,
 }
 
 /// The waiting room (cheap to clone; one per slave process).
@@ -50,6 +55,7 @@ impl Awaiting {
                 return;
             }
             h.instance = instance;
+            h.aborted.clear();
             std::mem::take(&mut h.uploads)
                 .into_values()
                 .map(|(up, _)| up)
@@ -64,7 +70,16 @@ impl Awaiting {
     /// or the grace period's end.
     pub fn hold(&self, xfer: u64, up: PendingUpload, storage: Arc<dyn Storage>) {
         let deadline = tokio::time::Instant::now() + self.grace;
-        self.lock().uploads.insert(xfer, (up, deadline));
+        {
+            let mut h = self.lock();
+            if h.aborted.remove(&xfer).is_some() {
+                drop(h);
+                tracing::debug!(xfer, path = %up.path, "upload discarded: aborted before it was held");
+                tokio::spawn(async move { storage.discard(&up).await });
+                return;
+            }
+            h.uploads.insert(xfer, (up, deadline));
+        }
         let me = self.clone();
         tokio::spawn(async move {
             let mut wake = deadline;
@@ -102,8 +117,19 @@ impl Awaiting {
     }
 
     /// The master aborted transfer `xfer` (ABOR, a lost race): discard it.
+    /// An upload that arrives later (the abort overtook it) is discarded
+    /// on arrival.
     pub async fn discard(&self, xfer: u64, storage: &Arc<dyn Storage>) {
-        let up = self.lock().uploads.remove(&xfer);
+        let up = {
+            let mut h = self.lock();
+            let up = h.uploads.remove(&xfer);
+            if up.is_none() {
+                let now = tokio::time::Instant::now();
+                h.aborted.retain(|_, until| *until > now);
+                h.aborted.insert(xfer, now + self.grace);
+            }
+            up
+        };
         if let Some((up, _)) = up {
             storage.discard(&up).await;
         }

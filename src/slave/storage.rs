@@ -50,18 +50,37 @@ fn temp_name() -> String {
 
 /// A temporary file that is removed when dropped, unless [`TempFile::keep`]
 /// hands it on. Every early return and a cancelled (dropped) upload future
-/// clean up after themselves this way.
-struct TempFile(Option<PathBuf>);
+/// clean up after themselves this way. The blocking thread that creates the
+/// file holds a clone ([`TempFile::share`]) while it works: a future dropped
+/// meanwhile (the master's Abort) does not stop that thread, so the file
+/// may appear after the future's guard is gone, and the last holder removes
+/// it.
+#[derive(Clone)]
+struct TempFile(std::sync::Arc<TempPath>);
+
+struct TempPath(std::sync::Mutex<Option<PathBuf>>);
 
 impl TempFile {
-    fn keep(mut self) {
-        self.0 = None;
+    fn new(path: PathBuf) -> TempFile {
+        TempFile(std::sync::Arc::new(TempPath(std::sync::Mutex::new(Some(
+            path,
+        )))))
+    }
+
+    /// A holder for the blocking thread that creates or fills the file.
+    fn share(&self) -> TempFile {
+        self.clone()
+    }
+
+    fn keep(self) {
+        *self.0 .0.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
-impl Drop for TempFile {
+impl Drop for TempPath {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
+        let path = self.0.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(p) = path {
             // An unlink: microseconds, and only on a failed or cancelled
             // upload, so it is done in place rather than on the pool.
             let _ = std::fs::remove_file(p);
@@ -534,20 +553,26 @@ impl Storage for DiskStorage {
             .await
             .map_err(StorageError::Disk)?;
         let target = self.temp_path(&name);
-        let guard = TempFile(Some(target.clone()));
+        let guard = TempFile::new(target.clone());
         let temp = Some(name);
         let (file, direct, at) = match offset {
             None => {
-                let t = target.clone();
-                let (file, direct) = blocking(move || sink::create_new(&t))
-                    .await
-                    .map_err(StorageError::Disk)?;
+                let (t, held) = (target.clone(), guard.share());
+                let (file, direct) = blocking(move || {
+                    let created = sink::create_new(&t);
+                    drop(held);
+                    created
+                })
+                .await
+                .map_err(StorageError::Disk)?;
                 (file, direct, 0)
             }
             Some(off) => {
                 let (src, dst) = (self.real(path).map_err(disk)?, target.clone());
                 let base = base.copied();
+                let held = guard.share();
                 let (file, at) = blocking(move || {
+                    let _held = held;
                     let mut out = std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)

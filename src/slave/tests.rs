@@ -287,3 +287,118 @@ async fn the_listener_pool_is_refilled_in_batches_at_half() {
         }
     }
 }
+
+/// The names in `<root>/.dftpd-tmp/` (none when it does not exist).
+fn temp_files(root: &std::path::Path) -> Vec<String> {
+    match std::fs::read_dir(root.join(super::storage::TEMP_DIR)) {
+        Ok(d) => d
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// An upload of `body` received into a real disk's temporary file.
+async fn received_on_disk(
+    storage: &Arc<dyn Storage>,
+    xfer: u64,
+    body: &'static [u8],
+) -> super::storage::PendingUpload {
+    let at = "127.0.0.1:1".parse().unwrap();
+    let (mut client, mut input) = pipe(at, at);
+    tokio::spawn(async move {
+        client.write_all(body).await.unwrap();
+        client.shutdown().await.unwrap();
+    });
+    storage
+        .receive(
+            &p("/up"),
+            None,
+            None,
+            xfer,
+            &mut input,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_that_overtakes_the_received_upload_discards_it_at_once() {
+    // The master's Abort can reach the waiting room before the transfer
+    // task hands it the upload it just received (a client that closes its
+    // data connection and sends ABOR at once): the upload must not wait
+    // out the grace period (or forever) in `.dftpd-tmp`.
+    let root = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> =
+        Arc::new(super::storage::DiskStorage::new(root.path()).unwrap());
+    let awaiting = Awaiting::new(Duration::from_secs(600));
+    let up = received_on_disk(&storage, 41, b"x").await;
+    assert_eq!(temp_files(root.path()).len(), 1);
+    awaiting.discard(41, &storage).await;
+    awaiting.hold(41, up, storage.clone());
+    for _ in 0..100 {
+        if temp_files(root.path()).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(temp_files(root.path()), Vec::<String>::new());
+    // Another transfer is held as before, and commits.
+    let up = received_on_disk(&storage, 42, b"y").await;
+    awaiting.hold(42, up, storage.clone());
+    let version = FileVersion {
+        store: 1,
+        gen: 1,
+        size: 1,
+        crc32: None,
+    };
+    let outcome = awaiting.commit(42, &p("/up"), &version, &storage).await;
+    assert!(matches!(outcome, OpOutcome::Committed { size: 1, .. }));
+    assert_eq!(temp_files(root.path()), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_cancelled_at_any_point_leaves_no_temporary_file() {
+    // Cancelled (the master's Abort drops the transfer task) before its
+    // temporary file exists, while it is being created, mid-data and while
+    // it is synced: nothing may stay behind, also when the blocking
+    // thread creating the file outlives the cancelled future.
+    let root = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> =
+        Arc::new(super::storage::DiskStorage::new(root.path()).unwrap());
+    std::fs::create_dir_all(root.path().join(super::storage::TEMP_DIR)).unwrap();
+    for i in 0..300u64 {
+        let at = "127.0.0.1:1".parse().unwrap();
+        let (mut client, mut input) = pipe(at, at);
+        let writer = tokio::spawn(async move {
+            let _ = client.write_all(&[7u8; 1000]).await;
+            // Half the time the client keeps the connection open (mid-data).
+            if i % 2 == 0 {
+                let _ = client.shutdown().await;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let path = p("/up");
+        // A boxed future (async_trait): dropped below like the task's.
+        let mut receive = storage.receive(&path, None, None, i, &mut input, Duration::from_secs(5));
+        // Polled a varying number of times, then dropped.
+        let polls = i % 15;
+        for _ in 0..polls {
+            let step =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(receive.as_mut().poll(cx))).await;
+            if let std::task::Poll::Ready(r) = step {
+                // Finished first: as the transfer task does, discard it.
+                storage.discard(&r.unwrap()).await;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        drop(receive);
+        writer.abort();
+    }
+    // Blocking threads still at work when their futures were dropped
+    // finish shortly.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(temp_files(root.path()), Vec::<String>::new());
+}

@@ -344,8 +344,8 @@ async fn execute(
                 r = ctx.storage.receive(&path, offset, base.as_ref(), xfer, &mut stream, ctx.data_timeout) => Some(r),
             };
             let up = match result {
-                // Aborted mid-way: the temporary file is removed on the
-                // slave's next start if the future was dropped mid-write.
+                // Aborted mid-way: the dropped future removed its temporary
+                // file (or the thread still creating it will).
                 None => {
                     let _ = ctx.storage.cleanup_one(xfer).await;
                     reply(&ctx, rid, aborted());
@@ -358,6 +358,15 @@ async fn execute(
                 }
                 Some(Ok(up)) => up,
             };
+            // Into the waiting room at once, before anything else awaits:
+            // the master's Abort (a client that closed its data connection
+            // and sent ABOR) may already be on its way, and it finds the
+            // upload there, or leaves word that discards it on arrival. The
+            // master decides; its commit arrives as an entry of this
+            // slave's operation log, possibly after a reconnect. Until then
+            // the upload waits (bounded by `commit_grace_ms`).
+            let (bytes, size, crc32) = (up.bytes, up.size, up.crc32);
+            ctx.awaiting.hold(xfer, up, ctx.storage.clone());
             if protected {
                 // The client ended with close_notify (else the read above
                 // failed: a TLS upload cut without it counts as truncated).
@@ -366,19 +375,7 @@ async fn execute(
                 let _ = storage::on_data(ctx.data_timeout, stream.shutdown()).await;
             }
             drop(stream);
-            reply(
-                &ctx,
-                rid,
-                Response::Received {
-                    bytes: up.bytes,
-                    size: up.size,
-                    crc32: up.crc32,
-                },
-            );
-            // The master decides; its commit arrives as an entry of this
-            // slave's operation log, possibly after a reconnect. Until then
-            // the upload waits (bounded by `commit_grace_ms`).
-            ctx.awaiting.hold(xfer, up, ctx.storage.clone());
+            reply(&ctx, rid, Response::Received { bytes, size, crc32 });
             tracing::debug!(%path, ms = started.elapsed().as_millis() as u64, "received, awaiting commit");
         }
     }
