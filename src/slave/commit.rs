@@ -116,6 +116,14 @@ impl Awaiting {
         Some(up.clone())
     }
 
+    /// A new order for transfer `xfer` (a listener claimed or opened for
+    /// it, or its transfer): an earlier abort under that id, such as the
+    /// master dropping the listener it claimed before relaying the same
+    /// transfer, no longer applies.
+    pub fn forget_abort(&self, xfer: u64) {
+        self.lock().aborted.remove(&xfer);
+    }
+
     /// The master aborted transfer `xfer` (ABOR, a lost race): discard it.
     /// An upload that arrives later (the abort overtook it) is discarded
     /// on arrival.

@@ -135,6 +135,7 @@ pub(super) async fn read_loop(
                 xfer,
                 accept_from,
             } => {
+                ctx.awaiting.forget_abort(xfer);
                 if let Some(listener) = pool.ready.remove(&token) {
                     let (tx, rx) = mpsc::unbounded_channel();
                     xfers.insert(xfer, tx);
@@ -151,6 +152,7 @@ pub(super) async fn read_loop(
             }
             MasterMsg::Request { rid, request } => match request {
                 Request::Listen { xfer, accept_from } => {
+                    ctx.awaiting.forget_abort(xfer);
                     let range = ctx.config.passive_range().unwrap_or((0, 0));
                     match bind_in_range(&ctx.env, ctx.config.data_ip, range).await {
                         Ok(listener) => {
@@ -193,6 +195,7 @@ pub(super) async fn read_loop(
                         ),
                     },
                     DataConn::Active(addr) => {
+                        ctx.awaiting.forget_abort(xfer);
                         let (tx, rx) = mpsc::unbounded_channel();
                         xfers.insert(xfer, tx);
                         let span = tracing::info_span!("transfer", xfer);
