@@ -36,7 +36,9 @@ usage: dftpd-sim replay PATH... [--seed S] [--trace] [--print] [--json] [--tick 
   --tick D             the simulation step (default: a quarter of the median recorded gap
                        between commands, 10us-1ms)
   --crash-slave NAME   FAULT: crash that slave
-  --partition A,B      FAULT: cut the link between hosts A and B (master, a slave, a session's client)
+  --partition A,B      FAULT: cut the link between hosts A and B (master, a slave, a session's client:
+                       `client` for one file, else its file's name, e.g. session-12); a client and
+                       a slave share only direct data connections (a note says when there are none)
   --at T               when: T after the first session started (e.g. 1.5s); lands after every
                        command recorded before T and before those recorded after it
   --at-command [S:]N   when: just before command N of session S (default: the first), once

@@ -149,3 +149,137 @@ fn a_directory_replays_its_sessions_together_with_json_and_faults() {
     let (code, _, err) = replay_in(dir.path(), &["rec", "--at", "1s"]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// A passive download from slave-1, the client connecting to the 227
+/// address (curl --ftp-pret --no-ftp-skip-pasv-ip); recorded by `dftpd
+/// cluster --record`.
+const DIRECT_RETR: &str = "\
+# clock: master-start=1796112690 session-start=5.434275s
+config pasv_without_pret=relay
+config allow_overwrite=true
+client: connect
+client< 220 dftpd ready
+at 3.455ms
+client> USER dftpd
+client< 331 Password required for dftpd
+user dftpd $PASSWORD admin
+at 3.556ms
+client> PASS $PASSWORD
+client< 230 User dftpd logged in
+file slave-1 /f.bin size=200000
+at 207.415ms
+client> PRET RETR f.bin
+client< 200 OK, planning for upcoming download
+at 207.452ms
+client> EPSV
+client< 502 Use PASV: EPSV cannot name slave slave-1's address
+at 207.473ms
+client> PASV
+client< 227 Entering Passive Mode (127,0,0,11,234,85) on slave slave-1
+at 208.619ms
+client> TYPE I
+client< 200 Type set to I
+at 208.681ms
+client> RETR f.bin
+client< 150 Opening BINARY mode data connection for /f.bin (200000 bytes) on slave slave-1
+client< 226 Transfer complete, 200000 bytes from slave-1
+slave slave-1 avail=62066143232
+slave slave-2 avail=62066143232
+at 209.646ms
+client> QUIT
+client< 221 Goodbye
+# session ended at 210.861ms
+";
+
+/// A partition between the client and the slave serving its download cuts
+/// the transfer; when the client's data connection went to the master's
+/// address instead (relayed), the cut cannot reach it and the replay says
+/// so rather than agreeing in silence (a trial read that as the partition
+/// having no effect).
+#[test]
+fn a_partition_between_client_and_slave_cuts_a_direct_transfer_and_names_a_relayed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("session-5.scn"), DIRECT_RETR).unwrap();
+    let (code, out, err) = replay_in(dir.path(), &["session-5.scn"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Before the PASV, before the RETR, and once the RETR was sent.
+    for (pair, at) in [
+        ("client,slave-1", "1ms"),
+        ("slave-1,client", "208.5ms"),
+        ("client,slave-1", "208.69ms"),
+    ] {
+        {
+            let (code, out, err) = replay_in(
+                dir.path(),
+                &["session-5.scn", "--partition", pair, "--at", at],
+            );
+            assert_eq!(code, 1, "{pair} at {at}: {out}{err}");
+            assert!(
+                out.contains("-    29  226 Transfer complete, 200000 bytes from slave-1"),
+                "{pair} at {at}: {out}"
+            );
+            assert!(!out.contains("note:"), "{out}");
+        }
+    }
+    // The directory form names the client after the file.
+    let (code, out, _) = replay_in(
+        dir.path(),
+        &[".", "--partition", "session-5,slave-1", "--at-command", "7"],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("+        425 "), "{out}");
+    // A slave the session never used: nothing to cut, and it says so.
+    let (code, out, _) = replay_in(
+        dir.path(),
+        &[
+            "session-5.scn",
+            "--partition",
+            "client,slave-2",
+            "--at",
+            "1ms",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("note: client has no transfer on slave-2 from then on"),
+        "{out}"
+    );
+    // The client ignored the 227 address: relayed through the master.
+    let relayed = DIRECT_RETR.replace(
+        "client> RETR f.bin",
+        "client: data connect ignore-address\nclient> RETR f.bin",
+    );
+    std::fs::write(dir.path().join("session-5.scn"), relayed).unwrap();
+    let (code, out, err) = replay_in(
+        dir.path(),
+        &[
+            "session-5.scn",
+            "--partition",
+            "client,slave-1",
+            "--at",
+            "1ms",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "note: client's 1 transfer(s) on slave-1 from then on were relayed through the master"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("--partition client,master or master,slave-1 does"),
+        "{out}"
+    );
+    let (code, out, _) = replay_in(
+        dir.path(),
+        &[
+            "session-5.scn",
+            "--partition",
+            "client,master",
+            "--at",
+            "1ms",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+}

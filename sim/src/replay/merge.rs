@@ -36,9 +36,12 @@ pub struct Recording {
 }
 
 /// The recordings named by `paths`: files, or directories whose `*.scn`
-/// files are taken (in name order).
+/// files are taken (in name order). One file given alone is the client
+/// `client`; otherwise (several, or a directory, even of one) each client
+/// is named after its file (`session-12`), as `--partition` expects.
 pub fn load(paths: &[PathBuf]) -> Result<Vec<Recording>, ParseError> {
     let mut files = Vec::new();
+    let mut from_dir = false;
     for p in paths {
         if p.is_dir() {
             let rd = std::fs::read_dir(p).map_err(|e| ParseError {
@@ -53,11 +56,12 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Recording>, ParseError> {
                 .collect();
             found.sort();
             files.extend(found);
+            from_dir = true;
         } else {
             files.push(p.clone());
         }
     }
-    let many = files.len() > 1;
+    let many = files.len() > 1 || from_dir;
     let mut out = Vec::new();
     for f in files {
         out.push(read(&f, many)?);

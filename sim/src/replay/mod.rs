@@ -208,7 +208,7 @@ pub fn prepare(
     recs: &[merge::Recording],
     faults: &[Fault],
 ) -> Result<(Scenario, Vec<String>), ReplayError> {
-    sc.expectations.clear();
+    let expectations = std::mem::take(&mut sc.expectations);
     let clients: Vec<String> = recs.iter().map(|r| r.client.clone()).collect();
     let mut placed = Vec::new();
     for f in faults {
@@ -302,6 +302,15 @@ pub fn prepare(
                 (pos, vec![StepKind::Wait(vec![client])], words)
             }
         };
+        let words = match f {
+            Fault::Partition { a, b, .. } => {
+                match partition_note(&sc, &expectations, pos, a, b, &clients) {
+                    Some(note) => format!("{words}; note: {note}"),
+                    None => words,
+                }
+            }
+            Fault::CrashSlave { .. } => words,
+        };
         inserted.push(kind);
         for (k, kind) in inserted.into_iter().enumerate() {
             sc.steps.insert(pos + k, Step { line: 0, kind });
@@ -309,6 +318,124 @@ pub fn prepare(
         placed.push(words);
     }
     Ok((sc, placed))
+}
+
+/// Why a partition between a client and a slave will not touch the
+/// client's transfers, if it will not: a client reaches a slave only by
+/// the data connections of transfers on it, and the recording says how
+/// each went. One whose client connected to the master's address (`data
+/// connect ignore-address`) or used EPSV (229: the master's address) was
+/// relayed through the master, in production and in the replay, so a cut
+/// between client and slave leaves it alone: say so, and which cut would
+/// reach it, rather than replaying in silence as if nothing had been cut.
+fn partition_note(
+    sc: &Scenario,
+    expectations: &[crate::script::Expectation],
+    from: usize,
+    a: &str,
+    b: &str,
+    clients: &[String],
+) -> Option<String> {
+    let is_slave = |h: &str| sc.topology.slaves.iter().any(|s| s.name == h);
+    let (client, slave) = if clients.iter().any(|c| c == a) && is_slave(b) {
+        (a, b)
+    } else if clients.iter().any(|c| c == b) && is_slave(a) {
+        (b, a)
+    } else {
+        return None;
+    };
+    let (direct, relayed) = transfers_on(sc, expectations, from, client, slave);
+    if direct > 0 {
+        return None;
+    }
+    Some(if relayed > 0 {
+        format!(
+            "{client}'s {relayed} transfer(s) on {slave} from then on were relayed through \
+             the master (the client connected to the master's address: EPSV, or a 227 \
+             address it ignored), so this cut does not reach them; --partition \
+             {client},master or master,{slave} does"
+        )
+    } else {
+        format!("{client} has no transfer on {slave} from then on: this cut changes nothing")
+    })
+}
+
+/// Transfers of `client` on `slave` from step `from` on, and the one it
+/// may have under way there: (direct, relayed through the master). A
+/// transfer is a data command whose first recorded reply (a 150) names the
+/// slave (`... on slave NAME`).
+fn transfers_on(
+    sc: &Scenario,
+    expectations: &[crate::script::Expectation],
+    from: usize,
+    client: &str,
+    slave: &str,
+) -> (usize, usize) {
+    let mut mine: Vec<&crate::script::Expectation> =
+        expectations.iter().filter(|e| e.client == client).collect();
+    mine.sort_by_key(|e| e.line);
+    let on_slave = |text: &str| {
+        let tag = format!("on slave {slave}");
+        text.match_indices(&tag).any(|(i, _)| {
+            !text[i + tag.len()..]
+                .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+    };
+    const DATA: [&str; 7] = ["RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"];
+    let verb_of = |op: &ClientOp| match op {
+        ClientOp::Command(cmd) => cmd
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase(),
+        _ => String::new(),
+    };
+    // The client's last data command before the cut may still be moving.
+    let first = sc.steps[..from]
+        .iter()
+        .rposition(|st| {
+            matches!(&st.kind, StepKind::Client { client: c, op, .. }
+                if c == client && DATA.contains(&verb_of(op).as_str()))
+        })
+        .unwrap_or(from);
+    let (mut direct, mut relayed) = (0, 0);
+    let (mut ignore, mut epsv) = (false, false);
+    for (i, st) in sc.steps.iter().enumerate() {
+        let StepKind::Client { client: c, op, .. } = &st.kind else {
+            continue;
+        };
+        if c != client {
+            continue;
+        }
+        match op {
+            ClientOp::DataConnectIgnoringAddress => ignore = true,
+            ClientOp::Command(_) => {
+                let verb = verb_of(op);
+                let reply = mine
+                    .iter()
+                    .find(|e| e.line > st.line)
+                    .map_or("", |e| e.text.as_str());
+                match verb.as_str() {
+                    "PASV" | "PORT" | "EPRT" => epsv = false,
+                    "EPSV" => epsv = reply.starts_with("229"),
+                    v if DATA.contains(&v) => {
+                        if i >= first && reply.starts_with('1') && on_slave(reply) {
+                            if ignore || epsv {
+                                relayed += 1;
+                            } else {
+                                direct += 1;
+                            }
+                        }
+                        ignore = false;
+                        epsv = false;
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    (direct, relayed)
 }
 
 /// The report as JSON, for tools: one object per session with its counts
@@ -488,6 +615,38 @@ mod tests {
             },
         };
         assert!(prepare(sc, &r, &[far]).is_err());
+    }
+
+    #[test]
+    fn a_partition_of_a_client_and_a_slave_says_when_it_cannot_reach_a_transfer() {
+        let text = "slave s1\nslave s10\nclient: connect\nat 10ms\nclient> PASV\n\
+            client< 227 Entering Passive Mode (1,2,3,4,5,6) on slave s10\n\
+            {IGNORE}client> RETR /f\n\
+            client< 150 Opening BINARY mode data connection for /f (5 bytes) on slave s10\n\
+            client< 226 Transfer complete, 5 bytes from s10\nat 20ms\nclient> QUIT\n";
+        let partition = |a: &str, b: &str| Fault::Partition {
+            a: a.into(),
+            b: b.into(),
+            when: When::At(Duration::from_millis(5)),
+        };
+        let (sc, r) = recs(&text.replace("{IGNORE}", ""));
+        let (_, words) = prepare(sc.clone(), &r, &[partition("client", "s10")]).unwrap();
+        assert!(!words[0].contains("note"), "{words:?}");
+        let (_, words) = prepare(sc.clone(), &r, &[partition("s1", "client")]).unwrap();
+        assert!(
+            words[0].ends_with(
+                "note: client has no transfer on s1 from then on: this cut changes nothing"
+            ),
+            "{words:?}"
+        );
+        let (_, words) = prepare(sc, &r, &[partition("master", "s10")]).unwrap();
+        assert!(!words[0].contains("note"), "{words:?}");
+        let (sc, r) = recs(&text.replace("{IGNORE}", "client: data connect ignore-address\n"));
+        let (_, words) = prepare(sc, &r, &[partition("s10", "client")]).unwrap();
+        assert!(
+            words[0].contains("note: client's 1 transfer(s) on s10 from then on were relayed"),
+            "{words:?}"
+        );
     }
 
     #[test]
