@@ -678,15 +678,20 @@ fn site_user(s: &mut Session, st: &mut MasterState, line: &str) -> Action {
     }
 }
 
-#[test]
-fn a_deleted_users_open_session_goes_on_until_it_ends() {
-    let mut st = state_with(
+/// An admin (root) and a user (joe), no permission rules.
+fn root_and_joe() -> MasterState {
+    state_with(
         vec![
             user_cfg("root", "/", true, &[]),
             user_cfg("joe", "/", false, &[]),
         ],
         "",
-    );
+    )
+}
+
+#[test]
+fn a_deleted_users_open_session_goes_on_until_it_ends() {
+    let mut st = root_and_joe();
     let mut joe = login_as(&mut st, "joe");
     let mut root = login_as(&mut st, "root");
     assert!(text(root.handle(cmd("SITE DELUSER joe"), &mut st)).starts_with("200"));
@@ -703,13 +708,7 @@ fn a_deleted_users_open_session_goes_on_until_it_ends() {
 
 #[test]
 fn site_user_commands_are_for_admins_and_persist_hashed() {
-    let mut st = state_with(
-        vec![
-            user_cfg("root", "/", true, &[]),
-            user_cfg("joe", "/", false, &[]),
-        ],
-        "",
-    );
+    let mut st = root_and_joe();
     let mut joe = login_as(&mut st, "joe");
     let got = text(joe.handle(cmd("SITE ADDUSER eve pw"), &mut st));
     assert_eq!(got, "550 SITE ADDUSER: permission denied (admins only)");
