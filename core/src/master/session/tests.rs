@@ -1,5 +1,10 @@
 //! Unit tests of the session state machine: commands in, actions out,
 //! no sockets.
+//!
+//! Size: this file is only tests (about 1,300 lines). They share one
+//! fixture (the state with its slaves and files, `session`, `passive`,
+//! `pass`, `login_as`), and are grouped by section headers; split, every
+//! part would import the same fixture for a few tests each.
 
 use super::*;
 use crate::config::{MasterConfig, PasvWithoutPret, UserConfig};
