@@ -79,12 +79,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Recording>, ParseError> {
 }
 
 fn read(path: &Path, many: bool) -> Result<Recording, ParseError> {
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ParseError {
-        file: shown.clone(),
-        line: 0,
-        msg: format!("cannot read: {e}"),
-    })?;
+    let (shown, text) = crate::script::read_text(path)?;
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

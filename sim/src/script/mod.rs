@@ -286,7 +286,7 @@ pub struct Scenario {
 }
 
 mod parse;
-pub use parse::{parse, parse_duration, parse_file, parse_size, path_seed};
+pub use parse::{parse, parse_duration, parse_file, parse_size, path_seed, read_text};
 
 #[cfg(test)]
 mod tests {

@@ -4,13 +4,19 @@
 
 use super::*;
 
-pub fn parse_file(path: &Path) -> Result<Scenario, ParseError> {
+/// A scenario file's text, with the path as errors show it.
+pub fn read_text(path: &Path) -> Result<(String, String), ParseError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ParseError {
         file: shown.clone(),
         line: 0,
         msg: format!("cannot read: {e}"),
     })?;
+    Ok((shown, text))
+}
+
+pub fn parse_file(path: &Path) -> Result<Scenario, ParseError> {
+    let (shown, text) = read_text(path)?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
