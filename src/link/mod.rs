@@ -110,7 +110,25 @@ where
     Ok(())
 }
 
+/// The largest frame a peer may send before it has proved the link key:
+/// `Hello` (a name and a zone of at most 64 bytes each, a nonce, an
+/// address) and `Auth` (an HMAC) take a few hundred bytes. Only an
+/// authenticated link gets [`MAX_FRAME`].
+pub const HANDSHAKE_MAX_FRAME: usize = 4096;
+
+/// Reads one frame of at most [`MAX_FRAME`] bytes.
 pub async fn read_frame<R, T>(r: &mut R) -> Result<T, LinkError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    T: DeserializeOwned,
+{
+    read_frame_max(r, MAX_FRAME).await
+}
+
+/// Reads one frame of at most `max` bytes: a longer one is
+/// [`LinkError::TooLarge`] as soon as its length is read, before anything
+/// is allocated for it.
+pub async fn read_frame_max<R, T>(r: &mut R, max: usize) -> Result<T, LinkError>
 where
     R: AsyncRead + Unpin + ?Sized,
     T: DeserializeOwned,
@@ -122,7 +140,7 @@ where
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max.min(MAX_FRAME) {
         return Err(LinkError::TooLarge(len));
     }
     let mut buf = vec![0u8; len];
@@ -256,6 +274,45 @@ mod tests {
             read_frame::<_, SlaveMsg>(&mut r).await,
             Err(LinkError::Decode(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_before_authentication_is_refused_unread() {
+        // Only the length arrives: a reader that allocated and read the
+        // payload would fail on the missing bytes (Io), not on the size.
+        let wire = ((16 * 1024 * 1024 - 16) as u32).to_be_bytes();
+        let mut r = &wire[..];
+        assert!(matches!(
+            read_frame_max::<_, SlaveMsg>(&mut r, HANDSHAKE_MAX_FRAME).await,
+            Err(LinkError::TooLarge(n)) if n == 16 * 1024 * 1024 - 16
+        ));
+        let mut wire = ((HANDSHAKE_MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+        wire.extend(std::iter::repeat(0u8).take(HANDSHAKE_MAX_FRAME + 1));
+        let mut r = &wire[..];
+        assert!(matches!(
+            read_frame_max::<_, SlaveMsg>(&mut r, HANDSHAKE_MAX_FRAME).await,
+            Err(LinkError::TooLarge(_))
+        ));
+        // The largest real Hello and an Auth fit.
+        let hello = SlaveMsg::Hello {
+            version: PROTOCOL_VERSION,
+            name: "s".repeat(64),
+            nonce: [0xff; 32],
+            data_ip: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+            data_tls: true,
+            zone: Some("z".repeat(64)),
+        };
+        let auth = SlaveMsg::Auth {
+            mac: vec![0xff; 32],
+        };
+        for m in [hello, auth] {
+            let wire = encode_frame(&m).unwrap();
+            assert!(wire.len() < HANDSHAKE_MAX_FRAME / 8, "{}", wire.len());
+            let got: SlaveMsg = read_frame_max(&mut &wire[..], HANDSHAKE_MAX_FRAME)
+                .await
+                .unwrap();
+            assert_eq!(got, m);
+        }
     }
 
     #[test]

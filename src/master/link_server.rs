@@ -29,15 +29,65 @@ use crate::proto::VPath;
 /// handshake deadline applies).
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Link connections that have not proved the link key yet, at most, at
+/// once (TLS and HMAC handshakes): a further one is closed at once. Each
+/// holds at most a [`link::HANDSHAKE_MAX_FRAME`] frame, for at most
+/// `handshake_timeout_ms`.
+pub const MAX_UNAUTHENTICATED_LINKS: usize = 32;
+
+/// Counts the link connections still in their handshake.
+#[derive(Clone)]
+struct Unauthenticated {
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Whether the last connection was refused: one warning per burst.
+    refusing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Unauthenticated {
+    fn new(max: usize) -> Self {
+        Unauthenticated {
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            refusing: Arc::default(),
+        }
+    }
+
+    /// A place for one more handshake, held until it is dropped; `None`
+    /// (and a warning, once per burst) when all are taken.
+    fn admit(&self, peer: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        use std::sync::atomic::Ordering;
+        match self.permits.clone().try_acquire_owned() {
+            Ok(p) => {
+                self.refusing.store(false, Ordering::Relaxed);
+                Some(p)
+            }
+            Err(_) => {
+                if !self.refusing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        %peer,
+                        max = MAX_UNAUTHENTICATED_LINKS,
+                        "link connection refused: too many unauthenticated link connections (further ones are refused without a log line until one is accepted)"
+                    );
+                }
+                None
+            }
+        }
+    }
+}
+
 pub async fn accept_links(
     env: Env,
     state: Shared,
     listener: Box<dyn NetListener>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let pending = Unauthenticated::new(MAX_UNAUTHENTICATED_LINKS);
     while let Some((stream, peer)) = next_connection(listener.as_ref(), &mut shutdown).await {
+        let Some(permit) = pending.admit(peer) else {
+            drop(stream);
+            continue;
+        };
         let span = tracing::info_span!("link", %peer);
-        tokio::spawn(serve_link(env.clone(), state.clone(), stream, peer).instrument(span));
+        tokio::spawn(serve_link(env.clone(), state.clone(), stream, peer, permit).instrument(span));
     }
 }
 
@@ -47,7 +97,8 @@ async fn handshake(
     stream: &mut BoxStream,
     peer: SocketAddr,
 ) -> Result<Hello, LinkError> {
-    let hello: SlaveMsg = link::read_frame(stream).await?;
+    // Before the key is proved, frames are handshake-sized.
+    let hello: SlaveMsg = link::read_frame_max(stream, link::HANDSHAKE_MAX_FRAME).await?;
     let SlaveMsg::Hello {
         version,
         name,
@@ -91,7 +142,8 @@ async fn handshake(
         },
     )
     .await?;
-    let SlaveMsg::Auth { mac } = link::read_frame(stream).await? else {
+    let SlaveMsg::Auth { mac } = link::read_frame_max(stream, link::HANDSHAKE_MAX_FRAME).await?
+    else {
         return Err(LinkError::Handshake("expected Auth".into()));
     };
     if !auth::verify_slave(key.as_bytes(), &slave_nonce, &master_nonce, &name, &mac) {
@@ -199,15 +251,22 @@ async fn secure_link(
     }
 }
 
-async fn serve_link(env: Env, state: Shared, stream: BoxStream, peer: SocketAddr) {
+async fn serve_link(
+    env: Env,
+    state: Shared,
+    stream: BoxStream,
+    peer: SocketAddr,
+    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+) {
     let Some((mut stream, encrypted)) = secure_link(&state, stream, peer).await else {
         return;
     };
     // The handshake has its own deadline, separate from the heartbeat
     // bound: a slave with a long round trip must still be able to rejoin.
     let limit = state.lock().config.handshake_timeout();
-    let hello = match tokio::time::timeout(limit, handshake(&env, &state, &mut stream, peer)).await
-    {
+    let hello = tokio::time::timeout(limit, handshake(&env, &state, &mut stream, peer)).await;
+    drop(unauthenticated);
+    let hello = match hello {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "link handshake failed");
@@ -505,6 +564,20 @@ async fn read_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unauthenticated_link_connections_are_bounded() {
+        let pending = Unauthenticated::new(2);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let a = pending.admit(peer).expect("first");
+        let _b = pending.admit(peer).expect("second");
+        assert!(pending.admit(peer).is_none(), "a third one is refused");
+        drop(a);
+        assert!(
+            pending.admit(peer).is_some(),
+            "a place freed is taken again"
+        );
+    }
 
     #[test]
     fn slave_names() {
