@@ -219,11 +219,25 @@ pub async fn accept_from(
     deadline: std::time::Duration,
 ) -> io::Result<BoxStream> {
     let wait = async {
+        // One line a second at most: a flood of refused connections must
+        // not flood the log.
+        let mut logged: Option<tokio::time::Instant> = None;
+        let mut unlogged = 0u64;
         loop {
             let (stream, peer) = listener.accept().await?;
             match from {
                 Some(ip) if peer.ip() != ip => {
-                    tracing::warn!(%peer, expected = %ip, "data connection from a foreign address refused");
+                    let now = tokio::time::Instant::now();
+                    if logged
+                        .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1))
+                    {
+                        tracing::warn!(%peer, expected = %ip, also_refused = unlogged,
+                            "data connection from a foreign address refused");
+                        logged = Some(now);
+                        unlogged = 0;
+                    } else {
+                        unlogged += 1;
+                    }
                 }
                 _ => return Ok(stream),
             }

@@ -14,6 +14,7 @@
 pub mod commit;
 pub mod mem;
 mod orders;
+mod ready;
 mod scrub;
 mod sendfile;
 mod sink;

@@ -10,44 +10,15 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use super::ready::ListenerPool;
 use super::transfer::{active_task, passive_task};
 use super::{reply, Ctx, XferCmd};
-use crate::env::{bind_in_range, BoxStream, NetListener};
+use crate::env::{bind_in_range, BoxStream};
 use crate::link::{
     self, DataConn, FileOp, LinkError, MasterMsg, OpOutcome, Request, Response, SlaveMsg,
     TransferFailure,
 };
 use crate::proto::VPath;
-
-/// Passive listeners opened ahead of any PASV, so the master can answer
-/// PASV without asking (the "hidden hop" of the fast path).
-struct ListenerPool {
-    ready: BTreeMap<u64, Box<dyn NetListener>>,
-    next_token: u64,
-}
-
-impl ListenerPool {
-    /// Opens listeners until `want` are ready; reports the new ones.
-    async fn fill(&mut self, ctx: &Ctx, want: usize) {
-        let range = ctx.config.passive_range().unwrap_or((0, 0));
-        let mut fresh = Vec::new();
-        while self.ready.len() < want {
-            let Ok(l) = bind_in_range(&ctx.env, ctx.config.data_ip, range).await else {
-                break;
-            };
-            let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
-            self.next_token += 1;
-            fresh.push((
-                self.next_token,
-                SocketAddr::new(ctx.config.advertised_ip(), port),
-            ));
-            self.ready.insert(self.next_token, l);
-        }
-        if !fresh.is_empty() {
-            let _ = ctx.out.send(SlaveMsg::Listeners { ready: fresh });
-        }
-    }
-}
 
 /// Applies log entries in order and acknowledges them (one `Applied` per
 /// frame). A `Commit` goes to the waiting room; everything else to the
@@ -105,10 +76,7 @@ pub(super) async fn read_loop(
     let mut r = tokio::io::BufReader::with_capacity(link::READ_BUFFER, r);
     // Transfer tasks by id; dropping a sender aborts its task.
     let mut xfers: BTreeMap<u64, mpsc::UnboundedSender<XferCmd>> = BTreeMap::new();
-    let mut pool = ListenerPool {
-        ready: BTreeMap::new(),
-        next_token: 0,
-    };
+    let mut pool = ListenerPool::new();
     let pool_size = ctx.config.passive_pool;
     pool.fill(&ctx, pool_size).await;
     loop {
@@ -134,19 +102,22 @@ pub(super) async fn read_loop(
                 token,
                 xfer,
                 accept_from,
+                age_ms,
             } => {
                 ctx.awaiting.forget_abort(xfer);
-                if let Some(listener) = pool.ready.remove(&token) {
+                let age = std::time::Duration::from_millis(age_ms);
+                if let Some((listener, early)) = pool.claim(token, accept_from, age).await {
                     let (tx, rx) = mpsc::unbounded_channel();
                     xfers.insert(xfer, tx);
                     let span = tracing::info_span!("transfer", xfer);
                     tokio::spawn(
-                        passive_task(ctx.clone(), xfer, listener, accept_from, rx).instrument(span),
+                        passive_task(ctx.clone(), xfer, listener, early, accept_from, rx)
+                            .instrument(span),
                     );
                 }
                 // Refilled in batches, at half: one `Listeners` message
                 // for several transfers, not one each.
-                if pool.ready.len() <= pool_size / 2 {
+                if pool.len() <= pool_size / 2 {
                     pool.fill(&ctx, pool_size).await;
                 }
             }
@@ -163,7 +134,7 @@ pub(super) async fn read_loop(
                             reply(&ctx, rid, Response::Listening { addr });
                             let span = tracing::info_span!("transfer", xfer);
                             tokio::spawn(
-                                passive_task(ctx.clone(), xfer, listener, accept_from, rx)
+                                passive_task(ctx.clone(), xfer, listener, None, accept_from, rx)
                                     .instrument(span),
                             );
                         }

@@ -263,6 +263,7 @@ async fn the_listener_pool_is_refilled_in_batches_at_half() {
         token,
         xfer,
         accept_from: None,
+        age_ms: 0,
     };
     rig.send(claim(1, 10)).await;
     rig.send(MasterMsg::Log(vec![(
@@ -286,6 +287,58 @@ async fn the_listener_pool_is_refilled_in_batches_at_half() {
             break;
         }
     }
+}
+
+/// A connection made to a ready listener long before any PASV announced
+/// it (an attacker on the client's address, or a port scan) is never the
+/// transfer's: the slave closes it at the claim and serves the client that
+/// connects after the 227; one closed before the claim is skipped too.
+#[tokio::test]
+async fn connections_made_before_the_listener_was_announced_are_not_served() {
+    let mut rig = Rig::start_with_pool(0, 2).await;
+    let ready = loop {
+        if let SlaveMsg::Listeners { ready } = rig.next_any().await {
+            break ready;
+        }
+    };
+    let (token, addr) = ready[0];
+    // Ahead of any PASV: an attacker keeps a connection, a scan closes one.
+    let mut early = tokio::net::TcpStream::connect(addr).await.unwrap();
+    drop(tokio::net::TcpStream::connect(addr).await.unwrap());
+    tokio::time::sleep(super::ready::CLAIM_SLACK + Duration::from_millis(300)).await;
+    // The 227 went out 50 ms before the claim; a scan just after it.
+    drop(tokio::net::TcpStream::connect(addr).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    rig.send(MasterMsg::Claim {
+        token,
+        xfer: 10,
+        accept_from: Some("127.0.0.1".parse().unwrap()),
+        age_ms: 50,
+    })
+    .await;
+    rig.send(MasterMsg::Request {
+        rid: 7,
+        request: Request::Transfer {
+            xfer: 10,
+            order: TransferOrder::Send {
+                path: p("/x"),
+                offset: 0,
+                version: None,
+                rate: None,
+                pending: None,
+            },
+            data: DataConn::Passive,
+            tls: None,
+        },
+    })
+    .await;
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"xx", "the client that came after the 227 is served");
+    let mut stolen = Vec::new();
+    let _ = early.read_to_end(&mut stolen).await;
+    assert!(stolen.is_empty(), "the early connection got {stolen:?}");
 }
 
 /// The names in `<root>/.dftpd-tmp/` (none when it does not exist).

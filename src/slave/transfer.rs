@@ -24,13 +24,17 @@ pub(super) async fn passive_task(
     ctx: Arc<Ctx>,
     xfer: u64,
     listener: Box<dyn NetListener>,
+    early: Option<BoxStream>,
     from: Option<IpAddr>,
     mut cmds: mpsc::UnboundedReceiver<XferCmd>,
 ) {
     let timeout = ctx.data_timeout;
     let mut order: Option<(u64, TransferOrder, Option<DataTls>)> = None;
-    // The client may connect before or after the order arrives.
-    let stream = {
+    // The client may connect before or after the order arrives (before:
+    // `early`, taken in at the claim, see `super::ready`).
+    let stream = if let Some(s) = early {
+        Ok(s)
+    } else {
         let accept = accept_from(listener.as_ref(), from, timeout);
         tokio::pin!(accept);
         loop {

@@ -61,7 +61,9 @@ impl std::fmt::Debug for TicketKey {
 /// `Response::FailedAfter` (the bytes a failed transfer moved).
 /// 7: `SlaveMsg::Resumed`, `MasterMsg::Resumed` (a data connection that
 /// resumed the TLS session of another control connection).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: `MasterMsg::Claim::age_ms` (connections made to a ready listener
+/// before its port was announced are not served).
+pub const PROTOCOL_VERSION: u32 = 8;
 /// Bytes of operations per `Log` frame (a long queue is streamed).
 pub const LOG_CHUNK_BYTES: usize = 1 << 20;
 /// Largest frame either side accepts. A remerge is sent in chunks well
@@ -406,6 +408,10 @@ pub enum MasterMsg {
         token: u64,
         xfer: u64,
         accept_from: Option<IpAddr>,
+        /// How long ago the master announced the listener's port (its 227
+        /// or 229): connections the slave accepted well before that are
+        /// not this client's.
+        age_ms: u64,
     },
     Heartbeat,
     /// The answer to [`SlaveMsg::Resumed`] `check`: whether the resumed

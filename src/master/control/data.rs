@@ -87,6 +87,7 @@ impl ControlSession {
             let claim = Claim {
                 token,
                 accept_from: peer,
+                announced: tokio::time::Instant::now(),
             };
             self.slave_endpoint(xfer, link, addr, Some(claim)).await;
             return Ok(addr);
@@ -219,6 +220,8 @@ const CATCH_ATTEMPTS: u32 = 4;
 pub(super) struct Claim {
     pub token: u64,
     pub accept_from: Option<std::net::IpAddr>,
+    /// When the port was announced (just before the 227 or 229).
+    pub announced: tokio::time::Instant,
 }
 
 impl Claim {
@@ -227,6 +230,7 @@ impl Claim {
             token: self.token,
             xfer,
             accept_from: self.accept_from,
+            age_ms: self.announced.elapsed().as_millis() as u64,
         }
     }
 }

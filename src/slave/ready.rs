@@ -1,0 +1,176 @@
+//! Passive listeners opened ahead of any PASV, so the master can answer
+//! PASV without asking (the "hidden hop" of the fast path), and what
+//! reaches them before a transfer claims them.
+//!
+//! A ready listener is open before any client has been told its port, so
+//! anyone may connect to it early: a port scan, or a process on the client's
+//! address waiting for the next transfer. Until the claim, each listener's
+//! sweeper accepts what comes and notes when. At the claim (which carries
+//! how long ago the master announced the port), connections older than the
+//! announcement (less [`CLAIM_SLACK`]), from another address, or already
+//! closed by their peer are closed; the newest one left serves the
+//! transfer, else the transfer waits for the client as before.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::Ctx;
+use crate::env::{bind_in_range, BoxStream, NetListener};
+use crate::link::SlaveMsg;
+
+/// How much earlier than the master's announcement a connection may have
+/// been accepted and still serve: the link's delay and the slave's own
+/// backlog of messages before it reads the claim.
+pub(super) const CLAIM_SLACK: Duration = Duration::from_secs(1);
+
+/// Early connections kept per listener (the oldest is closed first).
+const EARLY_CAP: usize = 4;
+
+/// A connection accepted before its listener was claimed.
+struct Early {
+    stream: BoxStream,
+    peer: SocketAddr,
+    at: Instant,
+}
+
+/// One ready listener: its sweeper task, which hands the listener and what
+/// it accepted back when told to stop.
+struct Ready {
+    stop: oneshot::Sender<()>,
+    sweeper: JoinHandle<(Box<dyn NetListener>, VecDeque<Early>)>,
+}
+
+/// The slave's ready listeners, by the token the master claims them with.
+pub(super) struct ListenerPool {
+    ready: BTreeMap<u64, Ready>,
+    next_token: u64,
+}
+
+impl ListenerPool {
+    pub(super) fn new() -> ListenerPool {
+        ListenerPool {
+            ready: BTreeMap::new(),
+            next_token: 0,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Opens listeners until `want` are ready; reports the new ones.
+    pub(super) async fn fill(&mut self, ctx: &Ctx, want: usize) {
+        let range = ctx.config.passive_range().unwrap_or((0, 0));
+        let mut fresh = Vec::new();
+        while self.ready.len() < want {
+            let Ok(l) = bind_in_range(&ctx.env, ctx.config.data_ip, range).await else {
+                break;
+            };
+            let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+            self.next_token += 1;
+            fresh.push((
+                self.next_token,
+                SocketAddr::new(ctx.config.advertised_ip(), port),
+            ));
+            let (stop, stopped) = oneshot::channel();
+            let sweeper = tokio::spawn(sweep(l, stopped));
+            self.ready.insert(self.next_token, Ready { stop, sweeper });
+        }
+        if !fresh.is_empty() {
+            let _ = ctx.out.send(SlaveMsg::Listeners { ready: fresh });
+        }
+    }
+
+    /// Takes listener `token` for a transfer whose port the master
+    /// announced `age` ago to a client at `from`: the listener, and the
+    /// connection that client already made, if any.
+    pub(super) async fn claim(
+        &mut self,
+        token: u64,
+        from: Option<IpAddr>,
+        age: Duration,
+    ) -> Option<(Box<dyn NetListener>, Option<BoxStream>)> {
+        let ready = self.ready.remove(&token)?;
+        let _ = ready.stop.send(());
+        let (listener, early) = ready.sweeper.await.ok()?;
+        let cutoff = Instant::now().checked_sub(age + CLAIM_SLACK);
+        let mut chosen = None;
+        let mut closed = 0usize;
+        for mut e in early.into_iter().rev() {
+            let fits = from.is_none_or(|ip| e.peer.ip() == ip)
+                && cutoff.is_none_or(|c| e.at >= c)
+                && alive(&mut e.stream);
+            if chosen.is_none() && fits {
+                chosen = Some(e.stream);
+            } else {
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            tracing::info!(
+                token,
+                closed,
+                "closed connections made to a passive port before it was announced \
+                 (or from another address, or already closed)"
+            );
+        }
+        Some((listener, chosen))
+    }
+}
+
+/// Accepts on an unclaimed listener until `stop`, keeping the newest
+/// [`EARLY_CAP`] connections with the time each came.
+async fn sweep(
+    listener: Box<dyn NetListener>,
+    mut stop: oneshot::Receiver<()>,
+) -> (Box<dyn NetListener>, VecDeque<Early>) {
+    let mut early = VecDeque::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    if early.len() == EARLY_CAP {
+                        early.pop_front();
+                    }
+                    early.push_back(Early { stream, peer, at: Instant::now() });
+                }
+                // Out of descriptors or the like: no busy loop.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            },
+        }
+    }
+    (listener, early)
+}
+
+/// Whether the peer of an early connection has not closed or reset it
+/// (a TCP connect scan leaves such connections behind).
+fn alive(stream: &mut BoxStream) -> bool {
+    #[cfg(target_os = "linux")]
+    if let Some(tcp) = stream.as_tcp() {
+        use std::os::fd::AsRawFd;
+        let mut byte = 0u8;
+        // SAFETY: a one-byte buffer we own, on a socket we own; MSG_PEEK
+        // leaves the byte where it is.
+        let n = unsafe {
+            nix::libc::recv(
+                tcp.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                nix::libc::MSG_PEEK | nix::libc::MSG_DONTWAIT,
+            )
+        };
+        return match n {
+            0 => false,
+            n if n > 0 => true,
+            _ => std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock,
+        };
+    }
+    true
+}
