@@ -841,4 +841,21 @@ mod tests {
         s.apply(&FileOp::Delete { path: p("/gone") }).await.unwrap();
         assert_eq!(s.list().await.unwrap().len(), 2);
     }
+
+    #[tokio::test]
+    async fn a_rename_onto_a_file_replaces_it() {
+        let disk = MemDisk::new(1 << 20);
+        let s = storage(&disk);
+        disk.put(p("/tmp.part"), vec![2, 2], 0);
+        disk.put(p("/f"), vec![1], 0);
+        s.apply(&FileOp::Rename {
+            from: p("/tmp.part"),
+            to: p("/f"),
+        })
+        .await
+        .unwrap();
+        let files = s.list().await.unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!((files[0].path.as_str(), files[0].size), ("/f", 2));
+    }
 }

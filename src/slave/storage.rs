@@ -807,6 +807,16 @@ mod tests {
             OpOutcome::Done
         );
         assert!(dir.path().join("c/g.bin").exists());
+        // A rename onto an existing file replaces it, as rename(2) does.
+        std::fs::write(dir.path().join("c/new.part"), b"newer").unwrap();
+        s.apply(&FileOp::Rename {
+            from: VPath::parse_absolute("/c/new.part").unwrap(),
+            to: to.clone(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(dir.path().join("c/g.bin")).unwrap(), b"newer");
+        assert!(!dir.path().join("c/new.part").exists());
         s.apply(&FileOp::Delete { path: to.clone() }).await.unwrap();
         s.apply(&FileOp::Delete { path: to }).await.unwrap();
         assert!(s.list().await.unwrap().is_empty());

@@ -12,7 +12,7 @@
 
 use super::{db_reply, path_reply, r, Action, Session};
 use crate::link::FileOp;
-use crate::master::db::{DbError, FileMeta, SlaveId};
+use crate::master::db::{DbError, FileMeta, Node, SlaveId};
 use crate::master::users::Perm;
 use crate::master::{commit, replica, MasterState};
 use crate::proto::listing;
@@ -171,11 +171,63 @@ impl Session {
         if let Err(a) = self.permit(st, Perm::Rename, &to) {
             return a;
         }
+        if to == from {
+            // rename(2) onto the same name: nothing to do.
+            return match st.db.get(&from) {
+                Some(_) => r(250, "Rename successful (same name, nothing changed)"),
+                None => path_reply(&from, DbError::NotFound),
+            };
+        }
+        // A file renamed onto an existing file replaces it, as rename(2)
+        // does (safe uploaders write a temporary name, then rename it over
+        // the target), where overwriting is allowed.
+        let replaced = match (st.db.get(&from), st.db.get(&to)) {
+            _ if to.starts_with(&from) => None,
+            (Some(Node::File(_)), Some(Node::File(old))) => {
+                let old = old.clone();
+                if let Err(a) = self.may_overwrite(&to, st) {
+                    return a;
+                }
+                Some(old)
+            }
+            (Some(_), Some(Node::Dir(_))) => {
+                return r(
+                    553,
+                    format!("{to}: a directory is there; a rename never replaces a directory"),
+                )
+            }
+            (Some(Node::Dir(_)), Some(Node::File(_))) => {
+                return r(
+                    553,
+                    format!("{to}: a file is there; a directory cannot replace a file"),
+                )
+            }
+            _ => None,
+        };
         let holders = st.db.holders_under(&from);
         let now = st.now;
+        if replaced.is_some() {
+            let _ = st.db.remove_file(&to);
+        }
         match st.db.rename(&from, &to, now) {
             Ok(()) => {
                 self.audit(Change::Rename(&from, &to));
+                if let Some(old) = &replaced {
+                    // The holders of the replaced file that do not get the
+                    // source drop that copy (only that version: a later
+                    // one is never touched); the others' rename replaces it.
+                    let version = commit::file_version(st, old);
+                    for &h in old.holders.iter().filter(|h| !holders.contains(h)) {
+                        st.slaves.log_op(
+                            h,
+                            FileOp::DropStale {
+                                path: to.clone(),
+                                version: Some(version),
+                                size: old.size,
+                            },
+                        );
+                    }
+                }
                 for h in holders {
                     st.slaves.log_op(
                         h,
@@ -203,7 +255,13 @@ impl Session {
                 }
                 r(250, "Rename successful")
             }
-            Err(e) => db_reply(e),
+            Err(e) => {
+                if let Some(old) = replaced {
+                    // Nothing changed after all: the target stays.
+                    let _ = st.db.put_file(&to, old);
+                }
+                db_reply(e)
+            }
         }
     }
 
@@ -265,5 +323,154 @@ impl Session {
             },
             Err(a) => a,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MasterConfig, UserConfig};
+    use crate::master::db::Holders;
+    use crate::master::registry::SlaveState;
+    use crate::master::users;
+    use crate::proto::Command;
+    use std::sync::Arc;
+
+    fn p(s: &str) -> VPath {
+        VPath::parse_absolute(s).unwrap()
+    }
+
+    /// Slaves s1 (0), s2 (1), s3 (2), online; /src v10 on s1+s2, /dst v20
+    /// on s2+s3, directory /d.
+    fn fixture(allow_overwrite: bool) -> (MasterState, Session) {
+        let cfg = MasterConfig {
+            users: vec![UserConfig {
+                name: "u".into(),
+                password: "p".into(),
+                home: "/".into(),
+                ..Default::default()
+            }],
+            allow_overwrite,
+            password_cost: users::PasswordCost::FAST,
+            ..MasterConfig::default()
+        };
+        let mut st = MasterState::new(Arc::new(cfg));
+        for name in ["s1", "s2", "s3"] {
+            let id = st.slaves.id_for(name);
+            st.slaves.get_mut(id).unwrap().state = SlaveState::Online;
+        }
+        let meta = |version, size, holders: &[SlaveId]| FileMeta {
+            version,
+            size,
+            mtime: 0,
+            owner: 0,
+            group: 0,
+            crc32: Some(7),
+            holders: Holders::from_slice(holders),
+        };
+        st.db.put_file(&p("/src"), meta(10, 3, &[0, 1])).unwrap();
+        st.db.put_file(&p("/dst"), meta(20, 5, &[1, 2])).unwrap();
+        st.db.mkdir(&p("/d"), "u", 0).unwrap();
+        let mut s = Session::new(
+            1,
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:21".parse().unwrap(),
+        );
+        s.handle(Command::parse("USER u").unwrap(), &mut st);
+        match s.handle(Command::parse("PASS p").unwrap(), &mut st) {
+            Action::CheckPassword(c) => {
+                let ok = users::verify_password(&c.hash, &c.password);
+                let _ = s.login_result(&mut st, &c, ok, 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        (st, s)
+    }
+
+    fn run(s: &mut Session, st: &mut MasterState, line: &str) -> String {
+        match s.handle(Command::parse(line).unwrap(), st) {
+            Action::Reply(r) => r.to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn rename(s: &mut Session, st: &mut MasterState, from: &str, to: &str) -> String {
+        let a = run(s, st, &format!("RNFR {from}"));
+        assert!(a.starts_with("350"), "{a}");
+        run(s, st, &format!("RNTO {to}"))
+    }
+
+    #[test]
+    fn rnto_onto_a_file_replaces_it_atomically_where_overwriting_is_allowed() {
+        let (mut st, mut s) = fixture(true);
+        let reply = rename(&mut s, &mut st, "/src", "/dst");
+        assert!(reply.starts_with("250"), "{reply}");
+        assert!(st.db.get(&p("/src")).is_none());
+        // The target takes the source's record: version, size, holders.
+        let f = st.db.file(&p("/dst")).unwrap();
+        assert_eq!((f.version, f.size), (10, 3));
+        assert_eq!(f.holders.as_slice(), &[0, 1]);
+        let rename_op = FileOp::Rename {
+            from: p("/src"),
+            to: p("/dst"),
+        };
+        // Source holders rename (rename(2) replaces the old copy on s2).
+        let ops = |st: &MasterState, i| -> Vec<FileOp> {
+            st.slaves
+                .get(i)
+                .unwrap()
+                .log
+                .iter()
+                .map(|(_, o)| o.clone())
+                .collect()
+        };
+        assert_eq!(ops(&st, 0), vec![rename_op.clone()]);
+        assert_eq!(ops(&st, 1), vec![rename_op]);
+        // s3 held only the replaced file: it drops exactly that version.
+        let log = &st.slaves.get(2).unwrap().log;
+        assert_eq!(log.len(), 1);
+        match &log[0].1 {
+            FileOp::DropStale {
+                path,
+                version: Some(v),
+                size: 5,
+            } => assert_eq!((path, v.gen), (&p("/dst"), 20)),
+            other => panic!("{other:?}"),
+        }
+        // The replaced version is not resurrected by a slave that reports
+        // it: it is an older version of /dst.
+        assert_eq!(st.db.files_under(&VPath::root()).len(), 1);
+    }
+
+    #[test]
+    fn rnto_refuses_directories_and_overwriting_off_and_same_name_is_a_no_op() {
+        let (mut st, mut s) = fixture(true);
+        let reply = rename(&mut s, &mut st, "/src", "/d");
+        assert!(
+            reply.starts_with("553") && reply.contains("directory"),
+            "{reply}"
+        );
+        let reply = rename(&mut s, &mut st, "/d", "/dst");
+        assert!(
+            reply.starts_with("553") && reply.contains("directory"),
+            "{reply}"
+        );
+        let reply = rename(&mut s, &mut st, "/src", "/src");
+        assert!(reply.starts_with("250"), "{reply}");
+        let reply = rename(&mut s, &mut st, "/d", "/d");
+        assert!(reply.starts_with("250"), "{reply}");
+        assert_eq!(st.db.file(&p("/dst")).unwrap().version, 20);
+        assert_eq!(st.db.file(&p("/src")).unwrap().version, 10);
+        assert!((0..3).all(|i| st.slaves.get(i).unwrap().log.is_empty()));
+
+        let (mut st, mut s) = fixture(false);
+        let reply = rename(&mut s, &mut st, "/src", "/dst");
+        assert!(
+            reply.starts_with("553") && reply.contains("overwriting is off"),
+            "{reply}"
+        );
+        assert_eq!(st.db.file(&p("/dst")).unwrap().version, 20);
+        assert_eq!(st.db.file(&p("/src")).unwrap().version, 10);
+        assert!((0..3).all(|i| st.slaves.get(i).unwrap().log.is_empty()));
     }
 }
