@@ -11,7 +11,9 @@
 //! the byte count of a listing's 226 (listings carry owners and mtimes the
 //! simulation does not reproduce), the counters of `SITE SLAVES` (cluster
 //! wide, outside the session), session numbers in `SITE WHO`, the operating
-//! system's wording of a lost connection in a 426, and trailing blanks.
+//! system's wording of a failed data connection in a 425, 426 or 451 (its
+//! `(os error N)`, and the words for a lost connection, after whatever
+//! prefix names the side), and trailing blanks.
 
 use std::collections::BTreeMap;
 
@@ -281,24 +283,49 @@ fn session_numbers(line: &str) -> String {
     )
 }
 
-/// The operating system's words for a connection the peer dropped
-/// (`Connection reset by peer (os error 104)`, `Broken pipe`, the
-/// simulator's `Connection reset`) in a 426 are one thing.
+/// The operating system's words for a failed data connection, in the
+/// replies that carry them (425, 426, 451): a real run's `std::io` errors
+/// end in ` (os error N)`, the simulator's do not, and a connection the
+/// peer dropped is `Connection reset by peer`, `Broken pipe`, `Connection
+/// aborted` or the simulator's `Connection reset`: one `<connection lost>`,
+/// whatever names the side before it (`client data connection: `...).
 fn lost_connection(line: &str) -> String {
-    const MARK: &str = "transfer aborted: ";
-    let Some(at) = line.find(MARK) else {
+    if !["425 ", "426 ", "451 "].iter().any(|c| line.starts_with(c)) {
         return line.to_string();
-    };
-    let why = &line[at + MARK.len()..];
-    let lower = why.to_ascii_lowercase();
-    let lost = ["connection reset", "broken pipe", "connection aborted"]
-        .iter()
-        .any(|w| lower.starts_with(w));
-    if lost {
-        format!("{}<connection lost>", &line[..at + MARK.len()])
-    } else {
-        line.to_string()
     }
+    let line = strip_os_error(line);
+    const LOST: [&str; 3] = ["connection reset", "broken pipe", "connection aborted"];
+    let mut at = 4;
+    loop {
+        let lower = line[at..].to_ascii_lowercase();
+        if LOST.iter().any(|w| lower.starts_with(w)) {
+            return format!("{}<connection lost>", &line[..at]);
+        }
+        match line[at..].find(": ") {
+            Some(i) => at += i + 2,
+            None => return line,
+        }
+    }
+}
+
+/// Drops every ` (os error N)`.
+fn strip_os_error(line: &str) -> String {
+    const OPEN: &str = " (os error ";
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(i) = rest.find(OPEN) {
+        let after = &rest[i + OPEN.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with(')') {
+            out.push_str(&rest[..i]);
+            rest = &after[digits + 1..];
+        } else {
+            out.push_str(&rest[..i + OPEN.len()]);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `h1,h2,h3,h4,p1,p2` or `a.b.c.d[:port]` as a token.
@@ -380,6 +407,49 @@ mod tests {
                 normalize(lost),
                 "426 Connection closed; transfer aborted: <connection lost>"
             );
+        }
+    }
+
+    #[test]
+    fn os_words_for_a_lost_connection_are_one_thing_after_any_prefix() {
+        // Real (std::io, with the OS error number) and simulated (turmoil)
+        // wordings of the same failure, behind whatever names the side.
+        for (real, simulated, normal) in [
+            (
+                "426 Connection closed; transfer aborted: client data connection: Connection reset by peer (os error 104)",
+                "426 Connection closed; transfer aborted: client data connection: Connection reset by peer",
+                "426 Connection closed; transfer aborted: client data connection: <connection lost>",
+            ),
+            (
+                "426 Connection closed; transfer aborted: slave data connection: Broken pipe (os error 32)",
+                "426 Connection closed; transfer aborted: slave data connection: Connection reset",
+                "426 Connection closed; transfer aborted: slave data connection: <connection lost>",
+            ),
+            (
+                "451 Local error on slave slave-1: data connection: Connection aborted (os error 103)",
+                "451 Local error on slave slave-1: data connection: connection aborted",
+                "451 Local error on slave slave-1: data connection: <connection lost>",
+            ),
+            (
+                "425 Can't open data connection: Connection refused (os error 111)",
+                "425 Can't open data connection: Connection refused",
+                "425 Can't open data connection: Connection refused",
+            ),
+            (
+                "426 Connection closed; transfer aborted: client data connection: Connection timed out (os error 110)",
+                "426 Connection closed; transfer aborted: client data connection: Connection timed out",
+                "426 Connection closed; transfer aborted: client data connection: Connection timed out",
+            ),
+        ] {
+            assert_eq!(normalize(real), normal, "{real}");
+            assert_eq!(normalize(simulated), normal, "{simulated}");
+        }
+        // Only in the replies of a failed data connection.
+        for same in [
+            "550 /x (os error 2): not found",
+            "226 Transfer complete: connection reset by peer.bin",
+        ] {
+            assert_eq!(normalize(same), same);
         }
         // Everything else is compared as it is.
         for same in [
