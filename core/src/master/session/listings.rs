@@ -69,7 +69,18 @@ impl Session {
             }
             DataSetup::None => return self.no_data(),
         };
-        let entries = match self.entries(st, &path) {
+        // LIST and NLST expand `*`, `?` and `[...]` in the last component
+        // (as vsftpd does; MLSD takes exact paths, RFC 3659): a path that
+        // exists as named is listed as such.
+        let pattern = match verb {
+            PlanVerb::List | PlanVerb::Nlst if st.db.get(&path).is_none() => glob_parts(&path),
+            _ => None,
+        };
+        let entries = match &pattern {
+            Some((dir, pat)) => matching_entries(st, dir, pat),
+            None => self.entries(st, &path),
+        };
+        let entries = match entries {
             Ok(e) => e,
             Err(e) => return Action::ResetData(Reply::new(e.code(), format!("{path}: {e}"))),
         };
@@ -83,6 +94,11 @@ impl Session {
                 PlanVerb::List => out.push_str(&listing::list_line(e, now)),
                 PlanVerb::Mlsd => out.push_str(&listing::mlsx_facts(e)),
                 _ => match args.path.as_deref() {
+                    // Names as the pattern was given: `/g/*.txt` -> `/g/a.txt`.
+                    Some(a) if pattern.is_some() => {
+                        out.push_str(a.rfind('/').map_or("", |i| &a[..=i]));
+                        out.push_str(&e.name);
+                    }
                     Some(a) if st.db.dir(&path).is_ok() => {
                         out.push_str(a.trim_end_matches('/'));
                         out.push('/');
@@ -165,6 +181,107 @@ impl Session {
     }
 }
 
+/// The directory and the pattern of a path whose last component has a
+/// wildcard (`*`, `?`, `[`).
+fn glob_parts(path: &VPath) -> Option<(VPath, String)> {
+    let name = path.file_name()?;
+    if !name.contains(['*', '?', '[']) {
+        return None;
+    }
+    Some((path.parent()?, name.to_string()))
+}
+
+/// The entries of directory `dir` whose names match `pattern`, in name
+/// order; none is an empty listing (vsftpd's 226), a missing directory 550.
+fn matching_entries(
+    st: &MasterState,
+    dir: &VPath,
+    pattern: &str,
+) -> Result<Vec<ListEntry>, DbError> {
+    let d = st.db.dir(dir).map_err(|_| DbError::NotFound)?;
+    let mut out: Vec<ListEntry> = d
+        .children
+        .iter()
+        .filter(|(name, _)| glob_match(pattern, name))
+        .map(|(name, n)| entry(&st.db, name, n))
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Shell-style matching of one name: `*` any run, `?` one character,
+/// `[abc]`, `[a-z]`, `[!x]`/`[^x]` one of (or none of) a set; an
+/// unterminated `[` is literal. A leading `.` is matched only literally,
+/// as in a shell, so `*` leaves dotfiles (temporary uploads) out.
+pub(super) fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    if n.first() == Some(&'.') && p.first() != Some(&'.') {
+        return false;
+    }
+    // Iterative matching with one backtrack point (the last `*`).
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+                continue;
+            }
+            Some('?') => Some(pi + 1),
+            Some('[') => match class(&p[pi..], n[ni]) {
+                Some((true, len)) => Some(pi + len),
+                Some((false, _)) => None,
+                None if n[ni] == '[' => Some(pi + 1),
+                None => None,
+            },
+            Some(&c) if c == n[ni] => Some(pi + 1),
+            _ => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                pi = next;
+                ni += 1;
+            }
+            (None, Some((sp, sn))) => {
+                pi = sp + 1;
+                ni = sn + 1;
+                star = Some((sp, sn + 1));
+            }
+            (None, None) => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// A `[...]` class at the start of `p`: whether `c` is in it and the
+/// class's length; `None` when the `[` is not closed.
+fn class(p: &[char], c: char) -> Option<(bool, usize)> {
+    let mut i = 1;
+    let negate = matches!(p.get(i), Some('!') | Some('^'));
+    if negate {
+        i += 1;
+    }
+    let mut hit = false;
+    let mut first = true;
+    loop {
+        let lo = *p.get(i)?;
+        if lo == ']' && !first {
+            return Some((hit != negate, i + 1));
+        }
+        first = false;
+        if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|&hi| hi != ']') {
+            let hi = p[i + 2];
+            hit |= lo <= c && c <= hi;
+            i += 3;
+        } else {
+            hit |= lo == c;
+            i += 1;
+        }
+    }
+}
+
 fn entry(db: &FileDb, name: &str, n: &Node) -> ListEntry {
     match n {
         Node::File(f) => ListEntry {
@@ -183,5 +300,132 @@ fn entry(db: &FileDb, name: &str, n: &Node) -> ListEntry {
             owner: db.name(d.owner).to_string(),
             group: db.name(d.group).to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MasterConfig, UserConfig};
+    use crate::master::db::{FileMeta, Holders};
+    use crate::master::users;
+    use crate::proto::Command;
+    use std::sync::Arc;
+
+    fn p(s: &str) -> VPath {
+        VPath::parse_absolute(s).unwrap()
+    }
+
+    /// /g holds a.txt, b.txt, c.bin, .hidden.txt, [x].txt and directory
+    /// d.txt; the session is in /g.
+    fn fixture() -> (MasterState, Session) {
+        let cfg = MasterConfig {
+            users: vec![UserConfig {
+                name: "u".into(),
+                password: "p".into(),
+                home: "/".into(),
+                ..Default::default()
+            }],
+            password_cost: users::PasswordCost::FAST,
+            ..MasterConfig::default()
+        };
+        let mut st = MasterState::new(Arc::new(cfg));
+        st.db.mkdir(&p("/g"), "u", 0).unwrap();
+        for name in ["c.bin", "b.txt", "a.txt", ".hidden.txt", "[x].txt"] {
+            let meta = FileMeta {
+                version: 1,
+                size: 1,
+                mtime: 0,
+                owner: 0,
+                group: 0,
+                crc32: None,
+                holders: Holders::from_slice(&[0]),
+            };
+            st.db.put_file(&p("/g").join(name).unwrap(), meta).unwrap();
+        }
+        st.db.mkdir(&p("/g/d.txt"), "u", 0).unwrap();
+        let mut s = Session::new(
+            1,
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:21".parse().unwrap(),
+        );
+        s.handle(Command::parse("USER u").unwrap(), &mut st);
+        match s.handle(Command::parse("PASS p").unwrap(), &mut st) {
+            Action::CheckPassword(c) => {
+                let ok = users::verify_password(&c.hash, &c.password);
+                let _ = s.login_result(&mut st, &c, ok, 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        s.handle(Command::parse("CWD /g").unwrap(), &mut st);
+        (st, s)
+    }
+
+    /// The listing's lines, or the reply.
+    fn list(s: &mut Session, st: &mut MasterState, line: &str) -> Result<Vec<String>, String> {
+        s.handle(Command::parse("PORT 127,0,0,1,200,10").unwrap(), st);
+        match s.handle(Command::parse(line).unwrap(), st) {
+            Action::Listing(job) => Ok(String::from_utf8(job.bytes)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect()),
+            Action::Reply(r) | Action::ResetData(r) => Err(r.to_string()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    #[test]
+    fn list_and_nlst_expand_wildcards_in_the_last_component() {
+        let (mut st, mut s) = fixture();
+        let (st, s) = (&mut st, &mut s);
+        assert_eq!(
+            list(s, st, "NLST *.txt").unwrap(),
+            ["[x].txt", "a.txt", "b.txt", "d.txt"]
+        );
+        assert_eq!(
+            list(s, st, "NLST /g/*.txt").unwrap(),
+            ["/g/[x].txt", "/g/a.txt", "/g/b.txt", "/g/d.txt"]
+        );
+        assert_eq!(list(s, st, "NLST ../g/?.bin").unwrap(), ["../g/c.bin"]);
+        assert_eq!(list(s, st, "NLST [ab].txt").unwrap(), ["a.txt", "b.txt"]);
+        assert_eq!(list(s, st, "NLST [!a].txt").unwrap(), ["b.txt", "d.txt"]);
+        assert_eq!(list(s, st, "NLST .h*").unwrap(), [".hidden.txt"]);
+        let lines = list(s, st, "LIST -la *.txt").unwrap();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(
+            lines[0].ends_with(" [x].txt") && lines[3].starts_with('d'),
+            "{lines:?}"
+        );
+        // A name that exists as given is listed as such.
+        assert_eq!(list(s, st, "NLST [x].txt").unwrap(), ["[x].txt"]);
+        // Nothing matching: an empty listing (226), as vsftpd.
+        assert_eq!(list(s, st, "NLST *.zzz").unwrap(), Vec::<String>::new());
+        assert_eq!(list(s, st, "LIST *.zzz").unwrap(), Vec::<String>::new());
+        // A missing directory stays 550; MLSD takes exact paths.
+        let r = list(s, st, "NLST /nodir/*.txt").unwrap_err();
+        assert!(r.starts_with("550"), "{r}");
+        let r = list(s, st, "MLSD *.txt").unwrap_err();
+        assert!(r.starts_with("550"), "{r}");
+    }
+
+    #[test]
+    fn glob_matching() {
+        for (pat, name, want) in [
+            ("*", "abc", true),
+            ("*", ".abc", false),
+            ("a*c", "abbbc", true),
+            ("a*c", "abcd", false),
+            ("*.t?t", "x.txt", true),
+            ("[a-c]x", "bx", true),
+            ("[a-c]x", "dx", false),
+            ("[^a]", "b", true),
+            ("[]]", "]", true),
+            ("[ab", "[ab", true),
+            ("**a", "a", true),
+            ("é*", "été", true),
+        ] {
+            assert_eq!(glob_match(pat, name), want, "{pat} {name}");
+        }
     }
 }
