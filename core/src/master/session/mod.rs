@@ -382,6 +382,124 @@ impl Session {
         }
     }
 
+    /// Whether the logged-in user owns the file at `path`.
+    fn owns(&self, st: &MasterState, path: &VPath) -> bool {
+        match (self.user(), st.db.file(path)) {
+            (Some(user), Ok(f)) => st.db.name(f.owner) == user,
+            _ => false,
+        }
+    }
+
+    fn may(&self, st: &MasterState, action: Perm, path: &VPath) -> bool {
+        self.permit(st, action, path).is_ok()
+    }
+
+    /// The RFC 3659 §7.5.5 `perm` fact: what this user may do with `path`
+    /// under the permission rules (letters in alphabetical order).
+    fn perm_fact(&self, st: &MasterState, path: &VPath, is_dir: bool) -> String {
+        let may = |a| self.may(st, a, path);
+        let letters: &[(char, bool)] = if is_dir {
+            &[
+                ('c', may(Perm::Upload)),
+                ('d', may(Perm::Rmdir)),
+                ('e', may(Perm::List)),
+                ('f', may(Perm::Rename)),
+                ('l', may(Perm::List)),
+                ('m', may(Perm::Mkdir)),
+                ('p', may(Perm::Delete)),
+            ]
+        } else {
+            let overwrite = may(Perm::Overwrite);
+            let upload = may(Perm::Upload);
+            &[
+                ('a', upload && (overwrite || self.owns(st, path))),
+                ('d', may(Perm::Delete)),
+                ('f', may(Perm::Rename)),
+                ('r', may(Perm::Download)),
+                ('w', upload && overwrite && st.config.allow_overwrite),
+            ]
+        };
+        letters
+            .iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    /// MLST: the `list` right on the path, and the facts' `perm` the
+    /// user's own.
+    fn mlst_checked(&mut self, arg: Option<&str>, st: &mut MasterState) -> Action {
+        let path = match arg {
+            Some(a) => match self.resolve(a) {
+                Ok(p) => p,
+                Err(e) => return e,
+            },
+            None => self.cwd.clone(),
+        };
+        if let Err(a) = self.permit(st, Perm::List, &path) {
+            return a;
+        }
+        match self.mlst(arg, st) {
+            Action::Reply(mut reply) => {
+                for line in reply.lines.iter_mut().filter(|l| l.starts_with(" type=")) {
+                    *line = format!(" {}", self.own_perm(st, &line[1..], &path));
+                }
+                Action::Reply(reply)
+            }
+            other => other,
+        }
+    }
+
+    /// MLSD: each entry's `perm` fact is the user's own.
+    fn mlsd_checked(&mut self, path: Option<String>, st: &mut MasterState) -> Action {
+        let dir = path
+            .as_deref()
+            .map(|a| self.resolve(a))
+            .unwrap_or_else(|| Ok(self.cwd.clone()));
+        let args = ListArgs {
+            path,
+            options: String::new(),
+        };
+        match (self.listing(PlanVerb::Mlsd, args, st), dir) {
+            (Action::Listing(mut job), Ok(dir)) => {
+                let text = String::from_utf8_lossy(&job.bytes).into_owned();
+                let mut out = String::with_capacity(text.len());
+                for line in text.split_terminator("\r\n") {
+                    let name = line.split_once("; ").map_or("", |(_, n)| n);
+                    match dir.join(name) {
+                        Ok(p) => out.push_str(&self.own_perm(st, line, &p)),
+                        Err(_) => out.push_str(line),
+                    }
+                    out.push_str("\r\n");
+                }
+                job.bytes = out.into_bytes();
+                Action::Listing(job)
+            }
+            (other, _) => other,
+        }
+    }
+
+    /// An MLSx facts line with its `perm` fact replaced by what this user
+    /// may do with `path`.
+    fn own_perm(&self, st: &MasterState, facts: &str, path: &VPath) -> String {
+        let Some((head, name)) = facts.split_once("; ") else {
+            return facts.to_string();
+        };
+        let is_dir = head.starts_with("type=dir;");
+        let perm = self.perm_fact(st, path, is_dir);
+        let head: Vec<String> = head
+            .split(';')
+            .map(|f| {
+                if f.starts_with("perm=") {
+                    format!("perm={perm}")
+                } else {
+                    f.to_string()
+                }
+            })
+            .collect();
+        format!("{}; {name}", head.join(";"))
+    }
+
     fn is_admin(&self, st: &MasterState) -> bool {
         self.user()
             .and_then(|u| st.session_user(u))
@@ -444,7 +562,13 @@ impl Session {
             Command::Opts(arg) => self.opts(&arg),
             Command::Help(_) => self.help(),
             Command::Stat(None) => self.status(st),
-            Command::Stat(Some(arg)) => self.stat_path(&arg, st),
+            // STAT <path> is a listing: LIST's `list` right.
+            Command::Stat(Some(arg)) => match self.resolve(&arg) {
+                Ok(p) if !self.may(st, Perm::List, &p) => {
+                    self.permit(st, Perm::List, &p).unwrap_err()
+                }
+                _ => self.stat_path(&arg, st),
+            },
             Command::Type(t) => self.set_type(t),
             Command::Mode => r(200, "Mode set to S"),
             Command::Stru => r(200, "Structure set to F"),
@@ -498,15 +622,8 @@ impl Session {
             Command::Stou(arg) => self.stor(PlanVerb::Stou, arg.as_deref(), st),
             Command::List(args) => self.listing(PlanVerb::List, args, st),
             Command::Nlst(args) => self.listing(PlanVerb::Nlst, args, st),
-            Command::Mlsd(path) => self.listing(
-                PlanVerb::Mlsd,
-                ListArgs {
-                    path,
-                    options: String::new(),
-                },
-                st,
-            ),
-            Command::Mlst(arg) => self.mlst(arg.as_deref(), st),
+            Command::Mlsd(path) => self.mlsd_checked(path, st),
+            Command::Mlst(arg) => self.mlst_checked(arg.as_deref(), st),
             Command::Auth(mechanism) => self.auth(&mechanism, st),
             Command::Pbsz(size) => self.pbsz(&size),
             Command::Prot(level) => self.prot(&level),

@@ -267,6 +267,8 @@ impl Session {
 
     pub(super) fn size(&self, arg: &str, st: &MasterState) -> Action {
         match self.resolve(arg) {
+            // What LIST shows: its `list` right.
+            Ok(p) if !self.may(st, Perm::List, &p) => self.permit(st, Perm::List, &p).unwrap_err(),
             Ok(p) => match st.db.file(&p) {
                 Ok(f) => r(213, f.size.to_string()),
                 Err(e) => path_reply(&p, e),
@@ -277,6 +279,8 @@ impl Session {
 
     pub(super) fn mdtm(&self, arg: &str, st: &MasterState) -> Action {
         match self.resolve(arg) {
+            // What LIST shows: its `list` right.
+            Ok(p) if !self.may(st, Perm::List, &p) => self.permit(st, Perm::List, &p).unwrap_err(),
             Ok(p) => match st.db.file(&p) {
                 Ok(f) => r(213, listing::mdtm(f.mtime)),
                 Err(e) => path_reply(&p, e),
@@ -305,6 +309,10 @@ impl Session {
     /// of the CRC-32 recorded at upload.
     pub(super) fn checksum(&self, arg: &str, hash: bool, st: &MasterState) -> Action {
         match self.resolve(arg) {
+            // Derived from the content: the `download` right.
+            Ok(p) if !self.may(st, Perm::Download, &p) => {
+                self.permit(st, Perm::Download, &p).unwrap_err()
+            }
             Ok(p) => match st.db.file(&p) {
                 Ok(FileMeta {
                     crc32: Some(c),

@@ -122,8 +122,8 @@ impl Session {
             match st.db.get(p) {
                 Some(Node::Dir(_)) => return Err(r(550, format!("{p}: is a directory"))),
                 Some(Node::File(f)) => {
-                    if verb == PlanVerb::Stor && self.rest == 0 && !pret {
-                        self.may_overwrite(p, st)?;
+                    if !pret {
+                        self.may_change(verb, p, st)?;
                     }
                     let holders = f.holders.clone();
                     if let Some(s) = self.pinned(st, Some(p), Some(&holders)) {
@@ -162,6 +162,26 @@ impl Session {
             ));
         }
         Ok(())
+    }
+
+    /// An upload onto the existing file `p`: STOR from the start replaces
+    /// it ([`Session::may_overwrite`]); APPE and REST n + STOR change its
+    /// bytes, which needs the same `overwrite` right, except for the
+    /// file's owner, who may resume or append to its own file (DrFTPD's
+    /// resume rule).
+    pub(super) fn may_change(
+        &self,
+        verb: PlanVerb,
+        p: &VPath,
+        st: &MasterState,
+    ) -> Result<(), Action> {
+        if verb == PlanVerb::Stor && self.rest == 0 {
+            return self.may_overwrite(p, st);
+        }
+        if self.owns(st, p) {
+            return Ok(());
+        }
+        self.permit(st, Perm::Overwrite, p)
     }
 
     /// A choice a replay pinned for this client and path (see

@@ -1341,3 +1341,180 @@ fn slave_lifecycle_site_commands() {
     assert!(site("SITE ADDSLAVE s1", &mut st).starts_with("200"));
     assert!(!st.slaves.get(0).unwrap().removed);
 }
+
+// --- Rights on other users' files ---------------------------------------
+
+/// mallory may upload but not overwrite, delete or rename; alice owns
+/// /alice.txt and /mine.txt belongs to mallory; /hr/* is neither listed
+/// nor downloaded by mallory.
+fn mallory_state() -> MasterState {
+    let perms = r#"
+        [[permissions]]
+        actions = ["overwrite", "delete", "rename"]
+        path = "*"
+        who = ["!mallory", "*"]
+        [[permissions]]
+        actions = ["list", "download"]
+        path = "/hr/*"
+        who = ["!mallory", "*"]
+    "#;
+    let mut st = state_with(
+        vec![
+            user_cfg("alice", "/", false, &[]),
+            user_cfg("mallory", "/", false, &[]),
+        ],
+        perms,
+    );
+    for (path, owner) in [
+        ("/alice.txt", "alice"),
+        ("/mine.txt", "mallory"),
+        ("/hr/pay.xlsx", "alice"),
+    ] {
+        st.db
+            .mkdir_all(&p(path).parent().unwrap(), "alice", 0)
+            .unwrap();
+        let owner = st.db.intern(owner);
+        let meta = FileMeta {
+            version: 1,
+            size: 60,
+            mtime: 0,
+            owner,
+            group: owner,
+            crc32: Some(0x9afc_a1b4),
+            holders: Holders::from_slice(&[0]),
+        };
+        st.db.put_file(&p(path), meta).unwrap();
+    }
+    st
+}
+
+#[test]
+fn changing_another_users_file_needs_the_overwrite_right() {
+    let mut st = mallory_state();
+    let mut m = login_as(&mut st, "mallory");
+    // Every way to change the bytes of alice's file, with and without PRET.
+    for (pret, rest, verb) in [
+        (false, None, "STOR"),
+        (false, Some(0), "STOR"),
+        (false, Some(1), "STOR"),
+        (false, None, "APPE"),
+        (true, None, "STOR"),
+        (true, Some(1), "STOR"),
+        (true, None, "APPE"),
+    ] {
+        if let Some(n) = rest {
+            m.handle(cmd(&format!("REST {n}")), &mut st);
+        }
+        if pret {
+            let got = text(m.handle(cmd(&format!("PRET {verb} /alice.txt")), &mut st));
+            assert!(got.starts_with("200"), "{got}");
+        }
+        passive(&mut m, &mut st, "PASV");
+        let got = text(m.handle(cmd(&format!("{verb} /alice.txt")), &mut st));
+        assert!(
+            got.starts_with("550") && got.contains("you may not overwrite here"),
+            "pret {pret} rest {rest:?} {verb}: {got}"
+        );
+    }
+    // The owner may resume and append to its own file (DrFTPD's rule),
+    // but not replace it from the start.
+    for (rest, verb, ok) in [
+        (None, "APPE", true),
+        (Some(1), "APPE", true),
+        (Some(1), "STOR", true),
+        (None, "STOR", false),
+        (Some(0), "STOR", false),
+    ] {
+        if let Some(n) = rest {
+            m.handle(cmd(&format!("REST {n}")), &mut st);
+        }
+        m.handle(cmd(&format!("PRET {verb} /mine.txt")), &mut st);
+        passive(&mut m, &mut st, "PASV");
+        match m.handle(cmd(&format!("{verb} /mine.txt")), &mut st) {
+            Action::Transfer(job) if ok => {
+                let failed = TransferOutcome::Failed(TransferFailure::Aborted);
+                m.transfer_done(&mut st, &job, failed, false);
+            }
+            other => {
+                let got = text(other);
+                assert!(
+                    !ok && got.contains("you may not overwrite"),
+                    "{verb} {rest:?}: {got}"
+                );
+            }
+        }
+    }
+    // A new file is an upload, nothing more.
+    m.handle(cmd("REST 5"), &mut st);
+    m.handle(cmd("PRET STOR /new.txt"), &mut st);
+    passive(&mut m, &mut st, "PASV");
+    assert!(matches!(
+        m.handle(cmd("STOR /new.txt"), &mut st),
+        Action::Transfer(_)
+    ));
+}
+
+#[test]
+fn paths_not_listed_or_downloaded_reveal_nothing() {
+    let mut st = mallory_state();
+    let mut m = login_as(&mut st, "mallory");
+    for (line, right) in [
+        ("STAT /hr", "list"),
+        ("STAT /hr/pay.xlsx", "list"),
+        ("MLST /hr/pay.xlsx", "list"),
+        ("MLST /hr", "list"),
+        ("SIZE /hr/pay.xlsx", "list"),
+        ("MDTM /hr/pay.xlsx", "list"),
+        ("XCRC /hr/pay.xlsx", "download"),
+        ("HASH /hr/pay.xlsx", "download"),
+    ] {
+        let got = text(m.handle(cmd(line), &mut st));
+        assert!(
+            got.starts_with("550") && got.contains(&format!("you may not {right} here")),
+            "{line}: {got}"
+        );
+        assert!(
+            !got.contains("pay.xlsx") || got.starts_with("550 /hr/pay.xlsx"),
+            "{got}"
+        );
+    }
+    // alice sees everything.
+    let mut a = login_as(&mut st, "alice");
+    assert!(text(a.handle(cmd("STAT /hr"), &mut st)).contains("pay.xlsx"));
+    assert_eq!(text(a.handle(cmd("SIZE /hr/pay.xlsx"), &mut st)), "213 60");
+    assert!(text(a.handle(cmd("XCRC /hr/pay.xlsx"), &mut st)).contains("9AFCA1B4"));
+}
+
+#[test]
+fn mlst_perm_facts_are_the_users_real_rights() {
+    let mut st = mallory_state();
+    let mut m = login_as(&mut st, "mallory");
+    let facts = |s: &mut Session, st: &mut MasterState, line: &str| text(s.handle(cmd(line), st));
+    // mallory: no delete, rename or overwrite; may append to her own file.
+    let got = facts(&mut m, &mut st, "MLST /alice.txt");
+    assert!(got.contains("perm=r;"), "{got}");
+    let got = facts(&mut m, &mut st, "MLST /mine.txt");
+    assert!(got.contains("perm=ar;"), "{got}");
+    let got = facts(&mut m, &mut st, "MLST /");
+    assert!(got.contains("perm=cdelm;"), "{got}");
+    let mut a = login_as(&mut st, "alice");
+    let got = facts(&mut a, &mut st, "MLST /alice.txt");
+    assert!(got.contains("perm=adfrw;"), "{got}");
+    // MLSD carries the same facts, per entry.
+    passive(&mut m, &mut st, "PASV");
+    match m.handle(cmd("MLSD /"), &mut st) {
+        Action::Listing(job) => {
+            let out = String::from_utf8(job.bytes).unwrap();
+            assert!(
+                out.contains("perm=r;") && out.contains(" alice.txt"),
+                "{out}"
+            );
+            assert!(
+                out.contains("perm=ar;") && out.contains(" mine.txt"),
+                "{out}"
+            );
+            assert!(!out.contains("adfrw"), "{out}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -8,6 +8,7 @@ use super::{TransferJob, TransferOutcome};
 use crate::link::{TransferFailure, TransferOrder, APPEND};
 use crate::master::commit::{self, Expect, UploadTarget};
 use crate::master::db::{DbError, Node, SlaveId};
+use crate::master::users::Perm;
 use crate::master::MasterState;
 use crate::master::TransferInfo;
 use crate::proto::{Reply, TransferType, VPath};
@@ -179,12 +180,15 @@ impl Session {
         if plan.is_none() {
             // No PRET: the checks PRET would have made happen now.
             if let Err(a) = self.upload_slave(verb, Some(&path), false, st).map(|_| ()) {
+                self.rest = 0;
                 return a;
             }
-        } else if verb == PlanVerb::Stor && self.rest == 0 && st.db.file(&path).is_ok() {
-            // PRET STOR left the overwrite checks to this command.
-            if let Err(Action::Reply(refused)) = self.may_overwrite(&path, st) {
+        } else if verb != PlanVerb::Stou && st.db.file(&path).is_ok() {
+            // PRET left the checks on an existing file to this command
+            // (REST may come after it).
+            if let Err(Action::Reply(refused)) = self.may_change(verb, &path, st) {
                 self.clear_plan(st);
+                self.rest = 0;
                 return Action::ResetData(refused);
             }
         }
@@ -226,7 +230,13 @@ impl Session {
             (PlanVerb::Stou, ..) => Expect::Absent,
             (_, Some(_), Some(v)) => Expect::Version(v),
             (_, Some(_), None) => Expect::Absent,
-            (_, None, _) if st.config.allow_overwrite => Expect::Any,
+            // A file that appears meanwhile is replaced only by a user
+            // who may overwrite it.
+            (_, None, _)
+                if st.config.allow_overwrite && self.permit(st, Perm::Overwrite, &path).is_ok() =>
+            {
+                Expect::Any
+            }
             (_, None, _) => Expect::Absent,
         };
         let name = st.slaves.name(slave).to_string();
