@@ -417,3 +417,106 @@ fn ncftp_active_mode_reaches_the_slaves_with_allow_proxy_for_port() {
         "{log}"
     );
 }
+
+/// The slaves holding `rel`, once at most one does: waits for the
+/// operation logs (a replaced file's other copies are dropped after the
+/// reply).
+fn single_copy(c: &ClusterProc, rel: &str) -> Vec<usize> {
+    for _ in 0..100 {
+        let h = c.holders(rel);
+        if h.len() <= 1 {
+            return h;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    c.holders(rel)
+}
+
+#[test]
+fn lftp_temp_file_upload_replaces_a_changed_file_through_rnto() {
+    // lftp's xfer:use-temp-file uploads to `.in.NAME.` and renames it over
+    // NAME (rclone >= 1.63 does the same with `.partial`).
+    let c = ClusterProc::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("tv.txt");
+    let put = format!(
+        "set xfer:use-temp-file yes; put {} -o /tv.txt; quit",
+        src.display()
+    );
+    std::fs::write(&src, b"v1").unwrap();
+    lftp(c.addr, &put);
+    let new = random_bytes(200_000, 61);
+    std::fs::write(&src, &new).unwrap();
+    let log = lftp(c.addr, &put);
+    assert!(log.contains("---> RNTO /tv.txt"), "{log}");
+    let back = work.path().join("back.txt");
+    lftp(c.addr, &format!("get /tv.txt -o {}; quit", back.display()));
+    assert!(
+        std::fs::read(&back).unwrap() == new,
+        "the new content is served"
+    );
+    // One copy, the new one; no temporary name left anywhere.
+    let holders = single_copy(&c, "tv.txt");
+    assert_eq!(holders.len(), 1);
+    assert!(std::fs::read(c.slave_root(holders[0]).join("tv.txt")).unwrap() == new);
+    for n in 1..=3 {
+        let names: Vec<String> = std::fs::read_dir(c.slave_root(n))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(!names.iter().any(|n| n.contains(".in.")), "{names:?}");
+    }
+}
+
+#[test]
+fn wildcards_in_nlst_and_list_fetch_with_ncftpget_and_ftplib() {
+    let c = ClusterProc::start(&[]);
+    let port = c.addr.port().to_string();
+    let script = r#"
+import ftplib, io, sys
+f = ftplib.FTP(); f.connect('127.0.0.1', int(sys.argv[1]), timeout=30); f.login(sys.argv[2], sys.argv[3])
+f.mkd('/g')
+for n in ['a.txt', 'b.txt', 'c.bin']:
+    f.storbinary('STOR /g/' + n, io.BytesIO(n.encode() * 1000))
+f.cwd('/g')
+print('nlst', f.nlst('*.txt'))
+lines = []
+f.retrlines('LIST *.txt', lines.append)
+print('list', len(lines))
+print('none', f.nlst('*.zzz'))
+f.quit()
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &port, USER, PASS])
+        .output()
+        .expect("python3 must be installed");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("nlst ['a.txt', 'b.txt']"), "{stdout}");
+    assert!(stdout.contains("list 2"), "{stdout}");
+    assert!(stdout.contains("none []"), "{stdout}");
+    let down = tempfile::tempdir().unwrap();
+    let out = Command::new("ncftpget")
+        .args(["-u", USER, "-p", PASS, "-P", port.as_str(), "-t", "30"])
+        .arg("127.0.0.1")
+        .arg(down.path())
+        .arg("/g/*.txt")
+        .output()
+        .expect("ncftp must be installed (see .ci/run)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let mut got: Vec<String> = std::fs::read_dir(down.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["a.txt", "b.txt"]);
+    assert!(std::fs::read(down.path().join("a.txt")).unwrap() == b"a.txt".repeat(1000));
+}
