@@ -103,9 +103,24 @@ pub fn quote_path(p: &str) -> String {
 }
 
 /// Replace CR and LF with spaces: a line break inside reply text would let a
-/// file name inject a complete, fake reply line.
+/// file name inject a complete, fake reply line. Every other control
+/// character (ESC, BEL, NUL, DEL, C1) is written as `\xNN`: text echoed
+/// from the client (a rejected name, an unknown verb) must not run
+/// escape sequences in a terminal. The result has no control character,
+/// so sanitising twice changes nothing.
 fn sanitize(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\r' | '\n' => out.push(' '),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Three ASCII digits followed by a space or '-'.
@@ -124,6 +139,30 @@ fn looks_like_reply_start(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_echoed_from_the_client_are_escaped() {
+        // Names rejected for a forbidden character, unknown verbs: what
+        // the client sent comes back, but never a terminal escape.
+        let r = Reply::new(553, "/x\x1b]0;owned\x07\x1b[2J: forbidden");
+        assert_eq!(
+            r.to_wire(),
+            "553 /x\\x1b]0;owned\\x07\\x1b[2J: forbidden\r\n"
+        );
+        let r = Reply::new(500, "'XYZ\x1b[5m\0\x7f\u{9b}' not understood");
+        assert_eq!(
+            r.to_wire(),
+            "500 'XYZ\\x1b[5m\\x00\\x7f\\x9b' not understood\r\n"
+        );
+        let raw = Reply {
+            code: 211,
+            lines: vec!["a\x1b".into(), "b\x07".into(), "c".into()],
+        };
+        assert_eq!(raw.to_wire(), "211-a\\x1b\r\nb\\x07\r\n211 c\r\n");
+        // Escaping twice changes nothing; line breaks stay spaces.
+        assert_eq!(Reply::new(200, r.lines[0].clone()).lines, r.lines);
+        assert_eq!(Reply::new(200, "a\r\nb").to_wire(), "200 a  b\r\n");
+    }
 
     #[test]
     fn single_line() {
