@@ -395,18 +395,19 @@ impl Session {
     }
 
     /// The RFC 3659 §7.5.5 `perm` fact: what this user may do with `path`
-    /// under the permission rules (letters in alphabetical order).
+    /// under the permission rules (letters in the order of
+    /// `listing::mlsx_facts`, so a user with every right sees the same).
     fn perm_fact(&self, st: &MasterState, path: &VPath, is_dir: bool) -> String {
         let may = |a| self.may(st, a, path);
         let letters: &[(char, bool)] = if is_dir {
             &[
-                ('c', may(Perm::Upload)),
-                ('d', may(Perm::Rmdir)),
-                ('e', may(Perm::List)),
                 ('f', may(Perm::Rename)),
                 ('l', may(Perm::List)),
+                ('c', may(Perm::Upload)),
+                ('d', may(Perm::Rmdir)),
                 ('m', may(Perm::Mkdir)),
                 ('p', may(Perm::Delete)),
+                ('e', may(Perm::List)),
             ]
         } else {
             let overwrite = may(Perm::Overwrite);

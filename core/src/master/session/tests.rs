@@ -1496,7 +1496,7 @@ fn mlst_perm_facts_are_the_users_real_rights() {
     let got = facts(&mut m, &mut st, "MLST /mine.txt");
     assert!(got.contains("perm=ar;"), "{got}");
     let got = facts(&mut m, &mut st, "MLST /");
-    assert!(got.contains("perm=cdelm;"), "{got}");
+    assert!(got.contains("perm=lcdme;"), "{got}");
     let mut a = login_as(&mut st, "alice");
     let got = facts(&mut a, &mut st, "MLST /alice.txt");
     assert!(got.contains("perm=adfrw;"), "{got}");
