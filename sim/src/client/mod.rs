@@ -142,7 +142,10 @@ struct Client {
 }
 
 enum ReplyError {
-    Timeout,
+    /// The client's [`REPLY_TIMEOUT`] ran out, after this much of the
+    /// simulation's clock (less, with steps shorter than a millisecond: a
+    /// host's timers advance by at least a millisecond a step).
+    Timeout(Duration),
     Closed,
 }
 
@@ -419,9 +422,10 @@ impl Client {
                 }
             }
         };
+        let started = now();
         let code = match tokio::time::timeout(wait, read).await {
             Ok(r) => r,
-            Err(_) => Err(ReplyError::Timeout),
+            Err(_) => Err(ReplyError::Timeout(now().saturating_sub(started))),
         };
         match code {
             Ok(code) => Ok((code, lines)),
@@ -472,7 +476,15 @@ impl Client {
     fn no_reply(&self, what: &str, e: ReplyError, epoch: u64) {
         let name = &self.world.name;
         let why = match e {
-            ReplyError::Timeout => format!("no reply within {}s", REPLY_TIMEOUT.as_secs()),
+            // Said in the simulation's time, which the run's clock and
+            // `# end at` show, whenever the client's timer ran ahead of it.
+            ReplyError::Timeout(waited) if waited + REPLY_TIMEOUT / 100 < REPLY_TIMEOUT => format!(
+                "no reply within {}s of the client's timer ({:.3}s of simulated time: \
+                 with steps under 1 ms, a host's timers advance 1 ms a step)",
+                REPLY_TIMEOUT.as_secs(),
+                waited.as_secs_f64()
+            ),
+            ReplyError::Timeout(_) => format!("no reply within {}s", REPLY_TIMEOUT.as_secs()),
             ReplyError::Closed => "control connection closed".to_string(),
         };
         let master_restarted = self.world.master_epoch.get() != epoch;

@@ -567,6 +567,39 @@ mod tests {
     }
 
     #[test]
+    fn a_command_cut_off_by_a_partition_says_how_long_the_replay_waited() {
+        // Steps shorter than a millisecond: a host's timers still advance by
+        // at least a millisecond a step, so the client's 60 s patience runs
+        // out long before 60 s of the replay's clock.
+        let sc = parse(
+            "t",
+            "t.scn",
+            "slave s1\nuser alice secret\nalice: connect\nalice> USER alice\n\
+             alice> PASS secret\npartition alice master\nalice> NOOP\n",
+        )
+        .unwrap();
+        let tick = Duration::from_micros(50);
+        let o = run_timed(
+            &sc,
+            0,
+            Timing {
+                tick,
+                latency: Some(tick),
+            },
+        );
+        let v: Vec<&String> = o.violations.iter().filter(|v| v.contains("NOOP")).collect();
+        assert_eq!(v.len(), 1, "{}", o.transcript);
+        assert!(o.sim_time < Duration::from_secs(60), "{:?}", o.sim_time);
+        assert!(
+            !v[0].contains("no reply within 60s,"),
+            "claims 60 s passed at {:?}: {}",
+            o.sim_time,
+            v[0]
+        );
+        assert!(v[0].contains("s of simulated time"), "{}", v[0]);
+    }
+
+    #[test]
     fn faults_land_between_the_commands_recorded_around_them() {
         let (sc, r) =
             recs("slave s1\nclient: connect\nat 10ms\nclient> NOOP\nat 2000ms\nclient> QUIT\n");
