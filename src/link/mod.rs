@@ -287,7 +287,7 @@ mod tests {
             Err(LinkError::TooLarge(n)) if n == 16 * 1024 * 1024 - 16
         ));
         let mut wire = ((HANDSHAKE_MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
-        wire.extend(std::iter::repeat(0u8).take(HANDSHAKE_MAX_FRAME + 1));
+        wire.extend(std::iter::repeat_n(0u8, HANDSHAKE_MAX_FRAME + 1));
         let mut r = &wire[..];
         assert!(matches!(
             read_frame_max::<_, SlaveMsg>(&mut r, HANDSHAKE_MAX_FRAME).await,
