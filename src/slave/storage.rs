@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use super::sendfile::sendfile_all;
 pub use super::sendfile::{sent_before, SentBefore};
 use super::sink;
-use super::xattr::{read_version, read_version_fd, write_version};
+use super::xattr::{read_kept_version_fd, read_version, read_version_fd, write_version};
 use crate::env::{BoxStream, COPY_BUF};
 use crate::link::{FileOp, FileVersion, OpOutcome, RemoteFile, APPEND};
 use crate::proto::VPath;
@@ -696,7 +696,7 @@ impl Storage for DiskStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let version = read_version_fd(&file)?;
+        let version = read_kept_version_fd(&file)?;
         let crc = super::scrub::paced_crc(tokio::fs::File::from_std(file), rate).await?;
         Ok(Some((version, crc)))
     }

@@ -10,19 +10,39 @@ use crate::link::FileVersion;
 
 /// The extended attribute a file's version is kept in. Its value is text
 /// (`getfattr -n user.dftpd.version FILE` shows it): `1 STORE GEN SIZE
-/// CRC32` (hex store and CRC, `-` for an unknown CRC).
+/// CRC32 MTIME` (hex store and CRC, `-` for an unknown CRC; MTIME the
+/// file's modification time in nanoseconds when the version was written).
+///
+/// A file whose modification time is no longer MTIME was written behind
+/// the slave's back (an edit in place keeps the attribute and may keep the
+/// size): its version is not reported, so the copy is never served as that
+/// version and a remerge checks its bytes. A value without MTIME (written
+/// before it was kept) is taken as it is.
 pub const VERSION_XATTR: &str = "user.dftpd.version";
 
-fn encode_version(v: &FileVersion) -> String {
+fn encode_version(v: &FileVersion, mtime_ns: i128) -> String {
     let crc = v.crc32.map_or("-".to_string(), |c| format!("{c:08x}"));
-    format!("1 {:016x} {} {} {crc}", v.store, v.gen, v.size)
+    format!("1 {:016x} {} {} {crc} {mtime_ns}", v.store, v.gen, v.size)
 }
 
-fn decode_version(text: &[u8]) -> Option<FileVersion> {
+/// The modification time of `meta` in nanoseconds.
+fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
+}
+
+/// The version in `text`, if the file (modified at `mtime`) has not been
+/// written since it was kept.
+fn decode_version(text: &[u8], mtime: i128) -> Option<FileVersion> {
     let text = std::str::from_utf8(text).ok()?;
     let w: Vec<&str> = text.split_whitespace().collect();
-    if w.len() != 5 || w[0] != "1" {
+    if !(w.len() == 5 || w.len() == 6) || w[0] != "1" {
         return None;
+    }
+    if let Some(kept) = w.get(5) {
+        if kept.parse::<i128>().ok()? != mtime {
+            return None;
+        }
     }
     Some(FileVersion {
         store: u64::from_str_radix(w[1], 16).ok()?,
@@ -55,7 +75,11 @@ pub(super) fn read_version(p: &Path) -> io::Result<Option<FileVersion>> {
             buf.len(),
         )
     };
-    version_read(n, &buf)
+    if n < 0 {
+        return version_read(n, &buf, 0);
+    }
+    let mtime = mtime_ns(&std::fs::symlink_metadata(p)?);
+    version_read(n, &buf, mtime)
 }
 
 /// The version kept with an open file: the copy opened, whatever is
@@ -74,10 +98,41 @@ pub(super) fn read_version_fd(f: &std::fs::File) -> io::Result<Option<FileVersio
             buf.len(),
         )
     };
-    version_read(n, &buf)
+    if n < 0 {
+        return version_read(n, &buf, 0);
+    }
+    version_read(n, &buf, mtime_ns(&f.metadata()?))
 }
 
-fn version_read(n: isize, buf: &[u8]) -> io::Result<Option<FileVersion>> {
+/// The version kept with an open file even if the file was written since
+/// (the scrub: a copy whose bytes no longer match the CRC-32 kept with it
+/// is corrupt, however it changed).
+pub(super) fn read_kept_version_fd(f: &std::fs::File) -> io::Result<Option<FileVersion>> {
+    use std::os::fd::AsRawFd;
+    let name = std::ffi::CString::new(VERSION_XATTR).unwrap_or_default();
+    let mut buf = [0u8; 128];
+    // SAFETY: as in `read_version_fd`.
+    let n = unsafe {
+        nix::libc::fgetxattr(
+            f.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return version_read(n, &buf, 0);
+    }
+    // The time kept, whatever it is: the version as written.
+    let kept = std::str::from_utf8(&buf[..n as usize])
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(5))
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    version_read(n, &buf, kept)
+}
+
+fn version_read(n: isize, buf: &[u8], mtime: i128) -> io::Result<Option<FileVersion>> {
     if n < 0 {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
@@ -85,14 +140,14 @@ fn version_read(n: isize, buf: &[u8]) -> io::Result<Option<FileVersion>> {
             _ => Err(e),
         };
     }
-    Ok(decode_version(&buf[..n as usize]))
+    Ok(decode_version(&buf[..n as usize], mtime))
 }
 
 /// Keeps `v` with the file at `p`.
 pub(super) fn write_version(p: &Path, v: &FileVersion) -> io::Result<()> {
     let c = cpath(p)?;
     let name = std::ffi::CString::new(VERSION_XATTR).unwrap_or_default();
-    let value = encode_version(v);
+    let value = encode_version(v, mtime_ns(&std::fs::symlink_metadata(p)?));
     // SAFETY: valid NUL-terminated strings and a value of the given size.
     let r = unsafe {
         nix::libc::lsetxattr(
@@ -107,4 +162,48 @@ pub(super) fn write_version(p: &Path, v: &FileVersion) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v() -> FileVersion {
+        FileVersion {
+            store: 0xabc,
+            gen: 3,
+            size: 5,
+            crc32: Some(0x1234),
+        }
+    }
+
+    /// An edit in place that keeps the size (and the attribute) is not
+    /// taken for the version kept; a value written before the time was
+    /// kept still reads.
+    #[test]
+    fn a_file_written_after_its_version_has_none() {
+        use std::io::{Seek, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"hello").unwrap();
+        if write_version(&p, &v()).is_err() {
+            return; // no user xattrs on this file system
+        }
+        assert_eq!(read_version(&p).unwrap(), Some(v()));
+        let f = std::fs::File::open(&p).unwrap();
+        assert_eq!(read_version_fd(&f).unwrap(), Some(v()));
+        // Same size, new bytes, a later modification time.
+        let mut w = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        w.seek(std::io::SeekFrom::Start(0)).unwrap();
+        w.write_all(b"HELLO").unwrap();
+        w.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(read_version(&p).unwrap(), None);
+        assert_eq!(read_version_fd(&f).unwrap(), None);
+        // The old form, without the time.
+        assert_eq!(
+            decode_version(b"1 0000000000000abc 3 5 00001234", 7),
+            Some(v())
+        );
+    }
 }
