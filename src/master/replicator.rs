@@ -25,7 +25,7 @@ use super::hub::{Shared, SlaveLink};
 use super::registry::SlaveState;
 use super::replica::{self, CopyJob};
 use crate::env::Env;
-use crate::link::{DataTls, FileVersion, MasterMsg, Request, Response};
+use crate::link::{DataTls, FileVersion, MasterMsg, Request, Response, TransferFailure};
 use crate::proto::VPath;
 
 /// How often the repair queue is looked at.
@@ -332,6 +332,19 @@ async fn drive(
             Some(e) => e,
             None => answers(&mut ends).await,
         };
+        if let CopyEvent::Answer(
+            End::From,
+            Response::Failed(TransferFailure::FileNotFound | TransferFailure::NotCurrent),
+        ) = &event
+        {
+            // The source's copy is missing or damaged: it stops counting
+            // (the next try takes another holder).
+            if pending.is_none() {
+                let mut st = hub.lock();
+                replica::refused(&mut st, job.from, &job.path, Some(&job.version));
+                let _ = hub.flush(&mut st);
+            }
+        }
         steps = m.on(event);
     }
 }

@@ -515,6 +515,84 @@ pub fn corrupt(
     }
 }
 
+/// What a slave's refusal of a copy it was asked to send led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Nothing changed: the record moved on since the order, or an
+    /// operation on the path has not reached the slave yet (a commit or a
+    /// rename on its way: the refusal is passing).
+    Passing,
+    /// The slave is no longer a holder (its copy is removed if it is
+    /// still that version) and the file joins the repair queue; `others`:
+    /// another holder serves it now, so the client may try again.
+    Dropped { others: bool },
+    /// Its only copy: kept (dropping it loses the file), reported.
+    OnlyCopy,
+}
+
+/// `slave` answered an order to send version `version` of `path` with
+/// "not found" or "not the current version" (a download or a copy's
+/// source): its copy was deleted, truncated or replaced behind the
+/// master's back. Unless the refusal is passing (see [`Refusal`]), it
+/// stops being a holder at once, as DrFTPD drops a slave from a file's
+/// list, so the next download goes to a good holder and the repair makes
+/// a new copy.
+pub fn refused(
+    st: &mut MasterState,
+    slave: SlaveId,
+    path: &VPath,
+    version: Option<&FileVersion>,
+) -> Refusal {
+    let Ok(meta) = st.db.file(path) else {
+        return Refusal::Passing;
+    };
+    if version.is_some_and(|v| v.gen != meta.version || v.store != st.store_id)
+        || !meta.holders.contains(&slave)
+    {
+        return Refusal::Passing;
+    }
+    let pending = st.slaves.get(slave).is_some_and(|s| {
+        s.log.iter().any(|(_, op)| {
+            let touches = |p: &VPath| path.starts_with(p);
+            match op {
+                FileOp::Delete { path: p }
+                | FileOp::RemoveDir { path: p }
+                | FileOp::DropStale { path: p, .. }
+                | FileOp::Stamp { path: p, .. }
+                | FileOp::Commit { path: p, .. } => touches(p),
+                FileOp::Rename { from, to } => touches(from) || touches(to),
+            }
+        })
+    });
+    if pending {
+        return Refusal::Passing;
+    }
+    let name = st.slaves.name(slave).to_string();
+    if meta.holders.iter().all(|&h| h == slave) {
+        tracing::error!(slave = %name, %path, "the only copy is missing or not the recorded version on its slave's disk; kept (SITE REMERGE rereads the disk)");
+        return Refusal::OnlyCopy;
+    }
+    let recorded = file_version(st, meta);
+    let others = meta
+        .holders
+        .iter()
+        .any(|&h| h != slave && st.slaves.serves(h));
+    tracing::warn!(slave = %name, %path, "copy missing or not the recorded version on the slave's disk: no longer used, copied again from a good one");
+    // A remerge in flight must not take it back from its older list.
+    st.slaves.touch(path);
+    let _ = st.db.remove_holder(path, slave);
+    st.slaves.log_op(
+        slave,
+        FileOp::DropStale {
+            path: path.clone(),
+            version: Some(recorded),
+            size: recorded.size,
+        },
+    );
+    note(st, path);
+    Refusal::Dropped { others }
+}
+
 /// A rename moved `from` to `to`: queued and running paths move along.
 pub fn renamed(st: &mut MasterState, from: &VPath, to: &VPath) {
     let moved: Vec<VPath> = st
@@ -616,6 +694,56 @@ mod tests {
         assert_eq!(
             corrupt(&mut st, 0, &p("/one"), &old),
             Corruption::NotCurrent
+        );
+        assert_eq!(st.db.file(&p("/one")).unwrap().holders.to_vec(), vec![0]);
+    }
+
+    #[test]
+    fn a_copy_its_slave_refuses_to_send_is_dropped_and_repaired() {
+        let mut st = state(2);
+        put(&mut st, "/two", &[0, 1]);
+        put(&mut st, "/one", &[0]);
+        let v = |st: &MasterState, path: &str| file_version(st, st.db.file(&p(path)).unwrap());
+        // An older order (the record moved on): passing, nothing changes.
+        let mut old = v(&st, "/two");
+        old.gen -= 1;
+        assert_eq!(
+            refused(&mut st, 1, &p("/two"), Some(&old)),
+            Refusal::Passing
+        );
+        // An operation on the path not yet applied there: passing.
+        let two = v(&st, "/two");
+        let seq = st.slaves.log_op(
+            1,
+            FileOp::Stamp {
+                path: p("/two"),
+                version: two,
+                mtime: 0,
+            },
+        );
+        assert_eq!(
+            refused(&mut st, 1, &p("/two"), Some(&two)),
+            Refusal::Passing
+        );
+        assert_eq!(st.db.file(&p("/two")).unwrap().holders.to_vec(), vec![0, 1]);
+        st.slaves.acked(1, seq);
+        // Deleted or damaged behind the master's back: dropped at once,
+        // the other holder serves, and the repair copies it again.
+        assert_eq!(
+            refused(&mut st, 1, &p("/two"), Some(&two)),
+            Refusal::Dropped { others: true }
+        );
+        assert_eq!(st.db.file(&p("/two")).unwrap().holders.to_vec(), vec![0]);
+        let jobs = next_jobs(&mut st, 10);
+        assert!(
+            jobs.iter().any(|j| j.path == p("/two") && j.from == 0),
+            "repaired from the good copy: {jobs:?}"
+        );
+        // The only copy: kept.
+        let one = v(&st, "/one");
+        assert_eq!(
+            refused(&mut st, 0, &p("/one"), Some(&one)),
+            Refusal::OnlyCopy
         );
         assert_eq!(st.db.file(&p("/one")).unwrap().holders.to_vec(), vec![0]);
     }

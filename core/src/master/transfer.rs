@@ -39,8 +39,10 @@
 use std::net::SocketAddr;
 
 use super::db::SlaveId;
+use super::replica::{self, Refusal};
 use super::session::{Route, TransferJob, TransferOutcome};
-use crate::link::{DataConn, OpOutcome, Response, TransferFailure};
+use super::MasterState;
+use crate::link::{DataConn, OpOutcome, Response, TransferFailure, TransferOrder};
 use crate::proto::Reply;
 
 /// The client's side of a relayed transfer.
@@ -544,10 +546,68 @@ impl TransferMachine {
     }
 }
 
+/// A download's slave answered "not found" or "not the current version"
+/// for the copy the master records on it: unless that is passing (see
+/// [`Refusal`]), the slave stops being a holder ([`replica::refused`]);
+/// when another holder serves the file now, the client gets a 450 to try
+/// again (the next RETR goes there) instead of the 550 or the "being
+/// replaced". Any other outcome is returned as it is.
+pub fn download_refused(
+    st: &mut MasterState,
+    job: &TransferJob,
+    outcome: TransferOutcome,
+) -> TransferOutcome {
+    let TransferOrder::Send {
+        path,
+        version,
+        pending: None,
+        ..
+    } = &job.order
+    else {
+        return outcome;
+    };
+    if !matches!(
+        outcome,
+        TransferOutcome::Failed(TransferFailure::FileNotFound | TransferFailure::NotCurrent)
+    ) {
+        return outcome;
+    }
+    match replica::refused(st, job.slave, path, version.as_ref()) {
+        Refusal::Dropped { others: true } => TransferOutcome::Refused(Reply::new(
+            450,
+            format!(
+                "{path}: the copy on slave {} is missing or damaged (no longer used, repair started); try again",
+                job.slave_name
+            ),
+        )),
+        _ => outcome,
+    }
+}
+
+/// The reply to an upload whose commit was not acknowledged in time
+/// ([`TransferOutcome::Unknown`]). The master recorded the new version at
+/// its decision, so it is listed (with its new size) until the slave
+/// reconnects and answers the resent commit; if the slave had not stored
+/// it, it goes away then (or the previous version returns). The reply says
+/// so rather than send the client to check a listing that may change.
+pub fn unknown_commit_reply(job: &TransferJob) -> Reply {
+    let path = job
+        .upload
+        .as_ref()
+        .map(|u| u.path.to_string())
+        .unwrap_or_default();
+    Reply::new(
+        451,
+        format!(
+            "{path}: upload outcome unknown: slave {} was lost while committing it; decided when it reconnects (until then it is listed as stored, and it goes away if the slave had not stored it)",
+            job.slave_name
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::link::TransferOrder;
     use crate::proto::VPath;
 
     fn job(route: Route, upload: bool) -> TransferJob {
@@ -594,6 +654,67 @@ mod tests {
             Step::Finish { outcome, aborted } => Some((outcome.clone(), *aborted)),
             _ => None,
         })
+    }
+
+    #[test]
+    fn an_unknown_commit_says_the_listing_may_change() {
+        let r = unknown_commit_reply(&job(Route::SlavePassive, true));
+        assert_eq!(r.code, 451);
+        let text = r.to_string();
+        assert!(text.contains("outcome unknown"), "{text}");
+        assert!(text.contains("decided when it reconnects"), "{text}");
+        assert!(!text.contains("check SIZE"), "{text}");
+    }
+
+    #[test]
+    fn a_download_refused_for_a_lost_copy_drops_it_and_says_try_again() {
+        use crate::config::MasterConfig;
+        use crate::master::db::{FileMeta, Holders};
+        use crate::master::registry::SlaveState;
+        let mut cfg = MasterConfig::default();
+        cfg.replication.copies = 2;
+        let mut st = MasterState::new(std::sync::Arc::new(cfg));
+        for name in ["s1", "s2"] {
+            let id = st.slaves.id_for(name);
+            st.slaves.get_mut(id).unwrap().state = SlaveState::Online;
+        }
+        let path = VPath::parse_absolute("/f").unwrap();
+        let gen = st.db.new_version();
+        let meta = FileMeta {
+            size: 10,
+            mtime: 0,
+            owner: 0,
+            group: 0,
+            crc32: Some(7),
+            version: gen,
+            holders: Holders::from_slice(&[0, 1]),
+        };
+        st.db.put_file(&path, meta.clone()).unwrap();
+        let mut j = job(Route::SlavePassive, false);
+        if let TransferOrder::Send { version, .. } = &mut j.order {
+            *version = Some(crate::master::commit::file_version(&st, &meta));
+        }
+        // Another failure is left as it is.
+        let other = TransferOutcome::Failed(TransferFailure::Aborted);
+        assert_eq!(download_refused(&mut st, &j, other.clone()), other);
+        for failure in [TransferFailure::FileNotFound, TransferFailure::NotCurrent] {
+            st.db.put_file(&path, meta.clone()).unwrap();
+            st.slaves.acked(0, u64::MAX);
+            match download_refused(&mut st, &j, TransferOutcome::Failed(failure)) {
+                TransferOutcome::Refused(r) => {
+                    assert_eq!(r.code, 450);
+                    assert!(r.to_string().contains("try again"), "{r}");
+                }
+                o => panic!("{o:?}"),
+            }
+            assert_eq!(st.db.file(&path).unwrap().holders.to_vec(), vec![1]);
+            assert!(st.replication.queued() > 0, "repair queued");
+        }
+        // The only copy left: kept, the failure stays.
+        let nf = TransferOutcome::Failed(TransferFailure::FileNotFound);
+        j.slave = 1;
+        assert_eq!(download_refused(&mut st, &j, nf.clone()), nf);
+        assert_eq!(st.db.file(&path).unwrap().holders.to_vec(), vec![1]);
     }
 
     #[test]

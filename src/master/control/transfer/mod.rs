@@ -60,6 +60,13 @@ impl ControlSession {
                 _ if relayed => data.bytes.unwrap_or(0),
                 _ => 0,
             };
+            // A copy missing or damaged on its slave's disk stops counting.
+            let outcome = match outcome {
+                TransferOutcome::Unknown => {
+                    TransferOutcome::Refused(crate::master::transfer::unknown_commit_reply(&job))
+                }
+                o => crate::master::transfer::download_refused(&mut st, &job, o),
+            };
             let reply = self.session.transfer_done(&mut st, &job, outcome, relayed);
             if partly_relayed > 0 {
                 if let Some(s) = st.slaves.get_mut(job.slave) {
