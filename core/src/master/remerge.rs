@@ -8,7 +8,11 @@
 //! - a copy of the recorded version counts: the slave becomes a holder;
 //! - any other versioned copy of this store is stale (an older version, a
 //!   deleted or renamed file): never counted, never served, removed by a
-//!   `DropStale` order (only if the file is still that copy);
+//!   `DropStale` order (only if the file is still that copy). Not on a
+//!   fresh slave, one the master records no copy on (new, or brought back
+//!   by SITE ADDSLAVE after SITE DELSLAVE dropped its copies and its
+//!   operation log): its copies are taken like an earlier store's (below),
+//!   so a re-added slave's files come back, never deleted;
 //! - an unversioned copy (placed by hand, or from before versions) or one
 //!   from an earlier store (before `--rebuild`) is adopted when it agrees
 //!   with the record (same size, and CRC-32 when known) or when the
@@ -53,12 +57,17 @@ enum Verdict {
     Stale(&'static str),
 }
 
-fn verdict(st: &MasterState, id: SlaveId, f: &RemoteFile) -> Verdict {
-    let ours = |v: &FileVersion| v.store == st.store_id;
+fn verdict(st: &MasterState, id: SlaveId, f: &RemoteFile, fresh: bool) -> Verdict {
+    // A fresh slave's versions are taken like an earlier store's: nothing
+    // the master recorded makes them stale.
+    let this_store = |v: &FileVersion| v.store == st.store_id;
+    let ours = |v: &FileVersion| this_store(v) && !fresh;
     match st.db.get(&f.path) {
         Some(Node::Dir(_)) => Verdict::Stale("a file where the database has a directory"),
         Some(Node::File(meta)) => match &f.version {
-            Some(v) if ours(v) && v.gen == meta.version && v.size == meta.size => Verdict::Holder,
+            Some(v) if this_store(v) && v.gen == meta.version && v.size == meta.size => {
+                Verdict::Holder
+            }
             Some(v) if ours(v) => Verdict::Stale("an older version"),
             _ => {
                 let crc_agrees = match (f.version.and_then(|v| v.crc32), meta.crc32) {
@@ -104,6 +113,11 @@ pub fn remerge_chunk(
 ) -> Vec<Verify> {
     let mut verify = Vec::new();
     let slave = st.slaves.name(id).to_string();
+    // Fresh: the master records no copy on it but those this remerge
+    // found (a new slave, or one SITE ADDSLAVE brought back after SITE
+    // DELSLAVE dropped it and its operation log). Its versioned copies of
+    // paths the master has no record of are then its files, not stale.
+    let fresh = st.db.held_by(id) <= seen.len() as u64;
     for f in files {
         if f.path.is_root() {
             continue;
@@ -113,7 +127,7 @@ pub fn remerge_chunk(
             seen.insert(f.path);
             continue;
         }
-        match verdict(st, id, &f) {
+        match verdict(st, id, &f, fresh) {
             Verdict::Holder => {
                 let _ = st.db.add_holder(&f.path, id);
             }
@@ -501,9 +515,17 @@ mod tests {
         );
         assert!(st.db.get(&p("/f")).is_none());
         assert!(matches!(last_op(&st, a), Some(FileOp::DropStale { .. })));
-        // A deleted file's copy (our store) never comes back.
-        remerge(&mut st, a, vec![rf("/gone", 3, ours(999, 3))]);
+        // A deleted file's copy (our store) never comes back on a slave
+        // the master records copies on.
+        remerge(&mut st, a, vec![rf("/h", 1, None)]);
+        let h = st.db.file(&p("/h")).unwrap().version;
+        remerge(
+            &mut st,
+            a,
+            vec![rf("/h", 1, ours(h, 1)), rf("/gone", 3, ours(999, 3))],
+        );
         assert!(st.db.get(&p("/gone")).is_none());
+        assert!(matches!(last_op(&st, a), Some(FileOp::DropStale { .. })));
         // A copy from an earlier store (after --rebuild) is adopted.
         let old = Some(FileVersion {
             store: 4,
@@ -513,6 +535,55 @@ mod tests {
         });
         remerge(&mut st, a, vec![rf("/old", 3, old)]);
         assert_eq!(st.db.file(&p("/old")).unwrap().crc32, Some(7));
+    }
+
+    #[test]
+    fn a_slave_removed_then_added_again_keeps_its_files() {
+        let mut st = MasterState::new(Arc::new(MasterConfig::default()));
+        st.store_id = 5;
+        let a = st.slaves.id_for("a");
+        let b = st.slaves.id_for("b");
+        remerge(
+            &mut st,
+            a,
+            vec![rf("/keep", 10, None), rf("/both", 4, None)],
+        );
+        remerge(&mut st, b, vec![rf("/both", 4, None)]);
+        let stamped = |st: &MasterState, path: &str| {
+            Some(crate::master::commit::file_version(
+                st,
+                st.db.file(&p(path)).unwrap(),
+            ))
+        };
+        let keep = stamped(&st, "/keep");
+        let both = stamped(&st, "/both");
+        // SITE DELSLAVE a: /keep (its only copy) leaves the tree.
+        let gone = crate::master::fleet::remove(&mut st, a);
+        assert_eq!(gone.lost, 1);
+        assert!(st.db.get(&p("/keep")).is_none());
+        // SITE ADDSLAVE a: its remerge brings its files back, deletes none.
+        crate::master::fleet::add(&mut st, "a").unwrap();
+        let logged = st.slaves.get(a).unwrap().log.len();
+        remerge(
+            &mut st,
+            a,
+            vec![rf("/keep", 10, keep), rf("/both", 4, both)],
+        );
+        assert_eq!(st.db.file(&p("/keep")).unwrap().holders.to_vec(), vec![a]);
+        assert_eq!(
+            st.db.file(&p("/both")).unwrap().holders.to_vec(),
+            vec![a, b]
+        );
+        assert!(
+            !st.slaves
+                .get(a)
+                .unwrap()
+                .log
+                .iter()
+                .skip(logged)
+                .any(|(_, op)| matches!(op, FileOp::DropStale { .. })),
+            "nothing removed from its disk"
+        );
     }
 
     #[test]
