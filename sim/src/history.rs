@@ -129,7 +129,10 @@ pub struct History {
 const MAX_CANDIDATES: usize = 64;
 
 impl History {
-    pub fn new(ops: Vec<Op>, initial: BTreeMap<String, Rc<Vec<u8>>>) -> History {
+    pub fn new(mut ops: Vec<Op>, initial: BTreeMap<String, Rc<Vec<u8>>>) -> History {
+        // A rename onto its own name changes nothing (rename(2); RNTO
+        // answers 250 and leaves the file as it was).
+        ops.retain(|op| !matches!(&op.effect, Effect::RenameTo(to) if *to == op.path));
         let mut by_path: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, op) in ops.iter().enumerate() {
             by_path.entry(op.path.clone()).or_default().push(i);
@@ -485,6 +488,23 @@ mod tests {
             .iter()
             .map(|(p, c)| (p.to_string(), c.map(data)))
             .collect()
+    }
+
+    #[test]
+    fn a_rename_onto_its_own_name_changes_nothing() {
+        let h = History::new(
+            vec![
+                write("/a", b"one", 0, 5),
+                op("/a", Effect::RenameTo("/a".into()), 10, 20, Status::Done),
+            ],
+            BTreeMap::new(),
+        );
+        let plain = History::new(vec![write("/a", b"one", 0, 5)], BTreeMap::new());
+        assert_eq!(
+            h.candidates("/a", ms(30), ms(30)),
+            plain.candidates("/a", ms(30), ms(30))
+        );
+        assert!(h.candidates("/a", ms(30), ms(30)).contains(&Some(data(b"one"))));
     }
 
     #[test]
