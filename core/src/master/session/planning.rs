@@ -218,9 +218,12 @@ impl Session {
                     // client's fallback PASV (curl, rclone) still routes.
                     let same = st.slaves.get(s).and_then(|i| i.data_ip) == Some(self.local.ip());
                     let relay = st.config.pasv_without_pret == PasvWithoutPret::Relay;
-                    if !same && self.local.is_ipv6() && relay {
-                        // An IPv6 client has no PASV to fall back to: the
-                        // transfer goes through the master, as without PRET.
+                    // Over IPv6, or after EPSV ALL, the client has no PASV
+                    // to fall back to.
+                    let no_pasv = self.local.is_ipv6() || self.epsv_all;
+                    if !same && no_pasv && relay {
+                        // The transfer goes through the master, as without
+                        // PRET.
                         self.clear_plan(st);
                         let xfer = st.next_id();
                         return Action::OpenPassive {
@@ -230,10 +233,24 @@ impl Session {
                         };
                     }
                     if !same {
+                        // Name a way out that this session still has: PASV,
+                        // else EPRT (IPv6), else none in this connection.
+                        let fix = if self.epsv_all {
+                            "Connect again without EPSV ALL"
+                        } else if self.local.is_ipv6() {
+                            "Use EPRT"
+                        } else {
+                            "Use PASV"
+                        };
+                        let why = if self.epsv_all {
+                            " and this master does not relay"
+                        } else {
+                            ""
+                        };
                         return r(
                             502,
                             format!(
-                                "Use PASV: EPSV cannot name slave {}'s address",
+                                "{fix}: EPSV cannot name slave {}'s address{why}",
                                 st.slaves.name(s)
                             ),
                         );

@@ -220,7 +220,7 @@ fn epsv_after_pret_on_ipv6_is_relayed_where_relaying_is_allowed() {
         s.handle(cmd("PRET RETR a"), &mut st);
         let a = s.handle(cmd("EPSV"), &mut st);
         if !relayed {
-            assert!(text(a).starts_with("502 Use PASV: "));
+            assert!(text(a).starts_with("502 Use EPRT: "));
             continue;
         }
         let Action::OpenPassive {
@@ -244,6 +244,31 @@ fn epsv_after_pret_on_ipv6_is_relayed_where_relaying_is_allowed() {
         };
         assert_eq!(job.route, Route::Relay);
     }
+}
+
+#[test]
+fn epsv_after_pret_under_epsv_all_is_relayed_or_refused_with_a_way_out() {
+    // After EPSV ALL there is no PASV to fall back to either: as over
+    // IPv6, EPSV goes through the master where relaying is allowed.
+    let mut st = state(PasvWithoutPret::Relay);
+    let mut s = session(&mut st);
+    assert!(text(s.handle(cmd("EPSV ALL"), &mut st)).starts_with("200"));
+    s.handle(cmd("PRET RETR a"), &mut st);
+    let r = passive(&mut s, &mut st, "EPSV");
+    assert!(r.starts_with("229 "), "{r}");
+    let Action::Transfer(job) = s.handle(cmd("RETR a"), &mut st) else {
+        panic!()
+    };
+    assert_eq!(job.route, Route::Relay);
+    // Without relaying: a refusal that names the way out, not PASV.
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    s.handle(cmd("EPSV ALL"), &mut st);
+    s.handle(cmd("PRET RETR a"), &mut st);
+    let r = passive(&mut s, &mut st, "EPSV");
+    assert!(r.starts_with("502 Connect again without EPSV ALL"), "{r}");
+    assert!(!r.contains("PASV"), "{r}");
+    assert!(r.trim_end().len() < 120, "{r}");
 }
 
 #[test]
