@@ -32,7 +32,8 @@ pub enum EpsvArg {
     Any,
     /// `EPSV ALL`: from now on only EPSV may set up data connections.
     All,
-    /// `EPSV 1` (IPv4) or `EPSV 2` (IPv6).
+    /// `EPSV 1` (IPv4), `EPSV 2` (IPv6), or another number (255 when
+    /// larger), answered 522.
     Proto(u8),
 }
 
@@ -395,11 +396,9 @@ fn parse_epsv(arg: Option<&str>) -> Result<EpsvArg, ParseError> {
     if !a.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad("EPSV", "expected ALL or a protocol number"));
     }
-    match a {
-        "1" => Ok(EpsvArg::Proto(1)),
-        "2" => Ok(EpsvArg::Proto(2)),
-        _ => Err(ParseError::UnsupportedProtocol),
-    }
+    // Any other number is answered by the session, which knows the
+    // control connection's protocol (the one 522 offers, RFC 2428 §3).
+    Ok(EpsvArg::Proto(a.parse::<u8>().unwrap_or(u8::MAX)))
 }
 
 /// PRET (DrFTPD): the argument is the transfer command to come. Only verbs
@@ -717,10 +716,10 @@ mod tests {
         assert_eq!(ok("epsv all"), Command::Epsv(EpsvArg::All));
         assert_eq!(ok("EPSV 1"), Command::Epsv(EpsvArg::Proto(1)));
         assert_eq!(ok("EPSV 2"), Command::Epsv(EpsvArg::Proto(2)));
-        assert_eq!(err("EPSV 3"), ParseError::UnsupportedProtocol);
+        assert_eq!(ok("EPSV 3"), Command::Epsv(EpsvArg::Proto(3)));
         assert_eq!(
-            err("EPSV 99999999999999999999999"),
-            ParseError::UnsupportedProtocol
+            ok("EPSV 99999999999999999999999"),
+            Command::Epsv(EpsvArg::Proto(u8::MAX))
         );
         assert_eq!(code("EPSV foo"), 501);
         assert_eq!(code("EPSV -1"), 501);

@@ -3,6 +3,7 @@
 //! §4.1.3; RFC 2389 FEAT/OPTS).
 
 use super::ftps::tls_features;
+use super::site::SITE_HELP;
 use super::{r, Action, Session, FEATURES};
 use crate::master::MasterState;
 use crate::proto::reply::quote_path;
@@ -38,19 +39,46 @@ impl Session {
         }
     }
 
-    pub(super) fn help(&self) -> Action {
-        Action::Reply(Reply::multi(
-            214,
-            vec![
-                "The following commands are recognized:".into(),
-                "ABOR ALLO APPE CDUP CWD DELE EPRT EPSV FEAT HELP LIST MDTM MFMT MKD MLSD".into(),
-                "MLST MODE NLST NOOP OPTS PASS PASV PORT PRET PWD QUIT REST RETR RMD RNFR".into(),
-                "RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE USER XCRC XCUP XCWD XMKD XPWD XRMD HASH"
-                    .into(),
-                "SITE commands: HELP SLAVES WHO".into(),
-                "Help OK".into(),
-            ],
-        ))
+    /// HELP: every command this server implements (the TLS ones where a
+    /// certificate is configured); `HELP <cmd>` the syntax of one
+    /// (RFC 959 §4.1.3), `HELP SITE` the SITE commands.
+    pub(super) fn help(&self, arg: Option<&str>, st: &MasterState) -> Action {
+        let commands = COMMAND_HELP
+            .iter()
+            .chain(if st.tls_available { TLS_HELP } else { &[] });
+        let Some(arg) = arg else {
+            let mut verbs: Vec<&str> = commands.map(|(v, _)| *v).collect();
+            verbs.sort_unstable();
+            let mut lines = vec!["The following commands are recognized:".to_string()];
+            lines.extend(verbs.chunks(14).map(|c| c.join(" ")));
+            let site: Vec<&str> = std::iter::once("HELP")
+                .chain(SITE_HELP.iter().filter_map(|l| l.split_whitespace().nth(1)))
+                .collect();
+            lines.push(format!("SITE commands: {}", site.join(" ")));
+            lines.push("HELP <command> gives its syntax".into());
+            return Action::Reply(Reply::multi(214, lines));
+        };
+        let verb = arg
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        if verb == "SITE" {
+            let mut lines = vec!["SITE commands:".to_string(), "SITE HELP".to_string()];
+            lines.extend(SITE_HELP.iter().map(|l| l.to_string()));
+            lines.push("End".into());
+            return Action::Reply(Reply::multi(214, lines));
+        }
+        let mut commands = COMMAND_HELP
+            .iter()
+            .chain(if st.tls_available { TLS_HELP } else { &[] });
+        match commands.find(|(v, _)| *v == verb) {
+            Some((_, syntax)) => r(214, format!("Syntax: {syntax}")),
+            None => r(
+                502,
+                format!("Unknown command {verb}; HELP lists the commands"),
+            ),
+        }
     }
 
     /// STAT without an argument: the session's state (RFC 959 §4.1.3).
@@ -108,3 +136,70 @@ impl Session {
         ))
     }
 }
+
+/// Each command and its syntax, for HELP (aliases share a line).
+const COMMAND_HELP: &[(&str, &str)] = &[
+    ("ABOR", "ABOR (abort the transfer)"),
+    ("ALLO", "ALLO <size> (accepted, nothing to allocate)"),
+    ("APPE", "APPE <path>"),
+    ("CDUP", "CDUP (also XCUP)"),
+    ("CWD", "CWD <path> (also XCWD)"),
+    ("DELE", "DELE <path>"),
+    ("EPRT", "EPRT |<proto>|<address>|<port>|"),
+    ("EPSV", "EPSV [1|2|ALL]"),
+    ("FEAT", "FEAT"),
+    ("HASH", "HASH <path> (CRC32)"),
+    ("HELP", "HELP [<command>]"),
+    ("LIST", "LIST [-a] [<path or pattern>]"),
+    ("MDTM", "MDTM <path>"),
+    ("MFMT", "MFMT <YYYYMMDDHHMMSS> <path>"),
+    ("MKD", "MKD <path> (also XMKD)"),
+    ("MLSD", "MLSD [<directory>]"),
+    ("MLST", "MLST [<path>]"),
+    ("MODE", "MODE S"),
+    ("NLST", "NLST [<path or pattern>]"),
+    ("NOOP", "NOOP"),
+    (
+        "OPTS",
+        "OPTS UTF8 ON | OPTS MLST <fact>;... | OPTS HASH CRC32",
+    ),
+    ("PASS", "PASS <password>"),
+    ("PASV", "PASV"),
+    ("PORT", "PORT h1,h2,h3,h4,p1,p2"),
+    ("PRET", "PRET <RETR|STOR|APPE|STOU|LIST|NLST|MLSD> [<path>]"),
+    ("PWD", "PWD (also XPWD)"),
+    ("QUIT", "QUIT"),
+    ("REST", "REST <byte offset>"),
+    ("RETR", "RETR <path>"),
+    ("RMD", "RMD <path> (also XRMD)"),
+    ("RNFR", "RNFR <path>"),
+    ("RNTO", "RNTO <path>"),
+    (
+        "SITE",
+        "SITE <command> [<arguments>] (HELP SITE lists them)",
+    ),
+    ("SIZE", "SIZE <path>"),
+    ("STAT", "STAT [<path>]"),
+    ("STOR", "STOR <path>"),
+    ("STOU", "STOU [<path>]"),
+    ("STRU", "STRU F"),
+    ("SYST", "SYST"),
+    ("TYPE", "TYPE A|I"),
+    ("USER", "USER <name>"),
+    ("XCRC", "XCRC <path> [<start> <end>]"),
+    ("XCUP", "XCUP (also CDUP)"),
+    ("XCWD", "XCWD <path> (also CWD)"),
+    ("XMKD", "XMKD <path> (also MKD)"),
+    ("XPWD", "XPWD (also PWD)"),
+    ("XRMD", "XRMD <path> (also RMD)"),
+];
+
+/// The TLS commands, listed where a certificate is configured.
+const TLS_HELP: &[(&str, &str)] = &[
+    ("AUTH", "AUTH TLS"),
+    ("CCC", "CCC (clear the control connection)"),
+    ("CPSV", "CPSV (PASV, TLS client side, for FXP)"),
+    ("PBSZ", "PBSZ 0"),
+    ("PROT", "PROT C|P"),
+    ("SSCN", "SSCN [ON|OFF]"),
+];

@@ -561,7 +561,7 @@ impl Session {
             Command::Noop => r(200, "NOOP ok"),
             Command::Feat => self.feat(st),
             Command::Opts(arg) => self.opts(&arg),
-            Command::Help(_) => self.help(),
+            Command::Help(arg) => self.help(arg.as_deref(), st),
             Command::Stat(None) => self.status(st),
             // STAT <path> is a listing: LIST's `list` right.
             Command::Stat(Some(arg)) => match self.resolve(&arg) {
@@ -578,7 +578,7 @@ impl Session {
             Command::Cwd(arg) => self.cwd(&arg, st),
             Command::Cdup => self.cwd("..", st),
             Command::Rest(n) => self.rest(n),
-            Command::Xcrc(arg) => self.checksum(&arg, false, st),
+            Command::Xcrc(arg) => self.xcrc(&arg, st),
             Command::Hash(arg) => self.checksum(&arg, true, st),
             Command::Size(arg) => self.size(&arg, st),
             Command::Mdtm(arg) => self.mdtm(&arg, st),
@@ -601,9 +601,13 @@ impl Session {
                     "EPSV ALL ok: PORT, EPRT and PASV are refused from now on",
                 )
             }
-            Command::Epsv(EpsvArg::Proto(p)) if (p == 1) != self.local.is_ipv4() => {
-                r(522, "Network protocol not supported, use (1,2)")
-            }
+            Command::Epsv(EpsvArg::Proto(p)) if p != self.epsv_protocol() => r(
+                522,
+                format!(
+                    "Network protocol not supported, use ({})",
+                    self.epsv_protocol()
+                ),
+            ),
             Command::Epsv(_) => {
                 self.tls.cpsv = false;
                 self.pasv(true, st)
@@ -633,6 +637,57 @@ impl Session {
             // servers must be the TLS client of the data connection.
             Command::Sscn(arg) => self.sscn(arg.as_deref(), st),
             Command::Cpsv => self.cpsv(st),
+        }
+    }
+
+    /// XCRC `<path> [<start> <end>]` (glFTPd, FlashFXP). Only whole-file
+    /// CRCs are recorded: a range covering the whole file is served, others
+    /// refused with 501. A path that itself ends in two numbers still works.
+    fn xcrc(&self, arg: &str, st: &MasterState) -> Action {
+        let mut parts = arg.rsplitn(3, ' ');
+        let (end, start, path) = (parts.next(), parts.next(), parts.next());
+        let range = match (path, start, end) {
+            (Some(path), Some(a), Some(b)) if !path.trim().is_empty() => {
+                match (a.parse::<u64>(), b.parse::<u64>()) {
+                    (Ok(a), Ok(b)) => Some((path.trim_end(), a, b)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let Some((path, start, end)) = range else {
+            return self.checksum(arg, false, st);
+        };
+        let size_of = |p: &str| {
+            self.resolve(p)
+                .ok()
+                .and_then(|p| st.db.file(&p).ok())
+                .map(|m| m.size)
+        };
+        if size_of(arg).is_some() {
+            return self.checksum(arg, false, st);
+        }
+        // A missing or forbidden file gets the same refusal as without range.
+        let whole = self.checksum(path, false, st);
+        if !matches!(&whole, Action::Reply(reply) if reply.code == 250) {
+            return whole;
+        }
+        match size_of(path) {
+            Some(size) if start == 0 && end == size => whole,
+            _ => r(
+                501,
+                "Send XCRC <path> without a range: only whole-file CRCs are kept (range: 0 and the size)",
+            ),
+        }
+    }
+
+    /// The one EPSV protocol this control connection supports (RFC 2428:
+    /// 1 IPv4, 2 IPv6): passive endpoints are on its address family.
+    fn epsv_protocol(&self) -> u8 {
+        if self.local.is_ipv4() {
+            1
+        } else {
+            2
         }
     }
 

@@ -6,6 +6,26 @@ use super::{r, Action, Session};
 use crate::master::{users, MasterState};
 use crate::proto::Reply;
 
+/// SITE HELP's lines: one per SITE command, its syntax first (HELP and
+/// HELP SITE list the verbs from here).
+pub(super) const SITE_HELP: &[&str] = &[
+    "SITE WHO     your session (admins: every session, address, transfer)",
+    "SITE CHMOD <mode> <path>                 (accepted, modes are not kept)",
+    "SITE SLAVES  each slave: state, space, files, copies, rates (admins)",
+    "SITE SLAVE <name> [DRAIN|UNDRAIN]        (admins; one slave, drain it)",
+    "SITE ADDSLAVE <name>                     (admins; a new slave may join)",
+    "SITE DELSLAVE <name>                     (admins; forget it, repair)",
+    "SITE KICKSLAVE <name>                    (admins; drop its link)",
+    "SITE REMERGE <name>                      (admins; it lists its files again)",
+    "SITE USERS                               (admins)",
+    "SITE KICK <session id|user>              (admins)",
+    "SITE UNBAN <address|user>                (admins; lifts login bans)",
+    "SITE ADDUSER <user> <password> [group]   (admins)",
+    "SITE DELUSER <user>                      (admins)",
+    "SITE CHPASS <user> <password>            (admins)",
+    "SITE CHGRP <user> <group> [group...]     (admins; replaces the groups)",
+];
+
 impl Session {
     pub(super) fn site(&mut self, verb: &str, args: &str, st: &mut MasterState) -> Action {
         let admin_only = matches!(
@@ -26,31 +46,12 @@ impl Session {
             };
         }
         match verb {
-            "HELP" => Action::Reply(Reply::multi(
-                214,
-                vec![
-                    "SITE commands:".into(),
-                    "SITE WHO     your session (admins: every session, address, transfer)".into(),
-                    "SITE CHMOD <mode> <path>                 (accepted, modes are not kept)"
-                        .into(),
-                    "SITE SLAVES  each slave: state, space, files, copies, rates (admins)".into(),
-                    "SITE SLAVE <name> [DRAIN|UNDRAIN]        (admins; one slave, drain it)".into(),
-                    "SITE ADDSLAVE <name>                     (admins; a new slave may join)"
-                        .into(),
-                    "SITE DELSLAVE <name>                     (admins; forget it, repair)".into(),
-                    "SITE KICKSLAVE <name>                    (admins; drop its link)".into(),
-                    "SITE REMERGE <name>                      (admins; it lists its files again)"
-                        .into(),
-                    "SITE USERS                               (admins)".into(),
-                    "SITE KICK <session id|user>              (admins)".into(),
-                    "SITE UNBAN <address|user>                (admins; lifts login bans)".into(),
-                    "SITE ADDUSER <user> <password> [group]   (admins)".into(),
-                    "SITE DELUSER <user>                      (admins)".into(),
-                    "SITE CHPASS <user> <password>            (admins)".into(),
-                    "SITE CHGRP <user> <group> [group...]     (admins; replaces the groups)".into(),
-                    "End".into(),
-                ],
-            )),
+            "HELP" => {
+                let mut lines = vec!["SITE commands:".to_string()];
+                lines.extend(SITE_HELP.iter().map(|l| l.to_string()));
+                lines.push("End".into());
+                Action::Reply(Reply::multi(214, lines))
+            }
             "WHO" => self.who(st),
             "USERS" => {
                 let mut lines = vec![format!("{} users:", st.users.len())];

@@ -1543,3 +1543,113 @@ fn mlst_perm_facts_are_the_users_real_rights() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn epsv_with_another_protocol_offers_only_this_connections() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    for line in ["EPSV 2", "EPSV 3", "EPSV 0", "EPSV 999"] {
+        assert_eq!(
+            text(s.handle(cmd(line), &mut st)),
+            "522 Network protocol not supported, use (1)",
+            "{line}"
+        );
+    }
+    let mut s6 = Session::new(
+        1,
+        "[::1]:40000".parse().unwrap(),
+        "[::1]:21".parse().unwrap(),
+    );
+    s6.handle(cmd("USER u"), &mut st);
+    pass(&mut s6, &mut st, "p");
+    assert_eq!(
+        text(s6.handle(cmd("EPSV 1"), &mut st)),
+        "522 Network protocol not supported, use (2)"
+    );
+}
+
+#[test]
+fn help_answers_about_one_command_and_lists_them_all() {
+    let mut st = with_tls(state(PasvWithoutPret::Listings));
+    let mut s = session(&mut st);
+    assert_eq!(
+        text(s.handle(cmd("HELP RETR"), &mut st)),
+        "214 Syntax: RETR <path>"
+    );
+    assert_eq!(
+        text(s.handle(cmd("help xcrc"), &mut st)),
+        "214 Syntax: XCRC <path> [<start> <end>]"
+    );
+    assert!(text(s.handle(cmd("HELP BOGUS"), &mut st)).starts_with("502 "));
+    let site = text(s.handle(cmd("HELP SITE"), &mut st));
+    assert!(
+        site.starts_with("214-") && site.contains("SITE ADDUSER"),
+        "{site}"
+    );
+    let all = text(s.handle(cmd("HELP"), &mut st));
+    let words: Vec<&str> = all.split_whitespace().collect();
+    for verb in [
+        "RETR", "XCRC", "AUTH", "PBSZ", "PROT", "CCC", "SSCN", "CPSV", "MLSD",
+    ] {
+        assert!(words.contains(&verb), "{verb} missing: {all}");
+    }
+    let site_line = all.lines().find(|l| l.contains("SITE commands:")).unwrap();
+    for verb in [
+        "HELP", "WHO", "CHMOD", "KICK", "USERS", "ADDUSER", "CHGRP", "REMERGE", "SLAVES",
+    ] {
+        assert!(
+            site_line.split_whitespace().any(|w| w == verb),
+            "{verb}: {site_line}"
+        );
+    }
+    // Every HELP <verb> in the list answers 214.
+    let list: Vec<String> = all
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.contains("SITE commands:"))
+        .flat_map(|l| {
+            l.trim_start_matches("214-")
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for verb in &list {
+        assert!(
+            text(s.handle(cmd(&format!("HELP {verb}")), &mut st)).starts_with("214"),
+            "{verb}"
+        );
+    }
+    // Without a certificate the TLS commands are not listed.
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    let all = text(s.handle(cmd("HELP"), &mut st));
+    assert!(!all.split_whitespace().any(|w| w == "AUTH"), "{all}");
+    assert!(text(s.handle(cmd("HELP AUTH"), &mut st)).starts_with("502 "));
+}
+
+#[test]
+fn xcrc_takes_an_optional_byte_range() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    let mut m = st.db.file(&p("/a")).unwrap().clone();
+    m.crc32 = Some(0x0a1b2c3d);
+    st.db.put_file(&p("/c"), m.clone()).unwrap();
+    // The whole file as a range (size 3): its CRC.
+    assert_eq!(
+        text(s.handle(cmd("XCRC /c 0 3"), &mut st)),
+        "250 XCRC Successful. 0A1B2C3D"
+    );
+    let part = text(s.handle(cmd("XCRC /c 0 2"), &mut st));
+    assert!(
+        part.starts_with("501 Send XCRC <path> without a range"),
+        "{part}"
+    );
+    assert!(part.trim_end().len() < 120, "{part}");
+    // A missing file: 550 naming the path, not the range.
+    let r = text(s.handle(cmd("XCRC /nope 0 5"), &mut st));
+    assert!(r.starts_with("550 /nope"), "{r}");
+    // A name that itself ends in two numbers still works.
+    st.db.put_file(&p("/d 1 2"), m).unwrap();
+    assert!(text(s.handle(cmd("XCRC /d 1 2"), &mut st)).starts_with("250 "));
+}
