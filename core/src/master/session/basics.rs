@@ -4,7 +4,7 @@
 
 use super::ftps::tls_features;
 use super::site::SITE_HELP;
-use super::{r, Action, Session, FEATURES};
+use super::{r, Action, Session, FEATURES, MLST_FACTS};
 use crate::master::MasterState;
 use crate::proto::reply::quote_path;
 use crate::proto::{Reply, TransferType};
@@ -14,6 +14,14 @@ impl Session {
         let mut lines = vec!["Features:".to_string()];
         let mut features = FEATURES.to_vec();
         features.extend(tls_features(st));
+        // RFC 3659 §7.8: `*` marks the facts OPTS MLST selected.
+        let facts: String = MLST_FACTS
+            .iter()
+            .zip(self.mlst_facts)
+            .map(|(f, on)| format!("{f}{};", if on { "*" } else { "" }))
+            .collect();
+        let mlst = format!("MLST {facts}");
+        features.push(&mlst);
         features.sort_unstable();
         // RFC 2389 §3.2: each feature line starts with one space.
         lines.extend(features.iter().map(|f| format!(" {f}")));
@@ -21,12 +29,27 @@ impl Session {
         Action::Reply(Reply::multi(211, lines))
     }
 
-    pub(super) fn opts(&self, arg: &str) -> Action {
+    pub(super) fn opts(&mut self, arg: &str) -> Action {
         let upper = arg.to_ascii_uppercase();
         if upper == "UTF8 ON" || upper == "UTF8" {
             r(200, "UTF8 mode is always on")
-        } else if upper.starts_with("MLST") {
-            r(200, "MLST OPTS ok")
+        } else if upper == "MLST" || upper.starts_with("MLST ") {
+            // RFC 3659 §7.9: the facts named (case-insensitive, unknown ones
+            // ignored) are selected, the others not; the reply lists them.
+            let asked: Vec<String> = upper[4..]
+                .trim()
+                .split(';')
+                .map(|f| f.trim().to_ascii_lowercase())
+                .collect();
+            for (fact, on) in MLST_FACTS.iter().zip(self.mlst_facts.iter_mut()) {
+                *on = asked.iter().any(|a| a == fact);
+            }
+            let selected = self.selected_facts();
+            if selected.is_empty() {
+                r(200, "MLST OPTS")
+            } else {
+                r(200, format!("MLST OPTS {selected}"))
+            }
         } else if upper == "HASH" || upper == "HASH CRC32" {
             r(200, "CRC32")
         } else if upper.starts_with("HASH ") {
@@ -79,6 +102,37 @@ impl Session {
                 format!("Unknown command {verb}; HELP lists the commands"),
             ),
         }
+    }
+
+    /// The selected MLST facts, `type;size;` (empty when none).
+    fn selected_facts(&self) -> String {
+        MLST_FACTS
+            .iter()
+            .zip(self.mlst_facts)
+            .filter(|(_, on)| *on)
+            .map(|(f, _)| format!("{f};"))
+            .collect()
+    }
+
+    /// An MLST/MLSD entry (`type=file;size=3;...; name`) with only the
+    /// facts OPTS MLST selected.
+    pub(super) fn select_facts(&self, entry: &str) -> String {
+        if self.mlst_facts.iter().all(|on| *on) {
+            return entry.to_string();
+        }
+        let (facts, name) = entry.split_once(' ').unwrap_or(("", entry));
+        let kept: String = facts
+            .split(';')
+            .filter(|f| {
+                let key = f.split('=').next().unwrap_or("").to_ascii_lowercase();
+                MLST_FACTS
+                    .iter()
+                    .zip(self.mlst_facts)
+                    .any(|(k, on)| on && *k == key)
+            })
+            .map(|f| format!("{f};"))
+            .collect();
+        format!("{kept} {name}")
     }
 
     /// STAT without an argument: the session's state (RFC 959 §4.1.3).

@@ -92,7 +92,7 @@ impl Session {
         for e in &entries {
             match verb {
                 PlanVerb::List => out.push_str(&listing::list_line(e, now)),
-                PlanVerb::Mlsd => out.push_str(&listing::mlsx_facts(e)),
+                PlanVerb::Mlsd => out.push_str(&self.select_facts(&listing::mlsx_facts(e))),
                 _ => match args.path.as_deref() {
                     // Names as the pattern was given: `/g/*.txt` -> `/g/a.txt`.
                     Some(a) if pattern.is_some() => {
@@ -174,7 +174,7 @@ impl Session {
             250,
             vec![
                 format!("Listing {path}"),
-                format!(" {}", listing::mlsx_facts(&e)),
+                format!(" {}", self.select_facts(&listing::mlsx_facts(&e))),
                 "End".into(),
             ],
         ))

@@ -245,11 +245,17 @@ pub struct Session {
     plan: Option<Plan>,
     pub data: DataSetup,
     epsv_all: bool,
+    /// The MLST/MLSD facts selected by OPTS MLST (RFC 3659 §7.9), as
+    /// flags over [`MLST_FACTS`]; all at first.
+    mlst_facts: [bool; MLST_FACTS.len()],
     /// The user's home: nothing outside it can be named.
     home: VPath,
     /// FTPS state (RFC 4217): AUTH, PBSZ, PROT.
     pub tls: TlsState,
 }
+
+/// The facts MLST and MLSD can give, in their order (RFC 3659 §7.5).
+const MLST_FACTS: [&str; 6] = ["type", "size", "modify", "perm", "unix.owner", "unix.group"];
 
 const FEATURES: &[&str] = &[
     "EPRT",
@@ -257,7 +263,6 @@ const FEATURES: &[&str] = &[
     "HASH CRC32*",
     "MDTM",
     "MFMT",
-    "MLST type*;size*;modify*;perm*;unix.owner*;unix.group*;",
     "PRET",
     "REST STREAM",
     "SIZE",
@@ -309,6 +314,7 @@ impl Session {
             plan: None,
             data: DataSetup::None,
             epsv_all: false,
+            mlst_facts: [true; MLST_FACTS.len()],
             home: VPath::root(),
             tls: TlsState::default(),
         }

@@ -1653,3 +1653,53 @@ fn xcrc_takes_an_optional_byte_range() {
     st.db.put_file(&p("/d 1 2"), m).unwrap();
     assert!(text(s.handle(cmd("XCRC /d 1 2"), &mut st)).starts_with("250 "));
 }
+
+#[test]
+fn opts_mlst_selects_the_facts_of_mlst_mlsd_and_feat() {
+    let mut st = state(PasvWithoutPret::Listings);
+    let mut s = session(&mut st);
+    let feat = text(s.handle(cmd("FEAT"), &mut st));
+    assert!(
+        feat.contains(" MLST type*;size*;modify*;perm*;unix.owner*;unix.group*;\r\n"),
+        "{feat}"
+    );
+    // RFC 3659 §7.9: the reply lists the facts now selected; unknown
+    // facts are ignored; names are case-insensitive.
+    assert_eq!(
+        text(s.handle(cmd("OPTS MLST Size;type;bogus;"), &mut st)),
+        "200 MLST OPTS type;size;"
+    );
+    let feat = text(s.handle(cmd("FEAT"), &mut st));
+    assert!(
+        feat.contains(" MLST type*;size*;modify;perm;unix.owner;unix.group;\r\n"),
+        "{feat}"
+    );
+    let got = text(s.handle(cmd("MLST /a"), &mut st));
+    assert!(got.contains("\r\n type=file;size=3; /a\r\n"), "{got}");
+    passive(&mut s, &mut st, "PASV");
+    match s.handle(cmd("MLSD /"), &mut st) {
+        Action::Listing(job) => {
+            let out = String::from_utf8(job.bytes).unwrap();
+            assert!(out.contains("type=file;size=3; a\r\n"), "{out}");
+            assert!(!out.contains("modify=") && !out.contains("perm="), "{out}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // No fact at all: the bare reply, and entries are just names.
+    assert_eq!(text(s.handle(cmd("OPTS MLST"), &mut st)), "200 MLST OPTS");
+    let got = text(s.handle(cmd("MLST /a"), &mut st));
+    assert!(got.contains("\r\n  /a\r\n"), "{got}");
+    assert_eq!(
+        text(s.handle(cmd("OPTS MLST bogus;"), &mut st)),
+        "200 MLST OPTS"
+    );
+    // All again.
+    assert_eq!(
+        text(s.handle(
+            cmd("OPTS MLST type;size;modify;perm;unix.owner;unix.group;"),
+            &mut st
+        )),
+        "200 MLST OPTS type;size;modify;perm;unix.owner;unix.group;"
+    );
+    assert!(text(s.handle(cmd("MLST /a"), &mut st)).contains("unix.group="));
+}
