@@ -504,7 +504,9 @@ mod tests {
             h.candidates("/a", ms(30), ms(30)),
             plain.candidates("/a", ms(30), ms(30))
         );
-        assert!(h.candidates("/a", ms(30), ms(30)).contains(&Some(data(b"one"))));
+        assert!(h
+            .candidates("/a", ms(30), ms(30))
+            .contains(&Some(data(b"one"))));
     }
 
     #[test]
