@@ -106,14 +106,9 @@ pub(super) async fn read_loop(
             } => {
                 ctx.awaiting.forget_abort(xfer);
                 let age = std::time::Duration::from_millis(age_ms);
-                if let Some((listener, early)) = pool.claim(token, accept_from, age).await {
-                    let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = mpsc::unbounded_channel();
+                if pool.claim(token, xfer, accept_from, age, rx) {
                     xfers.insert(xfer, tx);
-                    let span = tracing::info_span!("transfer", xfer);
-                    tokio::spawn(
-                        passive_task(ctx.clone(), xfer, listener, early, accept_from, rx)
-                            .instrument(span),
-                    );
                 }
                 // Refilled in batches, at half: one `Listeners` message
                 // for several transfers, not one each.

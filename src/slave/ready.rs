@@ -9,17 +9,21 @@
 //! how long ago the master announced the port), connections older than the
 //! announcement (less [`CLAIM_SLACK`]), from another address, or already
 //! closed by their peer are closed; the newest one left serves the
-//! transfer, else the transfer waits for the client as before.
+//! transfer, else the transfer waits for the client as before. The sweeper
+//! task then goes on as the transfer's task: a claim costs the link's loop
+//! one message to it, no wait.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tracing::Instrument;
 
-use super::Ctx;
+use super::transfer::passive_task;
+use super::{Ctx, XferCmd};
 use crate::env::{bind_in_range, BoxStream, NetListener};
 use crate::link::SlaveMsg;
 
@@ -38,16 +42,17 @@ struct Early {
     at: Instant,
 }
 
-/// One ready listener: its sweeper task, which hands the listener and what
-/// it accepted back when told to stop.
-struct Ready {
-    stop: oneshot::Sender<()>,
-    sweeper: JoinHandle<(Box<dyn NetListener>, VecDeque<Early>)>,
+/// A ready listener's claim: the transfer it now serves.
+struct Claimed {
+    xfer: u64,
+    from: Option<IpAddr>,
+    age: Duration,
+    cmds: mpsc::UnboundedReceiver<XferCmd>,
 }
 
 /// The slave's ready listeners, by the token the master claims them with.
 pub(super) struct ListenerPool {
-    ready: BTreeMap<u64, Ready>,
+    ready: BTreeMap<u64, oneshot::Sender<Claimed>>,
     next_token: u64,
 }
 
@@ -64,7 +69,7 @@ impl ListenerPool {
     }
 
     /// Opens listeners until `want` are ready; reports the new ones.
-    pub(super) async fn fill(&mut self, ctx: &Ctx, want: usize) {
+    pub(super) async fn fill(&mut self, ctx: &Arc<Ctx>, want: usize) {
         let range = ctx.config.passive_range().unwrap_or((0, 0));
         let mut fresh = Vec::new();
         while self.ready.len() < want {
@@ -77,63 +82,82 @@ impl ListenerPool {
                 self.next_token,
                 SocketAddr::new(ctx.config.advertised_ip(), port),
             ));
-            let (stop, stopped) = oneshot::channel();
-            let sweeper = tokio::spawn(sweep(l, stopped));
-            self.ready.insert(self.next_token, Ready { stop, sweeper });
+            let (claim, claimed) = oneshot::channel();
+            tokio::spawn(sweep(ctx.clone(), l, claimed));
+            self.ready.insert(self.next_token, claim);
         }
         if !fresh.is_empty() {
             let _ = ctx.out.send(SlaveMsg::Listeners { ready: fresh });
         }
     }
 
-    /// Takes listener `token` for a transfer whose port the master
-    /// announced `age` ago to a client at `from`: the listener, and the
-    /// connection that client already made, if any.
-    pub(super) async fn claim(
+    /// Hands listener `token` to transfer `xfer`, whose port the master
+    /// announced `age` ago to a client at `from`; the transfer's commands
+    /// come on `cmds`. False: no such listener.
+    pub(super) fn claim(
         &mut self,
         token: u64,
+        xfer: u64,
         from: Option<IpAddr>,
         age: Duration,
-    ) -> Option<(Box<dyn NetListener>, Option<BoxStream>)> {
-        let ready = self.ready.remove(&token)?;
-        let _ = ready.stop.send(());
-        let (listener, early) = ready.sweeper.await.ok()?;
-        let cutoff = Instant::now().checked_sub(age + CLAIM_SLACK);
-        let mut chosen = None;
-        let mut closed = 0usize;
-        for mut e in early.into_iter().rev() {
-            let fits = from.is_none_or(|ip| e.peer.ip() == ip)
-                && cutoff.is_none_or(|c| e.at >= c)
-                && alive(&mut e.stream);
-            if chosen.is_none() && fits {
-                chosen = Some(e.stream);
-            } else {
-                closed += 1;
-            }
+        cmds: mpsc::UnboundedReceiver<XferCmd>,
+    ) -> bool {
+        match self.ready.remove(&token) {
+            Some(claim) => claim
+                .send(Claimed {
+                    xfer,
+                    from,
+                    age,
+                    cmds,
+                })
+                .is_ok(),
+            None => false,
         }
-        if closed > 0 {
-            tracing::info!(
-                token,
-                closed,
-                "closed connections made to a passive port before it was announced \
-                 (or from another address, or already closed)"
-            );
-        }
-        Some((listener, chosen))
     }
 }
 
-/// Accepts on an unclaimed listener until `stop`, keeping the newest
-/// [`EARLY_CAP`] connections with the time each came.
+/// The connection that serves a claimed transfer among those accepted
+/// before the claim (see the module's text); the others are closed.
+fn choose(early: VecDeque<Early>, c: &Claimed) -> Option<BoxStream> {
+    let cutoff = Instant::now().checked_sub(c.age + CLAIM_SLACK);
+    let mut chosen = None;
+    let mut closed = 0usize;
+    for mut e in early.into_iter().rev() {
+        let fits = c.from.is_none_or(|ip| e.peer.ip() == ip)
+            && cutoff.is_none_or(|t| e.at >= t)
+            && alive(&mut e.stream);
+        if chosen.is_none() && fits {
+            chosen = Some(e.stream);
+        } else {
+            closed += 1;
+        }
+    }
+    if closed > 0 {
+        tracing::info!(
+            closed,
+            "closed connections made to a passive port before it was announced \
+             (or from another address, or already closed)"
+        );
+    }
+    chosen
+}
+
+/// Accepts on an unclaimed listener until its claim, keeping the newest
+/// [`EARLY_CAP`] connections with the time each came; then runs the
+/// claimed transfer. Ends when the pool is dropped (the link is gone).
 async fn sweep(
+    ctx: Arc<Ctx>,
     listener: Box<dyn NetListener>,
-    mut stop: oneshot::Receiver<()>,
-) -> (Box<dyn NetListener>, VecDeque<Early>) {
+    mut claim: oneshot::Receiver<Claimed>,
+) {
     let mut early = VecDeque::new();
-    loop {
+    let claimed = loop {
         tokio::select! {
             biased;
-            _ = &mut stop => break,
+            c = &mut claim => match c {
+                Ok(c) => break c,
+                Err(_) => return,
+            },
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     if early.len() == EARLY_CAP {
@@ -145,8 +169,15 @@ async fn sweep(
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             },
         }
-    }
-    (listener, early)
+    };
+    let span = tracing::info_span!("transfer", xfer = claimed.xfer);
+    let chosen = span.in_scope(|| choose(early, &claimed));
+    let Claimed {
+        xfer, from, cmds, ..
+    } = claimed;
+    passive_task(ctx, xfer, listener, chosen, from, cmds)
+        .instrument(span)
+        .await
 }
 
 /// Whether the peer of an early connection has not closed or reset it
