@@ -85,6 +85,33 @@ pub(super) fn read_version(p: &Path) -> io::Result<Option<FileVersion>> {
 /// The version kept with an open file: the copy opened, whatever is
 /// renamed over its path afterwards.
 pub(super) fn read_version_fd(f: &std::fs::File) -> io::Result<Option<FileVersion>> {
+    let (n, buf) = fget_version(f);
+    if n < 0 {
+        return version_read(n, &buf, 0);
+    }
+    version_read(n, &buf, mtime_ns(&f.metadata()?))
+}
+
+/// The version kept with an open file even if the file was written since
+/// (the scrub: a copy whose bytes no longer match the CRC-32 kept with it
+/// is corrupt, however it changed).
+pub(super) fn read_kept_version_fd(f: &std::fs::File) -> io::Result<Option<FileVersion>> {
+    let (n, buf) = fget_version(f);
+    if n < 0 {
+        return version_read(n, &buf, 0);
+    }
+    // The time kept, whatever it is: the version as written.
+    let kept = std::str::from_utf8(&buf[..n as usize])
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(5))
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    version_read(n, &buf, kept)
+}
+
+/// The raw version attribute of an open file: fgetxattr's result (its
+/// length, or negative with errno set) and the buffer it filled.
+fn fget_version(f: &std::fs::File) -> (isize, [u8; 128]) {
     use std::os::fd::AsRawFd;
     let name = std::ffi::CString::new(VERSION_XATTR).unwrap_or_default();
     let mut buf = [0u8; 128];
@@ -98,38 +125,7 @@ pub(super) fn read_version_fd(f: &std::fs::File) -> io::Result<Option<FileVersio
             buf.len(),
         )
     };
-    if n < 0 {
-        return version_read(n, &buf, 0);
-    }
-    version_read(n, &buf, mtime_ns(&f.metadata()?))
-}
-
-/// The version kept with an open file even if the file was written since
-/// (the scrub: a copy whose bytes no longer match the CRC-32 kept with it
-/// is corrupt, however it changed).
-pub(super) fn read_kept_version_fd(f: &std::fs::File) -> io::Result<Option<FileVersion>> {
-    use std::os::fd::AsRawFd;
-    let name = std::ffi::CString::new(VERSION_XATTR).unwrap_or_default();
-    let mut buf = [0u8; 128];
-    // SAFETY: as in `read_version_fd`.
-    let n = unsafe {
-        nix::libc::fgetxattr(
-            f.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return version_read(n, &buf, 0);
-    }
-    // The time kept, whatever it is: the version as written.
-    let kept = std::str::from_utf8(&buf[..n as usize])
-        .ok()
-        .and_then(|t| t.split_whitespace().nth(5))
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    version_read(n, &buf, kept)
+    (n, buf)
 }
 
 fn version_read(n: isize, buf: &[u8], mtime: i128) -> io::Result<Option<FileVersion>> {

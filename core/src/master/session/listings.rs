@@ -344,19 +344,7 @@ mod tests {
             st.db.put_file(&p("/g").join(name).unwrap(), meta).unwrap();
         }
         st.db.mkdir(&p("/g/d.txt"), "u", 0).unwrap();
-        let mut s = Session::new(
-            1,
-            "127.0.0.1:40000".parse().unwrap(),
-            "127.0.0.1:21".parse().unwrap(),
-        );
-        s.handle(Command::parse("USER u").unwrap(), &mut st);
-        match s.handle(Command::parse("PASS p").unwrap(), &mut st) {
-            Action::CheckPassword(c) => {
-                let ok = users::verify_password(&c.hash, &c.password);
-                let _ = s.login_result(&mut st, &c, ok, 0);
-            }
-            other => panic!("{other:?}"),
-        }
+        let mut s = super::super::test_login(&mut st);
         s.handle(Command::parse("CWD /g").unwrap(), &mut st);
         (st, s)
     }

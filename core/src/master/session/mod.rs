@@ -296,6 +296,27 @@ mod site;
 mod tests;
 mod transfers;
 
+/// A session of user `u` logged in with password `p` (the fixture of the
+/// listing and namespace unit tests).
+#[cfg(test)]
+fn test_login(st: &mut MasterState) -> Session {
+    use crate::proto::Command;
+    let mut s = Session::new(
+        1,
+        "127.0.0.1:40000".parse().unwrap(),
+        "127.0.0.1:21".parse().unwrap(),
+    );
+    s.handle(Command::parse("USER u").unwrap(), st);
+    match s.handle(Command::parse("PASS p").unwrap(), st) {
+        Action::CheckPassword(c) => {
+            let ok = crate::master::users::verify_password(&c.hash, &c.password);
+            let _ = s.login_result(st, &c, ok, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    s
+}
+
 pub use ftps::{TlsRequirement, TlsState};
 pub use site::{HashJob, PasswordChange};
 pub use transfers::failure_reply;

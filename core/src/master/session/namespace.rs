@@ -379,19 +379,7 @@ mod tests {
         st.db.put_file(&p("/src"), meta(10, 3, &[0, 1])).unwrap();
         st.db.put_file(&p("/dst"), meta(20, 5, &[1, 2])).unwrap();
         st.db.mkdir(&p("/d"), "u", 0).unwrap();
-        let mut s = Session::new(
-            1,
-            "127.0.0.1:40000".parse().unwrap(),
-            "127.0.0.1:21".parse().unwrap(),
-        );
-        s.handle(Command::parse("USER u").unwrap(), &mut st);
-        match s.handle(Command::parse("PASS p").unwrap(), &mut st) {
-            Action::CheckPassword(c) => {
-                let ok = users::verify_password(&c.hash, &c.password);
-                let _ = s.login_result(&mut st, &c, ok, 0);
-            }
-            other => panic!("{other:?}"),
-        }
+        let s = super::super::test_login(&mut st);
         (st, s)
     }
 
