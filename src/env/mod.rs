@@ -40,6 +40,21 @@ pub type BoxStream = Box<dyn NetStream>;
 pub trait NetListener: Send + Sync {
     async fn accept(&self) -> io::Result<(BoxStream, SocketAddr)>;
     fn local_addr(&self) -> io::Result<SocketAddr>;
+    /// Closes every connection already waiting to be accepted, without
+    /// waiting for more; returns how many. A listener reused for another
+    /// transfer starts with nothing made before it was handed out again.
+    fn drain(&self) -> usize {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut closed = 0;
+        loop {
+            let mut next = self.accept();
+            match next.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(Ok(_)) => closed += 1,
+                _ => return closed,
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -280,6 +295,36 @@ impl NetListener for TokioListener {
     }
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.local_addr()
+    }
+    /// Straight from the kernel's queue: tokio's `accept` would first ask
+    /// its cached readiness, which may not yet know of the newest ones.
+    #[cfg(target_os = "linux")]
+    fn drain(&self) -> usize {
+        use std::os::fd::AsRawFd;
+        let fd = self.0.as_raw_fd();
+        let mut closed = 0;
+        loop {
+            // SAFETY: a listening socket we own (non-blocking, as tokio
+            // keeps it); no address is asked for; the accepted descriptor
+            // is ours and closed at once.
+            let c = unsafe {
+                nix::libc::accept4(
+                    fd,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    nix::libc::SOCK_CLOEXEC | nix::libc::SOCK_NONBLOCK,
+                )
+            };
+            if c < 0 {
+                match io::Error::last_os_error().raw_os_error() {
+                    Some(nix::libc::EINTR | nix::libc::ECONNABORTED) => continue,
+                    _ => return closed,
+                }
+            }
+            // SAFETY: `c` was just returned by accept4 and is used nowhere else.
+            unsafe { nix::libc::close(c) };
+            closed += 1;
+        }
     }
 }
 

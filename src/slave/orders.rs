@@ -129,8 +129,16 @@ pub(super) async fn read_loop(
                             reply(&ctx, rid, Response::Listening { addr });
                             let span = tracing::info_span!("transfer", xfer);
                             tokio::spawn(
-                                passive_task(ctx.clone(), xfer, listener, None, accept_from, rx)
-                                    .instrument(span),
+                                passive_task(
+                                    ctx.clone(),
+                                    xfer,
+                                    listener,
+                                    None,
+                                    accept_from,
+                                    rx,
+                                    None,
+                                )
+                                .instrument(span),
                             );
                         }
                         Err(e) => reply(

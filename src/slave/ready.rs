@@ -50,17 +50,28 @@ struct Claimed {
     cmds: mpsc::UnboundedReceiver<XferCmd>,
 }
 
+/// Where a transfer gives its listener back once its data connection is
+/// made, for the pool to announce again.
+pub(super) type GiveBack = mpsc::UnboundedSender<Box<dyn NetListener>>;
+
 /// The slave's ready listeners, by the token the master claims them with.
 pub(super) struct ListenerPool {
     ready: BTreeMap<u64, oneshot::Sender<Claimed>>,
     next_token: u64,
+    /// Listeners whose transfer has its connection: opening and closing a
+    /// listening socket per file was the largest cost per small file left.
+    returned: mpsc::UnboundedReceiver<Box<dyn NetListener>>,
+    give_back: GiveBack,
 }
 
 impl ListenerPool {
     pub(super) fn new() -> ListenerPool {
+        let (give_back, returned) = mpsc::unbounded_channel();
         ListenerPool {
             ready: BTreeMap::new(),
             next_token: 0,
+            returned,
+            give_back,
         }
     }
 
@@ -68,13 +79,27 @@ impl ListenerPool {
         self.ready.len()
     }
 
-    /// Opens listeners until `want` are ready; reports the new ones.
+    /// Readies listeners until `want` are ready, those given back by
+    /// finished transfers first (the rest of those are closed), then new
+    /// ones; reports them to the master under new tokens.
+    ///
+    /// A listener given back is drained first: whatever connected to it
+    /// before it is announced again cannot be the next transfer's client
+    /// (and later connections are judged at the claim, as on a new one).
     pub(super) async fn fill(&mut self, ctx: &Arc<Ctx>, want: usize) {
         let range = ctx.config.passive_range().unwrap_or((0, 0));
         let mut fresh = Vec::new();
+        let mut drained = 0;
         while self.ready.len() < want {
-            let Ok(l) = bind_in_range(&ctx.env, ctx.config.data_ip, range).await else {
-                break;
+            let l = match self.returned.try_recv() {
+                Ok(l) => {
+                    drained += l.drain();
+                    l
+                }
+                Err(_) => match bind_in_range(&ctx.env, ctx.config.data_ip, range).await {
+                    Ok(l) => l,
+                    Err(_) => break,
+                },
             };
             let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
             self.next_token += 1;
@@ -83,8 +108,16 @@ impl ListenerPool {
                 SocketAddr::new(ctx.config.advertised_ip(), port),
             ));
             let (claim, claimed) = oneshot::channel();
-            tokio::spawn(sweep(ctx.clone(), l, claimed));
+            tokio::spawn(sweep(ctx.clone(), l, claimed, self.give_back.clone()));
             self.ready.insert(self.next_token, claim);
+        }
+        // More given back than wanted (many transfers at once): closed.
+        while self.returned.try_recv().is_ok() {}
+        if drained > 0 {
+            tracing::info!(
+                closed = drained,
+                "closed connections made to a passive port between two of its transfers"
+            );
         }
         if !fresh.is_empty() {
             let _ = ctx.out.send(SlaveMsg::Listeners { ready: fresh });
@@ -144,11 +177,13 @@ fn choose(early: VecDeque<Early>, c: &Claimed) -> Option<BoxStream> {
 
 /// Accepts on an unclaimed listener until its claim, keeping the newest
 /// [`EARLY_CAP`] connections with the time each came; then runs the
-/// claimed transfer. Ends when the pool is dropped (the link is gone).
+/// claimed transfer, which gives the listener back once connected. Ends
+/// when the pool is dropped (the link is gone).
 async fn sweep(
     ctx: Arc<Ctx>,
     listener: Box<dyn NetListener>,
     mut claim: oneshot::Receiver<Claimed>,
+    give_back: GiveBack,
 ) {
     let mut early = VecDeque::new();
     let claimed = loop {
@@ -175,7 +210,7 @@ async fn sweep(
     let Claimed {
         xfer, from, cmds, ..
     } = claimed;
-    passive_task(ctx, xfer, listener, chosen, from, cmds)
+    passive_task(ctx, xfer, listener, chosen, from, cmds, Some(give_back))
         .instrument(span)
         .await
 }

@@ -2,6 +2,7 @@
 //! end of an in-memory link (after the handshake) and the slave runs on the
 //! other, over the simulator's in-memory disk.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -339,6 +340,85 @@ async fn connections_made_before_the_listener_was_announced_are_not_served() {
     let mut stolen = Vec::new();
     let _ = early.read_to_end(&mut stolen).await;
     assert!(stolen.is_empty(), "the early connection got {stolen:?}");
+}
+
+/// Claims `token` for a download of `/x` by `xfer`, the 227 having gone
+/// out 50 ms before, and returns what a client connecting to `addr` reads.
+async fn download_through(rig: &mut Rig, token: u64, xfer: u64, addr: SocketAddr) -> Vec<u8> {
+    rig.send(MasterMsg::Claim {
+        token,
+        xfer,
+        accept_from: Some("127.0.0.1".parse().unwrap()),
+        age_ms: 50,
+    })
+    .await;
+    rig.send(MasterMsg::Request {
+        rid: xfer,
+        request: Request::Transfer {
+            xfer,
+            order: TransferOrder::Send {
+                path: p("/x"),
+                offset: 0,
+                version: None,
+                rate: None,
+                pending: None,
+            },
+            data: DataConn::Passive,
+            tls: None,
+        },
+    })
+    .await;
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    got
+}
+
+/// A ready listener whose transfer has its connection goes back to the
+/// pool and is announced again under a new token (one listening socket
+/// fewer opened and closed per file). Whatever connected to it between
+/// the two transfers is closed before it is announced again and never
+/// serves the next one.
+#[tokio::test]
+async fn a_listener_is_reused_and_connections_between_its_transfers_are_not_served() {
+    let mut rig = Rig::start_with_pool(0, 2).await;
+    let ready = loop {
+        if let SlaveMsg::Listeners { ready } = rig.next_any().await {
+            break ready;
+        }
+    };
+    let (first, reused) = ready[0];
+    assert_eq!(download_through(&mut rig, first, 10, reused).await, b"xx");
+    // Between two transfers on that port: someone who saw it in a 227.
+    let mut lurker = tokio::net::TcpStream::connect(reused).await.unwrap();
+    let (second, addr) = ready[1];
+    assert_eq!(download_through(&mut rig, second, 11, addr).await, b"xx");
+    // The pool fell to half at each claim: at the first, a new listener
+    // was opened (nothing was back yet); at the second, the first listener
+    // is announced again.
+    let mut announced = Vec::new();
+    let token = loop {
+        if let SlaveMsg::Listeners { ready } = rig.next_any().await {
+            announced.extend(ready);
+            if let Some((token, _)) = announced.iter().find(|(_, a)| *a == reused) {
+                break *token;
+            }
+            assert!(
+                announced.len() < 3,
+                "{reused} not announced again: {announced:?}"
+            );
+        }
+    };
+    assert!(
+        token != first && token != second,
+        "a new token: {announced:?}"
+    );
+    let mut stolen = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), lurker.read_to_end(&mut stolen))
+        .await
+        .expect("the connection made between the transfers is closed");
+    assert!(closed.is_err() || stolen.is_empty(), "it got {stolen:?}");
+    assert_eq!(download_through(&mut rig, token, 12, reused).await, b"xx");
 }
 
 /// The names in `<root>/.dftpd-tmp/` (none when it does not exist).

@@ -27,6 +27,7 @@ pub(super) async fn passive_task(
     early: Option<BoxStream>,
     from: Option<IpAddr>,
     mut cmds: mpsc::UnboundedReceiver<XferCmd>,
+    give_back: Option<super::ready::GiveBack>,
 ) {
     let timeout = ctx.data_timeout;
     let mut order: Option<(u64, TransferOrder, Option<DataTls>)> = None;
@@ -56,7 +57,12 @@ pub(super) async fn passive_task(
             }
         }
     };
-    drop(listener);
+    // A pool's listener goes back to it (and is announced again); the
+    // transfer no longer needs it either way.
+    match give_back {
+        Some(pool) => drop(pool.send(listener)),
+        None => drop(listener),
+    }
     let stream = match stream {
         Ok(s) => s,
         Err(e) => {
