@@ -19,7 +19,9 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, RngCore, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+mod idle;
 mod relay;
+pub use idle::{IdleListeners, Pooled};
 pub use relay::{pump, pump_counted, relay_counted, Leg, Relay, RelayError, COPY_BUF};
 
 /// A connected byte stream (control, data or link connection).

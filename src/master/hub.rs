@@ -230,7 +230,14 @@ pub struct Hub {
     /// login to be decided.
     tls_siblings: Mutex<crate::tls::Siblings>,
     tls_logins: tokio::sync::Notify,
+    /// The catch listeners (`control::data::catch_listener`) between
+    /// transfers, by port.
+    pub idle_catch: Arc<crate::env::IdleListeners>,
 }
+
+/// Catch listeners kept idle at most: enough for the ready listeners of
+/// 32 slaves at the default `passive_pool`.
+const IDLE_CATCH: usize = 256;
 
 pub type Shared = Arc<Hub>;
 
@@ -260,6 +267,7 @@ impl Hub {
             started_unix: std::sync::atomic::AtomicI64::new(0),
             tls_siblings: Mutex::new(crate::tls::Siblings::default()),
             tls_logins: tokio::sync::Notify::new(),
+            idle_catch: crate::env::IdleListeners::new(IDLE_CATCH),
         }
     }
 

@@ -3,11 +3,12 @@
 //! connections, and the listings the master sends itself.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
 use super::{ControlSession, Endpoint};
-use crate::env::{accept_from, bind_in_range, BoxStream, Env, NetListener};
+use crate::env::{accept_from, bind_in_range, BoxStream, Env, IdleListeners, NetListener, Pooled};
 use crate::link::{MasterMsg, Request, Response};
 use crate::master::db::SlaveId;
 use crate::master::hub::SlaveLink;
@@ -130,7 +131,8 @@ impl ControlSession {
         // Also for a client that reached this slave directly before: a
         // session may change its mind (or be several programs behind one
         // NAT address), and a refused connection is worse than a socket.
-        let catch = catch_listener(&self.env, self.session.local.ip(), addr).await;
+        let idle = self.state.idle_catch.clone();
+        let catch = catch_listener(&self.env, &idle, self.session.local.ip(), addr).await;
         self.endpoint = Endpoint::Slave {
             xfer,
             link,
@@ -235,21 +237,22 @@ impl Claim {
     }
 }
 
-/// Binds the master's own address `own` at the port announced for a slave
-/// (best effort: the port may be taken here). Clients that ignore the 227
-/// address connect there; the transfer then says so instead of timing out.
+/// Listens on the master's own address `own` at the port announced for a
+/// slave (best effort: the port may be taken here). Clients that ignore
+/// the 227 address connect there; the transfer then says so (or relays)
+/// instead of timing out. Slaves reuse their ports, so the listener is
+/// kept in `idle` between transfers, drained before each use.
 pub(super) async fn catch_listener(
     env: &Env,
+    idle: &Arc<IdleListeners>,
     own: std::net::IpAddr,
     announced: SocketAddr,
-) -> Option<Box<dyn NetListener>> {
+) -> Option<Pooled> {
     if announced.ip() == own {
         return None;
     }
-    env.net
-        .bind(SocketAddr::new(own, announced.port()))
+    idle.listen(env, SocketAddr::new(own, announced.port()))
         .await
-        .ok()
 }
 
 /// Polls `f` exactly once: its value if ready now, else `None`. (Not

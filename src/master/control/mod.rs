@@ -148,7 +148,7 @@ enum Endpoint {
         addr: SocketAddr,
         /// The master's own address at the same port: a client that ignores
         /// the 227 address (curl's and ftplib's default) lands here.
-        catch: Option<Box<dyn NetListener>>,
+        catch: Option<crate::env::Pooled>,
         /// The claim of a listener the slave opened ahead, sent with the
         /// first message about this transfer (the order, or the abort).
         claim: Option<data::Claim>,

@@ -450,3 +450,43 @@ async fn a_pasv_skips_a_slave_port_the_master_cannot_also_listen_on() {
         "no catch listener at the announced port"
     );
 }
+
+/// The catch listener at a slave's port is kept between transfers (slaves
+/// reuse their ports), and a connection made to it between two transfers
+/// is closed before the port is announced again: it is neither served nor
+/// taken for a client that ignored the 227 address.
+#[tokio::test]
+async fn a_catch_listener_is_kept_between_transfers_and_drained_before_reuse() {
+    let mut rig = Rig::start().await;
+    rig.plan("RETR /a.bin").await;
+    rig.send("RETR /a.bin").await;
+    let (rid, _, _) = rig.order(1).await;
+    rig.answer(rid, Response::Sent { bytes: 3 });
+    assert!(rig.reply().await.starts_with("150"));
+    assert!(rig.reply().await.starts_with("226"));
+    assert_eq!(rig.hub.idle_catch.len(), 1, "kept for the port's next use");
+    // Between the transfers, at the master's address and that port.
+    let mut lurker = tokio::net::TcpStream::connect(("127.0.0.1", rig.ports[0]))
+        .await
+        .unwrap();
+    // The slave announces the same port again, under a new token.
+    rig.hub
+        .lock()
+        .slaves
+        .get_mut(0)
+        .unwrap()
+        .ready_listeners
+        .push_front((3, SocketAddr::from(([127, 0, 0, 11], rig.ports[0]))));
+    rig.plan("RETR /a.bin").await;
+    assert!(rig.hub.idle_catch.is_empty(), "the kept listener is in use");
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), lurker.read_to_end(&mut got))
+        .await
+        .expect("closed when the port was announced again");
+    assert!(closed.is_err() || got.is_empty(), "{got:?}");
+    rig.send("RETR /a.bin").await;
+    let (rid, _, _) = rig.order(3).await;
+    assert!(rig.reply().await.starts_with("150"), "not caught");
+    rig.answer(rid, Response::Sent { bytes: 3 });
+    assert!(rig.reply().await.starts_with("226"));
+}
