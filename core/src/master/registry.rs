@@ -56,6 +56,11 @@ pub struct SlaveInfo {
     /// While remerging: paths changed since the slave connected. Its file
     /// list may predate those changes, so it is not trusted for them.
     pub touched: Option<Vec<VPath>>,
+    /// Its operation log held entries when its current link came up: the
+    /// master has been giving it orders, so it is not a new slave even if
+    /// no copy is recorded on it now (all were deleted or replaced while
+    /// it was away); see `remerge`.
+    pub logged_at_link_up: bool,
     /// Passive listeners the slave opened ahead: (token, address).
     pub ready_listeners: std::collections::VecDeque<(u64, std::net::SocketAddr)>,
     /// The slave has a certificate for `PROT P` data connections (said in
@@ -189,6 +194,7 @@ impl SlaveRegistry {
             log: VecDeque::new(),
             sent_upto: 0,
             touched: None,
+            logged_at_link_up: false,
             ready_listeners: Default::default(),
             data_tls: false,
             zone: None,
@@ -333,6 +339,7 @@ impl SlaveRegistry {
         s.state = SlaveState::Remerging;
         s.sent_upto = 0;
         s.touched = Some(Vec::new());
+        s.logged_at_link_up = !s.log.is_empty();
         s.ready_listeners.clear();
         let upto = s.log.back().map_or(0, |(n, _)| *n);
         if !s.log.is_empty() {

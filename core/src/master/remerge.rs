@@ -9,7 +9,8 @@
 //! - any other versioned copy of this store is stale (an older version, a
 //!   deleted or renamed file): never counted, never served, removed by a
 //!   `DropStale` order (only if the file is still that copy). Not on a
-//!   fresh slave, one the master records no copy on (new, or brought back
+//!   fresh slave, one the master records no copy on and had no orders
+//!   logged for when its link came up (new, or brought back
 //!   by SITE ADDSLAVE after SITE DELSLAVE dropped its copies and its
 //!   operation log): its copies are taken like an earlier store's (below),
 //!   so a re-added slave's files come back, never deleted;
@@ -117,7 +118,11 @@ pub fn remerge_chunk(
     // found (a new slave, or one SITE ADDSLAVE brought back after SITE
     // DELSLAVE dropped it and its operation log). Its versioned copies of
     // paths the master has no record of are then its files, not stale.
-    let fresh = st.db.held_by(id) <= seen.len() as u64;
+    // Not when its log held orders at link-up: those were for copies the
+    // master recorded on it, deleted or replaced since (it would bring
+    // deleted files back).
+    let logged = st.slaves.get(id).is_some_and(|s| s.logged_at_link_up);
+    let fresh = !logged && st.db.held_by(id) <= seen.len() as u64;
     for f in files {
         if f.path.is_root() {
             continue;
@@ -583,6 +588,52 @@ mod tests {
                 .skip(logged)
                 .any(|(_, op)| matches!(op, FileOp::DropStale { .. })),
             "nothing removed from its disk"
+        );
+    }
+
+    /// A slave whose every copy was replaced or deleted while it was away
+    /// is not a new slave: the master logged orders for it. Its copy of a
+    /// deleted file stays deleted (the order it got named a version its
+    /// disk never had: an upload that died with it).
+    #[test]
+    fn a_slave_whose_only_copies_were_deleted_while_away_gets_none_back() {
+        let mut st = MasterState::new(Arc::new(MasterConfig::default()));
+        st.store_id = 5;
+        let a = st.slaves.id_for("a");
+        remerge(&mut st, a, vec![rf("/n2", 10, None)]);
+        let on_disk = Some(crate::master::commit::file_version(
+            &st,
+            st.db.file(&p("/n2")).unwrap(),
+        ));
+        st.slaves.link_down(a, 0);
+        // Away: a newer version recorded on it (its upload died with the
+        // slave), then /n2 deleted, which drops that newer version there.
+        let mut newer = st.db.file(&p("/n2")).unwrap().clone();
+        newer.version += 1;
+        newer.size = 20;
+        st.db.put_file(&p("/n2"), newer.clone()).unwrap();
+        st.db.remove_file(&p("/n2")).unwrap();
+        let seq = st.slaves.log_op(
+            a,
+            FileOp::DropStale {
+                path: p("/n2"),
+                version: Some(crate::master::commit::file_version(&st, &newer)),
+                size: 20,
+            },
+        );
+        // Back: the log is applied (nothing matched) and acknowledged,
+        // then the slave lists the copy it still has.
+        st.slaves.link_up(a);
+        st.slaves.acked(a, seq);
+        let mut seen = BTreeSet::new();
+        remerge_chunk(&mut st, a, vec![rf("/n2", 10, on_disk)], &mut seen);
+        remerge_finish(&mut st, a, &seen);
+        st.slaves.remerged(a);
+        assert!(st.db.get(&p("/n2")).is_none(), "a deleted file came back");
+        assert!(
+            matches!(last_op(&st, a), Some(FileOp::DropStale { size: 10, .. })),
+            "{:?}",
+            last_op(&st, a)
         );
     }
 
