@@ -10,12 +10,23 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{Env, NetListener};
 
-/// Idle listeners, oldest first, at most `cap` of them.
+/// How long a listener stays idle at most: a port its slave stopped
+/// announcing (the slave went away, or its pool shrank) is closed again
+/// soon, refusing connections as before.
+pub const IDLE_FOR: Duration = Duration::from_secs(30);
+
+type Entry = (SocketAddr, Instant, Box<dyn NetListener>);
+
+/// Idle listeners, oldest first, at most `cap` of them, none idle for
+/// longer than [`IDLE_FOR`].
 pub struct IdleListeners {
-    idle: Mutex<VecDeque<(SocketAddr, Box<dyn NetListener>)>>,
+    idle: Mutex<VecDeque<Entry>>,
     cap: usize,
 }
 
@@ -27,21 +38,25 @@ impl IdleListeners {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(SocketAddr, Box<dyn NetListener>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Entry>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A listener at `addr`: an idle one (drained), else a new one; `None`
     /// when `addr` cannot be bound. Back to the pool when the guard drops.
     pub async fn listen(self: &Arc<Self>, env: &Env, addr: SocketAddr) -> Option<Pooled> {
-        let idle = {
+        let (idle, expired) = {
             let mut idle = self.lock();
-            idle.iter()
-                .position(|(a, _)| *a == addr)
-                .and_then(|i| idle.remove(i))
+            let expired = expire(&mut idle);
+            let found = idle
+                .iter()
+                .position(|(a, _, _)| *a == addr)
+                .and_then(|i| idle.remove(i));
+            (found, expired)
         };
+        drop(expired);
         let listener = match idle {
-            Some((_, l)) => {
+            Some((_, _, l)) => {
                 let closed = l.drain();
                 if closed > 0 {
                     tracing::info!(
@@ -73,16 +88,27 @@ impl IdleListeners {
     fn put(&self, addr: SocketAddr, l: Box<dyn NetListener>) {
         let evicted = {
             let mut idle = self.lock();
-            idle.push_back((addr, l));
+            let mut evicted = expire(&mut idle);
+            idle.push_back((addr, Instant::now(), l));
             if idle.len() > self.cap {
-                idle.pop_front()
-            } else {
-                None
+                evicted.extend(idle.pop_front());
             }
+            evicted
         };
         // Closed outside the lock.
         drop(evicted);
     }
+}
+
+/// Takes out the listeners idle for longer than [`IDLE_FOR`] (the oldest
+/// are first), for the caller to close outside the lock.
+fn expire(idle: &mut VecDeque<Entry>) -> Vec<Entry> {
+    let now = Instant::now();
+    let n = idle
+        .iter()
+        .take_while(|(_, since, _)| now.duration_since(*since) > IDLE_FOR)
+        .count();
+    idle.drain(..n).collect()
 }
 
 /// A listener taken from [`IdleListeners`]; it goes back when dropped.
@@ -140,6 +166,22 @@ mod tests {
         let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (_, peer) = again.accept().await.unwrap();
         assert!(peer.ip().is_loopback());
+    }
+
+    /// A listener idle for longer than `IDLE_FOR` is closed (its port
+    /// refuses connections again) at the pool's next use.
+    #[tokio::test(start_paused = true)]
+    async fn a_listener_idle_for_too_long_is_closed() {
+        let env = Env::real();
+        let pool = IdleListeners::new(4);
+        let a = env.net.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let a_addr = a.local_addr().unwrap();
+        pool.put(a_addr, a);
+        tokio::time::advance(IDLE_FOR + Duration::from_secs(1)).await;
+        let b = env.net.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        pool.put(b.local_addr().unwrap(), b);
+        assert_eq!(pool.len(), 1);
+        assert!(std::net::TcpStream::connect(a_addr).is_err());
     }
 
     /// At most `cap` listeners stay idle: the oldest is closed.
