@@ -402,6 +402,25 @@ impl DiskStorage {
             }
             sent
         };
+        // Truncated while it was sent (behind the slave's back): what
+        // went out is not the file, and the client must not get a 226.
+        let whole = len - offset.min(len);
+        if sent < whole {
+            tracing::warn!(
+                sent,
+                expected = whole,
+                "the file shrank while it was sent; the transfer fails"
+            );
+            return Err(match version {
+                // Not the recorded version any more: the master stops
+                // using this copy (and repairs it from another).
+                Some(_) => StorageError::NotCurrent,
+                None => StorageError::Disk(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the file shrank while it was sent ({sent} of {whole} bytes)"),
+                )),
+            });
+        }
         on_data(idle, out.shutdown()).await?;
         Ok(sent)
     }
@@ -780,6 +799,58 @@ impl Storage for DiskStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file truncated while it is sent (by hand, behind the slave's
+    /// back) fails the transfer instead of ending it as complete, on the
+    /// copy path (an in-memory stream) and the `sendfile(2)` path (TCP).
+    #[tokio::test]
+    async fn a_file_truncated_while_it_is_sent_fails_the_transfer() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(DiskStorage::new(dir.path()).unwrap());
+        let path = VPath::parse_absolute("/big.bin").unwrap();
+        let len: u64 = 64 << 20;
+        for tcp in [false, true] {
+            let file = std::fs::File::create(dir.path().join("big.bin")).unwrap();
+            file.set_len(len).unwrap();
+            let (mut server, mut client): (BoxStream, BoxStream) = if tcp {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                    .await
+                    .unwrap();
+                (Box::new(l.accept().await.unwrap().0), Box::new(c))
+            } else {
+                let at = "127.0.0.1:1".parse().unwrap();
+                crate::env::pipe(at, at)
+            };
+            let sender = s.clone();
+            let p = path.clone();
+            let send = tokio::spawn(async move {
+                sender
+                    .send(&p, 0, None, &mut server, Duration::from_secs(10))
+                    .await
+            });
+            // The first bytes arrive; the sender waits for room.
+            let mut buf = vec![0u8; 64 << 10];
+            client.read_exact(&mut buf).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            file.set_len(1000).unwrap();
+            let mut got = buf.len() as u64;
+            loop {
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n as u64,
+                }
+            }
+            assert!(got < len, "tcp {tcp}: {got} bytes");
+            match send.await.unwrap() {
+                Err(StorageError::Disk(e)) => {
+                    assert!(e.to_string().contains("shrank"), "tcp {tcp}: {e}")
+                }
+                other => panic!("tcp {tcp}: {other:?}"),
+            }
+        }
+    }
 
     #[tokio::test]
     async fn list_skips_temp_and_symlinks_and_apply_ops() {
