@@ -548,7 +548,13 @@ fn separate_master_and_slave_processes_and_a_wrong_key() {
     let _good = KillOnDrop(good);
     let mut raw = RawFtp::connect(control);
     raw.login();
-    let slaves = raw.cmd("SITE SLAVES");
+    // "ready" is printed once connected; the master may still be taking
+    // its file list.
+    let mut slaves = String::new();
+    wait_until(|| {
+        slaves = raw.cmd("SITE SLAVES");
+        slaves.contains("good online")
+    });
     assert!(slaves.contains("good online"), "{slaves}");
     assert!(!slaves.contains("rogue"), "{slaves}");
     assert!(raw.cmd("PRET STOR x.bin").starts_with("200"));

@@ -430,7 +430,16 @@ fn master_slaves_and_client_on_separate_hosts() {
         let cfg = slave_config(&lab, s);
         lab.start(s, "slave", &cfg, &format!("{s} ready: data address"));
     }
-    let slaves = lab.site_slaves();
+    // "ready" is printed once connected; the master may still be taking
+    // the file lists.
+    let mut slaves = lab.site_slaves();
+    for _ in 0..50 {
+        if slaves.contains("slave-a online") && slaves.contains("slave-b online") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        slaves = lab.site_slaves();
+    }
     assert!(
         slaves.contains("slave-a online") && slaves.contains("slave-b online"),
         "{slaves}"

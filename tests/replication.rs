@@ -211,7 +211,16 @@ fn only_known_slave_names_join_and_addslave_lets_one_in() {
     let mut c = login(&site);
     assert!(c.cmd("SITE ADDSLAVE s2").starts_with("200 Slave s2 added"));
     site.add_slave("s2", "127.0.0.93", |_| {});
-    let slaves = c.cmd("SITE SLAVES");
+    // "ready" is printed once connected; the master may still be taking
+    // its (empty) file list.
+    let mut slaves = c.cmd("SITE SLAVES");
+    for _ in 0..100 {
+        if slaves.contains("s2 online") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        slaves = c.cmd("SITE SLAVES");
+    }
     assert!(slaves.contains("s2 online"), "{slaves}");
     assert!(!slaves.contains("intruder"), "{slaves}");
 }

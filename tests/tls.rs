@@ -587,7 +587,13 @@ fn link_over_tls_refuses_slaves_that_do_not_pin_the_master() {
     let _good = KillOnDrop(good);
     let mut raw = RawFtp::connect(control);
     raw.login();
-    let slaves = raw.cmd("SITE SLAVES");
+    // "ready" is printed once connected; the master may still be taking
+    // its file list.
+    let mut slaves = String::new();
+    wait_until(|| {
+        slaves = raw.cmd("SITE SLAVES");
+        slaves.contains("good online")
+    });
     assert!(slaves.contains("good online"), "{slaves}");
     assert!(
         !slaves.contains("wrongpin") && !slaves.contains("nopin"),
