@@ -1,7 +1,8 @@
 //! FTPS end to end (RFC 4217): `dftpd cluster --tls` with curl and Python's
 //! ftplib, the protocol rules over raw sockets (TLS by Python's `ssl`),
-//! resumption of the control session on a slave's data connection, and the
-//! link over TLS refusing slaves that do not pin the master's certificate.
+//! resumption of the control session on a slave's data connection, relay
+//! and FXP under TLS, and real clients. The slave link over TLS is in
+//! tests/tls_link.rs.
 
 mod common;
 
@@ -365,43 +366,6 @@ fn rclone_explicit_tls_with_parallel_connections_copies_a_tree() {
     assert!(log.contains("<- PRET STOR"), "straight to the slaves");
 }
 
-/// Raw control connection, upgraded with Python's `ssl` at AUTH: sends each
-/// argument as a command line (`!TLS` does the handshake, `!PIPE a|b` sends
-/// two lines in one write) and prints one reply per command.
-const RAW_TLS: &str = r#"
-import socket, ssl, sys
-host, port = sys.argv[1], int(sys.argv[2])
-sock = socket.create_connection((host, port), timeout=20)
-f = sock.makefile('rb')
-def reply():
-    line = f.readline().decode().rstrip('\r\n')
-    if len(line) > 3 and line[3] == '-':
-        code = line[:3]
-        while True:
-            more = f.readline().decode().rstrip('\r\n')
-            line += '|' + more
-            if more.startswith(code + ' ') or not more:
-                break
-    return line
-print(reply())
-for cmd in sys.argv[3:]:
-    if cmd == '!TLS':
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        sock = ctx.wrap_socket(sock, server_hostname=host)
-        f = sock.makefile('rb')
-        print('TLS', sock.version())
-        continue
-    if cmd.startswith('!PIPE '):
-        lines = cmd[6:].split('|')
-        sock.sendall(b''.join(l.encode() + b'\r\n' for l in lines))
-        print(cmd, '->', reply())
-        continue
-    sock.sendall(cmd.encode() + b'\r\n')
-    print(cmd, '->', reply())
-"#;
-
 fn raw_tls(c: &ClusterProc, cmds: &[&str]) -> String {
     let port = c.addr.port().to_string();
     let mut args = vec!["127.0.0.1", port.as_str()];
@@ -497,139 +461,6 @@ fn require_tls_refuses_login_before_auth_and_clear_data() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = curl_ftps(&[&c.url("/r.bin")]);
     assert_eq!(out.stdout, b"required", "{}", text(&out.stderr));
-}
-
-/// A master with `link_tls` and separate slave processes: slaves with a
-/// wrong pin or none are refused (the master logs their address); a slave
-/// pinning the certificate (by PEM file) joins; it has no certificate of its
-/// own, so PROT P transfers to it get 521 while PROT C ones work.
-#[test]
-fn link_over_tls_refuses_slaves_that_do_not_pin_the_master() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("m.crt"), dir.path().join("m.key"));
-    let pair = dftpd::tls::CertPair::self_signed(&["127.0.0.1".into()]).unwrap();
-    pair.write_pem(&cert, &key).unwrap();
-    let other = dftpd::tls::CertPair::self_signed(&["127.0.0.1".into()]).unwrap();
-    let master_toml = dir.path().join("master.toml");
-    std::fs::write(
-        &master_toml,
-        format!(
-            "listen = \"127.0.0.1:0\"\nlink_listen = \"127.0.0.1:0\"\nlink_key = \"k\"\naccept_new_slaves = true\npassive_ports = \"0\"\nstore = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nlink_tls = true\n[[users]]\nname = \"{USER}\"\npassword = \"{PASS}\"\nadmin = true\n",
-            dir.path().join("master.redb").display(),
-            cert.display(),
-            key.display(),
-        ),
-    )
-    .unwrap();
-    let master_log = dir.path().join("master.log");
-    let mut master = spawn_config("master", &master_toml, &master_log);
-    let control = wait_ready(&mut master, "master ready on ", &master_log);
-    let _master = KillOnDrop(master);
-    let master_text = || std::fs::read_to_string(&master_log).unwrap_or_default();
-    let mut link = None;
-    assert!(wait_until(|| {
-        link = master_text()
-            .lines()
-            .find(|l| l.contains("master listening"))
-            .and_then(|l| l.split("link_addr=").nth(1))
-            .and_then(|s| s.split_whitespace().next())
-            .map(str::to_string);
-        link.is_some()
-    }));
-    let link = link.unwrap();
-    let slave = |name: &str, ip: &str, pin: Option<String>| {
-        let toml = dir.path().join(format!("{name}.toml"));
-        let pin = pin
-            .map(|p| format!("master_cert_pin = \"{p}\"\n"))
-            .unwrap_or_default();
-        std::fs::write(
-            &toml,
-            format!(
-                "name = \"{name}\"\nmaster = \"{link}\"\nlink_key = \"k\"\nroot = \"{}\"\ndata_ip = \"{ip}\"\npassive_ports = \"0\"\nreconnect_min_ms = 100\nreconnect_max_ms = 500\ncreate_root = true\n{pin}",
-                dir.path().join(name).display()
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join(format!("{name}.log"));
-        (spawn_config("slave", &toml, &log), log)
-    };
-
-    // Pinned to another certificate: the slave refuses the master, the
-    // master logs the failed handshake with the slave's address.
-    let (wrong, wrong_log) = slave("wrongpin", "127.0.0.31", Some(other.fingerprint_sha256()));
-    let _wrong = KillOnDrop(wrong);
-    assert!(
-        wait_until(|| master_text().contains("slave refused: link TLS handshake failed")),
-        "{}",
-        master_text()
-    );
-    let line = master_text()
-        .lines()
-        .find(|l| l.contains("link TLS handshake failed"))
-        .unwrap()
-        .to_string();
-    assert!(line.contains("peer=127.0.0.1:"), "{line}");
-    assert!(wait_until(|| std::fs::read_to_string(&wrong_log)
-        .unwrap_or_default()
-        .contains("server certificate is not the pinned one")));
-
-    // No pin at all: a plain Hello to a TLS listener.
-    let (plain, _) = slave("nopin", "127.0.0.32", None);
-    let _plain = KillOnDrop(plain);
-    assert!(wait_until(|| master_text()
-        .matches("slave refused: link TLS handshake failed")
-        .count()
-        >= 2));
-
-    // The right pin (the certificate's PEM file) joins.
-    let (mut good, good_log) = slave("good", "127.0.0.33", Some(cert.display().to_string()));
-    let _ = wait_line(&mut good, "good ready", &good_log);
-    let _good = KillOnDrop(good);
-    let mut raw = RawFtp::connect(control);
-    raw.login();
-    // "ready" is printed once connected; the master may still be taking
-    // its file list.
-    let mut slaves = String::new();
-    wait_until(|| {
-        slaves = raw.cmd("SITE SLAVES");
-        slaves.contains("good online")
-    });
-    assert!(slaves.contains("good online"), "{slaves}");
-    assert!(
-        !slaves.contains("wrongpin") && !slaves.contains("nopin"),
-        "{slaves}"
-    );
-    assert!(master_text().contains("link_tls=true"), "{}", master_text());
-
-    // "good" has no certificate of its own: PROT P to it is refused with
-    // 521 naming it, PROT C works.
-    let pass = format!("PASS {PASS}");
-    let user = format!("USER {USER}");
-    let port = control.port().to_string();
-    let out = python(
-        RAW_TLS,
-        &[
-            "127.0.0.1",
-            &port,
-            "AUTH TLS",
-            "!TLS",
-            &user,
-            &pass,
-            "PBSZ 0",
-            "PROT P",
-            "PRET STOR x",
-            "PORT 127,0,0,1,200,1",
-            "STOR x",
-        ],
-    );
-    assert!(
-        out.contains("STOR x -> 521 Use PROT C: slave good has no TLS certificate"),
-        "{out}"
-    );
-    assert!(raw.cmd("PRET STOR y.bin").starts_with("200"));
-    let (_, addr) = raw.pasv();
-    let (_, fin) = raw.stor("y.bin", addr, b"clear");
-    assert!(fin.starts_with("226"), "{fin}");
 }
 
 /// `pasv_without_pret = relay` under PROT P: the master terminates TLS for

@@ -757,3 +757,40 @@ pub fn rclone(args: &[&str]) -> String {
     );
     text(&out.stderr)
 }
+
+/// Raw control connection, upgraded with Python's `ssl` at AUTH: sends each
+/// argument as a command line (`!TLS` does the handshake, `!PIPE a|b` sends
+/// two lines in one write) and prints one reply per command.
+pub const RAW_TLS: &str = r#"
+import socket, ssl, sys
+host, port = sys.argv[1], int(sys.argv[2])
+sock = socket.create_connection((host, port), timeout=20)
+f = sock.makefile('rb')
+def reply():
+    line = f.readline().decode().rstrip('\r\n')
+    if len(line) > 3 and line[3] == '-':
+        code = line[:3]
+        while True:
+            more = f.readline().decode().rstrip('\r\n')
+            line += '|' + more
+            if more.startswith(code + ' ') or not more:
+                break
+    return line
+print(reply())
+for cmd in sys.argv[3:]:
+    if cmd == '!TLS':
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        sock = ctx.wrap_socket(sock, server_hostname=host)
+        f = sock.makefile('rb')
+        print('TLS', sock.version())
+        continue
+    if cmd.startswith('!PIPE '):
+        lines = cmd[6:].split('|')
+        sock.sendall(b''.join(l.encode() + b'\r\n' for l in lines))
+        print(cmd, '->', reply())
+        continue
+    sock.sendall(cmd.encode() + b'\r\n')
+    print(cmd, '->', reply())
+"#;
