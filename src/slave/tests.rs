@@ -310,32 +310,7 @@ async fn connections_made_before_the_listener_was_announced_are_not_served() {
     // The 227 went out 50 ms before the claim; a scan just after it.
     drop(tokio::net::TcpStream::connect(addr).await.unwrap());
     tokio::time::sleep(Duration::from_millis(50)).await;
-    rig.send(MasterMsg::Claim {
-        token,
-        xfer: 10,
-        accept_from: Some("127.0.0.1".parse().unwrap()),
-        age_ms: 50,
-    })
-    .await;
-    rig.send(MasterMsg::Request {
-        rid: 7,
-        request: Request::Transfer {
-            xfer: 10,
-            order: TransferOrder::Send {
-                path: p("/x"),
-                offset: 0,
-                version: None,
-                rate: None,
-                pending: None,
-            },
-            data: DataConn::Passive,
-            tls: None,
-        },
-    })
-    .await;
-    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut got = Vec::new();
-    client.read_to_end(&mut got).await.unwrap();
+    let got = download_through(&mut rig, token, 10, addr).await;
     assert_eq!(got, b"xx", "the client that came after the 227 is served");
     let mut stolen = Vec::new();
     let _ = early.read_to_end(&mut stolen).await;
