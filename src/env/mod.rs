@@ -46,16 +46,23 @@ pub trait NetListener: Send + Sync {
     /// waiting for more; returns how many. A listener reused for another
     /// transfer starts with nothing made before it was handed out again.
     fn drain(&self) -> usize {
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
         let mut closed = 0;
-        loop {
-            let mut next = self.accept();
-            match next.as_mut().poll(&mut cx) {
-                std::task::Poll::Ready(Ok(_)) => closed += 1,
-                _ => return closed,
-            }
+        while let Some(Ok(_)) = poll_once(self.accept()) {
+            closed += 1;
         }
+        closed
+    }
+}
+
+/// Polls `f` exactly once: its value if ready now, else `None`. (Not
+/// `timeout(Duration::ZERO, ..)`: tokio rounds that deadline up to its next
+/// 1 ms timer tick, which cost every RETR a millisecond.)
+pub fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let f = std::pin::pin!(f);
+    match f.poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }
 

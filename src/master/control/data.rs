@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 use super::{ControlSession, Endpoint};
+pub(super) use crate::env::poll_once;
 use crate::env::{accept_from, bind_in_range, BoxStream, Env, IdleListeners, NetListener, Pooled};
 use crate::link::{MasterMsg, Request, Response};
 use crate::master::db::SlaveId;
@@ -131,8 +132,8 @@ impl ControlSession {
         // Also for a client that reached this slave directly before: a
         // session may change its mind (or be several programs behind one
         // NAT address), and a refused connection is worse than a socket.
-        let idle = self.state.idle_catch.clone();
-        let catch = catch_listener(&self.env, &idle, self.session.local.ip(), addr).await;
+        let own = self.session.local.ip();
+        let catch = catch_listener(&self.env, &self.state.idle_catch, own, addr).await;
         self.endpoint = Endpoint::Slave {
             xfer,
             link,
@@ -253,18 +254,6 @@ pub(super) async fn catch_listener(
     }
     idle.listen(env, SocketAddr::new(own, announced.port()))
         .await
-}
-
-/// Polls `f` exactly once: its value if ready now, else `None`. (Not
-/// `timeout(Duration::ZERO, ..)`: tokio rounds that deadline up to its next
-/// 1 ms timer tick, which cost every RETR a millisecond.)
-pub(super) fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    let f = std::pin::pin!(f);
-    match f.poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
-    }
 }
 
 /// Accepts on `l`, or never resolves when there is no listener.
