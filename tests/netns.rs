@@ -432,14 +432,11 @@ fn master_slaves_and_client_on_separate_hosts() {
     }
     // "ready" is printed once connected; the master may still be taking
     // the file lists.
-    let mut slaves = lab.site_slaves();
-    for _ in 0..50 {
-        if slaves.contains("slave-a online") && slaves.contains("slave-b online") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut slaves = String::new();
+    wait_until(|| {
         slaves = lab.site_slaves();
-    }
+        slaves.contains("slave-a online") && slaves.contains("slave-b online")
+    });
     assert!(
         slaves.contains("slave-a online") && slaves.contains("slave-b online"),
         "{slaves}"

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{random_bytes, RawFtp, Site};
+use common::{random_bytes, wait_until, RawFtp, Site};
 
 const FILES: usize = 50;
 
@@ -213,14 +213,11 @@ fn only_known_slave_names_join_and_addslave_lets_one_in() {
     site.add_slave("s2", "127.0.0.93", |_| {});
     // "ready" is printed once connected; the master may still be taking
     // its (empty) file list.
-    let mut slaves = c.cmd("SITE SLAVES");
-    for _ in 0..100 {
-        if slaves.contains("s2 online") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut slaves = String::new();
+    wait_until(|| {
         slaves = c.cmd("SITE SLAVES");
-    }
+        slaves.contains("s2 online")
+    });
     assert!(slaves.contains("s2 online"), "{slaves}");
     assert!(!slaves.contains("intruder"), "{slaves}");
 }
