@@ -330,3 +330,80 @@ async fn a_rogue_slave_cannot_crash_the_master_or_take_over_files() {
         "{log}"
     );
 }
+
+/// A symbolic link planted on a slave's disk where the master has a
+/// directory: the slave refuses to rename a copy through it (links are
+/// never followed). The client's RNTO stands (250), the copy is kept at its
+/// old name on that slave (never removed as stale, even across a
+/// reconnect), and it moves once the link is gone.
+#[test]
+fn a_rename_refused_by_a_planted_symlink_keeps_the_copy_until_it_can_move() {
+    let data = random_bytes(20_000, 4);
+    let mut site = Site::start(USERS);
+    let d = data.clone();
+    let seed = move |root: &std::path::Path| {
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::write(root.join("d/f.bin"), &d).unwrap();
+    };
+    site.add_slave("s1", "127.0.0.63", seed);
+    let root = site.root("s1");
+    let outside = tempfile::tempdir().unwrap();
+    let mut c = site.raw();
+    assert!(login(&mut c, "root", "root-pw").starts_with("230"));
+    assert!(common::wait_until(|| c
+        .cmd("SIZE /d/f.bin")
+        .starts_with("213")));
+    assert!(c.cmd("MKD /x").starts_with("257"));
+    let _ = std::fs::remove_dir(root.join("x"));
+    std::os::unix::fs::symlink(outside.path(), root.join("x")).unwrap();
+    assert!(c.cmd("RNFR /d/f.bin").starts_with("350"));
+    assert!(c.cmd("RNTO /x/f.bin").starts_with("250"));
+    assert!(
+        common::wait_until(|| site.log().contains("could not rename its copy")),
+        "{}",
+        site.log()
+    );
+    // Until then a download fails (the copy is not where the record
+    // says) but the file stays recorded.
+    let early = curl(&[
+        "--ftp-pret",
+        "--no-ftp-skip-pasv-ip",
+        "-u",
+        "alice:alice-pw",
+        &format!("ftp://{}/x/f.bin", site.control),
+    ]);
+    assert!(!early.status.success());
+    assert!(c.cmd("SIZE /x/f.bin").starts_with("213"));
+    let online = |c: &mut RawFtp| c.cmd("SITE SLAVES").contains("s1 online");
+    // The slave reconnects: its copy at the old name is kept.
+    site.kill_slave("s1");
+    site.add_slave("s1", "127.0.0.63", |_| {});
+    assert!(common::wait_until(|| online(&mut c)));
+    assert!(
+        common::wait_until(|| site.log().contains("copy left at its old name")),
+        "{}",
+        site.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(std::fs::read(root.join("d/f.bin")).unwrap(), data);
+    assert!(
+        !outside.path().join("f.bin").exists(),
+        "a link was followed"
+    );
+    assert!(c.cmd("SIZE /x/f.bin").starts_with("213"));
+    // The operator removes the link: the next reconnect moves the copy.
+    std::fs::remove_file(root.join("x")).unwrap();
+    site.kill_slave("s1");
+    site.add_slave("s1", "127.0.0.63", |_| {});
+    assert!(common::wait_until(|| root.join("x/f.bin").exists()));
+    assert!(common::wait_until(|| online(&mut c)));
+    let down = curl(&[
+        "--ftp-pret",
+        "--no-ftp-skip-pasv-ip",
+        "-u",
+        "alice:alice-pw",
+        &format!("ftp://{}/x/f.bin", site.control),
+    ]);
+    assert!(down.stdout == data, "{}", common::text(&down.stderr));
+    assert!(!root.join("d/f.bin").exists());
+}

@@ -18,7 +18,7 @@ use super::hub::{lock, Outbound, PendingReplies, SlaveLink};
 use super::registry::valid_slave_name;
 use super::remerge::{remerge_chunk, remerge_sweep, verified, Verify};
 use super::Shared;
-use super::{commit, replica};
+use super::{commit, remerge, replica};
 use crate::env::{next_connection, BoxStream, Env, NetListener};
 use crate::link::{
     self, auth, LinkError, MasterMsg, OpOutcome, Request, Response, SlaveMsg, PROTOCOL_VERSION,
@@ -502,6 +502,7 @@ async fn read_loop(
                     if let OpOutcome::Failed(why) = outcome {
                         tracing::warn!(slave = %name, seq, %why, "operation failed on the slave");
                     }
+                    remerge::applied(&mut st, id, *seq, outcome);
                     st.slaves.acked(id, *seq);
                     commit::acked(&mut st, id, *seq, outcome);
                     replica::acked(&mut st, id, *seq, outcome);

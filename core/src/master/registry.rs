@@ -86,6 +86,11 @@ pub struct SlaveInfo {
     pub rate_in: u64,
     /// The last sample: (milliseconds, bytes out, bytes in so far).
     pub rate_mark: Option<(u64, u64, u64)>,
+    /// Renames it could not apply (a symbolic link on its disk, a full or
+    /// read-only disk): (from, to). Its copy stays at `from`, kept by
+    /// remerge (never dropped as stale) and moved again on every remerge
+    /// until a rename succeeds (see `remerge::applied`). In memory only.
+    pub misplaced: Vec<(VPath, VPath)>,
 }
 
 impl SlaveInfo {
@@ -207,6 +212,7 @@ impl SlaveRegistry {
             rate_out: 0,
             rate_in: 0,
             rate_mark: None,
+            misplaced: Vec::new(),
         });
         self.by_name.insert(name.to_string(), id);
         id
@@ -393,6 +399,7 @@ impl SlaveRegistry {
         let Some(s) = self.slaves.get_mut(id as usize) else {
             return;
         };
+        s.misplaced.clear();
         if let Some((last, _)) = s.log.back() {
             let last = *last;
             s.log.clear();

@@ -36,7 +36,7 @@ use std::collections::BTreeSet;
 
 use super::db::{FileMeta, Holders, Node, SlaveId};
 use super::MasterState;
-use crate::link::{FileOp, FileVersion, RemoteFile};
+use crate::link::{FileOp, FileVersion, OpOutcome, RemoteFile};
 use crate::proto::VPath;
 
 /// Files visited per slice of the end-of-remerge sweep: the lock is
@@ -121,7 +121,11 @@ pub fn remerge_chunk(
     // Not when its log held orders at link-up: those were for copies the
     // master recorded on it, deleted or replaced since (it would bring
     // deleted files back).
-    let logged = st.slaves.get(id).is_some_and(|s| s.logged_at_link_up);
+    // Nor with copies left behind by failed renames: it has the master's.
+    let logged = st
+        .slaves
+        .get(id)
+        .is_some_and(|s| s.logged_at_link_up || !s.misplaced.is_empty());
     let fresh = !logged && st.db.held_by(id) <= seen.len() as u64;
     for f in files {
         if f.path.is_root() {
@@ -130,6 +134,9 @@ pub fn remerge_chunk(
         if st.slaves.touched(id, &f.path) {
             // Changed since the slave listed it: the log decides.
             seen.insert(f.path);
+            continue;
+        }
+        if misplaced(st, id, &f, seen) {
             continue;
         }
         match verdict(st, id, &f, fresh) {
@@ -241,6 +248,105 @@ pub fn remerge_chunk(
     }
     verify
 }
+
+/// Where a copy left behind by a failed rename on slave `id` belongs: the
+/// rename's target for `path` (at or below its `from`).
+fn misplaced_target(st: &MasterState, id: SlaveId, path: &VPath) -> Option<VPath> {
+    let info = st.slaves.get(id)?;
+    info.misplaced.iter().rev().find_map(|(from, to)| {
+        let rest = path.strip_prefix(from)?;
+        let mut t = to.clone();
+        for c in rest {
+            t = t.join(c).ok()?;
+        }
+        Some(t)
+    })
+}
+
+/// A copy (stale by its path) that is the recorded version of the file a
+/// failed rename on this slave was moving (its copy stayed at the old
+/// name): kept, never dropped, and the rename asked again (it succeeds
+/// once the slave's disk allows it). The slave keeps counting as a holder
+/// where the record has it. Returns whether it was such a copy.
+fn misplaced(
+    st: &mut MasterState,
+    id: SlaveId,
+    f: &RemoteFile,
+    seen: &mut BTreeSet<VPath>,
+) -> bool {
+    let Some(target) = misplaced_target(st, id, &f.path) else {
+        return false;
+    };
+    let current = match (st.db.file(&target), &f.version) {
+        (Ok(meta), Some(v)) => {
+            v.store == st.store_id && v.gen == meta.version && v.size == meta.size
+        }
+        _ => false,
+    };
+    if !current {
+        return false;
+    }
+    tracing::warn!(slave = %st.slaves.name(id), path = %f.path, to = %target, "copy left at its old name by a failed rename: kept, moving it again");
+    if st.db.file(&target).is_ok_and(|m| m.holders.contains(&id)) {
+        seen.insert(target.clone());
+    }
+    st.slaves.log_op(
+        id,
+        FileOp::Rename {
+            from: f.path.clone(),
+            to: target,
+        },
+    );
+    true
+}
+
+/// Slave `id` acknowledged log entry `seq` with `outcome` (called before
+/// the entry leaves the log). A rename it could not apply leaves its copy
+/// at the old name: remembered (see [`SlaveInfo::misplaced`]), the copies
+/// under the new name that other slaves hold stop counting this one (and
+/// are repaired), and the operator is told. A rename that worked clears
+/// what an earlier failure of it left.
+///
+/// [`SlaveInfo::misplaced`]: super::registry::SlaveInfo::misplaced
+pub fn applied(st: &mut MasterState, id: SlaveId, seq: u64, outcome: &OpOutcome) {
+    let Some(info) = st.slaves.get(id) else {
+        return;
+    };
+    let Some((from, to)) = info.log.iter().find_map(|(n, op)| match op {
+        FileOp::Rename { from, to } if *n == seq => Some((from.clone(), to.clone())),
+        _ => None,
+    }) else {
+        return;
+    };
+    let Some(info) = st.slaves.get_mut(id) else {
+        return;
+    };
+    if !matches!(outcome, OpOutcome::Failed(_)) {
+        info.misplaced.retain(|(f, t)| !(f == &from && t == &to));
+        return;
+    }
+    if !info.misplaced.iter().any(|(f, t)| f == &from && t == &to) {
+        if info.misplaced.len() >= MISPLACED_MAX {
+            info.misplaced.remove(0);
+        }
+        info.misplaced.push((from.clone(), to.clone()));
+    }
+    tracing::error!(slave = %info.name, %from, %to, "the slave could not rename its copy: it stays at the old name there (kept) and is moved again when the slave reconnects; fix its disk (a symbolic link in the way?)");
+    let shared: Vec<VPath> = st
+        .db
+        .files_under(&to)
+        .into_iter()
+        .filter(|(_, m)| m.holders.contains(&id) && m.holders.len() > 1)
+        .map(|(p, _)| p)
+        .collect();
+    for p in shared {
+        let _ = st.db.remove_holder(&p, id);
+        super::replica::note(st, &p);
+    }
+}
+
+/// Failed renames remembered per slave, at most.
+const MISPLACED_MAX: usize = 1024;
 
 /// What slave `id` read of a copy [`remerge_chunk`] asked to check:
 /// `Some((size, mtime, crc32))`, or `None` when it could not (the file is
@@ -635,6 +741,105 @@ mod tests {
             "{:?}",
             last_op(&st, a)
         );
+    }
+
+    /// RNTO /d/f /x/f while the slave's /x is a symbolic link (refused):
+    /// the copy stays at /d/f on its disk.
+    fn failed_rename(st: &mut MasterState, id: SlaveId) {
+        st.db.mkdir_all(&p("/x"), "u", 0).unwrap();
+        st.db.rename(&p("/d/f"), &p("/x/f"), 0).unwrap();
+        let seq = st.slaves.log_op(
+            id,
+            FileOp::Rename {
+                from: p("/d/f"),
+                to: p("/x/f"),
+            },
+        );
+        applied(
+            st,
+            id,
+            seq,
+            &OpOutcome::Failed("symbolic links are not followed".into()),
+        );
+        st.slaves.acked(id, seq);
+    }
+
+    #[test]
+    fn the_only_copy_left_behind_by_a_failed_rename_is_kept_and_moved_again() {
+        let mut st = MasterState::new(Arc::new(MasterConfig::default()));
+        st.store_id = 5;
+        let a = st.slaves.id_for("a");
+        remerge(&mut st, a, vec![rf("/d/f", 10, None)]);
+        let gen = st.db.file(&p("/d/f")).unwrap().version;
+        let v = Some(FileVersion {
+            store: 5,
+            gen,
+            size: 10,
+            crc32: None,
+        });
+        failed_rename(&mut st, a);
+        // The slave comes back listing the copy at its old name: not
+        // stale, not removed; the record keeps it; the rename is asked again.
+        remerge(&mut st, a, vec![rf("/d/f", 10, v)]);
+        assert_eq!(st.db.file(&p("/x/f")).unwrap().holders.as_slice(), &[a]);
+        assert!(st.db.get(&p("/d/f")).is_none());
+        let log: Vec<FileOp> = st
+            .slaves
+            .get(a)
+            .unwrap()
+            .log
+            .iter()
+            .map(|(_, o)| o.clone())
+            .collect();
+        assert!(
+            !log.iter().any(|o| matches!(o, FileOp::DropStale { .. })),
+            "{log:?}"
+        );
+        assert_eq!(
+            last_op(&st, a),
+            Some(FileOp::Rename {
+                from: p("/d/f"),
+                to: p("/x/f")
+            })
+        );
+        // This time it works: nothing is remembered any more, and the copy
+        // at the new name is the holder.
+        let seq = st.slaves.get(a).unwrap().log.back().unwrap().0;
+        applied(&mut st, a, seq, &OpOutcome::Done);
+        st.slaves.acked(a, seq);
+        assert!(st.slaves.get(a).unwrap().misplaced.is_empty());
+        remerge(&mut st, a, vec![rf("/x/f", 10, v)]);
+        assert_eq!(st.db.file(&p("/x/f")).unwrap().holders.as_slice(), &[a]);
+    }
+
+    #[test]
+    fn a_failed_rename_stops_counting_the_copy_where_others_hold_the_file() {
+        let mut st = MasterState::new(Arc::new(MasterConfig::default()));
+        st.store_id = 5;
+        let (a, b) = (st.slaves.id_for("a"), st.slaves.id_for("b"));
+        remerge(&mut st, a, vec![rf("/d/f", 10, None)]);
+        let gen = st.db.file(&p("/d/f")).unwrap().version;
+        let v = Some(FileVersion {
+            store: 5,
+            gen,
+            size: 10,
+            crc32: None,
+        });
+        remerge(&mut st, b, vec![rf("/d/f", 10, v)]);
+        assert_eq!(st.db.file(&p("/d/f")).unwrap().holders.as_slice(), &[a, b]);
+        failed_rename(&mut st, a);
+        // b moved its copy; a's did not: downloads go to b only.
+        assert_eq!(st.db.file(&p("/x/f")).unwrap().holders.as_slice(), &[b]);
+        // a's old copy is kept and moved when it reconnects.
+        remerge(&mut st, a, vec![rf("/d/f", 10, v)]);
+        assert!(matches!(last_op(&st, a), Some(FileOp::Rename { .. })));
+        // A copy at the old name of another version (the file was replaced
+        // since) is stale as ever.
+        let mut m = st.db.file(&p("/x/f")).unwrap().clone();
+        m.version = st.db.new_version();
+        st.db.put_file(&p("/x/f"), m).unwrap();
+        remerge(&mut st, a, vec![rf("/d/f", 10, v)]);
+        assert!(matches!(last_op(&st, a), Some(FileOp::DropStale { .. })));
     }
 
     #[test]
