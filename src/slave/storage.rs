@@ -31,7 +31,10 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use super::sendfile::sendfile_all;
 pub use super::sendfile::{sent_before, SentBefore};
 use super::sink;
-use super::xattr::{read_kept_version_fd, read_version, read_version_fd, write_version};
+use super::xattr::{
+    is_kept, mark_kept, read_kept_version_fd, read_version, read_version_fd, unmark_kept,
+    write_version,
+};
 use crate::env::{BoxStream, COPY_BUF};
 use crate::link::{FileOp, FileVersion, OpOutcome, RemoteFile, APPEND};
 use crate::proto::VPath;
@@ -309,6 +312,16 @@ impl DiskStorage {
             }
         }
         Ok(out)
+    }
+
+    /// Whether `p`, or a directory above it, is marked kept by a rename
+    /// that failed (see `KEEP_XATTR`).
+    fn kept(&self, p: &VPath) -> io::Result<bool> {
+        let real = self.real(p)?;
+        Ok(real
+            .ancestors()
+            .take_while(|a| a.starts_with(&self.root) && *a != self.root)
+            .any(is_kept))
     }
 
     /// Opens `p` for reading, refusing a symbolic link anywhere on the way
@@ -730,12 +743,28 @@ impl Storage for DiskStorage {
                 ignore_missing(tokio::fs::remove_file(self.real(path)?).await)?
             }
             FileOp::Rename { from, to } => {
-                let dest = self.real(to)?;
                 let src = self.real(from)?;
-                if let Some(parent) = dest.parent() {
-                    tokio::fs::create_dir_all(parent).await?;
+                let moved = async {
+                    let dest = self.real(to)?;
+                    if let Some(parent) = dest.parent() {
+                        tokio::fs::create_dir_all(parent).await?;
+                    }
+                    tokio::fs::rename(&src, &dest).await?;
+                    unmark_kept(&dest);
+                    io::Result::Ok(())
                 }
-                ignore_missing(tokio::fs::rename(src, dest).await)?
+                .await;
+                match moved {
+                    Err(e) if std::fs::symlink_metadata(&src).is_ok() => {
+                        // The copy stays at the old name: never removed as
+                        // stale while it is there (see `KEEP_XATTR`).
+                        if let Err(m) = mark_kept(&src, to.as_str()) {
+                            tracing::warn!(path = %from, error = %m, "could not mark a copy kept");
+                        }
+                        return Err(e);
+                    }
+                    other => ignore_missing(other)?,
+                }
             }
             FileOp::RemoveDir { path } => {
                 // Only empty directories; a slave may hold files the
@@ -748,6 +777,11 @@ impl Storage for DiskStorage {
                 size,
             } => {
                 if let Some((found_size, _, found)) = self.version_of(path).await? {
+                    if self.kept(path)? {
+                        return Ok(OpOutcome::Failed(format!(
+                            "{path} is kept: a rename of it failed here; move it by hand"
+                        )));
+                    }
                     if is_that_copy(found.as_ref(), found_size, version.as_ref(), *size) {
                         ignore_missing(tokio::fs::remove_file(self.real(path)?).await)?;
                     }
@@ -892,6 +926,63 @@ mod tests {
         s.apply(&FileOp::Delete { path: to }).await.unwrap();
         assert!(s.list().await.unwrap().is_empty());
         assert!(s.free_space().await.unwrap() > 0);
+    }
+
+    #[tokio::test]
+    async fn a_copy_a_rename_could_not_move_is_never_dropped_as_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let s = DiskStorage::new(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path().join("d/e")).unwrap();
+        std::fs::write(dir.path().join("d/e/f.bin"), b"hello").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("x")).unwrap();
+        let p = |s: &str| VPath::parse_absolute(s).unwrap();
+        let drop_stale = |path: &str| FileOp::DropStale {
+            path: p(path),
+            version: None,
+            size: 5,
+        };
+        // Into the planted link: refused, the copy stays, marked kept.
+        for (from, to) in [("/d/e/f.bin", "/x/f.bin"), ("/d", "/x/d")] {
+            let rename = FileOp::Rename {
+                from: p(from),
+                to: p(to),
+            };
+            assert!(s.apply(&rename).await.is_err());
+            // What a master that forgot the rename asks: refused.
+            let o = s.apply(&drop_stale("/d/e/f.bin")).await.unwrap();
+            assert!(
+                matches!(o, OpOutcome::Failed(ref why) if why.contains("kept")),
+                "{o:?}"
+            );
+            assert_eq!(
+                std::fs::read(dir.path().join("d/e/f.bin")).unwrap(),
+                b"hello"
+            );
+        }
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+        // The link is gone: the rename works and the copy is an ordinary one.
+        std::fs::remove_file(dir.path().join("x")).unwrap();
+        let rename = FileOp::Rename {
+            from: p("/d"),
+            to: p("/x"),
+        };
+        assert_eq!(s.apply(&rename).await.unwrap(), OpOutcome::Done);
+        let o = s.apply(&drop_stale("/x/e/f.bin")).await.unwrap();
+        assert!(
+            matches!(o, OpOutcome::Failed(_)),
+            "the file's own mark: {o:?}"
+        );
+        let rename = FileOp::Rename {
+            from: p("/x/e/f.bin"),
+            to: p("/x/f.bin"),
+        };
+        assert_eq!(s.apply(&rename).await.unwrap(), OpOutcome::Done);
+        assert_eq!(
+            s.apply(&drop_stale("/x/f.bin")).await.unwrap(),
+            OpOutcome::Done
+        );
+        assert!(!dir.path().join("x/f.bin").exists());
     }
 
     #[tokio::test]

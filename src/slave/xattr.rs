@@ -160,6 +160,43 @@ pub(super) fn write_version(p: &Path, v: &FileVersion) -> io::Result<()> {
     Ok(())
 }
 
+/// Marks a copy a rename could not move (`user.dftpd.keep`, its value
+/// the path it was to go to): `DropStale` never removes it, or anything
+/// below it, whatever the master thinks of it (a master that forgot the
+/// failed rename, after a restart, sees a renamed file's stale copy).
+pub const KEEP_XATTR: &str = "user.dftpd.keep";
+
+/// Marks the file or directory at `p` kept (see [`KEEP_XATTR`]).
+pub(super) fn mark_kept(p: &Path, to: &str) -> io::Result<()> {
+    let c = cpath(p)?;
+    let name = std::ffi::CString::new(KEEP_XATTR).unwrap_or_default();
+    // SAFETY: valid NUL-terminated strings and a value of the given size.
+    let r =
+        unsafe { nix::libc::lsetxattr(c.as_ptr(), name.as_ptr(), to.as_ptr().cast(), to.len(), 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether the file or directory at `p` is marked kept.
+pub(super) fn is_kept(p: &Path) -> bool {
+    let Ok(c) = cpath(p) else { return false };
+    let name = std::ffi::CString::new(KEEP_XATTR).unwrap_or_default();
+    // SAFETY: valid NUL-terminated strings; a null buffer of size 0 asks
+    // for the value's size only.
+    let n = unsafe { nix::libc::lgetxattr(c.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    n >= 0
+}
+
+/// Removes the kept mark from `p` (moved where it belongs at last), if any.
+pub(super) fn unmark_kept(p: &Path) {
+    let Ok(c) = cpath(p) else { return };
+    let name = std::ffi::CString::new(KEEP_XATTR).unwrap_or_default();
+    // SAFETY: valid NUL-terminated strings. A missing attribute is fine.
+    let _ = unsafe { nix::libc::lremovexattr(c.as_ptr(), name.as_ptr()) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
