@@ -72,7 +72,7 @@ fn a_recorded_curl_session_replays_with_no_difference_and_an_edit_shows() {
         "user u $PASSWORD admin\n",
         "file slave-",
         " /first.bin size=70000",
-        "client: data send 12345\n",
+        "client: data send 12345", // then " over=..." if it took 100 ms or more
         "client> PRET RETR first.bin\n",
         "# PRET decision: slave slave-",
         "# passive decision: slave slave-",

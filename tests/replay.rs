@@ -173,8 +173,15 @@ fn ftplib_appe_rest_stor_stou_and_relay_replay_with_no_difference() {
     let files = finished_recordings(rec.path(), 1);
     let text = std::fs::read_to_string(&files[0]).unwrap();
     // What crossed the data connections, not the files' final sizes.
-    assert!(text.contains("client: data send 1234\n"), "{text}");
-    assert!(text.contains("client: data send 5000\n"), "{text}");
+    // (then " over=..." for an upload that took 100 ms or more).
+    assert!(
+        text.contains("client: data send 1234\n") || text.contains("client: data send 1234 over="),
+        "{text}"
+    );
+    assert!(
+        text.contains("client: data send 5000\n") || text.contains("client: data send 5000 over="),
+        "{text}"
+    );
     // STOU's name, and the client relayed after ignoring the 227 address.
     assert!(text.contains("client: pin-stou stou."), "{text}");
     assert!(
@@ -451,6 +458,86 @@ fn a_crash_at_the_midpoint_of_a_paced_session_lands_at_that_command() {
         off.abs() <= 0.07,
         "within a few commands of the midpoint: {off}"
     );
+}
+
+/// The recorded time of the session's `verb` command and the `over=` of
+/// its data line (the transfer's recorded duration).
+fn slow_transfer(text: &str, verb: &str) -> (Duration, Duration) {
+    let mut at = Duration::ZERO;
+    let mut over = None;
+    for l in text.lines() {
+        if let Some(t) = l.strip_prefix("at ") {
+            at = dftpd_sim::script::parse_duration(t).unwrap();
+        }
+        if l.starts_with("client: data ") {
+            over = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("over="))
+                .and_then(dftpd_sim::script::parse_duration);
+        }
+        if l.starts_with(&format!("client> {verb} ")) {
+            return (
+                at,
+                over.unwrap_or_else(|| panic!("no over= on {verb}:\n{text}")),
+            );
+        }
+    }
+    panic!("no {verb} in:\n{text}")
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_slow_transfer_finds_it_running_in_the_replay() {
+    let (rec, c) = rec_cluster(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let (small, big) = (work.path().join("slow.bin"), work.path().join("big.bin"));
+    std::fs::write(&small, random_bytes(3_000_000, 21)).unwrap();
+    std::fs::write(&big, random_bytes(24_000_000, 22)).unwrap();
+    let creds = format!("{USER}:{PASS}");
+    let base = ["--ftp-pret", "--no-ftp-skip-pasv-ip", "-u", &creds];
+    let (root, url) = (c.url("/"), c.url("/big.bin"));
+    let run = |extra: &[&str]| assert!(curl(&[&base[..], extra].concat()).status.success());
+    // An upload at 3 MB/s (about a second); a download at 12 MB/s, long
+    // enough that the kernel's socket buffers do not hide it (about a
+    // second from the slave's side).
+    run(&["-T", big.to_str().unwrap(), &root]);
+    run(&["--limit-rate", "3M", "-T", small.to_str().unwrap(), &root]);
+    run(&["--limit-rate", "12M", "-o", "/dev/null", &url]);
+    let files = finished_recordings(rec.path(), 3);
+    for (file, verb, gets) in [(&files[1], "STOR", "stored"), (&files[2], "RETR", "from")] {
+        let text = std::fs::read_to_string(file).unwrap();
+        let (at, over) = slow_transfer(&text, verb);
+        assert!(over >= Duration::from_millis(500), "{over:?}");
+        let slave = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# passive decision: slave "))
+            .and_then(|r| r.split_whitespace().next())
+            .expect("a passive decision")
+            .to_string();
+        // As recorded: it completes, taking its time.
+        replay_clean(verb, std::slice::from_ref(file));
+        // The slave crashes halfway through: the replayed transfer is
+        // still running, and fails.
+        let report = replay_paths(
+            std::slice::from_ref(file),
+            &ReplayOptions {
+                faults: vec![Fault::CrashSlave {
+                    slave: slave.clone(),
+                    when: When::At(at + over / 2),
+                }],
+                ..ReplayOptions::default()
+            },
+        )
+        .unwrap();
+        let diff = report.diff.join("\n");
+        println!(
+            "{verb} with {slave} crashed halfway: {}",
+            report.faults.join("; ")
+        );
+        assert!(
+            diff.contains(gets) && diff.contains("+        426 "),
+            "{verb}: the crash should cut the transfer:\n{diff}"
+        );
+    }
 }
 
 #[test]

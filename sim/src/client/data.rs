@@ -14,6 +14,7 @@ impl Client {
         self.listener = None;
         self.payload = None;
         self.read_cut = None;
+        self.read_pace = None;
         self.rest = 0;
     }
 
@@ -133,6 +134,7 @@ impl Client {
                     size: 0,
                     seed: 1,
                     cut: None,
+                    over: None,
                 });
                 let data = content(p.seed, p.size);
                 cut = p.cut;
@@ -143,11 +145,15 @@ impl Client {
                 }
                 let mut sent = 0usize;
                 let mut failed = None;
+                let pace = p.over.map(|over| Pacer::new(limit as u64, over));
                 for chunk in data[..limit].chunks(CHUNK) {
                     match self.write_watching_control(&mut s, chunk).await {
                         Ok(()) => {
                             sent += chunk.len();
                             self.world.data_bytes.set(sent as u64);
+                            if let Some(p) = &pace {
+                                p.wait(sent as u64).await;
+                            }
                         }
                         Err(e) => {
                             failed = Some(e);
@@ -195,6 +201,7 @@ impl Client {
                 };
                 let mut failed = None;
                 let mut tmp = vec![0u8; CHUNK];
+                let pace = self.read_pace.map(|p| Pacer::new(p.bytes, p.over));
                 while (received.len() as u64) < limit {
                     if sent_limit.is_some_and(|n| s.peer_written() >= n) {
                         cut_reached = true;
@@ -206,6 +213,9 @@ impl Client {
                             let take = (n as u64).min(limit - received.len() as u64) as usize;
                             received.extend_from_slice(&tmp[..take]);
                             self.world.data_bytes.set(received.len() as u64);
+                            if let Some(p) = &pace {
+                                p.wait(received.len() as u64).await;
+                            }
                         }
                         Ok(Err(e)) => {
                             failed = Some(e.kind().to_string());
@@ -383,4 +393,34 @@ pub(super) fn is_data_verb(verb: &str) -> bool {
         verb,
         "RETR" | "STOR" | "APPE" | "STOU" | "LIST" | "NLST" | "MLSD"
     )
+}
+
+/// An even pace for a recorded slow transfer: `bytes` over `over` from
+/// when the data phase began, on the simulation's clock (the one recorded
+/// times and faults are placed on; a host's own timers run ahead of it
+/// when the replay's step is under a millisecond).
+struct Pacer {
+    start: Duration,
+    bytes: u64,
+    over: Duration,
+}
+
+impl Pacer {
+    fn new(bytes: u64, over: Duration) -> Pacer {
+        Pacer {
+            start: now(),
+            bytes: bytes.max(1),
+            over,
+        }
+    }
+
+    /// Until `done` bytes are due: a millisecond of host time at a time,
+    /// which is one simulation step whatever the step is.
+    async fn wait(&self, done: u64) {
+        let due = self.over.as_nanos() * u128::from(done.min(self.bytes)) / u128::from(self.bytes);
+        let due = self.start + Duration::from_nanos(due as u64);
+        while now() < due {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
 }

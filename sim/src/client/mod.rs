@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::env::{content, crc32, SimListener, SimStream};
 use crate::history::{Effect, Op, Status};
-use crate::script::{ClientOp, Cut, Payload};
+use crate::script::{ClientOp, Cut, Pace, Payload};
 
 mod data;
 use data::is_data_verb;
@@ -136,6 +136,7 @@ struct Client {
     listener: Option<SimListener>,
     payload: Option<Payload>,
     read_cut: Option<Cut>,
+    read_pace: Option<Pace>,
     rest: u64,
     /// The client process "died" (`gone-after`): later steps are skipped.
     gone: bool,
@@ -162,6 +163,7 @@ pub async fn run(
         listener: None,
         payload: None,
         read_cut: None,
+        read_pace: None,
         rest: 0,
         rnfr: None,
         cwd: VPath::root(),
@@ -321,16 +323,18 @@ impl Client {
             }
             ClientOp::DataSend(p) => {
                 self.log(format!(
-                    "{name}: data send {} bytes seed={}{}",
+                    "{name}: data send {} bytes seed={}{}{}",
                     p.size,
                     p.seed,
-                    p.cut.map(|c| format!(" {c}")).unwrap_or_default()
+                    p.cut.map(|c| format!(" {c}")).unwrap_or_default(),
+                    p.over.map(|d| format!(" over={d:?}")).unwrap_or_default()
                 ));
                 self.payload = Some(p);
             }
-            ClientOp::DataRead(cut) => {
-                self.log(format!("{name}: data read {cut}"));
-                self.read_cut = Some(cut);
+            ClientOp::DataRead(plan) => {
+                self.log(format!("{name}: data read {plan}"));
+                self.read_cut = plan.cut;
+                self.read_pace = plan.pace;
             }
         }
     }

@@ -157,6 +157,38 @@ pub struct Payload {
     pub size: u64,
     pub seed: u64,
     pub cut: Option<Cut>,
+    /// Send at an even pace so the bytes take this long (a recorded slow
+    /// transfer: a fault in the middle of it finds it running).
+    pub over: Option<Duration>,
+}
+
+/// How the next download is read: cut short, and paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadPlan {
+    pub cut: Option<Cut>,
+    /// Read `bytes` at an even pace over this long (see [`Payload::over`]).
+    pub pace: Option<Pace>,
+}
+
+/// An even pace: `bytes` over `over`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    pub bytes: u64,
+    pub over: Duration,
+}
+
+impl std::fmt::Display for ReadPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut sep = "";
+        if let Some(c) = self.cut {
+            write!(f, "{c}")?;
+            sep = " ";
+        }
+        if let Some(p) = self.pace {
+            write!(f, "{sep}bytes={} over={:?}", p.bytes, p.over)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,8 +209,9 @@ pub enum ClientOp {
     DataListen,
     /// Payload of the next upload command.
     DataSend(Payload),
-    /// The next download stops after this many bytes (closes, or ABORs).
-    DataRead(Cut),
+    /// How the next download is read: stopped after so many bytes
+    /// (closes, ABORs, ...), and at what pace.
+    DataRead(ReadPlan),
     /// Close the control connection (without QUIT).
     Close,
     /// Replays a recorded decision: the master's choice of slave for
@@ -422,6 +455,9 @@ at soon
             c: data send 10 gone-after=4
             c: data read reset-after=2k
             c: data read stall-after=0
+            c: data send 2k over=1.500250s
+            c: data read bytes=3000000 over=250ms
+            c: data read reset-after=700 over=2ms
 ");
         assert!(sc.topology.ftps);
         assert_eq!(sc.topology.dirs[0].path.as_str(), "/a/b");
@@ -455,11 +491,41 @@ at soon
             &ClientOp::DataSend(Payload {
                 size: 10,
                 seed: 1,
-                cut: Some(Cut::Gone(4))
+                cut: Some(Cut::Gone(4)),
+                over: None,
             })
         );
-        assert_eq!(ops[4], &ClientOp::DataRead(Cut::Reset(2048)));
-        assert_eq!(ops[5], &ClientOp::DataRead(Cut::Stall(0)));
+        let cut = |c| ReadPlan {
+            cut: Some(c),
+            pace: None,
+        };
+        assert_eq!(ops[4], &ClientOp::DataRead(cut(Cut::Reset(2048))));
+        assert_eq!(ops[5], &ClientOp::DataRead(cut(Cut::Stall(0))));
+        assert_eq!(
+            ops[6],
+            &ClientOp::DataSend(Payload {
+                size: 2048,
+                seed: 1,
+                cut: None,
+                over: Some(Duration::from_micros(1_500_250)),
+            })
+        );
+        let pace = Some(Pace {
+            bytes: 3_000_000,
+            over: Duration::from_millis(250),
+        });
+        assert_eq!(ops[7], &ClientOp::DataRead(ReadPlan { cut: None, pace }));
+        assert_eq!(
+            ops[8],
+            &ClientOp::DataRead(ReadPlan {
+                cut: Some(Cut::Reset(700)),
+                pace: Some(Pace {
+                    bytes: 700,
+                    over: Duration::from_millis(2)
+                }),
+            })
+        );
+        assert!(bad("slave s1\nc: data read over=1s\n").contains("needs bytes="));
         assert!(
             bad("slave s1\nc: data read explode-after=3\n").contains("unknown data read option")
         );

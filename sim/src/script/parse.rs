@@ -547,7 +547,7 @@ fn parse_await(p: &Parser, sc: &mut Scenario, words: &[&str]) -> Result<(), Pars
 
 fn parse_client_action(p: &Parser, rest: &str) -> Result<ClientOp, ParseError> {
     let words: Vec<&str> = rest.split_whitespace().collect();
-    let usage = "client actions: connect, close, send-long N, send-hex HEX..., data connect [ignore-address], data listen, data send SIZE [seed=N] [CUT=SIZE], data read CUT=SIZE (CUT: close-after, abort-after, reset-after, gone-after, stall-after), pin PATH|- SLAVE, pin-stou NAME";
+    let usage = "client actions: connect, close, send-long N, send-hex HEX..., data connect [ignore-address], data listen, data send SIZE [seed=N] [CUT=SIZE] [over=DURATION], data read [CUT=SIZE] [bytes=SIZE] [over=DURATION] (CUT: close-after, abort-after, reset-after, gone-after, stall-after), pin PATH|- SLAVE, pin-stou NAME";
     match words.as_slice() {
         ["connect"] => Ok(ClientOp::Connect),
         ["close"] => Ok(ClientOp::Close),
@@ -580,10 +580,12 @@ fn parse_client_action(p: &Parser, rest: &str) -> Result<ClientOp, ParseError> {
                 size: p.size(size)?,
                 seed: 1,
                 cut: None,
+                over: None,
             };
             for kv in opts {
                 match p.key_value(kv)? {
                     ("seed", v) => payload.seed = p.number(v, "seed")?,
+                    ("over", v) => payload.over = Some(p.duration(v)?),
                     (k, v) => match Cut::parse(k, p.size(v)?) {
                         Some(cut) => payload.cut = Some(cut),
                         None => return Err(p.err(format!("unknown data send option '{k}'"))),
@@ -595,12 +597,28 @@ fn parse_client_action(p: &Parser, rest: &str) -> Result<ClientOp, ParseError> {
             }
             Ok(ClientOp::DataSend(payload))
         }
-        ["data", "read", kv] => {
-            let (k, v) = p.key_value(kv)?;
-            match Cut::parse(k, p.size(v)?) {
-                Some(cut) => Ok(ClientOp::DataRead(cut)),
-                None => Err(p.err(format!("unknown data read option '{k}'"))),
+        ["data", "read", opts @ ..] if !opts.is_empty() => {
+            let mut plan = ReadPlan::default();
+            let (mut bytes, mut over) = (None, None);
+            for kv in opts {
+                match p.key_value(kv)? {
+                    ("bytes", v) => bytes = Some(p.size(v)?),
+                    ("over", v) => over = Some(p.duration(v)?),
+                    (k, v) => match Cut::parse(k, p.size(v)?) {
+                        Some(cut) => plan.cut = Some(cut),
+                        None => return Err(p.err(format!("unknown data read option '{k}'"))),
+                    },
+                }
             }
+            if let Some(over) = over {
+                let Some(bytes) = bytes.or(plan.cut.map(Cut::at)) else {
+                    return Err(
+                        p.err("data read over=DURATION needs bytes=SIZE (or a cut) to pace by")
+                    );
+                };
+                plan.pace = Some(Pace { bytes, over });
+            }
+            Ok(ClientOp::DataRead(plan))
         }
         ["pin", path, slave] => Ok(ClientOp::PinSlave {
             path: match *path {

@@ -95,7 +95,14 @@ struct DataStep {
     bytes: u64,
     /// How the client cut it short, if it did.
     cut: Option<CutKind>,
+    /// How long it took, when that is long enough to matter to a replay
+    /// (see [`PACE_FROM`]): the replayed client moves its bytes at that
+    /// pace, so a fault injected in the middle finds the transfer running.
+    over: Option<Duration>,
 }
+
+/// Transfers that took at least this long are paced in the replay.
+const PACE_FROM: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum CutKind {
@@ -121,10 +128,17 @@ impl DataStep {
             CutKind::Stall => "stall-after",
         });
         let n = self.bytes;
+        let over = self
+            .over
+            .map(|d| format!(" over={}", micros(d, "s")))
+            .unwrap_or_default();
         match (self.upload, cut) {
-            (true, None) => format!("{CLIENT}: data send {n}"),
-            (true, Some(c)) => format!("{CLIENT}: data send {n} {c}={n}"),
-            (false, Some(c)) => format!("{CLIENT}: data read {c}={n}"),
+            (true, None) => format!("{CLIENT}: data send {n}{over}"),
+            (true, Some(c)) => format!("{CLIENT}: data send {n} {c}={n}{over}"),
+            (false, Some(c)) => format!("{CLIENT}: data read {c}={n}{over}"),
+            (false, None) if self.over.is_some() => {
+                format!("{CLIENT}: data read bytes={n}{over}")
+            }
             (false, None) => String::new(),
         }
     }
@@ -430,6 +444,7 @@ impl Recorder {
             upload: true,
             bytes: size.unwrap_or(0),
             cut: None,
+            over: None,
         });
     }
 
@@ -560,11 +575,13 @@ impl Recorder {
             TransferOutcome::Committed { size, .. } => data.bytes.unwrap_or(*size),
             _ => data.bytes.unwrap_or(0),
         };
-        if job.is_upload() || cut.is_some() {
+        let over = (duration >= PACE_FROM && bytes > 0).then_some(duration);
+        if job.is_upload() || cut.is_some() || over.is_some() {
             self.entry.data = Some(DataStep {
                 upload: job.is_upload(),
                 bytes,
                 cut,
+                over,
             });
         }
         self.entry.transfer_done = true;
@@ -974,6 +991,26 @@ mod tests {
             TransferOutcome::Failed(TransferFailure::Aborted),
             gone,
         );
+        // A slow download that completed: paced in the replay.
+        let event = SessionEvent::Command {
+            at: Duration::from_millis(3),
+            text: "RETR /pub/a.bin",
+            cwd: &root,
+            verb: None,
+        };
+        r.on(&event, &st);
+        let sent = DataFacts {
+            bytes: Some(5000),
+            ..DataFacts::default()
+        };
+        finished(
+            &mut r,
+            &st,
+            &down,
+            TransferOutcome::Sent { bytes: 5000 },
+            sent,
+        );
+        r.reply(&Reply::new(226, "Transfer complete"));
         // The slave lost mid-download: where to put the what-if crash.
         let event = SessionEvent::Command {
             at: Duration::from_millis(4),
@@ -996,11 +1033,15 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("at 2.000ms\nclient: data read reset-after=700\nclient> RETR /pub/a.bin\n"),
+            t.contains("at 2.000ms\nclient: data read reset-after=700 over=0.500000s\nclient> RETR /pub/a.bin\n"),
             "{t}"
         );
         assert!(
-            t.contains("at 3.000ms\nclient: data send 300 gone-after=300\nclient> STOR /pub/b\n"),
+            t.contains("at 3.000ms\nclient: data send 300 gone-after=300 over=0.500000s\nclient> STOR /pub/b\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("client: data read bytes=5000 over=0.500000s\nclient> RETR /pub/a.bin\n"),
             "{t}"
         );
         assert!(
