@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::diff::{self, SessionDiff};
 use crate::runner::{run_timed, Outcome, Timing};
-use crate::script::{ClientOp, ParseError, Scenario, Step, StepKind};
+use crate::script::{ClientOp, Pace, ParseError, Payload, ReadPlan, Scenario, Step, StepKind};
 
 /// When a fault happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,13 +249,16 @@ pub fn prepare(
                     .unwrap_or(sc.steps.len());
                 let before = last_command(&sc.steps[..pos]);
                 let after = first_command(&sc.steps[pos..]);
-                let words = format!(
+                let mut words = format!(
                     "{} at {}: after {}, before {}",
                     f.describe(),
                     secs(*t),
                     before.unwrap_or_else(|| "the start".into()),
                     after.unwrap_or_else(|| "the end".into())
                 );
+                if let Some(running) = running_at(&sc.steps[..pos], *t) {
+                    words.push_str(&format!("; during the transfer of {running}"));
+                }
                 (
                     pos,
                     vec![StepKind::At(*t), StepKind::CatchUp(clients.clone())],
@@ -510,6 +513,43 @@ fn describe_step(s: &Step) -> Option<String> {
     }
 }
 
+/// The transfer the recording shows running at `t` (a data step with
+/// `over=`, and its command), in words, if one was.
+fn running_at(steps: &[Step], t: Duration) -> Option<String> {
+    let mut at = Duration::ZERO;
+    let mut paced: std::collections::BTreeMap<&str, Duration> = Default::default();
+    let mut found = None;
+    for s in steps {
+        match &s.kind {
+            StepKind::At(x) => at = *x,
+            StepKind::Client { client, op, .. } => match op {
+                ClientOp::DataSend(Payload { over: Some(d), .. })
+                | ClientOp::DataRead(ReadPlan {
+                    pace: Some(Pace { over: d, .. }),
+                    ..
+                }) => {
+                    paced.insert(client, *d);
+                }
+                ClientOp::Command(_) => {
+                    if let Some(d) = paced.remove(client.as_str()) {
+                        if at <= t && t < at + d {
+                            found = Some(format!(
+                                "{}, recorded from {} to {}",
+                                describe_step(s).unwrap_or_default(),
+                                secs(at),
+                                secs(at + d)
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    found
+}
+
 /// The last command in `steps`, with its recorded time.
 fn last_command(steps: &[Step]) -> Option<String> {
     let mut at = Duration::ZERO;
@@ -607,7 +647,7 @@ mod tests {
             slave: "s1".into(),
             when: When::At(Duration::from_millis(1500)),
         };
-        let (p, words) = prepare(sc.clone(), &r, &[f]).unwrap();
+        let (p, words) = prepare(sc.clone(), &r, std::slice::from_ref(&f)).unwrap();
         let kinds: Vec<&StepKind> = p.steps.iter().map(|s| &s.kind).collect();
         let at = kinds
             .iter()
@@ -618,6 +658,16 @@ mod tests {
         assert_eq!(kinds[at + 3], &StepKind::At(Duration::from_secs(2)));
         assert!(
             words[0].contains("after client> NOOP (line 4) recorded at 0.010000s"),
+            "{words:?}"
+        );
+        assert!(!words[0].contains("during"), "{words:?}");
+        // In the middle of a recorded slow transfer: said so.
+        let (slow, r2) = recs(
+            "slave s1\nclient: connect\nat 10ms\nclient: data send 5000 over=2s\nclient> STOR /f\nat 2100ms\nclient> QUIT\n",
+        );
+        let (_, words) = prepare(slow, &r2, &[f]).unwrap();
+        assert!(
+            words[0].ends_with("; during the transfer of client> STOR /f (line 5), recorded from 0.010000s to 2.010000s"),
             "{words:?}"
         );
         // By command: before the second one, once the first is answered.
