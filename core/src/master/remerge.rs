@@ -312,12 +312,17 @@ pub fn applied(st: &mut MasterState, id: SlaveId, seq: u64, outcome: &OpOutcome)
     let Some(info) = st.slaves.get(id) else {
         return;
     };
-    let Some((from, to)) = info.log.iter().find_map(|(n, op)| match op {
-        FileOp::Rename { from, to } if *n == seq => Some((from.clone(), to.clone())),
-        _ => None,
-    }) else {
+    // The log is in sequence order and acknowledged from its front: the
+    // entry is found at once.
+    let entry = info
+        .log
+        .iter()
+        .take_while(|(n, _)| *n <= seq)
+        .find(|(n, _)| *n == seq);
+    let Some((_, FileOp::Rename { from, to })) = entry else {
         return;
     };
+    let (from, to) = (from.clone(), to.clone());
     let Some(info) = st.slaves.get_mut(id) else {
         return;
     };
