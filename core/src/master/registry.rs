@@ -87,10 +87,10 @@ pub struct SlaveInfo {
     /// The last sample: (milliseconds, bytes out, bytes in so far).
     pub rate_mark: Option<(u64, u64, u64)>,
     /// Renames it could not apply (a symbolic link on its disk, a full or
-    /// read-only disk): (from, to). Its copy stays at `from`, kept by
+    /// read-only disk): from -> to. Its copy stays at `from`, kept by
     /// remerge (never dropped as stale) and moved again on every remerge
     /// until a rename succeeds (see `remerge::applied`). In memory only.
-    pub misplaced: Vec<(VPath, VPath)>,
+    pub misplaced: std::collections::BTreeMap<VPath, VPath>,
 }
 
 impl SlaveInfo {
@@ -212,7 +212,7 @@ impl SlaveRegistry {
             rate_out: 0,
             rate_in: 0,
             rate_mark: None,
-            misplaced: Vec::new(),
+            misplaced: Default::default(),
         });
         self.by_name.insert(name.to_string(), id);
         id

@@ -252,15 +252,23 @@ pub fn remerge_chunk(
 /// Where a copy left behind by a failed rename on slave `id` belongs: the
 /// rename's target for `path` (at or below its `from`).
 fn misplaced_target(st: &MasterState, id: SlaveId, path: &VPath) -> Option<VPath> {
-    let info = st.slaves.get(id)?;
-    info.misplaced.iter().rev().find_map(|(from, to)| {
-        let rest = path.strip_prefix(from)?;
-        let mut t = to.clone();
-        for c in rest {
-            t = t.join(c).ok()?;
+    let moved = &st.slaves.get(id)?.misplaced;
+    if moved.is_empty() {
+        return None;
+    }
+    // The nearest of `path` and its directories that a failed rename left.
+    let mut at = Some(path.clone());
+    while let Some(from) = at {
+        if let Some(to) = moved.get(&from) {
+            let mut t = to.clone();
+            for c in path.strip_prefix(&from)? {
+                t = t.join(c).ok()?;
+            }
+            return Some(t);
         }
-        Some(t)
-    })
+        at = from.parent();
+    }
+    None
 }
 
 /// A copy (stale by its path) that is the recorded version of the file a
@@ -327,15 +335,15 @@ pub fn applied(st: &mut MasterState, id: SlaveId, seq: u64, outcome: &OpOutcome)
         return;
     };
     if !matches!(outcome, OpOutcome::Failed(_)) {
-        info.misplaced.retain(|(f, t)| !(f == &from && t == &to));
+        if info.misplaced.get(&from) == Some(&to) {
+            info.misplaced.remove(&from);
+        }
         return;
     }
-    if !info.misplaced.iter().any(|(f, t)| f == &from && t == &to) {
-        if info.misplaced.len() >= MISPLACED_MAX {
-            info.misplaced.remove(0);
-        }
-        info.misplaced.push((from.clone(), to.clone()));
+    if info.misplaced.len() >= MISPLACED_MAX && !info.misplaced.contains_key(&from) {
+        info.misplaced.pop_first();
     }
+    info.misplaced.insert(from.clone(), to.clone());
     tracing::error!(slave = %info.name, %from, %to, "the slave could not rename its copy: it stays at the old name there (kept) and is moved again when the slave reconnects; fix its disk (a symbolic link in the way?)");
     let shared: Vec<VPath> = st
         .db
@@ -815,6 +823,39 @@ mod tests {
         assert!(st.slaves.get(a).unwrap().misplaced.is_empty());
         remerge(&mut st, a, vec![rf("/x/f", 10, v)]);
         assert_eq!(st.db.file(&p("/x/f")).unwrap().holders.as_slice(), &[a]);
+    }
+
+    #[test]
+    fn copies_below_a_directory_whose_rename_failed_are_kept_file_by_file() {
+        let mut st = MasterState::new(Arc::new(MasterConfig::default()));
+        st.store_id = 5;
+        let a = st.slaves.id_for("a");
+        remerge(&mut st, a, vec![rf("/d/e/f", 10, None)]);
+        let gen = st.db.file(&p("/d/e/f")).unwrap().version;
+        st.db.mkdir_all(&p("/x"), "u", 0).unwrap();
+        st.db.rename(&p("/d"), &p("/x/d"), 0).unwrap();
+        let rename = FileOp::Rename {
+            from: p("/d"),
+            to: p("/x/d"),
+        };
+        let seq = st.slaves.log_op(a, rename);
+        applied(&mut st, a, seq, &OpOutcome::Failed("refused".into()));
+        st.slaves.acked(a, seq);
+        let v = Some(FileVersion {
+            store: 5,
+            gen,
+            size: 10,
+            crc32: None,
+        });
+        remerge(&mut st, a, vec![rf("/d/e/f", 10, v)]);
+        assert_eq!(st.db.file(&p("/x/d/e/f")).unwrap().holders.as_slice(), &[a]);
+        assert_eq!(
+            last_op(&st, a),
+            Some(FileOp::Rename {
+                from: p("/d/e/f"),
+                to: p("/x/d/e/f")
+            })
+        );
     }
 
     #[test]
