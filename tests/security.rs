@@ -374,6 +374,7 @@ fn a_rename_refused_by_a_planted_symlink_keeps_the_copy_until_it_can_move() {
     ]);
     assert!(!early.status.success());
     assert!(c.cmd("SIZE /x/f.bin").starts_with("213"));
+    assert!(c.cmd("SITE SLAVES").contains("left-behind=1"));
     let online = |c: &mut RawFtp| c.cmd("SITE SLAVES").contains("s1 online");
     // The slave reconnects: its copy at the old name is kept.
     site.kill_slave("s1");
@@ -406,4 +407,5 @@ fn a_rename_refused_by_a_planted_symlink_keeps_the_copy_until_it_can_move() {
     ]);
     assert!(down.stdout == data, "{}", common::text(&down.stderr));
     assert!(!root.join("d/f.bin").exists());
+    assert!(!c.cmd("SITE SLAVES").contains("left-behind"));
 }

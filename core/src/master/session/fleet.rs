@@ -171,6 +171,12 @@ fn line(st: &MasterState, id: crate::master::db::SlaveId) -> String {
         s.state.as_str().to_string()
     };
     let (under, jobs) = fleet::queue_figures(st, id);
+    // Copies a failed rename left at their old names (see remerge): shown
+    // only when there are some, the operator's cue to fix that disk.
+    let left = match s.misplaced.len() {
+        0 => String::new(),
+        n => format!(" left-behind={n}"),
+    };
     format!(
         "{} {state} zone={} free={} files={} under-replicated={under} copying={jobs} out={}B/s in={}B/s active={} planned={} sent={} received={} relayed={} copied-out={} copied-in={}",
         s.name,
@@ -186,5 +192,5 @@ fn line(st: &MasterState, id: crate::master::db::SlaveId) -> String {
         s.relayed_bytes,
         s.copied_out,
         s.copied_in,
-    )
+    ) + &left
 }
