@@ -292,6 +292,11 @@ fn misplaced(
         _ => false,
     };
     if !current {
+        // The file was replaced or deleted since: nothing is left behind
+        // here any more (a directory's entry stays for its other files).
+        if let Some(info) = st.slaves.get_mut(id) {
+            info.misplaced.remove(&f.path);
+        }
         return false;
     }
     tracing::warn!(slave = %st.slaves.name(id), path = %f.path, to = %target, "copy left at its old name by a failed rename: kept, moving it again");
@@ -886,6 +891,7 @@ mod tests {
         st.db.put_file(&p("/x/f"), m).unwrap();
         remerge(&mut st, a, vec![rf("/d/f", 10, v)]);
         assert!(matches!(last_op(&st, a), Some(FileOp::DropStale { .. })));
+        assert!(st.slaves.get(a).unwrap().misplaced.is_empty());
     }
 
     #[test]
