@@ -343,6 +343,18 @@ pub fn applied(st: &mut MasterState, id: SlaveId, seq: u64, outcome: &OpOutcome)
         if info.misplaced.get(&from) == Some(&to) {
             info.misplaced.remove(&from);
         }
+        // A file left behind was renamed on: it belongs at the new name.
+        for target in info.misplaced.values_mut() {
+            if let Some(rest) = target.strip_prefix(&from) {
+                let mut t = to.clone();
+                for c in rest {
+                    if let Ok(next) = t.join(c) {
+                        t = next;
+                    }
+                }
+                *target = t;
+            }
+        }
         return;
     }
     if info.misplaced.len() >= MISPLACED_MAX && !info.misplaced.contains_key(&from) {
@@ -820,14 +832,33 @@ mod tests {
                 to: p("/x/f")
             })
         );
+        // Renamed on meanwhile: the copy left behind follows.
+        st.db.rename(&p("/x/f"), &p("/x/g"), 0).unwrap();
+        let seq = st.slaves.log_op(
+            a,
+            FileOp::Rename {
+                from: p("/x/f"),
+                to: p("/x/g"),
+            },
+        );
+        applied(&mut st, a, seq, &OpOutcome::Done);
+        st.slaves.acked(a, seq);
+        remerge(&mut st, a, vec![rf("/d/f", 10, v)]);
+        assert_eq!(
+            last_op(&st, a),
+            Some(FileOp::Rename {
+                from: p("/d/f"),
+                to: p("/x/g")
+            })
+        );
         // This time it works: nothing is remembered any more, and the copy
         // at the new name is the holder.
         let seq = st.slaves.get(a).unwrap().log.back().unwrap().0;
         applied(&mut st, a, seq, &OpOutcome::Done);
         st.slaves.acked(a, seq);
         assert!(st.slaves.get(a).unwrap().misplaced.is_empty());
-        remerge(&mut st, a, vec![rf("/x/f", 10, v)]);
-        assert_eq!(st.db.file(&p("/x/f")).unwrap().holders.as_slice(), &[a]);
+        remerge(&mut st, a, vec![rf("/x/g", 10, v)]);
+        assert_eq!(st.db.file(&p("/x/g")).unwrap().holders.as_slice(), &[a]);
     }
 
     #[test]
